@@ -1,0 +1,22 @@
+"""
+e-POP: send PMSI files to e-PMSI from workstations without Internet access.
+
+A relay runs on a machine that reaches e-PMSI; workstations send through it
+with the e-POP protocol (``docs/protocol.md``).  The public API:
+
+- L{make_relay_service} and L{RelaySettings}: the relay as a Twisted service.
+- L{send_file} and L{test_connection}: the workstation side (L{epop.client}).
+"""
+
+from epop._version import __version__
+from epop.client import Endpoint, send_file, test_connection
+from epop.service import RelaySettings, make_relay_service
+
+__all__ = [
+    "__version__",
+    "Endpoint",
+    "RelaySettings",
+    "make_relay_service",
+    "send_file",
+    "test_connection",
+]

@@ -1,0 +1,176 @@
+"""
+Errors that reach a person, each with a stable code.
+
+The code travels on the wire (see ``docs/protocol.md``) and in the journal, so
+programs can react to it; the message is for the person who caused the error
+and says what to check.  Classifying low-level failures lives here, in one
+place, so the relay, the client and the start-up check all speak alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+from twisted.internet import error as netError
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
+
+__all__ = [
+    "EpopError",
+    "ProtocolError",
+    "RelayError",
+    "UpstreamError",
+    "describe_upstream_failure",
+    "describe_connect_failure",
+]
+
+
+class EpopError(Exception):
+    """
+    A failure with a stable C{code} and a message for a person.
+
+    @ivar code: a short kebab-case identifier, stable across versions.
+    @ivar message: what happened and what to check, in plain words.
+    @ivar cause: for failures with a lower-level origin (refused, timeout,
+        dns, tls...), which one; C{None} otherwise.
+    """
+
+    def __init__(self, code: str, message: str, cause: str | None = None) -> None:
+        super().__init__(code, message, cause)
+        self.code = code
+        self.message = message
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_wire(self) -> dict[str, str]:
+        frame = {"code": self.code, "message": self.message}
+        if self.cause is not None:
+            frame["cause"] = self.cause
+        return frame
+
+
+class ProtocolError(EpopError):
+    """The peer broke the e-POP protocol; the connection cannot go on."""
+
+
+class RelayError(EpopError):
+    """The relay answered an operation with an error frame."""
+
+    @classmethod
+    def from_wire(cls, frame: dict[str, object]) -> "RelayError":
+        cause = frame.get("cause")
+        return cls(
+            str(frame.get("code", "unknown")),
+            str(frame.get("message", "the relay reported an error")),
+            str(cause) if cause is not None else None,
+        )
+
+
+class UpstreamError(EpopError):
+    """e-PMSI could not be reached, with the reason why."""
+
+
+@dataclass(frozen=True)
+class _Cause:
+    cause: str
+    text: str
+
+
+def _reasons(failure: Failure) -> list[Failure]:
+    """
+    Unwrap Twisted's web client wrappers (C{ResponseNeverReceived} and
+    friends carry a list of the real reasons).
+    """
+    wrappers = (ResponseFailed, RequestTransmissionFailed, RequestGenerationFailed)
+    wrapped = getattr(failure.value, "reasons", None)
+    if isinstance(failure.value, wrappers) and wrapped:
+        found: list[Failure] = []
+        for reason in wrapped:
+            found.extend(_reasons(reason))
+        return found
+    return [failure]
+
+
+def _tls_text(error: BaseException) -> str:
+    """Say in words what OpenSSL or service_identity disliked."""
+    from service_identity import VerificationError
+
+    if isinstance(error, VerificationError):
+        return "the certificate does not match the host name"
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        parts = [str(item[-1]) for item in error.args[0] if item and item[-1]]
+        joined = ", ".join(parts) or "handshake failed"
+        if "certificate verify failed" in joined:
+            return "the certificate could not be verified (" + joined + ")"
+        return joined
+    return str(error) or type(error).__name__
+
+
+def _classify(failure: Failure, *, timeout: float | None = None) -> _Cause:
+    from service_identity import VerificationError
+
+    for reason in _reasons(failure):
+        value = reason.value
+        if isinstance(value, (SSL.Error, VerificationError)):
+            return _Cause("tls", "TLS failed: " + _tls_text(value))
+    value = _reasons(failure)[0].value
+    if isinstance(value, netError.DNSLookupError):
+        return _Cause("dns", "host name not found")
+    if isinstance(value, netError.ConnectionRefusedError):
+        return _Cause("refused", "connection refused: nothing listens there")
+    if isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError)):
+        after = f" ({timeout:g} s)" if timeout else ""
+        return _Cause("timeout", "no answer in time" + after)
+    if isinstance(value, (netError.NoRouteError,)):
+        return _Cause("no-route", "no route to that address")
+    if isinstance(value, (netError.ConnectionLost, netError.ConnectionDone)):
+        return _Cause("connection-lost", "the connection was closed before an answer")
+    if isinstance(value, netError.ConnectError):
+        return _Cause("connect", "could not connect: " + (str(value) or "unknown reason"))
+    return _Cause("error", str(value) or type(value).__name__)
+
+
+def describe_upstream_failure(
+    failure: Failure, url: str, *, timeout: float | None = None
+) -> UpstreamError:
+    """
+    Turn a failed request to e-PMSI into an L{UpstreamError} that names its
+    cause (C{refused}, C{timeout}, C{dns}, C{tls}, ...).
+    """
+    if isinstance(failure.value, UpstreamError):
+        return failure.value
+    found = _classify(failure, timeout=timeout)
+    return UpstreamError(
+        "epmsi-unreachable", f"Could not reach e-PMSI at {url}: {found.text}.", found.cause
+    )
+
+
+def describe_connect_failure(
+    failure: Failure, where: str, *, timeout: float | None = None
+) -> EpopError:
+    """
+    Turn a failed connection to the relay into an L{EpopError} that tells the
+    person what to check, as the original manual did for its three cases.
+    """
+    if isinstance(failure.value, EpopError):
+        return failure.value
+    found = _classify(failure, timeout=timeout)
+    hints = {
+        "timeout": "No machine answered at that address: check the address.",
+        "refused": (
+            "Is the relay started and listening? Is the port the same on both "
+            "sides? Is a firewall blocking it?"
+        ),
+        "dns": "Check the relay's name, or use its IP address.",
+    }
+    text = f"Could not reach the relay at {where}: {found.text}."
+    if found.cause in hints:
+        text += " " + hints[found.cause]
+    return EpopError("relay-unreachable", text, found.cause)

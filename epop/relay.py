@@ -1,0 +1,690 @@
+"""
+The workstation-to-relay leg: the relay's protocol and factory.
+
+A connection says HELLO, then runs operations one at a time.  Each operation
+is an object, instantiated when it starts and released when it ends, as the
+original relay's journal showed: L{RelayedRequest} forwards one HTTP request
+to e-PMSI, L{ConnectivityTest} is the manual's "Tester e-PMSI".
+
+Flow control works both ways, as in L{twisted.protocols.portforward}: e-PMSI's
+connection pauses the workstation's while the upload is faster than the
+Internet link, and the workstation's connection pauses e-PMSI's answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from enum import Enum, auto
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from epop import journal
+from epop._version import __version__
+from epop.errors import EpopError, ProtocolError, UpstreamError
+from epop.upstream import CheckResult, Upstream
+from epop.wire import (
+    PROTOCOL_NAME,
+    PROTOCOL_VERSIONS,
+    Frame,
+    FrameReader,
+    FrameType,
+    encode_message,
+    frame_header,
+)
+
+__all__ = ["RelayFactory", "RelayProtocol", "RelayedRequest", "ConnectivityTest"]
+
+ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+#: Headers the relay owns: framing, hop-by-hop and proxy headers.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+#: Response headers that describe e-PMSI's connection, not the answer.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+     "proxy-authenticate", "proxy-connection"}
+)
+
+MAX_HEADERS = 100
+MAX_PATH = 8192
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PATH = re.compile(r"^/[\x21-\x7e]*$")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+#: Time a closing connection gets to flush its last frame.
+CLOSE_GRACE = 5.0
+
+
+def format_peer(address: IAddress) -> str:
+    host = getattr(address, "host", "?")
+    port = getattr(address, "port", 0)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], int]:
+    """Validate a REQUEST frame: the client chooses the path, nothing else."""
+    method = message.get("method")
+    path = message.get("path")
+    headers = message.get("headers", [])
+    length = message.get("length")
+    if method not in ALLOWED_METHODS:
+        raise ProtocolError(
+            "bad-request",
+            f"method {method!r} is not relayed; use one of {', '.join(sorted(ALLOWED_METHODS))}",
+        )
+    if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.match(path):
+        raise ProtocolError(
+            "bad-request",
+            "path must start with '/' and hold only printable ASCII without spaces",
+        )
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise ProtocolError("bad-request", "length must be a whole number of bytes, 0 or more")
+    if not isinstance(headers, list) or len(headers) > MAX_HEADERS:
+        raise ProtocolError("bad-request", f"headers must be a list of at most {MAX_HEADERS} pairs")
+    checked: list[tuple[str, str]] = []
+    for pair in headers:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(item, str) for item in pair)
+        ):
+            raise ProtocolError("bad-request", "each header must be a [name, value] pair of strings")
+        name, value = pair
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise ProtocolError("bad-request", f"invalid header {name!r}")
+        if name.lower() in FORBIDDEN_HEADERS:
+            raise ProtocolError("bad-request", f"header {name!r} is set by the relay, not the client")
+        checked.append((name, value))
+    return method, path, checked, length
+
+
+class _State(Enum):
+    HELLO = auto()
+    READY = auto()
+    BODY = auto()
+    BODY_END = auto()
+    BUSY = auto()
+    CLOSING = auto()
+
+
+@implementer(IBodyProducer)
+class _ClientBody:
+    """
+    The upload as e-PMSI's connection sees it: bytes from the workstation,
+    hashed on the way, with the last chunk held back until the client's
+    SHA-256 matches.  If it does not, the request is aborted one chunk short,
+    so e-PMSI never receives a complete but corrupt file.
+    """
+
+    def __init__(self, length: int, protocol: "RelayProtocol") -> None:
+        self.length = length
+        self.received = 0
+        self._protocol = protocol
+        self._sha = hashlib.sha256()
+        self._consumer: Any = None
+        self._done: Deferred[None] | None = None
+        self._early: list[bytes] = []
+        self._held: bytes | None = None
+        self._verified = False
+        self._failure: BaseException | None = None
+
+    # IBodyProducer, driven by the HTTP client
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = Deferred()
+        if self._failure is not None:
+            self._done.errback(self._failure)
+            return self._done
+        early, self._early = self._early, []
+        for chunk in early:
+            self._forward(chunk)
+        if self._verified:
+            self._flush()
+        else:
+            self._protocol.resume_client()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._protocol.pause_client()
+
+    def resumeProducing(self) -> None:
+        self._protocol.resume_client()
+
+    def stopProducing(self) -> None:
+        """
+        e-PMSI's connection is gone; its request fails on its own and the
+        operation reports that failure.
+        """
+
+    # fed by the relay protocol
+    def body_received(self, data: bytes) -> None:
+        self._sha.update(data)
+        self.received += len(data)
+        if self._consumer is None:
+            self._early.append(data)
+        else:
+            self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        if self._held is not None:
+            self._consumer.write(self._held)
+        self._held = data
+
+    def verify(self, sha256: object) -> bool:
+        """Compare the client's hash; on a match, release the held chunk."""
+        expected = self._sha.hexdigest()
+        if not isinstance(sha256, str) or not hmac.compare_digest(expected, sha256.lower()):
+            return False
+        self._verified = True
+        if self._consumer is not None:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            self._consumer.write(self._held)
+            self._held = None
+        assert self._done is not None
+        self._done.callback(None)
+        # The HTTP client unregisters us once the body is done: it will not
+        # resume the workstation's connection if its last write paused it.
+        self._protocol.resume_client()
+
+    def abort(self, reason: BaseException) -> None:
+        """Make e-PMSI's request fail; it never gets the last chunk."""
+        self._held = None
+        self._early = []
+        self._failure = reason
+        if self._done is not None and not self._done.called:
+            self._done.errback(reason)
+
+
+class _ResponseStreamer(Protocol):
+    """Carries e-PMSI's answer to the workstation as DATA frames."""
+
+    def __init__(self, operation: "RelayedRequest") -> None:
+        self._operation = operation
+        self.length = 0
+
+    def connectionMade(self) -> None:
+        self._operation.protocol.transport.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.length += len(data)
+        self._operation.protocol.send_data(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:
+        transport = self._operation.protocol.transport
+        if transport is not None and transport.connected:
+            transport.unregisterProducer()
+        self._operation.response_finished(reason)
+
+
+class RelayedRequest:
+    """One HTTP request relayed to e-PMSI, from REQUEST frame to RESPONSE_END."""
+
+    def __init__(
+        self,
+        protocol: "RelayProtocol",
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        length: int,
+    ) -> None:
+        self.protocol = protocol
+        self.method = method
+        self.path = path
+        self.length = length
+        self.kind = "upload" if length else "request"
+        self.started = protocol.clock.seconds()
+        self.status: int | None = None
+        self.integrity = "pending" if length else "none"
+        self._streamer: _ResponseStreamer | None = None
+        self._response_done = False
+        self._finished = False
+        self.body = _ClientBody(length, protocol) if length else None
+        protocol.journal_event(
+            "object-instantiated",
+            "Object instantiated: {kind} {method} {path} ({length} bytes)",
+            kind=self.kind,
+            method=method,
+            path=journal.strip_query(path),
+            length=length,
+        )
+        self._request = protocol.factory.upstream.request(method, path, headers, self.body)
+        self._request.addCallbacks(self._answered, self._failed)
+
+    @property
+    def awaiting_body(self) -> bool:
+        return self.body is not None and self.integrity == "pending"
+
+    def body_received(self, data: bytes) -> None:
+        assert self.body is not None
+        self.body.body_received(data)
+
+    def body_ended(self, sha256: object) -> None:
+        assert self.body is not None
+        if self.body.verify(sha256):
+            self.integrity = "ok"
+            self._maybe_finish()
+            return
+        self.integrity = "mismatch"
+        self.protocol.fail(
+            EpopError(
+                "integrity-mismatch",
+                "The file changed on its way to the relay: its SHA-256 does not match "
+                "what the workstation sent. Nothing was delivered to e-PMSI; send it again.",
+            )
+        )
+
+    def _answered(self, response: IResponse) -> None:
+        self.status = response.code
+        headers = [
+            [name.decode("latin-1"), value.decode("latin-1")]
+            for name, values in response.headers.getAllRawHeaders()
+            if name.decode("latin-1").lower() not in HOP_BY_HOP
+            for value in values
+        ]
+        self.protocol.send_message(
+            FrameType.RESPONSE,
+            {
+                "status": response.code,
+                "reason": response.phrase.decode("latin-1"),
+                "headers": headers,
+            },
+        )
+        self._streamer = _ResponseStreamer(self)
+        response.deliverBody(self._streamer)
+
+    def _failed(self, failure: Failure) -> None:
+        if self._finished or failure.check(CancelledError):
+            return
+        if isinstance(failure.value, EpopError):
+            self.protocol.fail(failure.value)
+        else:
+            self.protocol.fail(
+                EpopError("epmsi-failed", f"The request to e-PMSI failed: {failure.getErrorMessage()}")
+            )
+
+    def response_finished(self, reason: Failure) -> None:
+        if self._finished:
+            return
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            self.protocol.fail(
+                UpstreamError(
+                    "epmsi-unreachable",
+                    f"e-PMSI's answer was cut short: {reason.getErrorMessage()}.",
+                    "connection-lost",
+                )
+            )
+            return
+        assert self._streamer is not None
+        self.protocol.send_message(FrameType.RESPONSE_END, {"length": self._streamer.length})
+        self._response_done = True
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._response_done and not self.awaiting_body:
+            self._finished = True
+            self._release("completed")
+            self.protocol.operation_finished(self)
+
+    def abort(self, error: EpopError | None) -> None:
+        """
+        Stop e-PMSI's side of the operation: because of C{error}, or, with
+        C{None}, because the workstation went away.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if error is None:
+            outcome = "short-body" if self.awaiting_body else "client-disconnected"
+            if self.awaiting_body:
+                self.integrity = "short-body"
+            error = EpopError(outcome, "the workstation disconnected before the end")
+        if self.body is not None:
+            self.body.abort(error)
+        self._request.cancel()
+        if self._streamer is not None and self._streamer.transport is not None:
+            self._streamer.transport.stopProducing()
+        self._release(error.code, error.cause)
+
+    def _release(self, outcome: str, cause: str | None = None) -> None:
+        fields: dict[str, Any] = {}
+        if cause is not None:
+            fields["error"] = cause
+        self.protocol.journal_event(
+            "object-released",
+            "Object released: {kind} {method} {path}: {outcome}",
+            level=LogLevel.info if outcome == "completed" else LogLevel.warn,
+            kind=self.kind,
+            method=self.method,
+            path=journal.strip_query(self.path),
+            length=self.body.received if self.body is not None else 0,
+            integrity=self.integrity,
+            status=self.status,
+            outcome=outcome,
+            duration=round(self.protocol.clock.seconds() - self.started, 6),
+            **fields,
+        )
+
+
+class ConnectivityTest:
+    """The manual's "Tester": can this relay reach e-PMSI right now?"""
+
+    kind = "test"
+
+    def __init__(self, protocol: "RelayProtocol") -> None:
+        self.protocol = protocol
+        self._finished = False
+        protocol.journal_event(
+            "object-instantiated", "Object instantiated: {kind}", kind=self.kind
+        )
+        self._check = protocol.factory.upstream.check()
+        self._check.addCallback(self._checked)
+
+    def _checked(self, result: CheckResult) -> None:
+        if self._finished:
+            return
+        self.protocol.send_message(FrameType.CHECK_RESULT, result.to_wire())
+        self._release(result)
+        self.protocol.operation_finished(self)
+
+    def _release(self, result: CheckResult | None, error: EpopError | None = None) -> None:
+        self._finished = True
+        fields: dict[str, Any] = {"outcome": error.code if error else "client-disconnected"}
+        if result is not None:
+            fields = {
+                "outcome": "completed" if result.ok else "epmsi-unreachable",
+                "status": result.status,
+                "epmsi_address": result.address,
+                "duration": round(result.elapsed, 6),
+            }
+            if result.error is not None:
+                fields["error"] = result.error.cause or result.error.code
+        self.protocol.journal_event(
+            "object-released", "Object released: {kind}: {outcome}", kind=self.kind, **fields
+        )
+
+    def abort(self, error: EpopError | None) -> None:
+        if not self._finished:
+            self._release(None, error)
+            self._check.cancel()
+
+
+class RelayProtocol(Protocol, TimeoutMixin):
+    """
+    One workstation's connection.  The idle timeout runs only while the relay
+    waits for the workstation, never while e-PMSI is the slow side.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: "RelayFactory", connection_id: int) -> None:
+        self.factory = factory
+        self.clock = factory.reactor
+        self.connection_id = connection_id
+        self.client = "?"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.operation: RelayedRequest | ConnectivityTest | None = None
+        self._reader = FrameReader()
+        self._state = _State.HELLO
+        self._close_reason: str | None = None
+        self._opened = 0.0
+        self._paused = False
+        self._grace: Any = None
+        self.lost = Deferred[None]()
+
+    def callLater(self, period: float, func: Any) -> Any:
+        return self.clock.callLater(period, func)
+
+    def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
+        journal.emit(
+            self.log,
+            self.factory.relay_id,
+            event_type,
+            format,
+            connection=self.connection_id,
+            client=self.client,
+            **fields,
+        )
+
+    # connection lifetime
+    def connectionMade(self) -> None:
+        self.client = format_peer(self.transport.getPeer())
+        self._opened = self.clock.seconds()
+        self.factory.connections[self.connection_id] = self
+        self.journal_event(
+            "connection-opened", "Connection {connection} opened from {client}"
+        )
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:
+        self._state = _State.CLOSING
+        self.setTimeout(None)
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        if self.operation is not None:
+            if self._close_reason is None and getattr(self.operation, "awaiting_body", False):
+                self._close_reason = "short-body"
+            self.operation.abort(None)
+            self.operation = None
+        if self._close_reason is None:
+            self._close_reason = "truncated-frame" if self._reader.pending else "closed-by-client"
+        self.factory.connections.pop(self.connection_id, None)
+        self.journal_event(
+            "connection-closed",
+            "Connection {connection} from {client} closed: {reason}",
+            duration=round(self.clock.seconds() - self._opened, 6),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            reason=self._close_reason,
+        )
+        self.lost.callback(None)
+
+    def timeoutConnection(self) -> None:
+        self.fail(
+            ProtocolError(
+                "idle-timeout",
+                f"The relay waited {self.factory.idle_timeout:g} s for this workstation "
+                "and received nothing; the connection is closed.",
+            )
+        )
+
+    # sending
+    def send_message(self, kind: FrameType, message: dict[str, Any]) -> None:
+        frame = encode_message(kind, message)
+        self.bytes_out += len(frame)
+        self.transport.write(frame)
+
+    def send_data(self, data: bytes) -> None:
+        self.bytes_out += 5 + len(data)
+        self.transport.writeSequence([frame_header(FrameType.DATA, len(data)), data])
+
+    def fail(self, error: EpopError) -> None:
+        """Send an error frame and close: the connection cannot go on."""
+        if self._state is _State.CLOSING:
+            return
+        self._state = _State.CLOSING
+        self._close_reason = error.code
+        self.setTimeout(None)
+        operation, self.operation = self.operation, None
+        if operation is not None:
+            operation.abort(error)
+        self.send_message(FrameType.ERROR, error.to_wire())
+        self.transport.loseConnection()
+        # A peer that does not read could keep a closing connection forever.
+        self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    # flow control for the upload: e-PMSI's side pauses the workstation's
+    def pause_client(self) -> None:
+        self._paused = True
+        self.setTimeout(None)
+        self.transport.pauseProducing()
+
+    def resume_client(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._state in (_State.BODY, _State.BODY_END):
+            self.setTimeout(self.factory.idle_timeout)
+        self.transport.resumeProducing()
+
+    # receiving
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._state is _State.CLOSING:
+            return
+        if not self._paused:
+            self.resetTimeout()
+        try:
+            for item in self._reader.feed(data):
+                if self._state is _State.CLOSING:
+                    return
+                if isinstance(item, bytes):
+                    self._body_received(item)
+                else:
+                    self._frame_received(item)
+        except EpopError as error:
+            self.fail(error)
+
+    def _body_received(self, data: bytes) -> None:
+        operation = self.operation
+        assert isinstance(operation, RelayedRequest)
+        operation.body_received(data)
+        if not self._reader.raw_outstanding:
+            self._state = _State.BODY_END
+
+    def _frame_received(self, frame: Frame) -> None:
+        expected = {
+            _State.HELLO: (FrameType.HELLO,),
+            _State.READY: (FrameType.REQUEST, FrameType.CHECK),
+            _State.BODY_END: (FrameType.BODY_END,),
+        }.get(self._state, ())
+        if frame.kind not in expected:
+            raise ProtocolError(
+                "unexpected-frame",
+                f"{frame.kind.name} frame was not expected here"
+                + (f"; expected {' or '.join(k.name for k in expected)}" if expected else ""),
+            )
+        message = frame.message()
+        if frame.kind is FrameType.HELLO:
+            self._hello(message)
+        elif frame.kind is FrameType.REQUEST:
+            self._request(message)
+        elif frame.kind is FrameType.CHECK:
+            self._state = _State.BUSY
+            self.setTimeout(None)
+            self.operation = ConnectivityTest(self)
+        else:
+            self._body_end(message)
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        versions = message.get("versions")
+        if message.get("protocol") != PROTOCOL_NAME or not isinstance(versions, list):
+            raise ProtocolError("bad-frame", "HELLO must name protocol 'e-pop' and its versions")
+        common = [v for v in PROTOCOL_VERSIONS if v in versions]
+        if not common:
+            raise ProtocolError(
+                "unsupported-version",
+                f"This relay speaks e-POP protocol version "
+                f"{', '.join(map(str, PROTOCOL_VERSIONS))}; the workstation offered "
+                f"{', '.join(map(str, versions)) or 'none'}. Update the older of the two.",
+            )
+        self.send_message(
+            FrameType.WELCOME,
+            {"version": max(common), "relay": f"epop {__version__}", "epmsi": self.factory.upstream.url},
+        )
+        self._state = _State.READY
+
+    def _request(self, message: dict[str, Any]) -> None:
+        method, path, headers, length = parse_request(message)
+        if length:
+            self._state = _State.BODY
+            self._reader.expect_raw(length)
+            # Hold the upload until e-PMSI's connection is ready for it.
+            self.pause_client()
+        else:
+            self._state = _State.BUSY
+            self.setTimeout(None)
+        self.operation = RelayedRequest(self, method, path, headers, length)
+
+    def _body_end(self, message: dict[str, Any]) -> None:
+        operation = self.operation
+        assert isinstance(operation, RelayedRequest)
+        self._state = _State.BUSY
+        self.setTimeout(None)
+        operation.body_ended(message.get("sha256"))
+
+    def operation_finished(self, operation: object) -> None:
+        if self.operation is operation:
+            self.operation = None
+            self._state = _State.READY
+            self.setTimeout(self.factory.idle_timeout)
+
+
+class RelayFactory(Factory):
+    """
+    Builds one L{RelayProtocol} per workstation connection and numbers them,
+    as the manual's journal did ("Id de connexion").
+
+    @param reactor: the clock and network for every connection.
+    @param upstream: the e-PMSI side shared by all connections.
+    @param relay_id: tags this relay's journal events.
+    """
+
+    protocol = RelayProtocol
+
+    def __init__(
+        self, reactor: Any, upstream: Upstream, relay_id: str, *, idle_timeout: float = 120.0
+    ) -> None:
+        self.reactor = reactor
+        self.upstream = upstream
+        self.relay_id = relay_id
+        self.idle_timeout = idle_timeout
+        self.connections: dict[int, RelayProtocol] = {}
+        self._next_id = 1
+
+    def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+        connection_id = self._next_id
+        self._next_id += 1
+        protocol = RelayProtocol(self, connection_id)
+        return protocol
+
+    def close_connections(self) -> Deferred[Any]:
+        """Close every open connection (relay stopping) and wait for them."""
+        from twisted.internet.defer import gatherResults
+
+        waiting = []
+        for protocol in list(self.connections.values()):
+            protocol._close_reason = protocol._close_reason or "relay-stopping"
+            waiting.append(protocol.lost)
+            protocol.transport.abortConnection()
+        return gatherResults(waiting)

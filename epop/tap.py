@@ -1,0 +1,84 @@
+"""
+C{twistd epop}: options in, a relay service out.
+
+Options are checked at parse time so that a mistake is a usage error that
+names the option; L{makeService} only builds objects.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from epop.service import DEFAULT_LISTEN, RelaySettings, make_relay_service
+from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run an e-POP relay: workstations without Internet access send their "
+        "PMSI files to it, and it forwards them to e-PMSI over HTTPS."
+    )
+    optParameters = [
+        ["epmsi", None, DEFAULT_EPMSI_URL, "e-PMSI's HTTPS origin."],
+        ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
+        ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
+        ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
+    ]
+    optFlags = [
+        ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
+    ]
+    compData = usage.Completions(
+        optActions={"ca-file": usage.CompleteFiles("*.pem"), "journal": usage.CompleteFiles()}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on, e.g. tcp:3358:interface=192.168.1.10 (repeatable; default tcp:3358)."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        for description in self["listen"]:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"--listen {description}: invalid endpoint ({e})")
+        try:
+            EpmsiOrigin.from_url(self["epmsi"])
+            if self["ca-file"]:
+                trust_root_from_pem(self["ca-file"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["idle-timeout"] <= 0:
+            raise usage.UsageError("--idle-timeout must be a positive number of seconds")
+        folder = os.path.dirname(os.path.abspath(self["journal"]))
+        if not os.access(folder, os.W_OK):
+            raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
+
+    def settings(self) -> RelaySettings:
+        return RelaySettings(
+            listen=tuple(self["listen"]),
+            epmsi=self["epmsi"],
+            ca_file=self["ca-file"],
+            journal=self["journal"],
+            idle_timeout=self["idle-timeout"],
+            check_at_start=not self["no-check"],
+        )
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    return make_relay_service(reactor, options.settings())

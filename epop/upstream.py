@@ -1,0 +1,318 @@
+"""
+The relay's leg to e-PMSI: one HTTPS origin, one connection pool, one TLS policy.
+
+Requests go through treq with an L{Agent} built here, never through treq's
+global pool, so the owner of an L{Upstream} decides when its connections close.
+Connections are made by an L{IAgentEndpointFactory}: that is where the
+certificate is verified and where the address reached is recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from epop.errors import EpopError, describe_upstream_failure
+from treq.client import HTTPClient
+
+__all__ = [
+    "DEFAULT_EPMSI_URL",
+    "EpmsiOrigin",
+    "CheckResult",
+    "Upstream",
+    "tls_policy",
+    "trust_root_from_pem",
+]
+
+DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+@dataclass(frozen=True)
+class EpmsiOrigin:
+    """Where the relay sends everything: scheme, host and port, nothing else."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> "EpmsiOrigin":
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            raise ValueError(f"e-PMSI URL must start with https:// (got {url!r})")
+        if not parts.hostname:
+            raise ValueError(f"e-PMSI URL has no host name: {url!r}")
+        if parts.username or parts.password:
+            raise ValueError("e-PMSI URL must not hold a user name or password")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(
+                f"e-PMSI URL must be an origin such as {DEFAULT_EPMSI_URL}, "
+                f"without a path (got {url!r})"
+            )
+        try:
+            port = parts.port or 443
+        except ValueError:
+            raise ValueError(f"e-PMSI URL has an invalid port: {url!r}") from None
+        return cls(parts.hostname, port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}" + ("" if self.port == 443 else f":{self.port}")
+
+    def url_for(self, path: str) -> str:
+        """The absolute URL of C{path}, which must start with a slash."""
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        return self.url + path
+
+
+def trust_root_from_pem(path: str) -> Any:
+    """
+    Trust every certificate in a PEM bundle, so a hospital can pin its own
+    TLS-inspecting proxy's CA or a test can pin the sandbox's.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
+    found = _PEM_CERTIFICATE.findall(data)
+    if not found:
+        raise ValueError(f"CA file {path} holds no PEM certificate")
+    try:
+        return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
+    except Exception as e:
+        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+
+
+def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:
+    """Verify e-PMSI's certificate and host name, against C{ca_file} or the system."""
+    root = trust_root_from_pem(ca_file) if ca_file else platformTrust()
+    return BrowserLikePolicyForHTTPS(trustRoot=root)
+
+
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """Connects through C{wrapped} and reports the peer address reached."""
+
+    def __init__(
+        self, wrapped: IStreamClientEndpoint, record: Callable[[IAddress], None]
+    ) -> None:
+        self._wrapped = wrapped
+        self._record = record
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        def connected(protocol: Any) -> Any:
+            self._record(protocol.transport.getPeer())
+            return protocol
+
+        return self._wrapped.connect(protocolFactory).addCallback(connected)
+
+
+@implementer(IAgentEndpointFactory)
+class EpmsiEndpointFactory:
+    """
+    Direct TLS connections to e-PMSI.  Its sibling for corporate proxies
+    returns an endpoint that tunnels with CONNECT before the same TLS wrap.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: BrowserLikePolicyForHTTPS,
+        connect_timeout: float = 30.0,
+        on_connected: Callable[[IAddress], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = connect_timeout
+        self._on_connected = on_connected
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint = wrapClientTLS(
+            self._policy.creatorForNetloc(uri.host, uri.port),
+            HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout),
+        )
+        if self._on_connected is not None:
+            endpoint = _RecordingEndpoint(endpoint, self._on_connected)
+        return endpoint
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of reaching e-PMSI once: the manual's "Tester e-PMSI"."""
+
+    ok: bool
+    url: str
+    elapsed: float
+    address: str | None = None
+    status: int | None = None
+    error: EpopError | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "ok": self.ok,
+            "url": self.url,
+            "elapsed": round(self.elapsed, 6),
+            "address": self.address,
+            "status": self.status,
+        }
+        if self.error is not None:
+            result["error"] = self.error.to_wire()
+        return result
+
+    def describe(self) -> str:
+        took = f"{self.elapsed * 1000:.0f} ms"
+        if self.ok:
+            return (
+                f"e-PMSI {self.url} reached at {self.address} in {took} "
+                f"(TLS verified, HTTP {self.status})"
+            )
+        assert self.error is not None
+        return f"{self.error.message} (after {took})"
+
+
+def format_address(address: Any) -> str | None:
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{address.port}"
+
+
+class Upstream:
+    """
+    Everything the relay needs to talk to e-PMSI.
+
+    @param reactor: provides the TCP, time and TLS machinery.
+    @param url: the e-PMSI origin; request paths are appended to it.
+    @param policy: the TLS policy; see L{tls_policy}.
+    @param check_path: what the connectivity check asks for.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        policy: BrowserLikePolicyForHTTPS,
+        *,
+        connect_timeout: float = 30.0,
+        check_path: str = "/",
+    ) -> None:
+        self.origin = EpmsiOrigin.from_url(url)
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = connect_timeout
+        self._check_path = check_path
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self._client = HTTPClient(
+            Agent.usingEndpointFactory(
+                reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout), self.pool
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        return self.origin.url
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: IBodyProducer | None,
+    ) -> Deferred[IResponse]:
+        """
+        Send one request to e-PMSI; the answer's body is left unread so the
+        caller can stream it.  Failures arrive as L{UpstreamError}.
+        """
+        url = self.origin.url_for(path)
+        raw = Headers()
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        d = self._client.request(method, url, headers=raw, data=body, unbuffered=True)
+
+        def failed(failure: Failure) -> Failure:
+            from twisted.internet.defer import CancelledError
+
+            if failure.check(CancelledError):
+                return failure
+            return Failure(describe_upstream_failure(failure, self.url, timeout=self._timeout))
+
+        return d.addErrback(failed)
+
+    def check(self) -> Deferred[CheckResult]:
+        """
+        Reach e-PMSI on a fresh connection: TLS handshake, then an HTTP
+        answer to C{HEAD check_path}.  Never fails: the result says how it went.
+        """
+        clock: IReactorTime = self._reactor
+        started = clock.seconds()
+        reached: list[IAddress] = []
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        client = HTTPClient(
+            Agent.usingEndpointFactory(
+                self._reactor,
+                EpmsiEndpointFactory(self._reactor, self._policy, self._timeout, reached.append),
+                pool,
+            )
+        )
+        d = client.request("HEAD", self.origin.url_for(self._check_path), unbuffered=True)
+
+        def answered(response: Any) -> CheckResult:
+            return CheckResult(
+                True,
+                self.url,
+                clock.seconds() - started,
+                format_address(reached[-1]) if reached else None,
+                response.code,
+            )
+
+        def failed(failure: Failure) -> CheckResult:
+            return CheckResult(
+                False,
+                self.url,
+                clock.seconds() - started,
+                format_address(reached[-1]) if reached else None,
+                error=describe_upstream_failure(failure, self.url, timeout=self._timeout),
+            )
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """Close the idle connections the pool keeps."""
+        return self.pool.closeCachedConnections()

@@ -1,0 +1,159 @@
+"""
+The e-POP wire format between a workstation and the relay.
+
+Every message is a frame: one type byte, a 4-byte big-endian payload length,
+then the payload.  Control frames carry a UTF-8 JSON object; C{DATA} frames
+carry raw response bytes.  The one exception is a request body: after a
+C{REQUEST} frame that declares C{length}, exactly that many raw bytes follow,
+unframed, so the relay can pass them on without parsing them.  The full
+specification is ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from epop.errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSIONS",
+    "FrameType",
+    "Frame",
+    "FrameReader",
+    "encode_frame",
+    "encode_message",
+    "frame_header",
+]
+
+PROTOCOL_NAME = "e-pop"
+PROTOCOL_VERSIONS = (1,)
+
+HEADER = struct.Struct(">BI")
+
+#: Largest JSON payload: ample for a request line and its headers.
+MAX_CONTROL_PAYLOAD = 64 * 1024
+#: Largest DATA payload a reader accepts.
+MAX_DATA_PAYLOAD = 1024 * 1024
+
+
+class FrameType(IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    REQUEST = 0x10
+    BODY_END = 0x11
+    CHECK = 0x12
+    RESPONSE = 0x20
+    DATA = 0x21
+    RESPONSE_END = 0x22
+    CHECK_RESULT = 0x23
+    ERROR = 0x7F
+
+
+_KNOWN = {int(kind) for kind in FrameType}
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: FrameType
+    payload: bytes
+
+    def message(self) -> dict[str, Any]:
+        """Decode a control frame's JSON object, or raise L{ProtocolError}."""
+        try:
+            value = json.loads(self.payload)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ProtocolError(
+                "bad-frame", f"{self.kind.name} frame is not valid JSON: {e}"
+            ) from None
+        if not isinstance(value, dict):
+            raise ProtocolError(
+                "bad-frame", f"{self.kind.name} frame must hold a JSON object"
+            )
+        return value
+
+
+def frame_header(kind: FrameType, length: int) -> bytes:
+    return HEADER.pack(kind, length)
+
+
+def encode_frame(kind: FrameType, payload: bytes) -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def encode_message(kind: FrameType, message: dict[str, Any]) -> bytes:
+    return encode_frame(kind, json.dumps(message, separators=(",", ":")).encode())
+
+
+class FrameReader:
+    """
+    Incremental frame parser that can switch to raw bytes for a request body.
+
+    C{feed} yields L{Frame}s and, while C{expect_raw} has bytes outstanding,
+    raw C{bytes} chunks.  Raw bytes that arrive on their own are passed through
+    without copying: that is the relay's hot path.
+    """
+
+    def __init__(self, max_data: int = MAX_DATA_PAYLOAD) -> None:
+        self._buffer = bytearray()
+        self._raw = 0
+        self._max_data = max_data
+
+    @property
+    def raw_outstanding(self) -> int:
+        return self._raw
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back: a partial frame, if the peer stopped mid-frame."""
+        return len(self._buffer)
+
+    def expect_raw(self, count: int) -> None:
+        """The next C{count} bytes are a body, not frames."""
+        self._raw = count
+
+    def feed(self, data: bytes) -> Iterator[Frame | bytes]:
+        if self._raw and not self._buffer:
+            if len(data) <= self._raw:
+                self._raw -= len(data)
+                yield data
+                return
+            head = data[: self._raw]
+            data = data[self._raw :]
+            self._raw = 0
+            yield head
+        self._buffer += data
+        while self._buffer:
+            if self._raw:
+                count = min(self._raw, len(self._buffer))
+                chunk = bytes(self._buffer[:count])
+                del self._buffer[:count]
+                self._raw -= count
+                yield chunk
+                continue
+            if len(self._buffer) < HEADER.size:
+                return
+            kind, length = HEADER.unpack_from(self._buffer)
+            if kind not in _KNOWN:
+                raise ProtocolError(
+                    "bad-frame",
+                    f"unknown frame type 0x{kind:02x}: this is not an e-POP client",
+                )
+            limit = self._max_data if kind == FrameType.DATA else MAX_CONTROL_PAYLOAD
+            if length > limit:
+                raise ProtocolError(
+                    "frame-too-large",
+                    f"{FrameType(kind).name} frame of {length} bytes exceeds "
+                    f"the limit of {limit} bytes",
+                )
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                return
+            payload = bytes(self._buffer[HEADER.size : end])
+            del self._buffer[:end]
+            yield Frame(FrameType(kind), payload)

@@ -1,0 +1,1 @@
+"""The epop test suite, run by trial."""

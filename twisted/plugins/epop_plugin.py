@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+epop = ServiceMaker(
+    "e-POP relay",
+    "epop.tap",
+    "Relay PMSI uploads from workstations without Internet access to e-PMSI.",
+    "epop",
+)
