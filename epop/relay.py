@@ -661,6 +661,7 @@ class RelayFactory(Factory):
     """
 
     protocol = RelayProtocol
+    noisy = False  # the journal says when listening opens and closes
 
     def __init__(
         self, reactor: Any, upstream: Upstream, relay_id: str, *, idle_timeout: float = 120.0

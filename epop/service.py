@@ -32,11 +32,27 @@ __all__ = [
     "DEFAULT_LISTEN",
     "RelaySettings",
     "RelayService",
+    "ListenError",
     "ListeningService",
     "make_relay_service",
 ]
 
 DEFAULT_LISTEN = "tcp:3358"
+
+
+class ListenError(CannotListenError):
+    """A listen endpoint could not be opened; says which and why."""
+
+    def __init__(self, description: str, why: str) -> None:
+        super().__init__(None, description, why)
+        self.description = description
+        self.why = why
+
+    def __str__(self) -> str:
+        hint = ""
+        if "in use" in self.why.lower():
+            hint = " (is another relay or program already listening there?)"
+        return f"cannot listen on {self.description}: {self.why}{hint}"
 
 
 @dataclass(frozen=True)
@@ -82,14 +98,14 @@ class ListeningService(Service):
         outcome: list[Any] = []
         self.endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise CannotListenError(None, self.description, "listening did not complete at once")
+            raise ListenError(self.description, "listening did not complete at once")
         if isinstance(outcome[0], Failure):
             reason = outcome[0].value
             if isinstance(reason, CannotListenError) and reason.socketError is not None:
                 why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
             else:
                 why = str(reason)
-            raise CannotListenError(None, self.description, why)
+            raise ListenError(self.description, why)
         self.port = outcome[0]
 
     def startService(self) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from epop.service import DEFAULT_LISTEN, RelaySettings, make_relay_service
+from epop.service import DEFAULT_LISTEN, ListenError, RelaySettings, make_relay_service
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
@@ -78,7 +78,22 @@ class Options(usage.Options):
         )
 
 
+class _TwistdRelay(MultiService):
+    """
+    Under twistd, a port that cannot be bound ends the program with one
+    clear line instead of a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"epop: {e}") from None
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    return make_relay_service(reactor, options.settings())
+    top = _TwistdRelay()
+    make_relay_service(reactor, options.settings()).setServiceParent(top)
+    return top

@@ -1,0 +1,188 @@
+"""
+Helpers shared by the test suite: a real HTTPS e-PMSI sandbox on loopback,
+trusted through a throw-away C{trustme} CA, and big-file utilities that never
+hold a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trustme
+from treq.client import HTTPClient
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import Certificate
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from epop.sandbox import SandboxSite, make_sandbox_site, server_tls_options
+
+__all__ = [
+    "TestSandbox",
+    "deferred_poll_until",
+    "make_trustme_sandbox",
+    "make_trusting_client",
+    "poll_until",
+    "sha256_file",
+    "write_random_file",
+]
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: FilePath | str) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    name = path.path if isinstance(path, FilePath) else path
+    digest = hashlib.sha256()
+    with open(name, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_random_file(path: str, size: int, seed: int = 0) -> str:
+    """
+    Write C{size} reproducible pseudo-random bytes to C{path}, 1 MiB at a
+    time, and return their SHA-256 hex digest.
+    """
+    generator = random.Random(seed)
+    digest = hashlib.sha256()
+    remaining = size
+    with open(path, "wb") as handle:
+        while remaining > 0:
+            chunk = generator.randbytes(min(_CHUNK, remaining))
+            handle.write(chunk)
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class TestSandbox:
+    """
+    A running sandbox, as seen by a test.
+
+    C{url} is C{https://127.0.0.1:<port>}; C{ca_path} is the PEM file of the
+    CA to trust (e.g. for C{--ca-file}); C{ca} can issue more certificates.
+    """
+
+    __test__ = False  # not a test case, whatever pytest thinks of the name
+
+    url: str
+    ca_path: str
+    ca: trustme.CA
+    upload_directory: FilePath
+    port: IListeningPort
+    site: SandboxSite = field(repr=False)
+
+    def complete_files(self) -> list[FilePath]:
+        """
+        Every file the sandbox has fully received so far, in upload order.
+
+        Hidden folders (uploads still arriving) and C{.partial} files are
+        not complete and are left out.
+        """
+        found: list[FilePath] = []
+        if not self.upload_directory.isdir():
+            return found
+        for upload in sorted(self.upload_directory.children()):
+            if upload.basename().startswith(".") or not upload.isdir():
+                continue
+            for stored in sorted(upload.children()):
+                name = stored.basename()
+                if stored.isfile() and not name.startswith(".") and not name.endswith(
+                    ".partial"
+                ):
+                    found.append(stored)
+        return found
+
+    def sha256_of(self, path: FilePath | str) -> str:
+        """SHA-256 hex digest of a stored (or any) file."""
+        return sha256_file(path)
+
+    def client(self, reactor: Any) -> HTTPClient:
+        """A treq client trusting this sandbox's CA, without a shared pool."""
+        return make_trusting_client(reactor, self.ca.cert_pem.bytes())
+
+
+def make_trusting_client(reactor: Any, ca_pem: bytes) -> HTTPClient:
+    """
+    A treq client that trusts only C{ca_pem} and does not keep connections
+    alive, so no socket outlives a test (trial's dirty-reactor check).
+    """
+    policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(ca_pem))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+def make_trustme_sandbox(testcase: TestCase, reactor: Any) -> TestSandbox:
+    """
+    Start a sandbox over TLS on C{127.0.0.1}, port 0, for one test.
+
+    Synchronous: listening is immediate, so this returns the L{TestSandbox}
+    itself, not a Deferred.  The server certificate (for C{127.0.0.1} and
+    C{localhost}) comes from a fresh C{trustme} CA whose PEM is written to
+    C{ca_path}.  Cleanups stop listening and abort any connection still
+    open on the server side, so trial never sees a dirty reactor.
+    """
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    base = FilePath(testcase.mktemp())
+    base.makedirs()
+    ca_file = base.child("ca.pem")
+    ca.cert_pem.write_to_path(ca_file.path)
+    upload_directory = base.child("uploads")
+
+    site = make_sandbox_site(upload_directory, reactor)
+    options = server_tls_options(
+        b"".join(pem.bytes() for pem in server.cert_chain_pems),
+        server.private_key_pem.bytes(),
+    )
+    port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+    # Cleanups run last-in first-out: stop accepting, then close what is open.
+    testcase.addCleanup(site.close_connections)
+    testcase.addCleanup(port.stopListening)
+    return TestSandbox(
+        url=f"https://127.0.0.1:{port.getHost().port}",
+        ca_path=ca_file.path,
+        ca=ca,
+        upload_directory=upload_directory,
+        port=port,
+        site=site,
+    )
+
+
+async def poll_until(
+    reactor: Any,
+    predicate: Callable[[], bool],
+    attempts: int = 100,
+    interval: float = 0.05,
+) -> bool:
+    """
+    Check C{predicate} up to C{attempts} times, C{interval} seconds apart.
+
+    Returns whether it became true, so the test decides how to fail instead
+    of hanging.  Use with C{Deferred.fromCoroutine} or from an C{async}
+    test (trial runs those directly).
+    """
+    for _ in range(attempts):
+        if predicate():
+            return True
+        await task.deferLater(reactor, interval, lambda: None)
+    return predicate()
+
+
+def deferred_poll_until(
+    reactor: Any,
+    predicate: Callable[[], bool],
+    attempts: int = 100,
+    interval: float = 0.05,
+) -> Deferred[bool]:
+    """L{poll_until} as a Deferred, for callback-style tests."""
+    return Deferred.fromCoroutine(poll_until(reactor, predicate, attempts, interval))
