@@ -7,6 +7,7 @@ or could not be reached; 2 for a usage error.
 
 from __future__ import annotations
 
+import getopt
 import os
 import sys
 from typing import Any, TextIO
@@ -25,7 +26,34 @@ __all__ = ["main"]
 DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
 
 
-class _TargetOptions(usage.Options):
+class _Options(usage.Options):
+    """Our version, and file arguments before or after the options."""
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"epop {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # usage.Options stops at the first argument, but people type
+        # "epop send FILE --relay HOST" as the synopsis shows it.
+        argv = sys.argv[1:] if options is None else options
+        try:
+            found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e))
+        reordered: list[str] = []
+        for name, value in found:
+            takes_value = (
+                name[2:] + "=" in self.longOpt
+                if name.startswith("--")
+                else name[1] + ":" in self.shortOpt
+            )
+            reordered.extend([name, value] if takes_value else [name])
+        super().parseOptions(reordered + ["--"] + args)
+
+
+class _TargetOptions(_Options):
     """Where to send: through a relay, or directly to e-PMSI."""
 
     optFlags = [["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."]]
@@ -116,7 +144,7 @@ class TestOptions(_TargetOptions):
         self.check_target()
 
 
-class SandboxOptions(usage.Options):
+class SandboxOptions(_Options):
     synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH]"
     longdesc = (
         "Run the e-PMSI sandbox: a local HTTPS server that stands in for e-PMSI "
@@ -130,7 +158,7 @@ class SandboxOptions(usage.Options):
 
 
 class Options(usage.Options):
-    synopsis = "COMMAND [options]"
+    synopsis = "Usage: epop"
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
     subCommands = [
         ["send", None, SendOptions, "Send a file to e-PMSI."],
@@ -195,7 +223,7 @@ def _run_test(reactor: Any, options: TestOptions, stderr: TextIO, stdout: TextIO
 
     def reported(report: TestReport) -> int:
         if report.ok:
-            stdout.write(report.describe() + "\n")
+            stdout.write(report.describe().encode() + b"\n")
             return 0
         steps = {"relay": "reaching the relay", "epmsi": "reaching e-PMSI"}
         head = f"Test failed while {steps.get(report.failed_step or '', 'starting')}:"

@@ -70,17 +70,17 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> "Endpoint":
         text = text.strip()
-        host, port = text, ""
+        host, port = text, None
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
                 raise ValueError(f"invalid relay address {text!r}: expected [IPv6]:PORT")
-            port = rest[1:]
+            port = rest[1:] if rest else None
         elif text.count(":") == 1:
             host, port = text.split(":")
         if not host:
             raise ValueError(f"invalid relay address {text!r}: no host")
-        if not port:
+        if port is None:
             return cls(host)
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"invalid relay port {port!r}: expected a number from 1 to 65535")
@@ -279,6 +279,9 @@ class RelayClientProtocol(Protocol):
 
     def _fail(self, error: EpopError) -> None:
         """Fail whatever is waiting and drop the connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.welcomed.called:
             self.welcomed.errback(error)
         operation, self._operation = self._operation, None
@@ -291,9 +294,6 @@ class RelayClientProtocol(Protocol):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if not self.welcomed.called or self._operation is not None:
             self._fail(
                 EpopError(

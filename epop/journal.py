@@ -156,15 +156,10 @@ class JournalService(Service):
 
     name = "journal"
 
-    def __init__(
-        self,
-        relay_id: str,
-        open_writer: Callable[[], IJournalWriter],
-        publisher: LogPublisher | None = None,
-    ) -> None:
+    def __init__(self, relay_id: str, open_writer: Callable[[], IJournalWriter]) -> None:
         self._relay_id = relay_id
         self._open_writer = open_writer
-        self._publisher = publisher if publisher is not None else globalLogPublisher
+        self._publisher: LogPublisher = globalLogPublisher
         self._observer: JournalObserver | None = None
         self._writer: IJournalWriter | None = None
 

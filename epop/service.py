@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epop import journal
@@ -208,7 +208,6 @@ def make_relay_service(
     settings: RelaySettings = RelaySettings(),
     *,
     journal_writer: Callable[[], IJournalWriter] | None = None,
-    log_publisher: LogPublisher | None = None,
 ) -> RelayService:
     """
     Build a relay that any Twisted application can attach with
@@ -218,8 +217,6 @@ def make_relay_service(
     @param settings: what to listen on, where e-PMSI is, where to journal.
     @param journal_writer: opens the journal's writer when the service
         starts; by default a L{FileJournalWriter} on C{settings.journal}.
-    @param log_publisher: where the journal observer is added; the global
-        log publisher by default.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
         CA file, bad endpoint string), with a message that says which.
     """
@@ -242,5 +239,5 @@ def make_relay_service(
     if journal_writer is None:
         path = settings.journal
         journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
-    journal_service = JournalService(relay_id, journal_writer, log_publisher)
+    journal_service = JournalService(relay_id, journal_writer)
     return RelayService(reactor, settings, factory, journal_service, listeners)

@@ -1,0 +1,69 @@
+"""Unit tests for L{epop.client}: addresses, handshake and relay errors."""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from epop.client import Endpoint, RelayClientProtocol
+from epop.errors import EpopError, RelayError
+from epop.wire import Frame, FrameReader, FrameType, encode_message
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """Addresses are typed as HOST, HOST:PORT or [IPv6]:PORT; 3358 by default."""
+        self.assertEqual(Endpoint.parse("10.1.2.3"), Endpoint("10.1.2.3", 3358))
+        self.assertEqual(Endpoint.parse("relay.chu.local:4000"), Endpoint("relay.chu.local", 4000))
+        self.assertEqual(Endpoint.parse("[::1]:4000"), Endpoint("::1", 4000))
+        self.assertEqual(Endpoint.parse("::1"), Endpoint("::1", 3358))
+        self.assertEqual(str(Endpoint("::1", 4000)), "[::1]:4000")
+
+    def test_parse_errors(self) -> None:
+        """A bad address says what was expected."""
+        for text in ("", "host:", "host:0", "host:70000", "host:abc", "[::1", "[::1]x"):
+            self.assertRaises(ValueError, Endpoint.parse, text)
+
+
+class HandshakeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.protocol = RelayClientProtocol(self.clock, timeout=10)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def test_sends_hello(self) -> None:
+        """The client opens with HELLO naming the versions it speaks."""
+        [hello] = list(FrameReader().feed(self.transport.value()))
+        assert isinstance(hello, Frame)
+        self.assertEqual(hello.kind, FrameType.HELLO)
+        self.assertEqual(hello.message()["versions"], [1])
+
+    def test_no_answer_in_time(self) -> None:
+        """A peer that accepts but never answers is 'no answer in time'."""
+        self.clock.advance(9.9)
+        self.assertNoResult(self.protocol.welcomed)
+        self.clock.advance(0.1)
+        error = self.failureResultOf(self.protocol.welcomed, EpopError).value
+        self.assertEqual(error.cause, "timeout")
+        self.assertIn("no answer in time", error.message)
+        self.assertTrue(self.transport.disconnecting or self.transport.disconnected)
+
+    def test_relay_refuses(self) -> None:
+        """An ERROR instead of WELCOME reaches the caller with its code and message."""
+        message = "Client 10.1.2.3:51234 is not allowed to connect to this e-POP relay"
+        self.protocol.dataReceived(
+            encode_message(FrameType.ERROR, {"code": "not-authorized", "message": message})
+        )
+        error = self.failureResultOf(self.protocol.welcomed, RelayError).value
+        self.assertEqual((error.code, error.message), ("not-authorized", message))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_relay_closes_during_operation(self) -> None:
+        """A relay that hangs up mid-operation fails it with a clear error."""
+        self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+        result = self.protocol.check()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.failureResultOf(result, EpopError).value.code, "relay-closed")

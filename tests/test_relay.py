@@ -1,0 +1,214 @@
+"""
+Unit tests for L{epop.relay} with C{StringTransport} and a clock: timeouts,
+flow control, the integrity hold-back and request validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from epop.errors import ProtocolError
+from epop.relay import RelayFactory, RelayProtocol, parse_request
+from epop.upstream import CheckResult
+from epop.wire import Frame, FrameReader, FrameType, encode_message
+from tests.relaying import HELLO
+
+
+class FakeUpstream:
+    """Stands for e-PMSI's side: the test decides when and how it answers."""
+
+    url = "https://epmsi.example"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, list, Any, Deferred]] = []
+        self.checks: list[Deferred] = []
+
+    def request(self, method: str, path: str, headers: list, body: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.requests.append((method, path, headers, body, d))
+        return d
+
+    def check(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.checks.append(d)
+        return d
+
+
+class ListConsumer:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
+class RelayProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.upstream = FakeUpstream()
+        self.factory = RelayFactory(self.clock, self.upstream, "test-relay", idle_timeout=120)
+        self.protocol: RelayProtocol = self.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 5555))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
+        self.protocol.makeConnection(self.transport)
+
+    def frames(self) -> list[Frame]:
+        return [f for f in FrameReader().feed(self.transport.value()) if isinstance(f, Frame)]
+
+    def errors(self) -> list[str]:
+        return [f.message()["code"] for f in self.frames() if f.kind is FrameType.ERROR]
+
+    def upload(self, length: int) -> Any:
+        request = {"method": "POST", "path": "/syriusUpload.do", "headers": [], "length": length}
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request))
+        return self.upstream.requests[-1][3]
+
+    def test_idle_timeout(self) -> None:
+        """A workstation silent for the idle timeout gets an error and is closed."""
+        self.clock.advance(119)
+        self.assertEqual(self.errors(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.errors(), ["idle-timeout"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_activity_resets_idle_timeout(self) -> None:
+        """Each byte received restarts the idle countdown."""
+        self.clock.advance(100)
+        self.protocol.dataReceived(HELLO)
+        self.clock.advance(100)
+        self.assertEqual(self.errors(), [])
+
+    def test_no_idle_timeout_while_epmsi_works(self) -> None:
+        """While e-PMSI is the slow side, the workstation is not timed out."""
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.CHECK, {}))
+        self.clock.advance(1000)
+        self.assertEqual(self.errors(), [])
+        self.upstream.checks[0].callback(CheckResult(True, "https://e", 0.1, "1.2.3.4:443", 200))
+        self.assertEqual(self.frames()[-1].kind, FrameType.CHECK_RESULT)
+        self.clock.advance(120)
+        self.assertEqual(self.errors(), ["idle-timeout"])
+
+    def test_no_idle_timeout_while_paused_by_epmsi(self) -> None:
+        """Backpressure from e-PMSI pauses the workstation without timing it out."""
+        body = self.upload(100)
+        done = body.startProducing(ListConsumer())
+        self.assertEqual(self.transport.producerState, "producing")
+        body.pauseProducing()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(1000)
+        self.assertEqual(self.errors(), [])
+        body.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.clock.advance(120)
+        self.assertEqual(self.errors(), ["idle-timeout"])
+        self.assertEqual(self.failureResultOf(done, ProtocolError).value.code, "idle-timeout")
+
+    def test_body_waits_for_epmsi_connection(self) -> None:
+        """Until e-PMSI's connection is ready the workstation is paused, and early bytes kept."""
+        body = self.upload(6)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.protocol.dataReceived(b"abc")
+        consumer = ListConsumer()
+        body.startProducing(consumer)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.protocol.dataReceived(b"def")
+        self.assertEqual(consumer.chunks, [b"abc"])
+
+    def test_last_chunk_held_until_hash_matches(self) -> None:
+        """e-PMSI gets the last chunk only once the client's SHA-256 matches."""
+        body = self.upload(10)
+        consumer = ListConsumer()
+        done = body.startProducing(consumer)
+        self.protocol.dataReceived(b"012345")
+        self.protocol.dataReceived(b"6789")
+        self.assertEqual(consumer.chunks, [b"012345"])
+        self.assertNoResult(done)
+        sha = hashlib.sha256(b"0123456789").hexdigest()
+        self.protocol.dataReceived(encode_message(FrameType.BODY_END, {"sha256": sha}))
+        self.assertEqual(consumer.chunks, [b"012345", b"6789"])
+        self.assertIsNone(self.successResultOf(done))
+
+    def test_mismatch_never_delivers_last_chunk(self) -> None:
+        """A wrong hash fails e-PMSI's request one chunk short, and tells the client."""
+        body = self.upload(10)
+        consumer = ListConsumer()
+        done = body.startProducing(consumer)
+        self.protocol.dataReceived(b"0123456789")
+        self.protocol.dataReceived(encode_message(FrameType.BODY_END, {"sha256": "ab" * 32}))
+        self.assertEqual(consumer.chunks, [])
+        self.failureResultOf(done)
+        self.assertEqual(self.errors(), ["integrity-mismatch"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_short_body_fails_epmsi_request(self) -> None:
+        """A workstation that leaves mid-body fails e-PMSI's request."""
+        body = self.upload(10)
+        consumer = ListConsumer()
+        done = body.startProducing(consumer)
+        self.protocol.dataReceived(b"01234")
+        self.protocol.connectionLost(Failure_done())
+        self.failureResultOf(done)
+        self.assertEqual(consumer.chunks, [])
+
+    def test_frame_before_hello(self) -> None:
+        """Operations before the handshake are refused."""
+        self.protocol.dataReceived(encode_message(FrameType.CHECK, {}))
+        self.assertEqual(self.errors(), ["unexpected-frame"])
+
+    def test_welcome_names_version(self) -> None:
+        """The relay answers HELLO with the version chosen and its e-PMSI origin."""
+        self.protocol.dataReceived(HELLO)
+        welcome = self.frames()[0]
+        self.assertEqual(welcome.kind, FrameType.WELCOME)
+        self.assertEqual(welcome.message()["version"], 1)
+        self.assertEqual(welcome.message()["epmsi"], "https://epmsi.example")
+
+
+def Failure_done() -> Any:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionDone())
+
+
+class ParseRequestTests(SynchronousTestCase):
+    def good(self, **changes: Any) -> dict[str, Any]:
+        request: dict[str, Any] = {"method": "POST", "path": "/up.do?x=1", "headers": [], "length": 1}
+        request.update(changes)
+        return request
+
+    def test_accepts_a_plain_request(self) -> None:
+        """A path with a query and ordinary headers goes through unchanged."""
+        self.assertEqual(
+            parse_request(self.good(headers=[["Content-Type", "text/plain"]])),
+            ("POST", "/up.do?x=1", [("Content-Type", "text/plain")], 1),
+        )
+
+    def test_refuses(self) -> None:
+        """Anything that could leave the e-PMSI origin or smuggle headers is refused."""
+        bad = [
+            self.good(path="http://elsewhere/"),
+            self.good(path="elsewhere/x"),
+            self.good(path="/with space"),
+            self.good(path="/\u00e9"),
+            self.good(method="CONNECT"),
+            self.good(length=-1),
+            self.good(length="12"),
+            self.good(length=True),
+            self.good(headers=[["Host", "elsewhere"]]),
+            self.good(headers=[["Proxy-Authorization", "Basic x"]]),
+            self.good(headers=[["Transfer-Encoding", "chunked"]]),
+            self.good(headers=[["X-A", "b\r\nHost: elsewhere"]]),
+            self.good(headers=[["Bad Name", "x"]]),
+            self.good(headers=[["only-one"]]),
+            self.good(headers=[["X", "y"]] * 101),
+        ]
+        for request in bad:
+            with self.assertRaises(ProtocolError, msg=repr(request)) as caught:
+                parse_request(request)
+            self.assertEqual(caught.exception.code, "bad-request")

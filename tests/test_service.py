@@ -1,0 +1,135 @@
+"""
+Tests for L{epop.service} and L{epop.tap}: how the relay is wired, started
+and stopped, and how twistd's options are checked.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from epop import tap
+from epop.journal import MemoryJournalWriter, emit
+from epop.relay import RelayFactory
+from epop.service import ListenError, RelaySettings, make_relay_service
+
+
+class WiringTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.writer = MemoryJournalWriter()
+        self.service = make_relay_service(
+            self.reactor,
+            RelaySettings(
+                listen=("tcp:3358", "tcp:4000:interface=127.0.0.1"), check_at_start=False
+            ),
+            journal_writer=lambda: self.writer,
+        )
+
+    def test_listens_on_each_endpoint(self) -> None:
+        """Each --listen endpoint gets a port served by the one relay factory."""
+        self.service.privilegedStartService()
+        self.service.startService()
+        ports = [(port, interface) for port, _, _, interface in self.reactor.tcpServers]
+        self.assertEqual(ports, [(3358, ""), (4000, "127.0.0.1")])
+        factories = {id(factory) for _, factory, _, _ in self.reactor.tcpServers}
+        self.assertEqual(len(factories), 1)
+        self.assertIsInstance(self.reactor.tcpServers[0][1], RelayFactory)
+
+    def test_journal_observer_lives_with_the_service(self) -> None:
+        """The journal is written while the service runs, and closed when it stops."""
+        self.assertEqual(self.writer.records, [])
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.assertEqual(
+            [(r["type"], r["port"]) for r in self.writer.records],
+            [("listening-opened", 3358), ("listening-opened", 4000)],
+        )
+        self.service.stopService()
+        self.assertEqual(
+            [r["type"] for r in self.writer.records][-2:], ["listening-closed", "listening-closed"]
+        )
+        self.assertTrue(self.writer.closed)
+        before = len(self.writer.records)
+        emit(Logger(), self.service.factory.relay_id, "connection-opened", "late")
+        self.assertEqual(len(self.writer.records), before)
+
+    def test_other_relays_events_are_not_journaled(self) -> None:
+        """Two relays in one process keep separate journals."""
+        self.service.startService()
+        emit(Logger(), "another-relay", "connection-opened", "x")
+        self.assertNotIn("connection-opened", [r["type"] for r in self.writer.records])
+
+    def test_invalid_settings(self) -> None:
+        """Settings that cannot work are refused when the service is built."""
+        for settings in (
+            RelaySettings(listen=("nonsense:1",)),
+            RelaySettings(epmsi="http://epmsi.example"),
+            RelaySettings(ca_file="/nonexistent/ca.pem"),
+        ):
+            self.assertRaises(ValueError, make_relay_service, self.reactor, settings)
+
+
+class PortInUseTests(TestCase):
+    def setUp(self) -> None:
+        taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        self.listen = f"tcp:{taken.getHost().port}:interface=127.0.0.1"
+
+    def test_service_raises(self) -> None:
+        """A port already in use is an error at start, not a silently dead relay."""
+        service = make_relay_service(
+            reactor,
+            RelaySettings(listen=(self.listen,), check_at_start=False),
+            journal_writer=MemoryJournalWriter,
+        )
+        error = self.assertRaises(ListenError, service.privilegedStartService)
+        self.assertIn(self.listen, str(error))
+        self.assertIn("already listening", str(error))
+
+    def test_twistd_exits_with_one_line(self) -> None:
+        """Under twistd, the same mistake ends the program with a clear line."""
+        options = tap.Options()
+        options.parseOptions(["--listen", self.listen, "--no-check", "--journal", self.mktemp()])
+        service = tap.makeService(options)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertTrue(str(error.code).startswith(f"epop: cannot listen on {self.listen}"))
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """With no options: port 3358, the real e-PMSI, the system's trust."""
+        settings = self.parse().settings()
+        self.assertEqual(settings.listen, ("tcp:3358",))
+        self.assertEqual(settings.epmsi, "https://www.epmsi.atih.sante.fr")
+        self.assertIsNone(settings.ca_file)
+        self.assertEqual(settings.journal, "epop-journal.jsonl")
+        self.assertEqual(settings.idle_timeout, 120.0)
+
+    def test_listen_repeatable(self) -> None:
+        """--listen replaces the default and may be given several times."""
+        settings = self.parse("--listen", "tcp:1", "--listen", "tcp:2").settings()
+        self.assertEqual(settings.listen, ("tcp:1", "tcp:2"))
+
+    def test_usage_errors(self) -> None:
+        """Each bad option is a usage error that names it."""
+        cases = [
+            (["--listen", "nonsense:1"], "--listen nonsense:1"),
+            (["--epmsi", "http://x"], "https://"),
+            (["--epmsi", "https://x/path"], "without a path"),
+            (["--ca-file", "/nonexistent.pem"], "cannot read CA file"),
+            (["--idle-timeout", "0"], "--idle-timeout"),
+            (["--journal", "/nonexistent/dir/j.jsonl"], "--journal"),
+        ]
+        for args, text in cases:
+            error = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertIn(text, str(error))
