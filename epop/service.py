@@ -20,10 +20,12 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epop import journal
+from epop.allowlist import Allowlist, AllowlistFactory
 from epop.journal import FileJournalWriter, IJournalWriter, JournalService
 from epop.relay import RelayFactory, format_peer
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
@@ -63,6 +65,7 @@ class RelaySettings:
     epmsi: str = DEFAULT_EPMSI_URL
     ca_file: str | None = None
     journal: str = "epop-journal.jsonl"
+    allow: Sequence[str] = ()
     idle_timeout: float = 120.0
     connect_timeout: float = 30.0
     check_at_start: bool = True
@@ -81,11 +84,16 @@ class ListeningService(Service):
     log = Logger()
 
     def __init__(
-        self, description: str, endpoint: IStreamServerEndpoint, factory: RelayFactory
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: RelayFactory,
+        served: Factory | None = None,
     ) -> None:
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
+        self._served = served if served is not None else factory
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -96,7 +104,7 @@ class ListeningService(Service):
         if self.port is not None:
             return
         outcome: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        self.endpoint.listen(self._served).addBoth(outcome.append)
         if not outcome:
             raise ListenError(self.description, "listening did not complete at once")
         if isinstance(outcome[0], Failure):
@@ -218,7 +226,8 @@ def make_relay_service(
     @param journal_writer: opens the journal's writer when the service
         starts; by default a L{FileJournalWriter} on C{settings.journal}.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
-        CA file, bad endpoint string), with a message that says which.
+        CA file, bad endpoint string, bad allowlist entry), with a message
+        that says which.
     """
     upstream = Upstream(
         reactor,
@@ -229,13 +238,15 @@ def make_relay_service(
     )
     relay_id = uuid.uuid4().hex
     factory = RelayFactory(reactor, upstream, relay_id, idle_timeout=settings.idle_timeout)
+    allowlist = Allowlist(settings.allow)
+    served = AllowlistFactory(factory, allowlist) if allowlist else factory
     listeners = []
     for description in settings.listen:
         try:
             endpoint = serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
-        listeners.append(ListeningService(description, endpoint, factory))
+        listeners.append(ListeningService(description, endpoint, factory, served))
     if journal_writer is None:
         path = settings.journal
         journal_writer = lambda: FileJournalWriter(path)  # noqa: E731

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from epop.allowlist import Allowlist
 from epop.service import DEFAULT_LISTEN, ListenError, RelaySettings, make_relay_service
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
@@ -39,10 +40,19 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["allow"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:3358:interface=192.168.1.10 (repeatable; default tcp:3358)."""
         self["listen"].append(description)
+
+    def opt_allow(self, entry: str) -> None:
+        """Only this client address or network may connect, e.g. 10.1.2.3 or 10.1.0.0/16 (repeatable; default: everyone)."""
+        try:
+            Allowlist([entry])
+        except ValueError as e:
+            raise usage.UsageError(f"--allow: {e}")
+        self["allow"].append(entry)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -73,6 +83,7 @@ class Options(usage.Options):
             epmsi=self["epmsi"],
             ca_file=self["ca-file"],
             journal=self["journal"],
+            allow=tuple(self["allow"]),
             idle_timeout=self["idle-timeout"],
             check_at_start=not self["no-check"],
         )

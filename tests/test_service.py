@@ -115,6 +115,12 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(settings.journal, "epop-journal.jsonl")
         self.assertEqual(settings.idle_timeout, 120.0)
 
+    def test_allow_repeatable(self) -> None:
+        """--allow adds one address or network each time; none means everyone."""
+        self.assertEqual(self.parse().settings().allow, ())
+        settings = self.parse("--allow", "10.1.2.3", "--allow", "fd00::/8").settings()
+        self.assertEqual(settings.allow, ("10.1.2.3", "fd00::/8"))
+
     def test_listen_repeatable(self) -> None:
         """--listen replaces the default and may be given several times."""
         settings = self.parse("--listen", "tcp:1", "--listen", "tcp:2").settings()
@@ -129,6 +135,7 @@ class OptionsTests(SynchronousTestCase):
             (["--ca-file", "/nonexistent.pem"], "cannot read CA file"),
             (["--idle-timeout", "0"], "--idle-timeout"),
             (["--journal", "/nonexistent/dir/j.jsonl"], "--journal"),
+            (["--allow", "10.1.2.300"], "--allow: '10.1.2.300' is not an IP address"),
         ]
         for args, text in cases:
             error = self.assertRaises(usage.UsageError, self.parse, *args)

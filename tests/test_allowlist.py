@@ -1,0 +1,59 @@
+"""Tests for L{epop.allowlist}: who may connect, and what the others are told."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from epop.allowlist import Allowlist
+from epop.client import test_connection
+from tests.relaying import start_relay
+from tests.support import make_trustme_sandbox, poll_until
+
+
+class AllowlistTests(SynchronousTestCase):
+    def test_addresses_and_networks(self) -> None:
+        """Single addresses and CIDR networks, IPv4 and IPv6, match as expected."""
+        allowlist = Allowlist(["10.1.2.3", "192.168.0.0/16", "fd00::/8", "::1"])
+        for host in ("10.1.2.3", "192.168.44.5", "fd12::7", "::1"):
+            self.assertTrue(allowlist.allows(host), host)
+        for host in ("10.1.2.4", "192.169.0.1", "fe80::1", "127.0.0.1", "not-an-ip"):
+            self.assertFalse(allowlist.allows(host), host)
+
+    def test_ipv4_mapped_peer(self) -> None:
+        """A peer seen as ::ffff:10.1.2.3 on a dual-stack socket matches IPv4 rules."""
+        self.assertTrue(Allowlist(["10.1.0.0/16"]).allows("::ffff:10.1.2.3"))
+        self.assertFalse(Allowlist(["10.1.0.0/16"]).allows("::ffff:10.2.2.3"))
+
+    def test_empty_means_everyone(self) -> None:
+        """No entries is the manual's "Tous": the list is falsy and not applied."""
+        self.assertFalse(Allowlist([]))
+
+    def test_bad_entry(self) -> None:
+        """A bad entry is refused with its text in the message."""
+        error = self.assertRaises(ValueError, Allowlist, ["10.1.2.300"])
+        self.assertIn("10.1.2.300", str(error))
+
+
+class RefusalTests(TestCase):
+    async def test_refused_client_is_told_and_journaled(self) -> None:
+        """A client outside the list gets the manual's message, and the relay journals it."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path, allow=("10.0.0.0/8",))
+        report = await test_connection(reactor, relay=relay.endpoint)
+        self.assertEqual(report.failed_step, "relay")
+        self.assertEqual(report.error.code, "not-authorized")
+        self.assertRegex(
+            report.error.message,
+            r"^Client 127\.0\.0\.1:\d+ is not allowed to connect to this e-POP relay$",
+        )
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        self.assertEqual(relay.types(), ["listening-opened", "connection-opened", "connection-closed"])
+        self.assertEqual(relay.records("connection-closed")[0]["reason"], "not-authorized")
+
+    async def test_listed_client_is_served(self) -> None:
+        """A client inside the list is served as usual."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path, allow=("127.0.0.0/8",))
+        report = await test_connection(reactor, relay=relay.endpoint)
+        self.assertTrue(report.ok, report.describe())
