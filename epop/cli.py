@@ -203,8 +203,9 @@ def _run_send(reactor: Any, options: SendOptions, stdout: Any, stderr: TextIO) -
         stdout.flush()
         how = f"through relay {options.relay}" if options.relay else "directly"
         took = reactor.seconds() - started
+        size = os.path.getsize(options["file"])
         stderr.write(
-            f"\nSent {options['file']} ({_size(reply.sent)}) {how} in {took:.1f} s: "
+            f"\nSent {options['file']} ({_size(size)}) {how} in {took:.1f} s: "
             f"e-PMSI answered {reply.status} {reply.reason}.\n"
         )
         return 0 if reply.ok else 1
@@ -212,7 +213,7 @@ def _run_send(reactor: Any, options: SendOptions, stdout: Any, stderr: TextIO) -
     return d.addCallback(answered)
 
 
-def _run_test(reactor: Any, options: TestOptions, stderr: TextIO, stdout: TextIO) -> Deferred[int]:
+def _run_test(reactor: Any, options: TestOptions, stderr: TextIO, stdout: Any) -> Deferred[int]:
     d = test_connection(
         reactor,
         relay=options.relay,
@@ -266,8 +267,12 @@ def _start_logging(stderr: TextIO) -> None:
 
 
 def run(reactor: Any, argv: list[str], stdout: Any = None, stderr: TextIO | None = None) -> Deferred[int]:
-    """Run one command on C{reactor}; the Deferred fires with the exit status."""
-    stdout = stdout if stdout is not None else sys.stdout
+    """
+    Run one command on C{reactor}; the Deferred fires with the exit status.
+    C{stdout} takes bytes (e-PMSI's answers are passed on as they are),
+    C{stderr} takes text.
+    """
+    stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
     options = Options()
     try:
@@ -281,7 +286,7 @@ def run(reactor: Any, argv: list[str], stdout: Any = None, stderr: TextIO | None
         _start_logging(stderr)
         d = _run_sandbox(reactor, sub)
     elif options.subCommand == "send":
-        d = _run_send(reactor, sub, getattr(stdout, "buffer", stdout), stderr)
+        d = _run_send(reactor, sub, stdout, stderr)
     else:
         d = _run_test(reactor, sub, stderr, stdout)
 

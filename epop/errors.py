@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from OpenSSL import SSL
-from twisted.internet import error as netError
+from twisted.internet import defer, error as netError
 from twisted.python.failure import Failure
 from twisted.web.client import (
     RequestGenerationFailed,
@@ -125,7 +125,7 @@ def _classify(failure: Failure, *, timeout: float | None = None) -> _Cause:
         return _Cause("dns", "host name not found")
     if isinstance(value, netError.ConnectionRefusedError):
         return _Cause("refused", "connection refused: nothing listens there")
-    if isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError)):
+    if isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError, defer.TimeoutError)):
         after = f" ({timeout:g} s)" if timeout else ""
         return _Cause("timeout", "no answer in time" + after)
     if isinstance(value, (netError.NoRouteError,)):

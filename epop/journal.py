@@ -80,6 +80,7 @@ def journal_record(event: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "type": event["epop_event"],
+        "run": event["epop_relay"],
     }
     for key in RECORD_FIELDS:
         if key in event:

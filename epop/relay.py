@@ -35,6 +35,8 @@ from epop._version import __version__
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
+    HEADER,
+    MAX_DATA_PAYLOAD,
     PROTOCOL_NAME,
     PROTOCOL_VERSIONS,
     Frame,
@@ -74,15 +76,20 @@ HOP_BY_HOP = frozenset(
 
 MAX_HEADERS = 100
 MAX_PATH = 8192
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_PATH = re.compile(r"^/[\x21-\x7e]*$")
-_BAD_VALUE = re.compile(r"[\x00\r\n]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PATH = re.compile(r"/[\x21-\x7e]*")
+#: Header values: visible Latin-1 characters, spaces and tabs (RFC 9110 field-value).
+_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 #: Time a closing connection gets to flush its last frame.
 CLOSE_GRACE = 5.0
 
 
 def format_peer(address: IAddress) -> str:
-    host = getattr(address, "host", "?")
+    """C{ip:port}, C{[ipv6]:port}, or a UNIX socket's path."""
+    host = getattr(address, "host", None)
+    if host is None:
+        name = getattr(address, "name", None)
+        return name.decode() if isinstance(name, bytes) else str(name or address)
     port = getattr(address, "port", 0)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -93,12 +100,12 @@ def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, st
     path = message.get("path")
     headers = message.get("headers", [])
     length = message.get("length")
-    if method not in ALLOWED_METHODS:
+    if not isinstance(method, str) or method not in ALLOWED_METHODS:
         raise ProtocolError(
             "bad-request",
             f"method {method!r} is not relayed; use one of {', '.join(sorted(ALLOWED_METHODS))}",
         )
-    if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.match(path):
+    if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.fullmatch(path):
         raise ProtocolError(
             "bad-request",
             "path must start with '/' and hold only printable ASCII without spaces",
@@ -116,7 +123,7 @@ def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, st
         ):
             raise ProtocolError("bad-request", "each header must be a [name, value] pair of strings")
         name, value = pair
-        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+        if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
             raise ProtocolError("bad-request", f"invalid header {name!r}")
         if name.lower() in FORBIDDEN_HEADERS:
             raise ProtocolError("bad-request", f"header {name!r} is set by the relay, not the client")
@@ -237,6 +244,7 @@ class _ResponseStreamer(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.length += len(data)
+        self._operation.progress()
         self._operation.protocol.send_data(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
@@ -269,6 +277,8 @@ class RelayedRequest:
         self._response_done = False
         self._finished = False
         self.body = _ClientBody(length, protocol) if length else None
+        self._timeout = protocol.factory.epmsi_timeout
+        self._watchdog = protocol.clock.callLater(self._timeout, self._stalled)
         protocol.journal_event(
             "object-instantiated",
             "Object instantiated: {kind} {method} {path} ({length} bytes)",
@@ -278,7 +288,22 @@ class RelayedRequest:
             length=length,
         )
         self._request = protocol.factory.upstream.request(method, path, headers, self.body)
-        self._request.addCallbacks(self._answered, self._failed)
+        self._request.addCallbacks(self._answered, self._failed).addErrback(self._crashed)
+
+    def progress(self) -> None:
+        """Bytes moved: the operation is alive."""
+        if self._watchdog.active():
+            self._watchdog.reset(self._timeout)
+
+    def _stalled(self) -> None:
+        self.protocol.fail(
+            EpopError(
+                "stalled",
+                f"Nothing moved between the workstation and e-PMSI for {self._timeout:g} s "
+                "(e-PMSI stopped answering, or the workstation stopped reading); "
+                "the operation was cancelled.",
+            )
+        )
 
     @property
     def awaiting_body(self) -> bool:
@@ -286,13 +311,14 @@ class RelayedRequest:
 
     def body_received(self, data: bytes) -> None:
         assert self.body is not None
+        self.progress()
         self.body.body_received(data)
 
     def body_ended(self, sha256: object) -> None:
         assert self.body is not None
         if self.body.verify(sha256):
             self.integrity = "ok"
-            self._maybe_finish()
+            self._end_response()
             return
         self.integrity = "mismatch"
         self.protocol.fail(
@@ -304,6 +330,7 @@ class RelayedRequest:
         )
 
     def _answered(self, response: IResponse) -> None:
+        self.progress()
         self.status = response.code
         headers = [
             [name.decode("latin-1"), value.decode("latin-1")]
@@ -325,12 +352,15 @@ class RelayedRequest:
     def _failed(self, failure: Failure) -> None:
         if self._finished or failure.check(CancelledError):
             return
-        if isinstance(failure.value, EpopError):
-            self.protocol.fail(failure.value)
-        else:
-            self.protocol.fail(
-                EpopError("epmsi-failed", f"The request to e-PMSI failed: {failure.getErrorMessage()}")
-            )
+        failure.trap(EpopError)
+        self.protocol.fail(failure.value)
+
+    def _crashed(self, failure: Failure) -> None:
+        """A bug of ours: say so to the workstation rather than hang."""
+        self.protocol.log.failure("Relayed request failed unexpectedly", failure)
+        self.protocol.fail(
+            EpopError("internal-error", "The relay hit an internal error; see its log.")
+        )
 
     def response_finished(self, reason: Failure) -> None:
         if self._finished:
@@ -344,14 +374,19 @@ class RelayedRequest:
                 )
             )
             return
-        assert self._streamer is not None
-        self.protocol.send_message(FrameType.RESPONSE_END, {"length": self._streamer.length})
         self._response_done = True
-        self._maybe_finish()
+        self._end_response()
 
-    def _maybe_finish(self) -> None:
+    def _end_response(self) -> None:
+        """
+        RESPONSE_END goes out only once e-PMSI's answer has ended and the
+        upload (if any) has been verified: to the workstation it means done.
+        """
         if self._response_done and not self.awaiting_body:
+            assert self._streamer is not None
             self._finished = True
+            self._watchdog.cancel()
+            self.protocol.send_message(FrameType.RESPONSE_END, {"length": self._streamer.length})
             self._release("completed")
             self.protocol.operation_finished(self)
 
@@ -363,6 +398,8 @@ class RelayedRequest:
         if self._finished:
             return
         self._finished = True
+        if self._watchdog.active():
+            self._watchdog.cancel()
         if error is None:
             outcome = "short-body" if self.awaiting_body else "client-disconnected"
             if self.awaiting_body:
@@ -426,10 +463,14 @@ class ConnectivityTest:
                 "epmsi_address": result.address,
                 "duration": round(result.elapsed, 6),
             }
-            if result.error is not None:
-                fields["error"] = result.error.cause or result.error.code
+            if result.error is not None and result.error.cause is not None:
+                fields["error"] = result.error.cause
         self.protocol.journal_event(
-            "object-released", "Object released: {kind}: {outcome}", kind=self.kind, **fields
+            "object-released",
+            "Object released: {kind}: {outcome}",
+            level=LogLevel.info if fields["outcome"] == "completed" else LogLevel.warn,
+            kind=self.kind,
+            **fields,
         )
 
     def abort(self, error: EpopError | None) -> None:
@@ -525,8 +566,10 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self.transport.write(frame)
 
     def send_data(self, data: bytes) -> None:
-        self.bytes_out += 5 + len(data)
-        self.transport.writeSequence([frame_header(FrameType.DATA, len(data)), data])
+        for start in range(0, len(data), MAX_DATA_PAYLOAD):
+            chunk = data[start : start + MAX_DATA_PAYLOAD] if len(data) > MAX_DATA_PAYLOAD else data
+            self.bytes_out += HEADER.size + len(chunk)
+            self.transport.writeSequence([frame_header(FrameType.DATA, len(chunk)), chunk])
 
     def fail(self, error: EpopError) -> None:
         """Send an error frame and close: the connection cannot go on."""
@@ -553,6 +596,8 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if not self._paused:
             return
         self._paused = False
+        if isinstance(self.operation, RelayedRequest):
+            self.operation.progress()  # e-PMSI took what it had
         if self._state in (_State.BODY, _State.BODY_END):
             self.setTimeout(self.factory.idle_timeout)
         self.transport.resumeProducing()
@@ -574,6 +619,9 @@ class RelayProtocol(Protocol, TimeoutMixin):
                     self._frame_received(item)
         except EpopError as error:
             self.fail(error)
+        except Exception:
+            self.log.failure("Unexpected error on connection {connection}", connection=self.connection_id)
+            self.fail(EpopError("internal-error", "The relay hit an internal error; see its log."))
 
     def _body_received(self, data: bytes) -> None:
         operation = self.operation
@@ -664,12 +712,19 @@ class RelayFactory(Factory):
     noisy = False  # the journal says when listening opens and closes
 
     def __init__(
-        self, reactor: Any, upstream: Upstream, relay_id: str, *, idle_timeout: float = 120.0
+        self,
+        reactor: Any,
+        upstream: Upstream,
+        relay_id: str,
+        *,
+        idle_timeout: float = 120.0,
+        epmsi_timeout: float = 300.0,
     ) -> None:
         self.reactor = reactor
         self.upstream = upstream
         self.relay_id = relay_id
         self.idle_timeout = idle_timeout
+        self.epmsi_timeout = epmsi_timeout
         self.connections: dict[int, RelayProtocol] = {}
         self._next_id = 1
 
@@ -685,7 +740,11 @@ class RelayFactory(Factory):
 
         waiting = []
         for protocol in list(self.connections.values()):
-            protocol._close_reason = protocol._close_reason or "relay-stopping"
             waiting.append(protocol.lost)
-            protocol.transport.abortConnection()
+            protocol.fail(
+                EpopError(
+                    "relay-stopping",
+                    "The relay is stopping; send again once it is back.",
+                )
+            )
         return gatherResults(waiting)

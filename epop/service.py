@@ -67,6 +67,7 @@ class RelaySettings:
     journal: str = "epop-journal.jsonl"
     allow: Sequence[str] = ()
     idle_timeout: float = 120.0
+    epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
     check_at_start: bool = True
     check_path: str = "/"
@@ -236,8 +237,14 @@ def make_relay_service(
         connect_timeout=settings.connect_timeout,
         check_path=settings.check_path,
     )
-    relay_id = uuid.uuid4().hex
-    factory = RelayFactory(reactor, upstream, relay_id, idle_timeout=settings.idle_timeout)
+    relay_id = uuid.uuid4().hex[:12]
+    factory = RelayFactory(
+        reactor,
+        upstream,
+        relay_id,
+        idle_timeout=settings.idle_timeout,
+        epmsi_timeout=settings.epmsi_timeout,
+    )
     allowlist = Allowlist(settings.allow)
     served = AllowlistFactory(factory, allowlist) if allowlist else factory
     listeners = []

@@ -29,6 +29,8 @@ class Options(usage.Options):
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
         ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
         ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
+        ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
+        ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -71,8 +73,9 @@ class Options(usage.Options):
                 trust_root_from_pem(self["ca-file"])
         except ValueError as e:
             raise usage.UsageError(str(e))
-        if self["idle-timeout"] <= 0:
-            raise usage.UsageError("--idle-timeout must be a positive number of seconds")
+        for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
             raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
@@ -85,6 +88,8 @@ class Options(usage.Options):
             journal=self["journal"],
             allow=tuple(self["allow"]),
             idle_timeout=self["idle-timeout"],
+            epmsi_timeout=self["epmsi-timeout"],
+            connect_timeout=self["connect-timeout"],
             check_at_start=not self["no-check"],
         )
 

@@ -1,15 +1,22 @@
 """
 The relay's leg to e-PMSI: one HTTPS origin, one connection pool, one TLS policy.
 
-Requests go through treq with an L{Agent} built here, never through treq's
-global pool, so the owner of an L{Upstream} decides when its connections close.
-Connections are made by an L{IAgentEndpointFactory}: that is where the
-certificate is verified and where the address reached is recorded.
+Everything goes through an L{Agent} built here on the L{Upstream}'s own pool,
+never through treq's global one, so the owner of an L{Upstream} decides when
+its connections close.  Connections are made by an L{IAgentEndpointFactory}:
+that is where the certificate is verified and where the address reached is
+recorded.
+
+The connectivity check uses treq on that agent.  Relayed requests use the
+agent itself: treq always asks for gzip and decodes it, keeps cookies and can
+follow redirects, and a relay must hand each workstation e-PMSI's answer as
+e-PMSI sent it, never another workstation's session cookie.
 """
 
 from __future__ import annotations
 
 import re
+from http.cookiejar import DefaultCookiePolicy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +47,7 @@ from zope.interface import implementer
 
 from epop.errors import EpopError, describe_upstream_failure
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 
 __all__ = [
     "DEFAULT_EPMSI_URL",
@@ -203,6 +211,13 @@ class CheckResult:
         return f"{self.error.message} (after {took})"
 
 
+class _NoCookies(IndexableCookieJar):
+    """A check is anonymous: nothing it is told to remember is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(DefaultCookiePolicy(allowed_domains=[]))
+
+
 def format_address(address: Any) -> str | None:
     host = getattr(address, "host", None)
     if host is None:
@@ -238,10 +253,8 @@ class Upstream:
         self._timeout = connect_timeout
         self._check_path = check_path
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self._client = HTTPClient(
-            Agent.usingEndpointFactory(
-                reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout), self.pool
-            )
+        self._agent = Agent.usingEndpointFactory(
+            reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout), self.pool
         )
 
     @property
@@ -259,11 +272,11 @@ class Upstream:
         Send one request to e-PMSI; the answer's body is left unread so the
         caller can stream it.  Failures arrive as L{UpstreamError}.
         """
-        url = self.origin.url_for(path)
+        url = self.origin.url_for(path).encode("ascii")
         raw = Headers()
         for name, value in headers:
-            raw.addRawHeader(name, value)
-        d = self._client.request(method, url, headers=raw, data=body, unbuffered=True)
+            raw.addRawHeader(name.encode("ascii"), value.encode("latin-1"))
+        d = self._agent.request(method.encode("ascii"), url, raw, body)
 
         def failed(failure: Failure) -> Failure:
             from twisted.internet.defer import CancelledError
@@ -288,9 +301,14 @@ class Upstream:
                 self._reactor,
                 EpmsiEndpointFactory(self._reactor, self._policy, self._timeout, reached.append),
                 pool,
-            )
+            ),
+            cookiejar=_NoCookies(),
         )
-        d = client.request("HEAD", self.origin.url_for(self._check_path), unbuffered=True)
+        d = client.head(
+            self.origin.url_for(self._check_path), allow_redirects=False, unbuffered=True
+        )
+        # The connect timeout bounds TCP only; this bounds TLS and HTTP too.
+        d.addTimeout(self._timeout, self._reactor)
 
         def answered(response: Any) -> CheckResult:
             return CheckResult(

@@ -338,3 +338,19 @@ class MalformedInputTests(TestCase):
         self.assertEqual(self.relay.records("connection-closed")[0]["reason"], "truncated-frame")
         report = await test_connection(reactor, relay=self.relay.endpoint)
         self.assertTrue(report.ok, report.describe())
+
+
+class StoppingTests(TestCase):
+    async def test_stop_tells_connected_workstations(self) -> None:
+        """Stopping the relay tells connected workstations why, and journals it."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path)
+        client = await raw_connect(self, reactor, relay.port)
+        client.transport.write(HELLO)
+        await client.next_frame()
+        await relay.service.stopService()
+        await client.closed
+        self.assertEqual([e["code"] for e in client.messages(FrameType.ERROR)], ["relay-stopping"])
+        self.assertEqual(relay.records("connection-closed")[0]["reason"], "relay-stopping")
+        self.assertEqual(relay.types()[-1], "connection-closed")
+        self.assertTrue(relay.journal.closed)

@@ -100,13 +100,46 @@ class RelayProtocolTests(SynchronousTestCase):
         self.assertEqual(self.transport.producerState, "producing")
         body.pauseProducing()
         self.assertEqual(self.transport.producerState, "paused")
-        self.clock.advance(1000)
+        self.clock.advance(250)
         self.assertEqual(self.errors(), [])
         body.resumeProducing()
         self.assertEqual(self.transport.producerState, "producing")
         self.clock.advance(120)
         self.assertEqual(self.errors(), ["idle-timeout"])
         self.assertEqual(self.failureResultOf(done, ProtocolError).value.code, "idle-timeout")
+
+    def test_stalled_epmsi_is_given_up(self) -> None:
+        """An operation on which nothing moves for the e-PMSI timeout is cancelled."""
+        body = self.upload(100)
+        done = body.startProducing(ListConsumer())
+        self.protocol.dataReceived(b"x" * 10)
+        body.pauseProducing()
+        self.clock.advance(299)
+        self.assertEqual(self.errors(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.errors(), ["stalled"])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.failureResultOf(done).value.code, "stalled")
+
+    def test_no_early_response_end(self) -> None:
+        """e-PMSI's early answer ends only once the upload has been verified."""
+        from twisted.internet.testing import StringTransport as Sink
+        from twisted.web.client import Response
+        from twisted.web.http_headers import Headers
+
+        body = self.upload(4)
+        consumer = ListConsumer()
+        body.startProducing(consumer)
+        self.protocol.dataReceived(b"abcd")
+        response = Response((b"HTTP", 1, 1), 413, b"Too Large", Headers(), Sink())
+        self.upstream.requests[-1][4].callback(response)
+        response._bodyDataFinished()
+        kinds = [f.kind for f in self.frames()]
+        self.assertIn(FrameType.RESPONSE, kinds)
+        self.assertNotIn(FrameType.RESPONSE_END, kinds)
+        sha = hashlib.sha256(b"abcd").hexdigest()
+        self.protocol.dataReceived(encode_message(FrameType.BODY_END, {"sha256": sha}))
+        self.assertEqual(self.frames()[-1].kind, FrameType.RESPONSE_END)
 
     def test_body_waits_for_epmsi_connection(self) -> None:
         """Until e-PMSI's connection is ready the workstation is paused, and early bytes kept."""
@@ -207,6 +240,11 @@ class ParseRequestTests(SynchronousTestCase):
             self.good(headers=[["Bad Name", "x"]]),
             self.good(headers=[["only-one"]]),
             self.good(headers=[["X", "y"]] * 101),
+            self.good(path="/abc\n"),
+            self.good(headers=[["X-A\n", "b"]]),
+            self.good(headers=[["X-A", "b\x01"]]),
+            self.good(headers=[["X-A", "\u20ac"]]),
+            self.good(method=["GET"]),
         ]
         for request in bad:
             with self.assertRaises(ProtocolError, msg=repr(request)) as caught:

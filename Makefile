@@ -1,0 +1,45 @@
+# Developer entry points for the e-POP relay.  GNU make.
+#
+#   make venv    create .venv and install the project (editable, with tests)
+#   make run     run the relay in the foreground (RELAY_ARGS="..." for options)
+#   make test    run the test suite, default reactor then asyncio reactor
+#   make demo    sandbox + relay + upload on loopback, in .demo/
+#   make clean   remove build artefacts and scratch folders
+
+PYTHON ?= python3
+VENV := .venv
+VENV_BIN := $(VENV)/bin
+VENV_STAMP := $(VENV)/.installed
+RELAY_ARGS ?=
+TRIAL := $(VENV_BIN)/python -m twisted.trial
+
+.PHONY: all venv run test demo clean
+
+all: test
+
+venv: $(VENV_STAMP)
+
+$(VENV_BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# compat mode is required: a "strict"/default editable install hides
+# twisted/plugins/epop_plugin.py from twistd's plugin discovery.
+$(VENV_STAMP): setup.cfg pyproject.toml | $(VENV_BIN)/python
+	$(VENV_BIN)/python -m pip install --upgrade pip
+	$(VENV_BIN)/python -m pip install --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+run: venv
+	$(VENV_BIN)/twistd -n epop $(RELAY_ARGS)
+
+test: venv
+	$(TRIAL) tests
+	$(TRIAL) --reactor=asyncio tests
+
+demo: venv
+	bash scripts/demo.sh
+
+clean:
+	rm -rf build dist .demo _trial_temp* *.egg-info
+	find . -path ./$(VENV) -prune -o -name dropin.cache -type f -exec rm -f {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
