@@ -41,7 +41,7 @@ class _Options(usage.Options):
         try:
             found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
         reordered: list[str] = []
         for name, value in found:
             takes_value = (
@@ -67,7 +67,7 @@ class _TargetOptions(_Options):
         try:
             self.relay = Endpoint.parse(text)
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
 
     def check_target(self) -> None:
         if self["direct"] and self.relay is not None:
@@ -81,7 +81,7 @@ class _TargetOptions(_Options):
         try:
             EpmsiOrigin.from_url(self["epmsi"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
 

@@ -8,7 +8,6 @@ names the option; L{makeService} only builds objects.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -53,7 +52,7 @@ class Options(usage.Options):
         try:
             Allowlist([entry])
         except ValueError as e:
-            raise usage.UsageError(f"--allow: {e}")
+            raise usage.UsageError(f"--allow: {e}") from None
         self["allow"].append(entry)
 
     def postOptions(self) -> None:
@@ -66,13 +65,13 @@ class Options(usage.Options):
             try:
                 serverFromString(reactor, description)
             except (ValueError, TypeError, KeyError) as e:
-                raise usage.UsageError(f"--listen {description}: invalid endpoint ({e})")
+                raise usage.UsageError(f"--listen {description}: invalid endpoint ({e})") from None
         try:
             EpmsiOrigin.from_url(self["epmsi"])
             if self["ca-file"]:
                 trust_root_from_pem(self["ca-file"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
         for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")

@@ -554,7 +554,7 @@ class SandboxServiceIPv6Tests(TestCase):
         try:
             service.startService()
         except CannotListenError as error:
-            raise SkipTest(f"no IPv6 loopback here: {error}")
+            raise SkipTest(f"no IPv6 loopback here: {error}") from None
         self.addCleanup(service.stopService)
         assert service.port is not None and service.certificates is not None
         self.assertEqual(service.url, f"https://[::1]:{service.port.getHost().port}")
