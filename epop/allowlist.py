@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.interfaces import IAddress
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from epop.addressing import format_peer
 from epop.errors import ProtocolError
 
 __all__ = ["Allowlist", "AllowlistFactory"]
@@ -56,10 +57,7 @@ class Allowlist:
 
 
 def refusal_message(peer: IAddress) -> str:
-    host = getattr(peer, "host", "?")
-    port = getattr(peer, "port", 0)
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"Client {where} is not allowed to connect to this e-POP relay"
+    return f"Client {format_peer(peer)} is not allowed to connect to this e-POP relay"
 
 
 class _CheckedProtocol(ProtocolWrapper):

@@ -33,6 +33,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from epop._version import __version__
+from epop.addressing import format_peer, host_port
 from epop.errors import EpopError, ProtocolError, RelayError, describe_connect_failure
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.upstream import CheckResult, Upstream, tls_policy
@@ -87,8 +88,7 @@ class Endpoint:
         return cls(host, int(port))
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass
@@ -211,17 +211,12 @@ class RelayClientProtocol(Protocol):
         self._fail(
             EpopError(
                 "relay-unreachable",
-                f"The machine at {self._peer()} accepted the connection but did not "
+                f"The machine at {format_peer(self.transport.getPeer())} accepted the connection but did not "
                 f"answer as an e-POP relay within {self._timeout:g} s: no answer in time. "
                 "Check the address and port.",
                 "timeout",
             )
         )
-
-    def _peer(self) -> str:
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", "?")
-        return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
 
     def dataReceived(self, data: bytes) -> None:
         try:

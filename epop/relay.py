@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from epop import journal
 from epop._version import __version__
+from epop.addressing import format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
@@ -82,16 +83,6 @@ _PATH = re.compile(r"/[\x21-\x7e]*")
 _VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 #: Time a closing connection gets to flush its last frame.
 CLOSE_GRACE = 5.0
-
-
-def format_peer(address: IAddress) -> str:
-    """C{ip:port}, C{[ipv6]:port}, or a UNIX socket's path."""
-    host = getattr(address, "host", None)
-    if host is None:
-        name = getattr(address, "name", None)
-        return name.decode() if isinstance(name, bytes) else str(name or address)
-    port = getattr(address, "port", 0)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], int]:

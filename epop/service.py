@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from epop import journal
 from epop.allowlist import Allowlist, AllowlistFactory
 from epop.journal import FileJournalWriter, IJournalWriter, JournalService
-from epop.relay import RelayFactory, format_peer
+from epop.addressing import format_peer
+from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
 __all__ = [

@@ -45,6 +45,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from epop.addressing import format_peer
 from epop.errors import EpopError, describe_upstream_failure
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -218,14 +219,6 @@ class _NoCookies(IndexableCookieJar):
         super().__init__(DefaultCookiePolicy(allowed_domains=[]))
 
 
-def format_address(address: Any) -> str | None:
-    host = getattr(address, "host", None)
-    if host is None:
-        return None
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{address.port}"
-
-
 class Upstream:
     """
     Everything the relay needs to talk to e-PMSI.
@@ -315,7 +308,7 @@ class Upstream:
                 True,
                 self.url,
                 clock.seconds() - started,
-                format_address(reached[-1]) if reached else None,
+                format_peer(reached[-1]) if reached else None,
                 response.code,
             )
 
@@ -324,7 +317,7 @@ class Upstream:
                 False,
                 self.url,
                 clock.seconds() - started,
-                format_address(reached[-1]) if reached else None,
+                format_peer(reached[-1]) if reached else None,
                 error=describe_upstream_failure(failure, self.url, timeout=self._timeout),
             )
 
