@@ -239,9 +239,7 @@ class _ResponseStreamer(Protocol):
         self._operation.protocol.send_data(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
-        transport = self._operation.protocol.transport
-        if transport is not None and transport.connected:
-            transport.unregisterProducer()
+        self._operation.protocol.transport.unregisterProducer()
         self._operation.response_finished(reason)
 
 

@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -250,3 +250,75 @@ class ParseRequestTests(SynchronousTestCase):
             with self.assertRaises(ProtocolError, msg=repr(request)) as caught:
                 parse_request(request)
             self.assertEqual(caught.exception.code, "bad-request")
+
+
+class _Bytes:
+    """An IBodyProducer that writes everything at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ClientRelayPairTests(SynchronousTestCase):
+    """The client and the relay protocols speak to each other (iosim)."""
+
+    def setUp(self) -> None:
+        from twisted.test import iosim
+
+        from epop.client import RelayClientProtocol
+
+        self.clock = MemoryReactorClock()
+        self.upstream = FakeUpstream()
+        factory = RelayFactory(self.clock, self.upstream, "pair")
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+        self.client = RelayClientProtocol(self.clock)
+        self.pump = iosim.connect(
+            server, iosim.makeFakeServer(server), self.client, iosim.makeFakeClient(self.client)
+        )
+        self.assertIs(self.successResultOf(self.client.welcomed), self.client)
+
+    def test_check(self) -> None:
+        """CHECK travels to e-PMSI's side and its result comes back whole."""
+        result = self.client.check()
+        self.pump.flush()
+        self.upstream.checks[0].callback(CheckResult(True, "https://e", 0.25, "192.0.2.1:443", 200))
+        self.pump.flush()
+        checked = self.successResultOf(result)
+        self.assertEqual((checked.ok, checked.address, checked.status), (True, "192.0.2.1:443", 200))
+
+    def test_upload_reaches_epmsi_side_intact(self) -> None:
+        """An upload's bytes, hash and answer cross both protocols unchanged."""
+        from twisted.internet.testing import StringTransport as Sink
+        from twisted.web.client import Response
+        from twisted.web.http_headers import Headers
+
+        reply = self.client.request("POST", "/up.do?x=1", [("X-Test", "1")], _Bytes(b"payload" * 1000))
+        self.pump.flush()
+        method, path, headers, body, answered = self.upstream.requests[0]
+        self.assertEqual((method, path, headers), ("POST", "/up.do?x=1", [("X-Test", "1")]))
+        consumer = ListConsumer()
+        body.startProducing(consumer)
+        self.pump.flush()
+        self.assertEqual(b"".join(consumer.chunks), b"payload" * 1000)
+        response = Response((b"HTTP", 1, 1), 200, b"OK", Headers({b"x-answer": [b"yes"]}), Sink())
+        answered.callback(response)
+        response._bodyDataReceived(b"receipt")
+        response._bodyDataFinished()
+        self.pump.flush()
+        done = self.successResultOf(reply)
+        self.assertEqual((done.status, done.body), (200, b"receipt"))
+        self.assertIn(("x-answer", "yes"), [(n.lower(), v) for n, v in done.headers])
