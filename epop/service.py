@@ -123,12 +123,15 @@ class ListeningService(Service):
         super().startService()
         assert self.port is not None
         host = self.port.getHost()
+        if getattr(host, "host", None) in ("0.0.0.0", "::"):
+            hint = "workstations use any address of this machine, port {port}"
+        else:
+            hint = "workstations use this address and port"
         journal.emit(
             self.log,
             self.factory.relay_id,
             "listening-opened",
-            "e-POP relay listening on {address} (endpoint {endpoint}); "
-            "workstations use this address and port",
+            "e-POP relay listening on {address} (endpoint {endpoint}); " + hint,
             address=format_peer(host),
             port=getattr(host, "port", None),
             endpoint=self.description,
