@@ -17,5 +17,7 @@ def format_peer(address: Any) -> str:
     host = getattr(address, "host", None)
     if host is None:
         name = getattr(address, "name", None)
-        return name.decode() if isinstance(name, bytes) else str(name or address)
+        if name is None:
+            return "local"
+        return name.decode() if isinstance(name, bytes) else str(name)
     return host_port(host, getattr(address, "port", 0))

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
@@ -301,9 +302,16 @@ class Upstream:
             self.origin.url_for(self._check_path), allow_redirects=False, unbuffered=True
         )
         # The connect timeout bounds TCP only; this bounds TLS and HTTP too.
-        d.addTimeout(self._timeout, self._reactor)
+        timed_out: list[bool] = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        deadline = self._reactor.callLater(self._timeout, give_up)
 
         def answered(response: Any) -> CheckResult:
+            deadline.cancel()
             return CheckResult(
                 True,
                 self.url,
@@ -313,6 +321,10 @@ class Upstream:
             )
 
         def failed(failure: Failure) -> CheckResult:
+            if timed_out:
+                failure = Failure(TimeoutError(f"no answer within {self._timeout:g} s"))
+            elif deadline.active():
+                deadline.cancel()
             return CheckResult(
                 False,
                 self.url,

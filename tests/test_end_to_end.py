@@ -260,6 +260,21 @@ class FailureTests(TestCase):
         self.assertEqual(report.error.cause, "timeout")
         self.assertIn("no answer in time", report.error.message)
 
+    async def test_epmsi_silent(self) -> None:
+        """An e-PMSI that accepts but never answers TLS is 'no answer in time'."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        report = await test_connection(
+            reactor,
+            epmsi=f"https://127.0.0.1:{port.getHost().port}",
+            ca_file=sandbox.ca_path,
+            timeout=0.3,
+        )
+        self.assertEqual(report.failed_step, "epmsi")
+        self.assertEqual(report.error.cause, "timeout")
+        self.assertIn("no answer in time (0.3 s)", report.error.message)
+
     async def test_test_succeeds(self) -> None:
         """The test operation reports the address reached and the time taken."""
         sandbox = make_trustme_sandbox(self, reactor)
