@@ -26,7 +26,7 @@ $(VENV_BIN)/python:
 # twisted/plugins/epop_plugin.py from twistd's plugin discovery.
 $(VENV_STAMP): setup.cfg pyproject.toml | $(VENV_BIN)/python
 	$(VENV_BIN)/python -m pip install --upgrade pip
-	$(VENV_BIN)/python -m pip install --config-settings editable_mode=compat -e '.[test]'
+	$(VENV_BIN)/python -m pip install --config-settings editable_mode=compat -e '.[test,pac]'
 	touch $@
 
 run: venv

@@ -1,15 +1,21 @@
 """
-The C{epop} command: C{send}, C{test} and C{sandbox}.
+The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings} and
+C{sandbox}.
+
+C{send} and C{test} take their defaults from the workstation's saved
+settings (L{epop.client_settings}); flags override them.
 
 Exit status: 0 on success; 1 when e-PMSI or the relay answered with an error
-or could not be reached; 2 for a usage error.
+or could not be reached; 2 for a usage or settings error.
 """
 
 from __future__ import annotations
 
 import getopt
+import getpass
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,12 +24,20 @@ from twisted.python.failure import Failure
 
 from epop._version import __version__
 from epop.client import DEFAULT_TIMEOUT, Endpoint, Reply, TestReport, send_file, test_connection
+from epop.client_settings import (
+    SETTING_DESCRIPTIONS,
+    ClientSettings,
+    SettingsError,
+    settings_path,
+)
 from epop.errors import EpopError
+from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
+DEFAULT_FIELD = "file"
 
 
 class _Options(usage.Options):
@@ -54,55 +68,86 @@ class _Options(usage.Options):
 
 
 class _TargetOptions(_Options):
-    """Where to send: through a relay, or directly to e-PMSI."""
+    """
+    Where to send: through a relay, or directly to e-PMSI (perhaps through
+    a proxy).  Flags win over the saved settings, which win over defaults.
+    """
 
     optFlags = [["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."]]
+    optParameters = [
+        ["relay", None, None, "The relay's address: HOST or HOST:PORT (port 3358 by default)."],
+        ["epmsi", None, None, f"e-PMSI's HTTPS origin, with --direct [default: {DEFAULT_EPMSI_URL}]."],
+        ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI, with --direct."],
+        ["proxy", None, None, "With --direct: HTTP proxy http://HOST:PORT, or 'system' for this machine's settings."],
+        ["proxy-user", None, None, "With --direct: user name for the proxy."],
+        ["proxy-password-file", None, None, f"With --direct: file holding the proxy password (or set {PASSWORD_VARIABLE})."],
+        ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting.", float],
+    ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.relay: Endpoint | None = None
+    relay: Endpoint | None = None
+    epmsi: str = DEFAULT_EPMSI_URL
+    ca_file: str | None = None
+    proxy: ProxyConfig | None = None
 
-    def opt_relay(self, text: str) -> None:
-        """The relay's address: HOST or HOST:PORT (port 3358 by default)."""
-        try:
-            self.relay = Endpoint.parse(text)
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-
-    def check_target(self) -> None:
-        if self["direct"] and self.relay is not None:
+    def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
+        """Combine flags, saved settings and defaults; check they can work."""
+        if self["direct"] and self["relay"] is not None:
             raise usage.UsageError("choose one: --relay HOST[:PORT] or --direct, not both")
-        if not self["direct"] and self.relay is None:
-            raise usage.UsageError("say where to send: --relay HOST[:PORT], or --direct")
-        if self.relay is not None and self["ca-file"]:
+        if self["direct"]:
+            mode = "direct"
+        elif self["relay"] is not None:
+            mode = "relay"
+        else:
+            mode = saved.get("mode") or ("relay" if saved.get("relay") else "")
+        if not mode:
             raise usage.UsageError(
-                "--ca-file applies to --direct only: through a relay, the relay checks e-PMSI"
+                "say where to send: --relay HOST[:PORT], or --direct "
+                "(or save it once: epop config set relay HOST)"
             )
-        try:
-            EpmsiOrigin.from_url(self["epmsi"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
-
-
-_TARGET_PARAMETERS = [
-    ["epmsi", None, DEFAULT_EPMSI_URL, "e-PMSI's HTTPS origin, with --direct."],
-    ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI, with --direct."],
-    ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting.", float],
-]
+        if mode == "relay":
+            for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
+                if self[flag] is not None:
+                    raise usage.UsageError(
+                        f"--{flag} applies to --direct only: through a relay, the relay "
+                        "reaches e-PMSI with its own settings"
+                    )
+            text = self["relay"] or saved.get("relay")
+            if not text:
+                raise usage.UsageError("the saved mode is 'relay' but no relay is saved: give --relay HOST")
+            try:
+                self.relay = Endpoint.parse(text)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            return
+        self.epmsi = self["epmsi"] or saved.get("epmsi") or DEFAULT_EPMSI_URL
+        self.ca_file = self["ca-file"] or saved.get("ca-file")
+        try:
+            EpmsiOrigin.from_url(self.epmsi)
+            password = load_proxy_password(self["proxy-password-file"], environ)
+            self.proxy, _ = resolve_proxy(
+                self["proxy"] or saved.get("proxy"),
+                self.epmsi,
+                user=self["proxy-user"] or saved.get("proxy-user"),
+                password=password if password is not None else saved.get("proxy-password"),
+                environ=environ,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 class SendOptions(_TargetOptions):
-    synopsis = "FILE (--relay HOST[:PORT] | --direct [--epmsi URL]) [options]"
+    synopsis = "FILE [--relay HOST[:PORT] | --direct] [options]"
     longdesc = (
         "Upload FILE to e-PMSI as an HTML form (multipart/form-data POST). "
         "e-PMSI's answer is written to standard output; the exit status is 0 "
-        "only for a 2xx answer."
+        "only for a 2xx answer. Without --relay or --direct, the saved "
+        "settings say where to send (see 'epop config')."
     )
-    optParameters = _TARGET_PARAMETERS + [
-        ["to", None, DEFAULT_UPLOAD_PATH, "Path on e-PMSI to post the form to."],
-        ["field", None, "file", "Form field that carries the file."],
+    optParameters = [
+        ["to", None, None, f"Path on e-PMSI to post the form to [default: {DEFAULT_UPLOAD_PATH}]."],
+        ["field", None, None, f"Form field that carries the file [default: {DEFAULT_FIELD}]."],
     ]
 
     def __init__(self) -> None:
@@ -122,26 +167,79 @@ class SendOptions(_TargetOptions):
         self["file"] = path
 
     def postOptions(self) -> None:
-        self.check_target()
         path = self["file"]
         if not os.path.isfile(path):
             raise usage.UsageError(f"{path}: no such file")
         if not os.access(path, os.R_OK):
             raise usage.UsageError(f"{path}: not readable by this user")
-        if not self["to"].startswith("/"):
+
+    def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
+        super().resolve(saved, environ)
+        self.to = self["to"] or saved.get("to") or DEFAULT_UPLOAD_PATH
+        self.field = self["field"] or saved.get("field") or DEFAULT_FIELD
+        if not self.to.startswith("/"):
             raise usage.UsageError("--to must be a path starting with '/', e.g. /syriusUpload.do")
 
 
 class TestOptions(_TargetOptions):
-    synopsis = "(--relay HOST[:PORT] | --direct [--epmsi URL])"
+    synopsis = "[--relay HOST[:PORT] | --direct] [options]"
     longdesc = (
         "Test the connection to e-PMSI, through the relay or directly, and say "
-        "which step failed if one did."
+        "which step failed if one did. Without --relay or --direct, the saved "
+        "settings say which."
     )
-    optParameters = _TARGET_PARAMETERS
 
-    def postOptions(self) -> None:
-        self.check_target()
+
+class _ConfigSet(_Options):
+    synopsis = "KEY VALUE"
+    longdesc = (
+        "Save one setting. Keys: "
+        + "; ".join(f"{key}: {text}" for key, text in SETTING_DESCRIPTIONS.items())
+        + ". For proxy-password give '-' as VALUE: the password is then read from "
+        "standard input, so that it never shows in the command line."
+    )
+
+    def parseArgs(self, key: str, value: str) -> None:
+        self["key"], self["value"] = key, value
+
+
+class _ConfigUnset(_Options):
+    synopsis = "KEY"
+
+    def parseArgs(self, key: str) -> None:
+        self["key"] = key
+
+
+class ConfigOptions(_Options):
+    synopsis = "(show | path | set KEY VALUE | unset KEY)"
+    longdesc = (
+        "The workstation's saved settings, filled in once and used by 'epop send' "
+        "and 'epop test' when no flag says otherwise. The file is "
+        "~/.config/epop/client.ini (%APPDATA%\\epop\\client.ini on Windows), or "
+        "wherever EPOP_CONFIG points; it is readable by its owner only."
+    )
+    subCommands = [
+        ["show", None, _Options, "Print the saved settings (never the password)."],
+        ["path", None, _Options, "Print where the settings file is."],
+        ["set", None, _ConfigSet, "Save one setting."],
+        ["unset", None, _ConfigUnset, "Remove one setting."],
+    ]
+    defaultSubCommand = "show"
+
+
+class ProxySettingsOptions(_Options):
+    synopsis = "[--pac FILE] [--save]"
+    longdesc = (
+        "Find the proxy this machine would use to reach e-PMSI (the manual's "
+        "'Importer les parametres de proxy'): environment variables, the "
+        "Windows registry, macOS settings or a PAC file, NO_PROXY included. "
+        "--save stores the result in the saved settings."
+    )
+    optFlags = [["save", None, "Store what was found in the saved settings."]]
+    optParameters = [
+        ["pac", None, None, "Evaluate this PAC file (path or file:// URL) instead of the system's settings."],
+        ["epmsi", None, DEFAULT_EPMSI_URL, "The address to find a proxy for."],
+    ]
 
 
 class SandboxOptions(_Options):
@@ -163,6 +261,8 @@ class Options(usage.Options):
     subCommands = [
         ["send", None, SendOptions, "Send a file to e-PMSI."],
         ["test", None, TestOptions, "Test the connection to e-PMSI."],
+        ["config", None, ConfigOptions, "Show or change the saved settings."],
+        ["proxy-settings", None, ProxySettingsOptions, "Find this machine's proxy for e-PMSI."],
         ["sandbox", None, SandboxOptions, "Run the local e-PMSI sandbox."],
     ]
 
@@ -173,82 +273,151 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("give a command: send, test or sandbox")
+            raise usage.UsageError("give a command: " + ", ".join(c[0] for c in self.subCommands))
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
     raise AssertionError
 
 
-def _run_send(reactor: Any, options: SendOptions, stdout: Any, stderr: TextIO) -> Deferred[int]:
-    started = reactor.seconds()
-    d = send_file(
-        reactor,
-        options["file"],
-        to=options["to"],
-        field=options["field"],
-        fields=options.fields,
-        relay=options.relay,
-        epmsi=options["epmsi"],
-        ca_file=options["ca-file"],
-        output=stdout,
-        timeout=options["timeout"],
-    )
+class _Command:
+    """One run of the command: its streams, environment and saved settings."""
 
-    def answered(reply: Reply) -> int:
-        stdout.flush()
-        how = f"through relay {options.relay}" if options.relay else "directly"
-        took = reactor.seconds() - started
-        size = os.path.getsize(options["file"])
-        stderr.write(
-            f"\nSent {options['file']} ({_size(size)}) {how} in {took:.1f} s: "
-            f"e-PMSI answered {reply.status} {reply.reason}.\n"
+    def __init__(self, reactor: Any, stdout: Any, stderr: TextIO, environ: Mapping[str, str]) -> None:
+        self.reactor = reactor
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text.encode() + b"\n")
+
+    def send(self, options: SendOptions) -> Deferred[int]:
+        started = self.reactor.seconds()
+        d = send_file(
+            self.reactor,
+            options["file"],
+            to=options.to,
+            field=options.field,
+            fields=options.fields,
+            relay=options.relay,
+            epmsi=options.epmsi,
+            ca_file=options.ca_file,
+            proxy=options.proxy,
+            output=self.stdout,
+            timeout=options["timeout"],
         )
-        return 0 if reply.ok else 1
 
-    return d.addCallback(answered)
+        def answered(reply: Reply) -> int:
+            self.stdout.flush()
+            if options.relay:
+                how = f"through relay {options.relay}"
+            elif options.proxy:
+                how = f"directly, through the proxy {options.proxy.address}"
+            else:
+                how = "directly"
+            took = self.reactor.seconds() - started
+            size = os.path.getsize(options["file"])
+            self.stderr.write(
+                f"\nSent {options['file']} ({_size(size)}) {how} in {took:.1f} s: "
+                f"e-PMSI answered {reply.status} {reply.reason}.\n"
+            )
+            return 0 if reply.ok else 1
 
+        return d.addCallback(answered)
 
-def _run_test(reactor: Any, options: TestOptions, stderr: TextIO, stdout: Any) -> Deferred[int]:
-    d = test_connection(
-        reactor,
-        relay=options.relay,
-        epmsi=options["epmsi"],
-        ca_file=options["ca-file"],
-        timeout=options["timeout"],
-    )
+    def test(self, options: TestOptions) -> Deferred[int]:
+        d = test_connection(
+            self.reactor,
+            relay=options.relay,
+            epmsi=options.epmsi,
+            ca_file=options.ca_file,
+            proxy=options.proxy,
+            timeout=options["timeout"],
+        )
 
-    def reported(report: TestReport) -> int:
-        if report.ok:
-            stdout.write(report.describe().encode() + b"\n")
+        def reported(report: TestReport) -> int:
+            if report.ok:
+                self.say(report.describe())
+                return 0
+            steps = {"relay": "reaching the relay", "epmsi": "reaching e-PMSI"}
+            head = f"Test failed while {steps.get(report.failed_step or '', 'starting')}:"
+            self.stderr.write(head + "\n" + report.describe() + "\n")
+            return 1
+
+        return d.addCallback(reported)
+
+    def config(self, options: ConfigOptions, saved: ClientSettings) -> int:
+        action, sub = options.subCommand, options.subOptions
+        if action == "path":
+            self.say(str(saved.path))
             return 0
-        steps = {"relay": "reaching the relay", "epmsi": "reaching e-PMSI"}
-        head = f"Test failed while {steps.get(report.failed_step or '', 'starting')}:"
-        stderr.write(head + "\n" + report.describe() + "\n")
-        return 1
+        if action == "show":
+            items = saved.items_for_display()
+            self.say(f"# {saved.path}")
+            if not items:
+                self.say("# no settings saved yet: epop config set KEY VALUE")
+            for key, value in items:
+                self.say(f"{key} = {value}")
+            return 0
+        key = sub["key"]
+        if action == "set":
+            value = sub["value"]
+            if key == "proxy-password" and value == "-":
+                value = self._read_password()
+            saved.set(key, value)
+        else:
+            saved.unset(key)
+        saved.save()
+        self.stderr.write(f"Saved in {saved.path}.\n")
+        return 0
 
-    return d.addCallback(reported)
+    def _read_password(self) -> str:
+        if sys.stdin is not None and sys.stdin.isatty():
+            return getpass.getpass("Proxy password: ")
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        return line.rstrip("\r\n")
 
+    def proxy_settings(self, options: ProxySettingsOptions, saved: ClientSettings) -> int:
+        from epop.system_proxy import discover_proxy
 
-def _run_sandbox(reactor: Any, options: SandboxOptions) -> Deferred[int]:
-    from twisted.python.filepath import FilePath
+        found = discover_proxy(options["epmsi"], environ=self.environ, pac=options["pac"])
+        self.say(found.describe())
+        if not options["save"]:
+            return 0 if not found.unresolved else 1
+        if found.unresolved:
+            self.stderr.write("Nothing saved: the proxy could not be determined.\n")
+            return 1
+        if found.proxy is None:
+            saved.unset("proxy")
+            saved.unset("proxy-user")
+        else:
+            saved.set("proxy", found.proxy)
+            if found.user:
+                saved.set("proxy-user", found.user)
+        saved.save()
+        self.stderr.write(f"Saved in {saved.path}.\n")
+        return 0
 
-    from epop.sandbox import SandboxService
+    def sandbox(self, options: SandboxOptions) -> Deferred[int]:
+        from twisted.python.filepath import FilePath
 
-    service = SandboxService(
-        reactor,
-        FilePath(os.path.abspath(options["directory"])),
-        port=options["port"],
-        interface=options["interface"],
-    )
-    service.startService()
-    forever: Deferred[int] = Deferred()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    return forever
+        from epop.sandbox import SandboxService
+
+        _start_logging(self.stderr)
+        service = SandboxService(
+            self.reactor,
+            FilePath(os.path.abspath(options["directory"])),
+            port=options["port"],
+            interface=options["interface"],
+        )
+        service.startService()
+        self.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        return Deferred()  # runs until the reactor stops
 
 
 def _start_logging(stderr: TextIO) -> None:
@@ -266,7 +435,13 @@ def _start_logging(stderr: TextIO) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def run(reactor: Any, argv: list[str], stdout: Any = None, stderr: TextIO | None = None) -> Deferred[int]:
+def run(
+    reactor: Any,
+    argv: list[str],
+    stdout: Any = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Deferred[int]:
     """
     Run one command on C{reactor}; the Deferred fires with the exit status.
     C{stdout} takes bytes (e-PMSI's answers are passed on as they are),
@@ -274,21 +449,29 @@ def run(reactor: Any, argv: list[str], stdout: Any = None, stderr: TextIO | None
     """
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
+    environ = os.environ if environ is None else environ
+    command = _Command(reactor, stdout, stderr, environ)
     options = Options()
     try:
         options.parseOptions(argv)
-    except usage.UsageError as e:
-        command = options.subCommand or ""
-        stderr.write(f"epop: {e}\nTry 'epop {command + ' ' if command else ''}--help'.\n")
+        saved = ClientSettings.load(settings_path(environ))
+        sub = options.subOptions
+        if isinstance(sub, _TargetOptions):
+            sub.resolve(saved, environ)
+        if options.subCommand == "config":
+            return succeed(command.config(sub, saved))
+        if options.subCommand == "proxy-settings":
+            return succeed(command.proxy_settings(sub, saved))
+    except (usage.UsageError, SettingsError) as e:
+        name = options.subCommand or ""
+        stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(2)
-    sub = options.subOptions
     if options.subCommand == "sandbox":
-        _start_logging(stderr)
-        d = _run_sandbox(reactor, sub)
+        d = command.sandbox(sub)
     elif options.subCommand == "send":
-        d = _run_send(reactor, sub, stdout, stderr)
+        d = command.send(sub)
     else:
-        d = _run_test(reactor, sub, stderr, stdout)
+        d = command.test(sub)
 
     def failed(failure: Failure) -> int:
         if failure.check(EpopError):

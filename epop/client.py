@@ -36,6 +36,7 @@ from epop._version import __version__
 from epop.addressing import format_peer, host_port
 from epop.errors import EpopError, ProtocolError, RelayError, describe_connect_failure
 from epop.multipart import MultipartFileBody, make_cooperator
+from epop.proxy import ProxyConfig
 from epop.upstream import CheckResult, Upstream, tls_policy
 from epop.wire import (
     PROTOCOL_NAME,
@@ -152,6 +153,7 @@ def _check_from_wire(message: dict[str, Any]) -> CheckResult:
         address=message.get("address"),
         status=message.get("status"),
         error=RelayError.from_wire(error) if isinstance(error, dict) else None,
+        proxy=message.get("proxy"),
     )
 
 
@@ -405,8 +407,10 @@ class _Collector(Protocol):
             self.done.errback(reason)
 
 
-def _upstream(reactor: Any, epmsi: str, ca_file: str | None, timeout: float) -> Upstream:
-    return Upstream(reactor, epmsi, tls_policy(ca_file), connect_timeout=timeout)
+def _upstream(
+    reactor: Any, epmsi: str, ca_file: str | None, timeout: float, proxy: ProxyConfig | None
+) -> Upstream:
+    return Upstream(reactor, epmsi, tls_policy(ca_file), connect_timeout=timeout, proxy=proxy)
 
 
 def send_file(
@@ -419,12 +423,14 @@ def send_file(
     relay: Endpoint | None = None,
     epmsi: str | None = None,
     ca_file: str | None = None,
+    proxy: ProxyConfig | None = None,
     output: Any = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[Reply]:
     """
     Upload C{path} as a multipart/form-data POST to C{to} on e-PMSI, through
-    C{relay} or, when C{relay} is C{None}, directly to C{epmsi}.
+    C{relay} or, when C{relay} is C{None}, directly to C{epmsi} (through
+    C{proxy} if given).
 
     e-PMSI's answer body goes to C{output} as it arrives; without one it is
     collected in L{Reply.body}.
@@ -447,7 +453,7 @@ def send_file(
     if epmsi is None:
         return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
     try:
-        upstream = _upstream(reactor, epmsi, ca_file, timeout)
+        upstream = _upstream(reactor, epmsi, ca_file, timeout, proxy)
     except ValueError as e:
         return fail(EpopError("bad-settings", str(e)))
     sink = output if output is not None else io.BytesIO()
@@ -482,6 +488,7 @@ def test_connection(
     relay: Endpoint | None = None,
     epmsi: str | None = None,
     ca_file: str | None = None,
+    proxy: ProxyConfig | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[TestReport]:
     """
@@ -492,7 +499,7 @@ def test_connection(
         if epmsi is None:
             return fail(ValueError("give a relay, or an e-PMSI URL to test directly"))
         try:
-            upstream = _upstream(reactor, epmsi, ca_file, timeout)
+            upstream = _upstream(reactor, epmsi, ca_file, timeout, proxy)
         except ValueError as e:
             return succeed(TestReport(None, error=EpopError("bad-settings", str(e)),
                                       failed_step="settings"))

@@ -144,8 +144,9 @@ def describe_upstream_failure(
     Turn a failed request to e-PMSI into an L{UpstreamError} that names its
     cause (C{refused}, C{timeout}, C{dns}, C{tls}, ...).
     """
-    if isinstance(failure.value, UpstreamError):
-        return failure.value
+    for reason in _reasons(failure):
+        if isinstance(reason.value, UpstreamError):
+            return reason.value
     found = _classify(failure, timeout=timeout)
     return UpstreamError(
         "epmsi-unreachable", f"Could not reach e-PMSI at {url}: {found.text}.", found.cause

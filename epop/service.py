@@ -28,6 +28,7 @@ from epop import journal
 from epop.allowlist import Allowlist, AllowlistFactory
 from epop.journal import FileJournalWriter, IJournalWriter, JournalService
 from epop.addressing import format_peer
+from epop.proxy import ProxyConfig
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
@@ -70,6 +71,7 @@ class RelaySettings:
     idle_timeout: float = 120.0
     epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
+    proxy: ProxyConfig | None = None
     check_at_start: bool = True
     check_path: str = "/"
 
@@ -189,6 +191,13 @@ class RelayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        proxy = self.upstream.proxy
+        if proxy is not None:
+            self.log.info(
+                "Reaching e-PMSI through the proxy {proxy}{account}",
+                proxy=proxy.address,
+                account=f" as {proxy.user}" if proxy.user else "",
+            )
         if self.settings.check_at_start:
             self.startup_check = self.upstream.check()
             self.startup_check.addCallback(self._checked)
@@ -239,6 +248,7 @@ def make_relay_service(
         settings.epmsi,
         tls_policy(settings.ca_file),
         connect_timeout=settings.connect_timeout,
+        proxy=settings.proxy,
         check_path=settings.check_path,
     )
     relay_id = uuid.uuid4().hex[:12]

@@ -10,14 +10,24 @@ from __future__ import annotations
 import os
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from epop.allowlist import Allowlist
+from epop.proxy import (
+    PASSWORD_VARIABLE,
+    SYSTEM,
+    ProxyConfig,
+    load_proxy_password,
+    resolve_proxy,
+)
 from epop.service import DEFAULT_LISTEN, ListenError, RelaySettings, make_relay_service
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
 class Options(usage.Options):
+    log = Logger()
+
     synopsis = "[options]"
     longdesc = (
         "Run an e-POP relay: workstations without Internet access send their "
@@ -30,6 +40,9 @@ class Options(usage.Options):
         ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
         ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
         ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
+        ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
+        ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
+        ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -42,6 +55,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allow"] = []
+        self.proxy: ProxyConfig | None = None
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:3358:interface=192.168.1.10 (repeatable; default tcp:3358)."""
@@ -75,6 +89,18 @@ class Options(usage.Options):
         for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        try:
+            password = load_proxy_password(self["proxy-password-file"])
+            self.proxy, source = resolve_proxy(
+                self["proxy"], self["epmsi"], user=self["proxy-user"], password=password
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy: {e}") from None
+        if self["proxy"] == SYSTEM:
+            self.log.info(
+                "--proxy system: {found}",
+                found=f"{self.proxy.url} ({source})" if self.proxy else source,
+            )
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
             raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
@@ -89,6 +115,7 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
             connect_timeout=self["connect-timeout"],
+            proxy=self.proxy,
             check_at_start=not self["no-check"],
         )
 

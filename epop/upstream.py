@@ -47,7 +47,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from epop.addressing import format_peer
-from epop.errors import EpopError, describe_upstream_failure
+from epop.errors import EpopError, UpstreamError, describe_upstream_failure
+from epop.proxy import ProxyConfig, TunnelEndpoint
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 
@@ -152,8 +153,8 @@ class _RecordingEndpoint:
 @implementer(IAgentEndpointFactory)
 class EpmsiEndpointFactory:
     """
-    Direct TLS connections to e-PMSI.  Its sibling for corporate proxies
-    returns an endpoint that tunnels with CONNECT before the same TLS wrap.
+    TLS connections to e-PMSI, direct or through a proxy's CONNECT tunnel;
+    either way the certificate is checked against e-PMSI's host name.
     """
 
     def __init__(
@@ -162,17 +163,23 @@ class EpmsiEndpointFactory:
         policy: BrowserLikePolicyForHTTPS,
         connect_timeout: float = 30.0,
         on_connected: Callable[[IAddress], None] | None = None,
+        proxy: ProxyConfig | None = None,
     ) -> None:
         self._reactor = reactor
         self._policy = policy
         self._timeout = connect_timeout
         self._on_connected = on_connected
+        self._proxy = proxy
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
+        inner: IStreamClientEndpoint
+        if self._proxy is None:
+            inner = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            inner = TunnelEndpoint(self._reactor, self._proxy, host, uri.port, self._timeout)
         endpoint: IStreamClientEndpoint = wrapClientTLS(
-            self._policy.creatorForNetloc(uri.host, uri.port),
-            HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout),
+            self._policy.creatorForNetloc(uri.host, uri.port), inner
         )
         if self._on_connected is not None:
             endpoint = _RecordingEndpoint(endpoint, self._on_connected)
@@ -189,6 +196,7 @@ class CheckResult:
     address: str | None = None
     status: int | None = None
     error: EpopError | None = None
+    proxy: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -197,6 +205,7 @@ class CheckResult:
             "elapsed": round(self.elapsed, 6),
             "address": self.address,
             "status": self.status,
+            "proxy": self.proxy,
         }
         if self.error is not None:
             result["error"] = self.error.to_wire()
@@ -205,8 +214,9 @@ class CheckResult:
     def describe(self) -> str:
         took = f"{self.elapsed * 1000:.0f} ms"
         if self.ok:
+            where = f"through the proxy {self.proxy}" if self.proxy else f"at {self.address}"
             return (
-                f"e-PMSI {self.url} reached at {self.address} in {took} "
+                f"e-PMSI {self.url} reached {where} in {took} "
                 f"(TLS verified, HTTP {self.status})"
             )
         assert self.error is not None
@@ -227,6 +237,8 @@ class Upstream:
     @param reactor: provides the TCP, time and TLS machinery.
     @param url: the e-PMSI origin; request paths are appended to it.
     @param policy: the TLS policy; see L{tls_policy}.
+    @param proxy: the HTTP proxy to tunnel through, if any; one pool per
+        L{Upstream} means one pool per proxy and credentials.
     @param check_path: what the connectivity check asks for.
     """
 
@@ -239,16 +251,18 @@ class Upstream:
         policy: BrowserLikePolicyForHTTPS,
         *,
         connect_timeout: float = 30.0,
+        proxy: ProxyConfig | None = None,
         check_path: str = "/",
     ) -> None:
         self.origin = EpmsiOrigin.from_url(url)
+        self.proxy = proxy
         self._reactor = reactor
         self._policy = policy
         self._timeout = connect_timeout
         self._check_path = check_path
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self._agent = Agent.usingEndpointFactory(
-            reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout), self.pool
+            reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout, proxy=proxy), self.pool
         )
 
     @property
@@ -277,7 +291,7 @@ class Upstream:
 
             if failure.check(CancelledError):
                 return failure
-            return Failure(describe_upstream_failure(failure, self.url, timeout=self._timeout))
+            return Failure(self._describe(failure))
 
         return d.addErrback(failed)
 
@@ -293,7 +307,9 @@ class Upstream:
         client = HTTPClient(
             Agent.usingEndpointFactory(
                 self._reactor,
-                EpmsiEndpointFactory(self._reactor, self._policy, self._timeout, reached.append),
+                EpmsiEndpointFactory(
+                    self._reactor, self._policy, self._timeout, reached.append, self.proxy
+                ),
                 pool,
             ),
             cookiejar=_NoCookies(),
@@ -318,6 +334,7 @@ class Upstream:
                 clock.seconds() - started,
                 format_peer(reached[-1]) if reached else None,
                 response.code,
+                proxy=self.proxy.address if self.proxy else None,
             )
 
         def failed(failure: Failure) -> CheckResult:
@@ -330,11 +347,23 @@ class Upstream:
                 self.url,
                 clock.seconds() - started,
                 format_peer(reached[-1]) if reached else None,
-                error=describe_upstream_failure(failure, self.url, timeout=self._timeout),
+                error=self._describe(failure),
+                proxy=self.proxy.address if self.proxy else None,
             )
 
         d.addCallbacks(answered, failed)
         return d
+
+    def _describe(self, failure: Failure) -> UpstreamError:
+        error = describe_upstream_failure(failure, self.url, timeout=self._timeout)
+        if self.proxy is not None and error.cause == "tls":
+            return UpstreamError(
+                error.code,
+                f"{error.message[:-1]} (through the proxy {self.proxy.address}; a proxy "
+                "that inspects HTTPS needs its own CA certificate in --ca-file).",
+                error.cause,
+            )
+        return error
 
     def close(self) -> Deferred[None]:
         """Close the idle connections the pool keeps."""

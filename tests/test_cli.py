@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -23,10 +24,13 @@ class CommandTests(TestCase):
         self.relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
         self.path = self.mktemp()
         self.sha = write_random_file(self.path, 1024 * 1024, seed=5)
+        self.config_path = os.path.abspath(self.mktemp())
 
-    async def run_epop(self, *argv: str) -> tuple[int, bytes, str]:
+    async def run_epop(self, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, bytes, str]:
         stdout, stderr = io.BytesIO(), io.StringIO()
-        code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr)
+        env = {"EPOP_CONFIG": self.config_path}
+        env.update(environ or {})
+        code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr, environ=env)
         return code, stdout.getvalue(), stderr.getvalue()
 
     async def test_send_through_relay(self) -> None:
@@ -88,3 +92,79 @@ class CommandTests(TestCase):
             code, out, err = await self.run_epop(*argv)
             self.assertEqual(code, 2, argv)
             self.assertIn(text, err)
+
+    async def test_saved_settings_are_used_and_flags_win(self) -> None:
+        """Saved settings replace flags once; a flag still overrides them."""
+        for key, value in [
+            ("relay", str(self.relay.endpoint)),
+            ("field", "theFile"),
+            ("epmsi", self.sandbox.url),
+            ("ca-file", self.sandbox.ca_path),
+        ]:
+            code, _, err = await self.run_epop("config", "set", key, value)
+            self.assertEqual(code, 0, err)
+        code, out, err = await self.run_epop("send", self.path)
+        self.assertEqual(code, 0, err)
+        self.assertIn("through relay", err)
+        self.assertEqual(json.loads(out)["files"][0]["field"], "theFile")
+        code, out, err = await self.run_epop("send", self.path, "--direct", "--field", "other")
+        self.assertEqual(code, 0, err)
+        self.assertIn("directly", err)
+        self.assertEqual(json.loads(out)["files"][0]["field"], "other")
+        code, out, err = await self.run_epop("test")
+        self.assertEqual(code, 0, err)
+
+    async def test_config_show_hides_password(self) -> None:
+        """`config show` lists the settings but never the proxy password."""
+        import sys
+
+        self.patch(sys, "stdin", io.StringIO("Secret-Pw-123\n"))
+        code, _, err = await self.run_epop("config", "set", "proxy-password", "-")
+        self.assertEqual(code, 0, err)
+        await self.run_epop("config", "set", "proxy-user", "dim")
+        code, out, _ = await self.run_epop("config", "show")
+        self.assertIn(b"proxy-user = dim", out)
+        self.assertIn(b"proxy-password = (set)", out)
+        self.assertNotIn(b"Secret-Pw-123", out)
+        with open(self.config_path) as f:
+            self.assertIn("Secret-Pw-123", f.read())
+        self.assertEqual(os.stat(self.config_path).st_mode & 0o777, 0o600)
+        code, _, err = await self.run_epop("config", "set", "nonsense", "1")
+        self.assertEqual(code, 2)
+        self.assertIn("nonsense", err)
+
+    async def test_proxy_settings_import(self) -> None:
+        """`proxy-settings` says what it found and --save stores it."""
+        env = {"HTTPS_PROXY": "http://proxy.chu.local:3128"}
+        code, out, _ = await self.run_epop("proxy-settings", environ=env)
+        self.assertEqual(code, 0)
+        self.assertIn(b"http://proxy.chu.local:3128", out)
+        self.assertIn(b"HTTPS_PROXY", out)
+        code, _, err = await self.run_epop("proxy-settings", "--save", environ=env)
+        self.assertEqual(code, 0, err)
+        code, out, _ = await self.run_epop("config", "show")
+        self.assertIn(b"proxy = http://proxy.chu.local:3128", out)
+        code, out, _ = await self.run_epop("proxy-settings", environ={})
+        self.assertIn(b"No proxy setting found", out)
+
+    async def test_proxy_flags_need_direct(self) -> None:
+        """Proxy flags through a relay are refused: the relay has its own."""
+        code, _, err = await self.run_epop(
+            "send", self.path, "--relay", "10.1.2.3", "--proxy", "http://p:3128"
+        )
+        self.assertEqual(code, 2)
+        self.assertIn("--proxy applies to --direct only", err)
+        code, _, err = await self.run_epop(
+            "test", "--direct", "--proxy", "http://p:3128", "--proxy-user", "dim", environ={}
+        )
+        self.assertEqual(code, 2)
+        self.assertIn("needs a password", err)
+
+    async def test_broken_settings_file(self) -> None:
+        """A damaged settings file is named, with what is wrong in it."""
+        with open(self.config_path, "w") as f:
+            f.write("[epop]\nmode = sideways\n")
+        code, _, err = await self.run_epop("test")
+        self.assertEqual(code, 2)
+        self.assertIn(self.config_path, err)
+        self.assertIn("mode", err)

@@ -5,6 +5,8 @@ and stopped, and how twistd's options are checked.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
@@ -120,6 +122,36 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(self.parse().settings().allow, ())
         settings = self.parse("--allow", "10.1.2.3", "--allow", "fd00::/8").settings()
         self.assertEqual(settings.allow, ("10.1.2.3", "fd00::/8"))
+
+    def test_proxy_options(self) -> None:
+        """--proxy with a user takes its password from a file or the environment, never the URL."""
+        password = self.mktemp()
+        with open(password, "w") as f:
+            f.write("pw\n")
+        proxy = self.parse(
+            "--proxy", "http://proxy.chu.local:3128", "--proxy-user", "dim",
+            "--proxy-password-file", password,
+        ).settings().proxy
+        self.assertEqual((proxy.host, proxy.port, proxy.user, proxy.password), ("proxy.chu.local", 3128, "dim", "pw"))
+        self.patch(os, "environ", {"EPOP_PROXY_PASSWORD": "from-env"})
+        self.assertEqual(self.parse("--proxy", "http://p:1", "--proxy-user", "u").settings().proxy.password, "from-env")
+        self.patch(os, "environ", {"HTTPS_PROXY": "http://sys-proxy:8080"})
+        self.assertEqual(self.parse("--proxy", "system").settings().proxy.host, "sys-proxy")
+        self.patch(os, "environ", {"HTTPS_PROXY": "http://sys-proxy:8080", "NO_PROXY": ".atih.sante.fr"})
+        self.assertIsNone(self.parse("--proxy", "system").settings().proxy)
+
+    def test_proxy_usage_errors(self) -> None:
+        """A proxy setting that cannot work is refused at start, saying why."""
+        self.patch(os, "environ", {})
+        for args, text in [
+            (["--proxy", "http://u:pw@p:1"], "do not put the proxy password in the URL"),
+            (["--proxy", "http://p:1", "--proxy-user", "u"], "needs a password"),
+            (["--proxy", "socks5://p:1"], "only http://"),
+            (["--proxy-user", "u"], "without a proxy"),
+            (["--proxy", "http://p:1", "--proxy-password-file", "/nonexistent"], "cannot read"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertIn(text, str(error))
 
     def test_listen_repeatable(self) -> None:
         """--listen replaces the default and may be given several times."""

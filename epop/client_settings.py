@@ -1,0 +1,378 @@
+"""
+The workstation's settings, typed "once and for all": where to send (relay
+or direct), which e-PMSI, which proxy, and the upload defaults, so a daily
+upload is just C{epop send FILE}.
+
+They live in a small INI file with one section, C{[epop]}, one C{key = value}
+a line; C{#} or C{;} starts a comment line. The file may hold the proxy's
+password, so L{ClientSettings.save} always writes it readable by its owner
+only (on POSIX), and L{ClientSettings.items_for_display} never shows it.
+
+Values are checked when set I{and} when loaded, so a hand-edited mistake is
+reported with the file and line instead of failing later in the middle of an
+upload.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from epop.client import Endpoint
+from epop.upstream import EpmsiOrigin
+
+__all__ = [
+    "SETTING_DESCRIPTIONS",
+    "SETTING_KEYS",
+    "SYSTEM_PROXY",
+    "ClientSettings",
+    "SettingsError",
+    "settings_path",
+]
+
+#: Every key the C{[epop]} section may hold, in display order.
+SETTING_KEYS: tuple[str, ...] = (
+    "mode",
+    "relay",
+    "epmsi",
+    "ca-file",
+    "proxy",
+    "proxy-user",
+    "proxy-password",
+    "to",
+    "field",
+)
+
+#: One line per key, for help texts and error messages.
+SETTING_DESCRIPTIONS: Mapping[str, str] = {
+    "mode": "how to send: 'relay' (through the e-POP relay) or 'direct'",
+    "relay": "the relay's address, HOST or HOST:PORT (port 3358 by default)",
+    "epmsi": "e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr",
+    "ca-file": "PEM file of CA certificates trusted for e-PMSI (direct mode)",
+    "proxy": "the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's",
+    "proxy-user": "user name for the proxy",
+    "proxy-password": "password for the proxy (stored in the file, never displayed)",
+    "to": "default path on e-PMSI to post uploads to, e.g. /syriusUpload.do",
+    "field": "default form field that carries the file",
+}
+
+#: The C{proxy} value that means "ask this machine" (see L{epop.system_proxy}).
+SYSTEM_PROXY = "system"
+
+_SECTION = "epop"
+_HIDDEN = "(set)"
+_HEADER = (
+    "# e-POP workstation settings, written by the epop command.\n"
+    "# It may hold a password: keep it readable by you only.\n"
+)
+
+
+class SettingsError(ValueError):
+    """A setting or settings file is wrong; the message says what to fix."""
+
+
+def settings_path(environ: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """
+    Where this user's settings live: C{EPOP_CONFIG} if set; else on Windows
+    C{%APPDATA%\\epop\\client.ini}; else C{$XDG_CONFIG_HOME/epop/client.ini}
+    or C{~/.config/epop/client.ini}.
+
+    @param environ: C{os.environ} by default.
+    @param platform: C{sys.platform} by default.
+    """
+    env = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    explicit = env.get("EPOP_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    if platform == "win32":
+        appdata = env.get("APPDATA")
+        if appdata:
+            base = Path(appdata)
+        else:
+            base = _home(env, "USERPROFILE") / "AppData" / "Roaming"
+        return base / "epop" / "client.ini"
+    xdg = env.get("XDG_CONFIG_HOME")
+    # The XDG spec says relative paths there are invalid and must be ignored.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else _home(env, "HOME") / ".config"
+    return base / "epop" / "client.ini"
+
+
+def _home(environ: Mapping[str, str], name: str) -> Path:
+    value = environ.get(name)
+    return Path(value) if value else Path.home()
+
+
+class ClientSettings:
+    """
+    The settings of one file: read with L{load}, changed with L{set} and
+    L{unset}, written back with L{save}.
+    """
+
+    def __init__(self, path: Path, values: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._values: dict[str, str] = {}
+        for key, value in (values or {}).items():
+            self.set(key, value)
+
+    @classmethod
+    def load(cls, path: Path) -> ClientSettings:
+        """
+        Read C{path}; a missing file is empty settings.
+
+        @raise SettingsError: the file cannot be read, is malformed, or holds
+            an unknown key or a bad value; the message names the file and line.
+        """
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cls(path)
+        except OSError as e:
+            raise SettingsError(f"cannot read settings file {path}: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8-sig")  # Notepad may add a byte order mark
+        except UnicodeDecodeError as e:
+            raise SettingsError(
+                f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from None
+        settings = cls(path)
+        settings._values = _parse(path, text)
+        return settings
+
+    def get(self, key: str) -> str | None:
+        """The value of C{key}, or C{None} if it is not set."""
+        return self._values.get(_known(key))
+
+    def set(self, key: str, value: str) -> None:
+        """
+        Check and store C{value}; it is normalized (e.g. C{ca-file} made
+        absolute, C{epmsi} without a trailing slash).
+
+        @raise SettingsError: unknown key, or a value that would not work.
+        """
+        key = _known(key)
+        try:
+            self._values[key] = _check(key, value, on_set=True)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+
+    def unset(self, key: str) -> None:
+        """Forget C{key}, so its default applies again; unset keys are fine."""
+        self._values.pop(_known(key), None)
+
+    def save(self) -> None:
+        """
+        Write the file atomically (a half-written file would lose every
+        setting), creating its folders readable by their owner only; the file
+        itself is always mode 0600 on POSIX, as it may hold a password.
+        """
+        folder = self.path.parent
+        _make_private_folders(folder)
+        lines = [_HEADER, f"[{_SECTION}]\n"]
+        lines += [f"{key} = {self._values[key]}\n" for key in SETTING_KEYS if key in self._values]
+        try:
+            self._write(folder, lines)
+        except OSError as e:
+            raise SettingsError(
+                f"cannot write settings file {self.path}: {e.strerror or e}"
+            ) from None
+
+    def _write(self, folder: Path, lines: list[str]) -> None:
+        """Write to a temporary file beside the target, then rename it over."""
+        prefix = f".{self.path.name}."
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(stream.fileno(), 0o600)
+                stream.writelines(lines)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+
+    def items_for_display(self) -> list[tuple[str, str]]:
+        """Every set key in L{SETTING_KEYS} order; the password shows as C{(set)}."""
+        return [
+            (key, _HIDDEN if key == "proxy-password" else self._values[key])
+            for key in SETTING_KEYS
+            if key in self._values
+        ]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={value!r}" for key, value in self.items_for_display())
+        return f"<ClientSettings {self.path} {shown}>"
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Create the missing folders of C{folder} with mode 0700; leave existing ones."""
+    missing: list[Path] = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise SettingsError(f"cannot create folder {path}: {e.strerror or e}") from None
+        if os.name == "posix":
+            os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not widened
+
+
+def _known(key: str) -> str:
+    """C{key} if it is a setting's name, else a L{SettingsError} listing them."""
+    if key not in SETTING_KEYS:
+        raise SettingsError(f"unknown setting {key!r}: expected one of {', '.join(SETTING_KEYS)}")
+    return key
+
+
+def _parse(path: Path, text: str) -> dict[str, str]:
+    """The C{[epop]} section of an INI text, every line checked."""
+    values: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    in_section = False
+    seen_section = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        where = f"{path}, line {number}"
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            name = line[1:-1].strip() if line.endswith("]") else None
+            if name != _SECTION:
+                raise SettingsError(
+                    f"{where}: unexpected {line!r}: the only section is [{_SECTION}]"
+                )
+            if seen_section:
+                raise SettingsError(f"{where}: [{_SECTION}] appears twice")
+            in_section = seen_section = True
+            continue
+        if not in_section:
+            raise SettingsError(f"{where}: {line!r} comes before the [{_SECTION}] header")
+        key, sep, value = line.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise SettingsError(f"{where}: expected 'key = value', got {line!r}")
+        if key not in SETTING_KEYS:
+            raise SettingsError(
+                f"{where}: unknown setting {key!r}: expected one of {', '.join(SETTING_KEYS)}"
+            )
+        if key in values:
+            raise SettingsError(f"{where}: {key} is set twice (first on line {first_line[key]})")
+        try:
+            values[key] = _check(key, value, on_set=False)
+        except ValueError as e:
+            raise SettingsError(f"{where}: {e}") from None
+        first_line[key] = number
+    return values
+
+
+def _check(key: str, value: str, *, on_set: bool) -> str:
+    """
+    The value to store for C{key}, or a L{ValueError} saying what is wrong
+    and what is expected.
+
+    @param on_set: also check what may change later (the CA file exists).
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{key} must be on one line, without control characters")
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError(f"{key} is empty: give a value ({SETTING_DESCRIPTIONS[key]})")
+    if stripped != value and key == "proxy-password" and on_set:
+        raise ValueError("proxy-password cannot start or end with a space in the settings file")
+    return _CHECKS[key](stripped, on_set)
+
+
+def _check_mode(value: str, on_set: bool) -> str:
+    mode = value.lower()
+    if mode not in ("relay", "direct"):
+        raise ValueError(f"mode must be 'relay' or 'direct' (got {value!r})")
+    return mode
+
+
+def _check_relay(value: str, on_set: bool) -> str:
+    Endpoint.parse(value)  # its ValueError already says what is expected
+    return value
+
+
+def _check_epmsi(value: str, on_set: bool) -> str:
+    return EpmsiOrigin.from_url(value).url
+
+
+def _check_ca_file(value: str, on_set: bool) -> str:
+    if not on_set:  # a moved file is reported when an upload needs it
+        return value
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"ca-file {value!r}: no such file (expected a PEM file of CA certificates)"
+        )
+    return path
+
+
+def _check_proxy(value: str, on_set: bool) -> str:
+    if value.lower() == SYSTEM_PROXY:
+        return SYSTEM_PROXY
+    expected = f"expected http://HOST:PORT, or '{SYSTEM_PROXY}' to use this machine's proxy"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"proxy {value!r} has an invalid port: {expected}") from None
+    if parts.scheme.lower() != "http":
+        raise ValueError(f"proxy {value!r}: only http:// proxies are supported; {expected}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "proxy must not hold a user name or password: set them with proxy-user "
+            "and proxy-password"
+        )
+    if not parts.hostname:
+        raise ValueError(f"proxy {value!r} has no host name: {expected}")
+    if port is None:
+        raise ValueError(f"proxy {value!r} has no port: {expected}")
+    if port == 0:
+        raise ValueError(f"proxy {value!r} has an invalid port: {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"proxy {value!r} must not have a path: {expected}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"http://{host}:{port}"
+
+
+def _check_text(value: str, on_set: bool) -> str:
+    return value
+
+
+def _check_to(value: str, on_set: bool) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(
+            f"to must be a path starting with '/', without spaces, e.g. /syriusUpload.do "
+            f"(got {value!r})"
+        )
+    return value
+
+
+_CHECKS: Mapping[str, Callable[[str, bool], str]] = {
+    "mode": _check_mode,
+    "relay": _check_relay,
+    "epmsi": _check_epmsi,
+    "ca-file": _check_ca_file,
+    "proxy": _check_proxy,
+    "proxy-user": _check_text,
+    "proxy-password": _check_text,
+    "to": _check_to,
+    "field": _check_text,
+}

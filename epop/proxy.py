@@ -1,0 +1,391 @@
+"""
+HTTPS to e-PMSI through a corporate HTTP proxy: the CONNECT tunnel.
+
+Twisted's L{ProxyAgent} never sends CONNECT, so HTTPS through a proxy is
+built here on Twisted's public hooks: L{TunnelEndpoint} connects to the
+proxy, asks it for a tunnel to e-PMSI (with C{Proxy-Authorization: Basic}
+when a user is set), and once the proxy says 200 hands the connection to
+whatever protocol it was asked to connect, usually the TLS layer that
+L{twisted.internet.endpoints.wrapClientTLS} puts around it.  TLS then runs
+end to end inside the tunnel: the proxy never sees the content, and e-PMSI
+never sees the proxy's credentials.
+
+Every way the proxy can say no is a L{ProxyError} whose C{cause} names it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from epop._version import __version__
+from epop.addressing import host_port
+from epop.errors import UpstreamError
+
+__all__ = [
+    "PASSWORD_VARIABLE",
+    "SYSTEM",
+    "resolve_proxy",
+    "ProxyConfig",
+    "ProxyError",
+    "TunnelEndpoint",
+    "load_proxy_password",
+]
+
+#: The environment variable that may hold the proxy password.
+PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
+
+#: The proxy setting that means "whatever this machine is set to use".
+SYSTEM = "system"
+
+#: Largest CONNECT answer head we read before calling it garbage.
+MAX_ANSWER_HEAD = 64 * 1024
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """
+    An HTTP proxy and, optionally, the account it wants.
+
+    The password is never part of the URL: it comes from a file or from
+    C{EPOP_PROXY_PASSWORD}, so that C{ps} and shell histories never show it.
+    """
+
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(
+        cls, url: str, user: str | None = None, password: str | None = None
+    ) -> "ProxyConfig":
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme != "http":
+            raise ValueError(
+                f"proxy {url!r}: only http:// proxies are supported "
+                "(the tunnel to e-PMSI is encrypted end to end inside it)"
+            )
+        if parts.password:
+            raise ValueError(
+                "do not put the proxy password in the URL: use a password file "
+                f"or the {PASSWORD_VARIABLE} environment variable"
+            )
+        if not parts.hostname:
+            raise ValueError(f"proxy {url!r} has no host name")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"proxy {url!r} must be http://HOST:PORT, without a path")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"proxy {url!r} has an invalid port") from None
+        if port is None:
+            raise ValueError(f"proxy {url!r} has no port: write it as http://HOST:PORT")
+        return cls(parts.hostname, port, user or parts.username or None, password)
+
+    @property
+    def address(self) -> str:
+        return host_port(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def authorization(self) -> bytes | None:
+        """The C{Proxy-Authorization} value, or C{None} without a user."""
+        if self.user is None:
+            return None
+        secret = f"{self.user}:{self.password or ''}".encode()
+        return b"Basic " + base64.b64encode(secret)
+
+
+def load_proxy_password(
+    path: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """
+    The proxy password from C{path} (first line), else from
+    C{EPOP_PROXY_PASSWORD}, else C{None}.
+    """
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+        except OSError as e:
+            raise ValueError(f"cannot read the proxy password file {path}: {e.strerror}") from None
+        return line.rstrip("\r\n")
+    environ = os.environ if environ is None else environ
+    return environ.get(PASSWORD_VARIABLE) or None
+
+
+def resolve_proxy(
+    setting: str | None,
+    target_url: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ProxyConfig | None, str]:
+    """
+    Turn a C{--proxy} setting (C{None}, C{http://HOST:PORT} or C{system})
+    into the proxy to use for C{target_url}, and say where it came from.
+
+    @raise ValueError: for a setting that cannot be used, saying why.
+    """
+    if not setting:
+        if user is not None:
+            raise ValueError("a proxy user was given without a proxy")
+        return None, "no proxy set"
+    if setting != SYSTEM:
+        proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
+    else:
+        from epop.system_proxy import discover_proxy
+
+        found = discover_proxy(target_url, environ=environ)
+        if found.proxy is None:
+            if found.unresolved:
+                raise ValueError(found.describe())
+            return None, found.describe()
+        proxy = ProxyConfig.from_url(found.proxy, user or found.user, password)
+        source = found.source
+    if proxy.user is not None and proxy.password is None:
+        raise ValueError(
+            f"the proxy user {proxy.user!r} needs a password: put it in a password "
+            f"file, or in the {PASSWORD_VARIABLE} environment variable"
+        )
+    return proxy, source
+
+
+class ProxyError(UpstreamError):
+    """The proxy would not, or could not, open the tunnel to e-PMSI."""
+
+    def __init__(self, proxy: ProxyConfig, cause: str, text: str) -> None:
+        super().__init__(
+            "epmsi-unreachable", f"Could not reach e-PMSI through the proxy {proxy.address}: {text}", cause
+        )
+
+
+def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> ProxyError:
+    said = f"{status} {reason}".strip()
+    if status == 407:
+        schemes = [
+            line.split(b":", 1)[1].strip().split(b" ", 1)[0].decode("latin-1")
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"proxy-authenticate:")
+        ]
+        if schemes and not any(s.lower() == "basic" for s in schemes):
+            return ProxyError(
+                proxy,
+                "proxy-auth-unsupported",
+                f"the proxy asks for {', '.join(schemes)} authentication ({said}), and only "
+                "Basic is supported: ask for an account with Basic authentication, or for "
+                "e-PMSI to be reachable without one.",
+            )
+        if proxy.user is None:
+            return ProxyError(
+                proxy,
+                "proxy-auth-required",
+                f"the proxy demands a user name and password ({said}). Give the proxy "
+                f"user and its password (password file or {PASSWORD_VARIABLE}).",
+            )
+        return ProxyError(
+            proxy,
+            "proxy-auth-rejected",
+            f"the proxy rejected the user name {proxy.user!r} or its password ({said}). "
+            "Check both with the IT department.",
+        )
+    if status == 403:
+        return ProxyError(
+            proxy,
+            "proxy-forbidden",
+            f"the proxy forbids this destination ({said}). Ask the IT department to allow "
+            "HTTPS (CONNECT) to e-PMSI.",
+        )
+    return ProxyError(proxy, "proxy-error", f"the proxy refused the tunnel ({said}).")
+
+
+class _TunnelProtocol(Protocol):
+    """Asks for the tunnel, then passes every byte to the tunnelled protocol."""
+
+    def __init__(self, endpoint: "TunnelEndpoint", factory: IProtocolFactory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._head = b""
+        self.tunnelled: Any = None
+        self.opened: Deferred[Any] = Deferred()
+
+    def connectionMade(self) -> None:
+        endpoint = self._endpoint
+        target = host_port(endpoint.host, endpoint.port).encode("idna")
+        lines = [
+            b"CONNECT " + target + b" HTTP/1.1",
+            b"Host: " + target,
+            b"User-Agent: epop/" + __version__.encode(),
+        ]
+        authorization = endpoint.proxy.authorization()
+        if authorization is not None:
+            lines.append(b"Proxy-Authorization: " + authorization)
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnelled is not None:
+            self.tunnelled.dataReceived(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_ANSWER_HEAD:
+                self._refuse(self._garbage())
+            return
+        head, rest = self._head[:end], self._head[end + 4 :]
+        self._head = b""
+        match = _STATUS_LINE.fullmatch(head.split(b"\r\n", 1)[0])
+        if match is None:
+            self._refuse(self._garbage())
+            return
+        status = int(match.group(1))
+        if status // 100 != 2:
+            reason = (match.group(2) or b"").decode("latin-1")
+            self._refuse(_refusal(self._endpoint.proxy, status, reason, head))
+            return
+        self.tunnelled = self._factory.buildProtocol(self.transport.getPeer())
+        self.tunnelled.makeConnection(self.transport)
+        self.opened.callback(self.tunnelled)
+        if rest:
+            self.tunnelled.dataReceived(rest)
+
+    def _garbage(self) -> ProxyError:
+        return ProxyError(
+            self._endpoint.proxy,
+            "proxy-error",
+            "the proxy answered CONNECT with something that is not HTTP: is this "
+            "address really an HTTP proxy?",
+        )
+
+    def _refuse(self, error: ProxyError) -> None:
+        self.transport.abortConnection()
+        if not self.opened.called:
+            self.opened.errback(error)
+
+    def connectionLost(self, reason: Failure = netError.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.tunnelled is not None:
+            self.tunnelled.connectionLost(reason)
+        elif not self.opened.called:
+            self.opened.errback(
+                ProxyError(
+                    self._endpoint.proxy,
+                    "proxy-error",
+                    "the proxy closed the connection without answering CONNECT.",
+                )
+            )
+
+
+@implementer(IStreamClientEndpoint)
+class TunnelEndpoint:
+    """
+    A connection to C{host:port} through C{proxy}'s CONNECT tunnel.
+
+    @param timeout: seconds for the whole handshake (reaching the proxy and
+        its answer); past them the attempt fails with cause C{proxy-timeout}.
+    @param proxy_endpoint: how to reach the proxy; by default a
+        L{HostnameEndpoint} to its host and port.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        proxy: ProxyConfig,
+        host: str,
+        port: int,
+        timeout: float = 30.0,
+        proxy_endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.proxy = proxy
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._proxy_endpoint = proxy_endpoint or HostnameEndpoint(reactor, proxy.host, proxy.port)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        tunnel = _TunnelProtocol(self, protocolFactory)
+        state: dict[str, Any] = {"reason": None}
+
+        def cancel(result: Deferred[Any]) -> None:
+            stop(None)
+
+        result: Deferred[Any] = Deferred(cancel)
+
+        def stop(reason: ProxyError | None) -> None:
+            state["reason"] = reason
+            if not connecting.called:
+                connecting.cancel()
+                return
+            if tunnel.transport is not None:
+                tunnel.transport.abortConnection()
+            if not tunnel.opened.called:
+                tunnel.opened.errback(reason or CancelledError())
+
+        def timed_out() -> None:
+            stop(
+                ProxyError(
+                    self.proxy,
+                    "proxy-timeout",
+                    f"the proxy did not open the tunnel within {self.timeout:g} s.",
+                )
+            )
+
+        deadline = self.reactor.callLater(self.timeout, timed_out)
+        connecting = connectProtocol(self._proxy_endpoint, tunnel)
+
+        def unreachable(failure: Failure) -> Failure:
+            if state["reason"] is not None:
+                return Failure(state["reason"])
+            if failure.check(CancelledError, netError.ConnectingCancelledError):
+                return failure
+            return Failure(_unreachable(self.proxy, failure))
+
+        connecting.addErrback(unreachable)
+        connecting.addCallback(lambda _: tunnel.opened)
+
+        def settled(outcome: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            if isinstance(outcome, Failure) and state["reason"] is not None:
+                outcome = Failure(state["reason"])
+            if not result.called:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+            return None
+
+        connecting.addBoth(settled)
+        return result
+
+
+def _unreachable(proxy: ProxyConfig, failure: Failure) -> ProxyError:
+    value = failure.value
+    if isinstance(value, netError.DNSLookupError):
+        text = "its host name was not found. Check the proxy's name."
+    elif isinstance(value, netError.ConnectionRefusedError):
+        text = "it refused the connection: nothing listens there. Check the proxy's address and port."
+    elif isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError)):
+        text = "it did not answer in time. Check the proxy's address."
+    else:
+        text = f"it could not be reached ({failure.getErrorMessage()})."
+    return ProxyError(proxy, "proxy-unreachable", text)
