@@ -6,6 +6,10 @@ connection from an address outside every listed address or network is
 answered with the manual's message, naming the client's own address and
 port, and closed.  The relay journals it like any other connection: opened,
 then closed with the reason C{not-authorized}.
+
+The check runs on the connection's first bytes, which every e-POP client
+sends at once (HELLO): with C{--listen haproxy:tcp:3358} the address of the
+workstation behind the load balancer is known only then.
 """
 
 from __future__ import annotations
@@ -61,11 +65,21 @@ def refusal_message(peer: IAddress) -> str:
 
 
 class _CheckedProtocol(ProtocolWrapper):
-    def makeConnection(self, transport: Any) -> None:
-        super().makeConnection(transport)
-        peer = transport.getPeer()
-        if not self.factory.allowlist.allows(getattr(peer, "host", "")):
-            self.wrappedProtocol.fail(ProtocolError("not-authorized", refusal_message(peer)))
+    """
+    Checks the peer when its first bytes arrive: behind a load balancer
+    speaking the PROXY protocol, that is when the real address is known.
+    """
+
+    _checked = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._checked:
+            self._checked = True
+            peer = self.getPeer()
+            if not self.factory.allowlist.allows(getattr(peer, "host", "")):
+                self.wrappedProtocol.fail(ProtocolError("not-authorized", refusal_message(peer)))
+                return
+        self.wrappedProtocol.dataReceived(data)
 
 
 class AllowlistFactory(WrappingFactory):

@@ -489,6 +489,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._close_reason: str | None = None
         self._opened = 0.0
         self._paused = False
+        self._journaled = False
         self._grace: Any = None
         self.lost = Deferred[None]()
 
@@ -508,15 +509,26 @@ class RelayProtocol(Protocol, TimeoutMixin):
 
     # connection lifetime
     def connectionMade(self) -> None:
-        self.client = format_peer(self.transport.getPeer())
         self._opened = self.clock.seconds()
         self.factory.connections[self.connection_id] = self
+        self.setTimeout(self.factory.idle_timeout)
+
+    def opened(self) -> None:
+        """
+        Journal the connection's opening, once its peer is known for sure:
+        behind a load balancer speaking the PROXY protocol, the real client's
+        address is known only after the first bytes.
+        """
+        if self._journaled:
+            return
+        self._journaled = True
+        self.client = format_peer(self.transport.getPeer())
         self.journal_event(
             "connection-opened", "Connection {connection} opened from {client}"
         )
-        self.setTimeout(self.factory.idle_timeout)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
+        self.opened()
         self._state = _State.CLOSING
         self.setTimeout(None)
         if self._grace is not None and self._grace.active():
@@ -564,6 +576,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         """Send an error frame and close: the connection cannot go on."""
         if self._state is _State.CLOSING:
             return
+        self.opened()
         self._state = _State.CLOSING
         self._close_reason = error.code
         self.setTimeout(None)
@@ -593,6 +606,8 @@ class RelayProtocol(Protocol, TimeoutMixin):
 
     # receiving
     def dataReceived(self, data: bytes) -> None:
+        if not self._journaled:
+            self.opened()
         self.bytes_in += len(data)
         if self._state is _State.CLOSING:
             return
