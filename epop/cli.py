@@ -31,6 +31,7 @@ from epop.client_settings import (
     settings_path,
 )
 from epop.errors import EpopError
+from epop.local_tls import ClientTLS
 from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
@@ -73,7 +74,10 @@ class _TargetOptions(_Options):
     a proxy).  Flags win over the saved settings, which win over defaults.
     """
 
-    optFlags = [["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."]]
+    optFlags = [
+        ["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."],
+        ["tls", None, "Encrypt the connection to the relay (TLS), checking its certificate."],
+    ]
     optParameters = [
         ["relay", None, None, "The relay's address: HOST or HOST:PORT (port 3358 by default)."],
         ["epmsi", None, None, f"e-PMSI's HTTPS origin, with --direct [default: {DEFAULT_EPMSI_URL}]."],
@@ -81,10 +85,14 @@ class _TargetOptions(_Options):
         ["proxy", None, None, "With --direct: HTTP proxy http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "With --direct: user name for the proxy."],
         ["proxy-password-file", None, None, f"With --direct: file holding the proxy password (or set {PASSWORD_VARIABLE})."],
+        ["relay-ca", None, None, "With --tls: PEM CA certificate that signs the relay's certificate (default: the system's)."],
+        ["tls-client-cert", None, None, "With --tls: this workstation's PEM certificate, for relays that require one."],
+        ["tls-client-key", None, None, "With --tls: the PEM private key of --tls-client-cert."],
         ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting.", float],
     ]
 
     relay: Endpoint | None = None
+    tls: ClientTLS | None = None
     epmsi: str = DEFAULT_EPMSI_URL
     ca_file: str | None = None
     proxy: ProxyConfig | None = None
@@ -106,7 +114,16 @@ class _TargetOptions(_Options):
             )
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
+        tls_flags = ("relay-ca", "tls-client-cert", "tls-client-key")
         if mode == "relay":
+            if not self["tls"] and any(self[flag] for flag in tls_flags):
+                raise usage.UsageError("--relay-ca and --tls-client-* need --tls")
+            if self["tls"]:
+                if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
+                    raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
+                self.tls = ClientTLS(
+                    self["relay-ca"], self["tls-client-cert"], self["tls-client-key"]
+                )
             for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
                 if self[flag] is not None:
                     raise usage.UsageError(
@@ -121,6 +138,8 @@ class _TargetOptions(_Options):
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
             return
+        if self["tls"] or any(self[flag] for flag in tls_flags):
+            raise usage.UsageError("--tls and its options apply to --relay: with --direct, e-PMSI is always reached over TLS")
         self.epmsi = self["epmsi"] or saved.get("epmsi") or DEFAULT_EPMSI_URL
         self.ca_file = self["ca-file"] or saved.get("ca-file")
         try:
@@ -308,6 +327,7 @@ class _Command:
             epmsi=options.epmsi,
             ca_file=options.ca_file,
             proxy=options.proxy,
+            tls=options.tls,
             output=self.stdout,
             timeout=options["timeout"],
         )
@@ -315,7 +335,7 @@ class _Command:
         def answered(reply: Reply) -> int:
             self.stdout.flush()
             if options.relay:
-                how = f"through relay {options.relay}"
+                how = f"through relay {options.relay}" + (" (TLS)" if options.tls else "")
             elif options.proxy:
                 how = f"directly, through the proxy {options.proxy.address}"
             else:
@@ -337,6 +357,7 @@ class _Command:
             epmsi=options.epmsi,
             ca_file=options.ca_file,
             proxy=options.proxy,
+            tls=options.tls,
             timeout=options["timeout"],
         )
 

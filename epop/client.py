@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -34,7 +34,14 @@ from twisted.web.iweb import IBodyProducer, IResponse
 
 from epop._version import __version__
 from epop.addressing import format_peer, host_port
-from epop.errors import EpopError, ProtocolError, RelayError, describe_connect_failure
+from epop.errors import (
+    EpopError,
+    ProtocolError,
+    RelayError,
+    describe_connect_failure,
+    describe_relay_tls_failure,
+)
+from epop.local_tls import ClientTLS
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.proxy import ProxyConfig
 from epop.upstream import CheckResult, Upstream, tls_policy
@@ -292,8 +299,11 @@ class RelayClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
         if not self.welcomed.called or self._operation is not None:
+            where = format_peer(self.transport.getPeer()) if self.transport else "?"
+            error = describe_relay_tls_failure(reason, where)
             self._fail(
-                EpopError(
+                error
+                or EpopError(
                     "relay-closed",
                     "The relay closed the connection before answering "
                     f"({reason.getErrorMessage()}).",
@@ -374,13 +384,23 @@ class RelayClientProtocol(Protocol):
 
 
 def connect_to_relay(
-    reactor: Any, relay: Endpoint, *, timeout: float = DEFAULT_TIMEOUT
+    reactor: Any,
+    relay: Endpoint,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls: ClientTLS | None = None,
 ) -> Deferred[RelayClientProtocol]:
     """
-    Connect and shake hands; failures are L{EpopError}s that say what to
-    check (no answer in time, refused, not authorized...).
+    Connect and shake hands, encrypted when C{tls} is given; failures are
+    L{EpopError}s that say what to check (no answer in time, refused, not
+    authorized, certificate...).
     """
-    endpoint = HostnameEndpoint(reactor, relay.host, relay.port, timeout=timeout)
+    endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=timeout)
+    if tls is not None:
+        try:
+            endpoint = wrapClientTLS(tls.creator(relay.host), endpoint)
+        except ValueError as e:
+            return fail(EpopError("bad-settings", str(e)))
     d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout))
     d.addCallback(lambda protocol: protocol.welcomed)
 
@@ -424,13 +444,14 @@ def send_file(
     epmsi: str | None = None,
     ca_file: str | None = None,
     proxy: ProxyConfig | None = None,
+    tls: ClientTLS | None = None,
     output: Any = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[Reply]:
     """
     Upload C{path} as a multipart/form-data POST to C{to} on e-PMSI, through
-    C{relay} or, when C{relay} is C{None}, directly to C{epmsi} (through
-    C{proxy} if given).
+    C{relay} (encrypted with C{tls} if given) or, when C{relay} is C{None},
+    directly to C{epmsi} (through C{proxy} if given).
 
     e-PMSI's answer body goes to C{output} as it arrives; without one it is
     collected in L{Reply.body}.
@@ -443,7 +464,7 @@ def send_file(
         return fail(EpopError("file-unreadable", f"Cannot read {path}: {e.strerror}."))
     headers = [("Content-Type", body.content_type)]
     if relay is not None:
-        d = connect_to_relay(reactor, relay, timeout=timeout)
+        d = connect_to_relay(reactor, relay, timeout=timeout, tls=tls)
 
         def connected(protocol: RelayClientProtocol) -> Deferred[Reply]:
             result = protocol.request("POST", to, headers, body, output)
@@ -489,6 +510,7 @@ def test_connection(
     epmsi: str | None = None,
     ca_file: str | None = None,
     proxy: ProxyConfig | None = None,
+    tls: ClientTLS | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[TestReport]:
     """
@@ -540,4 +562,6 @@ def test_connection(
         report.failed_step = "relay"
         return report
 
-    return connect_to_relay(reactor, relay, timeout=timeout).addCallbacks(connected, unreachable)
+    return connect_to_relay(reactor, relay, timeout=timeout, tls=tls).addCallbacks(
+        connected, unreachable
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "UpstreamError",
     "describe_upstream_failure",
     "describe_connect_failure",
+    "describe_relay_tls_failure",
 ]
 
 
@@ -151,6 +152,36 @@ def describe_upstream_failure(
     return UpstreamError(
         "epmsi-unreachable", f"Could not reach e-PMSI at {url}: {found.text}.", found.cause
     )
+
+
+def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None:
+    """
+    When a connection to the relay broke during TLS, say why in words:
+    a relay without TLS, a certificate that does not verify, a relay that
+    wants a client certificate.  C{None} when TLS was not the reason.
+    """
+    from service_identity import VerificationError
+
+    for reason in _reasons(failure):
+        value = reason.value
+        if not isinstance(value, (SSL.Error, VerificationError)):
+            continue
+        text = _tls_text(value)
+        lowered = text.lower()
+        if any(s in lowered for s in ("wrong version number", "packet length too long", "record layer failure")):
+            message = (
+                f"The relay at {where} does not speak TLS: connect without --tls, "
+                "or ask for the relay's certificate to be set up."
+            )
+        elif "certificate required" in lowered or "handshake failure" in lowered:
+            message = (
+                f"The relay at {where} refused the TLS session: it requires a client "
+                "certificate signed by its authority (--tls-client-cert and --tls-client-key)."
+            )
+        else:
+            message = f"TLS with the relay at {where} failed: {text}."
+        return EpopError("relay-tls", message, "tls")
+    return None
 
 
 def describe_connect_failure(

@@ -28,6 +28,7 @@ from epop import journal
 from epop.allowlist import Allowlist, AllowlistFactory
 from epop.journal import FileJournalWriter, IJournalWriter, JournalService
 from epop.addressing import format_peer
+from epop.local_tls import RelayTLS, SessionChoiceFactory
 from epop.proxy import ProxyConfig
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
@@ -72,6 +73,7 @@ class RelaySettings:
     epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
     proxy: ProxyConfig | None = None
+    tls: RelayTLS | None = None
     check_at_start: bool = True
     check_path: str = "/"
 
@@ -240,8 +242,8 @@ def make_relay_service(
     @param journal_writer: opens the journal's writer when the service
         starts; by default a L{FileJournalWriter} on C{settings.journal}.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
-        CA file, bad endpoint string, bad allowlist entry), with a message
-        that says which.
+        CA file, bad endpoint string, bad allowlist entry, unusable TLS
+        certificate or key), with a message that says which.
     """
     upstream = Upstream(
         reactor,
@@ -260,7 +262,8 @@ def make_relay_service(
         epmsi_timeout=settings.epmsi_timeout,
     )
     allowlist = Allowlist(settings.allow)
-    served = AllowlistFactory(factory, allowlist) if allowlist else factory
+    checked = AllowlistFactory(factory, allowlist) if allowlist else factory
+    served = SessionChoiceFactory(checked, settings.tls)
     listeners = []
     for description in settings.listen:
         try:

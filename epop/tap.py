@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from epop.allowlist import Allowlist
+from epop.local_tls import RelayTLS
 from epop.proxy import (
     PASSWORD_VARIABLE,
     SYSTEM,
@@ -43,9 +44,14 @@ class Options(usage.Options):
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
+        ["tls-cert", None, None, "PEM certificate of the relay: workstations may then encrypt the local hop (same port)."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
+        ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
+        ["require-tls", None, "Refuse unencrypted sessions (needs --tls-cert)."],
     ]
     compData = usage.Completions(
         optActions={"ca-file": usage.CompleteFiles("*.pem"), "journal": usage.CompleteFiles()}
@@ -101,9 +107,33 @@ class Options(usage.Options):
                 "--proxy system: {found}",
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,
             )
+        self.tls = self._tls()
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
             raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
+
+    def _tls(self) -> RelayTLS | None:
+        if not self["tls-cert"]:
+            for name in ("tls-key", "tls-chain", "tls-client-ca"):
+                if self[name]:
+                    raise usage.UsageError(f"--{name} needs --tls-cert")
+            if self["require-tls"]:
+                raise usage.UsageError("--require-tls needs --tls-cert and --tls-key")
+            return None
+        if not self["tls-key"]:
+            raise usage.UsageError("--tls-cert needs --tls-key")
+        tls = RelayTLS(
+            self["tls-cert"],
+            self["tls-key"],
+            self["tls-chain"],
+            self["tls-client-ca"],
+            self["require-tls"],
+        )
+        try:
+            tls.options()
+        except ValueError as e:
+            raise usage.UsageError(f"--tls-cert: {e}") from None
+        return tls
 
     def settings(self) -> RelaySettings:
         return RelaySettings(
@@ -116,6 +146,7 @@ class Options(usage.Options):
             epmsi_timeout=self["epmsi-timeout"],
             connect_timeout=self["connect-timeout"],
             proxy=self.proxy,
+            tls=self.tls,
             check_at_start=not self["no-check"],
         )
 

@@ -87,7 +87,6 @@ class BehindLoadBalancerTests(TestCase):
         )
 
     async def exchange(self, header: bytes) -> list:
-        from epop.wire import FrameType
         from tests.relaying import HELLO, raw_connect
 
         client = await raw_connect(self, reactor, self.relay.port)

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import tap
 from epop.journal import MemoryJournalWriter, emit
+from epop.local_tls import SessionChoiceFactory
 from epop.relay import RelayFactory
 from epop.service import ListenError, RelaySettings, make_relay_service
 
@@ -40,7 +41,10 @@ class WiringTests(SynchronousTestCase):
         self.assertEqual(ports, [(3358, ""), (4000, "127.0.0.1")])
         factories = {id(factory) for _, factory, _, _ in self.reactor.tcpServers}
         self.assertEqual(len(factories), 1)
-        self.assertIsInstance(self.reactor.tcpServers[0][1], RelayFactory)
+        served = self.reactor.tcpServers[0][1]
+        self.assertIsInstance(served, SessionChoiceFactory)
+        self.assertIsInstance(served.wrapped, RelayFactory)
+        self.assertIsNone(served.tls)
 
     def test_journal_observer_lives_with_the_service(self) -> None:
         """The journal is written while the service runs, and closed when it stops."""

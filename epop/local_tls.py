@@ -1,0 +1,205 @@
+"""
+Encryption of the local hop, between the workstation and the relay.
+
+As in the original product the workstation chooses: the relay takes
+encrypted and plain sessions on the same port, and tells them apart by the
+first byte (a TLS handshake starts with 0x16, an e-POP HELLO with 0x01).  A
+relay started with C{--require-tls} refuses plain sessions with a clear
+message; one started with C{--tls-client-ca} also wants a client certificate
+signed by that authority.
+
+The workstation's side checks the relay's certificate against the address
+it was given (L{service_identity}, through L{optionsForClientTLS}): a
+certificate that does not verify is an error, never a fall back to plain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import crypto
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from epop.errors import ProtocolError
+from epop.upstream import trust_root_from_pem
+
+__all__ = ["RelayTLS", "ClientTLS", "SessionChoiceFactory", "server_options"]
+
+_TLS_HANDSHAKE = 0x16
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+def _certificates(path: str, what: str) -> list[Certificate]:
+    data = _read(path, what)
+    found = [
+        Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+        for part in data.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
+    if not found:
+        raise ValueError(f"the {what} {path} holds no PEM certificate")
+    return found
+
+
+def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
+    certificate = _certificates(cert_path, "certificate")[0]
+    try:
+        key = KeyPair.load(_read(key_path, "private key"), crypto.FILETYPE_PEM)
+    except crypto.Error:
+        raise ValueError(f"the private key {key_path} is not a PEM private key") from None
+    try:
+        return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except Exception as e:
+        raise ValueError(f"cannot use {cert_path} with {key_path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class RelayTLS:
+    """The relay's side: its certificate, and what it asks of clients."""
+
+    cert: str
+    key: str
+    chain: str | None = None
+    client_ca: str | None = None
+    require: bool = False
+
+    def options(self) -> CertificateOptions:
+        """
+        Server TLS settings, checked now so that a bad file is a start-up
+        error that names it.
+        """
+        return server_options(self.cert, self.key, self.chain, self.client_ca)
+
+
+def server_options(
+    cert: str, key: str, chain: str | None = None, client_ca: str | None = None
+) -> CertificateOptions:
+    private = _private_certificate(cert, key)
+    extra = [c.original for c in _certificates(chain, "certificate chain")] if chain else []
+    verify: dict[str, Any] = {}
+    if client_ca:
+        verify = {
+            "verify": True,
+            "requireCertificate": True,
+            "caCerts": [c.original for c in _certificates(client_ca, "client CA file")],
+        }
+    return CertificateOptions(
+        privateKey=private.privateKey.original,
+        certificate=private.original,
+        extraCertChain=extra,
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        **verify,
+    )
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """
+    The workstation's side: which authority signs the relay's certificate,
+    and the workstation's own certificate when the relay asks for one.
+    """
+
+    relay_ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def creator(self, host: str) -> Any:
+        """Client TLS settings for a relay reached as C{host}."""
+        root = trust_root_from_pem(self.relay_ca) if self.relay_ca else None
+        mine = None
+        if self.client_cert or self.client_key:
+            if not (self.client_cert and self.client_key):
+                raise ValueError("a client certificate needs both its certificate and its key")
+            mine = _private_certificate(self.client_cert, self.client_key)
+        return optionsForClientTLS(host, trustRoot=root, clientCertificate=mine)
+
+
+class _Chooser(Protocol):
+    """Reads the first byte, then hands the connection to TLS or to plain e-POP."""
+
+    def __init__(self, factory: "SessionChoiceFactory", addr: IAddress) -> None:
+        self._factory = factory
+        self._addr = addr
+        self._inner: Any = None
+        self._refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inner is None:
+            self._choose(data[0] == _TLS_HANDSHAKE)
+        if not self._refused:
+            self._inner.dataReceived(data)
+
+    def _choose(self, encrypted: bool) -> None:
+        factory = self._factory
+        if encrypted and factory.tls is not None:
+            self._inner = factory.tls.buildProtocol(self._addr)
+            self._inner.makeConnection(self.transport)
+            return
+        self._inner = factory.wrapped.buildProtocol(self._addr)
+        self._inner.makeConnection(self.transport)
+        if encrypted:
+            self._refuse(
+                "tls-not-configured",
+                "This relay has no certificate and does not speak TLS: connect "
+                "without encryption, or ask for the relay's certificate to be set up.",
+            )
+        elif factory.require:
+            self._refuse(
+                "tls-required",
+                "This relay accepts encrypted connections only: connect with TLS "
+                "(epop --tls and the relay's CA certificate).",
+            )
+
+    def _refuse(self, code: str, message: str) -> None:
+        relay = self._inner
+        while not hasattr(relay, "fail"):
+            relay = relay.wrappedProtocol
+        self._refused = True
+        relay.fail(ProtocolError(code, message))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._inner is None:
+            # Closed before a byte: still a connection worth journaling.
+            self._inner = self._factory.wrapped.buildProtocol(self._addr)
+            self._inner.makeConnection(self.transport)
+        self._inner.connectionLost(reason)
+
+
+class SessionChoiceFactory(Factory):
+    """
+    Serves TLS and plain e-POP sessions on one port.
+
+    @param wrapped: builds the e-POP protocol (the relay's factory, or the
+        allowlist around it).
+    @param tls: the relay's TLS settings, or C{None} for plain only.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: IProtocolFactory, tls: RelayTLS | None) -> None:
+        self.wrapped = wrapped
+        self.require = bool(tls and tls.require)
+        self.tls = (
+            TLSMemoryBIOFactory(tls.options(), False, wrapped) if tls is not None else None
+        )
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        return _Chooser(self, addr)

@@ -1,0 +1,169 @@
+"""
+Encryption of the local hop, over real loopback sockets: same port for
+plain and TLS, --require-tls, mutual TLS, and every certificate failure.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trustme
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from epop.client import send_file, test_connection
+from epop.local_tls import ClientTLS, RelayTLS
+from tests.relaying import start_relay
+from tests.support import make_trustme_sandbox, poll_until, write_random_file
+
+
+class LocalTLSTests(TestCase):
+    def setUp(self) -> None:
+        self.sandbox = make_trustme_sandbox(self, reactor)
+        self.ca = trustme.CA()
+        self.ca_path = self.write(self.ca.cert_pem.bytes())
+        relay_cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.cert = self.write(relay_cert.cert_chain_pems[0].bytes())
+        self.key = self.write(relay_cert.private_key_pem.bytes())
+
+    def write(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def relay(self, **tls: object):  # type: ignore[no-untyped-def]
+        settings = RelayTLS(self.cert, self.key, **tls)  # type: ignore[arg-type]
+        return start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, tls=settings)
+
+    async def test_tls_and_plain_on_one_port(self) -> None:
+        """The same port serves an encrypted upload and a plain test."""
+        relay = self.relay()
+        path = self.mktemp()
+        sha = write_random_file(path, 16 * 1024 * 1024, seed=21)
+        reply = await send_file(
+            reactor, path, to="/syriusUpload.do", relay=relay.endpoint,
+            tls=ClientTLS(relay_ca=self.ca_path),
+        )
+        self.assertEqual(json.loads(reply.body)["files"][0]["sha256"], sha)
+        plain = await test_connection(reactor, relay=relay.endpoint)
+        self.assertTrue(plain.ok, plain.describe())
+        self.assertTrue(await poll_until(reactor, lambda: len(relay.records("connection-closed")) == 2))
+        self.assertEqual({r["client"].split(":")[0] for r in relay.records("connection-opened")}, {"127.0.0.1"})
+
+    async def test_require_tls(self) -> None:
+        """With --require-tls, a plain session is refused with a message saying so."""
+        relay = self.relay(require=True)
+        report = await test_connection(reactor, relay=relay.endpoint)
+        self.assertEqual((report.failed_step, report.error.code), ("relay", "tls-required"))
+        self.assertIn("encrypted connections only", report.error.message)
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        self.assertEqual(relay.records("connection-closed")[0]["reason"], "tls-required")
+        encrypted = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
+        self.assertTrue(encrypted.ok, encrypted.describe())
+
+    async def test_relay_without_tls(self) -> None:
+        """Asking a relay without a certificate for TLS says it does not speak TLS."""
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
+        report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
+        self.assertEqual((report.failed_step, report.error.cause), ("relay", "tls"))
+        self.assertIn("does not speak TLS", report.error.message)
+
+    async def test_unknown_authority(self) -> None:
+        """A relay certificate from another authority is an error, never plain text."""
+        relay = self.relay()
+        other = self.write(trustme.CA().cert_pem.bytes())
+        report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(other))
+        self.assertEqual(report.error.code, "relay-tls")
+        self.assertIn("could not be verified", report.error.message)
+
+    async def test_name_mismatch(self) -> None:
+        """A relay certificate for another name fails the host name check."""
+        other = self.ca.issue_cert("relay.chu.local")
+        self.cert = self.write(other.cert_chain_pems[0].bytes())
+        self.key = self.write(other.private_key_pem.bytes())
+        relay = self.relay()
+        report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
+        self.assertEqual(report.error.code, "relay-tls")
+        self.assertIn("does not match", report.error.message)
+
+    async def test_mutual_tls(self) -> None:
+        """With --tls-client-ca, only workstations with a certificate from that CA get in."""
+        clients = trustme.CA()
+        relay = self.relay(client_ca=self.write(clients.cert_pem.bytes()))
+        without = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
+        self.assertEqual(without.error.code, "relay-tls")
+        self.assertIn("client certificate", without.error.message)
+        mine = clients.issue_cert("poste-dim-01")
+        tls = ClientTLS(
+            self.ca_path,
+            self.write(mine.cert_chain_pems[0].bytes()),
+            self.write(mine.private_key_pem.bytes()),
+        )
+        report = await test_connection(reactor, relay=relay.endpoint, tls=tls)
+        self.assertTrue(report.ok, report.describe())
+
+    def test_bad_files(self) -> None:
+        """Unusable certificate or key files are refused when the relay is built, naming them."""
+        from epop.service import RelaySettings, make_relay_service
+
+        for tls, text in [
+            (RelayTLS("/nonexistent.pem", self.key), "cannot read the certificate"),
+            (RelayTLS(self.cert, self.write(b"junk")), "not a PEM private key"),
+            (RelayTLS(self.cert, self.write(trustme.CA().issue_cert("x").private_key_pem.bytes())), "cannot use"),
+        ]:
+            error = self.assertRaises(
+                ValueError, make_relay_service, reactor, RelaySettings(tls=tls, listen=())
+            )
+            self.assertIn(text, str(error))
+
+    async def test_command_line(self) -> None:
+        """`epop test --tls --relay-ca` works, and TLS flags out of place are usage errors."""
+        import io
+        import os
+
+        from epop import cli
+
+        relay = self.relay(require=True)
+        env = {"EPOP_CONFIG": os.path.abspath(self.mktemp())}
+
+        async def epop(*argv: str) -> tuple[int, str]:
+            stderr = io.StringIO()
+            code = await cli.run(reactor, list(argv), stdout=io.BytesIO(), stderr=stderr, environ=env)
+            return code, stderr.getvalue()
+
+        where = str(relay.endpoint)
+        self.assertEqual((await epop("test", "--relay", where, "--tls", "--relay-ca", self.ca_path))[0], 0)
+        code, err = await epop("test", "--relay", where)
+        self.assertEqual(code, 1)
+        self.assertIn("encrypted connections only", err)
+        for argv, text in [
+            (["test", "--relay", where, "--relay-ca", self.ca_path], "need --tls"),
+            (["test", "--direct", "--tls"], "apply to --relay"),
+            (["test", "--relay", where, "--tls", "--tls-client-cert", self.cert], "go together"),
+        ]:
+            code, err = await epop(*argv)
+            self.assertEqual(code, 2, argv)
+            self.assertIn(text, err)
+
+    def test_relay_options(self) -> None:
+        """twistd epop's TLS options are checked when parsed."""
+        from twisted.python import usage
+
+        from epop import tap
+
+        def parse(*args: str) -> tap.Options:
+            options = tap.Options()
+            options.parseOptions(list(args))
+            return options
+
+        settings = parse("--tls-cert", self.cert, "--tls-key", self.key, "--require-tls").settings()
+        self.assertEqual(settings.tls, RelayTLS(self.cert, self.key, None, None, True))
+        for args, text in [
+            (["--tls-key", self.key], "--tls-key needs --tls-cert"),
+            (["--require-tls"], "--require-tls needs --tls-cert"),
+            (["--tls-cert", self.cert], "--tls-cert needs --tls-key"),
+            (["--tls-cert", self.cert, "--tls-key", self.cert], "--tls-cert:"),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(text, str(error))
