@@ -13,7 +13,7 @@ VENV_STAMP := $(VENV)/.installed
 RELAY_ARGS ?=
 TRIAL := $(VENV_BIN)/python -m twisted.trial
 
-.PHONY: all venv run test demo clean
+.PHONY: all venv run test demo clean catalogs
 
 all: test
 
@@ -43,3 +43,10 @@ clean:
 	rm -rf build dist .demo _trial_temp* *.egg-info
 	find . -path ./$(VENV) -prune -o -name dropin.cache -type f -exec rm -f {} +
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The French catalog: gather the messages (every Text("...") in epop/),
+# merge them into the .po for translators, and compile the .mo that ships.
+catalogs: venv
+	$(VENV_BIN)/pybabel extract -k Text --no-default-keywords --no-location --omit-header -o epop/locale/epop.pot epop
+	$(VENV_BIN)/pybabel update -i epop/locale/epop.pot -d epop/locale -D epop -l fr --no-fuzzy-matching --width 100
+	$(VENV_BIN)/pybabel compile -d epop/locale -D epop

@@ -23,6 +23,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from epop.addressing import format_peer
 from epop.errors import ProtocolError
+from epop.messages import Text
 
 __all__ = ["Allowlist", "AllowlistFactory"]
 
@@ -60,8 +61,10 @@ class Allowlist:
         return any(address in network for network in self.networks)
 
 
-def refusal_message(peer: IAddress) -> str:
-    return f"Client {format_peer(peer)} is not allowed to connect to this e-POP relay"
+def refusal_message(peer: IAddress) -> Text:
+    return Text(
+        "Client {client} is not allowed to connect to this e-POP relay", client=format_peer(peer)
+    )
 
 
 class _CheckedProtocol(ProtocolWrapper):

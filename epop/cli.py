@@ -32,6 +32,7 @@ from epop.client_settings import (
 )
 from epop.errors import EpopError
 from epop.local_tls import ClientTLS
+from epop.messages import LANGUAGES, Text, choose_language
 from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
@@ -277,6 +278,9 @@ class SandboxOptions(_Options):
 class Options(usage.Options):
     synopsis = "Usage: epop"
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
+    optParameters = [
+        ["lang", None, None, "Language of messages: fr or en (default: from LC_ALL, LC_MESSAGES or LANG)."],
+    ]
     subCommands = [
         ["send", None, SendOptions, "Send a file to e-PMSI."],
         ["test", None, TestOptions, "Test the connection to e-PMSI."],
@@ -291,6 +295,8 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        if self["lang"] not in (None, *LANGUAGES):
+            raise usage.UsageError(f"--lang must be one of {', '.join(LANGUAGES)}")
         if self.subCommand is None:
             raise usage.UsageError("give a command: " + ", ".join(c[0] for c in self.subCommands))
 
@@ -306,11 +312,19 @@ def _size(n: float) -> str:
 class _Command:
     """One run of the command: its streams, environment and saved settings."""
 
-    def __init__(self, reactor: Any, stdout: Any, stderr: TextIO, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        stdout: Any,
+        stderr: TextIO,
+        environ: Mapping[str, str],
+        language: str = "en",
+    ) -> None:
         self.reactor = reactor
         self.stdout = stdout
         self.stderr = stderr
         self.environ = environ
+        self.language = language
 
     def say(self, text: str) -> None:
         self.stdout.write(text.encode() + b"\n")
@@ -334,18 +348,24 @@ class _Command:
 
         def answered(reply: Reply) -> int:
             self.stdout.flush()
-            if options.relay:
-                how = f"through relay {options.relay}" + (" (TLS)" if options.tls else "")
+            if options.relay and options.tls:
+                how = Text("through relay {relay} (TLS)", relay=str(options.relay))
+            elif options.relay:
+                how = Text("through relay {relay}", relay=str(options.relay))
             elif options.proxy:
-                how = f"directly, through the proxy {options.proxy.address}"
+                how = Text("directly, through the proxy {proxy}", proxy=options.proxy.address)
             else:
-                how = "directly"
-            took = self.reactor.seconds() - started
-            size = os.path.getsize(options["file"])
-            self.stderr.write(
-                f"\nSent {options['file']} ({_size(size)}) {how} in {took:.1f} s: "
-                f"e-PMSI answered {reply.status} {reply.reason}.\n"
+                how = Text("directly")
+            summary = Text(
+                "Sent {file} ({size}) {how} in {seconds} s: e-PMSI answered {status} {reason}.",
+                file=options["file"],
+                size=_size(os.path.getsize(options["file"])),
+                how=how,
+                seconds=f"{self.reactor.seconds() - started:.1f}",
+                status=reply.status,
+                reason=reply.reason,
             )
+            self.stderr.write("\n" + summary.render(self.language) + "\n")
             return 0 if reply.ok else 1
 
         return d.addCallback(answered)
@@ -363,11 +383,12 @@ class _Command:
 
         def reported(report: TestReport) -> int:
             if report.ok:
-                self.say(report.describe())
+                self.say(report.describe(self.language))
                 return 0
-            steps = {"relay": "reaching the relay", "epmsi": "reaching e-PMSI"}
-            head = f"Test failed while {steps.get(report.failed_step or '', 'starting')}:"
-            self.stderr.write(head + "\n" + report.describe() + "\n")
+            head = Text("Test failed at this step: {step}.", step=report.step)
+            self.stderr.write(
+                head.render(self.language) + "\n" + report.describe(self.language) + "\n"
+            )
             return 1
 
         return d.addCallback(reported)
@@ -471,10 +492,11 @@ def run(
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
     environ = os.environ if environ is None else environ
-    command = _Command(reactor, stdout, stderr, environ)
+    command = _Command(reactor, stdout, stderr, environ, choose_language(environ))
     options = Options()
     try:
         options.parseOptions(argv)
+        command.language = choose_language(environ, options["lang"])
         saved = ClientSettings.load(settings_path(environ))
         sub = options.subOptions
         if isinstance(sub, _TargetOptions):
@@ -496,7 +518,7 @@ def run(
 
     def failed(failure: Failure) -> int:
         if failure.check(EpopError):
-            stderr.write(f"epop: {failure.value}\n")
+            stderr.write(f"epop: {failure.value.render(command.language)}\n")
         else:
             stderr.write(f"epop: unexpected error: {failure.getErrorMessage()}\n")
             stderr.write(failure.getTraceback())

@@ -42,6 +42,7 @@ from epop.errors import (
     describe_relay_tls_failure,
 )
 from epop.local_tls import ClientTLS
+from epop.messages import Text
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.proxy import ProxyConfig
 from epop.upstream import CheckResult, Upstream, tls_policy
@@ -135,20 +136,39 @@ class TestReport:
     def ok(self) -> bool:
         return self.failed_step is None
 
-    def describe(self) -> str:
+    def describe(self, language: str = "en") -> str:
         lines = []
         if self.relay is not None and self.relay_elapsed is not None:
             lines.append(
-                f"Relay {self.relay} answered in {self.relay_elapsed * 1000:.0f} ms "
-                f"(e-POP protocol {self.protocol_version})."
+                Text(
+                    "Relay {relay} answered in {ms} ms (e-POP protocol {version}).",
+                    relay=self.relay,
+                    ms=f"{self.relay_elapsed * 1000:.0f}",
+                    version=self.protocol_version,
+                )
             )
         if self.epmsi is not None:
-            prefix = "Through the relay, " if self.relay else ""
-            text = self.epmsi.describe()
-            lines.append(prefix + text[0].lower() + text[1:] if prefix else text)
+            text = self.epmsi.text()
+            lines.append(Text("Through the relay: {check}", check=text) if self.relay else text)
         elif self.error is not None:
-            lines.append(self.error.message)
-        return "\n".join(lines)
+            lines.append(self.error.text)
+        return "\n".join(line.render(language) for line in lines)
+
+    @property
+    def step(self) -> Text:
+        """Which step failed, in words: the manual's list of causes."""
+        code = self.error.code if self.error is not None else ""
+        if code == "not-authorized":
+            return Text("being allowed by the relay")
+        if code in ("relay-tls", "tls-required", "tls-not-configured"):
+            return Text("encrypting the connection to the relay (TLS)")
+        if self.failed_step == "relay":
+            return Text("reaching the relay")
+        if self.failed_step == "epmsi" and self.relay is not None:
+            return Text("the relay reaching e-PMSI")
+        if self.failed_step == "epmsi":
+            return Text("reaching e-PMSI")
+        return Text("starting")
 
 
 def _check_from_wire(message: dict[str, Any]) -> CheckResult:
@@ -220,9 +240,13 @@ class RelayClientProtocol(Protocol):
         self._fail(
             EpopError(
                 "relay-unreachable",
-                f"The machine at {format_peer(self.transport.getPeer())} accepted the connection but did not "
-                f"answer as an e-POP relay within {self._timeout:g} s: no answer in time. "
-                "Check the address and port.",
+                Text(
+                    "The machine at {where} accepted the connection but did not answer as "
+                    "an e-POP relay within {seconds} s: no answer in time. Check the "
+                    "address and port.",
+                    where=format_peer(self.transport.getPeer()),
+                    seconds=f"{self._timeout:g}",
+                ),
                 "timeout",
             )
         )
@@ -461,7 +485,9 @@ def send_file(
             path, field=field, fields=fields, cooperator=make_cooperator(reactor)
         )
     except OSError as e:
-        return fail(EpopError("file-unreadable", f"Cannot read {path}: {e.strerror}."))
+        return fail(
+            EpopError("file-unreadable", Text("Cannot read {path}: {why}.", path=path, why=e.strerror))
+        )
     headers = [("Content-Type", body.content_type)]
     if relay is not None:
         d = connect_to_relay(reactor, relay, timeout=timeout, tls=tls)

@@ -10,15 +10,19 @@ place, so the relay, the client and the start-up check all speak alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import defer, error as netError
+from twisted.internet import defer
+from twisted.internet import error as netError
 from twisted.python.failure import Failure
 from twisted.web.client import (
     RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
 )
+
+from epop.messages import Text
 
 __all__ = [
     "EpopError",
@@ -36,22 +40,35 @@ class EpopError(Exception):
     A failure with a stable C{code} and a message for a person.
 
     @ivar code: a short kebab-case identifier, stable across versions.
-    @ivar message: what happened and what to check, in plain words.
+    @ivar text: what happened and what to check, in plain words, as a
+        L{Text} that renders in French or English.
     @ivar cause: for failures with a lower-level origin (refused, timeout,
         dns, tls...), which one; C{None} otherwise.
     """
 
-    def __init__(self, code: str, message: str, cause: str | None = None) -> None:
-        super().__init__(code, message, cause)
+    def __init__(self, code: str, message: Text | str, cause: str | None = None) -> None:
+        self.text = message if isinstance(message, Text) else Text.literal(message)
+        super().__init__(code, str(self.text), cause)
         self.code = code
-        self.message = message
         self.cause = cause
+
+    @property
+    def message(self) -> str:
+        """The message in English."""
+        return str(self.text)
+
+    def render(self, language: str = "en") -> str:
+        return self.text.render(language)
 
     def __str__(self) -> str:
         return self.message
 
-    def to_wire(self) -> dict[str, str]:
-        frame = {"code": self.code, "message": self.message}
+    def to_wire(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "text": self.text.to_wire(),
+        }
         if self.cause is not None:
             frame["cause"] = self.cause
         return frame
@@ -67,9 +84,10 @@ class RelayError(EpopError):
     @classmethod
     def from_wire(cls, frame: dict[str, object]) -> "RelayError":
         cause = frame.get("cause")
+        message = str(frame.get("message", "the relay reported an error"))
         return cls(
             str(frame.get("code", "unknown")),
-            str(frame.get("message", "the relay reported an error")),
+            Text.from_wire(frame["text"], message) if "text" in frame else message,
             str(cause) if cause is not None else None,
         )
 
@@ -81,7 +99,7 @@ class UpstreamError(EpopError):
 @dataclass(frozen=True)
 class _Cause:
     cause: str
-    text: str
+    text: Text
 
 
 def _reasons(failure: Failure) -> list[Failure]:
@@ -99,19 +117,28 @@ def _reasons(failure: Failure) -> list[Failure]:
     return [failure]
 
 
-def _tls_text(error: BaseException) -> str:
+def _openssl_words(error: BaseException) -> str:
+    """OpenSSL's own words for a failure (kept in English: they are its)."""
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        parts = [str(item[-1]) for item in error.args[0] if item and item[-1]]
+        return ", ".join(parts) or "handshake failed"
+    return str(error) or type(error).__name__
+
+
+def _tls_text(error: BaseException) -> Text:
     """Say in words what OpenSSL or service_identity disliked."""
     from service_identity import VerificationError
 
     if isinstance(error, VerificationError):
-        return "the certificate does not match the host name"
-    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
-        parts = [str(item[-1]) for item in error.args[0] if item and item[-1]]
-        joined = ", ".join(parts) or "handshake failed"
-        if "certificate verify failed" in joined:
-            return "the certificate could not be verified (" + joined + ")"
-        return joined
-    return str(error) or type(error).__name__
+        return Text("the certificate does not match the host name")
+    words = _openssl_words(error)
+    if "certificate verify failed" in words:
+        return Text(
+            "the certificate could not be verified: it is signed by an unknown "
+            "authority, or has expired ({detail})",
+            detail=words,
+        )
+    return Text.literal(words)
 
 
 def _classify(failure: Failure, *, timeout: float | None = None) -> _Cause:
@@ -120,22 +147,25 @@ def _classify(failure: Failure, *, timeout: float | None = None) -> _Cause:
     for reason in _reasons(failure):
         value = reason.value
         if isinstance(value, (SSL.Error, VerificationError)):
-            return _Cause("tls", "TLS failed: " + _tls_text(value))
+            return _Cause("tls", Text("TLS failed: {why}", why=_tls_text(value)))
     value = _reasons(failure)[0].value
     if isinstance(value, netError.DNSLookupError):
-        return _Cause("dns", "host name not found")
+        return _Cause("dns", Text("host name not found"))
     if isinstance(value, netError.ConnectionRefusedError):
-        return _Cause("refused", "connection refused: nothing listens there")
+        return _Cause("refused", Text("connection refused: nothing listens there"))
     if isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError, defer.TimeoutError)):
-        after = f" ({timeout:g} s)" if timeout else ""
-        return _Cause("timeout", "no answer in time" + after)
+        if timeout:
+            return _Cause("timeout", Text("no answer in time ({seconds} s)", seconds=f"{timeout:g}"))
+        return _Cause("timeout", Text("no answer in time"))
     if isinstance(value, (netError.NoRouteError,)):
-        return _Cause("no-route", "no route to that address")
+        return _Cause("no-route", Text("no route to that address"))
     if isinstance(value, (netError.ConnectionLost, netError.ConnectionDone)):
-        return _Cause("connection-lost", "the connection was closed before an answer")
+        return _Cause("connection-lost", Text("the connection was closed before an answer"))
     if isinstance(value, netError.ConnectError):
-        return _Cause("connect", "could not connect: " + (str(value) or "unknown reason"))
-    return _Cause("error", str(value) or type(value).__name__)
+        return _Cause(
+            "connect", Text("could not connect: {why}", why=str(value) or "unknown reason")
+        )
+    return _Cause("error", Text.literal(str(value) or type(value).__name__))
 
 
 def describe_upstream_failure(
@@ -150,7 +180,9 @@ def describe_upstream_failure(
             return reason.value
     found = _classify(failure, timeout=timeout)
     return UpstreamError(
-        "epmsi-unreachable", f"Could not reach e-PMSI at {url}: {found.text}.", found.cause
+        "epmsi-unreachable",
+        Text("Could not reach e-PMSI at {url}: {reason}.", url=url, reason=found.text),
+        found.cause,
     )
 
 
@@ -166,20 +198,23 @@ def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None
         value = reason.value
         if not isinstance(value, (SSL.Error, VerificationError)):
             continue
-        text = _tls_text(value)
-        lowered = text.lower()
+        lowered = _openssl_words(value).lower()
         if any(s in lowered for s in ("wrong version number", "packet length too long", "record layer failure")):
-            message = (
-                f"The relay at {where} does not speak TLS: connect without --tls, "
-                "or ask for the relay's certificate to be set up."
+            message = Text(
+                "The relay at {where} does not speak TLS: connect without --tls, "
+                "or ask for the relay's certificate to be set up.",
+                where=where,
             )
         elif "certificate required" in lowered or "handshake failure" in lowered:
-            message = (
-                f"The relay at {where} refused the TLS session: it requires a client "
-                "certificate signed by its authority (--tls-client-cert and --tls-client-key)."
+            message = Text(
+                "The relay at {where} refused the TLS session: it requires a client "
+                "certificate signed by its authority (--tls-client-cert and --tls-client-key).",
+                where=where,
             )
         else:
-            message = f"TLS with the relay at {where} failed: {text}."
+            message = Text(
+                "TLS with the relay at {where} failed: {why}.", where=where, why=_tls_text(value)
+            )
         return EpopError("relay-tls", message, "tls")
     return None
 
@@ -195,14 +230,21 @@ def describe_connect_failure(
         return failure.value
     found = _classify(failure, timeout=timeout)
     hints = {
-        "timeout": "No machine answered at that address: check the address.",
-        "refused": (
+        "timeout": Text("No machine answered at that address: check the address."),
+        "refused": Text(
             "Is the relay started and listening? Is the port the same on both "
             "sides? Is a firewall blocking it?"
         ),
-        "dns": "Check the relay's name, or use its IP address.",
+        "dns": Text("Check the relay's name, or use its IP address."),
     }
-    text = f"Could not reach the relay at {where}: {found.text}."
-    if found.cause in hints:
-        text += " " + hints[found.cause]
+    hint = hints.get(found.cause)
+    if hint is None:
+        text = Text("Could not reach the relay at {where}: {reason}.", where=where, reason=found.text)
+    else:
+        text = Text(
+            "Could not reach the relay at {where}: {reason}. {hint}",
+            where=where,
+            reason=found.text,
+            hint=hint,
+        )
     return EpopError("relay-unreachable", text, found.cause)

@@ -33,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from epop.errors import ProtocolError
+from epop.messages import Text
 from epop.upstream import trust_root_from_pem
 
 __all__ = ["RelayTLS", "ClientTLS", "SessionChoiceFactory", "server_options"]
@@ -158,17 +159,21 @@ class _Chooser(Protocol):
         if encrypted:
             self._refuse(
                 "tls-not-configured",
-                "This relay has no certificate and does not speak TLS: connect "
-                "without encryption, or ask for the relay's certificate to be set up.",
+                Text(
+                    "This relay has no certificate and does not speak TLS: connect "
+                    "without encryption, or ask for the relay's certificate to be set up."
+                ),
             )
         elif factory.require:
             self._refuse(
                 "tls-required",
-                "This relay accepts encrypted connections only: connect with TLS "
-                "(epop --tls and the relay's CA certificate).",
+                Text(
+                    "This relay accepts encrypted connections only: connect with TLS "
+                    "(epop --tls and the relay's CA certificate)."
+                ),
             )
 
-    def _refuse(self, code: str, message: str) -> None:
+    def _refuse(self, code: str, message: Text) -> None:
         relay = self._inner
         while not hasattr(relay, "fail"):
             relay = relay.wrappedProtocol

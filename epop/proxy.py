@@ -34,6 +34,7 @@ from zope.interface import implementer
 from epop._version import __version__
 from epop.addressing import host_port
 from epop.errors import UpstreamError
+from epop.messages import Text
 
 __all__ = [
     "PASSWORD_VARIABLE",
@@ -173,9 +174,15 @@ def resolve_proxy(
 class ProxyError(UpstreamError):
     """The proxy would not, or could not, open the tunnel to e-PMSI."""
 
-    def __init__(self, proxy: ProxyConfig, cause: str, text: str) -> None:
+    def __init__(self, proxy: ProxyConfig, cause: str, text: Text) -> None:
         super().__init__(
-            "epmsi-unreachable", f"Could not reach e-PMSI through the proxy {proxy.address}: {text}", cause
+            "epmsi-unreachable",
+            Text(
+                "Could not reach e-PMSI through the proxy {proxy}: {reason}",
+                proxy=proxy.address,
+                reason=text,
+            ),
+            cause,
         )
 
 
@@ -191,31 +198,46 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
             return ProxyError(
                 proxy,
                 "proxy-auth-unsupported",
-                f"the proxy asks for {', '.join(schemes)} authentication ({said}), and only "
-                "Basic is supported: ask for an account with Basic authentication, or for "
-                "e-PMSI to be reachable without one.",
+                Text(
+                    "the proxy asks for {schemes} authentication ({said}), and only Basic "
+                    "is supported: ask for an account with Basic authentication, or for "
+                    "e-PMSI to be reachable without one.",
+                    schemes=", ".join(schemes),
+                    said=said,
+                ),
             )
         if proxy.user is None:
             return ProxyError(
                 proxy,
                 "proxy-auth-required",
-                f"the proxy demands a user name and password ({said}). Give the proxy "
-                f"user and its password (password file or {PASSWORD_VARIABLE}).",
+                Text(
+                    "the proxy demands a user name and password ({said}). Give the proxy "
+                    "user and its password (password file or {variable}).",
+                    said=said,
+                    variable=PASSWORD_VARIABLE,
+                ),
             )
         return ProxyError(
             proxy,
             "proxy-auth-rejected",
-            f"the proxy rejected the user name {proxy.user!r} or its password ({said}). "
-            "Check both with the IT department.",
+            Text(
+                "the proxy rejected the user name {user!r} or its password ({said}). "
+                "Check both with the IT department.",
+                user=proxy.user,
+                said=said,
+            ),
         )
     if status == 403:
         return ProxyError(
             proxy,
             "proxy-forbidden",
-            f"the proxy forbids this destination ({said}). Ask the IT department to allow "
-            "HTTPS (CONNECT) to e-PMSI.",
+            Text(
+                "the proxy forbids this destination ({said}). Ask the IT department to "
+                "allow HTTPS (CONNECT) to e-PMSI.",
+                said=said,
+            ),
         )
-    return ProxyError(proxy, "proxy-error", f"the proxy refused the tunnel ({said}).")
+    return ProxyError(proxy, "proxy-error", Text("the proxy refused the tunnel ({said}).", said=said))
 
 
 class _TunnelProtocol(Protocol):
@@ -272,8 +294,10 @@ class _TunnelProtocol(Protocol):
         return ProxyError(
             self._endpoint.proxy,
             "proxy-error",
-            "the proxy answered CONNECT with something that is not HTTP: is this "
-            "address really an HTTP proxy?",
+            Text(
+                "the proxy answered CONNECT with something that is not HTTP: is this "
+                "address really an HTTP proxy?"
+            ),
         )
 
     def _refuse(self, error: ProxyError) -> None:
@@ -289,7 +313,7 @@ class _TunnelProtocol(Protocol):
                 ProxyError(
                     self._endpoint.proxy,
                     "proxy-error",
-                    "the proxy closed the connection without answering CONNECT.",
+                    Text("the proxy closed the connection without answering CONNECT."),
                 )
             )
 
@@ -345,7 +369,10 @@ class TunnelEndpoint:
                 ProxyError(
                     self.proxy,
                     "proxy-timeout",
-                    f"the proxy did not open the tunnel within {self.timeout:g} s.",
+                    Text(
+                        "the proxy did not open the tunnel within {seconds} s.",
+                        seconds=f"{self.timeout:g}",
+                    ),
                 )
             )
 
@@ -381,11 +408,13 @@ class TunnelEndpoint:
 def _unreachable(proxy: ProxyConfig, failure: Failure) -> ProxyError:
     value = failure.value
     if isinstance(value, netError.DNSLookupError):
-        text = "its host name was not found. Check the proxy's name."
+        text = Text("its host name was not found. Check the proxy's name.")
     elif isinstance(value, netError.ConnectionRefusedError):
-        text = "it refused the connection: nothing listens there. Check the proxy's address and port."
+        text = Text(
+            "it refused the connection: nothing listens there. Check the proxy's address and port."
+        )
     elif isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError)):
-        text = "it did not answer in time. Check the proxy's address."
+        text = Text("it did not answer in time. Check the proxy's address.")
     else:
-        text = f"it could not be reached ({failure.getErrorMessage()})."
+        text = Text("it could not be reached ({why}).", why=failure.getErrorMessage())
     return ProxyError(proxy, "proxy-unreachable", text)

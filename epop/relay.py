@@ -34,6 +34,7 @@ from epop import journal
 from epop._version import __version__
 from epop.addressing import format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError
+from epop.messages import Text
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
@@ -288,9 +289,12 @@ class RelayedRequest:
         self.protocol.fail(
             EpopError(
                 "stalled",
-                f"Nothing moved between the workstation and e-PMSI for {self._timeout:g} s "
-                "(e-PMSI stopped answering, or the workstation stopped reading); "
-                "the operation was cancelled.",
+                Text(
+                    "Nothing moved between the workstation and e-PMSI for {seconds} s "
+                    "(e-PMSI stopped answering, or the workstation stopped reading); "
+                    "the operation was cancelled.",
+                    seconds=f"{self._timeout:g}",
+                ),
             )
         )
 
@@ -313,8 +317,10 @@ class RelayedRequest:
         self.protocol.fail(
             EpopError(
                 "integrity-mismatch",
-                "The file changed on its way to the relay: its SHA-256 does not match "
-                "what the workstation sent. Nothing was delivered to e-PMSI; send it again.",
+                Text(
+                    "The file changed on its way to the relay: its SHA-256 does not match "
+                    "what the workstation sent. Nothing was delivered to e-PMSI; send it again."
+                ),
             )
         )
 
@@ -348,7 +354,7 @@ class RelayedRequest:
         """A bug of ours: say so to the workstation rather than hang."""
         self.protocol.log.failure("Relayed request failed unexpectedly", failure)
         self.protocol.fail(
-            EpopError("internal-error", "The relay hit an internal error; see its log.")
+            EpopError("internal-error", Text("The relay hit an internal error; see its log."))
         )
 
     def response_finished(self, reason: Failure) -> None:
@@ -358,7 +364,7 @@ class RelayedRequest:
             self.protocol.fail(
                 UpstreamError(
                     "epmsi-unreachable",
-                    f"e-PMSI's answer was cut short: {reason.getErrorMessage()}.",
+                    Text("e-PMSI's answer was cut short: {why}.", why=reason.getErrorMessage()),
                     "connection-lost",
                 )
             )
@@ -555,8 +561,11 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self.fail(
             ProtocolError(
                 "idle-timeout",
-                f"The relay waited {self.factory.idle_timeout:g} s for this workstation "
-                "and received nothing; the connection is closed.",
+                Text(
+                    "The relay waited {seconds} s for this workstation and received "
+                    "nothing; the connection is closed.",
+                    seconds=f"{self.factory.idle_timeout:g}",
+                ),
             )
         )
 
@@ -625,7 +634,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
             self.fail(error)
         except Exception:
             self.log.failure("Unexpected error on connection {connection}", connection=self.connection_id)
-            self.fail(EpopError("internal-error", "The relay hit an internal error; see its log."))
+            self.fail(EpopError("internal-error", Text("The relay hit an internal error; see its log.")))
 
     def _body_received(self, data: bytes) -> None:
         operation = self.operation
@@ -666,9 +675,12 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if not common:
             raise ProtocolError(
                 "unsupported-version",
-                f"This relay speaks e-POP protocol version "
-                f"{', '.join(map(str, PROTOCOL_VERSIONS))}; the workstation offered "
-                f"{', '.join(map(str, versions)) or 'none'}. Update the older of the two.",
+                Text(
+                    "This relay speaks e-POP protocol version {ours}; the workstation "
+                    "offered {theirs}. Update the older of the two.",
+                    ours=", ".join(map(str, PROTOCOL_VERSIONS)),
+                    theirs=", ".join(map(str, versions)) or "-",
+                ),
             )
         self.send_message(
             FrameType.WELCOME,
@@ -748,7 +760,7 @@ class RelayFactory(Factory):
             protocol.fail(
                 EpopError(
                     "relay-stopping",
-                    "The relay is stopping; send again once it is back.",
+                    Text("The relay is stopping; send again once it is back."),
                 )
             )
         return gatherResults(waiting)

@@ -48,6 +48,7 @@ from zope.interface import implementer
 
 from epop.addressing import format_peer
 from epop.errors import EpopError, UpstreamError, describe_upstream_failure
+from epop.messages import Text
 from epop.proxy import ProxyConfig, TunnelEndpoint
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -211,16 +212,30 @@ class CheckResult:
             result["error"] = self.error.to_wire()
         return result
 
-    def describe(self) -> str:
-        took = f"{self.elapsed * 1000:.0f} ms"
+    def text(self) -> Text:
+        took = f"{self.elapsed * 1000:.0f}"
+        if self.ok and self.proxy:
+            return Text(
+                "e-PMSI {url} reached through the proxy {proxy} in {ms} ms "
+                "(TLS verified, HTTP {status})",
+                url=self.url,
+                proxy=self.proxy,
+                ms=took,
+                status=self.status,
+            )
         if self.ok:
-            where = f"through the proxy {self.proxy}" if self.proxy else f"at {self.address}"
-            return (
-                f"e-PMSI {self.url} reached {where} in {took} "
-                f"(TLS verified, HTTP {self.status})"
+            return Text(
+                "e-PMSI {url} reached at {address} in {ms} ms (TLS verified, HTTP {status})",
+                url=self.url,
+                address=self.address,
+                ms=took,
+                status=self.status,
             )
         assert self.error is not None
-        return f"{self.error.message} (after {took})"
+        return Text("{error} (after {ms} ms)", error=self.error.text, ms=took)
+
+    def describe(self, language: str = "en") -> str:
+        return self.text().render(language)
 
 
 class _NoCookies(IndexableCookieJar):
@@ -359,8 +374,13 @@ class Upstream:
         if self.proxy is not None and error.cause == "tls":
             return UpstreamError(
                 error.code,
-                f"{error.message[:-1]} (through the proxy {self.proxy.address}; a proxy "
-                "that inspects HTTPS needs its own CA certificate in --ca-file).",
+                Text(
+                    "Could not reach e-PMSI at {url} through the proxy {proxy}: {reason}. "
+                    "A proxy that inspects HTTPS needs its own CA certificate in --ca-file.",
+                    url=self.url,
+                    proxy=self.proxy.address,
+                    reason=error.text.params.get("reason", ""),
+                ),
                 error.cause,
             )
         return error

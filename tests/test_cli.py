@@ -74,7 +74,7 @@ class CommandTests(TestCase):
         await port.stopListening()
         code, out, err = await self.run_epop("test", "--relay", f"127.0.0.1:{number}")
         self.assertEqual(code, 1)
-        self.assertIn("Test failed while reaching the relay", err)
+        self.assertIn("Test failed at this step: reaching the relay.", err)
         self.assertIn("connection refused", err)
 
     async def test_usage_errors(self) -> None:

@@ -1,0 +1,117 @@
+"""
+Messages for people, in French or English.
+
+A message is a L{Text}: an English template with named parameters, some of
+which may be L{Text}s themselves ("Could not reach e-PMSI at {url}: {reason}").
+It is rendered in the reader's language at the last moment, so a message the
+relay sends travels as its template and parameters (see C{docs/protocol.md})
+and the workstation shows it in its own language.  The French catalog is
+C{epop/locale/fr/LC_MESSAGES/epop.po}, compiled to C{epop.mo} by
+C{make catalogs}.
+
+The language is French when C{LC_ALL}, C{LC_MESSAGES} or C{LANG} (the first
+one set, as POSIX reads them) starts with C{fr}, English otherwise; C{--lang}
+overrides it.
+"""
+
+from __future__ import annotations
+
+import gettext
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["LANGUAGES", "Text", "choose_language", "translations"]
+
+LANGUAGES = ("en", "fr")
+_LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
+
+
+@lru_cache(maxsize=None)
+def translations(language: str) -> gettext.NullTranslations:
+    """The catalog for C{language}; English is the templates themselves."""
+    if language == "en":
+        return gettext.NullTranslations()
+    return gettext.translation("epop", _LOCALE_DIR, languages=[language])
+
+
+def choose_language(environ: Mapping[str, str] | None = None, override: str | None = None) -> str:
+    """C{override} if given, else what the locale variables ask for."""
+    if override:
+        return override
+    environ = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(name)
+        if value:
+            return "fr" if value.lower().startswith("fr") else "en"
+    return "en"
+
+
+class Text:
+    """
+    A message template and its parameters, rendered on demand.
+
+    @param template: English text with C{{name}} placeholders; it is also
+        the key of the translation catalogs.
+    """
+
+    __slots__ = ("template", "params")
+
+    def __init__(self, template: str, **params: Any) -> None:
+        self.template = template
+        self.params = params
+
+    @classmethod
+    def literal(cls, text: str) -> "Text":
+        """Text that is shown as it is, in every language."""
+        return cls("{text}", text=text)
+
+    def render(self, language: str = "en") -> str:
+        template = translations(language).gettext(self.template) if self.template else ""
+        values = {
+            name: value.render(language) if isinstance(value, Text) else value
+            for name, value in self.params.items()
+        }
+        return template.format(**values)
+
+    def __str__(self) -> str:
+        return self.render("en")
+
+    def __repr__(self) -> str:
+        return f"Text({self.template!r}, **{self.params!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Text)
+            and (self.template, self.params) == (other.template, other.params)
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "params": {
+                name: value.to_wire() if isinstance(value, Text) else value
+                for name, value in self.params.items()
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any, fallback: str) -> "Text":
+        """
+        Rebuild a message a relay sent; anything malformed becomes the
+        relay's own English C{fallback}.
+        """
+        try:
+            template = value["template"]
+            params = {
+                name: cls.from_wire(item, "") if isinstance(item, dict) else item
+                for name, item in value["params"].items()
+            }
+            if not isinstance(template, str):
+                raise TypeError(template)
+            text = cls(template, **params)
+            text.render("en")  # every placeholder must be there
+            return text
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            return cls.literal(fallback)
