@@ -67,3 +67,27 @@ class HandshakeTests(SynchronousTestCase):
         result = self.protocol.check()
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.failureResultOf(result, EpopError).value.code, "relay-closed")
+
+
+class ConnectTimeoutTests(SynchronousTestCase):
+    def test_connect_timeout(self) -> None:
+        """The connect attempt carries the timeout, and its expiry reads 'no answer in time'."""
+        from twisted.internet.error import TimeoutError
+
+        from epop.client import connect_to_relay
+
+        reactor = MemoryReactorClock()
+        d = connect_to_relay(reactor, Endpoint("127.0.0.1", 3358), timeout=10)
+        reactor.advance(0)
+        [(host, port, factory, timeout, _)] = reactor.tcpClients
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 3358, 10))
+        factory.clientConnectionFailed(None, Failure(TimeoutError()))
+        reactor.advance(1)
+        error = self.failureResultOf(d, EpopError).value
+        self.assertEqual((error.code, error.cause), ("relay-unreachable", "timeout"))
+        self.assertEqual(
+            error.render("en"),
+            "Could not reach the relay at 127.0.0.1:3358: no answer in time (10 s). "
+            "No machine answered at that address: check the address.",
+        )
+        self.assertIn("pas de réponse dans le délai (10 s)", error.render("fr"))
