@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from epop.client import Endpoint
 from epop.upstream import EpmsiOrigin
+
+from epop.files import write_atomically
 
 __all__ = [
     "SETTING_DESCRIPTIONS",
@@ -183,23 +184,7 @@ class ClientSettings:
             ) from None
 
     def _write(self, folder: Path, lines: list[str]) -> None:
-        """Write to a temporary file beside the target, then rename it over."""
-        prefix = f".{self.path.name}."
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(stream.fileno(), 0o600)
-                stream.writelines(lines)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
+        write_atomically(str(self.path), "".join(lines).encode("utf-8"), 0o600)
 
     def items_for_display(self) -> list[tuple[str, str]]:
         """Every set key in L{SETTING_KEYS} order; the password shows as C{(set)}."""

@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -53,6 +52,8 @@ from twisted.python.filepath import FilePath
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+from epop.files import write_atomically
 
 __all__ = [
     "DEFAULT_HOSTNAMES",
@@ -135,31 +136,6 @@ def _parse_host(name: str) -> _Host:
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write_atomically(path: FilePath, data: bytes, mode: int) -> None:
-    """
-    Write C{data} atomically with permissions C{mode}.
-
-    The temporary file is created 0600 by C{mkstemp}, so a key is never
-    readable by others, not even for an instant.
-    """
-    fd, temporary = tempfile.mkstemp(
-        dir=path.parent().path, prefix="." + path.basename() + "."
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path.path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -354,9 +330,9 @@ def ensure_certificates(
     ca = _load_pair(ca_path, ca_key_path)
     if ca is None:
         ca_key, ca_certificate = _issue_ca()
-        _write_atomically(ca_key_path, _pem_key(ca_key), 0o600)
-        _write_atomically(
-            ca_path, ca_certificate.public_bytes(serialization.Encoding.PEM), 0o644
+        write_atomically(ca_key_path.path, _pem_key(ca_key), 0o600)
+        write_atomically(
+            ca_path.path, ca_certificate.public_bytes(serialization.Encoding.PEM), 0o644
         )
     else:
         ca_key, ca_certificate = ca
@@ -372,8 +348,8 @@ def ensure_certificates(
                     return result
 
     key, certificate = _issue_server(ca_key, ca_certificate, hosts)
-    _write_atomically(key_path, _pem_key(key), 0o600)
-    _write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path.path, _pem_key(key), 0o600)
+    write_atomically(cert_path.path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return result
 
 
