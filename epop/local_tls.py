@@ -29,6 +29,7 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
@@ -133,8 +134,19 @@ class ClientTLS:
         return optionsForClientTLS(host, trustRoot=root, clientCertificate=mine)
 
 
-class _Chooser(Protocol):
-    """Reads the first byte, then hands the connection to TLS or to plain e-POP."""
+def _relay_of(protocol: Any) -> Any:
+    """The relay protocol inside the wrappers (allowlist) around it."""
+    while not hasattr(protocol, "fail"):
+        protocol = protocol.wrappedProtocol
+    return protocol
+
+
+class _Chooser(Protocol, TimeoutMixin):
+    """
+    Reads the first byte, then hands the connection to TLS or to plain e-POP.
+    A peer that sends nothing at all meets the relay's idle timeout all the
+    same.
+    """
 
     def __init__(self, factory: "SessionChoiceFactory", addr: IAddress) -> None:
         self._factory = factory
@@ -142,11 +154,27 @@ class _Chooser(Protocol):
         self._inner: Any = None
         self._refused = False
 
+    def callLater(self, period: float, func: Any) -> Any:
+        return self._factory.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self._factory.idle_timeout)
+
+    def timeoutConnection(self) -> None:
+        self._plain()
+        self._refused = True
+        _relay_of(self._inner).timeoutConnection()
+
     def dataReceived(self, data: bytes) -> None:
         if self._inner is None:
+            self.setTimeout(None)
             self._choose(data[0] == _TLS_HANDSHAKE)
         if not self._refused:
             self._inner.dataReceived(data)
+
+    def _plain(self) -> None:
+        self._inner = self._factory.wrapped.buildProtocol(self._addr)
+        self._inner.makeConnection(self.transport)
 
     def _choose(self, encrypted: bool) -> None:
         factory = self._factory
@@ -154,8 +182,7 @@ class _Chooser(Protocol):
             self._inner = factory.tls.buildProtocol(self._addr)
             self._inner.makeConnection(self.transport)
             return
-        self._inner = factory.wrapped.buildProtocol(self._addr)
-        self._inner.makeConnection(self.transport)
+        self._plain()
         if encrypted:
             self._refuse(
                 "tls-not-configured",
@@ -174,17 +201,14 @@ class _Chooser(Protocol):
             )
 
     def _refuse(self, code: str, message: Text) -> None:
-        relay = self._inner
-        while not hasattr(relay, "fail"):
-            relay = relay.wrappedProtocol
         self._refused = True
-        relay.fail(ProtocolError(code, message))
+        _relay_of(self._inner).fail(ProtocolError(code, message))
 
     def connectionLost(self, reason: Failure) -> None:
+        self.setTimeout(None)
         if self._inner is None:
             # Closed before a byte: still a connection worth journaling.
-            self._inner = self._factory.wrapped.buildProtocol(self._addr)
-            self._inner.makeConnection(self.transport)
+            self._plain()
         self._inner.connectionLost(reason)
 
 
@@ -195,12 +219,22 @@ class SessionChoiceFactory(Factory):
     @param wrapped: builds the e-POP protocol (the relay's factory, or the
         allowlist around it).
     @param tls: the relay's TLS settings, or C{None} for plain only.
+    @param clock: times the wait for a connection's first byte.
+    @param idle_timeout: how long that wait may be.
     """
 
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, tls: RelayTLS | None) -> None:
+    def __init__(
+        self,
+        wrapped: IProtocolFactory,
+        tls: RelayTLS | None,
+        clock: Any,
+        idle_timeout: float = 120.0,
+    ) -> None:
         self.wrapped = wrapped
+        self.clock = clock
+        self.idle_timeout = idle_timeout
         self.require = bool(tls and tls.require)
         self.tls = (
             TLSMemoryBIOFactory(tls.options(), False, wrapped) if tls is not None else None

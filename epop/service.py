@@ -263,7 +263,7 @@ def make_relay_service(
     )
     allowlist = Allowlist(settings.allow)
     checked = AllowlistFactory(factory, allowlist) if allowlist else factory
-    served = SessionChoiceFactory(checked, settings.tls)
+    served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)
     listeners = []
     for description in settings.listen:
         try:

@@ -322,3 +322,21 @@ class ClientRelayPairTests(SynchronousTestCase):
         done = self.successResultOf(reply)
         self.assertEqual((done.status, done.body), (200, b"receipt"))
         self.assertIn(("x-answer", "yes"), [(n.lower(), v) for n, v in done.headers])
+
+
+class SilentConnectionTests(SynchronousTestCase):
+    def test_silent_peer_times_out(self) -> None:
+        """A peer that never sends a byte still meets the idle timeout, with an error frame."""
+        from epop.local_tls import SessionChoiceFactory
+
+        clock = MemoryReactorClock()
+        relay = RelayFactory(clock, FakeUpstream(), "silent", idle_timeout=120)
+        served = SessionChoiceFactory(relay, None, clock, 120)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
+        served.buildProtocol(IPv4Address("TCP", "10.1.2.3", 5555)).makeConnection(transport)
+        clock.advance(119)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(1)
+        [frame] = [f for f in FrameReader().feed(transport.value()) if isinstance(f, Frame)]
+        self.assertEqual((frame.kind, frame.message()["code"]), (FrameType.ERROR, "idle-timeout"))
+        self.assertTrue(transport.disconnecting)
