@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import tap
 from epop.journal import MemoryJournalWriter, emit
+from epop.allowlist import AllowlistFactory
 from epop.local_tls import SessionChoiceFactory
 from epop.relay import RelayFactory
 from epop.service import ListenError, RelaySettings, make_relay_service
@@ -43,7 +44,8 @@ class WiringTests(SynchronousTestCase):
         self.assertEqual(len(factories), 1)
         served = self.reactor.tcpServers[0][1]
         self.assertIsInstance(served, SessionChoiceFactory)
-        self.assertIsInstance(served.wrapped, RelayFactory)
+        self.assertIsInstance(served.wrapped, AllowlistFactory)
+        self.assertIsInstance(served.wrapped.wrappedFactory, RelayFactory)
         self.assertIsNone(served.tls)
 
     def test_journal_observer_lives_with_the_service(self) -> None:
