@@ -10,6 +10,11 @@ then closed with the reason C{not-authorized}.
 The check runs on the connection's first bytes, which every e-POP client
 sends at once (HELLO): with C{--listen haproxy:tcp:3358} the address of the
 workstation behind the load balancer is known only then.
+
+The list can change while the relay runs (C{SIGHUP} with C{--config}, or
+L{epop.service.RelayService.set_allowlist}): an L{Allowlist} never changes,
+and the factory swaps the whole list at once.  Connections already admitted
+go on; every connection checked afterwards meets the new list.
 """
 
 from __future__ import annotations
@@ -32,26 +37,50 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class Allowlist:
     """
-    A set of addresses and networks, IPv4 or IPv6.
+    A set of addresses and networks, IPv4 or IPv6; empty means everyone.
 
+    Never changed once built, so that a list being replaced cannot be seen
+    half-updated: build a new one instead.
+
+    @ivar entries: the entries as given (stripped), for the journal.
     @raise ValueError: for an entry that is neither, naming it.
     """
 
+    __slots__ = ("entries", "networks")
+
+    entries: tuple[str, ...]
+    networks: tuple[_Network, ...]
+
     def __init__(self, entries: Iterable[str]) -> None:
-        self.networks: list[_Network] = []
+        kept: list[str] = []
+        networks: list[_Network] = []
         for entry in entries:
             try:
-                self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
                 raise ValueError(
                     f"{entry!r} is not an IP address or network (e.g. 10.1.2.3, "
                     "10.1.0.0/16, fd00::/8)"
                 ) from None
+            kept.append(entry.strip())
+        object.__setattr__(self, "entries", tuple(kept))
+        object.__setattr__(self, "networks", tuple(networks))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("an Allowlist never changes; build a new one")
 
     def __bool__(self) -> bool:
         return bool(self.networks)
 
+    def __repr__(self) -> str:
+        return f"Allowlist({list(self.entries)!r})"
+
+    def describe(self) -> str:
+        """For people: the entries, or "everyone"."""
+        return ", ".join(self.entries) if self.entries else "everyone"
+
     def allows(self, host: str) -> bool:
+        """Whether C{host} is in a listed network (always false when empty)."""
         try:
             address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -59,6 +88,10 @@ class Allowlist:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         return any(address in network for network in self.networks)
+
+    def admits(self, host: str) -> bool:
+        """Whether C{host} may connect: anyone when the list is empty."""
+        return not self.networks or self.allows(host)
 
 
 def refusal_message(peer: IAddress) -> Text:
@@ -79,18 +112,28 @@ class _CheckedProtocol(ProtocolWrapper):
         if not self._checked:
             self._checked = True
             peer = self.getPeer()
-            if not self.factory.allowlist.allows(getattr(peer, "host", "")):
+            if not self.factory.allowlist.admits(getattr(peer, "host", "")):
                 self.wrappedProtocol.fail(ProtocolError("not-authorized", refusal_message(peer)))
                 return
         self.wrappedProtocol.dataReceived(data)
 
 
 class AllowlistFactory(WrappingFactory):
-    """Wraps the relay's factory; refused clients still reach the journal."""
+    """
+    Wraps the relay's factory; refused clients still reach the journal.
+
+    Always in place, even with an empty list (everyone), so that a list set
+    later applies without rebuilding the listeners.
+    """
 
     protocol = _CheckedProtocol
     noisy = False
 
-    def __init__(self, wrapped: Any, allowlist: Allowlist) -> None:
+    def __init__(self, wrapped: Any, allowlist: Allowlist | None = None) -> None:
         super().__init__(wrapped)
-        self.allowlist = allowlist
+        self.allowlist = allowlist if allowlist is not None else Allowlist(())
+
+    def set_allowlist(self, allowlist: Allowlist) -> Allowlist:
+        """Use C{allowlist} for every connection checked from now on; returns the old one."""
+        previous, self.allowlist = self.allowlist, allowlist
+        return previous

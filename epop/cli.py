@@ -1,6 +1,6 @@
 """
-The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings} and
-C{sandbox}.
+The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings},
+C{sandbox}, and C{journal} and C{connections} to read a relay's journal.
 
 C{send} and C{test} take their defaults from the workstation's saved
 settings (L{epop.client_settings}); flags override them.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getopt
 import getpass
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -31,6 +32,21 @@ from epop.client_settings import (
     settings_path,
 )
 from epop.errors import EpopError
+from epop.journal import EVENT_TYPES
+from epop.journal_reader import (
+    DEFAULT_JOURNAL,
+    JournalFilter,
+    JournalFollower,
+    Problem,
+    connection_summaries,
+    connections_table,
+    journal_header,
+    journal_row,
+    journal_table,
+    parse_connection,
+    parse_since,
+    read_journal,
+)
 from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
@@ -262,6 +278,16 @@ class ProxySettingsOptions(_Options):
     ]
 
 
+class InterfacesOptions(_Options):
+    synopsis = "[--port PORT]"
+    longdesc = (
+        "List this machine's addresses the relay can listen on (the manual's "
+        "'Adresse IP' list), with the --listen option to use for each and the "
+        "address workstations then type."
+    )
+    optParameters = [["port", "p", 3358, "The relay's port.", int]]
+
+
 class SandboxOptions(_Options):
     synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH]"
     longdesc = (
@@ -275,6 +301,70 @@ class SandboxOptions(_Options):
     ]
 
 
+class JournalOptions(_Options):
+    synopsis = "[PATH] [--connection ID]... [--type TYPE]... [--since TIME] [--follow] [--json]"
+    longdesc = (
+        "Show a relay's journal (the manual's 'Journal d'ecoute'): client IP, local "
+        "date, type and description of each event. PATH is the relay's --journal "
+        f"file [default: {DEFAULT_JOURNAL}]; with --since, its rotated files are "
+        "read too when they hold events that recent."
+    )
+    optFlags = [
+        ["follow", "f", "Then print new events as the relay writes them, across rotations, until Ctrl-C."],
+        ["json", None, "Print the records as they are, one JSON object a line."],
+    ]
+    optParameters = [
+        ["since", None, None, "Only events from then on: 2026-11-25, 2026-11-25T08:30 (local time), today, yesterday, or 30m, 1h, 2d ago."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["connections"] = []
+        self["types"] = []
+
+    def opt_connection(self, value: str) -> None:
+        """Only the events of this connection: ID, or RUN:ID as connection numbers restart at each run (repeatable)."""
+        try:
+            self["connections"].append(parse_connection(value))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_type(self, value: str) -> None:
+        """Only the events of this type, e.g. connection-closed (repeatable; the types are in docs/journal.md)."""
+        if value not in EVENT_TYPES:
+            raise usage.UsageError(f"--type {value}: expected one of {', '.join(EVENT_TYPES)}")
+        self["types"].append(value)
+
+    def parseArgs(self, path: str = DEFAULT_JOURNAL) -> None:
+        self["path"] = path
+
+    def postOptions(self) -> None:
+        if self["since"] is not None:
+            try:
+                parse_since(self["since"], 0.0)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+
+
+class ConnectionsOptions(_Options):
+    synopsis = "[PATH] [--since TIME] [--json]"
+    longdesc = (
+        "List the workstation connections a relay's journal tells of, open and "
+        "closed (the manual's 'Connexions'): id, client, when opened and closed, "
+        "duration, bytes in and out, and why it closed. It reads the journal as it "
+        f"is, so it works on a running relay. PATH defaults to {DEFAULT_JOURNAL}."
+    )
+    optFlags = [["json", None, "Print one JSON object a connection."]]
+    optParameters = [
+        ["since", None, None, "Also read the rotated files back to then (same forms as 'epop journal --since'); connections closed before are left out."],
+    ]
+
+    def parseArgs(self, path: str = DEFAULT_JOURNAL) -> None:
+        self["path"] = path
+
+    postOptions = JournalOptions.postOptions
+
+
 class Options(usage.Options):
     synopsis = "Usage: epop"
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
@@ -286,7 +376,10 @@ class Options(usage.Options):
         ["test", None, TestOptions, "Test the connection to e-PMSI."],
         ["config", None, ConfigOptions, "Show or change the saved settings."],
         ["proxy-settings", None, ProxySettingsOptions, "Find this machine's proxy for e-PMSI."],
+        ["interfaces", None, InterfacesOptions, "List the addresses the relay can listen on."],
         ["sandbox", None, SandboxOptions, "Run the local e-PMSI sandbox."],
+        ["journal", None, JournalOptions, "Show a relay's journal, or follow it."],
+        ["connections", None, ConnectionsOptions, "List the connections a relay's journal tells of."],
     ]
 
     def opt_version(self) -> None:
@@ -445,6 +538,25 @@ class _Command:
         self.stderr.write(f"Saved in {saved.path}.\n")
         return 0
 
+    def interfaces(self, options: InterfacesOptions) -> int:
+        from epop.interfaces import local_addresses
+
+        found = local_addresses()
+        if not found:
+            self.say(Text("This machine has no network address.").render(self.language))
+            return 1
+        for address in found:
+            self.say(
+                Text(
+                    "{address} ({interface}): --listen {listen}  (workstations type {client})",
+                    address=address.address,
+                    interface=address.interface,
+                    listen=address.listen_string(options["port"]),
+                    client=address.client_address(options["port"]),
+                ).render(self.language)
+            )
+        return 0
+
     def sandbox(self, options: SandboxOptions) -> Deferred[int]:
         from twisted.python.filepath import FilePath
 
@@ -460,6 +572,76 @@ class _Command:
         service.startService()
         self.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         return Deferred()  # runs until the reactor stops
+
+    def _problem(self, problem: Problem) -> None:
+        self.stderr.write(problem.describe().render(self.language) + "\n")
+
+    def _unreadable(self, path: str, error: OSError) -> Deferred[int]:
+        why = error.strerror or str(error)
+        self.stderr.write(Text("Cannot read {path}: {why}.", path=path, why=why).render(self.language) + "\n")
+        return succeed(1)
+
+    def journal(self, options: JournalOptions) -> Deferred[int]:
+        path = options["path"]
+        since = parse_since(options["since"], self.reactor.seconds()) if options["since"] else None
+        wanted = JournalFilter(tuple(options["connections"]), tuple(options["types"]), since)
+        if options["follow"]:
+            return self._follow(path, wanted, options["json"])
+        try:
+            records = [r for r in read_journal(path, since, self._problem) if wanted.matches(r)]
+        except OSError as e:
+            return self._unreadable(path, e)
+        if options["json"]:
+            for record in records:
+                self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        else:
+            for line in journal_table(records, self.language):
+                self.say(line)
+        return succeed(0)
+
+    def _follow(self, path: str, wanted: JournalFilter, as_json: bool) -> Deferred[int]:
+        def show(record: dict[str, Any]) -> None:
+            if wanted.matches(record):
+                if as_json:
+                    self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                else:
+                    self.say(journal_row(record, self.language))
+                self.stdout.flush()
+
+        if not as_json:
+            for line in journal_header(self.language):
+                self.say(line)
+        if wanted.since is not None:
+            for record in read_journal(path, wanted.since, self._problem, current=False):
+                show(record)
+        follower = JournalFollower(path, show, self.reactor, on_problem=self._problem)
+        follower.start()
+        if follower.waiting:
+            self.stderr.write(Text("Waiting for {path} to appear.", path=path).render(self.language) + "\n")
+        self.reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
+        return Deferred()  # follows until the reactor stops (Ctrl-C)
+
+    def connections(self, options: ConnectionsOptions) -> Deferred[int]:
+        path = options["path"]
+        since = parse_since(options["since"], self.reactor.seconds()) if options["since"] else None
+        try:
+            records = list(read_journal(path, since, self._problem))
+        except OSError as e:
+            return self._unreadable(path, e)
+        summaries = [
+            summary
+            for summary in connection_summaries(records, self.reactor.seconds())
+            if since is None or summary.closed is None or summary.closed >= since
+        ]
+        if options["json"]:
+            for summary in summaries:
+                self.say(json.dumps(summary.to_json(), ensure_ascii=False, separators=(",", ":")))
+        elif not summaries:
+            self.stderr.write(Text("No connections in {path}.", path=path).render(self.language) + "\n")
+        else:
+            for line in connections_table(summaries, self.language):
+                self.say(line)
+        return succeed(0)
 
 
 def _start_logging(stderr: TextIO) -> None:
@@ -505,12 +687,18 @@ def run(
             return succeed(command.config(sub, saved))
         if options.subCommand == "proxy-settings":
             return succeed(command.proxy_settings(sub, saved))
+        if options.subCommand == "interfaces":
+            return succeed(command.interfaces(sub))
     except (usage.UsageError, SettingsError) as e:
         name = options.subCommand or ""
         stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(2)
     if options.subCommand == "sandbox":
         d = command.sandbox(sub)
+    elif options.subCommand == "journal":
+        d = command.journal(sub)
+    elif options.subCommand == "connections":
+        d = command.connections(sub)
     elif options.subCommand == "send":
         d = command.send(sub)
     else:

@@ -7,13 +7,18 @@ record of them to an L{IJournalWriter}.  Only the fields named in
 L{RECORD_FIELDS} are ever copied, so bodies, form fields, credentials and
 query strings cannot leak into the file whatever an event carries.  Every
 field is documented in ``docs/journal.md``.
+
+A L{RotatingJournalWriter} starts a new file each UTC day or at a size, and
+deletes the oldest rotated files beyond a number to keep; L{rotated_files}
+lists them in the order they were written, for L{epop.journal_reader}.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+import re
+from datetime import date, datetime, timezone
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -22,6 +27,7 @@ from twisted.logger import (
     LogLevel,
     LogPublisher,
     formatEvent,
+    Logger,
     globalLogPublisher,
 )
 from zope.interface import Interface, implementer
@@ -32,6 +38,11 @@ __all__ = [
     "IJournalWriter",
     "FileJournalWriter",
     "MemoryJournalWriter",
+    "RotatingJournalWriter",
+    "DAILY",
+    "encode_record",
+    "parse_rotate",
+    "rotated_files",
     "JournalObserver",
     "JournalService",
     "journal_record",
@@ -45,6 +56,7 @@ EVENT_TYPES = (
     "connection-closed",
     "object-instantiated",
     "object-released",
+    "settings-reloaded",
 )
 
 #: Event keys copied into a record, beyond time, type and description.
@@ -66,6 +78,7 @@ RECORD_FIELDS = (
     "bytes_in",
     "bytes_out",
     "reason",
+    "allow",
 )
 
 
@@ -114,22 +127,263 @@ class MemoryJournalWriter:
         self.closed = True
 
 
-@implementer(IJournalWriter)
-class FileJournalWriter:
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One journal line, newline included, as it goes to the file."""
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return line.encode("utf-8") + b"\n"
+
+
+class _AppendFile:
     """
-    Appends JSON lines and flushes each one, so a crash loses at most the
-    line being written.
+    A journal file open for appending, written one whole line per
+    C{write()} system call, with no buffer a crash could lose.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = open(path, "ab")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         os.chmod(path, 0o640)
+        if self._ends_torn():
+            # A crash cut the last line: end it, so that the next record
+            # starts on a line of its own and stays readable.
+            self._write_all(b"\n")
+
+    def _ends_torn(self) -> bool:
+        size = self.size()
+        if not size:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            return f.read(1) != b"\n"
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def write_line(self, line: bytes) -> None:
+        self._write_all(line)
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@implementer(IJournalWriter)
+class FileJournalWriter:
+    """
+    Appends JSON lines, each with a single unbuffered C{write()}, so a crash
+    loses at most the line being written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = _AppendFile(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        self._file.write(line.encode("utf-8") + b"\n")
-        self._file.flush()
+        self._file.write_line(encode_record(record))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+DAILY = "daily"
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_rotate(text: str) -> str | int:
+    """
+    Read C{--journal-rotate}: L{DAILY}, or a size in bytes written C{500K},
+    C{100M}, C{1G} (powers of 1024) or a plain number of bytes.
+
+    @raise ValueError: for anything else, saying what is expected.
+    """
+    value = text.strip()
+    if value.lower() == DAILY:
+        return DAILY
+    match = re.fullmatch(r"(\d+)([KMG]?)", value, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"expected 'daily' or a size such as 500K, 100M or 1G, not {text!r}")
+    size = int(match[1]) * _SIZE_UNITS[match[2].upper()]
+    if size <= 0:
+        raise ValueError("the size must be more than 0")
+    return size
+
+
+def _rotated_pattern(base: str) -> re.Pattern[str]:
+    return re.compile(
+        re.escape(base) + r"\.(?:(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<extra>\d+))?|(?P<number>\d+))"
+    )
+
+
+def _rotated(path: str) -> tuple[list[tuple[date, int, str]], list[tuple[int, str]]]:
+    """Rotated siblings of C{path}: (day, extra, path) and (number, path)."""
+    folder, base = os.path.split(os.path.abspath(path))
+    pattern = _rotated_pattern(base)
+    daily: list[tuple[date, int, str]] = []
+    numbered: list[tuple[int, str]] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return daily, numbered
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        full = os.path.join(folder, name)
+        if match["number"] is not None:
+            numbered.append((int(match["number"]), full))
+        else:
+            try:
+                day = date.fromisoformat(match["day"])
+            except ValueError:
+                continue
+            daily.append((day, int(match["extra"] or 0), full))
+    daily.sort()
+    numbered.sort()
+    return daily, numbered
+
+
+def _newest_mtime(paths: list[str]) -> float:
+    times = []
+    for path in paths:
+        try:
+            times.append(os.stat(path).st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
+def rotated_files(path: str) -> list[str]:
+    """
+    The rotated files of the journal C{path}, oldest first: C{PATH.DAY}
+    (then C{PATH.DAY.1}, ...) by day, C{PATH.N} from the highest N down.
+    If both kinds are there (the rotation was changed), the kind last
+    written comes last.
+    """
+    daily, numbered = _rotated(path)
+    by_day = [full for _, _, full in daily]
+    by_size = [full for _, full in reversed(numbered)]
+    groups = sorted(
+        [group for group in (by_day, by_size) if group], key=_newest_mtime
+    )
+    return [full for group in groups for full in group]
+
+
+@implementer(IJournalWriter)
+class RotatingJournalWriter:
+    """
+    A L{FileJournalWriter} that moves the file aside each UTC day
+    (C{PATH.2026-11-25}) or before it would exceed a size (C{PATH.1},
+    older ones shifted to C{PATH.2}...), and deletes the oldest rotated
+    files beyond C{keep}: twistd's C{DailyLogFile} keeps them all.
+
+    @param rotate: L{DAILY} or a size in bytes (see L{parse_rotate}).
+    @param keep: rotated files to keep; 0 keeps them all.
+    @param clock: tells the day (C{seconds()}); the reactor by default.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, rotate: str | int, keep: int = 30, clock: Any = None) -> None:
+        if isinstance(rotate, str):
+            rotate = parse_rotate(rotate)
+        if keep < 0:
+            raise ValueError("keep must be 0 (keep all) or more")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.path = path
+        self.rotate = rotate
+        self.keep = keep
+        self._clock = clock
+        self._day = self._file_day()
+        self._file = _AppendFile(path)
+
+    def _today(self) -> date:
+        return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc).date()
+
+    def _file_day(self) -> date:
+        """The day of what the file holds: its last write, or today if empty."""
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return self._today()
+        if not found.st_size:
+            return self._today()
+        return datetime.fromtimestamp(found.st_mtime, tz=timezone.utc).date()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = encode_record(record)
+        size = self._file.size()
+        if self.rotate == DAILY:
+            today = self._today()
+            if today != self._day:
+                if size:
+                    self._rotate()
+                self._day = today
+        elif isinstance(self.rotate, int) and size and size + len(line) > self.rotate:
+            self._rotate()
+        self._file.write_line(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        try:
+            if self.rotate == DAILY:
+                target = self._dated_name(self._day)
+            else:
+                self._shift()
+                target = self.path + ".1"
+            os.rename(self.path, target)
+        except OSError as e:
+            self.log.warn(
+                "Could not rotate the journal {path}: {why}; writing on in it",
+                path=self.path,
+                why=e.strerror or str(e),
+            )
+        else:
+            self.log.info("Journal rotated: {path} is now {target}", path=self.path, target=target)
+        self._file = _AppendFile(self.path)
+        if self.rotate == DAILY:
+            self._prune_daily()
+
+    def _dated_name(self, day: date) -> str:
+        name = f"{self.path}.{day.isoformat()}"
+        extra = 0
+        candidate = name
+        while os.path.lexists(candidate):
+            extra += 1
+            candidate = f"{name}.{extra}"
+        return candidate
+
+    def _shift(self) -> None:
+        """PATH.N becomes PATH.N+1, from the highest down; beyond keep, deleted."""
+        _, numbered = _rotated(self.path)
+        for number, full in reversed(numbered):
+            if self.keep and number >= self.keep:
+                self._delete(full)
+            else:
+                os.rename(full, f"{self.path}.{number + 1}")
+
+    def _prune_daily(self) -> None:
+        daily, _ = _rotated(self.path)
+        if self.keep:
+            for _, _, full in daily[: max(0, len(daily) - self.keep)]:
+                self._delete(full)
+
+    def _delete(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except OSError as e:
+            self.log.warn(
+                "Could not delete the old journal {path}: {why}",
+                path=path,
+                why=e.strerror or str(e),
+            )
 
     def close(self) -> None:
         self._file.close()

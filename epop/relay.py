@@ -19,7 +19,7 @@ import re
 from enum import Enum, auto
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
@@ -84,6 +84,13 @@ _PATH = re.compile(r"/[\x21-\x7e]*")
 _VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 #: Time a closing connection gets to flush its last frame.
 CLOSE_GRACE = 5.0
+
+
+def relay_stopping() -> EpopError:
+    """What a workstation is told when the relay stops under it."""
+    return EpopError(
+        "relay-stopping", Text("The relay is stopping; send again once it is back.")
+    )
 
 
 def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], int]:
@@ -518,6 +525,9 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._opened = self.clock.seconds()
         self.factory.connections[self.connection_id] = self
         self.setTimeout(self.factory.idle_timeout)
+        if self.factory.draining:
+            # Accepted before listening stopped, but it has no operation yet.
+            self.fail(relay_stopping())
 
     def opened(self) -> None:
         """
@@ -712,6 +722,8 @@ class RelayProtocol(Protocol, TimeoutMixin):
             self.operation = None
             self._state = _State.READY
             self.setTimeout(self.factory.idle_timeout)
+            if self.factory.draining:
+                self.fail(relay_stopping())
 
 
 class RelayFactory(Factory):
@@ -726,6 +738,7 @@ class RelayFactory(Factory):
 
     protocol = RelayProtocol
     noisy = False  # the journal says when listening opens and closes
+    log = Logger()
 
     def __init__(
         self,
@@ -742,6 +755,8 @@ class RelayFactory(Factory):
         self.idle_timeout = idle_timeout
         self.epmsi_timeout = epmsi_timeout
         self.connections: dict[int, RelayProtocol] = {}
+        #: Set once the relay is stopping: no new operation starts.
+        self.draining = False
         self._next_id = 1
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
@@ -752,15 +767,55 @@ class RelayFactory(Factory):
 
     def close_connections(self) -> Deferred[Any]:
         """Close every open connection (relay stopping) and wait for them."""
-        from twisted.internet.defer import gatherResults
-
         waiting = []
         for protocol in list(self.connections.values()):
             waiting.append(protocol.lost)
-            protocol.fail(
-                EpopError(
-                    "relay-stopping",
-                    Text("The relay is stopping; send again once it is back."),
-                )
-            )
+            protocol.fail(relay_stopping())
         return gatherResults(waiting)
+
+    def drain(self, seconds: float) -> Deferred[None]:
+        """
+        Let the operations in flight finish before the relay stops, so that a
+        restart does not cost a DIM a long upload: idle connections are
+        closed now, each busy one once its operation ends, and those still
+        busy after C{seconds} are aborted (e-PMSI never gets their last
+        chunk, so never a complete file).  Fires once every connection is
+        closed.
+        """
+        self.draining = True
+        busy = 0
+        for protocol in list(self.connections.values()):
+            if protocol.operation is None:
+                protocol.fail(relay_stopping())
+            else:
+                busy += 1
+        if not self.connections:
+            return succeed(None)
+        if busy:
+            self.log.info(
+                "Relay stopping: waiting up to {seconds} s for {count} operation(s) in flight",
+                seconds=f"{seconds:g}",
+                count=busy,
+            )
+        deadline = self.reactor.callLater(max(seconds, 0.0), self._drain_deadline)
+
+        def closed(result: object) -> Deferred[None] | None:
+            # A connection accepted just before listening stopped may still
+            # have been building its protocol: wait for it too.
+            if self.connections:
+                return gatherResults([p.lost for p in self.connections.values()]).addCallback(closed)
+            if deadline.active():
+                deadline.cancel()
+            return None
+
+        return gatherResults([p.lost for p in self.connections.values()]).addCallback(closed)
+
+    def _drain_deadline(self) -> None:
+        busy = [p for p in self.connections.values() if p.operation is not None]
+        if busy:
+            self.log.warn(
+                "Relay stopping: {count} operation(s) still in flight after the grace "
+                "period are aborted",
+                count=len(busy),
+            )
+        self.close_connections()

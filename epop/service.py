@@ -4,15 +4,19 @@ The relay as a Twisted service, for twistd or for any application's own tree.
 L{make_relay_service} only builds objects.  Ports are bound in
 C{privilegedStartService} (so a relay started as root can bind and then drop
 privileges), the journal file is opened in C{startService}, and everything is
-closed in C{stopService}: the listening ports, the open connections, the
-journal and e-PMSI's connection pool, in that order.
+closed in C{stopService}: the listening ports, the open connections (after
+up to C{drain_seconds} for the operations in flight), the journal and
+e-PMSI's connection pool, in that order.
+
+The allowlist can be replaced while the relay runs (L{RelayService.set_allowlist}),
+e.g. when twistd gets C{SIGHUP}; the change is journaled.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -21,13 +25,20 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from epop import journal
 from epop.allowlist import Allowlist, AllowlistFactory
-from epop.journal import FileJournalWriter, IJournalWriter, JournalService
+from epop.journal import (
+    FileJournalWriter,
+    IJournalWriter,
+    JournalService,
+    RotatingJournalWriter,
+    parse_rotate,
+)
 from epop.addressing import format_peer
+from epop.interfaces import addresses_for_listen_host
 from epop.local_tls import RelayTLS, SessionChoiceFactory
 from epop.proxy import ProxyConfig
 from epop.relay import RelayFactory
@@ -68,6 +79,10 @@ class RelaySettings:
     epmsi: str = DEFAULT_EPMSI_URL
     ca_file: str | None = None
     journal: str = "epop-journal.jsonl"
+    #: None (one file, never rotated), "daily" or a size such as "100M".
+    journal_rotate: str | None = None
+    #: Rotated journal files kept; 0 keeps them all.
+    journal_keep: int = 30
     allow: Sequence[str] = ()
     idle_timeout: float = 120.0
     epmsi_timeout: float = 300.0
@@ -76,6 +91,8 @@ class RelaySettings:
     tls: RelayTLS | None = None
     check_at_start: bool = True
     check_path: str = "/"
+    #: Seconds the operations in flight get to finish when the relay stops.
+    drain_seconds: float = 30.0
 
 
 class ListeningService(Service):
@@ -127,10 +144,13 @@ class ListeningService(Service):
         super().startService()
         assert self.port is not None
         host = self.port.getHost()
+        hint = "workstations use this address and port"
+        addresses = ""
         if getattr(host, "host", None) in ("0.0.0.0", "::"):
-            hint = "workstations use any address of this machine, port {port}"
-        else:
-            hint = "workstations use this address and port"
+            # The manual showed IP:port in the title bar: say what to type.
+            found = addresses_for_listen_host(host.host, host.port)
+            addresses = ", ".join(found) or "none: this machine has no network address"
+            hint = "workstations type one of: {addresses}"
         journal.emit(
             self.log,
             self.factory.relay_id,
@@ -139,6 +159,7 @@ class ListeningService(Service):
             address=format_peer(host),
             port=getattr(host, "port", None),
             endpoint=self.description,
+            addresses=addresses,
         )
 
     def stopService(self) -> Deferred[None] | None:
@@ -179,6 +200,7 @@ class RelayService(MultiService):
         factory: RelayFactory,
         journal_service: JournalService,
         listeners: list[ListeningService],
+        allowlist_factory: AllowlistFactory | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -186,6 +208,7 @@ class RelayService(MultiService):
         self.factory = factory
         self.upstream = factory.upstream
         self.listeners = listeners
+        self.allowlist_factory = allowlist_factory
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
         for listener in listeners:
@@ -215,13 +238,77 @@ class RelayService(MultiService):
             )
         return result
 
+    @property
+    def allowlist(self) -> Allowlist:
+        """The allowlist in force (empty: everyone)."""
+        if self.allowlist_factory is None:
+            return Allowlist(self.settings.allow)
+        return self.allowlist_factory.allowlist
+
+    def set_allowlist(self, entries: Iterable[str], *, source: str = "the application") -> Allowlist:
+        """
+        Replace the allowlist (empty: everyone) for every connection checked
+        from now on; connections already admitted, and their transfers, go
+        on.  Journaled as C{settings-reloaded}.
+
+        @param source: where the list came from, for the journal's text.
+        @raise ValueError: for a bad entry, naming it; the old list stays.
+        """
+        if self.allowlist_factory is None:
+            raise RuntimeError("this relay was built without an allowlist factory")
+        allowlist = Allowlist(entries)
+        self.allowlist_factory.set_allowlist(allowlist)
+        self.settings = replace(self.settings, allow=allowlist.entries)
+        journal.emit(
+            self.log,
+            self.factory.relay_id,
+            "settings-reloaded",
+            "Settings reloaded from {source}: clients allowed: {allowed}",
+            source=source,
+            allowed=allowlist.describe(),
+            allow=list(allowlist.entries),
+            outcome="completed",
+        )
+        return allowlist
+
+    def reload_allowlist(self, load: Callable[[], Iterable[str]], *, source: str) -> bool:
+        """
+        Replace the allowlist with what C{load} returns; if it raises
+        L{ValueError} (unreadable or invalid settings), keep the old list and
+        journal why.  Returns whether the list was replaced.
+        """
+        try:
+            self.set_allowlist(list(load()), source=source)
+        except ValueError as e:
+            self.reload_failed(str(e), source=source)
+            return False
+        return True
+
+    def reload_failed(self, problem: str, *, source: str, error: str = "bad-settings") -> None:
+        """Journal a reload that changed nothing, and why: the old list stays."""
+        journal.emit(
+            self.log,
+            self.factory.relay_id,
+            "settings-reloaded",
+            "Settings not reloaded from {source}: {problem}; clients allowed are "
+            "still: {allowed}",
+            level=LogLevel.warn,
+            source=source,
+            problem=problem,
+            allowed=self.allowlist.describe(),
+            allow=list(self.allowlist.entries),
+            outcome="failed",
+            error=error,
+        )
+
     def stopService(self) -> Deferred[Any]:
         if self.startup_check is not None and not self.startup_check.called:
             self.startup_check.cancel()
-        # Stop listening first, then close the connections, then the journal.
+        # Stop listening first, then let the transfers in flight finish (up
+        # to drain_seconds), then close the journal.
         listeners = [maybeDeferred(listener.stopService) for listener in self.listeners]
         d = DeferredList(listeners)
-        d.addCallback(lambda _: self.factory.close_connections())
+        d.addCallback(lambda _: self.factory.drain(self.settings.drain_seconds))
         d.addCallback(lambda _: super(RelayService, self).stopService())
         d.addCallback(lambda _: self.upstream.close())
         return d
@@ -240,10 +327,12 @@ def make_relay_service(
     @param reactor: the reactor the relay listens, connects and times with.
     @param settings: what to listen on, where e-PMSI is, where to journal.
     @param journal_writer: opens the journal's writer when the service
-        starts; by default a L{FileJournalWriter} on C{settings.journal}.
+        starts; by default a L{FileJournalWriter} on C{settings.journal},
+        or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
         CA file, bad endpoint string, bad allowlist entry, unusable TLS
-        certificate or key), with a message that says which.
+        certificate or key, bad journal rotation), with a message that says
+        which.
     """
     upstream = Upstream(
         reactor,
@@ -261,8 +350,10 @@ def make_relay_service(
         idle_timeout=settings.idle_timeout,
         epmsi_timeout=settings.epmsi_timeout,
     )
-    allowlist = Allowlist(settings.allow)
-    checked = AllowlistFactory(factory, allowlist) if allowlist else factory
+    if settings.drain_seconds < 0:
+        raise ValueError("drain_seconds must be 0 or more")
+    # Always in place, so that the list can change while the relay runs.
+    checked = AllowlistFactory(factory, Allowlist(settings.allow))
     served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)
     listeners = []
     for description in settings.listen:
@@ -273,6 +364,16 @@ def make_relay_service(
         listeners.append(ListeningService(description, endpoint, factory, served))
     if journal_writer is None:
         path = settings.journal
-        journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
+        if settings.journal_rotate:
+            try:
+                rotate = parse_rotate(settings.journal_rotate)
+            except ValueError as e:
+                raise ValueError(f"invalid journal rotation: {e}") from None
+            if settings.journal_keep < 0:
+                raise ValueError("journal_keep must be 0 (keep all) or more")
+            keep = settings.journal_keep
+            journal_writer = lambda: RotatingJournalWriter(path, rotate, keep, reactor)  # noqa: E731
+        else:
+            journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer)
-    return RelayService(reactor, settings, factory, journal_service, listeners)
+    return RelayService(reactor, settings, factory, journal_service, listeners, checked)

@@ -3,17 +3,29 @@ C{twistd epop}: options in, a relay service out.
 
 Options are checked at parse time so that a mistake is a usage error that
 names the option; L{makeService} only builds objects.
+
+Options may also come from a settings file (C{--config}, see
+L{epop.relay_config}); the command line overrides it.  With one, C{SIGHUP}
+re-reads the file and applies its C{allow} entries to new connections.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
 from epop.allowlist import Allowlist
+from epop.journal import parse_rotate
 from epop.local_tls import RelayTLS
 from epop.proxy import (
     PASSWORD_VARIABLE,
@@ -22,7 +34,20 @@ from epop.proxy import (
     load_proxy_password,
     resolve_proxy,
 )
-from epop.service import DEFAULT_LISTEN, ListenError, RelaySettings, make_relay_service
+from epop.relay_config import (
+    SettingKeys,
+    SettingsError,
+    SettingsFile,
+    command_line_keys,
+    read_settings_file,
+)
+from epop.service import (
+    DEFAULT_LISTEN,
+    ListenError,
+    RelayService,
+    RelaySettings,
+    make_relay_service,
+)
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
@@ -35,12 +60,16 @@ class Options(usage.Options):
         "PMSI files to it, and it forwards them to e-PMSI over HTTPS."
     )
     optParameters = [
+        ["config", None, None, "Settings file (INI, one [epop] section, keys named like these options); the command line overrides it, and SIGHUP reloads its allow entries."],
         ["epmsi", None, DEFAULT_EPMSI_URL, "e-PMSI's HTTPS origin."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
         ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
+        ["journal-rotate", None, None, "Start a new journal file each UTC day ('daily') or at a size (500K, 100M, 1G; bytes without a suffix). Default: never."],
+        ["journal-keep", None, 30, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
         ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
         ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
         ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
+        ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", float],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
@@ -62,6 +91,28 @@ class Options(usage.Options):
         self["listen"] = []
         self["allow"] = []
         self.proxy: ProxyConfig | None = None
+        #: The --config file as read at start-up, if any.
+        self.settings_file: SettingsFile | None = None
+        #: Options given on the command line: they win over the file.
+        self.given: frozenset[str] = frozenset()
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        arguments = sys.argv[1:] if options is None else options
+        self.given = command_line_keys(self, arguments)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise usage.UsageError(self._locate(str(e))) from None
+
+    def _locate(self, message: str) -> str:
+        """Point a message about --NAME at the settings file when NAME came from there."""
+        found = self.settings_file
+        if found is None:
+            return message
+        for name in found.values:
+            if name not in self.given and re.search(rf"--{re.escape(name)}\b(?!-)", message):
+                return f"{message} (set in {found.where(name)})"
+        return message
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:3358:interface=192.168.1.10 (repeatable; default tcp:3358)."""
@@ -75,7 +126,37 @@ class Options(usage.Options):
             raise usage.UsageError(f"--allow: {e}") from None
         self["allow"].append(entry)
 
+    def _apply_settings_file(self) -> None:
+        """Take from --config every option the command line did not give."""
+        path = os.path.abspath(self["config"])  # SIGHUP re-reads it after twistd's chdir
+        keys = SettingKeys.of(self)
+        try:
+            found = read_settings_file(path, keys, check_endpoint=_check_endpoint)
+        except SettingsError as e:
+            raise usage.UsageError(str(e)) from None
+        self.settings_file = found
+        for name, value in found.values.items():
+            if name in self.given:
+                continue
+            method = getattr(self, "opt_" + name.replace("-", "_"), None)
+            if name in keys.repeatable:
+                self[name] = list(value)
+            elif name in keys.flags and method is not None:
+                if value:
+                    method()
+            elif name in keys.flags:
+                self[name] = 1 if value else 0
+            elif name in keys.handlers and method is not None:
+                try:
+                    method(value)
+                except usage.UsageError as e:
+                    raise usage.UsageError(f"{found.where(name)}: {name}: {e}") from None
+            else:
+                self[name] = value
+
     def postOptions(self) -> None:
+        if self["config"]:
+            self._apply_settings_file()
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
@@ -95,6 +176,8 @@ class Options(usage.Options):
         for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if not 0 <= self["drain-seconds"] < float("inf"):
+            raise usage.UsageError("--drain-seconds must be 0 or a positive number of seconds")
         try:
             password = load_proxy_password(self["proxy-password-file"])
             self.proxy, source = resolve_proxy(
@@ -111,6 +194,17 @@ class Options(usage.Options):
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
             raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
+        if self["journal-rotate"] is not None:
+            try:
+                parse_rotate(self["journal-rotate"])
+            except ValueError as e:
+                raise usage.UsageError(f"--journal-rotate: {e}") from None
+        try:
+            self["journal-keep"] = int(self["journal-keep"])
+        except ValueError:
+            self["journal-keep"] = -1
+        if self["journal-keep"] < 0:
+            raise usage.UsageError("--journal-keep must be 0 (keep all) or a number of rotated files")
 
     def _tls(self) -> RelayTLS | None:
         if not self["tls-cert"]:
@@ -141,6 +235,8 @@ class Options(usage.Options):
             epmsi=self["epmsi"],
             ca_file=self["ca-file"],
             journal=self["journal"],
+            journal_rotate=self["journal-rotate"],
+            journal_keep=self["journal-keep"],
             allow=tuple(self["allow"]),
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
@@ -148,25 +244,116 @@ class Options(usage.Options):
             proxy=self.proxy,
             tls=self.tls,
             check_at_start=not self["no-check"],
+            drain_seconds=self["drain-seconds"],
         )
+
+
+def _check_endpoint(description: str) -> None:
+    """A settings file's listen value must parse as an endpoint."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{description!r} is not a valid endpoint ({e})") from None
+
+
+def reload_allowlist(relay: RelayService, options: Options) -> None:
+    """
+    SIGHUP: read the settings file again and apply its allow entries.  A
+    file that no longer reads keeps the old list; both cases are journaled.
+    """
+    assert options.settings_file is not None
+    path = options.settings_file.path
+    try:
+        found = read_settings_file(path, SettingKeys.of(options), check_endpoint=_check_endpoint)
+    except SettingsError as e:
+        relay.reload_failed(str(e), source=path)
+        return
+    if "allow" in options.given:
+        relay.reload_failed(
+            "--allow is given on the command line, which overrides the settings file",
+            source=path,
+            error="allow-on-command-line",
+        )
+        return
+    later = [
+        name
+        for name in options.settings_file.changed(found)
+        if name != "allow" and name not in options.given
+    ]
+    if later:
+        _TwistdRelay.log.warn(
+            "{path}: {names} changed; only allow is applied on reload, the rest when "
+            "the relay restarts",
+            path=path,
+            names=", ".join(later),
+        )
+    relay.set_allowlist(found.allow, source=path)
 
 
 class _TwistdRelay(MultiService):
     """
     Under twistd, a port that cannot be bound ends the program with one
-    clear line instead of a traceback.
+    clear line instead of a traceback; with C{--config}, C{SIGHUP} (where the
+    platform has it) calls C{reload}, until the relay has stopped.
     """
 
+    log = Logger()
+
+    def __init__(self, reload: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._reload = reload
+        self._previous_hangup: Any = None
+
     def privilegedStartService(self) -> None:
+        self._hook_hangup()
         try:
             super().privilegedStartService()
         except ListenError as e:
             raise SystemExit(f"epop: {e}") from None
 
+    def startService(self) -> None:
+        # Before the relay journals that it listens: from then on, a SIGHUP
+        # must reload, never end the process (SIGHUP's default action).
+        self._hook_hangup()
+        super().startService()
+
+    def _hook_hangup(self) -> None:
+        hangup = getattr(signal, "SIGHUP", None)
+        if self._reload is None or hangup is None or self._previous_hangup is not None:
+            return
+        from twisted.internet import reactor
+
+        reload = self._reload
+
+        def hung_up(signum: int, frame: Any) -> None:
+            # Signal handlers may run between any two bytecodes: hand over
+            # to the reactor rather than touch the relay from here.
+            reactor.callFromThread(reload)
+
+        previous = signal.signal(hangup, hung_up)
+        self._previous_hangup = signal.SIG_DFL if previous is None else previous
+
+    def stopService(self) -> Any:
+        def restore(result: object) -> object:
+            # Only once stopped: a reload during the drain must not kill the relay.
+            if self._previous_hangup is not None:
+                signal.signal(signal.SIGHUP, self._previous_hangup)
+                self._previous_hangup = None
+            return result
+
+        return maybeDeferred(super().stopService).addBoth(restore)
+
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    top = _TwistdRelay()
-    make_relay_service(reactor, options.settings()).setServiceParent(top)
+    relay = make_relay_service(reactor, options.settings())
+    reload = None
+    if options.settings_file is not None:
+        reload = partial(reload_allowlist, relay, options)
+    top = _TwistdRelay(reload)
+    relay.setServiceParent(top)
     return top

@@ -4,6 +4,7 @@ Test helpers for running a real relay on loopback and talking raw e-POP to it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -18,10 +19,22 @@ from epop.service import RelayService, RelaySettings, make_relay_service
 from epop.wire import PROTOCOL_NAME, Frame, FrameReader, FrameType, encode_message
 
 
-class RunningRelay:
-    """A relay service started for one test, with its journal in memory."""
+class FileJournal:
+    """The complete lines of a relay's journal file, read afresh each time."""
 
-    def __init__(self, service: RelayService, journal: MemoryJournalWriter) -> None:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+class RunningRelay:
+    """A relay service started for one test, with its journal in memory (or a file)."""
+
+    def __init__(self, service: RelayService, journal: MemoryJournalWriter | FileJournal) -> None:
         self.service = service
         self.journal = journal
 
@@ -42,8 +55,19 @@ class RunningRelay:
         return [r for r in self.journal.records if r["type"] == event_type]
 
 
-def start_relay(testcase: TestCase, reactor: Any, epmsi: str, ca_file: str | None, **settings: Any) -> RunningRelay:
-    """Start a relay on 127.0.0.1, port 0, stopped by the test's cleanup."""
+def start_relay(
+    testcase: TestCase,
+    reactor: Any,
+    epmsi: str,
+    ca_file: str | None,
+    *,
+    file_journal: bool = False,
+    **settings: Any,
+) -> RunningRelay:
+    """
+    Start a relay on 127.0.0.1, port 0, stopped by the test's cleanup.  With
+    C{file_journal}, it journals to C{settings["journal"]} as twistd's would.
+    """
     writer = MemoryJournalWriter()
     options: dict[str, Any] = {
         "listen": ("tcp:0:interface=127.0.0.1",),
@@ -52,11 +76,14 @@ def start_relay(testcase: TestCase, reactor: Any, epmsi: str, ca_file: str | Non
         "check_at_start": False,
     }
     options.update(settings)
-    service = make_relay_service(reactor, RelaySettings(**options), journal_writer=lambda: writer)
+    if file_journal:
+        service = make_relay_service(reactor, RelaySettings(**options))
+    else:
+        service = make_relay_service(reactor, RelaySettings(**options), journal_writer=lambda: writer)
     service.privilegedStartService()
     service.startService()
     testcase.addCleanup(service.stopService)
-    return RunningRelay(service, writer)
+    return RunningRelay(service, FileJournal(options["journal"]) if file_journal else writer)
 
 
 class RawClient(Protocol):

@@ -168,3 +168,11 @@ class CommandTests(TestCase):
         self.assertEqual(code, 2)
         self.assertIn(self.config_path, err)
         self.assertIn("mode", err)
+
+    async def test_interfaces(self) -> None:
+        """`epop interfaces` lists addresses with the --listen option and the address to type."""
+        code, out, _ = await self.run_epop("interfaces", "--port", "4000")
+        self.assertEqual(code, 0)
+        self.assertIn(b"127.0.0.1 (", out)
+        self.assertIn(b"--listen tcp:4000:interface=127.0.0.1", out)
+        self.assertIn(b"127.0.0.1:4000", out)
