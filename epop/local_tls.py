@@ -34,6 +34,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from epop.errors import ProtocolError
+from epop.relay import relay_stopping
 from epop.messages import Text
 from epop.upstream import trust_root_from_pem
 
@@ -158,9 +159,19 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
+        self._factory.waiting.add(self)
         self.setTimeout(self._factory.idle_timeout)
 
+    def close(self) -> None:
+        """The relay is stopping before this peer said anything: tell it so."""
+        self.setTimeout(None)
+        self._factory.waiting.discard(self)
+        self._plain()
+        self._refused = True
+        _relay_of(self._inner).fail(relay_stopping())
+
     def timeoutConnection(self) -> None:
+        self._factory.waiting.discard(self)
         self._plain()
         self._refused = True
         _relay_of(self._inner).timeoutConnection()
@@ -168,6 +179,7 @@ class _Chooser(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._inner is None:
             self.setTimeout(None)
+            self._factory.waiting.discard(self)
             self._choose(data[0] == _TLS_HANDSHAKE)
         if not self._refused:
             self._inner.dataReceived(data)
@@ -206,6 +218,7 @@ class _Chooser(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure) -> None:
         self.setTimeout(None)
+        self._factory.waiting.discard(self)
         if self._inner is None:
             # Closed before a byte: still a connection worth journaling.
             self._plain()
@@ -235,6 +248,7 @@ class SessionChoiceFactory(Factory):
         self.wrapped = wrapped
         self.clock = clock
         self.idle_timeout = idle_timeout
+        self.waiting: set[_Chooser] = set()
         self.require = bool(tls and tls.require)
         self.tls = (
             TLSMemoryBIOFactory(tls.options(), False, wrapped) if tls is not None else None
@@ -242,3 +256,8 @@ class SessionChoiceFactory(Factory):
 
     def buildProtocol(self, addr: IAddress) -> Protocol:
         return _Chooser(self, addr)
+
+    def close_waiting(self) -> None:
+        """Tell every connection still silent that the relay is stopping."""
+        for chooser in list(self.waiting):
+            chooser.close()

@@ -116,7 +116,7 @@ class ListeningService(Service):
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
-        self._served = served if served is not None else factory
+        self.served = served if served is not None else factory
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -127,7 +127,7 @@ class ListeningService(Service):
         if self.port is not None:
             return
         outcome: list[Any] = []
-        self.endpoint.listen(self._served).addBoth(outcome.append)
+        self.endpoint.listen(self.served).addBoth(outcome.append)
         if not outcome:
             raise ListenError(self.description, "listening did not complete at once")
         if isinstance(outcome[0], Failure):
@@ -308,7 +308,15 @@ class RelayService(MultiService):
         # to drain_seconds), then close the journal.
         listeners = [maybeDeferred(listener.stopService) for listener in self.listeners]
         d = DeferredList(listeners)
-        d.addCallback(lambda _: self.factory.drain(self.settings.drain_seconds))
+
+        def drain(_: object) -> Deferred[Any]:
+            # Connections that have not said a word yet are told at once.
+            for listener in self.listeners:
+                if isinstance(listener.served, SessionChoiceFactory):
+                    listener.served.close_waiting()
+            return self.factory.drain(self.settings.drain_seconds)
+
+        d.addCallback(drain)
         d.addCallback(lambda _: super(RelayService, self).stopService())
         d.addCallback(lambda _: self.upstream.close())
         return d

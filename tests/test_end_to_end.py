@@ -367,3 +367,13 @@ class StoppingTests(TestCase):
         self.assertEqual(relay.records("connection-closed")[0]["reason"], "relay-stopping")
         self.assertEqual(relay.types()[-1], "connection-closed")
         self.assertTrue(relay.journal.closed)
+
+    async def test_stop_tells_silent_connections(self) -> None:
+        """A connection that has not said a word yet is told and journaled when the relay stops."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path)
+        client = await raw_connect(self, reactor, relay.port)
+        await relay.service.stopService()
+        await client.closed
+        self.assertEqual([e["code"] for e in client.messages(FrameType.ERROR)], ["relay-stopping"])
+        self.assertEqual(relay.records("connection-closed")[0]["reason"], "relay-stopping")
