@@ -13,7 +13,7 @@ VENV_STAMP := $(VENV)/.installed
 RELAY_ARGS ?=
 TRIAL := $(VENV_BIN)/python -m twisted.trial
 
-.PHONY: all venv run test demo clean catalogs
+.PHONY: all venv run test demo clean catalogs bench
 
 all: test
 
@@ -38,6 +38,11 @@ test: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+# Benchmarks (docs/performance.md): a table on stdout, raw JSON in
+# benchmarks/results/.  Several minutes; ARGS=--quick for a short run.
+bench: venv
+	$(VENV_BIN)/python -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf build dist .demo _trial_temp* *.egg-info

@@ -1,0 +1,152 @@
+"""
+The benchmark suite (benchmarks/, ``make bench``) runs end to end at a tiny
+size, so that it never rots: every row's code path, one rush client, a few
+churn operations.  This is not a timed test: it checks that the suite works
+and that every transfer it made was verified, never how fast it went.
+
+Rows whose external tools (curl, squid, socat) are missing are skipped by the
+suite; with C{EPOP_REQUIRE_SQUID=1} (CI), the squid rows must run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+#: The project root: the folder holding benchmarks/, above tests/.
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Seconds the whole smoke run may take (it takes about 20).
+TIMEOUT = 300
+
+
+class BenchmarkSmokeTests(SynchronousTestCase):
+    """python -m benchmarks.run --smoke, checked through its JSON results."""
+
+    def run_suite(self) -> tuple[dict[str, Any], str]:
+        scratch = tempfile.mkdtemp(prefix="epop-bench-smoke-")
+        # squid drops to an unprivileged user that must reach its folder inside.
+        os.chmod(scratch, 0o711)
+        self.addCleanup(subprocess.run, ["rm", "-rf", scratch], check=False)
+        results = os.path.join(scratch, "results")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        process = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--smoke",
+             "--workdir", scratch, "--results-dir", results],
+            cwd=str(ROOT), env=env, capture_output=True, timeout=TIMEOUT, check=False,
+        )
+        output = (
+            f"exit status {process.returncode}\n--- stdout:\n{process.stdout.decode(errors='replace')}"
+            f"\n--- stderr:\n{process.stderr.decode(errors='replace')[-5000:]}"
+        )
+        written = sorted(Path(results).glob("bench-*-smoke.json"))
+        self.assertEqual(len(written), 1, f"expected one JSON result file\n{output}")
+        self.assertEqual(process.returncode, 0, output)
+        # The scratch folder inside is gone: big files never stay behind.
+        leftovers = [p.name for p in Path(scratch).iterdir() if p.name != "results"]
+        self.assertEqual(leftovers, [], output)
+        return json.loads(written[0].read_text()), output
+
+    def test_smoke(self) -> None:
+        """
+        Every part ran; every transfer that ran was verified by SHA-256;
+        skipped rows are only those whose tools are missing.
+        """
+        results, output = self.run_suite()
+        self.assertEqual(results["failures"], [], output)
+        require_squid = os.environ.get("EPOP_REQUIRE_SQUID") == "1"
+
+        rows = results["transfers"]["rows"]
+        self.assertEqual(sorted(rows), list("abcdefg"), output)
+        for key, row in rows.items():
+            if row["status"] == "skipped":
+                self.assertIn(key, "defg", f"row {key} cannot be skipped\n{output}")
+                if require_squid:
+                    self.assertNotIn("squid", row["reason"], f"squid is required\n{output}")
+                continue
+            self.assertEqual(row["status"], "ok", output)
+            self.assertEqual(len(row["runs"]), 1, output)
+            run = row["runs"][0]
+            self.assertEqual(run["bytes"], results["options"]["size"])
+            self.assertGreater(run["mb_per_s"], 0)
+            if key in "bcdfg":
+                self.assertGreater(run["relay"]["peak_rss_kib"], 0, f"row {key}\n{output}")
+        for key in "abc":
+            self.assertEqual(rows[key]["status"], "ok", output)
+
+        memory = results["memory"]["runs"]
+        self.assertEqual([run["status"] for run in memory], ["ok", "ok"], output)
+        self.assertTrue(all(run["peak_rss_kib"] > 0 for run in memory))
+
+        rush = results["rush"]
+        self.assertEqual((rush["status"], rush["verified"], rush["clients"]), ("ok", 1, 1), output)
+
+        churn = results["churn"]
+        self.assertEqual(churn["status"], "ok", output)
+        self.assertEqual((churn["ops_done"], churn["failures"]), (churn["ops_requested"], 0), output)
+
+        # The table names every target, measured or not.
+        names = " ".join(target["target"] for target in results["targets"])
+        for word in ("b/a", "c/b", "b >= f", "peak RSS", "rush", "churn"):
+            self.assertIn(word, names)
+        self.assertIn("| target | measured | result |", output)
+
+    def test_usage_error(self) -> None:
+        """A bad option is a usage error (status 2), before anything starts."""
+        process = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--size", "lots"],
+            cwd=str(ROOT), capture_output=True, timeout=60, check=False,
+        )
+        self.assertEqual(process.returncode, 2, process.stderr)
+        self.assertIn(b"--size", process.stderr)
+
+
+def _suite() -> Any:
+    """benchmarks.run, importable whatever the current folder (trial's is _trial_temp)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import run
+
+    return run
+
+
+class BenchmarkHelperTests(SynchronousTestCase):
+    """The suite's arithmetic: sizes, percentiles, targets."""
+
+    def test_parse_size(self) -> None:
+        run = _suite()
+        self.assertEqual(run.parse_size("1G"), 1 << 30)
+        self.assertEqual(run.parse_size("100M"), 100 << 20)
+        self.assertEqual(run.parse_size("10MiB"), 10 << 20)
+        self.assertEqual(run.parse_size("4096"), 4096)
+        self.assertEqual(run.parse_size("1.5k"), 1536)
+
+    def test_percentile(self) -> None:
+        run = _suite()
+        values = [float(v) for v in range(1, 201)]
+        self.assertEqual(run.percentile(values, 50), 100.0)
+        self.assertEqual(run.percentile(values, 99), 198.0)
+        self.assertEqual(run.percentile([3.0], 99), 3.0)
+
+    def test_targets(self) -> None:
+        """Ratios at or over the line pass; a missing measurement is n/a, not a pass."""
+        run = _suite()
+        results: dict[str, Any] = {
+            "transfers": {"ratios": {"b/a": {"median": 0.85}, "c/b": {"median": 0.7},
+                                     "b/f": {"median": None}}},
+            "rush": {"status": "ok", "clients": 200, "verified": 199, "p50_s": 10.0, "p99_s": 30.0},
+        }
+        marks = {t["target"]: t["result"] for t in run.evaluate(results)}
+        self.assertEqual(marks["b/a >= 0.85"], "PASS")
+        self.assertEqual(marks["c/b >= 0.75"], "MISS")
+        self.assertEqual(marks["b >= f (b/f >= 1)"], "n/a")
+        self.assertEqual(marks["rush: 200/200 verified"], "MISS")
+        self.assertEqual(marks["rush: p99 <= 3 x p50"], "PASS")
