@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from epop.errors import ProtocolError
 from epop.relay import relay_stopping
+from epop.tuning import READ_SIZE, tune
 from epop.messages import Text
 from epop.upstream import trust_root_from_pem
 
@@ -159,6 +160,7 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
+        tune(self.transport, READ_SIZE)
         self._factory.waiting.add(self)
         self.setTimeout(self._factory.idle_timeout)
 

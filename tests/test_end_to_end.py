@@ -377,3 +377,23 @@ class StoppingTests(TestCase):
         await client.closed
         self.assertEqual([e["code"] for e in client.messages(FrameType.ERROR)], ["relay-stopping"])
         self.assertEqual(relay.records("connection-closed")[0]["reason"], "relay-stopping")
+
+
+class TuningTests(TestCase):
+    async def test_workstation_socket_reads_large_chunks(self) -> None:
+        """The relay reads a workstation's socket 256 KiB at a time (see epop.tuning)."""
+        from twisted.internet.abstract import FileDescriptor
+
+        from epop.tuning import READ_SIZE
+        from tests.relaying import HELLO
+
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path)
+        client = await raw_connect(self, reactor, relay.port)
+        client.transport.write(HELLO)
+        await client.next_frame()
+        [protocol] = relay.service.factory.connections.values()
+        transport = protocol.transport
+        while not isinstance(transport, FileDescriptor):
+            transport = transport.transport
+        self.assertEqual(transport.bufferSize, READ_SIZE)
