@@ -221,7 +221,7 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
             proxy,
             "proxy-auth-rejected",
             Text(
-                "the proxy rejected the user name {user!r} or its password ({said}). "
+                "the proxy rejected the user name '{user}' or its password ({said}). "
                 "Check both with the IT department.",
                 user=proxy.user,
                 said=said,
