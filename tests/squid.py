@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.support import free_port
+
 __all__ = [
     "Squid",
     "SquidUnavailable",
@@ -239,12 +241,6 @@ def _password_line(command: list[str], user: str, password: str) -> str:
     return f"{user}:{result.stdout.decode('ascii').strip()}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _check_ports(name: str, ports: Sequence[int]) -> list[int]:
     checked = [int(port) for port in ports]
     for port in checked:
@@ -435,7 +431,7 @@ def start_squid(
 
     failures: list[str] = []
     for attempt in range(1, _START_ATTEMPTS + 1):
-        port = _free_port()
+        port = free_port()
         config = directory.child("squid.conf")
         config.setContent(
             _config(

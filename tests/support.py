@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from epop.sandbox import SandboxSite, make_sandbox_site, server_tls_options
 
 __all__ = [
     "TestSandbox",
+    "free_port",
     "deferred_poll_until",
     "make_trustme_sandbox",
     "make_trusting_client",
@@ -34,6 +36,13 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, for a test to use or to find closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def sha256_file(path: FilePath | str) -> str:

@@ -10,12 +10,11 @@ import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from epop import cli
 from tests.relaying import start_relay
-from tests.support import make_trustme_sandbox, write_random_file
+from tests.support import free_port, make_trustme_sandbox, write_random_file
 
 
 class CommandTests(TestCase):
@@ -69,10 +68,7 @@ class CommandTests(TestCase):
         code, out, err = await self.run_epop("test", "--relay", str(self.relay.endpoint))
         self.assertEqual(code, 0, err)
         self.assertIn(b"reached at 127.0.0.1", out)
-        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-        number = port.getHost().port
-        await port.stopListening()
-        code, out, err = await self.run_epop("test", "--relay", f"127.0.0.1:{number}")
+        code, out, err = await self.run_epop("test", "--relay", f"127.0.0.1:{free_port()}")
         self.assertEqual(code, 1)
         self.assertIn("Test failed at this step: reaching the relay.", err)
         self.assertIn("connection refused", err)

@@ -13,21 +13,14 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from epop.client import Endpoint, send_file, test_connection
-from tests.support import make_trustme_sandbox, poll_until, write_random_file
+from tests.support import free_port, make_trustme_sandbox, poll_until, write_random_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "relay.tac"
-
-
-def free_port() -> int:
-    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-    number = port.getHost().port
-    port.stopListening()
-    return number
 
 
 class Twistd(ProcessProtocol):

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -33,7 +33,7 @@ from epop.relay import RelayFactory, RelayProtocol
 from epop.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO, RawClient, raw_connect
-from tests.support import make_trustme_sandbox, poll_until
+from tests.support import free_port, make_trustme_sandbox, poll_until
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -171,13 +171,6 @@ class DrainLogicTests(SynchronousTestCase):
 
 
 # Real twistd processes, sent SIGTERM.
-
-
-def free_port() -> int:
-    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-    number = port.getHost().port
-    port.stopListening()
-    return number
 
 
 class RelayProcess(ProcessProtocol):

@@ -17,16 +17,9 @@ from epop.errors import EpopError
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO, raw_connect, start_relay
-from tests.support import TestSandbox, make_trustme_sandbox, poll_until, write_random_file
+from tests.support import TestSandbox, free_port, make_trustme_sandbox, poll_until, write_random_file
 
 MiB = 1024 * 1024
-
-
-def _free_port() -> int:
-    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-    number = port.getHost().port
-    port.stopListening()
-    return number
 
 
 def _settled(sandbox: TestSandbox) -> bool:
@@ -203,7 +196,7 @@ class FailureTests(TestCase):
     async def test_epmsi_down(self) -> None:
         """With e-PMSI down, uploads and tests name the refused connection."""
         sandbox = make_trustme_sandbox(self, reactor)
-        relay = start_relay(self, reactor, f"https://127.0.0.1:{_free_port()}", sandbox.ca_path)
+        relay = start_relay(self, reactor, f"https://127.0.0.1:{free_port()}", sandbox.ca_path)
         path = self.mktemp()
         write_random_file(path, MiB)
         error = await self.assertFailure(
@@ -242,7 +235,7 @@ class FailureTests(TestCase):
         """Nothing listening on the relay's port: connection refused, with hints."""
         from epop.client import Endpoint
 
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", _free_port()))
+        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", free_port()))
         self.assertEqual(report.failed_step, "relay")
         self.assertEqual(report.error.cause, "refused")
         self.assertIn("Is the relay started and listening?", report.error.message)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

@@ -29,7 +29,7 @@ from epop.messages import Text, choose_language
 from epop.proxy import ProxyConfig
 from epop.wire import FrameType, encode_message
 from tests.relaying import raw_connect, start_relay
-from tests.support import make_trustme_sandbox, write_random_file
+from tests.support import free_port, make_trustme_sandbox, write_random_file
 
 PACKAGE = Path(__file__).resolve().parent.parent / "epop"
 PO = PACKAGE / "locale" / "fr" / "LC_MESSAGES" / "epop.po"
@@ -106,12 +106,6 @@ class ProvokedTests(TestCase):
     def setUp(self) -> None:
         self.sandbox = make_trustme_sandbox(self, reactor)
 
-    def free_port(self) -> int:
-        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-        number = port.getHost().port
-        port.stopListening()
-        return number
-
     def assertBoth(self, error: object, english: str, french: str) -> None:
         self.assertIn(english, error.render("en"))  # type: ignore[attr-defined]
         self.assertIn(french, error.render("fr"))  # type: ignore[attr-defined]
@@ -126,7 +120,7 @@ class ProvokedTests(TestCase):
 
     async def test_connection_refused(self) -> None:
         """Nothing listens there: the manual's questions, in both languages."""
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", self.free_port()))
+        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", free_port()))
         self.assertBoth(
             report.error,
             "Is the relay started and listening? Is the port the same on both sides? Is a firewall blocking it?",
@@ -178,13 +172,13 @@ class ProvokedTests(TestCase):
 
     async def test_relay_cannot_reach_epmsi(self) -> None:
         """The relay's own trouble reaching e-PMSI, with its cause, and through a proxy."""
-        relay = start_relay(self, reactor, f"https://127.0.0.1:{self.free_port()}", self.sandbox.ca_path)
+        relay = start_relay(self, reactor, f"https://127.0.0.1:{free_port()}", self.sandbox.ca_path)
         report = await test_connection(reactor, relay=relay.endpoint)
         self.assertBoth(report.error, "connection refused: nothing listens there", "connexion refusée : rien n'écoute à cette adresse")
         self.assertEqual(report.step.render("fr"), "la connexion du relais à e-PMSI")
         proxied = start_relay(
             self, reactor, self.sandbox.url, self.sandbox.ca_path,
-            proxy=ProxyConfig("127.0.0.1", self.free_port()),
+            proxy=ProxyConfig("127.0.0.1", free_port()),
         )
         report = await test_connection(reactor, relay=proxied.endpoint)
         self.assertEqual(report.error.cause, "proxy-unreachable")
@@ -208,7 +202,7 @@ class ProvokedTests(TestCase):
         code, _, err = await epop("send", path, "--relay", str(relay.endpoint), "-F", "big=" + "x" * 70000)
         self.assertEqual(code, 1)
         self.assertIn("e-PMSI a répondu 413", err)
-        code, _, err = await epop("--lang", "en", "test", "--relay", f"127.0.0.1:{self.free_port()}")
+        code, _, err = await epop("--lang", "en", "test", "--relay", f"127.0.0.1:{free_port()}")
         self.assertIn("Test failed at this step: reaching the relay.", err)
-        code, _, err = await epop("test", "--relay", f"127.0.0.1:{self.free_port()}")
+        code, _, err = await epop("test", "--relay", f"127.0.0.1:{free_port()}")
         self.assertIn("Le test a échoué à cette étape : la connexion au relais.", err)
