@@ -15,16 +15,19 @@ from typing import Any, Callable
 import trustme
 from treq.client import HTTPClient
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.ssl import Certificate
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from epop.sandbox import SandboxSite, make_sandbox_site, server_tls_options
 
 __all__ = [
+    "InMemoryBody",
     "TestSandbox",
     "free_port",
     "deferred_poll_until",
@@ -36,6 +39,32 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+
+
+@implementer(IBodyProducer)
+class InMemoryBody:
+    """
+    A small request body written at once, with its length known or, with
+    C{known_length=False}, not (which makes HTTP clients send it chunked).
+    """
+
+    def __init__(self, chunks: list[bytes], known_length: bool = True) -> None:
+        self._chunks = chunks
+        self.length = sum(map(len, chunks)) if known_length else UNKNOWN_LENGTH
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        for chunk in self._chunks:
+            consumer.write(chunk)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,6 +18,7 @@ from epop.relay import RelayFactory, RelayProtocol, parse_request
 from epop.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO
+from tests.support import InMemoryBody
 
 
 class FakeUpstream:
@@ -252,27 +253,6 @@ class ParseRequestTests(SynchronousTestCase):
             self.assertEqual(caught.exception.code, "bad-request")
 
 
-class _Bytes:
-    """An IBodyProducer that writes everything at once."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class ClientRelayPairTests(SynchronousTestCase):
     """The client and the relay protocols speak to each other (iosim)."""
 
@@ -306,7 +286,7 @@ class ClientRelayPairTests(SynchronousTestCase):
         from twisted.web.client import Response
         from twisted.web.http_headers import Headers
 
-        reply = self.client.request("POST", "/up.do?x=1", [("X-Test", "1")], _Bytes(b"payload" * 1000))
+        reply = self.client.request("POST", "/up.do?x=1", [("X-Test", "1")], InMemoryBody([b"payload" * 1000]))
         self.pump.flush()
         method, path, headers, body, answered = self.upstream.requests[0]
         self.assertEqual((method, path, headers), ("POST", "/up.do?x=1", [("X-Test", "1")]))

@@ -16,7 +16,7 @@ from typing import Any
 import treq
 import trustme
 from cryptography import x509
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -30,8 +30,6 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
 )
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
 
 from epop.sandbox import (
     MAX_FIELD_SIZE,
@@ -40,6 +38,7 @@ from epop.sandbox import (
     sanitize_filename,
 )
 from tests.support import (
+    InMemoryBody,
     TestSandbox,
     make_trusting_client,
     make_trustme_sandbox,
@@ -73,30 +72,6 @@ class _RawClient(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self.reason = reason
         self.lost.callback(None)
-
-
-@implementer(IBodyProducer)
-class _UnknownLengthProducer:
-    """Sends a few chunks without a known length, forcing chunked encoding."""
-
-    length = UNKNOWN_LENGTH
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        for chunk in self._chunks:
-            consumer.write(chunk)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class SandboxUploadTests(TestCase):
@@ -207,7 +182,7 @@ class SandboxUploadTests(TestCase):
         """A body without Content-Length (chunked transfer encoding) is streamed and stored too."""
         chunks = [b"a" * 70000, b"b" * 3, b"c" * 100000]
         response = await self.client.post(
-            self.sandbox.url + "/chunked", data=_UnknownLengthProducer(chunks)
+            self.sandbox.url + "/chunked", data=InMemoryBody(chunks, known_length=False)
         )
         receipt = await response.json()
         self.assertEqual(response.code, 200)
