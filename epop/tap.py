@@ -48,6 +48,7 @@ from epop.service import (
     RelaySettings,
     make_relay_service,
 )
+from epop.tuning import keep_buffers_on_heap
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
@@ -350,6 +351,8 @@ class _TwistdRelay(MultiService):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    # twistd epop owns this process, so it may tune the allocator for it.
+    keep_buffers_on_heap()
     relay = make_relay_service(reactor, options.settings())
     reload = None
     if options.settings_file is not None:
