@@ -615,7 +615,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name, limit, label in (("b/a", 0.85, "b/a >= 0.85"), ("c/b", 0.75, "c/b >= 0.75"),
                                    ("b/f", 1.0, "b >= f (b/f >= 1)")):
             value = transfers["ratios"][name]["median"]
-            add(label, "-" if value is None else f"{value:.3f}", None if value is None else value >= limit)
+            rounds = transfers["ratios"][name]["per_repeat"]
+            measured = "-" if value is None else f"{value:.3f}"
+            if len(rounds) > 1:
+                # The spread says how far one round's noise can move the verdict.
+                measured += f" (rounds {min(rounds):.2f} to {max(rounds):.2f})"
+            add(label, measured, None if value is None else value >= limit)
     memory = results.get("memory")
     if memory:
         runs = {run["label"]: run for run in memory["runs"] if run.get("status") == "ok"}

@@ -140,12 +140,18 @@ class BenchmarkHelperTests(SynchronousTestCase):
         """Ratios at or over the line pass; a missing measurement is n/a, not a pass."""
         run = _suite()
         results: dict[str, Any] = {
-            "transfers": {"ratios": {"b/a": {"median": 0.85}, "c/b": {"median": 0.7},
-                                     "b/f": {"median": None}}},
+            "transfers": {"ratios": {"b/a": {"median": 0.85, "per_repeat": [0.8, 0.85, 0.91]},
+                                     "c/b": {"median": 0.7, "per_repeat": [0.7]},
+                                     "b/f": {"median": None, "per_repeat": []}}},
             "rush": {"status": "ok", "clients": 200, "verified": 199, "p50_s": 10.0, "p99_s": 30.0},
         }
-        marks = {t["target"]: t["result"] for t in run.evaluate(results)}
+        targets = run.evaluate(results)
+        marks = {t["target"]: t["result"] for t in targets}
+        measured = {t["target"]: t["measured"] for t in targets}
         self.assertEqual(marks["b/a >= 0.85"], "PASS")
+        # Several rounds: the spread goes with the median; one round has none.
+        self.assertEqual(measured["b/a >= 0.85"], "0.850 (rounds 0.80 to 0.91)")
+        self.assertEqual(measured["c/b >= 0.75"], "0.700")
         self.assertEqual(marks["c/b >= 0.75"], "MISS")
         self.assertEqual(marks["b >= f (b/f >= 1)"], "n/a")
         self.assertEqual(marks["rush: 200/200 verified"], "MISS")
