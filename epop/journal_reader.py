@@ -353,7 +353,7 @@ def _widths(language: str, rows: Iterable[Sequence[str]] = ()) -> list[int]:
         max(len(header[2]), *(len(name.render(language)) for name in _TYPE_NAMES.values())),
     ]
     for row in rows:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=False)]
     return widths
 
 
@@ -367,7 +367,7 @@ def _header_cells(language: str) -> list[str]:
 
 
 def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    padded = [cell.ljust(width) for cell, width in zip(cells, widths)]
+    padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
     return "  ".join([*padded, *cells[len(widths) :]]).rstrip()
 
 

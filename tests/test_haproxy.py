@@ -173,7 +173,7 @@ def render_example(text: str, frontend_port: int, relay_ports: tuple[int, int]) 
     substitutions = [(BALANCER_PLACEHOLDER, f"{WORKSTATION}:{frontend_port}"), CHECK_INTERVAL]
     substitutions += [
         (placeholder, f"127.0.0.1:{port}")
-        for placeholder, port in zip(RELAY_PLACEHOLDERS, relay_ports)
+        for placeholder, port in zip(RELAY_PLACEHOLDERS, relay_ports, strict=True)
     ]
     # Directives only: comments (which name the placeholders too) are dropped.
     directives = "\n".join(
@@ -342,7 +342,7 @@ class HAProxyTests(TestCase):
              for path in paths],
             consumeErrors=True,
         )
-        for reply, digest in zip(replies, digests):
+        for reply, digest in zip(replies, digests, strict=True):
             self.assertEqual(reply.status, 200)
             self.assertEqual(json.loads(reply.body)["files"][0]["sha256"], digest)
 
@@ -377,7 +377,7 @@ class HAProxyTests(TestCase):
         await self.wait_sessions(haproxy, 6)
         sessions = haproxy.sessions()
         self.assertEqual(len(sessions), 6, haproxy.log_tail())
-        for name, relay in zip(RELAY_NAMES, relays):
+        for name, relay in zip(RELAY_NAMES, relays, strict=True):
             uploads = self.completed_uploads(relay)
             self.assertGreaterEqual(len(uploads), 1, f"{name} got no upload: {sessions}")
             # The address HAProxy saw the workstation come from, port included.

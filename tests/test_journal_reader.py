@@ -152,7 +152,7 @@ class ReadTests(SynchronousTestCase):
     def test_since_reads_rotated_files_in_order(self) -> None:
         """With --since, the rotated files recent enough are read first, oldest first, then the current file; without it only the current one."""
         days = [NOW - 2 * 86400, NOW - 86400, NOW]
-        for name, start in zip([".2026-11-23", ".2026-11-24", ""], days):
+        for name, start in zip([".2026-11-23", ".2026-11-24", ""], days, strict=True):
             _write(self.path + name, [*_session(RUN_A, int(start) % 1000, start)])
             os.utime(self.path + name, (start + 1, start + 1))
         since = datetime.fromtimestamp(NOW - 86400 - 60, tz=timezone.utc)
