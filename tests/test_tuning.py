@@ -44,16 +44,14 @@ def _where(mode: str) -> str:
 
 
 class KeepBuffersOnHeapTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        if not _glibc():
-            raise self.skipTest("only glibc has these allocator settings")
-
     def test_large_buffers_come_from_the_heap(self) -> None:
         """
         Once applied, a buffer of several read sizes comes from the heap,
         which keeps its pages, rather than from a mapping of its own, whose
         pages fault in afresh every time.
         """
+        if not _glibc():
+            raise self.skipTest("only glibc has these allocator settings")
         self.assertEqual(_where("plain"), "mapped")
         self.assertEqual(_where("tuned"), "[heap]")
 
@@ -65,3 +63,10 @@ class KeepBuffersOnHeapTests(SynchronousTestCase):
         options.parseOptions(["--no-check", "--journal", self.mktemp()])
         tap.makeService(options)
         self.assertEqual(calls, [True])
+
+    def test_other_c_libraries_are_left_alone(self) -> None:
+        """Elsewhere (musl, macOS, Windows) it changes nothing and says so."""
+        from epop import tuning
+
+        self.patch(tuning, "_glibc", lambda: False)
+        self.assertFalse(tuning.keep_buffers_on_heap())
