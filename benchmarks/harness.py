@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from tests.programs import SquidUnavailable, find_squid_programs
+
 __all__ = [
     "GIB",
     "MIB",
@@ -461,21 +463,6 @@ def start_socat(
 # Squid
 # ---------------------------------------------------------------------------
 
-_SQUID_SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-_SQUID_HELPERS = ("/usr/lib/squid", "/usr/lib64/squid", "/usr/libexec/squid", "/usr/local/libexec/squid")
-
-
-def _find(name: str, directories: Sequence[str]) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in directories:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 @dataclass
 class Tools:
     """External programs the rows need; C{None} with a reason when missing."""
@@ -496,26 +483,13 @@ class Tools:
         socat = shutil.which("socat")
         if socat is None:
             missing["socat"] = "socat not installed (apt-get install socat)"
-        squid = os.environ.get("EPOP_SQUID_BINARY") or _find("squid", _SQUID_SBIN)
-        if squid is not None and not os.access(squid, os.X_OK):
-            squid = None
-        helper = hasher = None
-        if squid is None:
-            missing["squid"] = "squid not installed (apt-get install squid)"
-        else:
-            helper = _find(
-                "basic_ncsa_auth", [os.path.dirname(os.path.realpath(squid)), *_SQUID_HELPERS]
-            )
-            htpasswd = _find("htpasswd", _SQUID_SBIN)
-            openssl = shutil.which("openssl")
-            if htpasswd is not None:
-                hasher = [htpasswd, "-n", "-b", "-m"]
-            elif openssl is not None:
-                hasher = [openssl, "passwd", "-apr1"]
-            if helper is None:
-                missing["squid"] = f"squid's basic_ncsa_auth helper not found (for {squid})"
-            elif hasher is None:
-                missing["squid"] = "neither htpasswd (apache2-utils) nor openssl found"
+        squid: str | None = None
+        helper: str | None = None
+        hasher: list[str] | None = None
+        try:
+            squid, helper, hasher = find_squid_programs()
+        except SquidUnavailable as reason:
+            missing["squid"] = f"{reason} (apt-get install squid apache2-utils)"
         return cls(curl, socat, squid, helper, hasher, missing)
 
     def versions(self) -> dict[str, str]:

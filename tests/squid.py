@@ -32,7 +32,6 @@ import base64
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.programs import SQUID_BINARY_VARIABLE, SquidUnavailable, find_squid_programs
 from tests.support import free_port
 
 __all__ = [
@@ -53,15 +53,8 @@ __all__ = [
 ]
 
 REQUIRE_VARIABLE = "EPOP_REQUIRE_SQUID"
-BINARY_VARIABLE = "EPOP_SQUID_BINARY"
+BINARY_VARIABLE = SQUID_BINARY_VARIABLE
 
-_SBIN_DIRECTORIES = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-_HELPER_DIRECTORIES = (
-    "/usr/lib/squid",
-    "/usr/lib64/squid",
-    "/usr/libexec/squid",
-    "/usr/local/libexec/squid",
-)
 # Users squid drops to when started as root, by distribution.
 _UNPRIVILEGED_USERS = ("proxy", "squid", "nobody")
 
@@ -75,10 +68,6 @@ _TAIL_CHARS = 3000
 
 # Squids still running, stopped at interpreter exit if a cleanup never ran.
 _running: set[Squid] = set()
-
-
-class SquidUnavailable(Exception):
-    """Squid, its Basic helper or a password hashing tool is missing."""
 
 
 @dataclass(eq=False)
@@ -170,51 +159,6 @@ def _reap_helpers(directory: FilePath) -> None:
 def _stop_leftovers() -> None:
     for squid in list(_running):
         squid.stop()
-
-
-def _find_program(name: str, directories: Sequence[str]) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in directories:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _find_squid() -> str | None:
-    configured = os.environ.get(BINARY_VARIABLE)
-    if configured:
-        if os.path.isfile(configured) and os.access(configured, os.X_OK):
-            return configured
-        return None
-    return _find_program("squid", _SBIN_DIRECTORIES)
-
-
-def _find_programs() -> tuple[str, str, list[str]]:
-    """
-    The squid binary, its C{basic_ncsa_auth} helper and a command hashing a
-    password (user and password appended), or raise L{SquidUnavailable}.
-    """
-    squid = _find_squid()
-    if squid is None:
-        where = os.environ.get(BINARY_VARIABLE) or "squid"
-        raise SquidUnavailable(f"{where} not found")
-    helper_directories = [os.path.dirname(os.path.realpath(squid))]
-    helper_directories += _HELPER_DIRECTORIES
-    helper = _find_program("basic_ncsa_auth", helper_directories)
-    if helper is None:
-        raise SquidUnavailable(
-            f"basic_ncsa_auth (squid's helper for {squid}) not found"
-        )
-    htpasswd = _find_program("htpasswd", _SBIN_DIRECTORIES)
-    if htpasswd is not None:
-        return squid, helper, [htpasswd, "-n", "-b", "-m"]
-    openssl = shutil.which("openssl")
-    if openssl is not None:
-        return squid, helper, [openssl, "passwd", "-apr1"]
-    raise SquidUnavailable("neither htpasswd (apache2-utils) nor openssl found")
 
 
 def _unavailable(testcase: SynchronousTestCase, reason: str) -> Exception:
@@ -411,7 +355,7 @@ def start_squid(
     allowed = _check_ports("allow_ports", allow_ports)
     forbidden = _check_ports("forbid_ports", forbid_ports)
     try:
-        squid_binary, helper, hasher = _find_programs()
+        squid_binary, helper, hasher = find_squid_programs()
         unprivileged = _unprivileged_user()
     except SquidUnavailable as error:
         raise _unavailable(testcase, str(error)) from None

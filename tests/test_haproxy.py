@@ -24,7 +24,6 @@ import atexit
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from epop.client import Endpoint, send_file, test_connection
 from epop.local_tls import ClientTLS, RelayTLS
+from tests.programs import find_program
 from tests.relaying import RunningRelay, start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
@@ -62,7 +62,6 @@ global
     maxconn 200
 """
 
-_SBIN_DIRECTORIES = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _READY_TIMEOUT = 10.0
 _READY_INTERVAL = 0.02
 _STOP_TIMEOUT = 10.0
@@ -138,14 +137,10 @@ def _find_haproxy() -> str:
         if os.path.isfile(configured) and os.access(configured, os.X_OK):
             return configured
         raise HAProxyUnavailable(f"{configured} ({BINARY_VARIABLE}) not found")
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    for directory in _SBIN_DIRECTORIES:
-        candidate = os.path.join(directory, "haproxy")
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise HAProxyUnavailable("haproxy not found")
+    found = find_program("haproxy")
+    if found is None:
+        raise HAProxyUnavailable("haproxy not found")
+    return found
 
 
 def haproxy_binary(testcase: SynchronousTestCase) -> str:
