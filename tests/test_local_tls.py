@@ -9,10 +9,20 @@ import json
 
 import trustme
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.client import send_file, test_connection
-from epop.local_tls import ClientTLS, RelayTLS
+from epop.local_tls import ClientTLS, RelayTLS, SessionChoiceFactory, _RecordBatcher
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
@@ -167,3 +177,95 @@ class LocalTLSTests(TestCase):
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(text, str(error))
+
+
+class _Recorder(Protocol):
+    """Records every call that hands it data."""
+
+    def connectionMade(self) -> None:
+        self.calls: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.calls.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+class _Sender(Protocol):
+    def __init__(self, payload: bytes, close: bool) -> None:
+        self.payload = payload
+        self.close = close
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+        if self.close:
+            self.transport.loseConnection()
+
+
+class RecordBatchingTests(SynchronousTestCase):
+    """
+    What TLS decrypts from one socket read reaches the relay in one call,
+    not one call per 16 KiB record.
+    """
+
+    def setUp(self) -> None:
+        ca = trustme.CA()
+        issued = ca.issue_cert("localhost")
+        cert, key = self.mktemp(), self.mktemp()
+        FilePath(cert).setContent(issued.cert_chain_pems[0].bytes())
+        FilePath(key).setContent(issued.private_key_pem.bytes())
+        self.tls = RelayTLS(cert, key)
+        self.trust = Certificate.loadPEM(ca.cert_pem.bytes())
+
+    def connect(self, payload: bytes, close: bool = False) -> _Recorder:
+        recorders: list[_Recorder] = []
+
+        def record() -> _Recorder:
+            recorders.append(_Recorder())
+            return recorders[-1]
+
+        server = SessionChoiceFactory(Factory.forProtocol(record), self.tls, Clock())
+        client = TLSMemoryBIOFactory(
+            optionsForClientTLS("localhost", trustRoot=self.trust),
+            True,
+            Factory.forProtocol(lambda: _Sender(payload, close)),
+        )
+        _, _, pump = iosim.connectedServerAndClient(
+            lambda: server.buildProtocol(None), lambda: client.buildProtocol(None), greet=False
+        )
+        pump.flush()
+        [recorder] = recorders
+        return recorder
+
+    def test_one_read_one_call(self) -> None:
+        """256 KiB sent at once (16 TLS records) arrive in one call, intact."""
+        payload = bytes(range(256)) * 1024
+        recorder = self.connect(payload)
+        self.assertEqual(len(recorder.calls), 1)
+        self.assertEqual(recorder.calls[0], payload)
+
+    def test_data_before_close_arrives_first(self) -> None:
+        """Data and the TLS close in one read: the data is handed on, then the loss."""
+        recorder = self.connect(b"BODY", close=True)
+        self.assertEqual(recorder.calls, [b"BODY"])
+        self.assertEqual(len(recorder.lost), 1)
+
+    def test_batcher_outside_a_read(self) -> None:
+        """Outside a socket read, data goes straight through."""
+        recorder = _Recorder()
+        batcher = _RecordBatcher(WrappingFactory(Factory.forProtocol(_Recorder)), recorder)
+        batcher.makeConnection(StringTransport())
+        batcher.dataReceived(b"a")
+        batcher.begin()
+        batcher.dataReceived(b"b")
+        batcher.dataReceived(b"c")
+        self.assertEqual(recorder.calls, [b"a"])
+        batcher.end()
+        self.assertEqual(recorder.calls, [b"a", b"bc"])
+        batcher.begin()
+        batcher.dataReceived(b"d")
+        batcher.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(recorder.calls, [b"a", b"bc", b"d"])
+        self.assertEqual(len(recorder.lost), 1)
