@@ -194,7 +194,7 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
-        tune(self.transport, READ_SIZE)
+        tune(self.transport, read_size=READ_SIZE)
         self._factory.waiting.add(self)
         self.setTimeout(self._factory.idle_timeout)
 

@@ -9,6 +9,11 @@ memory per connection at most.  Raising the threshold at which e-PMSI's
 connection pushes back (1 MiB instead of 64 KiB) was measured too, and made
 things worse: more copying in Twisted's write buffer.
 
+Sending to e-PMSI had the mirror problem: Twisted hands the kernel at most
+128 KiB per send, so a 256 KiB read, once encrypted, took two or three
+trips through the reactor before the workstation's connection could resume.
+Sending up to 512 KiB at a time cut the relay's CPU per GiB by about 5 %.
+
 Reading that much at a time also means allocating that much at a time, which
 glibc handles well only with fixed thresholds (L{keep_buffers_on_heap}).
 """
@@ -22,10 +27,13 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["HEAP_THRESHOLD", "READ_SIZE", "keep_buffers_on_heap", "tune"]
+__all__ = ["HEAP_THRESHOLD", "READ_SIZE", "SEND_LIMIT", "keep_buffers_on_heap", "tune"]
 
 #: Bytes read from a workstation's socket per call.
 READ_SIZE = 256 * 1024
+
+#: Bytes handed to the kernel per send on e-PMSI's connection.
+SEND_LIMIT = 512 * 1024
 
 #: Allocations up to this size come from glibc's heap, see L{keep_buffers_on_heap}.
 HEAP_THRESHOLD = 4 * READ_SIZE
@@ -35,16 +43,20 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def tune(transport: Any, size: int) -> None:
+def tune(transport: Any, *, read_size: int | None = None, send_limit: int | None = None) -> None:
     """
-    Set the buffer size of the socket under C{transport}, looking through
-    wrappers (TLS, PROXY protocol) to the file descriptor.
+    Set how much the socket under C{transport} reads per call and sends per
+    call, looking through wrappers (TLS, PROXY protocol) to the file
+    descriptor.
     """
     for _ in range(8):
         if transport is None:
             return
         if isinstance(transport, FileDescriptor):
-            transport.bufferSize = size
+            if read_size is not None:
+                transport.bufferSize = read_size
+            if send_limit is not None:
+                transport.SEND_LIMIT = send_limit
             return
         transport = getattr(transport, "transport", None)
 

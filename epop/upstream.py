@@ -50,6 +50,7 @@ from epop.addressing import format_peer
 from epop.errors import EpopError, UpstreamError, describe_upstream_failure
 from epop.messages import Text
 from epop.proxy import ProxyConfig, TunnelEndpoint
+from epop.tuning import SEND_LIMIT, tune
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 
@@ -134,18 +135,24 @@ def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:
 
 
 @implementer(IStreamClientEndpoint)
-class _RecordingEndpoint:
-    """Connects through C{wrapped} and reports the peer address reached."""
+class _BulkEndpoint:
+    """
+    Connects through C{wrapped}, lets the socket send large writes in one go
+    (L{epop.tuning.SEND_LIMIT}), and reports the peer address reached to
+    C{record} if given.
+    """
 
     def __init__(
-        self, wrapped: IStreamClientEndpoint, record: Callable[[IAddress], None]
+        self, wrapped: IStreamClientEndpoint, record: Callable[[IAddress], None] | None
     ) -> None:
         self._wrapped = wrapped
         self._record = record
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         def connected(protocol: Any) -> Any:
-            self._record(protocol.transport.getPeer())
+            tune(protocol.transport, send_limit=SEND_LIMIT)
+            if self._record is not None:
+                self._record(protocol.transport.getPeer())
             return protocol
 
         return self._wrapped.connect(protocolFactory).addCallback(connected)
@@ -179,12 +186,8 @@ class EpmsiEndpointFactory:
             inner = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
         else:
             inner = TunnelEndpoint(self._reactor, self._proxy, host, uri.port, self._timeout)
-        endpoint: IStreamClientEndpoint = wrapClientTLS(
-            self._policy.creatorForNetloc(uri.host, uri.port), inner
-        )
-        if self._on_connected is not None:
-            endpoint = _RecordingEndpoint(endpoint, self._on_connected)
-        return endpoint
+        endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), inner)
+        return _BulkEndpoint(endpoint, self._on_connected)
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,31 @@ def deferred_poll_until(
 ) -> Deferred[bool]:
     """L{poll_until} as a Deferred, for callback-style tests."""
     return Deferred.fromCoroutine(poll_until(reactor, predicate, attempts, interval))
+
+
+def socket_of(transport: Any) -> Any:
+    """The file descriptor (TCP connection) under C{transport}'s wrappers."""
+    from twisted.internet.abstract import FileDescriptor
+
+    while not isinstance(transport, FileDescriptor):
+        transport = transport.transport
+    return transport
+
+
+async def connect_to_epmsi(
+    testcase: TestCase, reactor: Any, sandbox: "TestSandbox", proxy: Any = None
+) -> Any:
+    """
+    Open a connection to C{sandbox} the way the relay reaches e-PMSI, and
+    return its protocol; the connection is closed at the end of the test.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.web.client import URI
+
+    from epop.upstream import EpmsiEndpointFactory, tls_policy
+
+    endpoints = EpmsiEndpointFactory(reactor, tls_policy(sandbox.ca_path), proxy=proxy)
+    endpoint = endpoints.endpointForURI(URI.fromBytes(sandbox.url.encode("ascii")))
+    protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+    testcase.addCleanup(protocol.transport.abortConnection)
+    return protocol

@@ -17,7 +17,15 @@ from epop.errors import EpopError
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO, raw_connect, start_relay
-from tests.support import TestSandbox, free_port, make_trustme_sandbox, poll_until, write_random_file
+from tests.support import (
+    TestSandbox,
+    connect_to_epmsi,
+    free_port,
+    make_trustme_sandbox,
+    poll_until,
+    socket_of,
+    write_random_file,
+)
 
 MiB = 1024 * 1024
 
@@ -375,8 +383,6 @@ class StoppingTests(TestCase):
 class TuningTests(TestCase):
     async def test_workstation_socket_reads_large_chunks(self) -> None:
         """The relay reads a workstation's socket 256 KiB at a time (see epop.tuning)."""
-        from twisted.internet.abstract import FileDescriptor
-
         from epop.tuning import READ_SIZE
         from tests.relaying import HELLO
 
@@ -386,7 +392,12 @@ class TuningTests(TestCase):
         client.transport.write(HELLO)
         await client.next_frame()
         [protocol] = relay.service.factory.connections.values()
-        transport = protocol.transport
-        while not isinstance(transport, FileDescriptor):
-            transport = transport.transport
-        self.assertEqual(transport.bufferSize, READ_SIZE)
+        self.assertEqual(socket_of(protocol.transport).bufferSize, READ_SIZE)
+
+    async def test_epmsi_socket_sends_large_writes(self) -> None:
+        """The connection to e-PMSI hands the kernel up to SEND_LIMIT per send."""
+        from epop.tuning import SEND_LIMIT
+
+        sandbox = make_trustme_sandbox(self, reactor)
+        protocol = await connect_to_epmsi(self, reactor, sandbox)
+        self.assertEqual(socket_of(protocol.transport).SEND_LIMIT, SEND_LIMIT)

@@ -16,9 +16,10 @@ from twisted.trial.unittest import TestCase
 
 from epop.client import send_file, test_connection
 from epop.proxy import ProxyConfig
+from epop.tuning import SEND_LIMIT
 from tests.relaying import start_relay
 from tests.squid import Squid, start_squid
-from tests.support import make_trustme_sandbox, poll_until, write_random_file
+from tests.support import connect_to_epmsi, make_trustme_sandbox, poll_until, socket_of, write_random_file
 
 
 class ProxyTests(TestCase):
@@ -56,6 +57,13 @@ class ProxyTests(TestCase):
         self.assertIn(f"through the proxy 127.0.0.1:{squid.port}", report.describe())
         await relay.service.stopService()  # closes the pooled tunnel, so squid logs it
         self.assertTrue(await poll_until(reactor, lambda: self.tunnel_logged(squid)), squid.access_lines())
+
+    async def test_tunnel_sends_large_writes(self) -> None:
+        """Through squid's tunnel too, the socket hands the kernel up to SEND_LIMIT per send."""
+        squid = self.squid()
+        protocol = await connect_to_epmsi(self, reactor, self.sandbox, proxy=self.proxy(squid))
+        self.assertEqual(socket_of(protocol.transport).SEND_LIMIT, SEND_LIMIT)
+        self.assertEqual(socket_of(protocol.transport).getPeer().port, squid.port)
 
     async def test_direct_through_squid(self) -> None:
         """A workstation with Internet access sends through squid by itself."""
