@@ -159,9 +159,11 @@ def fd_kinds(pid: int) -> dict[str, int]:
     return kinds
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of C{pid} (children, grandchildren...)."""
-    parents: dict[int, int] = {}
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """
+    Every process's pid and the fields of C{/proc/PID/stat} after its
+    command name: state, parent, process group...
+    """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -170,7 +172,12 @@ def descendants(pid: int) -> list[int]:
                 stat = handle.read()
         except OSError:
             continue
-        parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+        yield int(entry), stat[stat.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of C{pid} (children, grandchildren...)."""
+    parents = {child: int(fields[1]) for child, fields in _processes()}
     found: list[int] = []
     frontier = [pid]
     while frontier:
@@ -340,19 +347,7 @@ def _group_members(pgid: int) -> list[int]:
     cannot hand the number out again, so signalling the group only ever
     reaches processes we started.
     """
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, fields in _processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
