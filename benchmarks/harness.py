@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from tests.programs import SquidUnavailable, find_squid_programs
+from tests.programs import SquidUnavailable, find_squid_programs, squid_config
 
 __all__ = [
     "GIB",
@@ -507,44 +507,6 @@ class Tools:
         return found
 
 
-def _squid_config(
-    directory: Path, port: int, helper: str, password_file: Path, user: str | None, target_port: int
-) -> str:
-    """As in tests/squid.py: Basic auth required, CONNECT only to 127.0.0.1:TARGET."""
-    lines = [
-        "# Written by benchmarks/harness.py; squid -N -f THIS_FILE.",
-        f"http_port 127.0.0.1:{port}",
-        "visible_hostname epop-bench",
-        "workers 1",
-        f"pid_filename {directory / 'squid.pid'}",
-        f"cache_log {directory / 'cache.log'}",
-        f"coredump_dir {directory}",
-        "acl has_request has request",
-        f"access_log stdio:{directory / 'access.log'} has_request",
-        "logfile_rotate 0",
-        "cache deny all",
-        "cache_mem 8 MB",
-        "digest_generation off",
-        "shutdown_lifetime 0 seconds",
-        "pinger_enable off",
-        "icp_port 0",
-        "htcp_port 0",
-        f"auth_param basic program {helper} {password_file}",
-        "auth_param basic children 2 startup=1 idle=1",
-        "auth_param basic realm epop-bench",
-        "acl authenticated proxy_auth REQUIRED",
-        "acl CONNECT method CONNECT",
-        "acl loopback_destination dst 127.0.0.1",
-        f"acl allowed_ports port {target_port}",
-        "http_access deny !authenticated",
-        "http_access allow CONNECT loopback_destination allowed_ports",
-        "http_access deny all",
-    ]
-    if user is not None:
-        lines.insert(3, f"cache_effective_user {user}")
-    return "\n".join(lines) + "\n"
-
-
 def start_squid(
     workdir: Path, name: str, target_port: int, tools: Tools, stack: contextlib.ExitStack
 ) -> Server:
@@ -595,9 +557,14 @@ def start_squid(
         port = free_port()
         config = directory / "squid.conf"
         config.write_text(
-            _squid_config(
-                directory, port, tools.squid_helper, password_file,
-                unprivileged.pw_name if unprivileged else None, target_port,
+            squid_config(
+                name="epop-bench",
+                directory=str(directory),
+                port=port,
+                helper=tools.squid_helper,
+                password_file=str(password_file),
+                effective_user=unprivileged.pw_name if unprivileged else None,
+                allow_ports=[target_port],
             )
         )
         for leftover in ("cache.log", "access.log", "squid.out", "squid.pid"):

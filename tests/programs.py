@@ -1,6 +1,7 @@
 """
-Finding the outside programs that tests and the benchmark run: squid, its
-Basic helper, a password hasher, haproxy.
+The outside programs that tests and the benchmark run: finding squid, its
+Basic helper, a password hasher and haproxy, and writing squid's
+configuration.
 
 Standard library only, so the benchmark (C{benchmarks/}) can use it without
 the test extras.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = [
     "SBIN_DIRECTORIES",
@@ -18,6 +20,7 @@ __all__ = [
     "SquidUnavailable",
     "find_program",
     "find_squid_programs",
+    "squid_config",
 ]
 
 #: Where system daemons live, often outside an ordinary user's PATH.
@@ -81,3 +84,61 @@ def find_squid_programs() -> tuple[str, str, list[str]]:
     if openssl is not None:
         return squid, helper, [openssl, "passwd", "-apr1"]
     raise SquidUnavailable("neither htpasswd (apache2-utils) nor openssl found")
+
+
+def squid_config(
+    *,
+    name: str,
+    directory: str,
+    port: int,
+    helper: str,
+    password_file: str,
+    effective_user: str | None,
+    allow_ports: Sequence[int],
+    forbid_ports: Sequence[int] = (),
+) -> str:
+    """
+    A squid that listens on 127.0.0.1:C{port}, keeps its files in
+    C{directory}, caches nothing, requires Basic authentication (checked by
+    C{helper} against C{password_file}) and tunnels (CONNECT) only to
+    127.0.0.1 on C{allow_ports}, never on C{forbid_ports}.  C{name} labels
+    the host name and realm.
+    """
+    folder = Path(directory)
+    lines = [
+        f"# Written for {name}; squid -N -f THIS_FILE.",
+        f"http_port 127.0.0.1:{port}",
+        f"visible_hostname {name}",
+        "workers 1",
+        f"pid_filename {folder / 'squid.pid'}",
+        f"cache_log {folder / 'cache.log'}",
+        f"coredump_dir {folder}",
+        "acl has_request has request",
+        f"access_log stdio:{folder / 'access.log'} has_request",
+        "buffered_logs off",
+        "logfile_rotate 0",
+        "cache deny all",
+        "cache_mem 8 MB",
+        "digest_generation off",
+        "shutdown_lifetime 0 seconds",
+        "pinger_enable off",
+        "icp_port 0",
+        "htcp_port 0",
+        f"auth_param basic program {helper} {password_file}",
+        "auth_param basic children 2 startup=1 idle=1",
+        f"auth_param basic realm {name}",
+        "acl authenticated proxy_auth REQUIRED",
+        "acl CONNECT method CONNECT",
+        "acl loopback_destination dst 127.0.0.1",
+        "http_access deny !authenticated",
+    ]
+    if effective_user is not None:
+        lines.insert(3, f"cache_effective_user {effective_user}")
+    if forbid_ports:
+        lines.append(f"acl forbidden_ports port {' '.join(map(str, forbid_ports))}")
+        lines.append("http_access deny forbidden_ports")
+    if allow_ports:
+        lines.append(f"acl allowed_ports port {' '.join(map(str, allow_ports))}")
+        lines.append("http_access allow CONNECT loopback_destination allowed_ports")
+    lines.append("http_access deny all")
+    return "\n".join(lines) + "\n"

@@ -42,7 +42,12 @@ from dataclasses import dataclass, field
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.programs import SQUID_BINARY_VARIABLE, SquidUnavailable, find_squid_programs
+from tests.programs import (
+    SQUID_BINARY_VARIABLE,
+    SquidUnavailable,
+    find_squid_programs,
+    squid_config,
+)
 from tests.support import free_port
 
 __all__ = [
@@ -226,58 +231,6 @@ def _make_reachable(directory: FilePath) -> None:
             )
 
 
-def _config(
-    *,
-    directory: FilePath,
-    port: int,
-    helper: str,
-    password_file: FilePath,
-    effective_user: str | None,
-    allow_ports: Sequence[int],
-    forbid_ports: Sequence[int],
-) -> str:
-    def path(name: str) -> str:
-        return directory.child(name).path
-
-    lines = [
-        "# Written by tests/squid.py for one test; squid -N -f THIS_FILE.",
-        f"http_port 127.0.0.1:{port}",
-        "visible_hostname epop-test",
-        "workers 1",
-        f"pid_filename {path('squid.pid')}",
-        f"cache_log {path('cache.log')}",
-        f"coredump_dir {directory.path}",
-        "acl has_request has request",
-        f"access_log stdio:{path('access.log')} has_request",
-        "buffered_logs off",
-        "logfile_rotate 0",
-        "cache deny all",
-        "cache_mem 8 MB",
-        "digest_generation off",
-        "shutdown_lifetime 0 seconds",
-        "pinger_enable off",
-        "icp_port 0",
-        "htcp_port 0",
-        f"auth_param basic program {helper} {password_file.path}",
-        "auth_param basic children 2 startup=1 idle=1",
-        "auth_param basic realm epop-test",
-        "acl authenticated proxy_auth REQUIRED",
-        "acl CONNECT method CONNECT",
-        "acl loopback_destination dst 127.0.0.1",
-        "http_access deny !authenticated",
-    ]
-    if effective_user is not None:
-        lines.insert(3, f"cache_effective_user {effective_user}")
-    if forbid_ports:
-        lines.append(f"acl forbidden_ports port {' '.join(map(str, forbid_ports))}")
-        lines.append("http_access deny forbidden_ports")
-    if allow_ports:
-        lines.append(f"acl allowed_ports port {' '.join(map(str, allow_ports))}")
-        lines.append("http_access allow CONNECT loopback_destination allowed_ports")
-    lines.append("http_access deny all")
-    return "\n".join(lines) + "\n"
-
-
 def _read_tail(path: FilePath) -> str:
     try:
         content = path.getContent().decode("utf-8", "replace")
@@ -378,11 +331,12 @@ def start_squid(
         port = free_port()
         config = directory.child("squid.conf")
         config.setContent(
-            _config(
-                directory=directory,
+            squid_config(
+                name="epop-test",
+                directory=directory.path,
                 port=port,
                 helper=helper,
-                password_file=password_file,
+                password_file=password_file.path,
                 effective_user=None if unprivileged is None else unprivileged.pw_name,
                 allow_ports=allowed,
                 forbid_ports=forbidden,
