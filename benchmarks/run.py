@@ -295,6 +295,22 @@ class Bench:
                 "client_cpu_s": run.cpu_s, "upload": receipt.get("upload")}
 
     # -- servers ---------------------------------------------------------------
+    def drive(self, part: str, *args: str) -> tuple[Any, dict[str, Any]]:
+        """
+        Run C{python -m benchmarks.driver PART ARGS} under the run's deadline;
+        return the finished run and its JSON report.  A failed or late driver
+        is a L{BenchError}.
+        """
+        command = [sys.executable, "-m", "benchmarks.driver", part, *args,
+                   "--deadline", str(self.o.deadline)]
+        run = run_client(command, self.workdir, f"driver-{part}", self.o.deadline + 60, self.env)
+        if run.timed_out or run.returncode != 0:
+            raise BenchError(
+                f"the {part} driver exited with {run.returncode} (timed out: {run.timed_out}): "
+                + run.stderr.decode(errors="replace")[-1500:]
+            )
+        return run, json.loads(run.stdout)
+
     def relay(self, name: str, stack: contextlib.ExitStack, *, tls: bool = False,
               proxy: Server | None = None) -> Server:
         assert self.sandbox is not None
@@ -512,17 +528,10 @@ class Bench:
                 stack.callback(self.clear)
                 relay = self.relay("relay-rush", stack)
                 before = {**sample(relay.pid).as_dict(), "fd_kinds": fd_kinds(relay.pid)}
-                command = [sys.executable, "-m", "benchmarks.driver", "rush",
-                           "--relay", f"127.0.0.1:{relay.port}", "--file", str(path),
-                           "--sha256", sha256, "--clients", str(clients),
-                           "--deadline", str(self.o.deadline)]
-                run = run_client(command, self.workdir, "driver-rush", self.o.deadline + 60, self.env)
-                if run.timed_out or run.returncode != 0:
-                    raise BenchError(
-                        f"the rush driver exited with {run.returncode} (timed out: {run.timed_out}): "
-                        + run.stderr.decode(errors="replace")[-1500:]
-                    )
-                report = json.loads(run.stdout)
+                run, report = self.drive(
+                    "rush", "--relay", f"127.0.0.1:{relay.port}", "--file", str(path),
+                    "--sha256", sha256, "--clients", str(clients),
+                )
                 settle = time.monotonic() + 5
                 while time.monotonic() < settle and sample(relay.pid).fds > before["fds"]:
                     time.sleep(0.1)
@@ -566,17 +575,10 @@ class Bench:
         try:
             with contextlib.ExitStack() as stack:
                 relay = self.relay("relay-churn", stack)
-                command = [sys.executable, "-m", "benchmarks.driver", "churn",
-                           "--relay", f"127.0.0.1:{relay.port}", "--relay-pid", str(relay.pid),
-                           "--ops", str(ops), "--warmup", str(self.o.churn_warmup),
-                           "--deadline", str(self.o.deadline)]
-                run = run_client(command, self.workdir, "driver-churn", self.o.deadline + 60, self.env)
-                if run.timed_out or run.returncode != 0:
-                    raise BenchError(
-                        f"the churn driver exited with {run.returncode} (timed out: {run.timed_out}): "
-                        + run.stderr.decode(errors="replace")[-1500:]
-                    )
-                report = json.loads(run.stdout)
+                _, report = self.drive(
+                    "churn", "--relay", f"127.0.0.1:{relay.port}", "--relay-pid", str(relay.pid),
+                    "--ops", str(ops), "--warmup", str(self.o.churn_warmup),
+                )
         except (BenchError, OSError, ValueError) as error:
             self.failures.append(f"churn: {error}")
             self.log(f"  FAILED: {error}")
