@@ -15,16 +15,19 @@ from typing import Any, Callable
 import trustme
 from treq.client import HTTPClient
 from twisted.internet import task
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from epop.sandbox import SandboxSite, make_sandbox_site, server_tls_options
+from epop.upstream import EpmsiEndpointFactory, tls_policy
 
 __all__ = [
     "InMemoryBody",
@@ -228,8 +231,6 @@ def deferred_poll_until(
 
 def socket_of(transport: Any) -> Any:
     """The file descriptor (TCP connection) under C{transport}'s wrappers."""
-    from twisted.internet.abstract import FileDescriptor
-
     while not isinstance(transport, FileDescriptor):
         transport = transport.transport
     return transport
@@ -242,11 +243,6 @@ async def connect_to_epmsi(
     Open a connection to C{sandbox} the way the relay reaches e-PMSI, and
     return its protocol; the connection is closed at the end of the test.
     """
-    from twisted.internet.protocol import Factory, Protocol
-    from twisted.web.client import URI
-
-    from epop.upstream import EpmsiEndpointFactory, tls_policy
-
     endpoints = EpmsiEndpointFactory(reactor, tls_policy(sandbox.ca_path), proxy=proxy)
     endpoint = endpoints.endpointForURI(URI.fromBytes(sandbox.url.encode("ascii")))
     protocol = await endpoint.connect(Factory.forProtocol(Protocol))
