@@ -15,9 +15,9 @@ lists them in the order they were written, for L{epop.journal_reader}.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import string
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
@@ -31,6 +31,8 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from zope.interface import Interface, implementer
+
+from epop.printable import printable, safe_json
 
 __all__ = [
     "EVENT_TYPES",
@@ -100,7 +102,9 @@ def journal_record(event: dict[str, Any]) -> dict[str, Any]:
             record[key] = event[key]
     if isinstance(record.get("path"), str):
         record["path"] = strip_query(record["path"])
-    record["description"] = formatEvent(event)
+    # emit() made the text printable already; an event logged some other
+    # way gets the same treatment here.
+    record["description"] = printable(formatEvent(event))
     return record
 
 
@@ -128,9 +132,12 @@ class MemoryJournalWriter:
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    """One journal line, newline included, as it goes to the file."""
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    return line.encode("utf-8") + b"\n"
+    """
+    One journal line, newline included, as it goes to the file: control
+    and bidirectional characters escaped, so that even C{cat} or C{tail -f}
+    of the file shows them harmlessly.
+    """
+    return safe_json(record).encode("utf-8") + b"\n"
 
 
 class _AppendFile:
@@ -434,6 +441,42 @@ class JournalService(Service):
             self._writer = None
 
 
+_FORMATTER = string.Formatter()
+_PLAIN = (bool, int, float, type(None))
+
+
+def printable_format(format: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
+    """
+    C{format} rewritten so that each field whose value is text (or any
+    other object but a number) is read from a list of printable copies, as
+    C{{epop_shown[N]}}; numbers keep their own fields.  The event keeps the
+    exact values for the journal's fields, and whatever formats it (the
+    twistd log, the journal's C{description}) gets only printable text.
+    """
+    parts: list[str] = []
+    shown: list[str] = []
+    for literal, name, spec, conversion in _FORMATTER.parse(format):
+        parts.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        try:
+            value, _ = _FORMATTER.get_field(name, (), fields)
+        except (KeyError, AttributeError, IndexError, TypeError):
+            value = None  # Twisted says it cannot format the event
+            plain = True
+        else:
+            plain = isinstance(value, _PLAIN) and conversion is None
+        if plain:
+            parts.append(
+                "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            )
+        else:
+            text = _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
+            parts.append(f"{{epop_shown[{len(shown)}]}}")
+            shown.append(printable(text))
+    return "".join(parts), shown
+
+
 def emit(
     log: Any,
     relay_id: str,
@@ -443,6 +486,18 @@ def emit(
     level: LogLevel = LogLevel.info,
     **fields: Any,
 ) -> None:
-    """Log one journal event; the text also reaches the ordinary twistd log."""
+    """
+    Log one journal event; the text also reaches the ordinary twistd log.
+    Its values may come from the workstation (a PROXY header, a path): the
+    text shows them through L{printable_format}.
+    """
     assert event_type in EVENT_TYPES, event_type
-    log.emit(level, format, epop_event=event_type, epop_relay=relay_id, **fields)
+    shown_format, shown = printable_format(format, fields)
+    log.emit(
+        level,
+        shown_format,
+        epop_event=event_type,
+        epop_relay=relay_id,
+        epop_shown=shown,
+        **fields,
+    )

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 
 from epop.journal import rotated_files
 from epop.messages import Text
+from epop.printable import printable
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -372,11 +373,13 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _cells(record: dict[str, Any], language: str, tz: tzinfo | None) -> list[str]:
+    # Whatever the journal holds (a PROXY header's junk, a forged file) is
+    # shown, never obeyed, by the reader's terminal.
     return [
-        _client_ip(record.get("client")),
+        printable(_client_ip(record.get("client"))),
         _local(record_time(record), language, tz),
-        type_name(str(record.get("type")), language),
-        describe_record(record, language),
+        printable(type_name(str(record.get("type")), language)),
+        printable(describe_record(record, language)),
     ]
 
 
@@ -540,21 +543,20 @@ def connections_table(
             closed = "?"
         else:
             closed = _local(s.closed, language, tz)
-        outcome = s.reason or ""
+        outcome = "" if s.reason is None else str(s.reason)
         if s.state == "lost":
             outcome = Text("never closed: the relay stopped").render(language)
-        rows.append(
-            [
-                s.ident(with_run),
-                s.client,
-                _local(s.opened, language, tz),
-                closed,
-                _duration(s.duration, language) if s.state != "lost" else "?",
-                "" if s.bytes_in is None else str(s.bytes_in),
-                "" if s.bytes_out is None else str(s.bytes_out),
-                outcome,
-            ]
-        )
+        row = [
+            s.ident(with_run),
+            s.client,
+            _local(s.opened, language, tz),
+            closed,
+            _duration(s.duration, language) if s.state != "lost" else "?",
+            "" if s.bytes_in is None else str(s.bytes_in),
+            "" if s.bytes_out is None else str(s.bytes_out),
+            outcome,
+        ]
+        rows.append([printable(cell) for cell in row])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = [_line(header, widths), _line(["-" * w for w in widths] + ["-" * 7], widths)]
     lines.extend(_line(row, widths) for row in rows)
