@@ -85,8 +85,14 @@ RECORD_FIELDS = (
 
 
 def strip_query(path: str) -> str:
-    """Query strings and fragments may carry passwords: never journal them."""
-    return path.split("?", 1)[0].split("#", 1)[0]
+    """
+    The path without what may carry a password or a session: the query
+    string and fragment (from the first C{?} or C{#}) and each segment's
+    parameters (from a C{;} to the segment's end, as in
+    C{/a;x=1/b;jsessionid=2}, which becomes C{/a/b}).
+    """
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
 def journal_record(event: dict[str, Any]) -> dict[str, Any]:
@@ -492,6 +498,10 @@ def emit(
     text shows them through L{printable_format}.
     """
     assert event_type in EVENT_TYPES, event_type
+    if isinstance(fields.get("path"), str):
+        # Cut here too, so that neither the twistd log nor the journal can
+        # get what the caller forgot to cut.
+        fields["path"] = strip_query(fields["path"])
     shown_format, shown = printable_format(format, fields)
     log.emit(
         level,
