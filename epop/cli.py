@@ -37,6 +37,7 @@ from epop.journal_reader import (
     JournalFilter,
     JournalFollower,
     Problem,
+    RunChecker,
     connection_summaries,
     connections_table,
     journal_header,
@@ -630,7 +631,7 @@ class _Command:
             return self._unreadable(path, e)
         summaries = [
             summary
-            for summary in connection_summaries(records, self.reactor.seconds())
+            for summary in connection_summaries(records, self.reactor.seconds(), RunChecker(path, records))
             if since is None or summary.closed is None or summary.closed >= since
         ]
         if options["json"]:

@@ -33,6 +33,7 @@ from twisted.logger import (
 from zope.interface import Interface, implementer
 
 from epop.printable import printable, safe_json
+from epop.relay_process import process_fields
 
 __all__ = [
     "EVENT_TYPES",
@@ -67,6 +68,9 @@ RECORD_FIELDS = (
     "client",
     "address",
     "port",
+    "host",
+    "pid",
+    "process_start",
     "kind",
     "method",
     "path",
@@ -95,14 +99,22 @@ def strip_query(path: str) -> str:
     return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
-def journal_record(event: dict[str, Any]) -> dict[str, Any]:
-    """Build the journal line for one relay event."""
+def journal_record(event: dict[str, Any], process: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Build the journal line for one relay event.
+
+    @param process: the relay process's C{host}, C{pid} and C{process_start}
+        (L{epop.relay_process.process_fields}), added to C{listening-opened}
+        so that a reader can tell when the relay is gone.
+    """
     when = datetime.fromtimestamp(event["log_time"], tz=timezone.utc)
     record: dict[str, Any] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "type": event["epop_event"],
         "run": event["epop_relay"],
     }
+    if process and event["epop_event"] == "listening-opened":
+        event = {**event, **process}
     for key in RECORD_FIELDS:
         if key in event:
             record[key] = event[key]
@@ -409,11 +421,12 @@ class JournalObserver:
     def __init__(self, writer: IJournalWriter, relay_id: str) -> None:
         self._writer = writer
         self._relay_id = relay_id
+        self._process = process_fields()
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("epop_relay") != self._relay_id or "epop_event" not in event:
             return
-        self._writer.write(journal_record(event))
+        self._writer.write(journal_record(event, self._process))
 
 
 class JournalService(Service):
