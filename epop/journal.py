@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import string
 from datetime import date, datetime, timezone
 from typing import Any, Callable
@@ -167,11 +168,20 @@ class _AppendFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.chmod(path, 0o640)
-        if self._ends_torn():
-            # A crash cut the last line: end it, so that the next record
-            # starts on a line of its own and stays readable.
-            self._write_all(b"\n")
+        # Part of a line went out before a write failed (the disk filled
+        # up): the next line must start on a line of its own.
+        self._torn = False
+        try:
+            if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                # Not a device such as /dev/null, whose mode is the system's.
+                os.fchmod(self._fd, 0o640)
+            if self._ends_torn():
+                # A crash cut the last line: end it, so that the next record
+                # starts on a line of its own and stays readable.
+                self._write_all(b"\n")
+        except OSError:
+            self.close()
+            raise
 
     def _ends_torn(self) -> bool:
         size = self.size()
@@ -183,11 +193,24 @@ class _AppendFile:
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        written = 0
+        try:
+            while view:
+                count = os.write(self._fd, view)
+                written += count
+                view = view[count:]
+        except OSError:
+            self._torn = self._torn or written > 0
+            raise
+        self._torn = False
 
     def write_line(self, line: bytes) -> None:
-        self._write_all(line)
+        """
+        Append C{line}, after a newline if an earlier write was cut off.
+
+        @raise OSError: if it could not be written (whole or in part).
+        """
+        self._write_all(b"\n" + line if self._torn else line)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -198,19 +221,65 @@ class _AppendFile:
             self._fd = -1
 
 
+class _WriteTrouble:
+    """
+    Says once that the journal cannot be written (disk full, read-only, gone)
+    and once that it can again, however many events come in between: the
+    relay goes on serving, and the twistd log does not fill up with one
+    error per event.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.failing: OSError | None = None
+        self.missed = 0
+
+    def failed(self, error: OSError) -> None:
+        self.missed += 1
+        if self.failing is None:
+            self.failing = error
+            self.log.critical(
+                "journal: cannot write to {path}: {why}; the relay goes on without its "
+                "journal until writing works again",
+                path=self.path,
+                why=error.strerror or str(error),
+                errno=error.errno,
+            )
+
+    def worked(self) -> None:
+        if self.failing is not None:
+            self.log.warn(
+                "journal: writing to {path} works again; {missed} event(s) could not be "
+                "written and are missing from it",
+                path=self.path,
+                missed=self.missed,
+            )
+            self.failing = None
+            self.missed = 0
+
+
 @implementer(IJournalWriter)
 class FileJournalWriter:
     """
     Appends JSON lines, each with a single unbuffered C{write()}, so a crash
-    loses at most the line being written.
+    loses at most the line being written.  A line that cannot be written is
+    dropped (see L{_WriteTrouble}): the journal must never stop the relay.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file = _AppendFile(path)
+        self._trouble = _WriteTrouble(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write_line(encode_record(record))
+        try:
+            self._file.write_line(encode_record(record))
+        except OSError as e:
+            self._trouble.failed(e)
+        else:
+            self._trouble.worked()
 
     def close(self) -> None:
         self._file.close()
@@ -327,7 +396,9 @@ class RotatingJournalWriter:
         self.keep = keep
         self._clock = clock
         self._day = self._file_day()
-        self._file = _AppendFile(path)
+        self._file: _AppendFile | None = _AppendFile(path)
+        self._trouble = _WriteTrouble(path)
+        self._rotation_failing = False
 
     def _today(self) -> date:
         return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc).date()
@@ -343,35 +414,58 @@ class RotatingJournalWriter:
         return datetime.fromtimestamp(found.st_mtime, tz=timezone.utc).date()
 
     def write(self, record: dict[str, Any]) -> None:
+        """Write one line, rotating first if it is time; never raise L{OSError}."""
         line = encode_record(record)
+        try:
+            self._write(line)
+        except OSError as e:
+            self._trouble.failed(e)
+        else:
+            self._trouble.worked()
+
+    def _write(self, line: bytes) -> None:
+        if self._file is None:
+            # Could not be opened again after a rotation: try once more.
+            self._file = _AppendFile(self.path)
         size = self._file.size()
         if self.rotate == DAILY:
             today = self._today()
             if today != self._day:
+                # The new day is set first: if the rotation fails, it is
+                # not tried again at every line.
+                day, self._day = self._day, today
                 if size:
-                    self._rotate()
-                self._day = today
+                    self._rotate(day)
         elif isinstance(self.rotate, int) and size and size + len(line) > self.rotate:
             self._rotate()
+        assert self._file is not None
         self._file.write_line(line)
 
-    def _rotate(self) -> None:
+    def _rotate(self, day: date | None = None) -> None:
+        """Move the file aside (as of C{day}, when daily) and open a new one."""
+        assert self._file is not None
         self._file.close()
+        self._file = None
         try:
             if self.rotate == DAILY:
-                target = self._dated_name(self._day)
+                assert day is not None
+                target = self._dated_name(day)
             else:
                 self._shift()
                 target = self.path + ".1"
             os.rename(self.path, target)
         except OSError as e:
-            self.log.warn(
-                "Could not rotate the journal {path}: {why}; writing on in it",
-                path=self.path,
-                why=e.strerror or str(e),
-            )
+            if not self._rotation_failing:
+                # Once, not at every line while it keeps failing.
+                self.log.warn(
+                    "Could not rotate the journal {path}: {why}; writing on in it",
+                    path=self.path,
+                    why=e.strerror or str(e),
+                )
+            self._rotation_failing = True
         else:
             self.log.info("Journal rotated: {path} is now {target}", path=self.path, target=target)
+            self._rotation_failing = False
         self._file = _AppendFile(self.path)
         if self.rotate == DAILY:
             self._prune_daily()
@@ -411,7 +505,8 @@ class RotatingJournalWriter:
             )
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 @implementer(ILogObserver)
@@ -427,6 +522,36 @@ class JournalObserver:
         if event.get("epop_relay") != self._relay_id or "epop_event" not in event:
             return
         self._writer.write(journal_record(event, self._process))
+
+
+@implementer(IJournalWriter)
+class _OpenLater:
+    """
+    The writer of a journal that could not be opened when the relay
+    started: the relay starts all the same, and opening is tried again at
+    each event, as a failed write would be.
+    """
+
+    def __init__(self, open_writer: Callable[[], IJournalWriter], error: OSError) -> None:
+        self._open_writer = open_writer
+        self._writer: IJournalWriter | None = None
+        self._trouble = _WriteTrouble(error.filename if isinstance(error.filename, str) else "the journal")
+        self._trouble.failed(error)
+        self._trouble.missed = 0  # the first event is yet to come
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            try:
+                self._writer = self._open_writer()
+            except OSError as e:
+                self._trouble.failed(e)
+                return
+            self._trouble.worked()
+        self._writer.write(record)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 class JournalService(Service):
@@ -445,7 +570,10 @@ class JournalService(Service):
         self._writer: IJournalWriter | None = None
 
     def startService(self) -> None:
-        self._writer = self._open_writer()
+        try:
+            self._writer = self._open_writer()
+        except OSError as e:
+            self._writer = _OpenLater(self._open_writer, e)
         self._observer = JournalObserver(self._writer, self._relay_id)
         self._publisher.addObserver(self._observer)
         super().startService()
