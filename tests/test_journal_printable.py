@@ -151,6 +151,17 @@ class RelayLogTests(SynchronousTestCase):
         self.assertEqual(writer.records[1]["description"], "up\\nload: 1.23 s, None")
 
 
+class _Reactor(Clock):
+    """A Clock that the CLI can also register shutdown triggers with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[Any] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
+        self.triggers.append((phase, event, f))
+
+
 class ViewerTests(SynchronousTestCase):
     """`epop journal` and `epop connections` on a journal that holds junk."""
 
@@ -220,6 +231,31 @@ class ViewerTests(SynchronousTestCase):
             self.assertEqual(dangerous_in(journal_row(record, language)), [])
             table = connections_table(connection_summaries([record], 0.0), language)
             self.assertEqual(dangerous_in("".join(table)), [])
+
+    def test_cli_follow_and_its_json(self) -> None:
+        """`epop journal --follow` (table and --json) prints junk that arrives while it follows as one safe line per event."""
+        self.write(_records("10.1.4.27:51234", "/p", "closed-by-client"))
+        for extra in ([], ["--json"]):
+            fake = _Reactor()
+            stdout, stderr = io.BytesIO(), io.StringIO()
+            d = cli.run(fake, ["journal", self.path, "--follow", *extra], stdout=stdout, stderr=stderr, environ=self.environ)
+            before = len(stdout.getvalue().decode().splitlines())
+            junk = _records(JUNK, "/p;\x1b[31m", "closed-by-client\nFAKE-LOG-LINE", run="1da46e10bf43")
+            with open(self.path, "ab") as f:
+                for record in junk:
+                    f.write(encode_record(record))
+            fake.advance(0.5)
+            out = stdout.getvalue().decode("utf-8")
+            self.assertEqual(len(out.splitlines()), before + len(junk), out)
+            self.assertEqual(dangerous_in(out.replace("\n", "")), [])
+            if extra:
+                self.assertEqual([json.loads(line) for line in out.splitlines()[-len(junk):]], junk)
+            else:
+                self.assertIn("10.1.4.27:51234\\x1b[2J", out)
+            self.assertNoResult(d)
+            for _, _, stop in fake.triggers:
+                stop()
+            self.assertEqual(stderr.getvalue(), "")
 
     def test_follower_reads_the_junk_it_is_given(self) -> None:
         """The follower hands on records with their exact values; only printing escapes them."""
