@@ -49,6 +49,9 @@ JUNK = (
     "\u202egpj.exe\u2066\u2028\u2029\x85\x9b31m\x7f\ud800\u200f\u061c"
 )
 
+#: Other people's tests share the machine: no health check on speed, no deadline.
+patient = settings(suppress_health_check=list(HealthCheck), deadline=None)
+
 #: Any string at all, surrogates and controls included.
 any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
     [JUNK, "\x1b", "\n", "\u202e", "\ud800"]
@@ -82,6 +85,7 @@ class PrintableTests(SynchronousTestCase):
         self.assertEqual(printable("\u2028\u2029\ud800"), "\\u2028\\u2029\\ud800")
         self.assertEqual(printable("Écoute réseau 10.1.4.27:51234 /a b"), "Écoute réseau 10.1.4.27:51234 /a b")
 
+    @patient
     @given(any_text)
     def test_printable_of_any_string_is_safe(self, text: str) -> None:
         """No dangerous character survives printable(), and the result can always be encoded to UTF-8."""
@@ -89,6 +93,7 @@ class PrintableTests(SynchronousTestCase):
         self.assertEqual(dangerous_in(shown), [])
         shown.encode("utf-8")
 
+    @patient
     @given(st.dictionaries(any_text, any_text, max_size=4))
     def test_safe_json_round_trips_and_is_safe(self, value: dict[str, str]) -> None:
         """safe_json is one line of valid JSON, with no dangerous character, that reads back as the same value."""
@@ -127,6 +132,7 @@ class RelayLogTests(SynchronousTestCase):
         self.assertEqual(dangerous_in(line[:-1].decode("utf-8")), [])
         self.assertEqual(json.loads(line)["client"], JUNK)
 
+    @patient
     @given(any_text, any_text)
     def test_any_client_and_reason_give_a_safe_log_line(self, client: str, reason: str) -> None:
         """Whatever the client and reason, the log line and the description hold no dangerous character."""
@@ -215,7 +221,7 @@ class ViewerTests(SynchronousTestCase):
         self.assertEqual(len(out.splitlines()), 3, out)
         self.assertIn("closed-by-client\\nFAKE-LOG-LINE", out)
 
-    @settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+    @settings(max_examples=30, suppress_health_check=list(HealthCheck), deadline=None)
     @given(any_text, any_text, any_text, any_text)
     def test_any_journal_gives_safe_output(self, client: str, path: str, reason: str, run: str) -> None:
         """Whatever strings the journal's fields hold, no viewer prints a dangerous character."""
@@ -223,6 +229,7 @@ class ViewerTests(SynchronousTestCase):
         self.write(records)
         self.check_all_viewers(records)
 
+    @patient
     @given(any_text, any_text)
     def test_follow_rows_are_safe(self, client: str, kind: str) -> None:
         """A row of `epop journal --follow` and of the connections table is safe for any client and type."""
