@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import getopt
 import getpass
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from epop.journal_reader import (
     JournalFilter,
     JournalFollower,
     Problem,
+    RunChecker,
     connection_summaries,
     connections_table,
     journal_header,
@@ -49,6 +49,7 @@ from epop.journal_reader import (
 )
 from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
+from epop.printable import safe_json
 from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
@@ -593,7 +594,7 @@ class _Command:
             return self._unreadable(path, e)
         if options["json"]:
             for record in records:
-                self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                self.say(safe_json(record))
         else:
             for line in journal_table(records, self.language):
                 self.say(line)
@@ -603,7 +604,7 @@ class _Command:
         def show(record: dict[str, Any]) -> None:
             if wanted.matches(record):
                 if as_json:
-                    self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                    self.say(safe_json(record))
                 else:
                     self.say(journal_row(record, self.language))
                 self.stdout.flush()
@@ -630,12 +631,12 @@ class _Command:
             return self._unreadable(path, e)
         summaries = [
             summary
-            for summary in connection_summaries(records, self.reactor.seconds())
+            for summary in connection_summaries(records, self.reactor.seconds(), RunChecker(path, records))
             if since is None or summary.closed is None or summary.closed >= since
         ]
         if options["json"]:
             for summary in summaries:
-                self.say(json.dumps(summary.to_json(), ensure_ascii=False, separators=(",", ":")))
+                self.say(safe_json(summary.to_json()))
         elif not summaries:
             self.stderr.write(Text("No connections in {path}.", path=path).render(self.language) + "\n")
         else:
