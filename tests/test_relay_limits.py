@@ -13,9 +13,11 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Response
 from twisted.web.http_headers import Headers
@@ -62,9 +64,6 @@ class Workstation:
 
     def finish_closing(self) -> None:
         """The transport closes, as the relay asked: the connection is journaled closed."""
-        from twisted.internet.error import ConnectionDone
-        from twisted.python.failure import Failure
-
         assert self.transport.disconnecting
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
@@ -146,6 +145,43 @@ class HelloDeadlineTests(LimitsTestCase):
         self.assertEqual([f.kind for f in station.frames()], [FrameType.WELCOME])
         self.clock.advance(100)
         self.assertEqual(station.error_codes(), [])
+
+    def test_trickled_tls_handshake_is_cut(self) -> None:
+        """In an encrypted session the TLS handshake counts in the HELLO's time: trickled, it is cut too."""
+        import trustme
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.python.filepath import FilePath
+
+        from epop.local_tls import RelayTLS, SessionChoiceFactory
+
+        ca = trustme.CA()
+        issued = ca.issue_cert("localhost")
+        cert, key = FilePath(self.mktemp()), FilePath(self.mktemp())
+        cert.setContent(issued.cert_chain_pems[0].bytes())
+        key.setContent(issued.private_key_pem.bytes())
+        served = SessionChoiceFactory(self.factory, RelayTLS(cert.path, key.path), self.clock, 120)
+        address = IPv4Address("TCP", "10.1.2.3", 5555)
+        server = served.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        server.makeConnection(transport)
+        trust = Certificate.loadPEM(ca.cert_pem.bytes())
+        client = TLSMemoryBIOFactory(
+            optionsForClientTLS("localhost", trustRoot=trust), True, Factory.forProtocol(Protocol)
+        ).buildProtocol(address)
+        sent = StringTransport()
+        client.makeConnection(sent)
+        client_hello = sent.value()
+        for i in range(len(client_hello)):
+            if transport.disconnecting:
+                break
+            server.dataReceived(client_hello[i : i + 1])
+            self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(self.clock.seconds(), 30 + 5 + 1)  # the deadline, then the close grace
+        [relay] = self.factory.connections.values()
+        relay.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.closed_reasons(), ["hello-timeout"])
 
     def test_configurable(self) -> None:
         """The HELLO deadline is the factory's C{hello_timeout}."""
@@ -307,9 +343,6 @@ class BodilessRequestTests(LimitsTestCase):
 
     def test_leaving_before_the_body_is_journaled(self) -> None:
         """A workstation that leaves before its first body byte: short body, nothing opened upstream."""
-        from twisted.internet.error import ConnectionDone
-        from twisted.python.failure import Failure
-
         station = Workstation(self.factory)
         station.send(HELLO + request_frame(100))
         station.protocol.connectionLost(Failure(ConnectionDone()))
