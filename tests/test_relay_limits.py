@@ -235,12 +235,13 @@ class FrameDeadlineTests(LimitsTestCase):
         self.clock.advance(1000)
         self.assertEqual(station.error_codes(), [])
         body = self.upstream.requests[0][3]
-        body.startProducing(ListConsumer())
+        done = body.startProducing(ListConsumer())
         self.assertEqual(station.transport.producerState, "producing")
         self.clock.advance(29)
         self.assertEqual(station.error_codes(), [])
         self.clock.advance(1)
         self.assertEqual(station.error_codes(), ["frame-timeout"])
+        self.assertEqual(self.failureResultOf(done, ProtocolError).value.code, "frame-timeout")
 
 
 class UploadPaceTests(LimitsTestCase):
@@ -292,6 +293,7 @@ class UploadPaceTests(LimitsTestCase):
         self.assertEqual(station.error_codes(), [])
         self.clock.advance(2)
         self.assertEqual(station.error_codes(), ["upload-too-slow"])
+        self.assertEqual(self.failureResultOf(done, EpopError).value.code, "upload-too-slow")
 
     def test_waiting_for_epmsi_connection_does_not_count(self) -> None:
         """The wait for e-PMSI's connection, the workstation held back, is not the workstation's time."""
