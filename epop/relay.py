@@ -855,9 +855,10 @@ class RelayProtocol(Protocol, TimeoutMixin):
             self.log.failure("Unexpected error on connection {connection}", connection=self.connection_id)
             self.fail(internal_error())
             return
-        # A control frame has begun: it must now arrive whole in time.
+        # A control frame has begun: it must now arrive whole in time (the
+        # HELLO has its own deadline, from the connection's first byte).
         if self._reader.pending and not self._frame_deadline.running:
-            if self._state is not _State.CLOSING:
+            if self._state is not _State.CLOSING and self._state is not _State.HELLO:
                 self._frame_deadline.start()
 
     def _body_received(self, data: bytes) -> None:

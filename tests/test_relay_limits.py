@@ -183,6 +183,15 @@ class HelloDeadlineTests(LimitsTestCase):
         relay.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.closed_reasons(), ["hello-timeout"])
 
+    def test_hello_has_its_own_deadline(self) -> None:
+        """The HELLO is timed by the HELLO deadline alone, even when the frame deadline is shorter."""
+        factory = RelayFactory(self.clock, self.upstream, "limits", hello_timeout=30, frame_timeout=5)
+        station = Workstation(factory)
+        self.trickle(station, HELLO[:29])
+        self.assertEqual(station.error_codes(), [])
+        self.clock.advance(1)
+        self.assertEqual(station.error_codes(), ["hello-timeout"])
+
     def test_configurable(self) -> None:
         """The HELLO deadline is the factory's C{hello_timeout}."""
         factory = RelayFactory(self.clock, self.upstream, "limits", hello_timeout=5)
