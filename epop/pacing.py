@@ -25,6 +25,7 @@ import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = [
