@@ -14,6 +14,7 @@ e.g. when twistd gets C{SIGHUP}; the change is journaled.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,14 @@ from epop.journal import (
 from epop.addressing import format_peer
 from epop.interfaces import addresses_for_listen_host
 from epop.local_tls import RelayTLS, SessionChoiceFactory
+from epop.pacing import (
+    DEFAULT_CHECKS_PER_CLIENT,
+    DEFAULT_CHECKS_PER_CONNECTION,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
+    DEFAULT_UPLOAD_MIN_RATE,
+)
 from epop.proxy import ProxyConfig
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
@@ -87,6 +96,16 @@ class RelaySettings:
     idle_timeout: float = 120.0
     epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
+    #: Seconds a workstation has to send its whole HELLO, from its first byte.
+    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
+    #: Seconds a control frame has to arrive whole, from its first byte.
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    #: Bytes per second an upload must average after upload_grace (0: none).
+    upload_min_rate: float = DEFAULT_UPLOAD_MIN_RATE
+    upload_grace: float = DEFAULT_UPLOAD_GRACE
+    #: e-PMSI checks a minute per connection, and per client address (0: no limit).
+    checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION
+    checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT
     proxy: ProxyConfig | None = None
     tls: RelayTLS | None = None
     check_at_start: bool = True
@@ -357,9 +376,23 @@ def make_relay_service(
         relay_id,
         idle_timeout=settings.idle_timeout,
         epmsi_timeout=settings.epmsi_timeout,
+        hello_timeout=settings.hello_timeout,
+        frame_timeout=settings.frame_timeout,
+        upload_min_rate=settings.upload_min_rate,
+        upload_grace=settings.upload_grace,
+        checks_per_connection=settings.checks_per_connection,
+        checks_per_client=settings.checks_per_client,
     )
     if settings.drain_seconds < 0:
         raise ValueError("drain_seconds must be 0 or more")
+    for name in ("hello_timeout", "frame_timeout", "upload_grace"):
+        if not 0 < getattr(settings, name) < math.inf:
+            raise ValueError(f"{name} must be a positive number of seconds")
+    if not 0 <= settings.upload_min_rate < math.inf:
+        raise ValueError("upload_min_rate must be 0 (no minimum) or a number of bytes per second")
+    for name in ("checks_per_connection", "checks_per_client"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be 0 (no limit) or a number of checks a minute")
     # Always in place, so that the list can change while the relay runs.
     checked = AllowlistFactory(factory, Allowlist(settings.allow))
     served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)

@@ -11,6 +11,7 @@ re-reads the file and applies its C{allow} entries to new connections.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -27,6 +28,14 @@ from twisted.python import usage
 from epop.allowlist import Allowlist
 from epop.journal import parse_rotate
 from epop.local_tls import RelayTLS
+from epop.pacing import (
+    DEFAULT_CHECKS_PER_CLIENT,
+    DEFAULT_CHECKS_PER_CONNECTION,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
+    DEFAULT_UPLOAD_MIN_RATE,
+)
 from epop.proxy import (
     PASSWORD_VARIABLE,
     SYSTEM,
@@ -70,6 +79,12 @@ class Options(usage.Options):
         ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
         ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
         ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
+        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", float],
+        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", float],
+        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", float],
+        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", float],
+        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", int],
+        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", int],
         ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", float],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
@@ -177,6 +192,14 @@ class Options(usage.Options):
         for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        for name in ("hello-timeout", "frame-timeout", "upload-grace"):
+            if not 0 < self[name] < math.inf:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if not 0 <= self["upload-min-rate"] < math.inf:
+            raise usage.UsageError("--upload-min-rate must be 0 (no minimum) or a number of bytes per second")
+        for name in ("checks-per-connection", "checks-per-client"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 (no limit) or a number of checks a minute")
         if not 0 <= self["drain-seconds"] < float("inf"):
             raise usage.UsageError("--drain-seconds must be 0 or a positive number of seconds")
         try:
@@ -242,6 +265,12 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
             connect_timeout=self["connect-timeout"],
+            hello_timeout=self["hello-timeout"],
+            frame_timeout=self["frame-timeout"],
+            upload_min_rate=self["upload-min-rate"],
+            upload_grace=self["upload-grace"],
+            checks_per_connection=self["checks-per-connection"],
+            checks_per_client=self["checks-per-client"],
             proxy=self.proxy,
             tls=self.tls,
             check_at_start=not self["no-check"],
