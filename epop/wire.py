@@ -85,16 +85,6 @@ def nesting_exceeds(payload: bytes, limit: int = MAX_NESTING) -> bool:
             break
         brackets = inner_removed
     return b"[]" in brackets or brackets.count(b"[") > limit
-    depth = 0
-    for token in _JSON_TOKEN.finditer(payload):
-        first = payload[token.start()]
-        if first in _OPENERS:
-            depth += 1
-            if depth > limit:
-                return True
-        elif first != 0x22:  # a closing bracket; a string changes nothing
-            depth -= 1
-    return False
 
 
 class FrameType(IntEnum):
