@@ -250,7 +250,43 @@ class _Upload:
         self.via_relay = via_relay
         self.started = False
         self.stalled = False
+        self.cancelled = False
         self.watchdog = watchdog
+        self._inner: Deferred[Any] | None = None
+        self._result: Deferred[Reply] | None = None
+
+    def follow(self, inner: Deferred[Any]) -> Deferred[Reply]:
+        """
+        The Deferred the caller gets: C{inner}'s outcome, explained.  Owning
+        it lets cancelling say "cancelled", whatever error cancelling the
+        inner work turns into (an HTTP client's, for one).
+        """
+        self._inner = inner
+        self._result = Deferred(self._cancel)
+        inner.addErrback(self.explain).addBoth(self._settle)
+        return self._result
+
+    def _settle(self, outcome: Any) -> None:
+        assert self._result is not None
+        if self._result.called:
+            return  # already failed as cancelled
+        if isinstance(outcome, Failure):
+            self._result.errback(outcome)
+        else:
+            self._result.callback(outcome)
+
+    def _cancel(self, result: Deferred[Reply]) -> None:
+        self.cancelled = True
+        assert self._inner is not None
+        self._inner.cancel()
+        if not result.called:
+            result.errback(self.explain(Failure(CancelledError())))
+
+    def stall(self) -> None:
+        """The watchdog's verdict: stop the work in flight."""
+        self.stalled = True
+        if self._inner is not None:
+            self._inner.cancel()
 
     def _progress(self) -> None:
         if self.watchdog is not None:
@@ -284,9 +320,9 @@ class _Upload:
             self.watchdog.stop()
         if failure.check(UploadFailed):
             return failure
-        if failure.check(CancelledError) and self.stalled:
+        if self.stalled:
             reason: EpopError = self.stalled_error()
-        elif failure.check(CancelledError):
+        elif self.cancelled:
             reason = EpopError("cancelled", Text("The upload was cancelled."))
         elif isinstance(failure.value, EpopError):
             reason = failure.value
@@ -837,7 +873,7 @@ def send_file(
             result = protocol.request("POST", to, headers, upload.body, output)
             return result.addBoth(lambda r: (protocol.close(), r)[1])
 
-        return d.addCallback(connected).addErrback(upload.explain)
+        return upload.follow(d.addCallback(connected))
     if epmsi is None:
         return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
     try:
@@ -846,11 +882,8 @@ def send_file(
         return fail(EpopError("bad-settings", str(e)))
     sink = output if output is not None else io.BytesIO()
 
-    def stalled() -> None:
-        upload.stalled = True
-        d.cancel()
-
-    upload = _Upload(body, path, via_relay=False, watchdog=_Watchdog(reactor, stall_timeout, stalled))
+    upload = _Upload(body, path, via_relay=False, watchdog=None)
+    upload.watchdog = _Watchdog(reactor, stall_timeout, upload.stall)
 
     def answered(response: IResponse) -> Deferred[Reply]:
         reply = Reply(
@@ -885,8 +918,7 @@ def send_file(
     upload.started = True
     upload.watchdog.start()  # type: ignore[union-attr]
     d = upstream.request("POST", to, headers, upload.body)
-    d.addCallback(answered)
-    return d.addErrback(upload.explain).addBoth(finished)
+    return upload.follow(d.addCallback(answered).addBoth(finished))
 
 
 def test_connection(

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import trustme
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ThrottlingFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.client import (
     DEFAULT_STALL_TIMEOUT,
@@ -25,10 +28,13 @@ from epop.client import (
     send_file,
     test_connection,
 )
-from epop.errors import EpopError, ProtocolError
+from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.multipart import MultipartFileBody, make_cooperator
+from epop.sandbox import server_tls_options
 from epop.wire import Frame, FrameReader, FrameType, encode_message
-from tests.support import write_random_file
+from tests.relaying import start_relay
+from tests.support import make_trustme_sandbox, poll_until, write_random_file
+from tests.test_cli_interrupt import Forwarder
 
 WELCOME = encode_message(FrameType.WELCOME, {"version": 1, "relay": "test", "epmsi": "x"})
 RELAY = IPv4Address("TCP", "127.0.0.1", 3358)
@@ -331,3 +337,129 @@ class CancelTests(UnitCase):
         self.assertEqual((error.code, error.step, error.maybe_delivered), ("cancelled", "connect", False))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+# On loopback: a real relay and sandbox, an upload slowed down by a throttled
+# forwarder so that the test acts while it runs.
+
+
+class LoopbackFaultTests(TestCase):
+    """Aborted uploads end with the right error, no logged traceback, nothing stored."""
+
+    timeout = 60
+    size = 16 * 1024 * 1024
+
+    def setUp(self) -> None:
+        self.sandbox = make_trustme_sandbox(self, reactor)
+        self.path = self.mktemp()
+        write_random_file(self.path, self.size, seed=4)
+
+    def throttled(self, port: int) -> tuple[Forwarder, Endpoint]:
+        forwarder = Forwarder("127.0.0.1", port)
+        listening = reactor.listenTCP(
+            0, ThrottlingFactory(forwarder, readLimit=2 * 1024 * 1024), interface="127.0.0.1"
+        )
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(forwarder.cut)
+        return forwarder, Endpoint("127.0.0.1", listening.getHost().port)
+
+    async def uploading(self, forwarder: Forwarder, d: Deferred[Any]) -> None:
+        going = await poll_until(reactor, lambda: d.called or forwarder.received > 1024 * 1024, 200, 0.05)
+        if d.called:
+            d.addErrback(lambda f: self.fail(f"ended early: {f.getErrorMessage()}"))
+            await d
+        self.assertTrue(going, forwarder.received)
+
+    async def failed(self, d: Deferred[Any], within: float = 10) -> UploadFailed:
+        done = await poll_until(reactor, lambda: d.called, int(within * 20), 0.05)
+        self.assertTrue(done, f"no result after {within} s")
+        return await self.assertFailure(d, UploadFailed)
+
+    async def test_relay_stops_with_short_drain(self) -> None:
+        """A relay stopped with no drain: 'relay-stopping', the file not delivered."""
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, drain_seconds=0)
+        forwarder, endpoint = self.throttled(relay.port)
+        d = send_file(reactor, self.path, to="/syriusUpload.do", relay=endpoint)
+        await self.uploading(forwarder, d)
+        await relay.service.stopService()
+        error = await self.failed(d)
+        self.assertEqual((error.step, error.maybe_delivered), ("upload", False))
+        # ERROR then an aborted connection: TCP may drop the ERROR on the way.
+        self.assertIn(error.code, ("relay-stopping", "relay-closed"))
+        self.assertEqual(self.sandbox.complete_files(), [])
+
+    async def test_epmsi_goes_down(self) -> None:
+        """e-PMSI (the sandbox) drops mid-upload: the relay's error, the file not delivered."""
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
+        forwarder, endpoint = self.throttled(relay.port)
+        d = send_file(reactor, self.path, to="/syriusUpload.do", relay=endpoint)
+        await self.uploading(forwarder, d)
+        await self.sandbox.port.stopListening()
+        await self.sandbox.site.close_connections()
+        error = await self.failed(d)
+        self.assertEqual((error.step, error.maybe_delivered), ("upload", False))
+        # The relay sends ERROR then closes while body bytes still arrive, so
+        # TCP may drop its ERROR: either way the workstation must say why.
+        self.assertIn(error.code, ("epmsi-unreachable", "relay-closed"))
+        self.assertEqual(self.sandbox.complete_files(), [])
+        # Twisted's HTTP client logs the relay's body failing after e-PMSI's
+        # connection is gone ("not in valid state to finalize request"): the
+        # relay's side, not the workstation's.
+        self.flushLoggedErrors(UpstreamError)
+
+
+class _Silent(Protocol):
+    """An e-PMSI that takes the request, or stops taking it, and never answers."""
+
+    def __init__(self, reading: bool) -> None:
+        self.reading = reading
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        if not self.reading:
+            self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.factory.connections.remove(self)
+
+
+class DirectStallTests(TestCase):
+    """Sending directly: silence from e-PMSI is bounded by the stall timeout too."""
+
+    timeout = 60
+
+    def start(self, reading: bool) -> str:
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1")
+        self.ca_path = self.mktemp()
+        ca.cert_pem.write_to_path(self.ca_path)
+        factory = Factory.forProtocol(lambda: _Silent(reading))
+        factory.connections = []
+        options = server_tls_options(
+            b"".join(pem.bytes() for pem in server.cert_chain_pems), server.private_key_pem.bytes()
+        )
+        port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in list(factory.connections)])
+        return f"https://127.0.0.1:{port.getHost().port}"
+
+    async def send(self, reading: bool, size: int) -> UploadFailed:
+        url = self.start(reading)
+        path = self.mktemp()
+        write_random_file(path, size, seed=6)
+        d = send_file(reactor, path, to="/syriusUpload.do", epmsi=url, ca_file=self.ca_path, stall_timeout=0.5)
+        done = await poll_until(reactor, lambda: d.called, 200, 0.05)
+        self.assertTrue(done)
+        return await self.assertFailure(d, UploadFailed)
+
+    async def test_takes_the_file_never_answers(self) -> None:
+        """The whole file taken, no answer: 'stalled', and e-PMSI may have the file."""
+        error = await self.send(reading=True, size=64 * 1024)
+        self.assertEqual((error.code, error.step, error.maybe_delivered), ("stalled", "answer", True))
+        self.assertIn("after the whole file was sent", error.message)
+
+    async def test_stops_taking_the_file(self) -> None:
+        """e-PMSI stops reading mid-upload: 'stalled' while sending, not delivered."""
+        error = await self.send(reading=False, size=32 * 1024 * 1024)
+        self.assertEqual((error.code, error.step, error.maybe_delivered), ("stalled", "upload", False))
+        self.assertIn("while sending the file to e-PMSI", error.message)
