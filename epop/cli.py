@@ -591,7 +591,18 @@ class _Command:
         )
         self.interruption.watch(d)
 
+        def interrupted(failure: Failure) -> int | Failure:
+            if self.interruption.signal is None or not failure.check(CancelledError):
+                return failure
+            self.complain(
+                Text("Interrupted ({signal}): the test was stopped.", signal=self.interruption.describe())
+            )
+            return exit_status_for_signal(self.interruption.signal)
+
         def reported(report: TestReport) -> int:
+            if self.interruption.signal is not None and not report.ok:
+                # A direct check reports its cancellation as a failed step.
+                return interrupted(Failure(CancelledError()))
             if report.ok:
                 self.say(report.describe(self.language))
                 return 0
@@ -600,14 +611,6 @@ class _Command:
                 head.render(self.language) + "\n" + report.describe(self.language) + "\n"
             )
             return EXIT_FAILED
-
-        def interrupted(failure: Failure) -> int | Failure:
-            if self.interruption.signal is None or not failure.check(CancelledError):
-                return failure
-            self.complain(
-                Text("Interrupted ({signal}): the test was stopped.", signal=self.interruption.describe())
-            )
-            return exit_status_for_signal(self.interruption.signal)
 
         return d.addCallbacks(reported, interrupted)
 
