@@ -192,6 +192,77 @@ def _check_from_wire(message: dict[str, Any]) -> CheckResult:
     )
 
 
+class _Watchdog:
+    """
+    Calls C{on_stall} once nothing has moved for C{seconds}: a bound on
+    silence rather than on duration, so that a big upload that keeps moving
+    is never cut, while a peer that stops taking or sending bytes is.
+    """
+
+    def __init__(self, clock: Any, seconds: float, on_stall: Any) -> None:
+        self._clock = clock
+        self.seconds = seconds
+        self._on_stall = on_stall
+        self._call: Any = None
+
+    def start(self) -> None:
+        self.stop()
+        self._call = self._clock.callLater(self.seconds, self._expired)
+
+    def progress(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self.seconds)
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self) -> None:
+        self._call = None
+        self._on_stall()
+
+
+class _CountingConsumer:
+    """Passes the upload on, counting it and reporting each write as progress."""
+
+    def __init__(self, consumer: Any, on_write: Any) -> None:
+        self._consumer = consumer
+        self._on_write = on_write
+
+    def write(self, data: bytes) -> None:
+        self._on_write(data)
+        self._consumer.write(data)
+
+
+@implementer(IBodyProducer)
+class _WatchedBody:
+    """A body producer whose writes are counted, for the stall watchdog."""
+
+    def __init__(self, body: IBodyProducer, on_write: Any, path: str) -> None:
+        self._body = body
+        self._on_write = on_write
+        self.path = path
+        self.length = body.length
+        self.sent = 0
+
+    def _wrote(self, data: bytes) -> None:
+        self.sent += len(data)
+        self._on_write()
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        return self._body.startProducing(_CountingConsumer(consumer, self._wrote))
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+
 class UploadFailed(EpopError):
     """
     Why L{send_file} failed, at which step, and whether e-PMSI may have the
@@ -244,9 +315,10 @@ class UploadFailed(EpopError):
 class _Upload:
     """One L{send_file}: how far it got, to say what failed and what became of the file."""
 
-    def __init__(self, body: IBodyProducer, path: str, via_relay: bool, watchdog: "_Watchdog | None") -> None:
-        self.body = _WatchedBody(body, self._progress)
-        self.body.path = path  # type: ignore[attr-defined]
+    def __init__(
+        self, body: IBodyProducer, path: str, via_relay: bool, watchdog: _Watchdog | None
+    ) -> None:
+        self.body = _WatchedBody(body, self._progress, path)
         self.via_relay = via_relay
         self.started = False
         self.stalled = False
@@ -337,76 +409,6 @@ class _Upload:
         return Failure(
             UploadFailed(reason, step, via_relay=self.via_relay, maybe_delivered=maybe)
         )
-
-
-class _Watchdog:
-    """
-    Calls C{on_stall} once nothing has moved for C{seconds}: a bound on
-    silence rather than on duration, so that a big upload that keeps moving
-    is never cut, while a peer that stops taking or sending bytes is.
-    """
-
-    def __init__(self, clock: Any, seconds: float, on_stall: Any) -> None:
-        self._clock = clock
-        self.seconds = seconds
-        self._on_stall = on_stall
-        self._call: Any = None
-
-    def start(self) -> None:
-        self.stop()
-        self._call = self._clock.callLater(self.seconds, self._expired)
-
-    def progress(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.reset(self.seconds)
-
-    def stop(self) -> None:
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _expired(self) -> None:
-        self._call = None
-        self._on_stall()
-
-
-class _CountingConsumer:
-    """Passes the upload on, counting it and reporting each write as progress."""
-
-    def __init__(self, consumer: Any, on_write: Any) -> None:
-        self._consumer = consumer
-        self._on_write = on_write
-
-    def write(self, data: bytes) -> None:
-        self._on_write(data)
-        self._consumer.write(data)
-
-
-@implementer(IBodyProducer)
-class _WatchedBody:
-    """A body producer whose writes are counted, for the stall watchdog."""
-
-    def __init__(self, body: IBodyProducer, on_write: Any) -> None:
-        self._body = body
-        self._on_write = on_write
-        self.length = body.length
-        self.sent = 0
-
-    def _wrote(self, data: bytes) -> None:
-        self.sent += len(data)
-        self._on_write()
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        return self._body.startProducing(_CountingConsumer(consumer, self._wrote))
-
-    def pauseProducing(self) -> None:
-        self._body.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._body.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._body.stopProducing()
 
 
 def _file_unreadable(failure: Failure, path: str) -> EpopError:
@@ -666,14 +668,6 @@ class RelayClientProtocol(Protocol):
         self._operation = _Operation(kind, self._cancelled, output)
         self._watchdog.start()
         return self._operation
-
-    @property
-    def operation_state(self) -> tuple[int, int, bool]:
-        """The running request's bytes sent, its length, and whether all of it went."""
-        operation = self._operation
-        if operation is None:
-            return (0, 0, True)
-        return (operation.sent, operation.length, operation.body_sent)
 
     def request(
         self,
