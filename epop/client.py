@@ -576,6 +576,17 @@ class RelayClientProtocol(Protocol):
             operation = self._expect_operation(frame)
             if operation.reply is None:
                 raise ProtocolError("unexpected-frame", "RESPONSE_END frame before RESPONSE")
+            announced = message.get("length", operation.reply.length)
+            if int(announced) != operation.reply.length:
+                raise ProtocolError(
+                    "bad-frame",
+                    Text(
+                        "e-PMSI's answer arrived incomplete: the relay announced {announced} "
+                        "bytes and {received} arrived.",
+                        announced=int(announced),
+                        received=operation.reply.length,
+                    ),
+                )
             operation.response_ended = True
             self._maybe_done(operation)
         elif frame.kind is FrameType.CHECK_RESULT:

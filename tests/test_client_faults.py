@@ -281,6 +281,19 @@ class GarbageTests(UnitCase):
             self.assertIn(error.code, ("bad-frame", "unexpected-frame", "frame-too-large"), name)
             self.assertTrue(transport.disconnecting, name)
 
+    def test_answer_shorter_than_announced(self) -> None:
+        """RESPONSE_END announcing more bytes than arrived fails the request."""
+        protocol, transport = self.connected()
+        d = protocol.request("GET", "/")
+        protocol.dataReceived(
+            encode_message(FrameType.RESPONSE, {"status": 200, "reason": "OK", "headers": []})
+            + encode_message(FrameType.DATA, {"a": 1})  # 7 bytes: {"a":1}
+            + encode_message(FrameType.RESPONSE_END, {"length": 100})
+        )
+        error = self.failureResultOf(d, ProtocolError).value
+        self.assertIn("announced 100 bytes and 7 arrived", error.message)
+        self.assertIn("annoncé 100 octets", error.render("fr"))
+
     def test_check(self) -> None:
         """A CHECK_RESULT with fields of the wrong kind is garbage too."""
         protocol, transport = self.connected()
