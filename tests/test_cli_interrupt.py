@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.relaying import start_relay
-from tests.support import make_trustme_sandbox, poll_until, write_random_file
+from tests.support import free_port, make_trustme_sandbox, poll_until, write_random_file
 
 SIZE = 48 * 1024 * 1024
 #: Bytes a second the forwarder passes on: the upload takes about 12 s.
@@ -234,3 +234,51 @@ class InterruptedTestTests(TestCase):
         self.assertEqual(code, 130, command.err)
         self.assertIn(b"Interrupted (SIGINT): the test was stopped.", command.err)
         self.assertNotIn(b"Traceback", command.err)
+
+
+class RelayKilledTests(TestCase):
+    """A real `twistd epop` relay killed with SIGKILL while `epop send` streams through it."""
+
+    timeout = 120
+
+    async def test_sigkill_relay(self) -> None:
+        """The command fails within seconds with the cause and exit 1; e-PMSI stores nothing."""
+        from tests.test_drain import start_relay_process
+
+        sandbox = make_trustme_sandbox(self, reactor)
+        port = free_port()
+        relay = await start_relay_process(
+            self, port, "--epmsi", sandbox.url, "--ca-file", sandbox.ca_path
+        )
+        forwarder = Forwarder("127.0.0.1", port)
+        listening = reactor.listenTCP(0, ThrottlingFactory(forwarder, readLimit=RATE), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(forwarder.cut)
+        path = os.path.abspath(self.mktemp())
+        write_random_file(path, SIZE, seed=12)
+        command = Command()
+        env = dict(os.environ, EPOP_CONFIG=os.path.abspath(self.mktemp()), LANG="C.UTF-8")
+        env.pop("LC_ALL", None)
+        command.process = reactor.spawnProcess(
+            command, epop_command()[0],
+            [*epop_command(), "send", path, "--relay", f"127.0.0.1:{listening.getHost().port}"],
+            env=env,
+        )
+        self.addCleanup(command.kill)
+        going = await poll_until(
+            reactor, lambda: command.ended.called or forwarder.received > 4 * 1024 * 1024, 400, 0.05
+        )
+        self.assertTrue(going and not command.ended.called, command.err)
+        relay.signal(signal.SIGKILL)
+        self.assertEqual((await relay.ended)[1], signal.SIGKILL)
+        done = await poll_until(reactor, lambda: command.ended.called, 200, 0.05)
+        self.assertTrue(done, f"epop send still running 10 s after the relay died: {command.err!r}")
+        code, _ = await command.ended
+        err = command.err.decode()
+        self.assertEqual(code, 1, err)
+        self.assertIn("The relay closed the connection during the upload", err)
+        self.assertIn("was not delivered: e-PMSI did not receive it", err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("TaskStopped", err)
+        await poll_until(reactor, lambda: False, 20, 0.05)
+        self.assertEqual(sandbox.complete_files(), [])
