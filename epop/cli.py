@@ -21,9 +21,11 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any, TextIO
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -475,11 +477,11 @@ class Interruption:
         operation.addBoth(finished)
 
     def interrupt(self, number: int) -> None:
-        if self._operation is not None:
-            if self.signal is None:
-                self.signal = number
-                self._operation.cancel()
+        if self._operation is not None and self.signal is None:
+            self.signal = number
+            self._operation.cancel()
         elif self._otherwise is not None:
+            # Nothing to cancel, or a second signal: stop as Twisted would.
             self._otherwise()
 
     def describe(self) -> str:
@@ -866,7 +868,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
 
     def start(reactor: Any) -> Deferred[None]:
-        interruption = Interruption(otherwise=reactor.stop)
+        def stop() -> None:
+            with suppress(ReactorNotRunning):
+                reactor.stop()
+
+        interruption = Interruption(otherwise=stop)
         reactor.callWhenRunning(_install_interruption, reactor, interruption)
 
         def leave(code: int) -> None:

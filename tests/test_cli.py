@@ -12,6 +12,7 @@ import re
 import signal
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -299,3 +300,22 @@ class ExitStatusTests(TestCase):
         interruption.interrupt(signal.SIGINT)
         self.assertEqual(await d, 130, stderr.getvalue())
         self.assertIn("Interrupted (SIGINT): the test was stopped.", stderr.getvalue())
+
+    def test_second_signal_stops(self) -> None:
+        """A second signal, or one with nothing in flight, falls back to stopping."""
+        stopped: list[bool] = []
+        interruption = cli.Interruption(otherwise=lambda: stopped.append(True))
+        interruption.interrupt(signal.SIGINT)
+        self.assertEqual((interruption.signal, stopped), (None, [True]))
+        cancelled: list[bool] = []
+        cleaning_up: Deferred[None] = Deferred()
+        operation: Deferred[None] = Deferred(lambda d: cancelled.append(True))
+        operation.addErrback(lambda failure: cleaning_up)  # still busy after cancelling
+        interruption.watch(operation)
+        interruption.interrupt(signal.SIGTERM)
+        self.assertEqual((interruption.signal, cancelled, stopped), (signal.SIGTERM, [True], [True]))
+        self.assertNoResult(operation)
+        interruption.interrupt(signal.SIGINT)
+        self.assertEqual(stopped, [True, True])
+        cleaning_up.callback(None)
+        self.successResultOf(operation)
