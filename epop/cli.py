@@ -463,7 +463,7 @@ class Interruption:
     def __init__(self, otherwise: Any = None) -> None:
         self.signal: int | None = None
         self._operation: Deferred[Any] | None = None
-        self._otherwise = otherwise
+        self.otherwise = otherwise
 
     def watch(self, operation: Deferred[Any]) -> None:
         """Cancel C{operation} when a signal comes, until it has a result."""
@@ -480,9 +480,18 @@ class Interruption:
         if self._operation is not None and self.signal is None:
             self.signal = number
             self._operation.cancel()
-        elif self._otherwise is not None:
+        elif self.otherwise is not None:
             # Nothing to cancel, or a second signal: stop as Twisted would.
-            self._otherwise()
+            self.otherwise()
+
+    def exit_status(self, status: Any) -> Any:
+        """
+        The status to exit with: a second signal stops the reactor before the
+        send or test ends, and react() then says 0; it was interrupted.
+        """
+        if self.signal is not None and not status:
+            return exit_status_for_signal(self.signal)
+        return status
 
     def describe(self) -> str:
         assert self.signal is not None
@@ -866,13 +875,14 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet.task import react
 
     args = sys.argv[1:] if argv is None else argv
+    interruption = Interruption()
 
     def start(reactor: Any) -> Deferred[None]:
         def stop() -> None:
             with suppress(ReactorNotRunning):
                 reactor.stop()
 
-        interruption = Interruption(otherwise=stop)
+        interruption.otherwise = stop
         reactor.callWhenRunning(_install_interruption, reactor, interruption)
 
         def leave(code: int) -> None:
@@ -881,4 +891,7 @@ def main(argv: list[str] | None = None) -> None:
 
         return run(reactor, args, interruption=interruption).addCallback(leave)
 
-    react(start)
+    try:
+        react(start)
+    except SystemExit as leaving:
+        raise SystemExit(interruption.exit_status(leaving.code)) from None

@@ -317,5 +317,9 @@ class ExitStatusTests(TestCase):
         self.assertNoResult(operation)
         interruption.interrupt(signal.SIGINT)
         self.assertEqual(stopped, [True, True])
+        self.assertEqual(interruption.exit_status(0), 143)  # react() says 0: it was interrupted
+        self.assertEqual(interruption.exit_status(None), 143)
+        self.assertEqual(interruption.exit_status(143), 143)
+        self.assertEqual(cli.Interruption().exit_status(0), 0)  # the sandbox stopped by Ctrl-C
         cleaning_up.callback(None)
         self.successResultOf(operation)
