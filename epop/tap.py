@@ -294,6 +294,29 @@ def reload_allowlist(relay: RelayService, options: Options) -> None:
     relay.set_allowlist(found.allow, source=path)
 
 
+class RelayCannotStart(SystemExit, Exception):
+    """
+    The relay cannot start (a port it cannot bind): twistd must exit non-zero
+    with this one line and no traceback, in the foreground and as a daemon.
+
+    Both a L{SystemExit} and an L{Exception}, because twistd reacts to each
+    in a different place: as an C{Exception}, its
+    C{UnixApplicationRunner.postApplication} sends the reason through the
+    status pipe to the terminal that started a daemon, removes the pid file
+    and re-raises; as a C{SystemExit}, the process then exits with status 1
+    printing nothing more.  A plain C{SystemExit} skips the first step: a
+    daemon's parent then waits for ever, and the pid file stays.
+
+    Its text is short, because twistd passes a daemon's parent only the first
+    100 bytes.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        # Exit status 1; the reason is already in the log and on the terminal.
+        self.code = 1
+
+
 class _TwistdRelay(MultiService):
     """
     Under twistd, a port that cannot be bound ends the program with one
@@ -313,7 +336,18 @@ class _TwistdRelay(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            raise SystemExit(f"epop: {e}") from None
+            self.log.critical("epop: {reason}", reason=str(e))
+            # In the foreground twistd sends stderr to its log: say it where
+            # the relay was started too (a daemon's own stderr is /dev/null,
+            # its parent prints the exception's text instead).
+            terminal = sys.__stderr__
+            if terminal is not None:
+                try:
+                    terminal.write(f"epop: {e}\n")
+                    terminal.flush()
+                except (OSError, ValueError):
+                    pass
+            raise RelayCannotStart(f"cannot listen on {e.description}: {e.why}") from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP

@@ -105,7 +105,10 @@ class PortInUseTests(TestCase):
         options.parseOptions(["--listen", self.listen, "--no-check", "--journal", self.mktemp()])
         service = tap.makeService(options)
         error = self.assertRaises(SystemExit, service.privilegedStartService)
-        self.assertTrue(str(error.code).startswith(f"epop: cannot listen on {self.listen}"))
+        # An Exception too, so that twistd tells a daemon's parent and removes the pid file.
+        self.assertIsInstance(error, Exception)
+        self.assertEqual(error.code, 1)
+        self.assertTrue(str(error).startswith(f"cannot listen on {self.listen}"))
 
 
 class OptionsTests(SynchronousTestCase):
