@@ -41,6 +41,7 @@ from epop.addressing import format_peer
 from epop.interfaces import addresses_for_listen_host
 from epop.local_tls import RelayTLS, SessionChoiceFactory
 from epop.proxy import ProxyConfig
+from epop.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
@@ -322,6 +323,17 @@ class RelayService(MultiService):
         return d
 
 
+def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint for a C{--listen} string.  C{haproxy:} strings read the
+    PROXY header with L{ProxyHeaderEndpoint}, which checks the addresses it
+    gives, instead of Twisted's reader.
+    """
+    if description.startswith(HAPROXY_PREFIX):
+        return ProxyHeaderEndpoint(serverFromString(reactor, description[len(HAPROXY_PREFIX) :]))
+    return serverFromString(reactor, description)
+
+
 def make_relay_service(
     reactor: Any,
     settings: RelaySettings = RelaySettings(),
@@ -362,11 +374,13 @@ def make_relay_service(
         raise ValueError("drain_seconds must be 0 or more")
     # Always in place, so that the list can change while the relay runs.
     checked = AllowlistFactory(factory, Allowlist(settings.allow))
-    served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)
+    served = SessionChoiceFactory(
+        checked, settings.tls, reactor, settings.idle_timeout, gate=checked.refusal
+    )
     listeners = []
     for description in settings.listen:
         try:
-            endpoint = serverFromString(reactor, description)
+            endpoint = listen_endpoint(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
         listeners.append(ListeningService(description, endpoint, factory, served))
