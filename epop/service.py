@@ -39,6 +39,12 @@ from epop.journal import (
 )
 from epop.addressing import format_peer
 from epop.interfaces import addresses_for_listen_host
+from epop.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    ConnectionLimits,
+    LimitsFactory,
+)
 from epop.local_tls import RelayTLS, SessionChoiceFactory
 from epop.proxy import ProxyConfig
 from epop.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
@@ -94,6 +100,10 @@ class RelaySettings:
     check_path: str = "/"
     #: Seconds the operations in flight get to finish when the relay stops.
     drain_seconds: float = 30.0
+    #: Connections served at once, in all (0: no limit).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections served at once from one client address (0: no limit).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class ListeningService(Service):
@@ -210,6 +220,8 @@ class RelayService(MultiService):
         self.upstream = factory.upstream
         self.listeners = listeners
         self.allowlist_factory = allowlist_factory
+        #: Counts the connections served, against the caps (None if built without).
+        self.limits_factory: LimitsFactory | None = None
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
         for listener in listeners:
@@ -351,8 +363,8 @@ def make_relay_service(
         or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
         CA file, bad endpoint string, bad allowlist entry, unusable TLS
-        certificate or key, bad journal rotation), with a message that says
-        which.
+        certificate or key, bad journal rotation, negative connection
+        limits), with a message that says which.
     """
     upstream = Upstream(
         reactor,
@@ -372,8 +384,11 @@ def make_relay_service(
     )
     if settings.drain_seconds < 0:
         raise ValueError("drain_seconds must be 0 or more")
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
+    # The allowlist first: a client it refuses is neither counted nor told of caps.
+    limited = LimitsFactory(factory, limits)
     # Always in place, so that the list can change while the relay runs.
-    checked = AllowlistFactory(factory, Allowlist(settings.allow))
+    checked = AllowlistFactory(limited, Allowlist(settings.allow))
     served = SessionChoiceFactory(
         checked, settings.tls, reactor, settings.idle_timeout, gate=checked.refusal
     )
@@ -398,4 +413,6 @@ def make_relay_service(
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer)
-    return RelayService(reactor, settings, factory, journal_service, listeners, checked)
+    service = RelayService(reactor, settings, factory, journal_service, listeners, checked)
+    service.limits_factory = limited
+    return service

@@ -26,6 +26,7 @@ from twisted.python import usage
 
 from epop.allowlist import Allowlist
 from epop.journal import parse_rotate
+from epop.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.local_tls import RelayTLS
 from epop.proxy import (
     PASSWORD_VARIABLE,
@@ -50,6 +51,20 @@ from epop.service import (
 )
 from epop.tuning import keep_buffers_on_heap
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+
+
+def _connection_count(value: str) -> int:
+    """A connection limit: 0 (none) or more."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"a connection limit is 0 (no limit) or a positive whole number, not {value!r}")
+    return count
+
+
+_connection_count.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -78,6 +93,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _connection_count],
+        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _connection_count],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -246,6 +263,8 @@ class Options(usage.Options):
             tls=self.tls,
             check_at_start=not self["no-check"],
             drain_seconds=self["drain-seconds"],
+            max_connections=self["max-connections"],
+            max_connections_per_client=self["max-connections-per-client"],
         )
 
 
