@@ -212,6 +212,7 @@ class RelayService(MultiService):
         journal_service: JournalService,
         listeners: list[ListeningService],
         allowlist_factory: AllowlistFactory | None = None,
+        limits_factory: LimitsFactory | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -221,7 +222,7 @@ class RelayService(MultiService):
         self.listeners = listeners
         self.allowlist_factory = allowlist_factory
         #: Counts the connections served, against the caps (None if built without).
-        self.limits_factory: LimitsFactory | None = None
+        self.limits_factory = limits_factory
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
         for listener in listeners:
@@ -413,6 +414,4 @@ def make_relay_service(
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer)
-    service = RelayService(reactor, settings, factory, journal_service, listeners, checked)
-    service.limits_factory = limited
-    return service
+    return RelayService(reactor, settings, factory, journal_service, listeners, checked, limited)
