@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from OpenSSL import SSL, crypto
-
 from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import (
