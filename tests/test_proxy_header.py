@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.errors import EpopError
+from epop.journal import MemoryJournalWriter
 from epop.proxy_header import BadProxyHeader, ProxyHeaderFactory, parse_proxy_header
+from epop.service import RelaySettings, make_relay_service
 from epop.wire import FrameType
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import make_trustme_sandbox, poll_until
@@ -194,6 +196,68 @@ class PropertyTests(SynchronousTestCase):
     def test_v2_like(self, command: int, family: int, body: bytes, chunk: int) -> None:
         """Binary headers with any command, family and body."""
         self.check(v2(family, body, command=command) + HELLO, chunk)
+
+
+def _is_ip_and_port(client: str) -> bool:
+    host, _, port = client.rpartition(":")
+    if host.startswith("["):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return str(ip) == host and port.isdigit() and 0 <= int(port) <= 65535
+
+
+class JournalPropertyTests(SynchronousTestCase):
+    """
+    The whole relay behind a haproxy: listener, in memory: whatever bytes
+    come first, the journal's client is an IP address and port, and a
+    refusal has its documented reason.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.writer = MemoryJournalWriter()
+        self.service = make_relay_service(
+            self.reactor,
+            RelaySettings(listen=("haproxy:tcp:3358",), check_at_start=False),
+            journal_writer=lambda: self.writer,
+        )
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        [(_, self.factory, _, _)] = self.reactor.tcpServers
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.lists(st.binary(max_size=30), max_size=6).map(lambda parts: b"PROXY " + b" ".join(parts) + b"\r\n"),
+            st.tuples(st.integers(0, 255), st.integers(0, 255), st.binary(max_size=60)).map(
+                lambda t: v2(t[1], t[2], command=t[0])
+            ),
+        ),
+        st.booleans(),
+    )
+    def test_any_first_bytes(self, data: bytes, with_hello: bool) -> None:
+        """Random first bytes, with or without a HELLO after them."""
+        socket_peer = IPv4Address("TCP", "192.0.2.1", 4000)
+        protocol = self.factory.buildProtocol(socket_peer)
+        transport = StringTransport(peerAddress=socket_peer)
+        protocol.makeConnection(transport)
+        before = len(self.writer.records)
+        protocol.dataReceived(data + (HELLO if with_hello else b""))
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        lines = [r for r in self.writer.records[before:] if r["type"].startswith("connection-")]
+        self.assertEqual([r["type"] for r in lines], ["connection-opened", "connection-closed"])
+        opened, closed = lines
+        self.assertTrue(_is_ip_and_port(opened["client"]), opened["client"])
+        self.assertEqual(closed["client"], opened["client"])
+        if closed["reason"] in ("bad-proxy-header", "no-proxy-header"):
+            self.assertEqual(opened["client"], "192.0.2.1:4000")
+            self.assertEqual(closed["bytes_in"], len(data) + (len(HELLO) if with_hello else 0))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class LoopbackTests(TestCase):
