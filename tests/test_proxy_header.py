@@ -198,6 +198,16 @@ class PropertyTests(SynchronousTestCase):
         self.check(v2(family, body, command=command) + HELLO, chunk)
 
 
+#: Fields of a version 1 header: good ones, near misses, and anything at all.
+_V1_FIELD = st.one_of(
+    st.ip_addresses().map(lambda ip: str(ip).encode()),
+    st.integers(min_value=-70000, max_value=70000).map(lambda n: str(n).encode()),
+    st.sampled_from([b"1.2.3.4\n", b'"},{', "1.2.3.4\u202e".encode(), b"\x1b[2J", b"\xff\xfe", b"localhost"]),
+    st.text(max_size=12).map(str.encode),
+    st.binary(max_size=12),
+)
+
+
 def _is_ip_and_port(client: str) -> bool:
     host, _, port = client.rpartition(":")
     if host.startswith("["):
@@ -233,7 +243,9 @@ class JournalPropertyTests(SynchronousTestCase):
     @given(
         st.one_of(
             st.binary(max_size=200),
-            st.lists(st.binary(max_size=30), max_size=6).map(lambda parts: b"PROXY " + b" ".join(parts) + b"\r\n"),
+            st.tuples(st.sampled_from([b"TCP4", b"TCP6", b"UNKNOWN", b"UDP4"]), st.lists(_V1_FIELD, min_size=3, max_size=5)).map(
+                lambda t: b" ".join([b"PROXY", t[0], *t[1]]) + b"\r\n"
+            ),
             st.tuples(st.integers(0, 255), st.integers(0, 255), st.binary(max_size=60)).map(
                 lambda t: v2(t[1], t[2], command=t[0])
             ),
