@@ -64,9 +64,6 @@ def _connection_count(value: str) -> int:
     return count
 
 
-_connection_count.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
-
-
 class Options(usage.Options):
     log = Logger()
 
