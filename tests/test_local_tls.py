@@ -80,6 +80,10 @@ class LocalTLSTests(TestCase):
         report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
         self.assertEqual((report.failed_step, report.error.cause), ("relay", "tls"))
         self.assertIn("does not speak TLS", report.error.message)
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        [closed] = relay.records("connection-closed")
+        self.assertEqual(closed["reason"], "tls-not-configured")
+        self.assertGreater(closed["bytes_in"], 0)  # the ClientHello, unread but counted
 
     async def test_unknown_authority(self) -> None:
         """A relay certificate from another authority is an error, never plain text."""
