@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import trustme
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,16 +20,22 @@ from epop.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     ConnectionLimits,
 )
+from epop.local_tls import RelayTLS
 from epop.service import RelaySettings
 from epop.wire import FrameType
 from tests.relaying import HELLO, RawClient, RunningRelay, start_relay
 from tests.support import make_trustme_sandbox, poll_until
 
 
-async def connect(testcase: TestCase, port: int, source: str = "127.0.0.1") -> RawClient:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
+async def connect(
+    testcase: TestCase, port: int, source: str = "127.0.0.1", tls_ca: bytes | None = None
+) -> RawClient:
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
+    if tls_ca is not None:
+        creator = optionsForClientTLS("127.0.0.1", trustRoot=Certificate.loadPEM(tls_ca))
+        endpoint = wrapClientTLS(creator, endpoint)
     client = await connectProtocol(endpoint, RawClient())
-    testcase.addCleanup(lambda: client.transport.abortConnection())
+    testcase.addCleanup(lambda: None if client.closed.called else client.transport.abortConnection())
     return client
 
 
@@ -110,6 +118,21 @@ class CapTests(TestCase):
         third = await connect(self, relay.port)
         kind, _ = await hello(third, b"PROXY TCP4 10.1.1.2 127.0.0.1 40002 3358\r\n")
         self.assertEqual(kind, FrameType.WELCOME)
+
+    async def test_tls_refusal_is_readable(self) -> None:
+        """Over a cap, a TLS client reads the refusal inside its TLS session."""
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1")
+        cert, key = FilePath(self.mktemp()), FilePath(self.mktemp())
+        cert.setContent(issued.cert_chain_pems[0].bytes())
+        key.setContent(issued.private_key_pem.bytes())
+        relay = self.relay(tls=RelayTLS(cert.path, key.path), max_connections=1)
+        first = await connect(self, relay.port, tls_ca=ca.cert_pem.bytes())
+        self.assertEqual((await hello(first))[0], FrameType.WELCOME)
+        second = await connect(self, relay.port, tls_ca=ca.cert_pem.bytes())
+        kind, message = await hello(second)
+        self.assertEqual((kind, message["code"]), (FrameType.ERROR, "too-many-connections"))
+        self.assertTrue(await poll_until(reactor, lambda: self.closed_reasons(relay) == ["too-many-connections"]))
 
     async def test_refused_by_allowlist_not_counted(self) -> None:
         """A client the allowlist refuses learns only that, and takes no place."""
