@@ -99,12 +99,9 @@ def _v1_address(kind: str, text: bytes, port: bytes, which: Text) -> Address:
     return cls("TCP", host, int(port))
 
 
-def _source() -> Text:
-    return Text("source")
-
-
-def _destination() -> Text:
-    return Text("destination")
+#: Which address or port of the header is wrong, for L{_v1_address}'s messages.
+_SOURCE = Text("source")
+_DESTINATION = Text("destination")
 
 
 def _parse_v1(buffer: bytes) -> tuple[tuple[Address, Address] | None, int] | None:
@@ -120,8 +117,8 @@ def _parse_v1(buffer: bytes) -> tuple[tuple[Address, Address] | None, int] | Non
     if len(fields) != 6 or fields[1] not in (b"TCP4", b"TCP6"):
         raise _bad(Text("it is not 'PROXY TCP4|TCP6 SOURCE DESTINATION SOURCE-PORT DESTINATION-PORT'"))
     kind = fields[1].decode("ascii")
-    source = _v1_address(kind, fields[2], fields[4], _source())
-    destination = _v1_address(kind, fields[3], fields[5], _destination())
+    source = _v1_address(kind, fields[2], fields[4], _SOURCE)
+    destination = _v1_address(kind, fields[3], fields[5], _DESTINATION)
     return (source, destination), used
 
 
