@@ -640,6 +640,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._reader = FrameReader()
         self._state = _State.HELLO
         self._close_reason: str | None = None
+        self._close_error: str | None = None
         self._opened = 0.0
         self._paused = False
         #: Seconds the relay has held the workstation back (not counting
@@ -713,8 +714,17 @@ class RelayProtocol(Protocol, TimeoutMixin):
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             reason=self._close_reason,
+            **({"error": self._close_error} if self._close_error else {}),
         )
         self.lost.callback(None)
+
+    def ending_because(self, reason: str, error: str | None = None) -> None:
+        """
+        Why the connection is ending, from a layer around it that knows
+        (TLS, the PROXY header), unless the relay already decided.
+        """
+        if self._close_reason is None:
+            self._close_reason, self._close_error = reason, error
 
     def timeoutConnection(self) -> None:
         self.fail(

@@ -40,6 +40,12 @@ from epop.journal import (
 )
 from epop.addressing import format_peer
 from epop.interfaces import addresses_for_listen_host
+from epop.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    ConnectionLimits,
+    LimitsFactory,
+)
 from epop.local_tls import RelayTLS, SessionChoiceFactory
 from epop.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
@@ -50,6 +56,7 @@ from epop.pacing import (
     DEFAULT_UPLOAD_MIN_RATE,
 )
 from epop.proxy import ProxyConfig
+from epop.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
@@ -112,6 +119,10 @@ class RelaySettings:
     check_path: str = "/"
     #: Seconds the operations in flight get to finish when the relay stops.
     drain_seconds: float = 30.0
+    #: Connections served at once, in all (0: no limit).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections served at once from one client address (0: no limit).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class ListeningService(Service):
@@ -220,6 +231,7 @@ class RelayService(MultiService):
         journal_service: JournalService,
         listeners: list[ListeningService],
         allowlist_factory: AllowlistFactory | None = None,
+        limits_factory: LimitsFactory | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -228,6 +240,8 @@ class RelayService(MultiService):
         self.upstream = factory.upstream
         self.listeners = listeners
         self.allowlist_factory = allowlist_factory
+        #: Counts the connections served, against the caps (None if built without).
+        self.limits_factory = limits_factory
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
         for listener in listeners:
@@ -341,6 +355,17 @@ class RelayService(MultiService):
         return d
 
 
+def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint for a C{--listen} string.  C{haproxy:} strings read the
+    PROXY header with L{ProxyHeaderEndpoint}, which checks the addresses it
+    gives, instead of Twisted's reader.
+    """
+    if description.startswith(HAPROXY_PREFIX):
+        return ProxyHeaderEndpoint(serverFromString(reactor, description[len(HAPROXY_PREFIX) :]))
+    return serverFromString(reactor, description)
+
+
 def make_relay_service(
     reactor: Any,
     settings: RelaySettings = RelaySettings(),
@@ -358,8 +383,8 @@ def make_relay_service(
         or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
         CA file, bad endpoint string, bad allowlist entry, unusable TLS
-        certificate or key, bad journal rotation), with a message that says
-        which.
+        certificate or key, bad journal rotation, negative connection
+        limits), with a message that says which.
     """
     upstream = Upstream(
         reactor,
@@ -393,13 +418,18 @@ def make_relay_service(
     for name in ("checks_per_connection", "checks_per_client"):
         if getattr(settings, name) < 0:
             raise ValueError(f"{name} must be 0 (no limit) or a number of checks a minute")
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
+    # The allowlist first: a client it refuses is neither counted nor told of caps.
+    limited = LimitsFactory(factory, limits)
     # Always in place, so that the list can change while the relay runs.
-    checked = AllowlistFactory(factory, Allowlist(settings.allow))
-    served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)
+    checked = AllowlistFactory(limited, Allowlist(settings.allow))
+    served = SessionChoiceFactory(
+        checked, settings.tls, reactor, settings.idle_timeout, gate=checked.refusal
+    )
     listeners = []
     for description in settings.listen:
         try:
-            endpoint = serverFromString(reactor, description)
+            endpoint = listen_endpoint(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
         listeners.append(ListeningService(description, endpoint, factory, served))
@@ -417,4 +447,4 @@ def make_relay_service(
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer)
-    return RelayService(reactor, settings, factory, journal_service, listeners, checked)
+    return RelayService(reactor, settings, factory, journal_service, listeners, checked, limited)

@@ -27,6 +27,7 @@ from twisted.python import usage
 
 from epop.allowlist import Allowlist
 from epop.journal import parse_rotate
+from epop.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.local_tls import RelayTLS
 from epop.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
@@ -61,6 +62,17 @@ from epop.tuning import keep_buffers_on_heap
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
+def _connection_count(value: str) -> int:
+    """A connection limit: 0 (none) or more."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"a connection limit is 0 (no limit) or a positive whole number, not {value!r}")
+    return count
+
+
 class Options(usage.Options):
     log = Logger()
 
@@ -93,6 +105,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _connection_count],
+        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _connection_count],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -275,6 +289,8 @@ class Options(usage.Options):
             tls=self.tls,
             check_at_start=not self["no-check"],
             drain_seconds=self["drain-seconds"],
+            max_connections=self["max-connections"],
+            max_connections_per_client=self["max-connections-per-client"],
         )
 
 
@@ -323,6 +339,29 @@ def reload_allowlist(relay: RelayService, options: Options) -> None:
     relay.set_allowlist(found.allow, source=path)
 
 
+class RelayCannotStart(SystemExit, Exception):
+    """
+    The relay cannot start (a port it cannot bind): twistd must exit non-zero
+    with this one line and no traceback, in the foreground and as a daemon.
+
+    Both a L{SystemExit} and an L{Exception}, because twistd reacts to each
+    in a different place: as an C{Exception}, its
+    C{UnixApplicationRunner.postApplication} sends the reason through the
+    status pipe to the terminal that started a daemon, removes the pid file
+    and re-raises; as a C{SystemExit}, the process then exits with status 1
+    printing nothing more.  A plain C{SystemExit} skips the first step: a
+    daemon's parent then waits for ever, and the pid file stays.
+
+    Its text is short, because twistd passes a daemon's parent only the first
+    100 bytes.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        # Exit status 1; the reason is already in the log and on the terminal.
+        self.code = 1
+
+
 class _TwistdRelay(MultiService):
     """
     Under twistd, a port that cannot be bound ends the program with one
@@ -342,7 +381,18 @@ class _TwistdRelay(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            raise SystemExit(f"epop: {e}") from None
+            self.log.critical("epop: {reason}", reason=str(e))
+            # In the foreground twistd sends stderr to its log: say it where
+            # the relay was started too (a daemon's own stderr is /dev/null,
+            # its parent prints the exception's text instead).
+            terminal = sys.__stderr__
+            if terminal is not None:
+                try:
+                    terminal.write(f"epop: {e}\n")
+                    terminal.flush()
+                except (OSError, ValueError):
+                    pass
+            raise RelayCannotStart(f"cannot listen on {e.description}: {e.why}") from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP
