@@ -13,7 +13,8 @@ that reason; the connections already served go on.
 A connection is counted from its first bytes to its end: behind a load
 balancer speaking the PROXY protocol (C{--listen haproxy:...}) the client's
 real address is known only then, as for the allowlist.  Refused connections
-are not counted.
+are not counted.  Connections that have sent nothing yet are bounded apart
+(L{MAX_SILENT_CONNECTIONS}): one more closes the oldest of them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from epop.messages import Text
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_CLIENT",
+    "MAX_SILENT_CONNECTIONS",
     "ConnectionLimits",
     "LimitsFactory",
 ]
@@ -46,6 +48,12 @@ DEFAULT_MAX_CONNECTIONS = 500
 #: balancer without the PROXY protocol), and a month-end rush may mean 200
 #: uploads at once.
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 250
+#: Connections that have not sent their first byte yet.  A workstation
+#: sends at once, so only a handful are ever silent together; past this the
+#: oldest is closed, so that a flood of silent sockets (not counted above:
+#: their client is not known yet behind a load balancer) cannot run the
+#: relay out of file descriptors.
+MAX_SILENT_CONNECTIONS = 100
 
 
 @dataclass(frozen=True)

@@ -203,19 +203,41 @@ class _Chooser(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         tune(self.transport, read_size=READ_SIZE)
-        self._factory.waiting.add(self)
-        self.setTimeout(self._factory.idle_timeout)
+        factory = self._factory
+        if factory.max_silent and len(factory.waiting) >= factory.max_silent:
+            # Silent connections cost a socket each: the oldest makes room,
+            # so a flood of them cannot keep workstations out.
+            next(iter(factory.waiting)).crowded_out(factory.max_silent)
+        factory.waiting[self] = None
+        self.setTimeout(factory.idle_timeout)
 
     def close(self) -> None:
         """The relay is stopping before this peer said anything: tell it so."""
         self.setTimeout(None)
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         self._plain()
         self._refused = True
         relay_inside(self._inner).fail(relay_stopping())
 
+    def crowded_out(self, limit: int) -> None:
+        """Too many connections have said nothing yet: this, the oldest, is closed."""
+        self.setTimeout(None)
+        self._factory.waiting.pop(self, None)
+        self._plain()
+        self._refused = True
+        relay_inside(self._inner).fail(
+            ProtocolError(
+                "too-many-silent-connections",
+                Text(
+                    "The relay holds {limit} connections that have sent nothing yet, its "
+                    "maximum; this one, the oldest, is closed. Connect again and send at once.",
+                    limit=limit,
+                ),
+            )
+        )
+
     def timeoutConnection(self) -> None:
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         self._plain()
         self._refused = True
         relay_inside(self._inner).timeoutConnection()
@@ -223,7 +245,7 @@ class _Chooser(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._inner is None:
             self.setTimeout(None)
-            self._factory.waiting.discard(self)
+            self._factory.waiting.pop(self, None)
             self._choose(data[0] == _TLS_HANDSHAKE)
         if self._refused:
             count_refused(self._inner, data)
@@ -243,7 +265,7 @@ class _Chooser(Protocol, TimeoutMixin):
         it is handed on: answer and journal it as a plain e-POP connection.
         """
         self.setTimeout(None)
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         if self._inner is None:
             self._plain()
         self._refused = True
@@ -302,7 +324,7 @@ class _Chooser(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure) -> None:
         self.setTimeout(None)
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         if self._inner is None:
             # Closed before a byte: still a connection worth journaling.
             self._plain()
@@ -323,6 +345,8 @@ class SessionChoiceFactory(Factory):
     @param tls: the relay's TLS settings, or C{None} for plain only.
     @param clock: times the wait for a connection's first byte.
     @param idle_timeout: how long that wait may be.
+    @param max_silent: connections that have not sent their first byte yet,
+        at most (0: no limit); one more closes the oldest of them.
     @param gate: the allowlist's verdict on a peer (an error, or C{None} to
         admit it), asked before a session is refused for its choice of TLS
         or plain, so that a client outside the allowlist learns only that.
@@ -337,12 +361,15 @@ class SessionChoiceFactory(Factory):
         clock: Any,
         idle_timeout: float = 120.0,
         gate: Callable[[IAddress], EpopError | None] | None = None,
+        max_silent: int = 0,
     ) -> None:
         self.wrapped = wrapped
+        self.max_silent = max_silent
         self.gate = gate
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.waiting: set[_Chooser] = set()
+        #: Connections still silent, oldest first.
+        self.waiting: dict[_Chooser, None] = {}
         self.require = bool(tls and tls.require)
         self.tls = (
             TLSMemoryBIOFactory(tls.options(), False, _BatchingFactory(wrapped))

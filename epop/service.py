@@ -43,6 +43,7 @@ from epop.interfaces import addresses_for_listen_host
 from epop.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    MAX_SILENT_CONNECTIONS,
     ConnectionLimits,
     LimitsFactory,
 )
@@ -424,7 +425,14 @@ def make_relay_service(
     # Always in place, so that the list can change while the relay runs.
     checked = AllowlistFactory(limited, Allowlist(settings.allow))
     served = SessionChoiceFactory(
-        checked, settings.tls, reactor, settings.idle_timeout, gate=checked.refusal
+        checked,
+        settings.tls,
+        reactor,
+        settings.idle_timeout,
+        gate=checked.refusal,
+        # Silent connections are not counted against the caps (their client
+        # is not known yet behind a load balancer), but they are bounded too.
+        max_silent=MAX_SILENT_CONNECTIONS,
     )
     listeners = []
     for description in settings.listen:

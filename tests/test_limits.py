@@ -18,6 +18,7 @@ from epop import tap
 from epop.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    MAX_SILENT_CONNECTIONS,
     ConnectionLimits,
 )
 from epop.local_tls import RelayTLS
@@ -144,6 +145,26 @@ class CapTests(TestCase):
         limits = relay.service.limits_factory
         assert limits is not None
         self.assertEqual(limits.total, 0)
+
+    async def test_silent_connections_bounded(self) -> None:
+        """
+        Sockets that never send a byte are bounded apart from the caps: one
+        more than the bound closes the oldest, and a workstation that speaks
+        is still served.
+        """
+        relay = self.relay()
+        served = relay.service.listeners[0].served
+        silent = [await connect(self, relay.port) for _ in range(MAX_SILENT_CONNECTIONS)]
+        self.assertTrue(await poll_until(reactor, lambda: len(served.waiting) == MAX_SILENT_CONNECTIONS))
+        oldest = silent[0]
+        one_more = await connect(self, relay.port)
+        await oldest.closed
+        [error] = oldest.messages(FrameType.ERROR)
+        self.assertEqual(error["code"], "too-many-silent-connections")
+        self.assertIn(f"{MAX_SILENT_CONNECTIONS} connections that have sent nothing", error["message"])
+        self.assertTrue(await poll_until(reactor, lambda: self.closed_reasons(relay) == ["too-many-silent-connections"]))
+        self.assertFalse(any(client.closed.called for client in silent[1:]))
+        self.assertEqual((await hello(one_more))[0], FrameType.WELCOME)
 
 
 class SettingsTests(SynchronousTestCase):
