@@ -241,6 +241,51 @@ class CheckResult:
         return self.text().render(language)
 
 
+@implementer(IBodyProducer)
+class _StoppableBody:
+    """
+    Keeps L{IBodyProducer}'s promise for whatever body it wraps: once the
+    HTTP client calls C{stopProducing} (e-PMSI's connection is gone), the
+    L{Deferred} from C{startProducing} never fires.
+
+    A relayed upload's body fails its Deferred when the operation is
+    aborted, which may be after e-PMSI's connection dropped in the middle of
+    the body; Twisted's HTTP client logs such a late result as an error, with
+    a traceback, although the request already failed and was reported.
+    """
+
+    def __init__(self, wrapped: IBodyProducer) -> None:
+        self._wrapped = wrapped
+        self.length = wrapped.length
+        self._stopped = False
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        produced = self._wrapped.startProducing(consumer)
+        outcome: Deferred[None] = Deferred(lambda _: produced.cancel())
+
+        def settled(result: object) -> None:
+            if self._stopped:
+                return None  # nobody listens any more: drop it, failure or not
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(None)
+            return None
+
+        produced.addBoth(settled)
+        return outcome
+
+    def pauseProducing(self) -> None:
+        self._wrapped.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._wrapped.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._wrapped.stopProducing()
+
+
 class _NoCookies(IndexableCookieJar):
     """A check is anonymous: nothing it is told to remember is kept."""
 
@@ -302,7 +347,8 @@ class Upstream:
         raw = Headers()
         for name, value in headers:
             raw.addRawHeader(name.encode("ascii"), value.encode("latin-1"))
-        d = self._agent.request(method.encode("ascii"), url, raw, body)
+        producer = _StoppableBody(body) if body is not None else None
+        d = self._agent.request(method.encode("ascii"), url, raw, producer)
 
         def failed(failure: Failure) -> Failure:
             from twisted.internet.defer import CancelledError
