@@ -34,6 +34,7 @@ from tests.faults import (
     start_faulty_link,
 )
 from tests.relaying import RunningRelay, start_relay
+from tests.squid import Squid, start_squid
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
 MiB = 1024 * 1024
@@ -242,6 +243,56 @@ class ProxyTunnelTests(_FaultCase):
     async def test_tunnel_reset_mid_upload(self) -> None:
         """A proxy that resets the tunnel (RST) mid-upload: epmsi-unreachable, connection-lost, nothing kept."""
         await self._tunnel_cut("reset")
+
+
+class SquidTests(_FaultCase):
+    """
+    Through the hospital's real proxy (squid, Basic authentication), which
+    dies, or whose far side resets, in the middle of an upload.  Skipped
+    without squid, unless C{EPOP_REQUIRE_SQUID=1}.
+    """
+
+    def relay_through(self, squid: Squid, epmsi: str) -> RunningRelay:
+        proxy = ProxyConfig(squid.host, squid.port, squid.user, squid.password)
+        return start_relay(self, reactor, epmsi, self.sandbox.ca_path, proxy=proxy)
+
+    async def test_squid_killed_mid_upload(self) -> None:
+        """squid killed with half the body through: epmsi-unreachable, connection-lost, nothing kept."""
+        squid = start_squid(self, allow_ports=[self.sandbox_port])
+        relay = self.relay_through(squid, self.sandbox.url)
+        content_type, form = _form(8 * MiB, seed=7)
+        body = GatedBody(form, len(form) // 2)
+        protocol = await self.connect(relay)
+        request = protocol.request("POST", "/syriusUpload.do", [("Content-Type", content_type)], body)
+        started = await poll_until(reactor, lambda: bool(in_flight(self.sandbox)), 200)
+        self.assertTrue(started, "the upload never reached e-PMSI through squid")
+        squid.process.kill()
+        error = await self.assertFailure(request, RelayError)
+        self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        released, closed = await self.journal(relay)
+        self.assertEqual(
+            (released["outcome"], released.get("error"), released["integrity"]),
+            ("epmsi-unreachable", "connection-lost", "pending"),
+        )
+        self.assertEqual(closed["reason"], "epmsi-unreachable")
+        await self.assert_nothing_stored(relay)
+
+    async def test_far_side_resets_behind_squid(self) -> None:
+        """e-PMSI resets behind squid: squid drops the tunnel, the relay says so, nothing kept."""
+        link = start_faulty_link(self, reactor, self.sandbox_port, after=CUT_AFTER, fault="reset")
+        squid = start_squid(self, allow_ports=[link.url_port])
+        relay = self.relay_through(squid, f"https://127.0.0.1:{link.url_port}")
+        content_type, form = _form(8 * MiB, seed=8)
+        error = await self.upload_fails(relay, GatedBody(form, len(form)), content_type)
+        self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        released, closed = await self.journal(relay)
+        self.assertEqual(
+            (released["outcome"], released.get("error"), released["integrity"]),
+            ("epmsi-unreachable", "connection-lost", "pending"),
+        )
+        self.assertEqual(closed["reason"], "epmsi-unreachable")
+        await self.assert_nothing_stored(relay)
+        await self.upload_succeeds(relay)
 
 
 class WorkstationVanishesTests(_FaultCase):
