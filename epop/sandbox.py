@@ -658,7 +658,7 @@ class _MultipartBody(_Body):
     """A C{multipart/form-data} body: file parts go to disk, fields are counted."""
 
     def __init__(
-        self, upload: _PendingUpload, boundary: str, content_length: int | None
+        self, upload: _PendingUpload, boundary: bytes, content_length: int | None
     ) -> None:
         super().__init__(upload)
         self._parser = PushMultipartParser(
@@ -792,7 +792,9 @@ class SandboxRequest(Request):
                     upload, _UploadRejected(400, "multipart/form-data without boundary")
                 )
             try:
-                return _MultipartBody(upload, boundary, length)
+                # The header was read as Latin-1: its own bytes delimit the
+                # parts, not their UTF-8 re-encoding.
+                return _MultipartBody(upload, boundary.encode("latin-1"), length)
             except MultipartError as error:
                 return _RejectedBody(
                     upload, _UploadRejected(400, f"bad multipart boundary: {error}")
