@@ -65,6 +65,9 @@ __all__ = [
 
 DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
 
+#: Causes that, through a proxy, may as well come from the proxy as from e-PMSI.
+_ALSO_THE_PROXY = frozenset({"connection-lost", "timeout"})
+
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
@@ -420,6 +423,19 @@ class Upstream:
 
     def _describe(self, failure: Failure) -> UpstreamError:
         error = describe_upstream_failure(failure, self.url, timeout=self._timeout)
+        if self.proxy is not None and error.cause in _ALSO_THE_PROXY:
+            # A tunnel cut or silent in mid-operation may be the proxy's
+            # doing (a limit on tunnels, a restart): name it for IT staff.
+            return UpstreamError(
+                error.code,
+                Text(
+                    "Could not reach e-PMSI at {url} through the proxy {proxy}: {reason}.",
+                    url=self.url,
+                    proxy=self.proxy.address,
+                    reason=error.text.params.get("reason", ""),
+                ),
+                error.cause,
+            )
         if self.proxy is not None and error.cause == "tls":
             return UpstreamError(
                 error.code,

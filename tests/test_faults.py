@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from epop.client import RelayClientProtocol, connect_to_relay
+from epop.client import RelayClientProtocol, connect_to_relay, test_connection
 from epop.errors import EpopError, RelayError
 from epop.proxy import ProxyConfig
 from tests.faults import (
@@ -226,7 +226,16 @@ class ProxyTunnelTests(_FaultCase):
             b"CONNECT 127.0.0.1:%d HTTP/1.1" % (self.sandbox_port,),
         )
         self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
-        self.assertIn("the connection was closed before an answer", error.message)
+        self.assertEqual(
+            error.message,
+            f"Could not reach e-PMSI at {self.sandbox.url} through the proxy 127.0.0.1:{link.url_port}: "
+            "the connection was closed before an answer.",
+        )
+        self.assertEqual(
+            error.render("fr"),
+            f"Impossible de joindre e-PMSI à {self.sandbox.url} par le proxy 127.0.0.1:{link.url_port} : "
+            "la connexion a été fermée avant la réponse.",
+        )
         released, closed = await self.journal(relay)
         self.assertEqual(
             (released["outcome"], released.get("error"), released["integrity"]),
@@ -235,6 +244,25 @@ class ProxyTunnelTests(_FaultCase):
         self.assertEqual(closed["reason"], "epmsi-unreachable")
         await self.assert_nothing_stored(relay)
         await self.upload_succeeds(relay)
+
+    async def test_silent_tunnel_names_the_proxy(self) -> None:
+        """A tunnel through which nothing comes back: the test's timeout names e-PMSI and the proxy."""
+        link = start_faulty_link(self, reactor, self.sandbox_port, after=0, fault="stall", tunnel=True)
+        report = await test_connection(
+            reactor,
+            epmsi=self.sandbox.url,
+            ca_file=self.sandbox.ca_path,
+            proxy=ProxyConfig("127.0.0.1", link.url_port),
+            timeout=0.5,
+        )
+        self.assertEqual((report.failed_step, report.error.cause), ("epmsi", "timeout"))
+        self.assertEqual(
+            report.error.message,
+            f"Could not reach e-PMSI at {self.sandbox.url} through the proxy 127.0.0.1:{link.url_port}: "
+            "no answer in time (0.5 s).",
+        )
+        link.release()
+        await self.assert_nothing_stored()
 
     async def test_tunnel_closed_mid_upload(self) -> None:
         """A proxy that closes the tunnel (FIN) mid-upload: epmsi-unreachable, connection-lost, nothing kept."""
@@ -269,6 +297,11 @@ class SquidTests(_FaultCase):
         squid.process.kill()
         error = await self.assertFailure(request, RelayError)
         self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        self.assertEqual(
+            error.message,
+            f"Could not reach e-PMSI at {self.sandbox.url} through the proxy {squid.host}:{squid.port}: "
+            "the connection was closed before an answer.",
+        )
         released, closed = await self.journal(relay)
         self.assertEqual(
             (released["outcome"], released.get("error"), released["integrity"]),
@@ -285,6 +318,7 @@ class SquidTests(_FaultCase):
         content_type, form = _form(8 * MiB, seed=8)
         error = await self.upload_fails(relay, GatedBody(form, len(form)), content_type)
         self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        self.assertIn(f"through the proxy {squid.host}:{squid.port}", error.message)
         released, closed = await self.journal(relay)
         self.assertEqual(
             (released["outcome"], released.get("error"), released["integrity"]),
