@@ -205,7 +205,7 @@ class _Inbound(Protocol):
         assert self.outbound is not None
         link = self.link
         # One fault per link: once injected, later connections go through.
-        armed = link.fault is not None and not link.injected.called
+        armed = link.fault is not None and link.counting == "request" and not link.injected.called
         budget = link.after - link.forwarded if armed else len(data)
         if budget < len(data):
             data = data[: max(budget, 0)]
@@ -245,8 +245,20 @@ class _Inbound(Protocol):
             link.injected.callback(link.fault)
 
     def from_target(self, data: bytes) -> None:
-        if not self.stalled and not self.finished:
+        if self.stalled or self.finished:
+            return
+        link = self.link
+        armed = link.fault is not None and link.counting == "answer" and not link.injected.called
+        if armed and link.forwarded < link.answer_after:
+            self.transport.write(data)  # the TLS handshake, not the answer yet
+            return
+        if armed:
+            data = data[: max(link.after - link.answered, 0)]
+        link.answered += len(data)
+        if data:
             self.transport.write(data)
+        if armed and link.answered >= link.after:
+            self._inject()
 
     def outbound_lost(self) -> None:
         self.outbound = None
@@ -274,11 +286,16 @@ class FaultyLink(Factory):
     after C{after} bytes towards the target (the whole link counts, not one
     connection), then forwards faithfully again, so a test can check that
     the next upload goes through; C{fault=None} never injects anything.
-    With C{rate} (bytes per second), it forwards no faster than that once
-    the fault is injected, or from the start without a fault: a slow line.
+    With C{counting="answer"}, the C{after} bytes are counted the other way,
+    from the target: the fault hits e-PMSI's answer (counted only once
+    C{answer_after} bytes went towards the target, so that the TLS handshake
+    is left alone).  With C{rate} (bytes
+    per second), it forwards no faster than that once the fault is
+    injected, or from the start without a fault: a slow line.
 
     @ivar injected: fires with the fault's name when it happens.
     @ivar forwarded: bytes delivered towards the target so far.
+    @ivar answered: bytes delivered from the target so far.
     @ivar connect_requests: the raw CONNECT heads received (tunnel mode).
     """
 
@@ -291,16 +308,23 @@ class FaultyLink(Factory):
         fault: str | None = None,
         tunnel: bool = False,
         rate: float | None = None,
+        counting: str = "request",
+        answer_after: int = 0,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"fault must be one of {FAULTS}, not {fault!r}")
+        if counting not in ("request", "answer"):
+            raise ValueError(f"counting must be 'request' or 'answer', not {counting!r}")
         self.reactor = reactor
         self.target_port = target_port
         self.after = after
         self.fault = fault
         self.tunnel = tunnel
         self.rate = rate
+        self.counting = counting
+        self.answer_after = answer_after
         self.forwarded = 0
+        self.answered = 0
         self.connections: set[_Inbound] = set()
         self.connect_requests: list[bytes] = []
         self.injected: Deferred[str | None] = Deferred()

@@ -14,6 +14,7 @@ fast loopback is.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from typing import Any
 
@@ -178,6 +179,56 @@ class EpmsiResetTests(_FaultCase):
         "lets Twisted's TaskStopped escape and the reactor prints 'while handling timed "
         "call' and a traceback after the message"
     )
+
+
+class EpmsiCutsItsAnswerTests(_FaultCase):
+    """e-PMSI resets the connection while its answer streams back."""
+
+    async def test_answer_cut_short(self) -> None:
+        """The workstation gets part of the answer, then an error; the journal says the answer was cut."""
+        size = 32 * MiB
+        serve_big_answers(self, self.sandbox, size)
+        link = start_faulty_link(
+            self, reactor, self.sandbox_port, after=4 * MiB, fault="reset", counting="answer"
+        )
+        relay = self.relay_to(link)
+        protocol = await self.connect(relay)
+        received = io.BytesIO()
+        error = await self.assertFailure(protocol.request("GET", "/big", output=received), RelayError)
+        self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        self.assertTrue(error.message.startswith("e-PMSI's answer was cut short: "), error.message)
+        self.assertLess(len(received.getvalue()), size)
+        released, closed = await self.journal(relay)
+        self.assertEqual(
+            (released["kind"], released["outcome"], released.get("error"), released["status"], released["integrity"]),
+            ("request", "epmsi-unreachable", "connection-lost", 200, "none"),
+        )
+        self.assertEqual(closed["reason"], "epmsi-unreachable")
+        await self.assert_nothing_stored(relay)
+
+    async def test_receipt_lost_after_complete_upload(self) -> None:
+        """
+        e-PMSI got the whole file and its receipt is lost: the journal says
+        integrity ok with epmsi-unreachable, the documented "check on
+        e-PMSI" case, and the file is indeed there.
+        """
+        content_type, form = _form(2 * MiB, seed=9)
+        # The receipt comes only after the whole body: count from then on.
+        link = start_faulty_link(
+            self, reactor, self.sandbox_port, after=20, fault="reset",
+            counting="answer", answer_after=len(form),
+        )
+        relay = self.relay_to(link)
+        error = await self.upload_fails(relay, GatedBody(form, len(form)), content_type)
+        self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
+        released, closed = await self.journal(relay)
+        self.assertEqual(
+            (released["outcome"], released.get("error"), released["integrity"], released["length"]),
+            ("epmsi-unreachable", "connection-lost", "ok", len(form)),
+        )
+        self.assertEqual(closed["reason"], "epmsi-unreachable")
+        [stored] = self.sandbox.complete_files()
+        self.assertEqual(stored.getsize(), 2 * MiB)
 
 
 class EpmsiStallTests(_FaultCase):
