@@ -16,6 +16,10 @@ the relay.
 L{GatedBody} is an L{IBodyProducer} that writes a first part of a body, then
 waits for the test to open its gate before writing the rest, so a test can
 act at a known point of an upload instead of racing it.
+
+L{serve_big_answers} gives the sandbox a large answer to stream back (for a
+workstation or e-PMSI to cut), and L{spawn_epop} runs the C{epop} command as
+a real process, to see its exit status and standard error, or to kill it.
 """
 
 from __future__ import annotations
