@@ -43,6 +43,18 @@ _NAME_CHARS = st.characters(
     min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters='"%\\\x7f'
 )
 
+_FILE_NAMES = st.text(
+    st.characters(min_codepoint=0x20, exclude_characters='"%\\\x7f'), min_size=1, max_size=300
+)
+#: Names near and past what a file system takes (255 bytes), one or two
+#: bytes a character, with or without an extension.
+_LONG_FILE_NAMES = st.builds(
+    lambda character, count, extension: character * count + extension,
+    st.sampled_from(["a", "é", "€", " ", "."]),
+    st.integers(100, 300),
+    st.sampled_from(["", ".zip", ".tar.gz", ".partial"]),
+)
+
 PROPERTIES = settings(
     max_examples=150,
     deadline=None,
@@ -389,3 +401,28 @@ class SandboxParsingProperties(SynchronousTestCase):
         outcome = self.exchange().post(f"multipart/form-data; {boundary_parameter(boundary, False)}", reads)
         self.check_consistent(outcome)
         self.assertEqual(outcome.status, 200 if count <= MAX_PARTS else 413, outcome.document)
+
+    @PROPERTIES
+    @given(
+        st.lists(st.one_of(_FILE_NAMES, _LONG_FILE_NAMES), min_size=1, max_size=4),
+        st.data(),
+    )
+    def test_any_file_names(self, names: list[str], data: Any) -> None:
+        """
+        Files under any names, long ones and repeated ones included, are all
+        stored, each under a name of at most 255 bytes, none overwritten.
+        """
+        repeated = data.draw(st.lists(st.sampled_from(names), max_size=3))
+        parts = [Part("f", name, b"%d" % (i,)) for i, name in enumerate(names + repeated)]
+        chunks = [
+            b'--epopB\r\nContent-Disposition: form-data; name="f"; filename="%s"\r\n\r\n%s\r\n'
+            % (p.filename.encode("utf-8"), p.content)  # type: ignore[union-attr]
+            for p in parts
+        ]
+        body = b"".join(chunks) + b"--epopB--\r\n"
+        outcome = self.exchange().post("multipart/form-data; boundary=epopB", data.draw(splits(body)))
+        self.check_consistent(outcome)
+        self.assertEqual(outcome.status, 200, outcome.document)
+        self.assertEqual(sorted(outcome.stored.values()), sorted(p.content for p in parts))
+        for stored in outcome.stored:
+            self.assertLessEqual(len(stored.partition("/")[2].encode("utf-8")), 255, stored)
