@@ -476,3 +476,41 @@ class WorkstationVanishesTests(_FaultCase):
         self.assertLess(closed["bytes_out"], size)
         # e-PMSI's half-read answer is not kept in the pool: its connection is closed.
         await self.assert_nothing_stored(relay)
+
+
+class WorkstationStopsReadingTests(_FaultCase):
+    """The workstation stays connected but stops reading e-PMSI's answer."""
+
+    async def test_stops_reading_the_answer(self) -> None:
+        """
+        A workstation that stops reading e-PMSI's answer: --epmsi-timeout
+        cancels it (stalled), e-PMSI's connection is closed, the connection
+        is closed within the grace a closing connection gets.
+        """
+        size = 64 * MiB
+        serve_big_answers(self, self.sandbox, size)
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, epmsi_timeout=0.5)
+        protocol = await self.connect(relay)
+
+        class StuckSink:
+            """Takes the first MiB of the answer, then reads no more."""
+
+            received = 0
+
+            def write(self, data: bytes) -> None:
+                self.received += len(data)
+                if self.received >= MiB:
+                    protocol.transport.pauseProducing()
+
+        sink = StuckSink()
+        request = protocol.request("GET", "/big", output=sink)
+        request.addErrback(lambda _: None)  # the relay's ERROR is never read
+        released = await poll_until(reactor, lambda: bool(relay.records("object-released")), 200)
+        self.assertTrue(released, relay.types())
+        [record] = relay.records("object-released")
+        self.assertEqual((record["outcome"], record["status"]), ("stalled", 200))
+        self.assertTrue(await poll_until(reactor, lambda: not self.sandbox.site._channels, 200))
+        closed = await poll_until(reactor, lambda: bool(relay.records("connection-closed")), 200)
+        self.assertTrue(closed, relay.types())
+        self.assertEqual(relay.records("connection-closed")[0]["reason"], "stalled")
+        await self.assert_nothing_stored(relay)
