@@ -292,7 +292,7 @@ class UploadFailed(EpopError):
             return Text("reaching the relay") if self.via_relay else Text("reaching e-PMSI")
         if self.step == "upload":
             if self.via_relay:
-                return Text("sending the file to the relay")
+                return Text("sending the file through the relay")
             return Text("sending the file to e-PMSI")
         return Text("waiting for e-PMSI's answer")
 

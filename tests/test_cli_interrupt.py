@@ -173,7 +173,7 @@ class InterruptedSendTests(TestCase):
         self.assertEqual((code, killed_by), (1, None), err)
         self.assertIn("The relay closed the connection during the upload", err)
         self.assertIn("e-PMSI did not receive the file", err)
-        self.assertIn("(failed step: sending the file to the relay)", err)
+        self.assertIn("(failed step: sending the file through the relay)", err)
         self.assertNotIn("Traceback", err)
         self.assertNotIn("Unhandled", err)
         await self.nothing_stored()

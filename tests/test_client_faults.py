@@ -172,7 +172,7 @@ class RelayGoneDuringUploadTests(UnitCase):
         self.assertEqual((error.code, error.step, error.maybe_delivered), ("relay-closed", "upload", False))
         self.assertIn("was not delivered", error.outcome("rss.zip").render("en"))
         self.assertIn("n'a pas été remis", error.outcome("rss.zip").render("fr"))
-        self.assertIn("sending the file to the relay", error.outcome("rss.zip").render("en"))
+        self.assertIn("sending the file through the relay", error.outcome("rss.zip").render("en"))
 
 
 def _run(clock: MemoryReactorClock, d: Deferred[Any]) -> Deferred[Any]:
