@@ -1,10 +1,14 @@
-"""How addresses are written for people: C{10.1.2.3:3358}, C{[fd00::1]:3358}."""
+"""
+Client addresses: how they are written for people (C{10.1.2.3:3358},
+C{[fd00::1]:3358}), read as IP addresses, and grouped into one client.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
-__all__ = ["host_port", "format_peer"]
+__all__ = ["host_port", "format_peer", "ip_of", "client_key"]
 
 
 def host_port(host: str, port: int) -> str:
@@ -21,3 +25,31 @@ def format_peer(address: Any) -> str:
             return "local"
         return name.decode() if isinstance(name, bytes) else str(name)
     return host_port(host, getattr(address, "port", 0))
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    C{host} as an IP address, or C{None} if it is not one.  An IPv4 address
+    seen on an IPv6 socket (C{::ffff:10.1.2.3}) is the IPv4 address, so that
+    a rule written for it applies whatever socket the client came in on.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_key(host: str) -> str:
+    """
+    What one client is, for the relay's limits: its IPv4 address, or its
+    IPv6 /64 network (one machine easily holds a whole /64).
+    """
+    address = ip_of(host)
+    if address is None:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet.interfaces import IAddress
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from epop.addressing import format_peer
+from epop.addressing import format_peer, ip_of
 from epop.errors import ProtocolError
 from epop.messages import Text
 
@@ -81,13 +81,8 @@ class Allowlist:
 
     def allows(self, host: str) -> bool:
         """Whether C{host} is in a listed network (always false when empty)."""
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        address = ip_of(host)
+        return address is not None and any(address in network for network in self.networks)
 
     def admits(self, host: str) -> bool:
         """Whether C{host} may connect: anyone when the list is empty."""

@@ -19,15 +19,14 @@ are not counted.  Connections that have sent nothing yet are bounded apart
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IAddress
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from epop.addressing import client_key
 from epop.allowlist import count_refused, relay_inside
 from epop.errors import ProtocolError
 from epop.messages import Text
@@ -69,18 +68,6 @@ class ConnectionLimits:
                 raise ValueError(f"{name} must be 0 (no limit) or a positive whole number, not {value!r}")
 
 
-def client_key(peer: IAddress) -> str:
-    """The address connections are counted under: its host, IPv4-mapped IPv6 as IPv4."""
-    host = str(getattr(peer, "host", ""))
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return str(address)
-
-
 def too_many(total: int) -> ProtocolError:
     return ProtocolError(
         "too-many-connections",
@@ -115,7 +102,7 @@ class _CountedProtocol(ProtocolWrapper):
             count_refused(self.wrappedProtocol, data)
             return
         if self._client is None:
-            client = client_key(self.getPeer())
+            client = client_key(str(getattr(self.getPeer(), "host", "")))
             refusal = self.factory.admit(client)
             if refusal is not None:
                 self._refused = True

@@ -21,7 +21,6 @@ Every timer runs on the clock it is given, never on the global reactor.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +38,6 @@ __all__ = [
     "UploadPace",
     "TokenBucket",
     "RatesByClient",
-    "client_key",
     "seconds_to_wait",
     "MAX_TRACKED_CLIENTS",
 ]
@@ -222,23 +220,6 @@ class TokenBucket:
     def full_at(self) -> float:
         """When the bucket is full again if nothing is taken: forgetting it then loses nothing."""
         return self.updated + (self.capacity - self.tokens) / self.rate
-
-
-def client_key(host: str) -> str:
-    """
-    What one client is, for rate limits: its IPv4 address, or its IPv6 /64
-    network (one machine easily holds a whole /64).  An IPv4 address seen
-    on an IPv6 socket counts as the IPv4 address.
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 class RatesByClient:

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from epop import journal
 from epop._version import __version__
-from epop.addressing import format_peer
+from epop.addressing import client_key, format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError, excerpt
 from epop.messages import Text
 from epop.pacing import (
@@ -47,7 +47,6 @@ from epop.pacing import (
     RatesByClient,
     TokenBucket,
     UploadPace,
-    client_key,
     seconds_to_wait,
 )
 from epop.upstream import CheckResult, Upstream

@@ -23,8 +23,8 @@ from twisted.web.client import Response
 from twisted.web.http_headers import Headers
 
 from epop.errors import EpopError, ProtocolError, excerpt
-from epop.journal import MemoryJournalWriter
-from epop.pacing import RatesByClient, client_key
+from epop.addressing import client_key
+from epop.pacing import RatesByClient
 from epop.relay import RelayFactory, RelayProtocol, parse_request
 from epop.upstream import CheckResult
 from epop.wire import (

@@ -7,7 +7,6 @@ started it, and leave no pid file and no process behind.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
