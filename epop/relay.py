@@ -35,6 +35,7 @@ from epop._version import __version__
 from epop.addressing import format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.messages import Text
+from epop.tuning import HELD_TAIL
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
@@ -143,9 +144,14 @@ class _State(Enum):
 class _ClientBody:
     """
     The upload as e-PMSI's connection sees it: bytes from the workstation,
-    hashed on the way, with the last chunk held back until the client's
-    SHA-256 matches.  If it does not, the request is aborted one chunk short,
-    so e-PMSI never receives a complete but corrupt file.
+    hashed on the way, with the body's last L{HELD_TAIL} bytes held back until
+    the client's SHA-256 matches.  If it does not, the request is aborted that
+    many bytes short, so e-PMSI never receives a complete but corrupt file.
+
+    Holding back a tail rather than the last read keeps what each upload
+    pins down in the relay to a few bytes instead of up to a whole read
+    (L{epop.tuning.READ_SIZE}), and every read but the one that reaches the
+    tail is forwarded as it came, without a copy.
     """
 
     def __init__(self, length: int, protocol: "RelayProtocol") -> None:
@@ -156,7 +162,8 @@ class _ClientBody:
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
         self._early: list[bytes] = []
-        self._held: bytes | None = None
+        self._forwarded = 0
+        self._held = b""
         self._verified = False
         self._failure: BaseException | None = None
 
@@ -198,9 +205,21 @@ class _ClientBody:
             self._forward(data)
 
     def _forward(self, data: bytes) -> None:
-        if self._held is not None:
-            self._consumer.write(self._held)
-        self._held = data
+        releasable = self.length - HELD_TAIL - self._forwarded
+        if releasable >= len(data):
+            self._consumer.write(data)
+            self._forwarded += len(data)
+            return
+        if releasable > 0:
+            self._consumer.write(data[:releasable])
+            self._forwarded += releasable
+            data = data[releasable:]
+        self._held += data
+
+    @property
+    def held(self) -> int:
+        """Bytes received but kept from e-PMSI until the hash matches."""
+        return len(self._held) + sum(len(chunk) for chunk in self._early)
 
     def verify(self, sha256: object) -> bool:
         """Compare the client's hash; on a match, release the held chunk."""
@@ -213,9 +232,10 @@ class _ClientBody:
         return True
 
     def _flush(self) -> None:
-        if self._held is not None:
+        if self._held:
             self._consumer.write(self._held)
-            self._held = None
+            self._forwarded += len(self._held)
+            self._held = b""
         assert self._done is not None
         self._done.callback(None)
         # The HTTP client unregisters us once the body is done: it will not
@@ -223,8 +243,8 @@ class _ClientBody:
         self._protocol.resume_client()
 
     def abort(self, reason: BaseException) -> None:
-        """Make e-PMSI's request fail; it never gets the last chunk."""
-        self._held = None
+        """Make e-PMSI's request fail; it never gets the held tail."""
+        self._held = b""
         self._early = []
         self._failure = reason
         if self._done is not None and not self._done.called:

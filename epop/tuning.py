@@ -27,10 +27,23 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["HEAP_THRESHOLD", "READ_SIZE", "SEND_LIMIT", "keep_buffers_on_heap", "tune"]
+__all__ = [
+    "HEAP_THRESHOLD",
+    "HELD_TAIL",
+    "READ_SIZE",
+    "SEND_LIMIT",
+    "keep_buffers_on_heap",
+    "tune",
+]
 
 #: Bytes read from a workstation's socket per call.
 READ_SIZE = 256 * 1024
+
+#: Bytes at the end of an upload that e-PMSI gets only once the workstation's
+#: SHA-256 matched.  Any tail keeps the request short of its Content-Length;
+#: 64 bytes also covers the closing boundary of epop's multipart body
+#: (45 bytes), so the file part never ends either.
+HELD_TAIL = 64
 
 #: Bytes handed to the kernel per send on e-PMSI's connection.
 SEND_LIMIT = 512 * 1024
