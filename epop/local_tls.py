@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 
 from epop.errors import ProtocolError
 from epop.relay import relay_stopping
-from epop.tuning import READ_SIZE, tune
+from epop.tuning import MIN_READ_SIZE, tune
 from epop.messages import Text
 from epop.upstream import trust_root_from_pem
 
@@ -194,7 +194,7 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
-        tune(self.transport, read_size=READ_SIZE)
+        tune(self.transport, read_size=MIN_READ_SIZE)
         self._factory.waiting.add(self)
         self.setTimeout(self._factory.idle_timeout)
 

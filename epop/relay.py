@@ -35,7 +35,7 @@ from epop._version import __version__
 from epop.addressing import format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.messages import Text
-from epop.tuning import HELD_TAIL
+from epop.tuning import HELD_TAIL, ReadBudget, tune
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
@@ -166,6 +166,9 @@ class _ClientBody:
         self._held = b""
         self._verified = False
         self._failure: BaseException | None = None
+        self._budget = protocol.factory.read_budget
+        self._budget.started()
+        self._in_flight = True
 
     # IBodyProducer, driven by the HTTP client
     def startProducing(self, consumer: Any) -> Deferred[None]:
@@ -180,14 +183,26 @@ class _ClientBody:
         if self._verified:
             self._flush()
         else:
-            self._protocol.resume_client()
+            self._resume()
         return self._done
 
     def pauseProducing(self) -> None:
         self._protocol.pause_client()
 
     def resumeProducing(self) -> None:
+        self._resume()
+
+    def _resume(self) -> None:
+        # Each read waits in e-PMSI's connection until sent: its size is this
+        # upload's share of what the uploads in flight may hold together.
+        tune(self._protocol.transport, read_size=self._budget.read_size())
         self._protocol.resume_client()
+
+    def _landed(self) -> None:
+        """No more bytes of this upload will be read or held."""
+        if self._in_flight:
+            self._in_flight = False
+            self._budget.ended()
 
     def stopProducing(self) -> None:
         """
@@ -236,6 +251,7 @@ class _ClientBody:
             self._consumer.write(self._held)
             self._forwarded += len(self._held)
             self._held = b""
+        self._landed()
         assert self._done is not None
         self._done.callback(None)
         # The HTTP client unregisters us once the body is done: it will not
@@ -247,6 +263,7 @@ class _ClientBody:
         self._held = b""
         self._early = []
         self._failure = reason
+        self._landed()
         if self._done is not None and not self._done.called:
             self._done.errback(reason)
 
@@ -775,6 +792,8 @@ class RelayFactory(Factory):
         self.idle_timeout = idle_timeout
         self.epmsi_timeout = epmsi_timeout
         self.connections: dict[int, RelayProtocol] = {}
+        #: How much each upload in flight reads per call.
+        self.read_budget = ReadBudget()
         #: Set once the relay is stopping: no new operation starts.
         self.draining = False
         self._next_id = 1

@@ -1,6 +1,7 @@
 """
 What an upload in flight holds in the relay: the held-back tail
-(L{epop.tuning.HELD_TAIL}).  The memory itself is measured by the
+(L{epop.tuning.HELD_TAIL}) and the read size shared among the uploads in
+flight (L{epop.tuning.ReadBudget}).  The memory itself is measured by the
 benchmark's month-end rush (C{docs/performance.md}), not here.
 """
 
@@ -17,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.relay import RelayFactory, RelayProtocol
-from epop.tuning import HELD_TAIL
+from epop.tuning import HELD_TAIL, MIN_READ_SIZE, READ_BUDGET, READ_SIZE, ReadBudget
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO
 from tests.test_relay import FakeUpstream, ListConsumer
@@ -113,3 +114,86 @@ class HeldTailTests(SynchronousTestCase):
         connection.protocol.dataReceived(second)
         self.assertIs(consumer.chunks[0], first)
         self.assertIs(consumer.chunks[1], second)
+
+
+class ReadBudgetTests(SynchronousTestCase):
+    def test_few_uploads_read_the_most(self) -> None:
+        """Up to READ_BUDGET / READ_SIZE uploads, each reads READ_SIZE."""
+        budget = ReadBudget()
+        self.assertEqual(budget.read_size(), READ_SIZE)
+        for _ in range(READ_BUDGET // READ_SIZE):
+            budget.started()
+        self.assertEqual(budget.read_size(), READ_SIZE)
+
+    def test_many_uploads_share_the_budget(self) -> None:
+        """Past that, the reads together stay within the budget, in 4 KiB steps."""
+        budget = ReadBudget()
+        for _ in range(READ_BUDGET // READ_SIZE + 1):
+            budget.started()
+        size = budget.read_size()
+        self.assertLess(size, READ_SIZE)
+        self.assertLessEqual(size * budget.uploads, READ_BUDGET)
+        self.assertEqual(size % 4096, 0)
+
+    def test_never_below_the_floor(self) -> None:
+        """However many uploads, each still reads MIN_READ_SIZE."""
+        budget = ReadBudget()
+        for _ in range(10_000):
+            budget.started()
+        self.assertEqual(budget.read_size(), MIN_READ_SIZE)
+
+    def test_ended_uploads_give_their_share_back(self) -> None:
+        """The count follows uploads ending, and never goes below zero."""
+        budget = ReadBudget()
+        for _ in range(200):
+            budget.started()
+        for _ in range(201):
+            budget.ended()
+        self.assertEqual(budget.uploads, 0)
+        self.assertEqual(budget.read_size(), READ_SIZE)
+
+
+class RelayReadSizeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.factory = RelayFactory(self.reactor, FakeUpstream(), "test-relay")
+
+    def test_lone_upload_reads_large_chunks(self) -> None:
+        """With one upload in flight its socket reads READ_SIZE at a time."""
+        connection = Connection(self.factory, self.reactor)
+        body = connection.upload(self.factory, 1000)
+        body.startProducing(ListConsumer())
+        self.assertEqual(connection.socket.bufferSize, READ_SIZE)
+
+    def test_rush_reads_smaller_chunks(self) -> None:
+        """
+        With 200 uploads in flight, each socket reads MIN_READ_SIZE at a
+        time once its upload resumes: the month-end rush's memory stays
+        bounded.
+        """
+        connections = [Connection(self.factory, self.reactor) for _ in range(200)]
+        bodies = [c.upload(self.factory, 1000) for c in connections]
+        self.assertEqual(self.factory.read_budget.uploads, 200)
+        for body in bodies:
+            body.startProducing(ListConsumer())
+        self.assertEqual({c.socket.bufferSize for c in connections}, {MIN_READ_SIZE})
+        bodies[0].pauseProducing()
+        bodies[0].resumeProducing()
+        self.assertEqual(connections[0].socket.bufferSize, MIN_READ_SIZE)
+
+    def test_uploads_leave_the_count(self) -> None:
+        """Verified, failed and abandoned uploads all leave the count of uploads in flight."""
+        data = b"z" * 100
+        verified, mismatched, abandoned = (Connection(self.factory, self.reactor) for _ in range(3))
+        for connection in (verified, mismatched, abandoned):
+            connection.upload(self.factory, len(data)).startProducing(ListConsumer())
+            connection.protocol.dataReceived(data[:50])
+        self.assertEqual(self.factory.read_budget.uploads, 3)
+        verified.protocol.dataReceived(data[50:])
+        verified.body_end(data)
+        self.assertEqual(self.factory.read_budget.uploads, 2)
+        mismatched.protocol.dataReceived(data[50:])
+        mismatched.body_end(b"other")
+        self.assertEqual(self.factory.read_budget.uploads, 1)
+        abandoned.protocol.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.factory.read_budget.uploads, 0)
