@@ -1,7 +1,8 @@
 """
 What an upload in flight holds in the relay: the held-back tail
-(L{epop.tuning.HELD_TAIL}) and the read size shared among the uploads in
-flight (L{epop.tuning.ReadBudget}).  The memory itself is measured by the
+(L{epop.tuning.HELD_TAIL}), the read size shared among the uploads in
+flight (L{epop.tuning.ReadBudget}), and e-PMSI's TLS settings, shared by its
+connections.  The memory itself is measured by the
 benchmark's month-end rush (C{docs/performance.md}), not here.
 """
 
@@ -16,9 +17,11 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
 
 from epop.relay import RelayFactory, RelayProtocol
 from epop.tuning import HELD_TAIL, MIN_READ_SIZE, READ_BUDGET, READ_SIZE, ReadBudget
+from epop.upstream import EpmsiEndpointFactory, tls_policy
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO
 from tests.test_relay import FakeUpstream, ListConsumer
@@ -197,3 +200,29 @@ class RelayReadSizeTests(SynchronousTestCase):
         self.assertEqual(self.factory.read_budget.uploads, 1)
         abandoned.protocol.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(self.factory.read_budget.uploads, 0)
+
+
+class CountingPolicy:
+    """A TLS policy that counts the settings it builds."""
+
+    def __init__(self) -> None:
+        self.built: list[tuple[bytes, int]] = []
+        self._policy = tls_policy(None)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        self.built.append((hostname, port))
+        return self._policy.creatorForNetloc(hostname, port)
+
+
+class SharedTLSSettingsTests(SynchronousTestCase):
+    def test_one_tls_setting_per_origin(self) -> None:
+        """
+        Connections to one e-PMSI origin share its TLS settings (and the CAs
+        they load); another origin gets its own, checked against its name.
+        """
+        policy = CountingPolicy()
+        endpoints = EpmsiEndpointFactory(MemoryReactorClock(), policy)  # type: ignore[arg-type]
+        for _ in range(3):
+            endpoints.endpointForURI(URI.fromBytes(b"https://epmsi.example/syriusUpload.do"))
+        endpoints.endpointForURI(URI.fromBytes(b"https://other.example:8443/"))
+        self.assertEqual(policy.built, [(b"epmsi.example", 443), (b"other.example", 8443)])
