@@ -194,6 +194,8 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
+        # Small until an upload streams (epop.tuning.ReadBudget): in a rush,
+        # every new connection's first read already holds body bytes.
         tune(self.transport, read_size=MIN_READ_SIZE)
         self._factory.waiting.add(self)
         self.setTimeout(self._factory.idle_timeout)

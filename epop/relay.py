@@ -237,7 +237,7 @@ class _ClientBody:
         return len(self._held) + sum(len(chunk) for chunk in self._early)
 
     def verify(self, sha256: object) -> bool:
-        """Compare the client's hash; on a match, release the held chunk."""
+        """Compare the client's hash; on a match, release the held tail."""
         expected = self._sha.hexdigest()
         if not isinstance(sha256, str) or not hmac.compare_digest(expected, sha256.lower()):
             return False
