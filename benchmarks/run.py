@@ -316,9 +316,9 @@ class Bench:
         return run, json.loads(run.stdout)
 
     def relay(self, name: str, stack: contextlib.ExitStack, *, tls: bool = False,
-              proxy: Server | None = None) -> Server:
+              proxy: Server | None = None, extra_args: tuple[str, ...] = ()) -> Server:
         assert self.sandbox is not None
-        extra: list[str] = []
+        extra: list[str] = list(extra_args)
         if tls:
             if self.relay_tls is None:
                 self.relay_tls = make_relay_certificate(self.workdir / "relay-tls")
@@ -587,7 +587,11 @@ class Bench:
         self.log(f"[churn] {ops} sequential test operations through a fresh relay")
         try:
             with contextlib.ExitStack() as stack:
-                relay = self.relay("relay-churn", stack)
+                # Thousands of checks from one address: lift the relay's check allowance.
+                relay = self.relay(
+                    "relay-churn", stack,
+                    extra_args=("--checks-per-connection", "0", "--checks-per-client", "0"),
+                )
                 _, report = self.drive(
                     "churn", "--relay", f"127.0.0.1:{relay.port}", "--relay-pid", str(relay.pid),
                     "--ops", str(ops), "--warmup", str(self.o.churn_warmup),

@@ -30,7 +30,7 @@ from epop.addressing import format_peer
 from epop.errors import ProtocolError
 from epop.messages import Text
 
-__all__ = ["Allowlist", "AllowlistFactory"]
+__all__ = ["Allowlist", "AllowlistFactory", "relay_inside"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -100,6 +100,21 @@ def refusal_message(peer: IAddress) -> Text:
     )
 
 
+def relay_inside(protocol: Any) -> Any:
+    """The relay's protocol inside the wrappers (allowlist, limits, TLS) around it."""
+    while not hasattr(protocol, "fail"):
+        protocol = protocol.wrappedProtocol
+    return protocol
+
+
+def count_refused(protocol: Any, data: bytes) -> None:
+    """
+    A refused connection's bytes are never read, but they arrived: count
+    them in its journal line's C{bytes_in}.
+    """
+    relay_inside(protocol).bytes_in += len(data)
+
+
 class _CheckedProtocol(ProtocolWrapper):
     """
     Checks the peer when its first bytes arrive: behind a load balancer
@@ -107,13 +122,19 @@ class _CheckedProtocol(ProtocolWrapper):
     """
 
     _checked = False
+    _refused = False
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            count_refused(self.wrappedProtocol, data)
+            return
         if not self._checked:
             self._checked = True
-            peer = self.getPeer()
-            if not self.factory.allowlist.admits(getattr(peer, "host", "")):
-                self.wrappedProtocol.fail(ProtocolError("not-authorized", refusal_message(peer)))
+            refusal = self.factory.refusal(self.getPeer())
+            if refusal is not None:
+                self._refused = True
+                relay_inside(self.wrappedProtocol).fail(refusal)
+                count_refused(self.wrappedProtocol, data)
                 return
         self.wrappedProtocol.dataReceived(data)
 
@@ -132,6 +153,12 @@ class AllowlistFactory(WrappingFactory):
     def __init__(self, wrapped: Any, allowlist: Allowlist | None = None) -> None:
         super().__init__(wrapped)
         self.allowlist = allowlist if allowlist is not None else Allowlist(())
+
+    def refusal(self, peer: IAddress) -> ProtocolError | None:
+        """The error for C{peer} if the allowlist refuses it, else C{None}."""
+        if self.allowlist.admits(getattr(peer, "host", "")):
+            return None
+        return ProtocolError("not-authorized", refusal_message(peer))
 
     def set_allowlist(self, allowlist: Allowlist) -> Allowlist:
         """Use C{allowlist} for every connection checked from now on; returns the old one."""

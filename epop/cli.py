@@ -5,26 +5,40 @@ C{sandbox}, and C{journal} and C{connections} to read a relay's journal.
 C{send} and C{test} take their defaults from the workstation's saved
 settings (L{epop.client_settings}); flags override them.
 
-Exit status: 0 on success; 1 when e-PMSI or the relay answered with an error
-or could not be reached; 2 for a usage or settings error.
+Exit status (the table in C{docs/exit-status.md}): 0 on success; 1 when
+e-PMSI or the relay answered with an error or could not be reached; 2 for a
+usage or settings error; 3 when the whole file was sent but its answer was
+lost, so that only e-PMSI knows whether it has it; 128 + N when signal N
+(SIGINT: 130, SIGTERM: 143) interrupted a send or a test.
 """
 
 from __future__ import annotations
 
 import getopt
 import getpass
-import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any, TextIO
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from epop._version import __version__
-from epop.client import DEFAULT_TIMEOUT, Endpoint, Reply, TestReport, send_file, test_connection
+from epop.client import (
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    Reply,
+    TestReport,
+    UploadFailed,
+    send_file,
+    test_connection,
+)
 from epop.client_settings import (
     SETTING_DESCRIPTIONS,
     ClientSettings,
@@ -38,6 +52,7 @@ from epop.journal_reader import (
     JournalFilter,
     JournalFollower,
     Problem,
+    RunChecker,
     connection_summaries,
     connections_table,
     journal_header,
@@ -49,10 +64,36 @@ from epop.journal_reader import (
 )
 from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
+from epop.printable import safe_json
 from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
-__all__ = ["main", "run"]
+__all__ = [
+    "EXIT_ANSWER_LOST",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Interruption",
+    "exit_status_for_signal",
+    "main",
+    "run",
+]
+
+#: The exit statuses of C{epop}; docs/exit-status.md has the whole table.
+EXIT_OK = 0
+#: e-PMSI answered with an error, or the relay or e-PMSI failed or could not
+#: be reached: the file was not delivered (or e-PMSI refused it).
+EXIT_FAILED = 1
+#: A usage or settings error: nothing was sent.
+EXIT_USAGE = 2
+#: All of the file was sent but its answer was lost: e-PMSI may have it.
+#: Distinct from 1 so that a script never sends the same file twice blindly.
+EXIT_ANSWER_LOST = 3
+
+
+def exit_status_for_signal(number: int) -> int:
+    """128 + N, as shells report a command killed by signal N (SIGINT: 130)."""
+    return 128 + number
 
 DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
 DEFAULT_FIELD = "file"
@@ -106,6 +147,10 @@ class _TargetOptions(_Options):
         ["tls-client-cert", None, None, "With --tls: this workstation's PEM certificate, for relays that require one."],
         ["tls-client-key", None, None, "With --tls: the PEM private key of --tls-client-cert."],
         ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting.", float],
+        ["stall-timeout", None, DEFAULT_STALL_TIMEOUT,
+         "Give up after this many seconds with nothing moving once connected: nothing of the "
+         "file taken, no answer received. Longer than the relay's own wait on e-PMSI (300 s).",
+         float],
     ]
 
     relay: Endpoint | None = None
@@ -131,6 +176,8 @@ class _TargetOptions(_Options):
             )
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
+        if self["stall-timeout"] <= 0:
+            raise usage.UsageError("--stall-timeout must be a positive number of seconds")
         tls_flags = ("relay-ca", "tls-client-cert", "tls-client-key")
         if mode == "relay":
             if not self["tls"] and any(self[flag] for flag in tls_flags):
@@ -178,8 +225,12 @@ class SendOptions(_TargetOptions):
     longdesc = (
         "Upload FILE to e-PMSI as an HTML form (multipart/form-data POST). "
         "e-PMSI's answer is written to standard output; the exit status is 0 "
-        "only for a 2xx answer. Without --relay or --direct, the saved "
-        "settings say where to send (see 'epop config')."
+        "only for a 2xx answer, 1 for any other answer or failure, 2 for a usage "
+        "error, 3 when the whole file was sent but the answer was lost (check on "
+        "e-PMSI before sending again), 130 or 143 when interrupted (SIGINT, "
+        "SIGTERM: the upload is stopped before e-PMSI gets the whole file). "
+        "Without --relay or --direct, the saved settings say where to send "
+        "(see 'epop config')."
     )
     optParameters = [
         ["to", None, None, f"Path on e-PMSI to post the form to [default: {DEFAULT_UPLOAD_PATH}]."],
@@ -402,6 +453,55 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
+class Interruption:
+    """
+    Where SIGINT and SIGTERM go.  A send or a test in flight is cancelled,
+    which drops its connection before e-PMSI gets a whole file, and the
+    command then exits 128 + N; with nothing in flight (the sandbox, a
+    followed journal) C{otherwise} runs, by default stopping the reactor.
+    """
+
+    def __init__(self, otherwise: Any = None) -> None:
+        self.signal: int | None = None
+        self._operation: Deferred[Any] | None = None
+        self.otherwise = otherwise
+
+    def watch(self, operation: Deferred[Any]) -> None:
+        """Cancel C{operation} when a signal comes, until it has a result."""
+        self._operation = operation
+
+        def finished(result: Any) -> Any:
+            self._operation = None
+            return result
+
+        # Not Deferred.called: a Deferred waiting on another one is "called".
+        operation.addBoth(finished)
+
+    def interrupt(self, number: int) -> None:
+        if self._operation is not None and self.signal is None:
+            self.signal = number
+            self._operation.cancel()
+        elif self.otherwise is not None:
+            # Nothing to cancel, or a second signal: stop as Twisted would.
+            self.otherwise()
+
+    def exit_status(self, status: Any) -> Any:
+        """
+        The status to exit with: a second signal stops the reactor before the
+        send or test ends, and react() then says 0; it was interrupted.
+        """
+        if self.signal is not None and not status:
+            return exit_status_for_signal(self.signal)
+        return status
+
+    def describe(self) -> str:
+        assert self.signal is not None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return str(self.signal)
+
+
 class _Command:
     """One run of the command: its streams, environment and saved settings."""
 
@@ -412,12 +512,19 @@ class _Command:
         stderr: TextIO,
         environ: Mapping[str, str],
         language: str = "en",
+        interruption: Interruption | None = None,
     ) -> None:
         self.reactor = reactor
         self.stdout = stdout
         self.stderr = stderr
         self.environ = environ
         self.language = language
+        self.interruption = interruption if interruption is not None else Interruption()
+
+    def complain(self, text: Text | str) -> None:
+        """One line on standard error, in the reader's language."""
+        line = text.render(self.language) if isinstance(text, Text) else text
+        self.stderr.write(f"epop: {line}\n")
 
     def say(self, text: str) -> None:
         self.stdout.write(text.encode() + b"\n")
@@ -437,7 +544,9 @@ class _Command:
             tls=options.tls,
             output=self.stdout,
             timeout=options["timeout"],
+            stall_timeout=options["stall-timeout"],
         )
+        self.interruption.watch(d)
 
         def answered(reply: Reply) -> int:
             self.stdout.flush()
@@ -459,9 +568,27 @@ class _Command:
                 reason=reply.reason,
             )
             self.stderr.write("\n" + summary.render(self.language) + "\n")
-            return 0 if reply.ok else 1
+            return EXIT_OK if reply.ok else EXIT_FAILED
 
-        return d.addCallback(answered)
+        def failed(failure: Failure) -> int | Failure:
+            if not failure.check(UploadFailed):
+                return failure
+            error: UploadFailed = failure.value
+            if self.interruption.signal is not None:
+                self.complain(
+                    Text(
+                        "Interrupted ({signal}): the upload was stopped.",
+                        signal=self.interruption.describe(),
+                    )
+                )
+            else:
+                self.complain(error.text)
+            self.complain(error.outcome(options["file"]))
+            if self.interruption.signal is not None:
+                return exit_status_for_signal(self.interruption.signal)
+            return EXIT_ANSWER_LOST if error.maybe_delivered else EXIT_FAILED
+
+        return d.addCallbacks(answered, failed)
 
     def test(self, options: TestOptions) -> Deferred[int]:
         d = test_connection(
@@ -472,9 +599,22 @@ class _Command:
             proxy=options.proxy,
             tls=options.tls,
             timeout=options["timeout"],
+            stall_timeout=options["stall-timeout"],
         )
+        self.interruption.watch(d)
+
+        def interrupted(failure: Failure) -> int | Failure:
+            if self.interruption.signal is None or not failure.check(CancelledError):
+                return failure
+            self.complain(
+                Text("Interrupted ({signal}): the test was stopped.", signal=self.interruption.describe())
+            )
+            return exit_status_for_signal(self.interruption.signal)
 
         def reported(report: TestReport) -> int:
+            if self.interruption.signal is not None and not report.ok:
+                # A direct check reports its cancellation as a failed step.
+                return interrupted(Failure(CancelledError()))
             if report.ok:
                 self.say(report.describe(self.language))
                 return 0
@@ -482,9 +622,9 @@ class _Command:
             self.stderr.write(
                 head.render(self.language) + "\n" + report.describe(self.language) + "\n"
             )
-            return 1
+            return EXIT_FAILED
 
-        return d.addCallback(reported)
+        return d.addCallbacks(reported, interrupted)
 
     def config(self, options: ConfigOptions, saved: ClientSettings) -> int:
         action, sub = options.subCommand, options.subOptions
@@ -593,7 +733,7 @@ class _Command:
             return self._unreadable(path, e)
         if options["json"]:
             for record in records:
-                self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                self.say(safe_json(record))
         else:
             for line in journal_table(records, self.language):
                 self.say(line)
@@ -603,7 +743,7 @@ class _Command:
         def show(record: dict[str, Any]) -> None:
             if wanted.matches(record):
                 if as_json:
-                    self.say(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                    self.say(safe_json(record))
                 else:
                     self.say(journal_row(record, self.language))
                 self.stdout.flush()
@@ -630,12 +770,12 @@ class _Command:
             return self._unreadable(path, e)
         summaries = [
             summary
-            for summary in connection_summaries(records, self.reactor.seconds())
+            for summary in connection_summaries(records, self.reactor.seconds(), RunChecker(path, records))
             if since is None or summary.closed is None or summary.closed >= since
         ]
         if options["json"]:
             for summary in summaries:
-                self.say(json.dumps(summary.to_json(), ensure_ascii=False, separators=(",", ":")))
+                self.say(safe_json(summary.to_json()))
         elif not summaries:
             self.stderr.write(Text("No connections in {path}.", path=path).render(self.language) + "\n")
         else:
@@ -665,16 +805,18 @@ def run(
     stdout: Any = None,
     stderr: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
+    interruption: Interruption | None = None,
 ) -> Deferred[int]:
     """
     Run one command on C{reactor}; the Deferred fires with the exit status.
     C{stdout} takes bytes (e-PMSI's answers are passed on as they are),
-    C{stderr} takes text.
+    C{stderr} takes text.  L{Interruption.interrupt} on C{interruption}
+    stops a send or a test in flight (what SIGINT and SIGTERM do).
     """
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
     environ = os.environ if environ is None else environ
-    command = _Command(reactor, stdout, stderr, environ, choose_language(environ))
+    command = _Command(reactor, stdout, stderr, environ, choose_language(environ), interruption)
     options = Options()
     try:
         options.parseOptions(argv)
@@ -692,7 +834,7 @@ def run(
     except (usage.UsageError, SettingsError) as e:
         name = options.subCommand or ""
         stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
-        return succeed(2)
+        return succeed(EXIT_USAGE)
     if options.subCommand == "sandbox":
         d = command.sandbox(sub)
     elif options.subCommand == "journal":
@@ -710,9 +852,23 @@ def run(
         else:
             stderr.write(f"epop: unexpected error: {failure.getErrorMessage()}\n")
             stderr.write(failure.getTraceback())
-        return 1
+        return EXIT_FAILED
 
     return d.addErrback(failed)
+
+
+def _install_interruption(reactor: Any, interruption: Interruption) -> None:
+    """
+    Route SIGINT and SIGTERM to C{interruption}.  Run once the reactor runs:
+    it replaces the handlers the reactor installed, which would stop it with
+    the operation still in flight and the exit status 0.
+    """
+
+    def handler(number: int, frame: Any) -> None:
+        reactor.callFromThread(interruption.interrupt, number)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -720,12 +876,23 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet.task import react
 
     args = sys.argv[1:] if argv is None else argv
+    interruption = Interruption()
 
     def start(reactor: Any) -> Deferred[None]:
+        def stop() -> None:
+            with suppress(ReactorNotRunning):
+                reactor.stop()
+
+        interruption.otherwise = stop
+        reactor.callWhenRunning(_install_interruption, reactor, interruption)
+
         def leave(code: int) -> None:
             if code:
                 raise SystemExit(code)
 
-        return run(reactor, args).addCallback(leave)
+        return run(reactor, args, interruption=interruption).addCallback(leave)
 
-    react(start)
+    try:
+        react(start)
+    except SystemExit as leaving:
+        raise SystemExit(interruption.exit_status(leaving.code)) from None

@@ -24,13 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
 
 from epop._version import __version__
 from epop.addressing import format_peer, host_port
@@ -40,6 +42,7 @@ from epop.errors import (
     RelayError,
     describe_connect_failure,
     describe_relay_tls_failure,
+    describe_upstream_failure,
 )
 from epop.local_tls import ClientTLS
 from epop.messages import Text
@@ -60,6 +63,7 @@ __all__ = [
     "Endpoint",
     "Reply",
     "TestReport",
+    "UploadFailed",
     "RelayClientProtocol",
     "connect_to_relay",
     "send_file",
@@ -68,6 +72,10 @@ __all__ = [
 
 DEFAULT_RELAY_PORT = 3358
 DEFAULT_TIMEOUT = 10.0
+#: Longer than the relay's own wait on e-PMSI (its --epmsi-timeout, 300 s by
+#: default), so that when e-PMSI is the slow side the relay's error, which
+#: says so, arrives before the workstation gives up on its own.
+DEFAULT_STALL_TIMEOUT = 360.0
 
 
 @dataclass(frozen=True)
@@ -184,26 +192,243 @@ def _check_from_wire(message: dict[str, Any]) -> CheckResult:
     )
 
 
-class _HashingConsumer:
-    """Hashes the upload as it is written, for the relay's integrity check."""
+class _Watchdog:
+    """
+    Calls C{on_stall} once nothing has moved for C{seconds}: a bound on
+    silence rather than on duration, so that a big upload that keeps moving
+    is never cut, while a peer that stops taking or sending bytes is.
+    """
 
-    def __init__(self, protocol: "RelayClientProtocol") -> None:
-        self._protocol = protocol
-        self.sha256 = hashlib.sha256()
-        self.length = 0
+    def __init__(self, clock: Any, seconds: float, on_stall: Any) -> None:
+        self._clock = clock
+        self.seconds = seconds
+        self._on_stall = on_stall
+        self._call: Any = None
+
+    def start(self) -> None:
+        self.stop()
+        self._call = self._clock.callLater(self.seconds, self._expired)
+
+    def progress(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self.seconds)
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self) -> None:
+        self._call = None
+        self._on_stall()
+
+
+class _CountingConsumer:
+    """Passes the upload on, counting it and reporting each write as progress."""
+
+    def __init__(self, consumer: Any, on_write: Any) -> None:
+        self._consumer = consumer
+        self._on_write = on_write
 
     def write(self, data: bytes) -> None:
-        self.sha256.update(data)
-        self.length += len(data)
-        self._protocol.transport.write(data)
+        self._on_write(data)
+        self._consumer.write(data)
+
+
+@implementer(IBodyProducer)
+class _WatchedBody:
+    """A body producer whose writes are counted, for the stall watchdog."""
+
+    def __init__(self, body: IBodyProducer, on_write: Any, path: str) -> None:
+        self._body = body
+        self._on_write = on_write
+        self.path = path
+        self.length = body.length
+        self.sent = 0
+
+    def _wrote(self, data: bytes) -> None:
+        self.sent += len(data)
+        self._on_write()
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        return self._body.startProducing(_CountingConsumer(consumer, self._wrote))
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+
+class UploadFailed(EpopError):
+    """
+    Why L{send_file} failed, at which step, and whether e-PMSI may have the
+    file: a person must know whether to send it again.
+
+    @ivar reason: the underlying error; L{code}, L{cause} and the message
+        are its.
+    @ivar step: C{"connect"}, C{"upload"} or C{"answer"}.
+    @ivar maybe_delivered: C{False} when e-PMSI certainly did not get the
+        whole file; C{True} when all of it had left and the answer was lost,
+        so that only e-PMSI can tell.
+    """
+
+    def __init__(
+        self, reason: EpopError, step: str, *, via_relay: bool, maybe_delivered: bool
+    ) -> None:
+        super().__init__(reason.code, reason.text, reason.cause)
+        self.reason = reason
+        self.step = step
+        self.via_relay = via_relay
+        self.maybe_delivered = maybe_delivered
+
+    @property
+    def step_text(self) -> Text:
+        """The step that failed, in words."""
+        if self.step == "connect":
+            return Text("reaching the relay") if self.via_relay else Text("reaching e-PMSI")
+        if self.step == "upload":
+            if self.via_relay:
+                return Text("sending the file through the relay")
+            return Text("sending the file to e-PMSI")
+        return Text("waiting for e-PMSI's answer")
+
+    def outcome(self, path: str) -> Text:
+        """What became of the file, for the person who sent it."""
+        if self.maybe_delivered:
+            return Text(
+                "All of {file} was sent, but the answer was lost (failed step: {step}): "
+                "e-PMSI may have received it. Check on e-PMSI before sending it again.",
+                file=path,
+                step=self.step_text,
+            )
+        return Text(
+            "{file} was not delivered: e-PMSI did not receive it (failed step: {step}).",
+            file=path,
+            step=self.step_text,
+        )
+
+
+class _Upload:
+    """One L{send_file}: how far it got, to say what failed and what became of the file."""
+
+    def __init__(
+        self, body: IBodyProducer, path: str, via_relay: bool, watchdog: _Watchdog | None
+    ) -> None:
+        self.body = _WatchedBody(body, self._progress, path)
+        self.via_relay = via_relay
+        self.started = False
+        self.stalled = False
+        self.cancelled = False
+        self.watchdog = watchdog
+        self._inner: Deferred[Any] | None = None
+        self._result: Deferred[Reply] | None = None
+
+    def follow(self, inner: Deferred[Any]) -> Deferred[Reply]:
+        """
+        The Deferred the caller gets: C{inner}'s outcome, explained.  Owning
+        it lets cancelling say "cancelled", whatever error cancelling the
+        inner work turns into (an HTTP client's, for one).
+        """
+        self._inner = inner
+        self._result = Deferred(self._cancel)
+        inner.addErrback(self.explain).addBoth(self._settle)
+        return self._result
+
+    def _settle(self, outcome: Any) -> None:
+        assert self._result is not None
+        if self._result.called:
+            return  # already failed as cancelled
+        if isinstance(outcome, Failure):
+            self._result.errback(outcome)
+        else:
+            self._result.callback(outcome)
+
+    def _cancel(self, result: Deferred[Reply]) -> None:
+        self.cancelled = True
+        assert self._inner is not None
+        self._inner.cancel()
+        if not result.called:
+            result.errback(self.explain(Failure(CancelledError())))
+
+    def stall(self) -> None:
+        """The watchdog's verdict: stop the work in flight."""
+        self.stalled = True
+        if self._inner is not None:
+            self._inner.cancel()
+
+    def _progress(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.progress()
+
+    @property
+    def whole_file_sent(self) -> bool:
+        return self.body.sent >= self.body.length
+
+    def stalled_error(self) -> EpopError:
+        assert self.watchdog is not None
+        seconds = f"{self.watchdog.seconds:g}"
+        if not self.whole_file_sent:
+            text = Text(
+                "Nothing moved for {seconds} s while sending the file to e-PMSI "
+                "({sent} of {total} bytes sent): e-PMSI stopped taking it.",
+                seconds=seconds,
+                sent=self.body.sent,
+                total=self.body.length,
+            )
+        else:
+            text = Text(
+                "e-PMSI's answer did not come, or stopped coming, for {seconds} s after "
+                "the whole file was sent: no answer in time.",
+                seconds=seconds,
+            )
+        return EpopError("stalled", text, "timeout")
+
+    def explain(self, failure: Failure) -> Failure:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if failure.check(UploadFailed):
+            return failure
+        if self.stalled:
+            reason: EpopError = self.stalled_error()
+        elif self.cancelled:
+            reason = EpopError("cancelled", Text("The upload was cancelled."))
+        elif isinstance(failure.value, EpopError):
+            reason = failure.value
+        else:
+            return failure
+        whole = self.whole_file_sent
+        if not self.started:
+            step = "connect"
+        else:
+            step = "answer" if whole else "upload"
+        maybe = whole and reason.code not in ("integrity-mismatch", "file-unreadable")
+        return Failure(
+            UploadFailed(reason, step, via_relay=self.via_relay, maybe_delivered=maybe)
+        )
+
+
+def _file_unreadable(failure: Failure, path: str) -> EpopError:
+    """The file could not be read while it was being sent."""
+    why = getattr(failure.value, "strerror", None) or failure.getErrorMessage()
+    return EpopError(
+        "file-unreadable",
+        Text("Could not read {path} while sending it: {why}.", path=path, why=why),
+    )
 
 
 class _Operation:
-    def __init__(self, output: Any = None) -> None:
-        self.done: Deferred[Any] = Deferred()
+    def __init__(self, kind: str, canceller: Any, output: Any = None) -> None:
+        self.kind = kind
+        self.done: Deferred[Any] = Deferred(canceller)
         self.output = output
         self.reply: Reply | None = None
         self.body: IBodyProducer | None = None
+        self.length = 0
+        self.sent = 0
         self.body_sent = True
         self.response_ended = False
 
@@ -212,16 +437,29 @@ class RelayClientProtocol(Protocol):
     """
     The e-POP protocol, client side: HELLO, then one operation at a time.
 
+    Every operation's Deferred fires, whatever the relay does: an answer, an
+    ERROR, a closed or reset connection, garbage, or silence for
+    C{stall_timeout} seconds (nothing taken of the upload, nothing received).
+    Cancelling it drops the connection: a request cut short this way never
+    reaches e-PMSI whole, as the relay aborts e-PMSI's side without BODY_END.
+
     @ivar welcomed: fires with this protocol once the relay said WELCOME.
     """
 
-    def __init__(self, reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        timeout: float = DEFAULT_TIMEOUT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    ) -> None:
         self._reactor = reactor
         self._timeout = timeout
         self._reader = FrameReader()
         self._operation: _Operation | None = None
         self._timer: Any = None
-        self.welcomed: Deferred[RelayClientProtocol] = Deferred()
+        self._watchdog = _Watchdog(reactor, stall_timeout, self._stalled)
+        self._failed = False
+        self.welcomed: Deferred[RelayClientProtocol] = Deferred(self._cancelled)
         self.version: int | None = None
         self.relay_info: dict[str, Any] = {}
 
@@ -251,13 +489,63 @@ class RelayClientProtocol(Protocol):
             )
         )
 
+    def _stalled(self) -> None:
+        operation = self._operation
+        if operation is None:
+            return
+        seconds = f"{self._watchdog.seconds:g}"
+        if operation.kind == "check":
+            text = Text(
+                "The relay gave no answer to the check within {seconds} s: no answer in time.",
+                seconds=seconds,
+            )
+        elif not operation.body_sent:
+            text = Text(
+                "Nothing moved for {seconds} s while sending the file to the relay "
+                "({sent} of {total} bytes sent): the relay stopped taking it.",
+                seconds=seconds,
+                sent=operation.sent,
+                total=operation.length,
+            )
+        else:
+            text = Text(
+                "The relay sent nothing for {seconds} s after the whole file was sent: "
+                "no answer in time.",
+                seconds=seconds,
+            )
+        self._fail(EpopError("stalled", text, "timeout"))
+
     def dataReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self._watchdog.progress()
         try:
             for frame in self._reader.feed(data):
                 assert isinstance(frame, Frame)
                 self._frame_received(frame)
+                if self._failed:
+                    return
         except EpopError as error:
             self._fail(error)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # Well-formed JSON with fields of the wrong kind: still garbage.
+            self._fail(
+                ProtocolError(
+                    "bad-frame",
+                    Text(
+                        "The relay sent a frame this client cannot read ({why}): "
+                        "this is not an e-POP relay, or it is broken.",
+                        why=f"{type(e).__name__}: {e}",
+                    ),
+                )
+            )
+        except OSError as e:
+            self._fail(
+                EpopError(
+                    "output-failed",
+                    Text("Could not write e-PMSI's answer: {why}.", why=e.strerror or str(e)),
+                )
+            )
 
     def _frame_received(self, frame: Frame) -> None:
         if frame.kind is FrameType.DATA:
@@ -286,12 +574,26 @@ class RelayClientProtocol(Protocol):
             )
         elif frame.kind is FrameType.RESPONSE_END:
             operation = self._expect_operation(frame)
+            if operation.reply is None:
+                raise ProtocolError("unexpected-frame", "RESPONSE_END frame before RESPONSE")
+            announced = message.get("length", operation.reply.length)
+            if int(announced) != operation.reply.length:
+                raise ProtocolError(
+                    "bad-frame",
+                    Text(
+                        "e-PMSI's answer arrived incomplete: the relay announced {announced} "
+                        "bytes and {received} arrived.",
+                        announced=int(announced),
+                        received=operation.reply.length,
+                    ),
+                )
             operation.response_ended = True
             self._maybe_done(operation)
         elif frame.kind is FrameType.CHECK_RESULT:
             operation = self._expect_operation(frame)
-            self._operation = None
-            operation.done.callback(_check_from_wire(message))
+            result = _check_from_wire(message)
+            self._finish(operation)
+            operation.done.callback(result)
         else:
             raise ProtocolError("unexpected-frame", f"{frame.kind.name} frame was not expected")
 
@@ -300,45 +602,82 @@ class RelayClientProtocol(Protocol):
             raise ProtocolError("unexpected-frame", f"{frame.kind.name} frame with no operation")
         return self._operation
 
+    def _finish(self, operation: _Operation) -> None:
+        self._watchdog.stop()
+        self._operation = None
+
     def _maybe_done(self, operation: _Operation) -> None:
         if operation.body_sent and operation.response_ended:
-            self._operation = None
+            self._finish(operation)
             operation.done.callback(operation.reply)
 
-    def _fail(self, error: EpopError) -> None:
-        """Fail whatever is waiting and drop the connection."""
+    def _cancelled(self, _: Deferred[Any]) -> None:
+        self._fail(CancelledError())
+
+    def _fail(self, error: Exception) -> None:
+        """
+        Fail whatever is waiting and drop the connection.  Each step runs
+        whatever the previous one did, so the caller always hears back.
+        """
+        if self._failed:
+            return
+        self._failed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self.welcomed.called:
-            self.welcomed.errback(error)
+        self._watchdog.stop()
         operation, self._operation = self._operation, None
-        if operation is not None:
-            if operation.body is not None and not operation.body_sent:
-                operation.body_sent = True
-                operation.body.stopProducing()
-            operation.done.errback(error)
-        if self.transport is not None:
-            self.transport.abortConnection()
+        try:
+            if not self.welcomed.called:
+                self.welcomed.errback(Failure(error))
+            if operation is not None and not operation.done.called:
+                operation.done.errback(Failure(error))
+        finally:
+            try:
+                if operation is not None and operation.body is not None and not operation.body_sent:
+                    operation.body_sent = True
+                    operation.body.stopProducing()
+            finally:
+                if self.transport is not None:
+                    self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
-        if not self.welcomed.called or self._operation is not None:
-            where = format_peer(self.transport.getPeer()) if self.transport else "?"
-            error = describe_relay_tls_failure(reason, where)
-            self._fail(
-                error
-                or EpopError(
-                    "relay-closed",
-                    "The relay closed the connection before answering "
-                    f"({reason.getErrorMessage()}).",
-                    "connection-lost",
-                )
+        operation = self._operation
+        if self.welcomed.called and operation is None:
+            self._failed = True
+            return
+        where = format_peer(self.transport.getPeer()) if self.transport else "?"
+        error = describe_relay_tls_failure(reason, where)
+        if error is None and operation is not None and operation.body is not None and not operation.body_sent:
+            error = EpopError(
+                "relay-closed",
+                Text(
+                    "The relay closed the connection during the upload, after {sent} of "
+                    "{total} bytes ({why}): e-PMSI did not receive the file.",
+                    sent=operation.sent,
+                    total=operation.length,
+                    why=reason.getErrorMessage(),
+                ),
+                "connection-lost",
             )
+        elif error is None:
+            error = EpopError(
+                "relay-closed",
+                Text(
+                    "The relay closed the connection before answering ({why}).",
+                    why=reason.getErrorMessage(),
+                ),
+                "connection-lost",
+            )
+        self._fail(error)
 
-    def _start(self, output: Any = None) -> _Operation:
+    def _start(self, kind: str, output: Any = None) -> _Operation:
+        if self._failed:
+            raise RuntimeError("this relay connection has failed; open a new one")
         if self._operation is not None:
             raise RuntimeError("one operation at a time on a relay connection")
-        self._operation = _Operation(output)
+        self._operation = _Operation(kind, self._cancelled, output)
+        self._watchdog.start()
         return self._operation
 
     def request(
@@ -353,8 +692,9 @@ class RelayClientProtocol(Protocol):
         Relay one HTTP request; e-PMSI's answer body is written to C{output}
         (any object with C{write}) as it arrives.
         """
-        operation = self._start(output if output is not None else io.BytesIO())
+        operation = self._start("request", output if output is not None else io.BytesIO())
         length = body.length if body is not None else 0
+        operation.length = length
         self.transport.write(
             encode_message(
                 FrameType.REQUEST,
@@ -365,28 +705,33 @@ class RelayClientProtocol(Protocol):
         if body is not None and length:
             operation.body = body
             operation.body_sent = False
-            consumer = _HashingConsumer(self)
+            sha256 = hashlib.sha256()
+
+            def wrote(data: bytes) -> None:
+                sha256.update(data)
+                operation.sent += len(data)
+                self._watchdog.progress()
+
             self.transport.registerProducer(body, True)
 
             def sent(_: object) -> None:
-                self.transport.unregisterProducer()
                 if operation.body_sent:
                     return
+                self.transport.unregisterProducer()
                 operation.body_sent = True
                 self.transport.write(
-                    encode_message(FrameType.BODY_END, {"sha256": consumer.sha256.hexdigest()})
+                    encode_message(FrameType.BODY_END, {"sha256": sha256.hexdigest()})
                 )
                 self._maybe_done(operation)
 
             def failed(failure: Failure) -> None:
-                if not operation.body_sent:
-                    operation.body_sent = True
-                    if self._operation is operation:
-                        self._operation = None
-                        operation.done.errback(failure)
-                    # Closing without BODY_END: the relay aborts e-PMSI's side.
-                    self.transport.abortConnection()
+                if operation.body_sent:
+                    return
+                # Closing without BODY_END: the relay aborts e-PMSI's side.
+                path = getattr(body, "path", "the file")
+                self._fail(_file_unreadable(failure, path))
 
+            consumer = _CountingConsumer(self.transport, wrote)
             body.startProducing(consumer).addCallbacks(sent, failed)
 
         def finished(reply: Reply) -> Reply:
@@ -399,7 +744,7 @@ class RelayClientProtocol(Protocol):
 
     def check(self) -> Deferred[CheckResult]:
         """Ask the relay whether it can reach e-PMSI right now."""
-        operation = self._start()
+        operation = self._start("check")
         self.transport.write(encode_message(FrameType.CHECK, {}))
         return operation.done
 
@@ -413,6 +758,7 @@ def connect_to_relay(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     tls: ClientTLS | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Deferred[RelayClientProtocol]:
     """
     Connect and shake hands, encrypted when C{tls} is given; failures are
@@ -425,26 +771,52 @@ def connect_to_relay(
             endpoint = wrapClientTLS(tls.creator(relay.host), endpoint)
         except ValueError as e:
             return fail(EpopError("bad-settings", str(e)))
-    d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout))
+    d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout, stall_timeout))
     d.addCallback(lambda protocol: protocol.welcomed)
 
     def failed(failure: Failure) -> Failure:
+        if failure.check(CancelledError, ConnectingCancelledError):
+            return Failure(CancelledError())
         return Failure(describe_connect_failure(failure, str(relay), timeout=timeout))
 
     return d.addErrback(failed)
 
 
 class _Collector(Protocol):
-    def __init__(self, output: Any, reply: Reply) -> None:
+    """
+    Collects e-PMSI's answer body (direct sending).  Cancelling stops the
+    answer, so that a stalled one cannot hold the upload's Deferred.
+    """
+
+    def __init__(self, output: Any, reply: Reply, on_data: Any) -> None:
         self.output = output
         self.reply = reply
-        self.done: Deferred[Reply] = Deferred()
+        self._on_data = on_data
+        self.done: Deferred[Reply] = Deferred(self._cancelled)
+
+    def _cancelled(self, _: Deferred[Reply]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._on_data()
         self.reply.length += len(data)
-        self.output.write(data)
+        try:
+            self.output.write(data)
+        except OSError as e:
+            self.done.errback(
+                EpopError(
+                    "output-failed",
+                    Text("Could not write e-PMSI's answer: {why}.", why=e.strerror or str(e)),
+                )
+            )
+            self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
+        if self.done.called:
+            return
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.reply)
         else:
@@ -471,6 +843,7 @@ def send_file(
     tls: ClientTLS | None = None,
     output: Any = None,
     timeout: float = DEFAULT_TIMEOUT,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Deferred[Reply]:
     """
     Upload C{path} as a multipart/form-data POST to C{to} on e-PMSI, through
@@ -479,6 +852,13 @@ def send_file(
 
     e-PMSI's answer body goes to C{output} as it arrives; without one it is
     collected in L{Reply.body}.
+
+    The Deferred always fires: C{timeout} bounds connecting (and the relay's
+    WELCOME), C{stall_timeout} any silence after that (nothing of the file
+    taken, nothing of the answer received).  Failures are L{UploadFailed}:
+    the error, the step, and whether e-PMSI may have the file.  Cancelling
+    the Deferred stops the upload before e-PMSI gets the whole file (unless
+    all of it was already sent), and fails it with code C{cancelled}.
     """
     try:
         body = MultipartFileBody(
@@ -490,13 +870,15 @@ def send_file(
         )
     headers = [("Content-Type", body.content_type)]
     if relay is not None:
-        d = connect_to_relay(reactor, relay, timeout=timeout, tls=tls)
+        upload = _Upload(body, path, via_relay=True, watchdog=None)
+        d = connect_to_relay(reactor, relay, timeout=timeout, tls=tls, stall_timeout=stall_timeout)
 
         def connected(protocol: RelayClientProtocol) -> Deferred[Reply]:
-            result = protocol.request("POST", to, headers, body, output)
+            upload.started = True
+            result = protocol.request("POST", to, headers, upload.body, output)
             return result.addBoth(lambda r: (protocol.close(), r)[1])
 
-        return d.addCallback(connected)
+        return upload.follow(d.addCallback(connected))
     if epmsi is None:
         return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
     try:
@@ -504,6 +886,9 @@ def send_file(
     except ValueError as e:
         return fail(EpopError("bad-settings", str(e)))
     sink = output if output is not None else io.BytesIO()
+
+    upload = _Upload(body, path, via_relay=False, watchdog=None)
+    upload.watchdog = _Watchdog(reactor, stall_timeout, upload.stall)
 
     def answered(response: IResponse) -> Deferred[Reply]:
         reply = Reply(
@@ -516,17 +901,29 @@ def send_file(
             ],
             sent=body.length,
         )
-        collector = _Collector(sink, reply)
+        assert upload.watchdog is not None
+        upload.watchdog.progress()
+        collector = _Collector(sink, reply, upload.watchdog.progress)
         response.deliverBody(collector)
-        return collector.done
+
+        def lost(failure: Failure) -> Failure:
+            if failure.check(EpopError, CancelledError):
+                return failure
+            return Failure(describe_upstream_failure(failure, upstream.url, timeout=timeout))
+
+        return collector.done.addErrback(lost)
 
     def finished(result: Any) -> Deferred[Any]:
+        assert upload.watchdog is not None
+        upload.watchdog.stop()
         if isinstance(result, Reply) and output is None:
             result.body = sink.getvalue()
         return upstream.close().addCallback(lambda _: result)
 
-    d = upstream.request("POST", to, headers, body)
-    return d.addCallback(answered).addBoth(finished)
+    upload.started = True
+    upload.watchdog.start()  # type: ignore[union-attr]
+    d = upstream.request("POST", to, headers, upload.body)
+    return upload.follow(d.addCallback(answered).addBoth(finished))
 
 
 def test_connection(
@@ -538,10 +935,13 @@ def test_connection(
     proxy: ProxyConfig | None = None,
     tls: ClientTLS | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Deferred[TestReport]:
     """
     The manual's "Tester": reach the relay and have it reach e-PMSI, or reach
-    e-PMSI directly.  Never fails: the report says which step went wrong.
+    e-PMSI directly.  Never fails: the report says which step went wrong,
+    including a relay silent for C{stall_timeout} seconds after the check
+    was asked.  Cancelling it drops the connection (L{CancelledError}).
     """
     if relay is None:
         if epmsi is None:
@@ -588,6 +988,8 @@ def test_connection(
         report.failed_step = "relay"
         return report
 
-    return connect_to_relay(reactor, relay, timeout=timeout, tls=tls).addCallbacks(
+    return connect_to_relay(
+        reactor, relay, timeout=timeout, tls=tls, stall_timeout=stall_timeout
+    ).addCallbacks(
         connected, unreachable
     )

@@ -9,6 +9,7 @@ place, so the relay, the client and the start-up check all speak alike.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,30 @@ __all__ = [
     "describe_upstream_failure",
     "describe_connect_failure",
     "describe_relay_tls_failure",
+    "excerpt",
 ]
+
+#: Characters of a client's input that a message may echo back.
+EXCERPT_LENGTH = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_LENGTH) -> str:
+    """
+    A short, harmless rendering of something a client sent, for a message
+    that quotes it: printable ASCII only (anything else becomes C{?}), at
+    most C{limit} characters, with C{...} when cut.  A message must never
+    carry a client's escape sequences or line breaks, nor grow with its
+    input.
+    """
+    if isinstance(value, str):
+        text = value[: limit + 1]
+    else:
+        try:
+            text = json.dumps(value, default=repr)[: limit + 1]
+        except (ValueError, TypeError, RecursionError):
+            text = type(value).__name__
+    shown = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+    return shown + "..." if len(text) > limit else shown
 
 
 class EpopError(Exception):

@@ -15,9 +15,10 @@ lists them in the order they were written, for L{epop.journal_reader}.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import stat
+import string
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
@@ -31,6 +32,9 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from zope.interface import Interface, implementer
+
+from epop.printable import printable, safe_json
+from epop.relay_process import process_fields
 
 __all__ = [
     "EVENT_TYPES",
@@ -65,6 +69,9 @@ RECORD_FIELDS = (
     "client",
     "address",
     "port",
+    "host",
+    "pid",
+    "process_start",
     "kind",
     "method",
     "path",
@@ -83,24 +90,40 @@ RECORD_FIELDS = (
 
 
 def strip_query(path: str) -> str:
-    """Query strings and fragments may carry passwords: never journal them."""
-    return path.split("?", 1)[0].split("#", 1)[0]
+    """
+    The path without what may carry a password or a session: the query
+    string and fragment (from the first C{?} or C{#}) and each segment's
+    parameters (from a C{;} to the segment's end, as in
+    C{/a;x=1/b;jsessionid=2}, which becomes C{/a/b}).
+    """
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
-def journal_record(event: dict[str, Any]) -> dict[str, Any]:
-    """Build the journal line for one relay event."""
+def journal_record(event: dict[str, Any], process: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Build the journal line for one relay event.
+
+    @param process: the relay process's C{host}, C{pid} and C{process_start}
+        (L{epop.relay_process.process_fields}), added to C{listening-opened}
+        so that a reader can tell when the relay is gone.
+    """
     when = datetime.fromtimestamp(event["log_time"], tz=timezone.utc)
     record: dict[str, Any] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "type": event["epop_event"],
         "run": event["epop_relay"],
     }
+    if process and event["epop_event"] == "listening-opened":
+        event = {**event, **process}
     for key in RECORD_FIELDS:
         if key in event:
             record[key] = event[key]
     if isinstance(record.get("path"), str):
         record["path"] = strip_query(record["path"])
-    record["description"] = formatEvent(event)
+    # emit() made the text printable already; an event logged some other
+    # way gets the same treatment here.
+    record["description"] = printable(formatEvent(event))
     return record
 
 
@@ -128,9 +151,12 @@ class MemoryJournalWriter:
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    """One journal line, newline included, as it goes to the file."""
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    return line.encode("utf-8") + b"\n"
+    """
+    One journal line, newline included, as it goes to the file: control
+    and bidirectional characters escaped, so that even C{cat} or C{tail -f}
+    of the file shows them harmlessly.
+    """
+    return safe_json(record).encode("utf-8") + b"\n"
 
 
 class _AppendFile:
@@ -142,11 +168,20 @@ class _AppendFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.chmod(path, 0o640)
-        if self._ends_torn():
-            # A crash cut the last line: end it, so that the next record
-            # starts on a line of its own and stays readable.
-            self._write_all(b"\n")
+        # Part of a line went out before a write failed (the disk filled
+        # up): the next line must start on a line of its own.
+        self._torn = False
+        try:
+            if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                # Not a device such as /dev/null, whose mode is the system's.
+                os.fchmod(self._fd, 0o640)
+            if self._ends_torn():
+                # A crash cut the last line: end it, so that the next record
+                # starts on a line of its own and stays readable.
+                self._write_all(b"\n")
+        except OSError:
+            self.close()
+            raise
 
     def _ends_torn(self) -> bool:
         size = self.size()
@@ -158,11 +193,24 @@ class _AppendFile:
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        written = 0
+        try:
+            while view:
+                count = os.write(self._fd, view)
+                written += count
+                view = view[count:]
+        except OSError:
+            self._torn = self._torn or written > 0
+            raise
+        self._torn = False
 
     def write_line(self, line: bytes) -> None:
-        self._write_all(line)
+        """
+        Append C{line}, after a newline if an earlier write was cut off.
+
+        @raise OSError: if it could not be written (whole or in part).
+        """
+        self._write_all(b"\n" + line if self._torn else line)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -173,19 +221,65 @@ class _AppendFile:
             self._fd = -1
 
 
+class _WriteTrouble:
+    """
+    Says once that the journal cannot be written (disk full, read-only, gone)
+    and once that it can again, however many events come in between: the
+    relay goes on serving, and the twistd log does not fill up with one
+    error per event.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.failing: OSError | None = None
+        self.missed = 0
+
+    def failed(self, error: OSError) -> None:
+        self.missed += 1
+        if self.failing is None:
+            self.failing = error
+            self.log.critical(
+                "journal: cannot write to {path}: {why}; the relay goes on without its "
+                "journal until writing works again",
+                path=self.path,
+                why=error.strerror or str(error),
+                errno=error.errno,
+            )
+
+    def worked(self) -> None:
+        if self.failing is not None:
+            self.log.warn(
+                "journal: writing to {path} works again; {missed} event(s) could not be "
+                "written and are missing from it",
+                path=self.path,
+                missed=self.missed,
+            )
+            self.failing = None
+            self.missed = 0
+
+
 @implementer(IJournalWriter)
 class FileJournalWriter:
     """
     Appends JSON lines, each with a single unbuffered C{write()}, so a crash
-    loses at most the line being written.
+    loses at most the line being written.  A line that cannot be written is
+    dropped (see L{_WriteTrouble}): the journal must never stop the relay.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file = _AppendFile(path)
+        self._trouble = _WriteTrouble(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write_line(encode_record(record))
+        try:
+            self._file.write_line(encode_record(record))
+        except OSError as e:
+            self._trouble.failed(e)
+        else:
+            self._trouble.worked()
 
     def close(self) -> None:
         self._file.close()
@@ -302,7 +396,9 @@ class RotatingJournalWriter:
         self.keep = keep
         self._clock = clock
         self._day = self._file_day()
-        self._file = _AppendFile(path)
+        self._file: _AppendFile | None = _AppendFile(path)
+        self._trouble = _WriteTrouble(path)
+        self._rotation_failing = False
 
     def _today(self) -> date:
         return datetime.fromtimestamp(self._clock.seconds(), tz=timezone.utc).date()
@@ -318,35 +414,58 @@ class RotatingJournalWriter:
         return datetime.fromtimestamp(found.st_mtime, tz=timezone.utc).date()
 
     def write(self, record: dict[str, Any]) -> None:
+        """Write one line, rotating first if it is time; never raise L{OSError}."""
         line = encode_record(record)
+        try:
+            self._write(line)
+        except OSError as e:
+            self._trouble.failed(e)
+        else:
+            self._trouble.worked()
+
+    def _write(self, line: bytes) -> None:
+        if self._file is None:
+            # Could not be opened again after a rotation: try once more.
+            self._file = _AppendFile(self.path)
         size = self._file.size()
         if self.rotate == DAILY:
             today = self._today()
             if today != self._day:
+                # The new day is set first: if the rotation fails, it is
+                # not tried again at every line.
+                day, self._day = self._day, today
                 if size:
-                    self._rotate()
-                self._day = today
+                    self._rotate(day)
         elif isinstance(self.rotate, int) and size and size + len(line) > self.rotate:
             self._rotate()
+        assert self._file is not None
         self._file.write_line(line)
 
-    def _rotate(self) -> None:
+    def _rotate(self, day: date | None = None) -> None:
+        """Move the file aside (as of C{day}, when daily) and open a new one."""
+        assert self._file is not None
         self._file.close()
+        self._file = None
         try:
             if self.rotate == DAILY:
-                target = self._dated_name(self._day)
+                assert day is not None
+                target = self._dated_name(day)
             else:
                 self._shift()
                 target = self.path + ".1"
             os.rename(self.path, target)
         except OSError as e:
-            self.log.warn(
-                "Could not rotate the journal {path}: {why}; writing on in it",
-                path=self.path,
-                why=e.strerror or str(e),
-            )
+            if not self._rotation_failing:
+                # Once, not at every line while it keeps failing.
+                self.log.warn(
+                    "Could not rotate the journal {path}: {why}; writing on in it",
+                    path=self.path,
+                    why=e.strerror or str(e),
+                )
+            self._rotation_failing = True
         else:
             self.log.info("Journal rotated: {path} is now {target}", path=self.path, target=target)
+            self._rotation_failing = False
         self._file = _AppendFile(self.path)
         if self.rotate == DAILY:
             self._prune_daily()
@@ -386,7 +505,8 @@ class RotatingJournalWriter:
             )
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 @implementer(ILogObserver)
@@ -396,11 +516,42 @@ class JournalObserver:
     def __init__(self, writer: IJournalWriter, relay_id: str) -> None:
         self._writer = writer
         self._relay_id = relay_id
+        self._process = process_fields()
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("epop_relay") != self._relay_id or "epop_event" not in event:
             return
-        self._writer.write(journal_record(event))
+        self._writer.write(journal_record(event, self._process))
+
+
+@implementer(IJournalWriter)
+class _OpenLater:
+    """
+    The writer of a journal that could not be opened when the relay
+    started: the relay starts all the same, and opening is tried again at
+    each event, as a failed write would be.
+    """
+
+    def __init__(self, open_writer: Callable[[], IJournalWriter], error: OSError) -> None:
+        self._open_writer = open_writer
+        self._writer: IJournalWriter | None = None
+        self._trouble = _WriteTrouble(error.filename if isinstance(error.filename, str) else "the journal")
+        self._trouble.failed(error)
+        self._trouble.missed = 0  # the first event is yet to come
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            try:
+                self._writer = self._open_writer()
+            except OSError as e:
+                self._trouble.failed(e)
+                return
+            self._trouble.worked()
+        self._writer.write(record)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 class JournalService(Service):
@@ -419,7 +570,10 @@ class JournalService(Service):
         self._writer: IJournalWriter | None = None
 
     def startService(self) -> None:
-        self._writer = self._open_writer()
+        try:
+            self._writer = self._open_writer()
+        except OSError as e:
+            self._writer = _OpenLater(self._open_writer, e)
         self._observer = JournalObserver(self._writer, self._relay_id)
         self._publisher.addObserver(self._observer)
         super().startService()
@@ -434,6 +588,42 @@ class JournalService(Service):
             self._writer = None
 
 
+_FORMATTER = string.Formatter()
+_PLAIN = (bool, int, float, type(None))
+
+
+def printable_format(format: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
+    """
+    C{format} rewritten so that each field whose value is text (or any
+    other object but a number) is read from a list of printable copies, as
+    C{{epop_shown[N]}}; numbers keep their own fields.  The event keeps the
+    exact values for the journal's fields, and whatever formats it (the
+    twistd log, the journal's C{description}) gets only printable text.
+    """
+    parts: list[str] = []
+    shown: list[str] = []
+    for literal, name, spec, conversion in _FORMATTER.parse(format):
+        parts.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        try:
+            value, _ = _FORMATTER.get_field(name, (), fields)
+        except (KeyError, AttributeError, IndexError, TypeError):
+            value = None  # Twisted says it cannot format the event
+            plain = True
+        else:
+            plain = isinstance(value, _PLAIN) and conversion is None
+        if plain:
+            parts.append(
+                "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            )
+        else:
+            text = _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
+            parts.append(f"{{epop_shown[{len(shown)}]}}")
+            shown.append(printable(text))
+    return "".join(parts), shown
+
+
 def emit(
     log: Any,
     relay_id: str,
@@ -443,6 +633,22 @@ def emit(
     level: LogLevel = LogLevel.info,
     **fields: Any,
 ) -> None:
-    """Log one journal event; the text also reaches the ordinary twistd log."""
+    """
+    Log one journal event; the text also reaches the ordinary twistd log.
+    Its values may come from the workstation (a PROXY header, a path): the
+    text shows them through L{printable_format}.
+    """
     assert event_type in EVENT_TYPES, event_type
-    log.emit(level, format, epop_event=event_type, epop_relay=relay_id, **fields)
+    if isinstance(fields.get("path"), str):
+        # Cut here too, so that neither the twistd log nor the journal can
+        # get what the caller forgot to cut.
+        fields["path"] = strip_query(fields["path"])
+    shown_format, shown = printable_format(format, fields)
+    log.emit(
+        level,
+        shown_format,
+        epop_event=event_type,
+        epop_relay=relay_id,
+        epop_shown=shown,
+        **fields,
+    )

@@ -24,10 +24,15 @@ from twisted.internet.task import LoopingCall
 
 from epop.journal import rotated_files
 from epop.messages import Text
+from epop.printable import printable
+from epop.relay_process import GONE, process_state
 
 __all__ = [
     "DEFAULT_JOURNAL",
     "ConnectionSummary",
+    "RELAY_GONE",
+    "RELAY_RESTARTED",
+    "RunChecker",
     "JournalFilter",
     "JournalFollower",
     "Problem",
@@ -372,11 +377,13 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _cells(record: dict[str, Any], language: str, tz: tzinfo | None) -> list[str]:
+    # Whatever the journal holds (a PROXY header's junk, a forged file) is
+    # shown, never obeyed, by the reader's terminal.
     return [
-        _client_ip(record.get("client")),
+        printable(_client_ip(record.get("client"))),
         _local(record_time(record), language, tz),
-        type_name(str(record.get("type")), language),
-        describe_record(record, language),
+        printable(type_name(str(record.get("type")), language)),
+        printable(describe_record(record, language)),
     ]
 
 
@@ -414,7 +421,9 @@ class ConnectionSummary:
     One workstation connection as the journal tells it.
 
     C{state} is C{open}, C{closed}, or C{lost}: never closed in the journal
-    although a later run of the relay started (the relay was killed).
+    although the relay that had it is no longer running (it was killed, or
+    the machine stopped).  A lost connection's C{reason} says how the
+    reader knows: L{RELAY_RESTARTED} or L{RELAY_GONE}.
     """
 
     run: str
@@ -454,12 +463,24 @@ class ConnectionSummary:
         }
 
 
+#: A lost connection's reason: a later run of the relay started on the journal.
+RELAY_RESTARTED = "relay-restarted"
+#: A lost connection's reason: the relay's process no longer runs.
+RELAY_GONE = "relay-gone"
+
+
 def connection_summaries(
-    records: Iterable[dict[str, Any]], now: float
+    records: Iterable[dict[str, Any]],
+    now: float,
+    run_gone: Callable[[str], bool] | None = None,
 ) -> list[ConnectionSummary]:
     """
     The connections of a journal, in the order they opened.  An open one's
     duration runs to C{now} (seconds since the epoch).
+
+    A connection never closed is lost if a later run started after its own
+    (L{RELAY_RESTARTED}), or if C{run_gone} says its run's relay process no
+    longer runs (L{RELAY_GONE}; see L{RunChecker}).
     """
     found: dict[tuple[str, int], ConnectionSummary] = {}
     runs: list[str] = []
@@ -492,14 +513,64 @@ def connection_summaries(
                 # opened in a rotated file: its time follows from the duration
                 summary.opened = when - timedelta(seconds=summary.duration)
     latest = runs[-1] if runs else None
+    gone: dict[str, bool] = {}
     for summary in found.values():
-        if summary.state == "open":
-            if summary.run != latest:
-                summary.state = "lost"
-            elif summary.opened is not None:
-                summary.duration = max(0.0, now - summary.opened.timestamp())
+        if summary.state != "open":
+            continue
+        if summary.run != latest:
+            summary.state, summary.reason = "lost", RELAY_RESTARTED
+            continue
+        if run_gone is not None:
+            if summary.run not in gone:
+                gone[summary.run] = run_gone(summary.run)
+            if gone[summary.run]:
+                summary.state, summary.reason = "lost", RELAY_GONE
+                continue
+        if summary.opened is not None:
+            summary.duration = max(0.0, now - summary.opened.timestamp())
     far = datetime.max.replace(tzinfo=timezone.utc)
     return sorted(found.values(), key=lambda s: (s.opened or far, runs.index(s.run), s.connection))
+
+
+class RunChecker:
+    """
+    Tells whether the relay process of a run is gone, from the run's
+    C{listening-opened} record: among the records read, or else in the
+    journal's rotated files, newest first (a relay that has run for days
+    started in an older file).
+
+    @param check: L{epop.relay_process.process_state}, or a stand-in.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        records: Iterable[dict[str, Any]],
+        check: Callable[[dict[str, Any]], str] = process_state,
+    ) -> None:
+        self._path = path
+        self._check = check
+        self._starts: dict[str, dict[str, Any] | None] = {}
+        for record in records:
+            if record.get("type") == "listening-opened":
+                self._starts[str(record.get("run", ""))] = record
+
+    def _start(self, run: str) -> dict[str, Any] | None:
+        if run not in self._starts:
+            self._starts[run] = None
+            for name in reversed(rotated_files(self._path)):
+                try:
+                    for record in read_file(name):
+                        if record.get("type") == "listening-opened" and record.get("run") == run:
+                            self._starts[run] = record
+                            return record
+                except OSError:
+                    continue
+        return self._starts[run]
+
+    def __call__(self, run: str) -> bool:
+        start = self._start(run)
+        return start is not None and self._check(start) == GONE
 
 
 def _duration(seconds: float | None, language: str = "en") -> str:
@@ -511,6 +582,12 @@ def _duration(seconds: float | None, language: str = "en") -> str:
         return text.replace(".", ",") if language == "fr" else text
     whole = int(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+_LOST = {
+    RELAY_RESTARTED: Text("never closed: the relay stopped, and started again since"),
+    RELAY_GONE: Text("never closed: the relay's process is gone (killed, or the machine stopped)"),
+}
 
 
 def connections_table(
@@ -540,21 +617,20 @@ def connections_table(
             closed = "?"
         else:
             closed = _local(s.closed, language, tz)
-        outcome = s.reason or ""
+        outcome = "" if s.reason is None else str(s.reason)
         if s.state == "lost":
-            outcome = Text("never closed: the relay stopped").render(language)
-        rows.append(
-            [
-                s.ident(with_run),
-                s.client,
-                _local(s.opened, language, tz),
-                closed,
-                _duration(s.duration, language) if s.state != "lost" else "?",
-                "" if s.bytes_in is None else str(s.bytes_in),
-                "" if s.bytes_out is None else str(s.bytes_out),
-                outcome,
-            ]
-        )
+            outcome = _LOST.get(outcome, _LOST[RELAY_RESTARTED]).render(language)
+        row = [
+            s.ident(with_run),
+            s.client,
+            _local(s.opened, language, tz),
+            closed,
+            _duration(s.duration, language) if s.state != "lost" else "?",
+            "" if s.bytes_in is None else str(s.bytes_in),
+            "" if s.bytes_out is None else str(s.bytes_out),
+            outcome,
+        ]
+        rows.append([printable(cell) for cell in row])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = [_line(header, widths), _line(["-" * w for w in widths] + ["-" * 7], widths)]
     lines.extend(_line(row, widths) for row in rows)

@@ -15,10 +15,11 @@ certificate that does not verify is an error, never a fall back to plain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import (
@@ -33,7 +34,8 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFa
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from epop.errors import ProtocolError
+from epop.allowlist import count_refused, relay_inside
+from epop.errors import EpopError, ProtocolError
 from epop.relay import relay_stopping
 from epop.tuning import MIN_READ_SIZE, tune
 from epop.messages import Text
@@ -136,11 +138,14 @@ class ClientTLS:
         return optionsForClientTLS(host, trustRoot=root, clientCertificate=mine)
 
 
-def _relay_of(protocol: Any) -> Any:
-    """The relay protocol inside the wrappers (allowlist) around it."""
-    while not hasattr(protocol, "fail"):
-        protocol = protocol.wrappedProtocol
-    return protocol
+def openssl_words(failure: Failure) -> str:
+    """What OpenSSL said, e.g. "tlsv1 alert unknown ca", for the journal."""
+    error = failure.value
+    words = []
+    for entry in error.args[0] if error.args and isinstance(error.args[0], list) else ():
+        if isinstance(entry, tuple) and entry:
+            words.append(str(entry[-1]))
+    return "; ".join(w for w in words if w) or str(error) or type(error).__name__
 
 
 class _RecordBatcher(ProtocolWrapper):
@@ -173,6 +178,9 @@ class _RecordBatcher(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure) -> None:
         self.end()
+        if reason.check(SSL.Error):
+            # The handshake (or a record) failed: say so, in OpenSSL's words.
+            relay_inside(self.wrappedProtocol).ending_because("tls-failed", openssl_words(reason))
         super().connectionLost(reason)
 
 
@@ -197,29 +205,52 @@ class _Chooser(Protocol, TimeoutMixin):
         # Small until an upload streams (epop.tuning.ReadBudget): in a rush,
         # every new connection's first read already holds body bytes.
         tune(self.transport, read_size=MIN_READ_SIZE)
-        self._factory.waiting.add(self)
-        self.setTimeout(self._factory.idle_timeout)
+        factory = self._factory
+        if factory.max_silent and len(factory.waiting) >= factory.max_silent:
+            # Silent connections cost a socket each: the oldest makes room,
+            # so a flood of them cannot keep workstations out.
+            next(iter(factory.waiting)).crowded_out(factory.max_silent)
+        factory.waiting[self] = None
+        self.setTimeout(factory.idle_timeout)
 
     def close(self) -> None:
         """The relay is stopping before this peer said anything: tell it so."""
         self.setTimeout(None)
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         self._plain()
         self._refused = True
-        _relay_of(self._inner).fail(relay_stopping())
+        relay_inside(self._inner).fail(relay_stopping())
+
+    def crowded_out(self, limit: int) -> None:
+        """Too many connections have said nothing yet: this, the oldest, is closed."""
+        self.setTimeout(None)
+        self._factory.waiting.pop(self, None)
+        self._plain()
+        self._refused = True
+        relay_inside(self._inner).fail(
+            ProtocolError(
+                "too-many-silent-connections",
+                Text(
+                    "The relay holds {limit} connections that have sent nothing yet, its "
+                    "maximum; this one, the oldest, is closed. Connect again and send at once.",
+                    limit=limit,
+                ),
+            )
+        )
 
     def timeoutConnection(self) -> None:
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         self._plain()
         self._refused = True
-        _relay_of(self._inner).timeoutConnection()
+        relay_inside(self._inner).timeoutConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is None:
             self.setTimeout(None)
-            self._factory.waiting.discard(self)
+            self._factory.waiting.pop(self, None)
             self._choose(data[0] == _TLS_HANDSHAKE)
         if self._refused:
+            count_refused(self._inner, data)
             return
         if self._batcher is None:
             self._inner.dataReceived(data)
@@ -229,6 +260,27 @@ class _Chooser(Protocol, TimeoutMixin):
             self._inner.dataReceived(data)
         finally:
             self._batcher.end()
+
+    def refuse(self, error: EpopError, received: bytes) -> None:
+        """
+        A layer outside (the PROXY header) refuses this connection before
+        it is handed on: answer and journal it as a plain e-POP connection.
+        """
+        self.setTimeout(None)
+        self._factory.waiting.pop(self, None)
+        if self._inner is None:
+            self._plain()
+        self._refused = True
+        count_refused(self._inner, received)
+        relay_inside(self._inner).fail(error)
+
+    def ending(self, reason: str, error: str, received: bytes) -> None:
+        """A layer outside knows why this connection ends, before any byte reached it."""
+        if self._inner is None:
+            self._plain()
+            self._refused = True
+        count_refused(self._inner, received)
+        relay_inside(self._inner).ending_because(reason, error)
 
     def _plain(self) -> None:
         self._inner = self._factory.wrapped.buildProtocol(self._addr)
@@ -242,6 +294,12 @@ class _Chooser(Protocol, TimeoutMixin):
             self._inner.makeConnection(self.transport)
             return
         self._plain()
+        if (encrypted or factory.require) and factory.gate is not None:
+            # A client the relay would not serve anyway learns only that.
+            refusal = factory.gate(self.transport.getPeer())
+            if refusal is not None:
+                self._refuse_with(refusal)
+                return
         if encrypted:
             self._refuse(
                 "tls-not-configured",
@@ -260,12 +318,15 @@ class _Chooser(Protocol, TimeoutMixin):
             )
 
     def _refuse(self, code: str, message: Text) -> None:
+        self._refuse_with(ProtocolError(code, message))
+
+    def _refuse_with(self, error: EpopError) -> None:
         self._refused = True
-        _relay_of(self._inner).fail(ProtocolError(code, message))
+        relay_inside(self._inner).fail(error)
 
     def connectionLost(self, reason: Failure) -> None:
         self.setTimeout(None)
-        self._factory.waiting.discard(self)
+        self._factory.waiting.pop(self, None)
         if self._inner is None:
             # Closed before a byte: still a connection worth journaling.
             self._plain()
@@ -286,6 +347,11 @@ class SessionChoiceFactory(Factory):
     @param tls: the relay's TLS settings, or C{None} for plain only.
     @param clock: times the wait for a connection's first byte.
     @param idle_timeout: how long that wait may be.
+    @param max_silent: connections that have not sent their first byte yet,
+        at most (0: no limit); one more closes the oldest of them.
+    @param gate: the allowlist's verdict on a peer (an error, or C{None} to
+        admit it), asked before a session is refused for its choice of TLS
+        or plain, so that a client outside the allowlist learns only that.
     """
 
     noisy = False
@@ -296,11 +362,16 @@ class SessionChoiceFactory(Factory):
         tls: RelayTLS | None,
         clock: Any,
         idle_timeout: float = 120.0,
+        gate: Callable[[IAddress], EpopError | None] | None = None,
+        max_silent: int = 0,
     ) -> None:
         self.wrapped = wrapped
+        self.max_silent = max_silent
+        self.gate = gate
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.waiting: set[_Chooser] = set()
+        #: Connections still silent, oldest first.
+        self.waiting: dict[_Chooser, None] = {}
         self.require = bool(tls and tls.require)
         self.tls = (
             TLSMemoryBIOFactory(tls.options(), False, _BatchingFactory(wrapped))

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Cooperator, TaskDone, TaskStopped
+from twisted.internet.task import Cooperator, NotPaused, TaskFinished, TaskStopped
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -129,14 +129,19 @@ class MultipartFileBody:
 
         return d.addBoth(done).addCallback(lambda _: None).addErrback(stopped)
 
+    # A transport stops its producer when the connection is lost, and the
+    # protocol may stop it again while failing the operation: every call
+    # after the task has finished, or been stopped, is a no-op.  (Twisted's
+    # TaskStopped and TaskDone are siblings under TaskFinished.)
+
     def pauseProducing(self) -> None:
-        with suppress(TaskDone):
+        with suppress(TaskFinished):
             self._task.pause()
 
     def resumeProducing(self) -> None:
-        with suppress(TaskDone):
+        with suppress(TaskFinished, NotPaused):
             self._task.resume()
 
     def stopProducing(self) -> None:
-        with suppress(TaskDone):
+        with suppress(TaskFinished):
             self._task.stop()

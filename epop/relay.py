@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from enum import Enum, auto
 from typing import Any
 
@@ -33,12 +34,28 @@ from zope.interface import implementer
 from epop import journal
 from epop._version import __version__
 from epop.addressing import format_peer
-from epop.errors import EpopError, ProtocolError, UpstreamError
+from epop.errors import EpopError, ProtocolError, UpstreamError, excerpt
 from epop.messages import Text
+from epop.pacing import (
+    DEFAULT_CHECKS_PER_CLIENT,
+    DEFAULT_CHECKS_PER_CONNECTION,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
+    DEFAULT_UPLOAD_MIN_RATE,
+    Deadline,
+    RatesByClient,
+    TokenBucket,
+    UploadPace,
+    client_key,
+    seconds_to_wait,
+)
 from epop.tuning import HELD_TAIL, ReadBudget, tune
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
+    MAX_BODY_LENGTH,
+    MAX_CONTROL_PAYLOAD,
     MAX_DATA_PAYLOAD,
     PROTOCOL_NAME,
     PROTOCOL_VERSIONS,
@@ -87,6 +104,40 @@ _VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 CLOSE_GRACE = 5.0
 
 
+class _OversizedFrame(Exception):
+    """
+    The relay was about to send a control frame over the limit it enforces
+    on others: a defect of ours, never sent.
+    """
+
+    def __init__(self, kind: FrameType, size: int) -> None:
+        super().__init__(f"{kind.name} frame of {size} bytes exceeds {MAX_CONTROL_PAYLOAD}")
+        self.kind = kind
+        self.size = size
+
+
+def _too_many_checks_on_connection(limit: str, seconds: str) -> Text:
+    return Text(
+        "Too many e-PMSI checks on this connection: this relay allows {limit} a minute; "
+        "try again in {seconds} s.",
+        limit=limit,
+        seconds=seconds,
+    )
+
+
+def _too_many_checks_from_address(limit: str, seconds: str) -> Text:
+    return Text(
+        "Too many e-PMSI checks from this workstation's address: this relay allows {limit} "
+        "a minute; try again in {seconds} s.",
+        limit=limit,
+        seconds=seconds,
+    )
+
+
+def internal_error() -> EpopError:
+    return EpopError("internal-error", Text("The relay hit an internal error; see its log."))
+
+
 def relay_stopping() -> EpopError:
     """What a workstation is told when the relay stops under it."""
     return EpopError(
@@ -103,7 +154,7 @@ def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, st
     if not isinstance(method, str) or method not in ALLOWED_METHODS:
         raise ProtocolError(
             "bad-request",
-            f"method {method!r} is not relayed; use one of {', '.join(sorted(ALLOWED_METHODS))}",
+            f"method '{excerpt(method)}' is not relayed; use one of {', '.join(sorted(ALLOWED_METHODS))}",
         )
     if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.fullmatch(path):
         raise ProtocolError(
@@ -112,6 +163,8 @@ def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, st
         )
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ProtocolError("bad-request", "length must be a whole number of bytes, 0 or more")
+    if length > MAX_BODY_LENGTH:
+        raise ProtocolError("bad-request", f"length must be at most {MAX_BODY_LENGTH} bytes")
     if not isinstance(headers, list) or len(headers) > MAX_HEADERS:
         raise ProtocolError("bad-request", f"headers must be a list of at most {MAX_HEADERS} pairs")
     checked: list[tuple[str, str]] = []
@@ -124,9 +177,9 @@ def parse_request(message: dict[str, Any]) -> tuple[str, str, list[tuple[str, st
             raise ProtocolError("bad-request", "each header must be a [name, value] pair of strings")
         name, value = pair
         if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-            raise ProtocolError("bad-request", f"invalid header {name!r}")
+            raise ProtocolError("bad-request", f"invalid header '{excerpt(name)}'")
         if name.lower() in FORBIDDEN_HEADERS:
-            raise ProtocolError("bad-request", f"header {name!r} is set by the relay, not the client")
+            raise ProtocolError("bad-request", f"header '{excerpt(name)}' is set by the relay, not the client")
         checked.append((name, value))
     return method, path, checked, length
 
@@ -288,8 +341,21 @@ class _ResponseStreamer(Protocol):
         self._operation.response_finished(reason)
 
 
+class _Dropper(Protocol):
+    """Takes an answer the relay cannot pass on, and closes its connection."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
 class RelayedRequest:
-    """One HTTP request relayed to e-PMSI, from REQUEST frame to RESPONSE_END."""
+    """
+    One HTTP request relayed to e-PMSI, from REQUEST frame to RESPONSE_END.
+
+    A request without a body goes to e-PMSI at once; an upload only once its
+    first body bytes are in, so a client that declares a body and sends none
+    never holds a connection to e-PMSI.
+    """
 
     def __init__(
         self,
@@ -311,8 +377,12 @@ class RelayedRequest:
         self._response_done = False
         self._finished = False
         self.body = _ClientBody(length, protocol) if length else None
-        self._timeout = protocol.factory.epmsi_timeout
+        self._headers = headers
+        self._request: Deferred[IResponse] | None = None
+        factory = protocol.factory
+        self._timeout = factory.epmsi_timeout
         self._watchdog = protocol.clock.callLater(self._timeout, self._stalled)
+        self._pace: UploadPace | None = None
         protocol.journal_event(
             "object-instantiated",
             "Object instantiated: {kind} {method} {path} ({length} bytes)",
@@ -321,7 +391,24 @@ class RelayedRequest:
             path=journal.strip_query(path),
             length=length,
         )
-        self._request = protocol.factory.upstream.request(method, path, headers, self.body)
+        if self.body is None:
+            self._start()
+            return
+        body = self.body
+        self._pace = UploadPace(
+            protocol.clock,
+            factory.upload_min_rate,
+            factory.upload_grace,
+            received=lambda: body.received,
+            held=protocol.held_seconds,
+            too_slow=self._too_slow,
+        )
+
+    def _start(self) -> None:
+        """Send the request to e-PMSI."""
+        self._request = self.protocol.factory.upstream.request(
+            self.method, self.path, self._headers, self.body
+        )
         self._request.addCallbacks(self._answered, self._failed).addErrback(self._crashed)
 
     def progress(self) -> None:
@@ -346,10 +433,37 @@ class RelayedRequest:
     def awaiting_body(self) -> bool:
         return self.body is not None and self.integrity == "pending"
 
+    def _too_slow(self, received: int, active: float) -> None:
+        minimum = self.protocol.factory.upload_min_rate
+        self.protocol.fail(
+            EpopError(
+                "upload-too-slow",
+                Text(
+                    "The upload reached the relay at {rate} bytes/s on average over {seconds} s, "
+                    "below the {minimum} bytes/s this relay requires; it was cancelled and "
+                    "e-PMSI did not receive the file. Check the network between the "
+                    "workstation and the relay, then send the file again.",
+                    rate=f"{received / active:.0f}" if active > 0 else "0",
+                    seconds=f"{active:.0f}",
+                    minimum=f"{minimum:g}",
+                ),
+            )
+        )
+
     def body_received(self, data: bytes) -> None:
         assert self.body is not None
         self.progress()
         self.body.body_received(data)
+        if self._request is None:
+            # The first body bytes: hold the rest of the upload until
+            # e-PMSI's connection is ready for it.
+            self.protocol.pause_client()
+            self._start()
+
+    def body_complete(self) -> None:
+        """Every body byte is in: the upload's pace no longer matters."""
+        if self._pace is not None:
+            self._pace.stop()
 
     def body_ended(self, sha256: object) -> None:
         assert self.body is not None
@@ -377,14 +491,29 @@ class RelayedRequest:
             if name.decode("latin-1").lower() not in HOP_BY_HOP
             for value in values
         ]
-        self.protocol.send_message(
-            FrameType.RESPONSE,
-            {
-                "status": response.code,
-                "reason": response.phrase.decode("latin-1"),
-                "headers": headers,
-            },
-        )
+        try:
+            self.protocol.send_message(
+                FrameType.RESPONSE,
+                {
+                    "status": response.code,
+                    "reason": response.phrase.decode("latin-1"),
+                    "headers": headers,
+                },
+            )
+        except _OversizedFrame as oversized:
+            response.deliverBody(_Dropper())
+            self.protocol.fail(
+                UpstreamError(
+                    "epmsi-answer-too-large",
+                    Text(
+                        "e-PMSI's answer has headers too large to pass on ({size} bytes, "
+                        "the e-POP protocol allows {limit}); the operation was cancelled.",
+                        size=oversized.size,
+                        limit=MAX_CONTROL_PAYLOAD,
+                    ),
+                )
+            )
+            return
         self._streamer = _ResponseStreamer(self)
         response.deliverBody(self._streamer)
 
@@ -397,9 +526,7 @@ class RelayedRequest:
     def _crashed(self, failure: Failure) -> None:
         """A bug of ours: say so to the workstation rather than hang."""
         self.protocol.log.failure("Relayed request failed unexpectedly", failure)
-        self.protocol.fail(
-            EpopError("internal-error", Text("The relay hit an internal error; see its log."))
-        )
+        self.protocol.fail(internal_error())
 
     def response_finished(self, reason: Failure) -> None:
         if self._finished:
@@ -425,6 +552,7 @@ class RelayedRequest:
             assert self._streamer is not None
             self._finished = True
             self._watchdog.cancel()
+            self.body_complete()
             self.protocol.send_message(FrameType.RESPONSE_END, {"length": self._streamer.length})
             self._release("completed")
             self.protocol.operation_finished(self)
@@ -439,6 +567,7 @@ class RelayedRequest:
         self._finished = True
         if self._watchdog.active():
             self._watchdog.cancel()
+        self.body_complete()
         if error is None:
             outcome = "short-body" if self.awaiting_body else "client-disconnected"
             if self.awaiting_body:
@@ -446,7 +575,8 @@ class RelayedRequest:
             error = EpopError(outcome, "the workstation disconnected before the end")
         if self.body is not None:
             self.body.abort(error)
-        self._request.cancel()
+        if self._request is not None:
+            self._request.cancel()
         if self._streamer is not None and self._streamer.transport is not None:
             self._streamer.transport.stopProducing()
         self._release(error.code, error.cause)
@@ -483,7 +613,12 @@ class ConnectivityTest:
             "object-instantiated", "Object instantiated: {kind}", kind=self.kind
         )
         self._check = protocol.factory.upstream.check()
-        self._check.addCallback(self._checked)
+        self._check.addCallback(self._checked).addErrback(self._crashed)
+
+    def _crashed(self, failure: Failure) -> None:
+        """A bug of ours: say so to the workstation rather than hang."""
+        self.protocol.log.failure("Connectivity test failed unexpectedly", failure)
+        self.protocol.fail(internal_error())
 
     def _checked(self, result: CheckResult) -> None:
         if self._finished:
@@ -522,6 +657,11 @@ class RelayProtocol(Protocol, TimeoutMixin):
     """
     One workstation's connection.  The idle timeout runs only while the relay
     waits for the workstation, never while e-PMSI is the slow side.
+
+    The idle timeout restarts at every byte, so deadlines that a trickle
+    cannot extend back it up (L{epop.pacing}): the whole HELLO, each whole
+    control frame, and an upload's average rate.  None of them counts the
+    time the relay itself holds the workstation back.
     """
 
     log = Logger()
@@ -537,10 +677,18 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._reader = FrameReader()
         self._state = _State.HELLO
         self._close_reason: str | None = None
+        self._close_error: str | None = None
         self._opened = 0.0
         self._paused = False
+        #: Seconds the relay has held the workstation back (not counting
+        #: the current hold), and since when it holds it, if it does.
+        self._held_total = 0.0
+        self._held_since: float | None = None
         self._journaled = False
         self._grace: Any = None
+        self._hello_deadline = Deadline(self.clock, factory.hello_timeout, self._hello_too_slow)
+        self._frame_deadline = Deadline(self.clock, factory.frame_timeout, self._frame_too_slow)
+        self._checks: TokenBucket | None = None
         self.lost = Deferred[None]()
 
     def callLater(self, period: float, func: Any) -> Any:
@@ -562,6 +710,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._opened = self.clock.seconds()
         self.factory.connections[self.connection_id] = self
         self.setTimeout(self.factory.idle_timeout)
+        self._hello_deadline.start()
         if self.factory.draining:
             # Accepted before listening stopped, but it has no operation yet.
             self.fail(relay_stopping())
@@ -584,6 +733,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self.opened()
         self._state = _State.CLOSING
         self.setTimeout(None)
+        self._stop_deadlines()
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         if self.operation is not None:
@@ -601,8 +751,17 @@ class RelayProtocol(Protocol, TimeoutMixin):
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             reason=self._close_reason,
+            **({"error": self._close_error} if self._close_error else {}),
         )
         self.lost.callback(None)
+
+    def ending_because(self, reason: str, error: str | None = None) -> None:
+        """
+        Why the connection is ending, from a layer around it that knows
+        (TLS, the PROXY header), unless the relay already decided.
+        """
+        if self._close_reason is None:
+            self._close_reason, self._close_error = reason, error
 
     def timeoutConnection(self) -> None:
         self.fail(
@@ -616,9 +775,45 @@ class RelayProtocol(Protocol, TimeoutMixin):
             )
         )
 
+    def _stop_deadlines(self) -> None:
+        self._hello_deadline.stop()
+        self._frame_deadline.stop()
+
+    def _hello_too_slow(self) -> None:
+        self.fail(
+            ProtocolError(
+                "hello-timeout",
+                Text(
+                    "The workstation did not send its whole HELLO, the start of every e-POP "
+                    "session, within {seconds} s; the connection is closed.",
+                    seconds=f"{self.factory.hello_timeout:g}",
+                ),
+            )
+        )
+
+    def _frame_too_slow(self) -> None:
+        self.fail(
+            ProtocolError(
+                "frame-timeout",
+                Text(
+                    "A frame from the workstation took more than {seconds} s to arrive whole; "
+                    "the connection is closed. Check the network between the workstation "
+                    "and the relay.",
+                    seconds=f"{self.factory.frame_timeout:g}",
+                ),
+            )
+        )
+
     # sending
     def send_message(self, kind: FrameType, message: dict[str, Any]) -> None:
+        """
+        Send a control frame.  The relay never sends what it would refuse
+        to read: a frame over the limit raises L{_OversizedFrame} instead.
+        """
         frame = encode_message(kind, message)
+        size = len(frame) - HEADER.size
+        if size > MAX_CONTROL_PAYLOAD:
+            raise _OversizedFrame(kind, size)
         self.bytes_out += len(frame)
         self.transport.write(frame)
 
@@ -636,29 +831,53 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._state = _State.CLOSING
         self._close_reason = error.code
         self.setTimeout(None)
+        self._stop_deadlines()
         operation, self.operation = self.operation, None
         if operation is not None:
             operation.abort(error)
-        self.send_message(FrameType.ERROR, error.to_wire())
+        try:
+            self.send_message(FrameType.ERROR, error.to_wire())
+        except _OversizedFrame as oversized:
+            self.log.critical(
+                "Connection {connection}: the {code} error frame would be {size} bytes, "
+                "over the protocol's limit; sent as internal-error",
+                connection=self.connection_id,
+                code=error.code,
+                size=oversized.size,
+            )
+            self.send_message(FrameType.ERROR, internal_error().to_wire())
         self.transport.loseConnection()
         # A peer that does not read could keep a closing connection forever.
         self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # flow control for the upload: e-PMSI's side pauses the workstation's
     def pause_client(self) -> None:
+        if not self._paused:
+            self._held_since = self.clock.seconds()
         self._paused = True
         self.setTimeout(None)
+        self._frame_deadline.hold()
         self.transport.pauseProducing()
 
     def resume_client(self) -> None:
         if not self._paused:
             return
         self._paused = False
+        if self._held_since is not None:
+            self._held_total += self.clock.seconds() - self._held_since
+            self._held_since = None
+        self._frame_deadline.release()
         if isinstance(self.operation, RelayedRequest):
             self.operation.progress()  # e-PMSI took what it had
         if self._state in (_State.BODY, _State.BODY_END):
             self.setTimeout(self.factory.idle_timeout)
         self.transport.resumeProducing()
+
+    def held_seconds(self) -> float:
+        """Seconds the relay has held this workstation back so far."""
+        if self._held_since is None:
+            return self._held_total
+        return self._held_total + self.clock.seconds() - self._held_since
 
     # receiving
     def dataReceived(self, data: bytes) -> None:
@@ -681,7 +900,13 @@ class RelayProtocol(Protocol, TimeoutMixin):
             self.fail(error)
         except Exception:
             self.log.failure("Unexpected error on connection {connection}", connection=self.connection_id)
-            self.fail(EpopError("internal-error", Text("The relay hit an internal error; see its log.")))
+            self.fail(internal_error())
+            return
+        # A control frame has begun: it must now arrive whole in time (the
+        # HELLO has its own deadline, from the connection's first byte).
+        if self._reader.pending and not self._frame_deadline.running:
+            if self._state is not _State.CLOSING and self._state is not _State.HELLO:
+                self._frame_deadline.start()
 
     def _body_received(self, data: bytes) -> None:
         operation = self.operation
@@ -689,6 +914,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         operation.body_received(data)
         if not self._reader.raw_outstanding:
             self._state = _State.BODY_END
+            operation.body_complete()
 
     def _frame_received(self, frame: Frame) -> None:
         expected = {
@@ -696,6 +922,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
             _State.READY: (FrameType.REQUEST, FrameType.CHECK),
             _State.BODY_END: (FrameType.BODY_END,),
         }.get(self._state, ())
+        self._frame_deadline.stop()
         if frame.kind not in expected:
             raise ProtocolError(
                 "unexpected-frame",
@@ -708,27 +935,60 @@ class RelayProtocol(Protocol, TimeoutMixin):
         elif frame.kind is FrameType.REQUEST:
             self._request(message)
         elif frame.kind is FrameType.CHECK:
+            self._admit_check()
             self._state = _State.BUSY
             self.setTimeout(None)
             self.operation = ConnectivityTest(self)
         else:
             self._body_end(message)
 
+    def _admit_check(self) -> None:
+        """
+        Each check opens a new TLS connection to e-PMSI: allow a few, per
+        connection and per client address, not a loop.
+        """
+        factory = self.factory
+        now = self.clock.seconds()
+        limits: list[tuple[TokenBucket, Callable[[str, str], Text]]] = []
+        if factory.checks_per_connection:
+            if self._checks is None:
+                self._checks = TokenBucket(factory.checks_per_connection, now)
+            limits.append((self._checks, _too_many_checks_on_connection))
+        if factory.check_rates is not None:
+            host = getattr(self.transport.getPeer(), "host", "") or "?"
+            bucket = factory.check_rates.bucket(client_key(host), now)
+            limits.append((bucket, _too_many_checks_from_address))
+        refused = [(bucket.wait(now), bucket, text) for bucket, text in limits]
+        refused = [found for found in refused if found[0] > 0]
+        if refused:
+            wait, bucket, text = max(refused, key=lambda found: found[0])
+            raise ProtocolError(
+                "too-many-checks", text(f"{bucket.capacity:g}", str(seconds_to_wait([wait])))
+            )
+        for bucket, _ in limits:
+            bucket.take(now)
+
     def _hello(self, message: dict[str, Any]) -> None:
         versions = message.get("versions")
         if message.get("protocol") != PROTOCOL_NAME or not isinstance(versions, list):
             raise ProtocolError("bad-frame", "HELLO must name protocol 'e-pop' and its versions")
-        common = [v for v in PROTOCOL_VERSIONS if v in versions]
+        offered = {v for v in versions if type(v) is int}
+        common = [v for v in PROTOCOL_VERSIONS if v in offered]
         if not common:
+            # Quote the offer briefly: a message must not grow with its input.
+            shown = ", ".join(excerpt(v, 12) for v in versions[:8])
+            if len(versions) > 8:
+                shown += ", ..."
             raise ProtocolError(
                 "unsupported-version",
                 Text(
                     "This relay speaks e-POP protocol version {ours}; the workstation "
                     "offered {theirs}. Update the older of the two.",
                     ours=", ".join(map(str, PROTOCOL_VERSIONS)),
-                    theirs=", ".join(map(str, versions)) or "-",
+                    theirs=excerpt(shown) or "-",
                 ),
             )
+        self._hello_deadline.stop()
         self.send_message(
             FrameType.WELCOME,
             {"version": max(common), "relay": f"epop {__version__}", "epmsi": self.factory.upstream.url},
@@ -738,10 +998,9 @@ class RelayProtocol(Protocol, TimeoutMixin):
     def _request(self, message: dict[str, Any]) -> None:
         method, path, headers, length = parse_request(message)
         if length:
+            # The body's first bytes start e-PMSI's request (RelayedRequest).
             self._state = _State.BODY
             self._reader.expect_raw(length)
-            # Hold the upload until e-PMSI's connection is ready for it.
-            self.pause_client()
         else:
             self._state = _State.BUSY
             self.setTimeout(None)
@@ -771,6 +1030,15 @@ class RelayFactory(Factory):
     @param reactor: the clock and network for every connection.
     @param upstream: the e-PMSI side shared by all connections.
     @param relay_id: tags this relay's journal events.
+    @param hello_timeout: seconds a connection has to send its whole HELLO.
+    @param frame_timeout: seconds a control frame has to arrive whole, from
+        its first byte.
+    @param upload_min_rate: bytes per second an upload must average, once
+        C{upload_grace} seconds have passed; 0 for no minimum.
+    @param checks_per_connection: e-PMSI checks allowed a minute on one
+        connection (0: no limit).
+    @param checks_per_client: the same for all the connections of one
+        client address (0: no limit).
     """
 
     protocol = RelayProtocol
@@ -785,12 +1053,25 @@ class RelayFactory(Factory):
         *,
         idle_timeout: float = 120.0,
         epmsi_timeout: float = 300.0,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        upload_min_rate: float = DEFAULT_UPLOAD_MIN_RATE,
+        upload_grace: float = DEFAULT_UPLOAD_GRACE,
+        checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION,
+        checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT,
     ) -> None:
         self.reactor = reactor
         self.upstream = upstream
         self.relay_id = relay_id
         self.idle_timeout = idle_timeout
         self.epmsi_timeout = epmsi_timeout
+        self.hello_timeout = hello_timeout
+        self.frame_timeout = frame_timeout
+        self.upload_min_rate = upload_min_rate
+        self.upload_grace = upload_grace
+        self.checks_per_connection = checks_per_connection
+        #: Each client address's allowance of checks (None: no limit).
+        self.check_rates = RatesByClient(checks_per_client) if checks_per_client else None
         self.connections: dict[int, RelayProtocol] = {}
         #: How much each upload in flight reads per call.
         self.read_budget = ReadBudget()

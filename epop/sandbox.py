@@ -394,14 +394,39 @@ _FORBIDDEN_CHARACTERS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
 
 
+#: Longest file name, in bytes, most file systems take.
+MAX_NAME_BYTES = 255
+#: Longest ending kept as an extension when a long name is shortened.
+_MAX_EXTENSION_BYTES = 16
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """C{name} as stem and extension, the extension only if it is short."""
+    stem, extension = os.path.splitext(name)
+    if len(extension.encode("utf-8")) > _MAX_EXTENSION_BYTES:
+        return name, ""
+    return stem, extension
+
+
+def _fit_name(stem: str, ending: str) -> str:
+    """
+    C{stem + ending} in at most L{MAX_NAME_BYTES} UTF-8 bytes: the stem is
+    shortened (never in the middle of a character) so that the extension, or
+    a de-duplicating C{-2}, survives.
+    """
+    room = MAX_NAME_BYTES - len(ending.encode("utf-8"))
+    return stem.encode("utf-8")[:room].decode("utf-8", "ignore") + ending
+
+
 def sanitize_filename(name: str | None) -> str:
     """
     Turn a client-supplied file name into a safe name for one directory
     entry.
 
     Keeps the base name only (both C{/} and C{\\} separate components), drops
-    control and Windows-reserved characters and leading dots, and falls back
-    to C{upload.bin}: a client must never be able to write outside its
+    control and Windows-reserved characters and leading dots, shortens it to
+    L{MAX_NAME_BYTES} keeping its extension, and falls back to
+    C{upload.bin}: a client must never be able to write outside its
     upload folder, create hidden files, or collide with our C{.partial}
     names.
     """
@@ -413,10 +438,9 @@ def sanitize_filename(name: str | None) -> str:
     base = base.strip().lstrip(".").strip().rstrip(". ")
     if _WINDOWS_RESERVED.match(base):
         base = "_" + base
-    # Most file systems limit a name to 255 bytes.
-    base = base.encode("utf-8")[:255].decode("utf-8", "ignore")
+    base = _fit_name(*_split_extension(base))
     if not base or base.endswith(_PARTIAL_SUFFIX):
-        return DEFAULT_FILENAME if not base else base + ".bin"
+        return DEFAULT_FILENAME if not base else _fit_name(base, ".bin")
     return base
 
 
@@ -498,8 +522,8 @@ class _PendingUpload:
         counter = 1
         while name.casefold() in self._names:
             counter += 1
-            stem, extension = os.path.splitext(wanted)
-            name = f"{stem}-{counter}{extension}"
+            stem, extension = _split_extension(wanted)
+            name = _fit_name(stem, f"-{counter}{extension}")
         self._names.add(name.casefold())
         return name
 
@@ -658,7 +682,7 @@ class _MultipartBody(_Body):
     """A C{multipart/form-data} body: file parts go to disk, fields are counted."""
 
     def __init__(
-        self, upload: _PendingUpload, boundary: str, content_length: int | None
+        self, upload: _PendingUpload, boundary: bytes, content_length: int | None
     ) -> None:
         super().__init__(upload)
         self._parser = PushMultipartParser(
@@ -792,7 +816,9 @@ class SandboxRequest(Request):
                     upload, _UploadRejected(400, "multipart/form-data without boundary")
                 )
             try:
-                return _MultipartBody(upload, boundary, length)
+                # The header was read as Latin-1: its own bytes delimit the
+                # parts, not their UTF-8 re-encoding.
+                return _MultipartBody(upload, boundary.encode("latin-1"), length)
             except MultipartError as error:
                 return _RejectedBody(
                     upload, _UploadRejected(400, f"bad multipart boundary: {error}")

@@ -14,6 +14,7 @@ e.g. when twistd gets C{SIGHUP}; the change is journaled.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -39,8 +40,24 @@ from epop.journal import (
 )
 from epop.addressing import format_peer
 from epop.interfaces import addresses_for_listen_host
+from epop.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    MAX_SILENT_CONNECTIONS,
+    ConnectionLimits,
+    LimitsFactory,
+)
 from epop.local_tls import RelayTLS, SessionChoiceFactory
+from epop.pacing import (
+    DEFAULT_CHECKS_PER_CLIENT,
+    DEFAULT_CHECKS_PER_CONNECTION,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
+    DEFAULT_UPLOAD_MIN_RATE,
+)
 from epop.proxy import ProxyConfig
+from epop.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.relay import RelayFactory
 from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
@@ -87,12 +104,26 @@ class RelaySettings:
     idle_timeout: float = 120.0
     epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
+    #: Seconds a workstation has to send its whole HELLO, from its first byte.
+    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
+    #: Seconds a control frame has to arrive whole, from its first byte.
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    #: Bytes per second an upload must average after upload_grace (0: none).
+    upload_min_rate: float = DEFAULT_UPLOAD_MIN_RATE
+    upload_grace: float = DEFAULT_UPLOAD_GRACE
+    #: e-PMSI checks a minute per connection, and per client address (0: no limit).
+    checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION
+    checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT
     proxy: ProxyConfig | None = None
     tls: RelayTLS | None = None
     check_at_start: bool = True
     check_path: str = "/"
     #: Seconds the operations in flight get to finish when the relay stops.
     drain_seconds: float = 30.0
+    #: Connections served at once, in all (0: no limit).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections served at once from one client address (0: no limit).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class ListeningService(Service):
@@ -201,6 +232,7 @@ class RelayService(MultiService):
         journal_service: JournalService,
         listeners: list[ListeningService],
         allowlist_factory: AllowlistFactory | None = None,
+        limits_factory: LimitsFactory | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -209,6 +241,8 @@ class RelayService(MultiService):
         self.upstream = factory.upstream
         self.listeners = listeners
         self.allowlist_factory = allowlist_factory
+        #: Counts the connections served, against the caps (None if built without).
+        self.limits_factory = limits_factory
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
         for listener in listeners:
@@ -322,6 +356,17 @@ class RelayService(MultiService):
         return d
 
 
+def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint for a C{--listen} string.  C{haproxy:} strings read the
+    PROXY header with L{ProxyHeaderEndpoint}, which checks the addresses it
+    gives, instead of Twisted's reader.
+    """
+    if description.startswith(HAPROXY_PREFIX):
+        return ProxyHeaderEndpoint(serverFromString(reactor, description[len(HAPROXY_PREFIX) :]))
+    return serverFromString(reactor, description)
+
+
 def make_relay_service(
     reactor: Any,
     settings: RelaySettings = RelaySettings(),
@@ -339,8 +384,8 @@ def make_relay_service(
         or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
     @raise ValueError: for settings that cannot work (bad URL, unreadable
         CA file, bad endpoint string, bad allowlist entry, unusable TLS
-        certificate or key, bad journal rotation), with a message that says
-        which.
+        certificate or key, bad journal rotation, negative connection
+        limits), with a message that says which.
     """
     upstream = Upstream(
         reactor,
@@ -357,16 +402,42 @@ def make_relay_service(
         relay_id,
         idle_timeout=settings.idle_timeout,
         epmsi_timeout=settings.epmsi_timeout,
+        hello_timeout=settings.hello_timeout,
+        frame_timeout=settings.frame_timeout,
+        upload_min_rate=settings.upload_min_rate,
+        upload_grace=settings.upload_grace,
+        checks_per_connection=settings.checks_per_connection,
+        checks_per_client=settings.checks_per_client,
     )
     if settings.drain_seconds < 0:
         raise ValueError("drain_seconds must be 0 or more")
+    for name in ("hello_timeout", "frame_timeout", "upload_grace"):
+        if not 0 < getattr(settings, name) < math.inf:
+            raise ValueError(f"{name} must be a positive number of seconds")
+    if not 0 <= settings.upload_min_rate < math.inf:
+        raise ValueError("upload_min_rate must be 0 (no minimum) or a number of bytes per second")
+    for name in ("checks_per_connection", "checks_per_client"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be 0 (no limit) or a number of checks a minute")
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
+    # The allowlist first: a client it refuses is neither counted nor told of caps.
+    limited = LimitsFactory(factory, limits)
     # Always in place, so that the list can change while the relay runs.
-    checked = AllowlistFactory(factory, Allowlist(settings.allow))
-    served = SessionChoiceFactory(checked, settings.tls, reactor, settings.idle_timeout)
+    checked = AllowlistFactory(limited, Allowlist(settings.allow))
+    served = SessionChoiceFactory(
+        checked,
+        settings.tls,
+        reactor,
+        settings.idle_timeout,
+        gate=checked.refusal,
+        # Silent connections are not counted against the caps (their client
+        # is not known yet behind a load balancer), but they are bounded too.
+        max_silent=MAX_SILENT_CONNECTIONS,
+    )
     listeners = []
     for description in settings.listen:
         try:
-            endpoint = serverFromString(reactor, description)
+            endpoint = listen_endpoint(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
         listeners.append(ListeningService(description, endpoint, factory, served))
@@ -384,4 +455,4 @@ def make_relay_service(
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer)
-    return RelayService(reactor, settings, factory, journal_service, listeners, checked)
+    return RelayService(reactor, settings, factory, journal_service, listeners, checked, limited)

@@ -11,6 +11,7 @@ re-reads the file and applies its C{allow} entries to new connections.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -26,7 +27,16 @@ from twisted.python import usage
 
 from epop.allowlist import Allowlist
 from epop.journal import parse_rotate
+from epop.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.local_tls import RelayTLS
+from epop.pacing import (
+    DEFAULT_CHECKS_PER_CLIENT,
+    DEFAULT_CHECKS_PER_CONNECTION,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_UPLOAD_GRACE,
+    DEFAULT_UPLOAD_MIN_RATE,
+)
 from epop.proxy import (
     PASSWORD_VARIABLE,
     SYSTEM,
@@ -52,6 +62,17 @@ from epop.tuning import keep_buffers_on_heap
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
+def _connection_count(value: str) -> int:
+    """A connection limit: 0 (none) or more."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"a connection limit is 0 (no limit) or a positive whole number, not {value!r}")
+    return count
+
+
 class Options(usage.Options):
     log = Logger()
 
@@ -70,6 +91,12 @@ class Options(usage.Options):
         ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
         ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
         ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
+        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", float],
+        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", float],
+        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", float],
+        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", float],
+        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", int],
+        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", int],
         ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", float],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
@@ -78,6 +105,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _connection_count],
+        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _connection_count],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -177,6 +206,14 @@ class Options(usage.Options):
         for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        for name in ("hello-timeout", "frame-timeout", "upload-grace"):
+            if not 0 < self[name] < math.inf:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if not 0 <= self["upload-min-rate"] < math.inf:
+            raise usage.UsageError("--upload-min-rate must be 0 (no minimum) or a number of bytes per second")
+        for name in ("checks-per-connection", "checks-per-client"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 (no limit) or a number of checks a minute")
         if not 0 <= self["drain-seconds"] < float("inf"):
             raise usage.UsageError("--drain-seconds must be 0 or a positive number of seconds")
         try:
@@ -242,10 +279,18 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
             connect_timeout=self["connect-timeout"],
+            hello_timeout=self["hello-timeout"],
+            frame_timeout=self["frame-timeout"],
+            upload_min_rate=self["upload-min-rate"],
+            upload_grace=self["upload-grace"],
+            checks_per_connection=self["checks-per-connection"],
+            checks_per_client=self["checks-per-client"],
             proxy=self.proxy,
             tls=self.tls,
             check_at_start=not self["no-check"],
             drain_seconds=self["drain-seconds"],
+            max_connections=self["max-connections"],
+            max_connections_per_client=self["max-connections-per-client"],
         )
 
 
@@ -294,6 +339,29 @@ def reload_allowlist(relay: RelayService, options: Options) -> None:
     relay.set_allowlist(found.allow, source=path)
 
 
+class RelayCannotStart(SystemExit, Exception):
+    """
+    The relay cannot start (a port it cannot bind): twistd must exit non-zero
+    with this one line and no traceback, in the foreground and as a daemon.
+
+    Both a L{SystemExit} and an L{Exception}, because twistd reacts to each
+    in a different place: as an C{Exception}, its
+    C{UnixApplicationRunner.postApplication} sends the reason through the
+    status pipe to the terminal that started a daemon, removes the pid file
+    and re-raises; as a C{SystemExit}, the process then exits with status 1
+    printing nothing more.  A plain C{SystemExit} skips the first step: a
+    daemon's parent then waits for ever, and the pid file stays.
+
+    Its text is short, because twistd passes a daemon's parent only the first
+    100 bytes.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        # Exit status 1; the reason is already in the log and on the terminal.
+        self.code = 1
+
+
 class _TwistdRelay(MultiService):
     """
     Under twistd, a port that cannot be bound ends the program with one
@@ -313,7 +381,18 @@ class _TwistdRelay(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            raise SystemExit(f"epop: {e}") from None
+            self.log.critical("epop: {reason}", reason=str(e))
+            # In the foreground twistd sends stderr to its log: say it where
+            # the relay was started too (a daemon's own stderr is /dev/null,
+            # its parent prints the exception's text instead).
+            terminal = sys.__stderr__
+            if terminal is not None:
+                try:
+                    terminal.write(f"epop: {e}\n")
+                    terminal.flush()
+                except (OSError, ValueError):
+                    pass
+            raise RelayCannotStart(f"cannot listen on {e.description}: {e.why}") from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP

@@ -65,6 +65,9 @@ __all__ = [
 
 DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
 
+#: Causes that, through a proxy, may as well come from the proxy as from e-PMSI.
+_ALSO_THE_PROXY = frozenset({"connection-lost", "timeout"})
+
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
@@ -249,6 +252,51 @@ class CheckResult:
         return self.text().render(language)
 
 
+@implementer(IBodyProducer)
+class _StoppableBody:
+    """
+    Keeps L{IBodyProducer}'s promise for whatever body it wraps: once the
+    HTTP client calls C{stopProducing} (e-PMSI's connection is gone), the
+    L{Deferred} from C{startProducing} never fires.
+
+    A relayed upload's body fails its Deferred when the operation is
+    aborted, which may be after e-PMSI's connection dropped in the middle of
+    the body; Twisted's HTTP client logs such a late result as an error, with
+    a traceback, although the request already failed and was reported.
+    """
+
+    def __init__(self, wrapped: IBodyProducer) -> None:
+        self._wrapped = wrapped
+        self.length = wrapped.length
+        self._stopped = False
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        produced = self._wrapped.startProducing(consumer)
+        outcome: Deferred[None] = Deferred(lambda _: produced.cancel())
+
+        def settled(result: object) -> None:
+            if self._stopped:
+                return None  # nobody listens any more: drop it, failure or not
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(None)
+            return None
+
+        produced.addBoth(settled)
+        return outcome
+
+    def pauseProducing(self) -> None:
+        self._wrapped.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._wrapped.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._wrapped.stopProducing()
+
+
 class _NoCookies(IndexableCookieJar):
     """A check is anonymous: nothing it is told to remember is kept."""
 
@@ -310,7 +358,8 @@ class Upstream:
         raw = Headers()
         for name, value in headers:
             raw.addRawHeader(name.encode("ascii"), value.encode("latin-1"))
-        d = self._agent.request(method.encode("ascii"), url, raw, body)
+        producer = _StoppableBody(body) if body is not None else None
+        d = self._agent.request(method.encode("ascii"), url, raw, producer)
 
         def failed(failure: Failure) -> Failure:
             from twisted.internet.defer import CancelledError
@@ -382,6 +431,19 @@ class Upstream:
 
     def _describe(self, failure: Failure) -> UpstreamError:
         error = describe_upstream_failure(failure, self.url, timeout=self._timeout)
+        if self.proxy is not None and error.cause in _ALSO_THE_PROXY:
+            # A tunnel cut or silent in mid-operation may be the proxy's
+            # doing (a limit on tunnels, a restart): name it for IT staff.
+            return UpstreamError(
+                error.code,
+                Text(
+                    "Could not reach e-PMSI at {url} through the proxy {proxy}: {reason}.",
+                    url=self.url,
+                    proxy=self.proxy.address,
+                    reason=error.text.params.get("reason", ""),
+                ),
+                error.cause,
+            )
         if self.proxy is not None and error.cause == "tls":
             return UpstreamError(
                 error.code,

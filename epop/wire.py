@@ -12,6 +12,7 @@ specification is ``docs/protocol.md``.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ __all__ = [
     "FrameType",
     "Frame",
     "FrameReader",
+    "MAX_BODY_LENGTH",
+    "MAX_CONTROL_PAYLOAD",
+    "MAX_DATA_PAYLOAD",
+    "MAX_NESTING",
     "encode_frame",
     "encode_message",
     "frame_header",
@@ -40,6 +45,46 @@ HEADER = struct.Struct(">BI")
 MAX_CONTROL_PAYLOAD = 64 * 1024
 #: Largest DATA payload a reader accepts.
 MAX_DATA_PAYLOAD = 1024 * 1024
+#: Deepest nesting of arrays and objects in a control frame.  The frames of
+#: this protocol need a few levels; the bound keeps a hostile frame from
+#: making the JSON parser recurse thousands of levels deep.
+MAX_NESTING = 32
+#: Largest request body: the largest integer that every JSON reader holds
+#: exactly (JavaScript's too), and that every HTTP server takes as a
+#: Content-Length (many read it as a signed 64-bit number).
+MAX_BODY_LENGTH = 2**53 - 1
+
+#: A JSON string, closed or not: an unclosed one runs to the end, which
+#: keeps the match linear whatever the payload.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
+_BRACKETS_ONLY = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def nesting_exceeds(payload: bytes, limit: int = MAX_NESTING) -> bool:
+    """
+    Whether C{payload}, read as JSON, nests arrays and objects more than
+    C{limit} levels deep.  A frame with no more than C{limit} opening
+    brackets in all is not scanned; otherwise the work is a few passes of
+    C-speed byte operations, never Python code per byte.
+
+    Strings are removed, then only the brackets kept.  Each pass removes the
+    innermost pairs, one level of nesting; after C{limit} passes a pair left
+    means deeper nesting.  Unbalanced brackets (invalid JSON, refused by the
+    parser anyway) are counted so that the parser never recurses more than
+    twice C{limit} levels before it finds the mistake.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    if b'"' in payload:
+        payload = _JSON_STRING.sub(b"", payload)
+    brackets = payload.translate(_SQUARE, _BRACKETS_ONLY)
+    for _ in range(limit):
+        inner_removed = brackets.replace(b"[]", b"")
+        if len(inner_removed) == len(brackets):
+            break
+        brackets = inner_removed
+    return b"[]" in brackets or brackets.count(b"[") > limit
 
 
 class FrameType(IntEnum):
@@ -65,11 +110,28 @@ class Frame:
 
     def message(self) -> dict[str, Any]:
         """Decode a control frame's JSON object, or raise L{ProtocolError}."""
+        name = self.kind.name
         try:
-            value = json.loads(self.payload)
-        except (UnicodeDecodeError, ValueError) as e:
+            text = self.payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError("bad-frame", f"{name} frame is not valid UTF-8: {e.reason} at byte {e.start}") from None
+        if nesting_exceeds(self.payload):
             raise ProtocolError(
-                "bad-frame", f"{self.kind.name} frame is not valid JSON: {e}"
+                "bad-frame",
+                f"{name} frame nests arrays and objects more than {MAX_NESTING} levels deep",
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ProtocolError("bad-frame", f"{name} frame is not valid JSON: {e}") from None
+        except ValueError:
+            # Python refuses to read integers of more than 4300 digits.
+            raise ProtocolError("bad-frame", f"{name} frame holds a number with too many digits") from None
+        except RecursionError:
+            # Not reached with the nesting bound above; kept as a safety net.
+            raise ProtocolError(
+                "bad-frame",
+                f"{name} frame nests arrays and objects more than {MAX_NESTING} levels deep",
             ) from None
         if not isinstance(value, dict):
             raise ProtocolError(

@@ -50,6 +50,8 @@ class RefusalTests(TestCase):
         self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
         self.assertEqual(relay.types(), ["listening-opened", "connection-opened", "connection-closed"])
         self.assertEqual(relay.records("connection-closed")[0]["reason"], "not-authorized")
+        # Its HELLO was not read, but it arrived.
+        self.assertGreater(relay.records("connection-closed")[0]["bytes_in"], 0)
 
     async def test_listed_client_is_served(self) -> None:
         """A client inside the list is served as usual."""

@@ -8,13 +8,31 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from epop import cli
 from tests.relaying import start_relay
+from epop.wire import FrameReader, FrameType, encode_message
 from tests.support import free_port, make_trustme_sandbox, write_random_file
+
+
+async def run_epop(
+    config_path: str, *argv: str, environ: dict[str, str] | None = None
+) -> tuple[int, bytes, str]:
+    """Run the command in-process: its exit status, standard output and error."""
+    stdout, stderr = io.BytesIO(), io.StringIO()
+    env = {"EPOP_CONFIG": config_path}
+    env.update(environ or {})
+    code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr, environ=env)
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 class CommandTests(TestCase):
@@ -26,11 +44,7 @@ class CommandTests(TestCase):
         self.config_path = os.path.abspath(self.mktemp())
 
     async def run_epop(self, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, bytes, str]:
-        stdout, stderr = io.BytesIO(), io.StringIO()
-        env = {"EPOP_CONFIG": self.config_path}
-        env.update(environ or {})
-        code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr, environ=env)
-        return code, stdout.getvalue(), stderr.getvalue()
+        return await run_epop(self.config_path, *argv, environ=environ)
 
     async def test_send_through_relay(self) -> None:
         """`epop send` prints e-PMSI's answer and exits 0 for a 2xx."""
@@ -172,3 +186,140 @@ class CommandTests(TestCase):
         self.assertIn(b"127.0.0.1 (", out)
         self.assertIn(b"--listen tcp:4000:interface=127.0.0.1", out)
         self.assertIn(b"127.0.0.1:4000", out)
+
+
+class _SwallowingRelay(Protocol):
+    """A relay that takes the whole upload, then hangs up without an answer."""
+
+    def connectionMade(self) -> None:
+        self.reader = FrameReader()
+        self.factory.connections.append(self)
+        self.transport.write(encode_message(FrameType.WELCOME, {"version": 1}))
+
+    def dataReceived(self, data: bytes) -> None:
+        if bytes([FrameType.BODY_END]) + b"\x00\x00\x00" in data[-120:]:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.factory.connections.remove(self)
+
+
+class ExitStatusTests(TestCase):
+    """Each exit status of docs/exit-status.md, pinned."""
+
+    def setUp(self) -> None:
+        self.config_path = os.path.abspath(self.mktemp())
+        self.path = self.mktemp()
+        write_random_file(self.path, 256 * 1024, seed=8)
+
+    def test_documented(self) -> None:
+        """The table in docs/exit-status.md lists exactly the statuses the command uses."""
+        with open(os.path.join(os.path.dirname(__file__), "..", "docs", "exit-status.md")) as f:
+            documented = {int(m) for m in re.findall(r"^\| `(\d+)` \|", f.read(), re.M)}
+        signals = {cli.exit_status_for_signal(signal.SIGINT), cli.exit_status_for_signal(signal.SIGTERM)}
+        self.assertEqual(signals, {130, 143})
+        used = {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST} | signals
+        self.assertEqual(documented, used)
+        self.assertEqual((cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST), (0, 1, 2, 3))
+
+    async def test_answer_lost_is_3(self) -> None:
+        """The whole file sent, then the relay hangs up: 3, and 'e-PMSI may have received it'."""
+        factory = Factory.forProtocol(_SwallowingRelay)
+        factory.connections = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        code, out, err = await run_epop(
+            self.config_path, "send", self.path, "--relay", f"127.0.0.1:{port.getHost().port}"
+        )
+        self.assertEqual(code, 3, err)
+        self.assertIn("The relay closed the connection before answering", err)
+        self.assertIn("e-PMSI may have received it. Check on e-PMSI before sending it again.", err)
+        self.assertIn("(failed step: waiting for e-PMSI's answer)", err)
+        self.assertNotIn("Traceback", err)
+
+    async def test_unreachable_is_1(self) -> None:
+        """Nothing listens at the relay's address: 1, 'not delivered', step 'reaching the relay'."""
+        code, _, err = await run_epop(self.config_path, "send", self.path, "--relay", f"127.0.0.1:{free_port()}")
+        self.assertEqual(code, 1, err)
+        self.assertIn("connection refused", err)
+        self.assertIn("was not delivered: e-PMSI did not receive it (failed step: reaching the relay)", err)
+
+    async def test_bad_stall_timeout_is_2(self) -> None:
+        """A stall timeout that is not a positive number is a usage error."""
+        code, _, err = await run_epop(
+            self.config_path, "send", self.path, "--relay", "127.0.0.1", "--stall-timeout", "0"
+        )
+        self.assertEqual(code, 2)
+        self.assertIn("--stall-timeout must be a positive number of seconds", err)
+
+    async def test_interrupted_send_is_128_plus_signal(self) -> None:
+        """An interruption cancels the send in flight and exits 128 + N, in French too."""
+        factory = Factory.forProtocol(Protocol)  # accepts, never greets
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        for number, language in ((signal.SIGINT, "en"), (signal.SIGTERM, "fr")):
+            interruption = cli.Interruption()
+            stdout, stderr = io.BytesIO(), io.StringIO()
+            d = cli.run(
+                reactor,
+                ["--lang", language, "send", self.path, "--relay", f"127.0.0.1:{port.getHost().port}"],
+                stdout=stdout, stderr=stderr,
+                environ={"EPOP_CONFIG": self.config_path},
+                interruption=interruption,
+            )
+            await deferLater(reactor, 0.2, lambda: None)
+            interruption.interrupt(number)
+            self.assertEqual(await d, 128 + number)
+            if language == "fr":
+                self.assertIn("Interrompu (SIGTERM) : l'envoi a été arrêté.", stderr.getvalue())
+                self.assertIn("n'a pas été remis", stderr.getvalue())
+            else:
+                self.assertIn("Interrupted (SIGINT): the upload was stopped.", stderr.getvalue())
+
+    async def test_interrupted_direct_test_is_130(self) -> None:
+        """An interrupted `epop test --direct` exits 130, not 1 for a failed check."""
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        interruption = cli.Interruption()
+        stderr = io.StringIO()
+        d = cli.run(
+            reactor,
+            ["test", "--direct", "--epmsi", f"https://127.0.0.1:{port.getHost().port}"],
+            stdout=io.BytesIO(), stderr=stderr,
+            environ={"EPOP_CONFIG": self.config_path},
+            interruption=interruption,
+        )
+        await deferLater(reactor, 0.2, lambda: None)
+        interruption.interrupt(signal.SIGINT)
+        self.assertEqual(await d, 130, stderr.getvalue())
+        self.assertIn("Interrupted (SIGINT): the test was stopped.", stderr.getvalue())
+
+    def test_second_signal_stops(self) -> None:
+        """A second signal, or one with nothing in flight, falls back to stopping."""
+        stopped: list[bool] = []
+        interruption = cli.Interruption(otherwise=lambda: stopped.append(True))
+        interruption.interrupt(signal.SIGINT)
+        self.assertEqual((interruption.signal, stopped), (None, [True]))
+        cancelled: list[bool] = []
+        cleaning_up: Deferred[None] = Deferred()
+        operation: Deferred[None] = Deferred(lambda d: cancelled.append(True))
+        operation.addErrback(lambda failure: cleaning_up)  # still busy after cancelling
+        interruption.watch(operation)
+        interruption.interrupt(signal.SIGTERM)
+        self.assertEqual((interruption.signal, cancelled, stopped), (signal.SIGTERM, [True], [True]))
+        self.assertNoResult(operation)
+        interruption.interrupt(signal.SIGINT)
+        self.assertEqual(stopped, [True, True])
+        self.assertEqual(interruption.exit_status(0), 143)  # react() says 0: it was interrupted
+        self.assertEqual(interruption.exit_status(None), 143)
+        self.assertEqual(interruption.exit_status(143), 143)
+        self.assertEqual(cli.Interruption().exit_status(0), 0)  # the sandbox stopped by Ctrl-C
+        cleaning_up.callback(None)
+        self.successResultOf(operation)

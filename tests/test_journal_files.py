@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +33,7 @@ from epop.journal import (
 )
 from epop.journal_reader import Problem, read_file, read_journal
 from epop.proxy import ProxyConfig
+from epop.relay_process import process_start
 from epop.service import RelaySettings, make_relay_service
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
@@ -432,7 +434,7 @@ class RelayJournalFileTests(TestCase):
         self.assertRegex(run, r"^[0-9a-f]{12}$")
         port = self.relay.port
         expected_keys = {
-            "listening-opened": [*common, "address", "port", "description"],
+            "listening-opened": [*common, "address", "port", "host", "pid", "process_start", "description"],
             "connection-opened": [*common, "connection", "client", "description"],
             "object-instantiated": [*common, "connection", "client", "kind", "method", "path", "length", "description"],
             "object-released": [
@@ -450,6 +452,8 @@ class RelayJournalFileTests(TestCase):
         listening, opened, instantiated, released, closed = records
         self.assertEqual(listening["address"], f"127.0.0.1:{port}")
         self.assertEqual(listening["port"], port)
+        self.assertEqual((listening["host"], listening["pid"]), (socket.gethostname(), os.getpid()))
+        self.assertEqual(listening["process_start"], process_start(os.getpid()))
         self.assertEqual(
             listening["description"],
             f"e-POP relay listening on 127.0.0.1:{port} (endpoint tcp:0:interface=127.0.0.1); "

@@ -95,6 +95,8 @@ class LocalTLSTests(TestCase):
         self.assertIn("encrypted connections only", report.error.message)
         self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
         self.assertEqual(relay.records("connection-closed")[0]["reason"], "tls-required")
+        # Its bytes were not read, but they arrived.
+        self.assertGreater(relay.records("connection-closed")[0]["bytes_in"], 0)
         encrypted = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
         self.assertTrue(encrypted.ok, encrypted.describe())
 
@@ -104,6 +106,10 @@ class LocalTLSTests(TestCase):
         report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
         self.assertEqual((report.failed_step, report.error.cause), ("relay", "tls"))
         self.assertIn("does not speak TLS", report.error.message)
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        [closed] = relay.records("connection-closed")
+        self.assertEqual(closed["reason"], "tls-not-configured")
+        self.assertGreater(closed["bytes_in"], 0)  # the ClientHello, unread but counted
 
     async def test_unknown_authority(self) -> None:
         """A relay certificate from another authority is an error, never plain text."""
@@ -112,6 +118,11 @@ class LocalTLSTests(TestCase):
         report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(other))
         self.assertEqual(report.error.code, "relay-tls")
         self.assertIn("could not be verified", report.error.message)
+        # The relay's journal says the handshake failed, in OpenSSL's words.
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        [closed] = relay.records("connection-closed")
+        self.assertEqual(closed["reason"], "tls-failed")
+        self.assertIn("unknown ca", closed["error"])
 
     async def test_name_mismatch(self) -> None:
         """A relay certificate for another name fails the host name check."""
@@ -130,6 +141,10 @@ class LocalTLSTests(TestCase):
         without = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
         self.assertEqual(without.error.code, "relay-tls")
         self.assertIn("client certificate", without.error.message)
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        [closed] = relay.records("connection-closed")
+        self.assertEqual(closed["reason"], "tls-failed")
+        self.assertIn("certificate", closed["error"])
         mine = clients.issue_cert("poste-dim-01")
         tls = ClientTLS(
             self.ca_path,
@@ -138,6 +153,28 @@ class LocalTLSTests(TestCase):
         )
         report = await test_connection(reactor, relay=relay.endpoint, tls=tls)
         self.assertTrue(report.ok, report.describe())
+
+    async def test_allowlist_comes_first(self) -> None:
+        """
+        A client outside the allowlist learns only that it is not allowed,
+        whether its choice of TLS or plain would also have been refused.
+        """
+        relay = start_relay(
+            self, reactor, self.sandbox.url, self.sandbox.ca_path,
+            tls=RelayTLS(self.cert, self.key, require=True), allow=("10.0.0.0/8",),
+        )
+        plain = await test_connection(reactor, relay=relay.endpoint)
+        self.assertEqual((plain.failed_step, plain.error.code), ("relay", "not-authorized"))
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
+        without_tls = start_relay(
+            self, reactor, self.sandbox.url, self.sandbox.ca_path, allow=("10.0.0.0/8",)
+        )
+        await test_connection(reactor, relay=without_tls.endpoint, tls=ClientTLS(self.ca_path))
+        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in without_tls.types()))
+        for each in (relay, without_tls):
+            [closed] = each.records("connection-closed")
+            self.assertEqual(closed["reason"], "not-authorized")
+            self.assertGreater(closed["bytes_in"], 0)
 
     def test_bad_files(self) -> None:
         """Unusable certificate or key files are refused when the relay is built, naming them."""

@@ -65,13 +65,15 @@ class RelayProtocolTests(SynchronousTestCase):
     def errors(self) -> list[str]:
         return [f.message()["code"] for f in self.frames() if f.kind is FrameType.ERROR]
 
-    def upload(self, length: int) -> Any:
+    def upload(self, length: int, first: bytes) -> Any:
+        """Start an upload with its C{first} body bytes, which open e-PMSI's request."""
         request = {"method": "POST", "path": "/syriusUpload.do", "headers": [], "length": length}
-        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request))
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request) + first)
         return self.upstream.requests[-1][3]
 
     def test_idle_timeout(self) -> None:
         """A workstation silent for the idle timeout gets an error and is closed."""
+        self.protocol.dataReceived(HELLO)
         self.clock.advance(119)
         self.assertEqual(self.errors(), [])
         self.clock.advance(1)
@@ -80,8 +82,10 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_activity_resets_idle_timeout(self) -> None:
         """Each byte received restarts the idle countdown."""
+        body = self.upload(1000, b"x")
+        body.startProducing(ListConsumer())
         self.clock.advance(100)
-        self.protocol.dataReceived(HELLO)
+        self.protocol.dataReceived(b"y")
         self.clock.advance(100)
         self.assertEqual(self.errors(), [])
 
@@ -97,7 +101,7 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_no_idle_timeout_while_paused_by_epmsi(self) -> None:
         """Backpressure from e-PMSI pauses the workstation without timing it out."""
-        body = self.upload(100)
+        body = self.upload(100, b"x")
         done = body.startProducing(ListConsumer())
         self.assertEqual(self.transport.producerState, "producing")
         body.pauseProducing()
@@ -112,9 +116,8 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_stalled_epmsi_is_given_up(self) -> None:
         """An operation on which nothing moves for the e-PMSI timeout is cancelled."""
-        body = self.upload(100)
+        body = self.upload(100, b"x" * 10)
         done = body.startProducing(ListConsumer())
-        self.protocol.dataReceived(b"x" * 10)
         body.pauseProducing()
         self.clock.advance(299)
         self.assertEqual(self.errors(), [])
@@ -129,10 +132,10 @@ class RelayProtocolTests(SynchronousTestCase):
         from twisted.web.client import Response
         from twisted.web.http_headers import Headers
 
-        body = self.upload(4)
+        body = self.upload(4, b"ab")
         consumer = ListConsumer()
         body.startProducing(consumer)
-        self.protocol.dataReceived(b"abcd")
+        self.protocol.dataReceived(b"cd")
         response = Response((b"HTTP", 1, 1), 413, b"Too Large", Headers(), Sink())
         self.upstream.requests[-1][4].callback(response)
         response._bodyDataFinished()
@@ -145,9 +148,8 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_body_waits_for_epmsi_connection(self) -> None:
         """Until e-PMSI's connection is ready the workstation is paused, and early bytes kept."""
-        body = self.upload(6 + HELD_TAIL)
+        body = self.upload(6 + HELD_TAIL, b"abc")
         self.assertEqual(self.transport.producerState, "paused")
-        self.protocol.dataReceived(b"abc")
         consumer = ListConsumer()
         body.startProducing(consumer)
         self.assertEqual(self.transport.producerState, "producing")
@@ -157,10 +159,9 @@ class RelayProtocolTests(SynchronousTestCase):
     def test_last_chunk_held_until_hash_matches(self) -> None:
         """e-PMSI gets the body's last HELD_TAIL bytes only once the client's SHA-256 matches."""
         data = bytes(range(200))
-        body = self.upload(len(data))
+        body = self.upload(len(data), data[:120])
         consumer = ListConsumer()
         done = body.startProducing(consumer)
-        self.protocol.dataReceived(data[:120])
         self.protocol.dataReceived(data[120:])
         self.assertEqual(consumer.chunks, [data[:120], data[120:-HELD_TAIL]])
         self.assertNoResult(done)
@@ -171,10 +172,9 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_mismatch_never_delivers_last_chunk(self) -> None:
         """A wrong hash fails e-PMSI's request one chunk short, and tells the client."""
-        body = self.upload(10)
+        body = self.upload(10, b"0123456789")
         consumer = ListConsumer()
         done = body.startProducing(consumer)
-        self.protocol.dataReceived(b"0123456789")
         self.protocol.dataReceived(encode_message(FrameType.BODY_END, {"sha256": "ab" * 32}))
         self.assertEqual(consumer.chunks, [])
         self.failureResultOf(done)
@@ -183,10 +183,9 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_short_body_fails_epmsi_request(self) -> None:
         """A workstation that leaves mid-body fails e-PMSI's request."""
-        body = self.upload(10)
+        body = self.upload(10, b"01234")
         consumer = ListConsumer()
         done = body.startProducing(consumer)
-        self.protocol.dataReceived(b"01234")
         self.protocol.connectionLost(Failure_done())
         self.failureResultOf(done)
         self.assertEqual(consumer.chunks, [])

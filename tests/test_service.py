@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from epop import tap
 from epop.journal import MemoryJournalWriter, emit
 from epop.allowlist import AllowlistFactory
+from epop.limits import LimitsFactory
 from epop.local_tls import SessionChoiceFactory
 from epop.relay import RelayFactory
 from epop.service import ListenError, RelaySettings, make_relay_service
@@ -45,7 +46,9 @@ class WiringTests(SynchronousTestCase):
         served = self.reactor.tcpServers[0][1]
         self.assertIsInstance(served, SessionChoiceFactory)
         self.assertIsInstance(served.wrapped, AllowlistFactory)
-        self.assertIsInstance(served.wrapped.wrappedFactory, RelayFactory)
+        self.assertIsInstance(served.wrapped.wrappedFactory, LimitsFactory)
+        self.assertIsInstance(served.wrapped.wrappedFactory.wrappedFactory, RelayFactory)
+        self.assertIs(served.gate.__self__, served.wrapped)  # the allowlist speaks first
         self.assertIsNone(served.tls)
 
     def test_journal_observer_lives_with_the_service(self) -> None:
@@ -105,7 +108,10 @@ class PortInUseTests(TestCase):
         options.parseOptions(["--listen", self.listen, "--no-check", "--journal", self.mktemp()])
         service = tap.makeService(options)
         error = self.assertRaises(SystemExit, service.privilegedStartService)
-        self.assertTrue(str(error.code).startswith(f"epop: cannot listen on {self.listen}"))
+        # An Exception too, so that twistd tells a daemon's parent and removes the pid file.
+        self.assertIsInstance(error, Exception)
+        self.assertEqual(error.code, 1)
+        self.assertTrue(str(error).startswith(f"cannot listen on {self.listen}"))
 
 
 class OptionsTests(SynchronousTestCase):

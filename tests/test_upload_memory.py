@@ -38,9 +38,10 @@ class Connection:
         self.transport.transport = self.socket  # type: ignore[attr-defined]
         self.protocol.makeConnection(self.transport)
 
-    def upload(self, factory: RelayFactory, length: int) -> Any:
+    def upload(self, factory: RelayFactory, length: int, first: bytes) -> Any:
+        """Start an upload with its C{first} body bytes, which open e-PMSI's request."""
         request = {"method": "POST", "path": "/syriusUpload.do", "headers": [], "length": length}
-        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request))
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request) + first)
         upstream = factory.upstream
         assert isinstance(upstream, FakeUpstream)
         return upstream.requests[-1][3]
@@ -56,11 +57,14 @@ def _cuts(draw: Any, length: int) -> list[int]:
 
 @st.composite
 def split_bodies(draw: Any) -> tuple[bytes, list[bytes], int]:
-    """A body, the reads it arrives in, and how many of them come before e-PMSI is ready."""
+    """
+    A body, the reads it arrives in, and how many of them come before
+    e-PMSI is ready (at least the first, which opens e-PMSI's request).
+    """
     body = draw(st.binary(min_size=1, max_size=3 * HELD_TAIL + 50))
     cuts = [0, *_cuts(draw, len(body)), len(body)]
     reads = [body[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-    early = draw(st.integers(0, len(reads)))
+    early = draw(st.integers(1, len(reads)))
     return body, reads, early
 
 
@@ -84,12 +88,13 @@ class HeldTailTests(SynchronousTestCase):
         data, reads, early = case
         factory = RelayFactory(self.reactor, FakeUpstream(), "test-relay")
         connection = Connection(factory, self.reactor)
-        body = connection.upload(factory, len(data))
+        body = connection.upload(factory, len(data), reads[0])
         consumer = ListConsumer()
         for index, read in enumerate(reads):
             if index == early:
                 done = body.startProducing(consumer)
-            connection.protocol.dataReceived(read)
+            if index:
+                connection.protocol.dataReceived(read)
             if index >= early:
                 self.assertLessEqual(body.held, HELD_TAIL)
         if early == len(reads):
@@ -110,13 +115,13 @@ class HeldTailTests(SynchronousTestCase):
         """Reads before the tail reach e-PMSI as they came: no copy, no split."""
         connection = Connection(self.factory, self.reactor)
         first, second = b"a" * 1000, b"b" * 1000
-        body = connection.upload(self.factory, 2000 + HELD_TAIL)
+        body = connection.upload(self.factory, 3000 + HELD_TAIL, b"0" * 1000)
         consumer = ListConsumer()
         body.startProducing(consumer)
         connection.protocol.dataReceived(first)
         connection.protocol.dataReceived(second)
-        self.assertIs(consumer.chunks[0], first)
-        self.assertIs(consumer.chunks[1], second)
+        self.assertIs(consumer.chunks[1], first)
+        self.assertIs(consumer.chunks[2], second)
 
 
 class ReadBudgetTests(SynchronousTestCase):
@@ -164,7 +169,7 @@ class RelayReadSizeTests(SynchronousTestCase):
     def test_lone_upload_reads_large_chunks(self) -> None:
         """With one upload in flight its socket reads READ_SIZE at a time."""
         connection = Connection(self.factory, self.reactor)
-        body = connection.upload(self.factory, 1000)
+        body = connection.upload(self.factory, 1000, b"x")
         body.startProducing(ListConsumer())
         self.assertEqual(connection.socket.bufferSize, READ_SIZE)
 
@@ -175,15 +180,15 @@ class RelayReadSizeTests(SynchronousTestCase):
         memory stays bounded.
         """
         connections = [Connection(self.factory, self.reactor) for _ in range(200)]
-        bodies = [c.upload(self.factory, 1000) for c in connections]
+        bodies = [c.upload(self.factory, 1000, b"x") for c in connections]
         self.assertEqual(self.factory.read_budget.uploads, 200)
-        for body in bodies:
-            body.startProducing(ListConsumer())
+        producing = [body.startProducing(ListConsumer()) for body in bodies]
         [size] = {c.socket.bufferSize for c in connections}
         self.assertLessEqual(size * 200, READ_BUDGET)
         self.assertGreaterEqual(size, MIN_READ_SIZE)
-        for connection in connections[1:]:
+        for connection, done in zip(connections[1:], producing[1:], strict=True):
             connection.protocol.connectionLost(None)  # type: ignore[arg-type]
+            self.failureResultOf(done)  # e-PMSI's request fails with its upload
         bodies[0].pauseProducing()
         bodies[0].resumeProducing()
         self.assertEqual(connections[0].socket.bufferSize, READ_SIZE)
@@ -192,9 +197,10 @@ class RelayReadSizeTests(SynchronousTestCase):
         """Verified, failed and abandoned uploads all leave the count of uploads in flight."""
         data = b"z" * 100
         verified, mismatched, abandoned = (Connection(self.factory, self.reactor) for _ in range(3))
-        for connection in (verified, mismatched, abandoned):
-            connection.upload(self.factory, len(data)).startProducing(ListConsumer())
-            connection.protocol.dataReceived(data[:50])
+        producing = [
+            connection.upload(self.factory, len(data), data[:50]).startProducing(ListConsumer())
+            for connection in (verified, mismatched, abandoned)
+        ]
         self.assertEqual(self.factory.read_budget.uploads, 3)
         verified.protocol.dataReceived(data[50:])
         verified.body_end(data)
@@ -204,6 +210,9 @@ class RelayReadSizeTests(SynchronousTestCase):
         self.assertEqual(self.factory.read_budget.uploads, 1)
         abandoned.protocol.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(self.factory.read_budget.uploads, 0)
+        self.successResultOf(producing[0])
+        self.failureResultOf(producing[1])
+        self.failureResultOf(producing[2])
 
 
 class CountingPolicy:

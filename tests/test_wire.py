@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
@@ -12,6 +14,7 @@ from epop.wire import (
     FrameType,
     encode_frame,
     encode_message,
+    nesting_exceeds,
 )
 
 
@@ -93,3 +96,45 @@ class FrameReaderTests(SynchronousTestCase):
         reader = FrameReader()
         self.assertEqual(list(reader.feed(encode_message(FrameType.HELLO, {})[:3])), [])
         self.assertEqual(reader.pending, 3)
+
+
+class ControlPayloadTests(SynchronousTestCase):
+    """What a control frame's payload may hold: every refusal is a C{bad-frame}."""
+
+    def refused(self, payload: bytes) -> str:
+        with self.assertRaises(ProtocolError) as caught:
+            Frame(FrameType.REQUEST, payload).message()
+        self.assertEqual(caught.exception.code, "bad-frame")
+        return caught.exception.message
+
+    def test_deep_nesting(self) -> None:
+        """30,000 nested brackets are refused before the parser recurses."""
+        for payload in (b"[" * 30_000, b"[" * 30_000 + b"]" * 30_000, b'{"a":' * 20_000):
+            self.assertEqual(
+                self.refused(payload), "REQUEST frame nests arrays and objects more than 32 levels deep"
+            )
+
+    def test_nesting_bound(self) -> None:
+        """32 levels are accepted, 33 are not; brackets inside strings do not count."""
+        deepest = b'{"a":' + b"[" * 31 + b"]" * 31 + b"}"
+        self.assertEqual(Frame(FrameType.REQUEST, deepest).message(), {"a": json.loads(b"[" * 31 + b"]" * 31)})
+        self.refused(b'{"a":' + b"[" * 32 + b"]" * 32 + b"}")
+        quoted = b'{"a":"' + b"[" * 100 + b'\\"' + b"{" * 100 + b'"}'
+        self.assertEqual(Frame(FrameType.REQUEST, quoted).message(), {"a": "[" * 100 + '"' + "{" * 100})
+
+    def test_nesting_counts_unclosed_brackets(self) -> None:
+        """Unbalanced brackets cannot hide depth: an unclosed run is counted too."""
+        self.assertTrue(nesting_exceeds(b"]" * 100 + b"[" * 33))
+        self.assertTrue(nesting_exceeds(b"[1," * 33))
+        self.assertFalse(nesting_exceeds(b"[]" * 30_000))
+
+    def test_number_too_long(self) -> None:
+        """An integer of more than 4300 digits (Python refuses to read it) is a bad frame that says so."""
+        self.assertEqual(
+            self.refused(b'{"length":' + b"1" * 4301 + b"}"),
+            "REQUEST frame holds a number with too many digits",
+        )
+
+    def test_utf8_only(self) -> None:
+        """The payload is UTF-8: UTF-16 JSON, which Python's json would guess, is refused."""
+        self.assertIn("not valid UTF-8", self.refused('{"a":1}'.encode("utf-16")))

@@ -1,0 +1,322 @@
+"""
+A journal that cannot be written (disk full, read-only, its folder gone):
+the relay goes on serving and says so once, at critical level, with the
+path and the system's error; and once again when writing works again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from epop import journal as journal_module
+from epop.client import send_file
+from epop.journal import FileJournalWriter, IJournalWriter, JournalService, RotatingJournalWriter, emit
+from epop.journal_reader import Problem, read_file
+from epop.service import RelaySettings, make_relay_service
+from tests.support import make_trustme_sandbox, poll_until
+
+FULL = "/dev/full"
+MORNING = 1_795_600_800.0  # 2026-11-25T10:00:00Z
+DAY = 86400
+RUN = "0123456789ab"
+
+
+def _record(n: int) -> dict[str, Any]:
+    return {
+        "time": "2026-11-25T10:00:00.000Z",
+        "type": "connection-opened",
+        "run": "0123456789ab",
+        "connection": n,
+        "client": "10.1.4.27:51234",
+        "description": f"Connection {n} opened from 10.1.4.27:51234",
+    }
+
+
+def _numbers(path: str, problems: list[Problem] | None = None) -> list[int]:
+    return [r["connection"] for r in read_file(path, (problems if problems is not None else []).append)]
+
+
+class _Log:
+    """The journal's own messages in the global log, as twistd would show them."""
+
+    def __init__(self, testcase: SynchronousTestCase) -> None:
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def journal(self) -> list[tuple[LogLevel, str]]:
+        return [
+            (e["log_level"], formatEvent(e))
+            for e in self.events
+            if e.get("log_namespace", "").startswith("epop.journal") and formatEvent(e).startswith("journal:")
+        ]
+
+
+class _FullDisk:
+    """Points a writer's open file at /dev/full (ENOSPC from the kernel), then back."""
+
+    def __init__(self, testcase: SynchronousTestCase, fd: int) -> None:
+        self.fd = fd
+        self.saved = os.dup(fd)
+        testcase.addCleanup(os.close, self.saved)
+
+    def fill(self) -> None:
+        full = os.open(FULL, os.O_WRONLY)
+        os.dup2(full, self.fd)
+        os.close(full)
+
+    def free(self) -> None:
+        os.dup2(self.saved, self.fd)
+
+
+class PlainWriterTests(SynchronousTestCase):
+    def test_dev_full_is_said_once_at_critical_level(self) -> None:
+        """Writing to /dev/full raises nothing; one critical message names the path and ENOSPC, however many lines fail."""
+        log = _Log(self)
+        writer = FileJournalWriter(FULL)
+        self.addCleanup(writer.close)
+        for n in range(5):
+            writer.write(_record(n))
+        self.assertEqual(
+            log.journal(),
+            [
+                (
+                    LogLevel.critical,
+                    "journal: cannot write to /dev/full: No space left on device; the relay goes on "
+                    "without its journal until writing works again",
+                )
+            ],
+        )
+        self.assertEqual(os.stat(FULL).st_mode & 0o777, 0o666, "a device's mode is left alone")
+
+    def test_writing_again_is_said_once_and_lines_stay_whole(self) -> None:
+        """A disk that fills up then frees: the lines before and after are intact, and both changes are said once."""
+        path = os.path.abspath(self.mktemp())
+        log = _Log(self)
+        writer = FileJournalWriter(path)
+        self.addCleanup(writer.close)
+        writer.write(_record(1))
+        disk = _FullDisk(self, writer._file._fd)
+        disk.fill()
+        writer.write(_record(2))
+        writer.write(_record(3))
+        disk.free()
+        writer.write(_record(4))
+        writer.write(_record(5))
+        self.assertEqual(_numbers(path), [1, 4, 5])
+        levels = [level for level, _ in log.journal()]
+        self.assertEqual(levels, [LogLevel.critical, LogLevel.warn])
+        self.assertIn(f"cannot write to {path}: No space left on device", log.journal()[0][1])
+        self.assertEqual(
+            log.journal()[1][1],
+            f"journal: writing to {path} works again; 2 event(s) could not be written and are missing from it",
+        )
+        disk.fill()
+        writer.write(_record(6))
+        self.assertEqual(len(log.journal()), 3, "a new outage is said again")
+
+    def test_a_line_cut_by_a_full_disk_does_not_spoil_the_next(self) -> None:
+        """If only part of a line went out before the error, the next line starts on a line of its own."""
+        path = os.path.abspath(self.mktemp())
+        writer = FileJournalWriter(path)
+        self.addCleanup(writer.close)
+        writer.write(_record(1))
+        real_write = os.write
+        state = {"calls": 0}
+
+        def filling(fd: int, data: Any) -> int:
+            state["calls"] += 1
+            if state["calls"] == 1:
+                return real_write(fd, bytes(data)[:20])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(journal_module.os, "write", filling)
+        writer.write(_record(2))
+        self.patch(journal_module.os, "write", real_write)
+        writer.write(_record(3))
+        problems: list[Problem] = []
+        self.assertEqual(_numbers(path, problems), [1, 3])
+        self.assertEqual(problems, [Problem(path, 2)])
+
+
+class RotatingWriterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.path = os.path.join(self.folder, "epop-journal.jsonl")
+        self.clock = Clock()
+        self.clock.advance(MORNING)
+        self.log = _Log(self)
+
+    def writer(self, rotate: str) -> RotatingJournalWriter:
+        writer = RotatingJournalWriter(self.path, rotate, 3, self.clock)
+        self.addCleanup(writer.close)
+        return writer
+
+    def test_full_disk_then_free(self) -> None:
+        """The rotating writer too: no exception, one critical message, one when it works again."""
+        writer = self.writer("daily")
+        writer.write(_record(1))
+        assert writer._file is not None
+        disk = _FullDisk(self, writer._file._fd)
+        disk.fill()
+        for n in range(2, 6):
+            writer.write(_record(n))
+        disk.free()
+        writer.write(_record(6))
+        self.assertEqual(_numbers(self.path), [1, 6])
+        self.assertEqual([level for level, _ in self.log.journal()], [LogLevel.critical, LogLevel.warn])
+        self.assertIn("4 event(s) could not be written", self.log.journal()[1][1])
+
+    def test_folder_gone_at_rotation_then_back(self) -> None:
+        """The folder disappears (a disk unmounted): rotation and reopening fail, said once each; the folder back, writing resumes."""
+        writer = self.writer("300")
+        writer.write(_record(1))
+        shutil.rmtree(self.folder)
+        for n in range(2, 8):
+            writer.write(_record(n))
+        self.assertEqual(
+            [level for level, _ in self.log.journal()], [LogLevel.critical]
+        )
+        self.assertIn(f"journal: cannot write to {self.path}: No such file or directory", self.log.journal()[0][1])
+        rotation_warnings = [e for e in self.log.events if "Could not rotate" in e.get("log_format", "")]
+        self.assertEqual(len(rotation_warnings), 1)
+        os.makedirs(self.folder)
+        writer.write(_record(8))
+        writer.write(_record(9))
+        # 8 started a new file; 9 would make it larger than 300 bytes.
+        self.assertEqual((_numbers(self.path + ".1"), _numbers(self.path)), ([8], [9]))
+        self.assertEqual([level for level, _ in self.log.journal()], [LogLevel.critical, LogLevel.warn])
+        self.assertIn("6 event(s) could not be written", self.log.journal()[1][1])
+
+    def test_daily_rotation_failing_is_tried_once_a_day(self) -> None:
+        """A rotation that fails is not tried again at every line, and the day's lines are kept."""
+        writer = self.writer("daily")
+        writer.write(_record(1))
+        self.clock.advance(DAY)
+        calls: list[str] = []
+
+        def refuse(source: str, target: str) -> None:
+            calls.append(target)
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        self.patch(journal_module.os, "rename", refuse)
+        writer.write(_record(2))
+        writer.write(_record(3))
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(_numbers(self.path), [1, 2, 3])
+
+
+class ServiceStartTests(SynchronousTestCase):
+    def test_a_journal_that_cannot_be_opened_does_not_stop_the_start(self) -> None:
+        """A directory where the file should be: the service starts, says it once, and journals once the path is free."""
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        log = _Log(self)
+        service = JournalService(RUN, lambda: FileJournalWriter(path))
+        service.startService()
+        self.addCleanup(service.stopService)
+        logger = Logger()
+        for n in range(3):
+            emit(logger, RUN, "connection-opened", "Connection {connection} opened", connection=n)
+        self.assertEqual(
+            log.journal(),
+            [(LogLevel.critical, f"journal: cannot write to {path}: Is a directory; the relay goes on without its journal until writing works again")],
+        )
+        os.rmdir(path)
+        emit(logger, RUN, "connection-opened", "Connection {connection} opened", connection=3)
+        emit(logger, RUN, "connection-opened", "Connection {connection} opened", connection=4)
+        self.assertEqual(_numbers(path), [3, 4])
+        self.assertEqual(
+            log.journal()[1],
+            (LogLevel.warn, f"journal: writing to {path} works again; 3 event(s) could not be written and are missing from it"),
+        )
+
+
+class _Recording:
+    """Wraps a writer; counts the records it was given."""
+
+    def __init__(self, writer: IJournalWriter) -> None:
+        self.writer = writer
+        self.given: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.given.append(record)
+        self.writer.write(record)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RelayWithoutJournalTests(TestCase):
+    """A real relay on loopback, relaying uploads to the sandbox while its journal cannot be written."""
+
+    timeout = 60
+
+    def start(self, open_writer: Any) -> tuple[Any, Any]:
+        sandbox = make_trustme_sandbox(self, reactor)
+        settings = RelaySettings(
+            listen=("tcp:0:interface=127.0.0.1",),
+            epmsi=sandbox.url,
+            ca_file=sandbox.ca_path,
+            check_at_start=False,
+        )
+        service = make_relay_service(reactor, settings, journal_writer=open_writer)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service, sandbox
+
+    async def upload(self, service: Any, seed: int) -> int:
+        from epop.client import Endpoint
+
+        port = service.listeners[0].port.getHost().port
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(os.urandom(64 * 1024) + bytes([seed]))
+        reply = await send_file(reactor, path, to="/syriusUpload.do", relay=Endpoint("127.0.0.1", port))
+        return reply.status
+
+    async def test_uploads_go_on_with_the_journal_on_a_full_disk(self) -> None:
+        """Journal on /dev/full: uploads are relayed whole, and the twistd log says it once, at critical level."""
+        log = _Log(self)
+        recording = _Recording(FileJournalWriter(FULL))
+        service, sandbox = self.start(lambda: recording)
+        self.assertEqual(await self.upload(service, 1), 200)
+        self.assertEqual(await self.upload(service, 2), 200)
+        self.assertEqual(len(sandbox.complete_files()), 2)
+        self.assertTrue(await poll_until(reactor, lambda: [r["type"] for r in recording.given].count("connection-closed") == 2))
+        self.assertGreater(len(recording.given), 8)
+        self.assertEqual(
+            [level for level, _ in log.journal()], [LogLevel.critical], log.journal()
+        )
+        self.assertIn("journal: cannot write to /dev/full: No space left on device", log.journal()[0][1])
+
+    async def test_uploads_go_on_while_the_rotating_journal_folder_is_gone(self) -> None:
+        """Rotating journal whose folder vanishes: uploads go on; once it is back, the journal resumes and says so."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "journal.jsonl")
+        log = _Log(self)
+        service, sandbox = self.start(lambda: RotatingJournalWriter(path, "2K", 3, reactor))
+        shutil.rmtree(folder)
+        self.assertEqual(await self.upload(service, 1), 200)
+        self.assertEqual(await self.upload(service, 2), 200)
+        self.assertEqual(len(sandbox.complete_files()), 2)
+        self.assertTrue(await poll_until(reactor, lambda: len(log.journal()) == 1))
+        self.assertEqual(log.journal()[0][0], LogLevel.critical)
+        os.makedirs(folder)
+        self.assertEqual(await self.upload(service, 3), 200)
+        self.assertTrue(await poll_until(reactor, lambda: len(log.journal()) == 2))
+        self.assertEqual(log.journal()[1][0], LogLevel.warn)
+        self.assertTrue(
+            await poll_until(reactor, lambda: os.path.exists(path) and "connection-closed" in [r["type"] for r in read_file(path)])
+        )

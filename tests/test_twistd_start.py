@@ -1,0 +1,125 @@
+"""
+C{twistd epop} that cannot listen, as a real program: in the foreground and
+as a daemon it must exit non-zero at once, say why on the terminal that
+started it, and leave no pid file and no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SkipTest, TestCase
+
+#: Runs twistd as a child subreaper (Linux): the daemon's forked processes
+#: become its children, so it can tell whether any is left running and reap
+#: every one of them (none is left a zombie of this test).
+_HARNESS = textwrap.dedent(
+    """
+    import ctypes, json, os, signal, subprocess, sys, time
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print(json.dumps({"skip": "no child subreaper"})); sys.exit(0)
+    argv = json.loads(sys.argv[1])
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30)
+        rc, out, err = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "hung", e.stdout or b"", e.stderr or b""
+    # Every other process twistd forked must end soon, and is reaped here.
+    left = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.05)
+    else:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == os.getpid():
+                    left.append(int(name))
+                    os.kill(int(name), signal.SIGKILL)
+    print(json.dumps({"rc": rc, "out": out.decode(errors="replace"),
+                      "err": err.decode(errors="replace"), "left": left}))
+    """
+)
+
+
+class TwistdCannotListenTests(TestCase):
+    """twistd epop with its port already taken, foreground and daemonised."""
+
+    def setUp(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("needs Linux's child subreaper")
+        self.taken = socket.socket()
+        self.addCleanup(self.taken.close)
+        self.taken.bind(("127.0.0.1", 0))
+        self.taken.listen(1)
+        self.port = self.taken.getsockname()[1]
+        self.folder = FilePath(self.mktemp())
+        self.folder.makedirs()
+
+    def run_twistd(self, *twistd_options: str) -> dict[str, Any]:
+        pidfile = self.folder.child("twistd.pid").path
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            *twistd_options,
+            f"--pidfile={pidfile}",
+            f"--logfile={self.folder.child('twistd.log').path}",
+            "epop",
+            f"--listen=tcp:{self.port}:interface=127.0.0.1",
+            "--no-check",
+            f"--journal={self.folder.child('journal.jsonl').path}",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-c", _HARNESS, json.dumps(argv)],
+            capture_output=True,
+            timeout=60,
+            cwd=self.folder.path,
+        )
+        report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        if "skip" in report:
+            raise SkipTest(report["skip"])
+        return report
+
+    def assert_failed_cleanly(self, report: dict[str, Any]) -> None:
+        self.assertEqual(report["rc"], 1, report)
+        terminal = report["out"] + report["err"]
+        self.assertIn(f"cannot listen on tcp:{self.port}:interface=127.0.0.1", terminal)
+        self.assertIn("Address already in use", terminal)
+        self.assertNotIn("Traceback", terminal)
+        self.assertFalse(self.folder.child("twistd.pid").exists(), "stale pid file")
+        self.assertEqual(report["left"], [], "processes left running")
+
+    def test_daemon(self) -> None:
+        """
+        Daemonised (no -n, as the install guide shows), twistd's first
+        process exits 1 with the reason, instead of waiting for ever for its
+        daemon.
+        """
+        self.assert_failed_cleanly(self.run_twistd())
+
+    def test_foreground(self) -> None:
+        """
+        In the foreground with a log file the reason reaches the terminal
+        too, not only the log, and the exit status is 1.
+        """
+        report = self.run_twistd("--nodaemon")
+        self.assert_failed_cleanly(report)
+        self.assertIn("Address already in use", self.folder.child("twistd.log").getContent().decode())
