@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -51,6 +52,7 @@ __all__ = [
     "run_client",
     "sample",
     "start_relay",
+    "uploads_in_flight_peak",
     "start_sandbox",
     "start_socat",
     "start_squid",
@@ -131,6 +133,30 @@ def sample(pid: int) -> ProcSample:
         children_cpu_s=(cutime + cstime) / _CLOCK_TICKS,
         fds=fds,
     )
+
+
+def uploads_in_flight_peak(journal: Path) -> int:
+    """
+    The most uploads a relay had in flight at once, from its journal: each
+    upload is in flight from its C{object-instantiated} event to its
+    C{object-released} one.  The journal lists events in the order they
+    happened, so no clock is needed.
+    """
+    in_flight = peak = 0
+    with open(journal, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a relay stopped mid-write
+            if not isinstance(event, dict) or event.get("kind") != "upload":
+                continue
+            if event.get("type") == "object-instantiated":
+                in_flight += 1
+                peak = max(peak, in_flight)
+            elif event.get("type") == "object-released":
+                in_flight -= 1
+    return peak
 
 
 def fd_kinds(pid: int) -> dict[str, int]:

@@ -56,6 +56,7 @@ from benchmarks.harness import (
     start_sandbox,
     start_socat,
     start_squid,
+    uploads_in_flight_peak,
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -104,6 +105,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Room left on the disk beyond what the largest part needs.
 DISK_MARGIN = 512 * MIB
+
+#: What the relay's peak RSS may add to its idle RSS during the rush.
+RUSH_MEMORY_MIB = 64
 
 
 def parse_size(text: str) -> int:
@@ -536,6 +540,7 @@ class Bench:
                 while time.monotonic() < settle and sample(relay.pid).fds > before["fds"]:
                     time.sleep(0.1)
                 after = {**sample(relay.pid).as_dict(), "fd_kinds": fd_kinds(relay.pid)}
+                in_flight = uploads_in_flight_peak(Path(relay.extra["journal"]))
         except (BenchError, OSError, ValueError) as error:
             self.failures.append(f"rush: {error}")
             self.log(f"  FAILED: {error}")
@@ -558,6 +563,12 @@ class Bench:
             "min_s": min(times) if times else None,
             "max_s": max(times) if times else None,
             "relay_peak_rss_kib": after["hwm_kib"],
+            # The fresh relay's RSS before the first client connects.
+            "relay_idle_rss_kib": before["rss_kib"],
+            "uploads_in_flight_peak": in_flight,
+            "rss_per_upload_kib": (
+                (after["hwm_kib"] - before["rss_kib"]) / in_flight if in_flight else None
+            ),
             "before": before,
             "after": after,
             "driver_maxrss_kib": run.maxrss_kib,
@@ -565,7 +576,9 @@ class Bench:
         }
         if errors:
             self.failures.append(f"rush: {len(ok)}/{clients} verified: {errors}")
-        self.log(f"  {len(ok)}/{clients} verified, {part['aggregate_mb_per_s']:.1f} MB/s aggregate")
+        self.log(f"  {len(ok)}/{clients} verified, {part['aggregate_mb_per_s']:.1f} MB/s aggregate, "
+                 f"relay RSS {before['rss_kib'] / 1024:.1f} MiB idle, {after['hwm_kib'] / 1024:.1f} MiB peak "
+                 f"with {in_flight} uploads in flight")
         return part
 
     # -- 4. churn --------------------------------------------------------------
@@ -652,6 +665,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 add("rush: p99 <= 3 x p50", f"{ratio:.2f} x", ratio <= 3)
             else:
                 add("rush: p99 <= 3 x p50", "-", None)
+            idle, peak = rush.get("relay_idle_rss_kib"), rush.get("relay_peak_rss_kib")
+            if idle and peak:
+                growth = (peak - idle) / 1024
+                measured = f"{peak / 1024:.1f} MiB = idle {idle / 1024:.1f} {growth:+.1f} MiB"
+                if rush.get("rss_per_upload_kib") is not None:
+                    measured += (f" ({rush['rss_per_upload_kib']:.0f} KiB per upload,"
+                                 f" {rush['uploads_in_flight_peak']} in flight)")
+                add(f"rush: relay peak RSS <= idle + {RUSH_MEMORY_MIB} MiB", measured,
+                    growth <= RUSH_MEMORY_MIB)
+            else:
+                add(f"rush: relay peak RSS <= idle + {RUSH_MEMORY_MIB} MiB", "-", None)
         else:
             add("rush: all verified", "failed", False)
     churn = results.get("churn")
@@ -759,12 +783,20 @@ def render(results: dict[str, Any]) -> str:
         out.append(f"3. Month-end rush: {rush['clients']} concurrent clients x {human(rush['bytes'])}, one driver process:")
         out.append("")
         if rush.get("status") == "ok":
-            out.append("| verified | aggregate MB/s | p50 s | p99 s | max s | relay peak RSS MiB | relay fds before -> after |")
-            out.append("|---|---:|---:|---:|---:|---:|---|")
+            out.append("| verified | aggregate MB/s | p50 s | p99 s | max s | relay fds before -> after |")
+            out.append("|---|---:|---:|---:|---:|---|")
             out.append(
                 f"| {rush['verified']}/{rush['clients']} | {rush['aggregate_mb_per_s']:.1f} | "
                 f"{_num(rush['p50_s'], 2)} | {_num(rush['p99_s'], 2)} | {_num(rush['max_s'], 2)} | "
-                f"{rush['relay_peak_rss_kib'] / 1024:.1f} | {rush['before']['fds']} -> {rush['after']['fds']} |"
+                f"{rush['before']['fds']} -> {rush['after']['fds']} |"
+            )
+            out.append("")
+            out.append("| relay idle RSS MiB | relay peak RSS MiB | peak uploads in flight | (peak - idle) / uploads in flight, KiB |")
+            out.append("|---:|---:|---:|---:|")
+            per_upload = rush.get("rss_per_upload_kib")
+            out.append(
+                f"| {rush['relay_idle_rss_kib'] / 1024:.1f} | {rush['relay_peak_rss_kib'] / 1024:.1f} | "
+                f"{rush['uploads_in_flight_peak']} | {_num(per_upload, 0)} |"
             )
             if rush["errors"]:
                 out.append("")

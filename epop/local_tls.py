@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from epop.allowlist import count_refused, relay_inside
 from epop.errors import EpopError, ProtocolError
 from epop.relay import relay_stopping
-from epop.tuning import READ_SIZE, tune
+from epop.tuning import MIN_READ_SIZE, tune
 from epop.messages import Text
 from epop.upstream import trust_root_from_pem
 
@@ -202,7 +202,9 @@ class _Chooser(Protocol, TimeoutMixin):
         return self._factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
-        tune(self.transport, read_size=READ_SIZE)
+        # Small until an upload streams (epop.tuning.ReadBudget): in a rush,
+        # every new connection's first read already holds body bytes.
+        tune(self.transport, read_size=MIN_READ_SIZE)
         factory = self._factory
         if factory.max_silent and len(factory.waiting) >= factory.max_silent:
             # Silent connections cost a socket each: the oldest makes room,

@@ -49,6 +49,7 @@ from epop.pacing import (
     UploadPace,
     seconds_to_wait,
 )
+from epop.tuning import HELD_TAIL, ReadBudget, tune
 from epop.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
@@ -195,9 +196,14 @@ class _State(Enum):
 class _ClientBody:
     """
     The upload as e-PMSI's connection sees it: bytes from the workstation,
-    hashed on the way, with the last chunk held back until the client's
-    SHA-256 matches.  If it does not, the request is aborted one chunk short,
-    so e-PMSI never receives a complete but corrupt file.
+    hashed on the way, with the body's last L{HELD_TAIL} bytes held back until
+    the client's SHA-256 matches.  If it does not, the request is aborted that
+    many bytes short, so e-PMSI never receives a complete but corrupt file.
+
+    Holding back a tail rather than the last read keeps what each upload
+    pins down in the relay to a few bytes instead of up to a whole read
+    (L{epop.tuning.READ_SIZE}), and every read but the one that reaches the
+    tail is forwarded as it came, without a copy.
     """
 
     def __init__(self, length: int, protocol: "RelayProtocol") -> None:
@@ -208,9 +214,13 @@ class _ClientBody:
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
         self._early: list[bytes] = []
-        self._held: bytes | None = None
+        self._forwarded = 0
+        self._held = b""
         self._verified = False
         self._failure: BaseException | None = None
+        self._budget = protocol.factory.read_budget
+        self._budget.started()
+        self._in_flight = True
 
     # IBodyProducer, driven by the HTTP client
     def startProducing(self, consumer: Any) -> Deferred[None]:
@@ -225,14 +235,26 @@ class _ClientBody:
         if self._verified:
             self._flush()
         else:
-            self._protocol.resume_client()
+            self._resume()
         return self._done
 
     def pauseProducing(self) -> None:
         self._protocol.pause_client()
 
     def resumeProducing(self) -> None:
+        self._resume()
+
+    def _resume(self) -> None:
+        # Each read waits in e-PMSI's connection until sent: its size is this
+        # upload's share of what the uploads in flight may hold together.
+        tune(self._protocol.transport, read_size=self._budget.read_size())
         self._protocol.resume_client()
+
+    def _landed(self) -> None:
+        """No more bytes of this upload will be read or held."""
+        if self._in_flight:
+            self._in_flight = False
+            self._budget.ended()
 
     def stopProducing(self) -> None:
         """
@@ -250,12 +272,24 @@ class _ClientBody:
             self._forward(data)
 
     def _forward(self, data: bytes) -> None:
-        if self._held is not None:
-            self._consumer.write(self._held)
-        self._held = data
+        releasable = self.length - HELD_TAIL - self._forwarded
+        if releasable >= len(data):
+            self._consumer.write(data)
+            self._forwarded += len(data)
+            return
+        if releasable > 0:
+            self._consumer.write(data[:releasable])
+            self._forwarded += releasable
+            data = data[releasable:]
+        self._held += data
+
+    @property
+    def held(self) -> int:
+        """Bytes received but kept from e-PMSI until the hash matches."""
+        return len(self._held) + sum(len(chunk) for chunk in self._early)
 
     def verify(self, sha256: object) -> bool:
-        """Compare the client's hash; on a match, release the held chunk."""
+        """Compare the client's hash; on a match, release the held tail."""
         expected = self._sha.hexdigest()
         if not isinstance(sha256, str) or not hmac.compare_digest(expected, sha256.lower()):
             return False
@@ -265,9 +299,11 @@ class _ClientBody:
         return True
 
     def _flush(self) -> None:
-        if self._held is not None:
+        if self._held:
             self._consumer.write(self._held)
-            self._held = None
+            self._forwarded += len(self._held)
+            self._held = b""
+        self._landed()
         assert self._done is not None
         self._done.callback(None)
         # The HTTP client unregisters us once the body is done: it will not
@@ -275,10 +311,11 @@ class _ClientBody:
         self._protocol.resume_client()
 
     def abort(self, reason: BaseException) -> None:
-        """Make e-PMSI's request fail; it never gets the last chunk."""
-        self._held = None
+        """Make e-PMSI's request fail; it never gets the held tail."""
+        self._held = b""
         self._early = []
         self._failure = reason
+        self._landed()
         if self._done is not None and not self._done.called:
             self._done.errback(reason)
 
@@ -1035,6 +1072,8 @@ class RelayFactory(Factory):
         #: Each client address's allowance of checks (None: no limit).
         self.check_rates = RatesByClient(checks_per_client) if checks_per_client else None
         self.connections: dict[int, RelayProtocol] = {}
+        #: How much each upload in flight reads per call.
+        self.read_budget = ReadBudget()
         #: Set once the relay is stopping: no new operation starts.
         self.draining = False
         self._next_id = 1

@@ -88,6 +88,11 @@ class BenchmarkSmokeTests(SynchronousTestCase):
 
         rush = results["rush"]
         self.assertEqual((rush["status"], rush["verified"], rush["clients"]), ("ok", 1, 1), output)
+        # The rush's memory: idle and peak RSS, and the one upload, seen in the journal.
+        self.assertGreater(rush["relay_idle_rss_kib"], 0, output)
+        self.assertGreaterEqual(rush["relay_peak_rss_kib"], rush["relay_idle_rss_kib"], output)
+        self.assertEqual(rush["uploads_in_flight_peak"], 1, output)
+        self.assertIn("| relay idle RSS MiB | relay peak RSS MiB | peak uploads in flight |", output)
 
         churn = results["churn"]
         self.assertEqual(churn["status"], "ok", output)
@@ -95,7 +100,7 @@ class BenchmarkSmokeTests(SynchronousTestCase):
 
         # The table names every target, measured or not.
         names = " ".join(target["target"] for target in results["targets"])
-        for word in ("b/a", "c/b", "b >= f", "peak RSS", "rush", "churn"):
+        for word in ("b/a", "c/b", "b >= f", "peak RSS", "rush", "rush: relay peak RSS <= idle", "churn"):
             self.assertIn(word, names)
         self.assertIn("| target | measured | result |", output)
 
@@ -156,3 +161,47 @@ class BenchmarkHelperTests(SynchronousTestCase):
         self.assertEqual(marks["b >= f (b/f >= 1)"], "n/a")
         self.assertEqual(marks["rush: 200/200 verified"], "MISS")
         self.assertEqual(marks["rush: p99 <= 3 x p50"], "PASS")
+        # Without the rush's memory figures, its memory target is not measured.
+        self.assertEqual(marks["rush: relay peak RSS <= idle + 64 MiB"], "n/a")
+
+    def test_rush_memory_target(self) -> None:
+        """The rush's peak passes at idle + 64 MiB and misses above; per upload is in the text."""
+        run = _suite()
+
+        def mark(peak_mib: float) -> tuple[str, str]:
+            rush = {"status": "ok", "clients": 200, "verified": 200, "p50_s": 10.0, "p99_s": 11.0,
+                    "relay_idle_rss_kib": 50 * 1024, "relay_peak_rss_kib": int(peak_mib * 1024),
+                    "uploads_in_flight_peak": 200,
+                    "rss_per_upload_kib": (peak_mib - 50) * 1024 / 200}
+            [target] = [t for t in run.evaluate({"rush": rush}) if "idle" in t["target"]]
+            return target["result"], target["measured"]
+
+        self.assertEqual(mark(114.0)[0], "PASS")
+        self.assertEqual(mark(114.1)[0], "MISS")
+        self.assertEqual(mark(172.0), ("MISS", "172.0 MiB = idle 50.0 +122.0 MiB (625 KiB per upload, 200 in flight)"))
+
+    def test_uploads_in_flight_from_the_journal(self) -> None:
+        """Uploads count from instantiated to released; requests, tests and torn lines do not."""
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from benchmarks.harness import uploads_in_flight_peak
+
+        def event(kind: str, type_: str) -> str:
+            return json.dumps({"type": type_, "kind": kind, "connection": 1}) + "\n"
+
+        journal = Path(self.mktemp())
+        journal.write_text(
+            event("upload", "object-instantiated")
+            + event("upload", "object-instantiated")
+            + event("test", "object-instantiated")
+            + event("request", "object-instantiated")
+            + event("upload", "object-released")
+            + event("upload", "object-instantiated")
+            + event("upload", "object-instantiated")
+            + event("upload", "object-released")
+            + event("upload", "object-released")
+            + event("upload", "object-released")
+            + event("upload", "object-instantiated")
+            + '{"type": "object-inst'
+        )
+        self.assertEqual(uploads_in_flight_peak(journal), 3)

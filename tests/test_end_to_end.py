@@ -382,9 +382,14 @@ class StoppingTests(TestCase):
 
 class TuningTests(TestCase):
     async def test_workstation_socket_reads_large_chunks(self) -> None:
-        """The relay reads a workstation's socket 256 KiB at a time (see epop.tuning)."""
-        from epop.tuning import READ_SIZE
-        from tests.relaying import HELLO
+        """
+        The relay reads a workstation's socket 64 KiB at a time until an
+        upload streams, then 256 KiB at a time when it is the only one (see
+        epop.tuning).
+        """
+        from twisted.internet.task import deferLater
+
+        from epop.tuning import MIN_READ_SIZE, READ_SIZE
 
         sandbox = make_trustme_sandbox(self, reactor)
         relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path)
@@ -392,7 +397,15 @@ class TuningTests(TestCase):
         client.transport.write(HELLO)
         await client.next_frame()
         [protocol] = relay.service.factory.connections.values()
-        self.assertEqual(socket_of(protocol.transport).bufferSize, READ_SIZE)
+        socket = socket_of(protocol.transport)
+        self.assertEqual(socket.bufferSize, MIN_READ_SIZE)
+        request = {"method": "POST", "path": "/syriusUpload.do", "headers": [], "length": 1 << 20}
+        client.transport.write(encode_message(FrameType.REQUEST, request) + b"x" * 65536)
+        for _ in range(500):  # at most 5 s for e-PMSI's connection to be ready
+            if socket.bufferSize != MIN_READ_SIZE:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(socket.bufferSize, READ_SIZE)
 
     async def test_epmsi_socket_sends_large_writes(self) -> None:
         """The connection to e-PMSI hands the kernel up to SEND_LIMIT per send."""

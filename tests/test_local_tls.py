@@ -61,6 +61,32 @@ class LocalTLSTests(TestCase):
         self.assertTrue(await poll_until(reactor, lambda: len(relay.records("connection-closed")) == 2))
         self.assertEqual({r["client"].split(":")[0] for r in relay.records("connection-opened")}, {"127.0.0.1"})
 
+    async def test_encrypted_upload_reads_large_chunks(self) -> None:
+        """
+        A lone encrypted upload reads its socket READ_SIZE at a time, as a
+        plain one does: the read size the relay picks reaches the socket
+        under the TLS layer.
+        """
+        from epop.tuning import READ_SIZE
+        from tests.support import socket_of
+
+        relay = self.relay()
+        path = self.mktemp()
+        sha = write_random_file(path, 64 * 1024 * 1024, seed=22)
+        sent = send_file(
+            reactor, path, to="/syriusUpload.do", relay=relay.endpoint,
+            tls=ClientTLS(relay_ca=self.ca_path),
+        )
+        connections = relay.service.factory.connections
+
+        def reading_large() -> bool:
+            return any(socket_of(p.transport).bufferSize == READ_SIZE for p in connections.values())
+
+        seen = await poll_until(reactor, reading_large, attempts=2000, interval=0.005)
+        reply = await sent
+        self.assertEqual(json.loads(reply.body)["files"][0]["sha256"], sha)
+        self.assertTrue(seen)
+
     async def test_require_tls(self) -> None:
         """With --require-tls, a plain session is refused with a message saying so."""
         relay = self.relay(require=True)

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
 from epop.relay import RelayFactory, RelayProtocol, parse_request
+from epop.tuning import HELD_TAIL
 from epop.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO
@@ -147,25 +148,26 @@ class RelayProtocolTests(SynchronousTestCase):
 
     def test_body_waits_for_epmsi_connection(self) -> None:
         """Until e-PMSI's connection is ready the workstation is paused, and early bytes kept."""
-        body = self.upload(6, b"abc")
+        body = self.upload(6 + HELD_TAIL, b"abc")
         self.assertEqual(self.transport.producerState, "paused")
         consumer = ListConsumer()
         body.startProducing(consumer)
         self.assertEqual(self.transport.producerState, "producing")
         self.protocol.dataReceived(b"def")
-        self.assertEqual(consumer.chunks, [b"abc"])
+        self.assertEqual(consumer.chunks, [b"abc", b"def"])
 
     def test_last_chunk_held_until_hash_matches(self) -> None:
-        """e-PMSI gets the last chunk only once the client's SHA-256 matches."""
-        body = self.upload(10, b"012345")
+        """e-PMSI gets the body's last HELD_TAIL bytes only once the client's SHA-256 matches."""
+        data = bytes(range(200))
+        body = self.upload(len(data), data[:120])
         consumer = ListConsumer()
         done = body.startProducing(consumer)
-        self.protocol.dataReceived(b"6789")
-        self.assertEqual(consumer.chunks, [b"012345"])
+        self.protocol.dataReceived(data[120:])
+        self.assertEqual(consumer.chunks, [data[:120], data[120:-HELD_TAIL]])
         self.assertNoResult(done)
-        sha = hashlib.sha256(b"0123456789").hexdigest()
+        sha = hashlib.sha256(data).hexdigest()
         self.protocol.dataReceived(encode_message(FrameType.BODY_END, {"sha256": sha}))
-        self.assertEqual(consumer.chunks, [b"012345", b"6789"])
+        self.assertEqual(consumer.chunks, [data[:120], data[120:-HELD_TAIL], data[-HELD_TAIL:]])
         self.assertIsNone(self.successResultOf(done))
 
     def test_mismatch_never_delivers_last_chunk(self) -> None:
