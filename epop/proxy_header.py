@@ -34,8 +34,10 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from epop.addressing import format_peer
 from epop.errors import ProtocolError
 from epop.messages import Text
+from epop.printable import printable
 
 __all__ = [
     "HAPROXY_PREFIX",
@@ -181,6 +183,19 @@ def parse_proxy_header(buffer: bytes) -> tuple[tuple[Address, Address] | None, i
     )
 
 
+#: The journal's C{error}, and the log's problem, for a header cut short.
+_ENDED_INSIDE = "the connection ended inside its PROXY header"
+
+
+def _shown(data: bytes) -> str:
+    """
+    Bytes a peer sent, as text safe to log: ASCII as it is, a backslash
+    doubled, other bytes and control characters escaped (C{\\x1b}, C{\\r},
+    C{\\xff}), so that what is shown cannot be mistaken for what was sent.
+    """
+    return printable(data.replace(b"\\", b"\\\\").decode("ascii", "backslashreplace"))
+
+
 class _HeaderReader(ProtocolWrapper):
     """
     Holds a connection's bytes until its PROXY header is complete and valid,
@@ -212,15 +227,19 @@ class _HeaderReader(ProtocolWrapper):
         if rest:
             self.wrappedProtocol.dataReceived(rest)
 
+    def _warn(self, code: str, problem: str, received: bytes) -> None:
+        """One line in the relay's log: who, why, and what the header looked like."""
+        self.log.warn(
+            "Refused a connection from {peer}: {code}: {problem}; it began with \"{start}\"",
+            peer=format_peer(self.transport.getPeer()),
+            code=code,
+            problem=problem,
+            start=_shown(received[:_V1_MAX]),
+        )
+
     def _refuse(self, bad: BadProxyHeader) -> None:
         received, self._buffer = self._buffer or b"", None
-        self.log.warn(
-            "Refused a connection from {peer}: {code}: {problem}; it began with {start}",
-            peer=str(self.transport.getPeer()),
-            code=bad.code,
-            problem=str(bad.problem),
-            start=ascii(received[:_V1_MAX]),
-        )
+        self._warn(bad.code, str(bad.problem), received)
         refuse = getattr(self.wrappedProtocol, "refuse", None)
         if refuse is None:
             self.transport.loseConnection()
@@ -228,6 +247,11 @@ class _HeaderReader(ProtocolWrapper):
         if bad.code == "no-proxy-header":
             error = ProtocolError(bad.code, bad.problem)
         else:
+            # The journal's connection-closed line says why, in words: told
+            # first, as the relay keeps it when the refusal then closes.
+            ending = getattr(self.wrappedProtocol, "ending", None)
+            if ending is not None:
+                ending(bad.code, printable(str(bad.problem)), b"")
             error = ProtocolError(
                 bad.code,
                 Text(
@@ -241,9 +265,10 @@ class _HeaderReader(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:
         if self._buffer:
             # Closed in the middle of a header: say so rather than "closed by client".
+            self._warn("bad-proxy-header", _ENDED_INSIDE, self._buffer)
             note = getattr(self.wrappedProtocol, "ending", None)
             if note is not None:
-                note("bad-proxy-header", "the connection ended inside its PROXY header", self._buffer)
+                note("bad-proxy-header", _ENDED_INSIDE, self._buffer)
         self._buffer = None
         super().connectionLost(reason)
 

@@ -433,7 +433,10 @@ class RelayedRequest:
         return self.body is not None and self.integrity == "pending"
 
     def _too_slow(self, received: int, active: float) -> None:
-        minimum = self.protocol.factory.upload_min_rate
+        # Whole bytes/s, never "1e+07": the rate rounded down and the
+        # minimum up, so that the rate shown is always below the minimum.
+        rate = int(received // active) if active > 0 else 0
+        minimum = int(-(-self.protocol.factory.upload_min_rate // 1))
         self.protocol.fail(
             EpopError(
                 "upload-too-slow",
@@ -442,9 +445,9 @@ class RelayedRequest:
                     "below the {minimum} bytes/s this relay requires; it was cancelled and "
                     "e-PMSI did not receive the file. Check the network between the "
                     "workstation and the relay, then send the file again.",
-                    rate=f"{received / active:.0f}" if active > 0 else "0",
+                    rate=str(rate),
                     seconds=f"{active:.0f}",
-                    minimum=f"{minimum:g}",
+                    minimum=str(minimum),
                 ),
             )
         )

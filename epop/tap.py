@@ -62,15 +62,55 @@ from epop.tuning import keep_buffers_on_heap
 from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
-def _connection_count(value: str) -> int:
-    """A connection limit: 0 (none) or more."""
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"a connection limit is 0 (no limit) or a positive whole number, not {value!r}")
-    return count
+class _Number:
+    """
+    Reads a numeric option's value, or says what the option expects.
+
+    The message names no option: the command line puts C{--NAME:} in front
+    of it (L{_NamedParameter}), a settings file its path, line and key.
+    """
+
+    def __init__(self, kind: type[int] | type[float], expected: str, *, zero: str | None = None) -> None:
+        """
+        @param kind: C{int} or C{float}.
+        @param expected: what a valid value is, e.g. "a positive number of seconds".
+        @param zero: what 0 means, if 0 is allowed (e.g. "no limit").
+        """
+        self.kind = kind
+        self.expected = expected
+        self.zero = zero
+
+    def __call__(self, value: str) -> int | float:
+        try:
+            number = self.kind(value)
+        except ValueError:
+            number = None
+        if number is None or not (0 <= number < math.inf) or (number == 0 and self.zero is None):
+            hint = f" (0: {self.zero})" if self.zero is not None else ""
+            raise ValueError(f"expected {self.expected}, not {value!r}{hint}")
+        return number
+
+
+_SECONDS = _Number(float, "a positive number of seconds")
+_CHECKS = _Number(int, "a whole number of checks a minute", zero="no limit")
+_CONNECTIONS = _Number(int, "a whole number of connections", zero="no limit")
+
+
+class _NamedParameter(usage.CoerceParameter):
+    """
+    A parameter whose bad value is reported as C{--NAME: problem}, rather
+    than Twisted's "Parameter type enforcement failed: problem", which does
+    not say which option was wrong.
+    """
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            super().dispatch(parameterName, value)
+            return
+        try:
+            self.options.opts[parameterName] = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{parameterName}: {e}") from None
 
 
 class Options(usage.Options):
@@ -88,16 +128,16 @@ class Options(usage.Options):
         ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
         ["journal-rotate", None, None, "Start a new journal file each UTC day ('daily') or at a size (500K, 100M, 1G; bytes without a suffix). Default: never."],
         ["journal-keep", None, 30, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
-        ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", float],
-        ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", float],
-        ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", float],
-        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", float],
-        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", float],
-        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", float],
-        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", float],
-        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", int],
-        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", int],
-        ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", float],
+        ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", _SECONDS],
+        ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", _SECONDS],
+        ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", _SECONDS],
+        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", _SECONDS],
+        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", _SECONDS],
+        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", _Number(float, "a number of bytes per second", zero="no minimum")],
+        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", _SECONDS],
+        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", _CHECKS],
+        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", _CHECKS],
+        ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", _Number(float, "a number of seconds", zero="abort at once")],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
@@ -105,8 +145,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _connection_count],
-        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _connection_count],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _CONNECTIONS],
+        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _CONNECTIONS],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -118,6 +158,11 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # usage.Options has no hook for how a coerce failure is worded:
+        # replace its dispatchers so that the message names the option.
+        for name, dispatcher in list(self._dispatch.items()):
+            if isinstance(dispatcher, usage.CoerceParameter):
+                self._dispatch[name] = _NamedParameter(self, dispatcher.coerce)
         self["listen"] = []
         self["allow"] = []
         self.proxy: ProxyConfig | None = None
@@ -203,19 +248,6 @@ class Options(usage.Options):
                 trust_root_from_pem(self["ca-file"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        for name in ("idle-timeout", "epmsi-timeout", "connect-timeout"):
-            if self[name] <= 0:
-                raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        for name in ("hello-timeout", "frame-timeout", "upload-grace"):
-            if not 0 < self[name] < math.inf:
-                raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        if not 0 <= self["upload-min-rate"] < math.inf:
-            raise usage.UsageError("--upload-min-rate must be 0 (no minimum) or a number of bytes per second")
-        for name in ("checks-per-connection", "checks-per-client"):
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} must be 0 (no limit) or a number of checks a minute")
-        if not 0 <= self["drain-seconds"] < float("inf"):
-            raise usage.UsageError("--drain-seconds must be 0 or a positive number of seconds")
         try:
             password = load_proxy_password(self["proxy-password-file"])
             self.proxy, source = resolve_proxy(

@@ -194,7 +194,9 @@ class SettingsTests(SynchronousTestCase):
             error = self.assertRaises(
                 Exception, tap.Options().parseOptions, ["--max-connections", value]
             )
-            self.assertIn("positive whole number", str(error))
+            self.assertEqual(
+                str(error), f"--max-connections: expected a whole number of connections, not {value!r} (0: no limit)"
+            )
 
     def test_settings_file(self) -> None:
         """The same keys in a --config file."""

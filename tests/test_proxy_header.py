@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.errors import EpopError
@@ -266,6 +267,8 @@ class JournalPropertyTests(SynchronousTestCase):
         opened, closed = lines
         self.assertTrue(_is_ip_and_port(opened["client"]), opened["client"])
         self.assertEqual(closed["client"], opened["client"])
+        if closed["reason"] == "bad-proxy-header":
+            self.assertTrue(closed.get("error"), closed)
         if closed["reason"] in ("bad-proxy-header", "no-proxy-header"):
             self.assertEqual(opened["client"], "192.0.2.1:4000")
             self.assertEqual(closed["bytes_in"], len(data) + (len(HELLO) if with_hello else 0))
@@ -281,6 +284,15 @@ class LoopbackTests(TestCase):
             self, reactor, self.sandbox.url, self.sandbox.ca_path,
             listen=("haproxy:tcp:0:interface=127.0.0.1",),
         )
+        self.warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "epop.proxy_header._HeaderReader":
+                self.assertIs(event["log_level"], LogLevel.warn)
+                self.warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     async def send(self, data: bytes) -> dict[str, Any]:
         """Send C{data}; the relay's answer, and its journal line once closed."""
@@ -297,8 +309,8 @@ class LoopbackTests(TestCase):
     async def test_bad_headers_are_refused(self) -> None:
         """
         Every bad v1 and v2 header gets ERROR bad-proxy-header, is journaled
-        with that reason under the socket's own address, its bytes counted,
-        and no error is logged.
+        with that reason and an error in words under the socket's own
+        address, its bytes counted, and no error is logged.
         """
         for header in BAD_V1 + BAD_V2:
             found = await self.send(header + HELLO)
@@ -306,6 +318,7 @@ class LoopbackTests(TestCase):
             self.assertIn("PROXY header was refused", found["answer"]["message"])
             closed = found["closed"]
             self.assertEqual(closed["reason"], "bad-proxy-header", header)
+            self.assertTrue(closed.get("error"), header)
             self.assertRegex(closed["client"], r"^127\.0\.0\.1:\d+$")
             self.assertEqual(closed["bytes_in"], len(header + HELLO))
         opened = self.relay.records("connection-opened")
@@ -333,7 +346,7 @@ class LoopbackTests(TestCase):
         self.assertEqual(found["closed"]["bytes_in"], len(HELLO))
 
     async def test_cut_header(self) -> None:
-        """A connection that ends inside its header is journaled as such."""
+        """A connection that ends inside its header is journaled as such, and logged."""
         client = await raw_connect(self, reactor, self.relay.port)
         client.transport.write(b"PROXY TCP4 10.1.2.3 ")
         reactor.callLater(0.1, client.transport.loseConnection)
@@ -342,3 +355,55 @@ class LoopbackTests(TestCase):
         [closed] = self.relay.records("connection-closed")
         self.assertEqual((closed["reason"], closed["bytes_in"]), ("bad-proxy-header", 20))
         self.assertEqual(closed["error"], "the connection ended inside its PROXY header")
+        [warning] = self.warnings
+        self.assertRegex(
+            warning,
+            r'^Refused a connection from 127\.0\.0\.1:\d+: bad-proxy-header: the connection ended '
+            r'inside its PROXY header; it began with "PROXY TCP4 10\.1\.2\.3 "$',
+        )
+
+    async def test_refusal_says_why(self) -> None:
+        """
+        A refused header's journal line has the problem in words in its
+        error field, and the log's warning names the peer as host:port and
+        shows the header's start as escaped text.
+        """
+        cases = [
+            (b"PROXY TCP4 \x1b[31mevil 1.2.3.4 1 2\r\n", "its source address is not an IPv4 address",
+             "PROXY TCP4 \\x1b[31mevil 1.2.3.4 1 2\\r\\n"),
+            (b"PROXY TCP4 1.2.3.4 127.0.0.1 1000\r\n",
+             "it is not 'PROXY TCP4|TCP6 SOURCE DESTINATION SOURCE-PORT DESTINATION-PORT'",
+             "PROXY TCP4 1.2.3.4 127.0.0.1 1000\\r\\n"),
+            (b"PROXY TCP4 1.2.3.4 127.0.0.1 99999 3358\r\n", "its source port is not a number from 0 to 65535",
+             "PROXY TCP4 1.2.3.4 127.0.0.1 99999 3358\\r\\n"),
+            (b"PROXY TCP4 1.2.3.4\xff\\ 127.0.0.1 1 2\r\n", "its source address is not an IPv4 address",
+             "PROXY TCP4 1.2.3.4\\xff\\\\ 127.0.0.1 1 2\\r\\n"),
+            (v2(0x12, bytes(12)), "its addresses are not TCP over IPv4 or IPv6",
+             "\\r\\n\\r\\n\\x00\\r\\nQUIT\\n!\\x12\\x00\\x0c" + "\\x00" * 12),
+        ]
+        for header, problem, start in cases:
+            found = await self.send(header + HELLO)
+            closed = found["closed"]
+            self.assertEqual((closed["reason"], closed.get("error")), ("bad-proxy-header", problem), header)
+            self.assertIn(problem, found["answer"]["message"])
+            warning = self.warnings[-1]
+            self.assertTrue(
+                warning.startswith(
+                    f"Refused a connection from {closed['client']}: bad-proxy-header: {problem}; "
+                    f'it began with "{start}'
+                ),
+                warning,
+            )
+            self.assertNotIn("\x1b", warning)
+            self.assertNotIn("IPv4Address", warning)
+        self.assertEqual(len(self.warnings), len(cases))
+
+    async def test_no_header_warning(self) -> None:
+        """A workstation that skips the balancer is logged with its host:port."""
+        found = await self.send(HELLO)
+        self.assertNotIn("error", found["closed"])
+        [warning] = self.warnings
+        self.assertTrue(
+            warning.startswith(f"Refused a connection from {found['closed']['client']}: no-proxy-header: "),
+            warning,
+        )

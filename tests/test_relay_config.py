@@ -43,7 +43,7 @@ class KeysTests(SynchronousTestCase):
         self.assertEqual(set(keys.names()), expected)
         self.assertEqual(keys.repeatable, {"listen", "allow"})
         self.assertEqual(keys.flags, {"no-check", "require-tls"})
-        self.assertIs(keys.parameters["idle-timeout"], float)
+        self.assertEqual(keys.parameters["idle-timeout"]("2.5"), 2.5)
         self.assertIn("drain-seconds", keys.names())
         self.assertNotIn("proxy-password", keys.names())
         self.assertNotIn("help", keys.names())
@@ -132,8 +132,8 @@ class ReadTests(SynchronousTestCase):
             ("[epop]\nfoo = 1\n", ", line 2: unknown key 'foo'; valid keys are: allow, ca-file,"),
             ("[epop]\nallow = 10.0.0.0/8\n    10.1.2.300\n", ", line 2: allow: '10.1.2.300' is not an IP address"),
             ("[epop]\nlisten = nonsense:1\n", ", line 2: listen: 'nonsense:1' is not a valid endpoint"),
-            ("[epop]\n\nidle-timeout = 2 minutes\n", ", line 3: idle-timeout: '2 minutes' is not a number"),
-            ("[epop]\ndrain-seconds = nan\n", ", line 2: drain-seconds: 'nan' is not a number"),
+            ("[epop]\n\nidle-timeout = 2 minutes\n", ", line 3: idle-timeout: expected a positive number of seconds, not '2 minutes'"),
+            ("[epop]\ndrain-seconds = nan\n", ", line 2: drain-seconds: expected a number of seconds, not 'nan' (0: abort at once)"),
             ("[epop]\nno-check = sometimes\n", ", line 2: no-check: 'sometimes' is not yes or no"),
             ("[epop]\nepmsi =\n    https://a.example\n    https://b.example\n", ", line 2: epmsi: takes one value, not 2 lines"),
             ("[epop]\nca-file =\n", ", line 2: ca-file: has no value"),
@@ -208,9 +208,9 @@ class OptionsTests(SynchronousTestCase):
     def test_checks_name_the_file(self) -> None:
         """A value from the file that fails the options' own checks points at its line."""
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n\nidle-timeout = 0\n")
-        self.assertRegex(str(error), r"^--idle-timeout must be a positive number of seconds \(set in .*, line 3\)$")
+        self.assertRegex(str(error), r"^.*, line 3: idle-timeout: expected a positive number of seconds, not '0'$")
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\ndrain-seconds = -1\n")
-        self.assertIn("--drain-seconds must be 0 or a positive number", str(error))
+        self.assertIn("line 2: drain-seconds: expected a number of seconds, not '-1'", str(error))
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\ntls-key = k.pem\n")
         self.assertRegex(str(error), r"^--tls-key needs --tls-cert \(set in .*, line 2\)$")
 
@@ -230,6 +230,87 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.settings().drain_seconds, 0.0)
         for bad in ("-1", "inf"):
             self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--drain-seconds", bad])
+
+
+#: Each numeric option of twistd epop, a bad value, and what the message says is expected.
+NUMERIC_OPTIONS = [
+    ("idle-timeout", "abc", "a positive number of seconds"),
+    ("epmsi-timeout", "0", "a positive number of seconds"),
+    ("connect-timeout", "-3", "a positive number of seconds"),
+    ("hello-timeout", "inf", "a positive number of seconds"),
+    ("frame-timeout", "30s", "a positive number of seconds"),
+    ("upload-min-rate", "abc", "a number of bytes per second"),
+    ("upload-grace", "nan", "a positive number of seconds"),
+    ("checks-per-connection", "1.5", "a whole number of checks a minute"),
+    ("checks-per-client", "x", "a whole number of checks a minute"),
+    ("drain-seconds", "-1", "a number of seconds"),
+    ("max-connections", "-1", "a whole number of connections"),
+    ("max-connections-per-client", "many", "a whole number of connections"),
+]
+
+
+class NumericOptionTests(SynchronousTestCase):
+    """
+    A numeric option with a bad value is one message that names the option
+    (or the settings file's key and line) and what it expects, never
+    Twisted's bare "could not convert string to float".
+    """
+
+    def test_every_numeric_option_is_covered(self) -> None:
+        """The list above holds every option whose value is a number."""
+        numeric = {
+            name
+            for name, _short, default, *_ in tap.Options.optParameters
+            if isinstance(default, (int, float)) and name != "journal-keep"
+        }
+        self.assertEqual(numeric, {name for name, _, _ in NUMERIC_OPTIONS})
+
+    def test_command_line(self) -> None:
+        """--NAME: expected ..., not 'VALUE'."""
+        for name, bad, expected in NUMERIC_OPTIONS:
+            error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, [f"--{name}", bad])
+            self.assertTrue(str(error).startswith(f"--{name}: expected {expected}, not {bad!r}"), str(error))
+            self.assertNotIn("enforcement", str(error))
+
+    def test_user_report(self) -> None:
+        """The three values a new user tried, word for word."""
+        cases = [
+            ("--upload-min-rate", "abc", "--upload-min-rate: expected a number of bytes per second, not 'abc' (0: no minimum)"),
+            ("--checks-per-client", "x", "--checks-per-client: expected a whole number of checks a minute, not 'x' (0: no limit)"),
+            ("--max-connections", "-1", "--max-connections: expected a whole number of connections, not '-1' (0: no limit)"),
+        ]
+        for option, value, message in cases:
+            error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, [option, value])
+            self.assertEqual(str(error), message)
+
+    def test_zero_where_it_means_something(self) -> None:
+        """0 is accepted where it means "no limit", refused for a timeout."""
+        options = tap.Options()
+        options.parseOptions(
+            ["--journal", self.mktemp(), "--upload-min-rate", "0", "--checks-per-client", "0",
+             "--max-connections", "0", "--drain-seconds", "0", "--idle-timeout", "0.5"]
+        )
+        settings = options.settings()
+        self.assertEqual(
+            (settings.upload_min_rate, settings.checks_per_client, settings.max_connections,
+             settings.drain_seconds, settings.idle_timeout),
+            (0.0, 0, 0, 0.0, 0.5),
+        )
+        self.assertIsInstance(settings.checks_per_client, int)
+        self.assertIsInstance(settings.max_connections, int)
+
+    def test_settings_file(self) -> None:
+        """In a settings file: the file, the line, the key, and the same problem."""
+        for name, bad, expected in NUMERIC_OPTIONS:
+            path = self.mktemp()
+            Path(path).write_text(f"[epop]\n# {name}\n{name} = {bad}\n", encoding="utf-8")
+            error = self.assertRaises(
+                usage.UsageError, tap.Options().parseOptions, ["--config", path, "--journal", self.mktemp()]
+            )
+            self.assertTrue(
+                str(error).startswith(f"{os.path.abspath(path)}, line 3: {name}: expected {expected}, not {bad!r}"),
+                str(error),
+            )
 
 
 class ExampleTests(SynchronousTestCase):
@@ -286,5 +367,5 @@ class TwistdTests(TestCase):
         code = await process.ended
         text = process.output.decode(errors="replace")
         self.assertNotEqual(code, None)
-        self.assertIn(f"{path}, line 2: idle-timeout: 'soon' is not a number", text)
+        self.assertIn(f"{path}, line 2: idle-timeout: expected a positive number of seconds, not 'soon'", text)
         self.assertNotIn("Traceback", text)

@@ -281,6 +281,24 @@ class UploadPaceTests(LimitsTestCase):
         params = station.errors()[0]["text"]["params"]
         self.assertEqual((params["minimum"], params["rate"]), ("1024", "1"))
 
+    def test_large_minimum_in_plain_digits(self) -> None:
+        """A 10 MB/s minimum and the rate are whole numbers in the message, never 1e+07."""
+        factory = RelayFactory(
+            self.clock, self.upstream, "limits", upload_min_rate=10_000_000, upload_grace=10,
+            idle_timeout=1e9, epmsi_timeout=1e9,
+        )
+        station = Workstation(factory)
+        station.send(HELLO + request_frame(10 * GIB) + b"x" * 65536)
+        done = self.upstream.requests[0][3].startProducing(ListConsumer())
+        self.clock.advance(11)
+        self.assertEqual(station.error_codes(), ["upload-too-slow"])
+        self.assertEqual(self.failureResultOf(done, EpopError).value.code, "upload-too-slow")
+        error = station.errors()[0]
+        self.assertEqual(error["text"]["params"]["minimum"], "10000000")
+        self.assertEqual(error["text"]["params"]["rate"], "5957")  # 65536 bytes in 11 s, rounded down
+        self.assertIn("below the 10000000 bytes/s this relay requires", error["message"])
+        self.assertNotIn("e+", error["message"])
+
     def test_steady_slow_upload_is_not_cut(self) -> None:
         """An upload averaging twice the minimum goes on, past the grace period, to its end."""
         station, body, done = self.start_upload(2048 * 700, b"y" * 2048)

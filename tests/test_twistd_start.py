@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from twisted.python.filepath import FilePath
@@ -122,3 +123,17 @@ class TwistdCannotListenTests(TestCase):
         report = self.run_twistd("--nodaemon")
         self.assert_failed_cleanly(report)
         self.assertIn("Address already in use", self.folder.child("twistd.log").getContent().decode())
+
+    def test_daemon_output_is_the_guides(self) -> None:
+        """
+        docs/install.md quotes, word for word, what a detaching twistd prints
+        when it cannot listen (its listen string aside).
+        """
+        report = self.run_twistd()
+        terminal = report["out"] + report["err"]
+        guide = (Path(__file__).resolve().parent.parent / "docs" / "install.md").read_text(encoding="utf-8")
+        lines = [line for line in terminal.splitlines() if line.strip()]
+        self.assertTrue(lines, report)
+        for line in lines:
+            line = line.replace(f"tcp:{self.port}:interface=127.0.0.1", "tcp:3358")
+            self.assertIn(line, guide)
