@@ -45,6 +45,7 @@ __all__ = [
     "MAX_LINE",
     "NotAJournalFile",
     "Problem",
+    "check_journal_path",
     "connection_summaries",
     "connections_table",
     "describe_record",
@@ -143,10 +144,14 @@ def open_journal(path: str) -> IO[bytes]:
     @raise NotAJournalFile: for a device, a FIFO, a directory, a socket.
     @raise OSError: if it cannot be opened.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    # Windows has no FIFO to block on, nor O_NONBLOCK; it needs O_BINARY.
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
     try:
         _refuse_unless_regular(path, os.fstat(fd).st_mode)
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
