@@ -51,8 +51,10 @@ from epop.journal_reader import (
     DEFAULT_JOURNAL,
     JournalFilter,
     JournalFollower,
+    NotAJournalFile,
     Problem,
     RunChecker,
+    check_journal_path,
     connection_summaries,
     connections_table,
     journal_header,
@@ -717,8 +719,13 @@ class _Command:
         self.stderr.write(problem.describe().render(self.language) + "\n")
 
     def _unreadable(self, path: str, error: OSError) -> Deferred[int]:
-        why = error.strerror or str(error)
-        self.stderr.write(Text("Cannot read {path}: {why}.", path=path, why=why).render(self.language) + "\n")
+        if isinstance(error, NotAJournalFile):
+            message = error.describe()
+        else:
+            # The file that failed: the journal, or one of its rotated files.
+            named = error.filename if isinstance(error.filename, str) else path
+            message = Text("Cannot read {path}: {why}.", path=named, why=error.strerror or str(error))
+        self.stderr.write(message.render(self.language) + "\n")
         return succeed(1)
 
     def journal(self, options: JournalOptions) -> Deferred[int]:
@@ -726,6 +733,12 @@ class _Command:
         since = parse_since(options["since"], self.reactor.seconds()) if options["since"] else None
         wanted = JournalFilter(tuple(options["connections"]), tuple(options["types"]), since)
         if options["follow"]:
+            try:
+                # A device would be read forever, a FIFO would block: refused
+                # now, not waited for.
+                check_journal_path(path)
+            except OSError as e:
+                return self._unreadable(path, e)
             return self._follow(path, wanted, options["json"])
         try:
             records = [r for r in read_journal(path, since, self._problem) if wanted.matches(r)]
@@ -752,8 +765,11 @@ class _Command:
             for line in journal_header(self.language):
                 self.say(line)
         if wanted.since is not None:
-            for record in read_journal(path, wanted.since, self._problem, current=False):
-                show(record)
+            try:
+                for record in read_journal(path, wanted.since, self._problem, current=False):
+                    show(record)
+            except OSError as e:
+                return self._unreadable(path, e)
         follower = JournalFollower(path, show, self.reactor, on_problem=self._problem)
         follower.start()
         if follower.waiting:

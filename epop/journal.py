@@ -215,6 +215,23 @@ class _AppendFile:
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
+    def replaced(self) -> bool:
+        """
+        Whether C{path} no longer names the file open here: it was deleted
+        (its folder too, perhaps) or moved aside, and lines written on would
+        go where no one reads them.  The check of C{logging}'s
+        C{WatchedFileHandler}: one C{stat} per line, cheap at the journal's
+        rate.
+        """
+        try:
+            named = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False  # cannot tell (a folder we may not search): write on
+        held = os.fstat(self._fd)
+        return (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -260,21 +277,46 @@ class _WriteTrouble:
             self.missed = 0
 
 
+_log = Logger(namespace="epop.journal")
+
+
+def _still_named(file: _AppendFile | None) -> _AppendFile | None:
+    """
+    C{file} if its path still names it; otherwise None, once it is closed
+    and the twistd log told, so that the caller opens the path again.
+    """
+    if file is None or not file.replaced():
+        return file
+    file.close()
+    _log.info(
+        "Journal {path} moved or deleted while the relay had it open: "
+        "opening it again, created if need be",
+        path=file.path,
+    )
+    return None
+
+
 @implementer(IJournalWriter)
 class FileJournalWriter:
     """
     Appends JSON lines, each with a single unbuffered C{write()}, so a crash
     loses at most the line being written.  A line that cannot be written is
     dropped (see L{_WriteTrouble}): the journal must never stop the relay.
+    If the file is deleted or moved (with its folder, or by C{logrotate}),
+    the next line goes to a new file at the same path; while that cannot be
+    created, lines are dropped the same way.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = _AppendFile(path)
+        self._file: _AppendFile | None = _AppendFile(path)
         self._trouble = _WriteTrouble(path)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
+            self._file = _still_named(self._file)
+            if self._file is None:
+                self._file = _AppendFile(self.path)
             self._file.write_line(encode_record(record))
         except OSError as e:
             self._trouble.failed(e)
@@ -282,7 +324,9 @@ class FileJournalWriter:
             self._trouble.worked()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 DAILY = "daily"
@@ -424,8 +468,11 @@ class RotatingJournalWriter:
             self._trouble.worked()
 
     def _write(self, line: bytes) -> None:
+        # Deleted or moved by someone else since the last line: start anew.
+        self._file = _still_named(self._file)
         if self._file is None:
-            # Could not be opened again after a rotation: try once more.
+            # Could not be opened again after a rotation (or after the file
+            # was deleted): try once more.
             self._file = _AppendFile(self.path)
         size = self._file.size()
         if self.rotate == DAILY:

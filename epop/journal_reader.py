@@ -8,6 +8,12 @@ the way the manual's window did, follows it as it grows (across rotations),
 and computes the connections it describes.  A torn last line (the relay
 crashed, or is writing it right now) is skipped; any other line that is not
 a record is reported and skipped, and reading goes on.
+
+Only regular files are read (L{open_journal}): a device such as
+C{/dev/zero} or C{/dev/full} never ends and has no newline, and a FIFO
+would block the reader.  And a line is read up to L{MAX_LINE} bytes only:
+a longer one (a wrong file, a corrupted one) is reported and skipped in
+bounded chunks, so memory stays small whatever the file holds.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -35,7 +42,10 @@ __all__ = [
     "RunChecker",
     "JournalFilter",
     "JournalFollower",
+    "MAX_LINE",
+    "NotAJournalFile",
     "Problem",
+    "check_journal_path",
     "connection_summaries",
     "connections_table",
     "describe_record",
@@ -43,6 +53,7 @@ __all__ = [
     "journal_header",
     "journal_row",
     "journal_table",
+    "open_journal",
     "parse_connection",
     "parse_since",
     "read_file",
@@ -55,6 +66,12 @@ DEFAULT_JOURNAL = "epop-journal.jsonl"
 
 _READ_SIZE = 1 << 20
 
+#: The longest line read as a record, newline excluded.  The relay's lines
+#: are a few hundred bytes: its longest fields (a path, an error) are cut
+#: well below this.
+MAX_LINE = 1 << 20
+_MAX_LINE_TEXT = Text("1 MiB")
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -62,8 +79,17 @@ class Problem:
 
     path: str
     line: int
+    #: Longer than L{MAX_LINE}: not even read whole.
+    too_long: bool = False
 
     def describe(self) -> Text:
+        if self.too_long:
+            return Text(
+                "{path}, line {line}: longer than {limit}, not a journal record, skipped",
+                path=self.path,
+                line=self.line,
+                limit=_MAX_LINE_TEXT,
+            )
         return Text(
             "{path}, line {line}: not a journal record, skipped", path=self.path, line=self.line
         )
@@ -74,6 +100,111 @@ ProblemHandler = Callable[[Problem], None]
 
 def _ignore(problem: Problem) -> None:
     pass
+
+
+class NotAJournalFile(OSError):
+    """The path names a device, a FIFO, a directory...: not a file the relay wrote."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: not a regular file")
+        self.filename = path
+
+    def describe(self) -> Text:
+        return Text(
+            "Cannot read {path}: not a regular file (a relay's journal is the file "
+            "named by its --journal).",
+            path=self.filename,
+        )
+
+
+def _refuse_unless_regular(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotAJournalFile(path)
+
+
+def check_journal_path(path: str) -> None:
+    """
+    Refuse now what L{open_journal} would refuse, for a follower that may
+    wait for the file: a missing path is fine, it may appear.
+
+    @raise NotAJournalFile: if C{path} exists and is not a regular file.
+    """
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return
+    _refuse_unless_regular(path, found.st_mode)
+
+
+def open_journal(path: str) -> IO[bytes]:
+    """
+    C{path} open for reading, if it is a regular file.  It is opened
+    without blocking, so that a FIFO is refused rather than waited on.
+
+    @raise NotAJournalFile: for a device, a FIFO, a directory, a socket.
+    @raise OSError: if it cannot be opened.
+    """
+    # Windows has no FIFO to block on, nor O_NONBLOCK; it needs O_BINARY.
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        _refuse_unless_regular(path, os.fstat(fd).st_mode)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _Lines:
+    """
+    Cuts bytes read in chunks into lines, numbered from 1, holding at most
+    L{MAX_LINE} bytes of a line: the rest of a longer one is dropped as it
+    comes, and the line is handed on as None.
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self.number = 0
+        self._pending = b""
+        self._too_long = False
+
+    @property
+    def pending(self) -> bool:
+        """Part of a line, with no newline yet, has been read."""
+        return bool(self._pending) or self._too_long
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[int, bytes | None]]:
+        """The lines that C{chunk} ends (newline excluded), or None for a too long one."""
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            start = end + 1
+            self.number += 1
+            if self._too_long or len(self._pending) + len(piece) > self.limit:
+                line = None
+            else:
+                line = self._pending + piece
+            self._pending, self._too_long = b"", False
+            yield self.number, line
+        rest = chunk[start:]
+        if self._too_long or len(self._pending) + len(rest) > self.limit:
+            self._pending, self._too_long = b"", True
+        else:
+            self._pending += rest
+
+    def end(self) -> tuple[int, bool] | None:
+        """
+        The number of a last line with no newline, and whether it is too
+        long; None if there is none.  Forgets it.
+        """
+        if not self.pending:
+            return None
+        found = (self.number + 1, self._too_long)
+        self._pending, self._too_long = b"", False
+        return found
 
 
 def _parse_line(raw: bytes) -> dict[str, Any] | None:
@@ -104,22 +235,45 @@ def read_file(path: str, on_problem: ProblemHandler = _ignore) -> Iterator[dict[
     """
     The records of one journal file, in order.  The last line is skipped if
     it is torn (no newline, or not JSON): that is a crash's, or a line being
-    written.  Other bad lines go to C{on_problem}.
+    written.  Other bad lines go to C{on_problem}, as does a last line too
+    long to be one being written.
+
+    @raise NotAJournalFile: if C{path} is not a regular file.
     """
-    with open(path, "rb") as f:
-        previous: tuple[int, bytes] | None = None
-        for number, raw in enumerate(f, 1):
-            if previous is not None:
-                record = _parse_line(previous[1])
+    with open_journal(path) as f:
+        lines = _Lines()
+        previous: tuple[int, bytes | None] | None = None
+        while chunk := f.read(_READ_SIZE):
+            for number, raw in lines.feed(chunk):
+                if previous is not None:
+                    yield from _checked(path, *previous, on_problem)
+                previous = (number, raw)
+        torn = lines.end()
+        if previous is not None:
+            number, raw = previous
+            if torn is not None or raw is None:
+                yield from _checked(path, number, raw, on_problem)
+            else:
+                # The last line, whole: a record, or skipped as torn.
+                record = _parse_line(raw)
                 if record is not None:
                     yield record
-                elif previous[1].strip():
-                    on_problem(Problem(path, previous[0]))
-            previous = (number, raw)
-        if previous is not None and previous[1].endswith(b"\n"):
-            record = _parse_line(previous[1])
-            if record is not None:
-                yield record
+        if torn is not None and torn[1]:
+            on_problem(Problem(path, torn[0], too_long=True))
+
+
+def _checked(
+    path: str, number: int, raw: bytes | None, on_problem: ProblemHandler
+) -> Iterator[dict[str, Any]]:
+    """The record of a line that is not the last one, or a problem."""
+    if raw is None:
+        on_problem(Problem(path, number, too_long=True))
+        return
+    record = _parse_line(raw)
+    if record is not None:
+        yield record
+    elif raw.strip():
+        on_problem(Problem(path, number))
 
 
 def journal_files(path: str, since: datetime | None = None) -> list[str]:
@@ -670,8 +824,7 @@ class JournalFollower:
         self._file: IO[bytes] | None = None
         self._identity: tuple[int, int] | None = None
         self._position = 0
-        self._line = 0
-        self._pending = b""
+        self._lines = _Lines()
         self._call = LoopingCall(self.poll)
         self._call.clock = clock
 
@@ -716,8 +869,7 @@ class JournalFollower:
             assert self._file is not None
             self._file.seek(0)
             self._position = 0
-            self._line = 0
-            self._pending = b""
+            self._lines = _Lines()
             self._read()
 
     def _rotated_after(self, identity: tuple[int, int] | None) -> list[str]:
@@ -734,32 +886,34 @@ class JournalFollower:
 
     def _open(self) -> bool:
         try:
-            self._file = open(self.path, "rb")
+            # Not a device or a FIFO, which would never end or block.
+            self._file = open_journal(self.path)
         except OSError:
             return False
         found = os.fstat(self._file.fileno())
         self._identity = (found.st_dev, found.st_ino)
         self._position = 0
-        self._line = 0
-        self._pending = b""
+        self._lines = _Lines()
         return True
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._pending = b""
+        torn = self._lines.end()
+        if torn is not None and torn[1]:
+            # Too long to be a line being written when the file was left.
+            self._on_problem(Problem(self.path, torn[0], too_long=True))
 
     def _read(self) -> None:
         assert self._file is not None
         while chunk := self._file.read(_READ_SIZE):
             self._position += len(chunk)
-            lines = (self._pending + chunk).split(b"\n")
-            self._pending = lines.pop()
-            for raw in lines:
-                self._line += 1
-                record = _parse_line(raw)
+            for number, raw in self._lines.feed(chunk):
+                record = _parse_line(raw) if raw is not None else None
                 if record is not None:
                     self._on_record(record)
+                elif raw is None:
+                    self._on_problem(Problem(self.path, number, too_long=True))
                 elif raw.strip():
-                    self._on_problem(Problem(self.path, self._line))
+                    self._on_problem(Problem(self.path, number))

@@ -57,16 +57,36 @@ def _context(proc: str) -> tuple[str, str, str] | None:
     return digest, boot, namespace
 
 
-def _start_ticks(pid: int, proc: str) -> str | None:
-    """When process C{pid} started, in clock ticks since boot; None if not found."""
+def _stat_fields(pid: int, proc: str) -> list[str] | None:
+    """The fields of C{/proc/PID/stat} after the command; None if not found."""
     stat = _read(os.path.join(proc, str(pid), "stat"))
     if stat is None:
         return None
     # "pid (command) state ppid ...": the command may hold spaces and
     # parentheses, so count the fields from the last ")".
-    fields = stat.rpartition(")")[2].split()
+    return stat.rpartition(")")[2].split()
+
+
+def _start_ticks(pid: int, proc: str) -> str | None:
+    """When process C{pid} started, in clock ticks since boot; None if not found."""
+    fields = _stat_fields(pid, proc)
     # starttime is field 22 of the whole line, the 20th after the command.
-    return fields[19] if len(fields) > 19 else None
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+#: States of a process that has ended: a zombie (killed or exited, not yet
+#: reaped by its parent) and a dead one being torn down.
+_ENDED_STATES = ("Z", "X", "x")
+
+
+def _has_ended(pid: int, proc: str) -> bool:
+    """
+    Whether C{/proc} shows process C{pid} as ended but not yet reaped: it
+    keeps its number, and answers signal 0, until its parent waits for it
+    (a relay under a supervisor that is slow to reap, or under none).
+    """
+    fields = _stat_fields(pid, proc)
+    return bool(fields) and fields[0] in _ENDED_STATES
 
 
 def process_start(pid: int, proc: str = _PROC) -> str | None:
@@ -132,6 +152,8 @@ def process_state(record: dict[str, Any], proc: str = _PROC, host: str | None = 
             return UNKNOWN  # another container: its numbers are not ours
         now = _start_ticks(pid, proc)
         if now is not None:
-            return ALIVE if now == ticks else GONE
+            return ALIVE if now == ticks and not _has_ended(pid, proc) else GONE
         # Not in /proc (or hidden from us, with hidepid): ask the kernel.
+    if _has_ended(pid, proc):
+        return GONE
     return _number_state(pid)

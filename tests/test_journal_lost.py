@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,9 +46,9 @@ def _at(seconds: float) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _stat(pid: int, ticks: int, command: str = "twistd") -> str:
-    # The 52 fields of /proc/PID/stat; starttime is the 22nd.
-    after = ["S", "1"] + ["0"] * 17 + [str(ticks)] + ["0"] * 30
+def _stat(pid: int, ticks: int, command: str = "twistd", state: str = "S") -> str:
+    # The 52 fields of /proc/PID/stat; state is the 3rd, starttime the 22nd.
+    after = [state, "1"] + ["0"] * 17 + [str(ticks)] + ["0"] * 30
     return f"{pid} ({command}) " + " ".join(after) + "\n"
 
 
@@ -62,10 +63,10 @@ class FakeProc:
         os.makedirs(os.path.join(root, "self", "ns"))
         os.symlink(NAMESPACE, os.path.join(root, "self", "ns", "pid"))
 
-    def add(self, pid: int, ticks: int, command: str = "twistd") -> None:
+    def add(self, pid: int, ticks: int, command: str = "twistd", state: str = "S") -> None:
         os.makedirs(os.path.join(self.root, str(pid)), exist_ok=True)
         with open(os.path.join(self.root, str(pid), "stat"), "w") as f:
-            f.write(_stat(pid, ticks, command))
+            f.write(_stat(pid, ticks, command, state))
 
 
 def _dead_pid() -> int:
@@ -118,6 +119,37 @@ class ProcessStateTests(SynchronousTestCase):
         rebooted = FakeProc(os.path.abspath(self.mktemp()), boot="00000000-0000-0000-0000-000000000000")
         rebooted.add(4321, 1000)
         self.assertEqual(process_state(record, rebooted.root, self.host), GONE)
+
+    def test_zombie_is_gone(self) -> None:
+        """A relay killed but not yet reaped (state Z, or X while torn down) keeps its number and start time: it is gone all the same."""
+        for state in ("Z", "X"):
+            record = self.written(4321, 1000)
+            self.proc.add(4321, 1000, command="tw) Z (d", state=state)
+            self.assertEqual(self.state(record), GONE, state)
+            self.assertEqual(self.state({**record, "process_start": None}), GONE, state)
+        for state in ("S", "R", "D", "T"):
+            self.proc.add(4321, 1000, state=state)
+            self.assertEqual(self.state(record), ALIVE, state)
+
+    def test_real_zombie_is_gone(self) -> None:
+        """A child that has exited and that its parent has not waited for yet answers signal 0, and is gone."""
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        self.addCleanup(child.wait)
+        fields = {**process_fields(), "pid": child.pid, "process_start": process_start(child.pid)}
+        self.assertEqual(process_state(fields), ALIVE)
+        assert child.stdin is not None
+        child.stdin.close()  # the child exits; nobody waits for it yet
+        stat = os.path.join("/proc", str(child.pid), "stat")
+        for _ in range(500):
+            with open(stat) as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        else:
+            self.fail("the child did not become a zombie")
+        os.kill(child.pid, 0)  # its number still exists
+        self.assertEqual(process_state(fields), GONE)
+        self.assertEqual(process_state({**fields, "process_start": None}), GONE)
 
     def test_number_not_in_proc_asks_the_kernel(self) -> None:
         """A number missing from /proc (or hidden by hidepid) is checked with signal 0: ended is gone, existing is alive."""

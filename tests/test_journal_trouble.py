@@ -61,20 +61,29 @@ class _Log:
 
 
 class _FullDisk:
-    """Points a writer's open file at /dev/full (ENOSPC from the kernel), then back."""
+    """
+    Makes writes to a writer's open file fail with ENOSPC, then succeed
+    again.  (Pointing the descriptor at /dev/full would change the file it
+    names, which the writer takes for its file moved aside.)
+    """
 
     def __init__(self, testcase: SynchronousTestCase, fd: int) -> None:
         self.fd = fd
-        self.saved = os.dup(fd)
-        testcase.addCleanup(os.close, self.saved)
+        self.full = False
+        real_write = os.write
+
+        def write(fd: int, data: Any) -> int:
+            if self.full and fd == self.fd:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        testcase.patch(journal_module.os, "write", write)
 
     def fill(self) -> None:
-        full = os.open(FULL, os.O_WRONLY)
-        os.dup2(full, self.fd)
-        os.close(full)
+        self.full = True
 
     def free(self) -> None:
-        os.dup2(self.saved, self.fd)
+        self.full = False
 
 
 class PlainWriterTests(SynchronousTestCase):
@@ -147,6 +156,74 @@ class PlainWriterTests(SynchronousTestCase):
         self.assertEqual(problems, [Problem(path, 2)])
 
 
+    def test_folder_deleted_then_back(self) -> None:
+        """The journal's folder deleted: the next line is missed with one critical message; the folder back, the file is created again with the new lines, and the gap is said once."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "j.jsonl")
+        log = _Log(self)
+        writer = FileJournalWriter(path)
+        self.addCleanup(writer.close)
+        writer.write(_record(1))
+        shutil.rmtree(folder)
+        writer.write(_record(2))
+        writer.write(_record(3))
+        self.assertEqual(
+            log.journal(),
+            [
+                (
+                    LogLevel.critical,
+                    f"journal: cannot write to {path}: No such file or directory; the relay goes on "
+                    "without its journal until writing works again",
+                )
+            ],
+        )
+        os.makedirs(folder)
+        writer.write(_record(4))
+        writer.write(_record(5))
+        self.assertEqual(_numbers(path), [4, 5])
+        self.assertEqual(
+            log.journal()[1:],
+            [
+                (
+                    LogLevel.warn,
+                    f"journal: writing to {path} works again; 2 event(s) could not be written and are missing from it",
+                )
+            ],
+        )
+        reopened = [formatEvent(e) for e in log.events if "moved or deleted" in e.get("log_format", "")]
+        self.assertEqual(
+            reopened, [f"Journal {path} moved or deleted while the relay had it open: opening it again, created if need be"]
+        )
+
+    def test_file_moved_aside_or_deleted_is_created_again(self) -> None:
+        """A journal moved aside (logrotate without copytruncate) or deleted: the next line goes to a new file at the path, the moved one keeps its lines."""
+        path = os.path.abspath(self.mktemp())
+        log = _Log(self)
+        writer = FileJournalWriter(path)
+        self.addCleanup(writer.close)
+        writer.write(_record(1))
+        os.rename(path, path + ".old")
+        writer.write(_record(2))
+        self.assertEqual((_numbers(path + ".old"), _numbers(path)), ([1], [2]))
+        os.remove(path)
+        writer.write(_record(3))
+        self.assertEqual(_numbers(path), [3])
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+        self.assertEqual(log.journal(), [], "no line was missed")
+
+    def test_a_device_is_not_taken_for_a_moved_file(self) -> None:
+        """A journal on a device (/dev/null) is the same file at every line: it is not opened again."""
+        log = _Log(self)
+        writer = FileJournalWriter(os.devnull)
+        self.addCleanup(writer.close)
+        opened = writer._file
+        writer.write(_record(1))
+        writer.write(_record(2))
+        self.assertIs(writer._file, opened)
+        self.assertEqual([e for e in log.events if "moved or deleted" in e.get("log_format", "")], [])
+
+
 class RotatingWriterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.folder = os.path.abspath(self.mktemp())
@@ -176,8 +253,8 @@ class RotatingWriterTests(SynchronousTestCase):
         self.assertEqual([level for level, _ in self.log.journal()], [LogLevel.critical, LogLevel.warn])
         self.assertIn("4 event(s) could not be written", self.log.journal()[1][1])
 
-    def test_folder_gone_at_rotation_then_back(self) -> None:
-        """The folder disappears (a disk unmounted): rotation and reopening fail, said once each; the folder back, writing resumes."""
+    def test_folder_gone_between_rotations_then_back(self) -> None:
+        """The folder disappears (a disk unmounted): the file cannot be created again, said once; no rotation is tried without a file; the folder back, writing resumes in a new file."""
         writer = self.writer("300")
         writer.write(_record(1))
         shutil.rmtree(self.folder)
@@ -188,14 +265,28 @@ class RotatingWriterTests(SynchronousTestCase):
         )
         self.assertIn(f"journal: cannot write to {self.path}: No such file or directory", self.log.journal()[0][1])
         rotation_warnings = [e for e in self.log.events if "Could not rotate" in e.get("log_format", "")]
-        self.assertEqual(len(rotation_warnings), 1)
+        self.assertEqual(rotation_warnings, [])
         os.makedirs(self.folder)
         writer.write(_record(8))
         writer.write(_record(9))
-        # 8 started a new file; 9 would make it larger than 300 bytes.
-        self.assertEqual((_numbers(self.path + ".1"), _numbers(self.path)), ([8], [9]))
+        writer.write(_record(10))
+        # 8 started a new file; two lines would make one larger than 300 bytes.
+        self.assertEqual(
+            [_numbers(self.path + ".2"), _numbers(self.path + ".1"), _numbers(self.path)], [[8], [9], [10]]
+        )
         self.assertEqual([level for level, _ in self.log.journal()], [LogLevel.critical, LogLevel.warn])
         self.assertIn("6 event(s) could not be written", self.log.journal()[1][1])
+
+    def test_file_deleted_between_rotations_is_created_again(self) -> None:
+        """Between rotations too, a journal deleted by hand is created again at the next line, with no critical message."""
+        writer = self.writer("daily")
+        writer.write(_record(1))
+        os.remove(self.path)
+        writer.write(_record(2))
+        self.assertEqual(_numbers(self.path), [2])
+        self.assertEqual(self.log.journal(), [])
+        reopened = [e for e in self.log.events if "moved or deleted" in e.get("log_format", "")]
+        self.assertEqual(len(reopened), 1)
 
     def test_daily_rotation_failing_is_tried_once_a_day(self) -> None:
         """A rotation that fails is not tried again at every line, and the day's lines are kept."""
@@ -299,6 +390,28 @@ class RelayWithoutJournalTests(TestCase):
             [level for level, _ in log.journal()], [LogLevel.critical], log.journal()
         )
         self.assertIn("journal: cannot write to /dev/full: No space left on device", log.journal()[0][1])
+
+    async def test_journal_folder_deleted_then_made_again(self) -> None:
+        """A relay whose journal folder is deleted: uploads go on, said once at critical level; the folder made again, the journal is created again with the new events, and that is said."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "j.jsonl")
+        log = _Log(self)
+        service, sandbox = self.start(lambda: FileJournalWriter(path))
+        self.assertEqual(await self.upload(service, 1), 200)
+        shutil.rmtree(folder)
+        self.assertEqual(await self.upload(service, 2), 200)
+        self.assertTrue(await poll_until(reactor, lambda: len(log.journal()) == 1))
+        self.assertEqual(log.journal()[0][0], LogLevel.critical)
+        self.assertIn(f"cannot write to {path}: No such file or directory", log.journal()[0][1])
+        os.makedirs(folder)
+        self.assertEqual(await self.upload(service, 3), 200)
+        self.assertTrue(await poll_until(reactor, lambda: len(log.journal()) == 2))
+        self.assertEqual(log.journal()[1][0], LogLevel.warn)
+        self.assertTrue(
+            await poll_until(reactor, lambda: os.path.exists(path) and "connection-closed" in [r["type"] for r in read_file(path)])
+        )
+        self.assertEqual(len(sandbox.complete_files()), 3)
 
     async def test_uploads_go_on_while_the_rotating_journal_folder_is_gone(self) -> None:
         """Rotating journal whose folder vanishes: uploads go on; once it is back, the journal resumes and says so."""
