@@ -14,7 +14,8 @@ A connection is counted from its first bytes to its end: behind a load
 balancer speaking the PROXY protocol (C{--listen haproxy:...}) the client's
 real address is known only then, as for the allowlist.  Refused connections
 are not counted.  Connections that have sent nothing yet are bounded apart
-(L{MAX_SILENT_CONNECTIONS}): one more closes the oldest of them.
+(L{MAX_SILENT_CONNECTIONS}): one more closes the oldest of them, or
+itself if they all just connected.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_CLIENT",
     "MAX_SILENT_CONNECTIONS",
+    "SILENT_GRACE",
     "ConnectionLimits",
     "LimitsFactory",
 ]
@@ -48,11 +50,14 @@ DEFAULT_MAX_CONNECTIONS = 500
 #: uploads at once.
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 250
 #: Connections that have not sent their first byte yet.  A workstation
-#: sends at once, so only a handful are ever silent together; past this the
-#: oldest is closed, so that a flood of silent sockets (not counted above:
+#: sends at once, but in a rush hundreds connect within a moment, before
+#: the relay has read any of them: as many as the default total cap.  Past
+#: this the oldest is closed if it has been silent SILENT_GRACE seconds,
+#: else the newcomer, so that a flood of silent sockets (not counted above:
 #: their client is not known yet behind a load balancer) cannot run the
-#: relay out of file descriptors.
-MAX_SILENT_CONNECTIONS = 100
+#: relay out of file descriptors nor keep workstations out.
+MAX_SILENT_CONNECTIONS = DEFAULT_MAX_CONNECTIONS
+SILENT_GRACE = 2.0
 
 
 @dataclass(frozen=True)

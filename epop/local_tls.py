@@ -197,6 +197,8 @@ class _Chooser(Protocol, TimeoutMixin):
         self._inner: Any = None
         self._batcher: _RecordBatcher | None = None
         self._refused = False
+        #: When the connection was accepted.
+        self._since = 0.0
 
     def callLater(self, period: float, func: Any) -> Any:
         return self._factory.clock.callLater(period, func)
@@ -206,10 +208,18 @@ class _Chooser(Protocol, TimeoutMixin):
         # every new connection's first read already holds body bytes.
         tune(self.transport, read_size=MIN_READ_SIZE)
         factory = self._factory
+        self._since = factory.clock.seconds()
         if factory.max_silent and len(factory.waiting) >= factory.max_silent:
-            # Silent connections cost a socket each: the oldest makes room,
-            # so a flood of them cannot keep workstations out.
-            next(iter(factory.waiting)).crowded_out(factory.max_silent)
+            # Silent connections cost a socket each, so they are bounded.
+            # The oldest makes room if it has been silent a while (a flood
+            # cannot keep workstations out); in a burst of connections that
+            # have not had time to speak, the newcomer is the one refused.
+            oldest = next(iter(factory.waiting))
+            if self._since - oldest._since >= factory.silent_grace:
+                oldest.crowded_out(factory.max_silent)
+            else:
+                self.crowded_out(factory.max_silent)
+                return
         factory.waiting[self] = None
         self.setTimeout(factory.idle_timeout)
 
@@ -222,7 +232,7 @@ class _Chooser(Protocol, TimeoutMixin):
         relay_inside(self._inner).fail(relay_stopping())
 
     def crowded_out(self, limit: int) -> None:
-        """Too many connections have said nothing yet: this, the oldest, is closed."""
+        """Too many connections have said nothing yet: this one is closed."""
         self.setTimeout(None)
         self._factory.waiting.pop(self, None)
         self._plain()
@@ -232,7 +242,7 @@ class _Chooser(Protocol, TimeoutMixin):
                 "too-many-silent-connections",
                 Text(
                     "The relay holds {limit} connections that have sent nothing yet, its "
-                    "maximum; this one, the oldest, is closed. Connect again and send at once.",
+                    "maximum; this one is closed. Connect again and send at once.",
                     limit=limit,
                 ),
             )
@@ -348,7 +358,10 @@ class SessionChoiceFactory(Factory):
     @param clock: times the wait for a connection's first byte.
     @param idle_timeout: how long that wait may be.
     @param max_silent: connections that have not sent their first byte yet,
-        at most (0: no limit); one more closes the oldest of them.
+        at most (0: no limit); one more closes the oldest of them if it has
+        been silent for C{silent_grace} seconds, else the newcomer.
+    @param silent_grace: how long a connection may take to speak before a
+        newcomer may crowd it out.
     @param gate: the allowlist's verdict on a peer (an error, or C{None} to
         admit it), asked before a session is refused for its choice of TLS
         or plain, so that a client outside the allowlist learns only that.
@@ -364,9 +377,11 @@ class SessionChoiceFactory(Factory):
         idle_timeout: float = 120.0,
         gate: Callable[[IAddress], EpopError | None] | None = None,
         max_silent: int = 0,
+        silent_grace: float = 2.0,
     ) -> None:
         self.wrapped = wrapped
         self.max_silent = max_silent
+        self.silent_grace = silent_grace
         self.gate = gate
         self.clock = clock
         self.idle_timeout = idle_timeout

@@ -44,6 +44,7 @@ from epop.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     MAX_SILENT_CONNECTIONS,
+    SILENT_GRACE,
     ConnectionLimits,
     LimitsFactory,
 )
@@ -433,6 +434,7 @@ def make_relay_service(
         # Silent connections are not counted against the caps (their client
         # is not known yet behind a load balancer), but they are bounded too.
         max_silent=MAX_SILENT_CONNECTIONS,
+        silent_grace=SILENT_GRACE,
     )
     listeners = []
     for description in settings.listen:

@@ -11,14 +11,14 @@ import trustme
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import tap
+from epop import service, tap
 from epop.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    MAX_SILENT_CONNECTIONS,
     ConnectionLimits,
 )
 from epop.local_tls import RelayTLS
@@ -149,22 +149,42 @@ class CapTests(TestCase):
     async def test_silent_connections_bounded(self) -> None:
         """
         Sockets that never send a byte are bounded apart from the caps: one
-        more than the bound closes the oldest, and a workstation that speaks
-        is still served.
+        more than the bound closes the oldest once it has been silent a
+        while, and a workstation that speaks is still served.
         """
+        self.patch(service, "MAX_SILENT_CONNECTIONS", 5)
+        self.patch(service, "SILENT_GRACE", 0.2)
         relay = self.relay()
         served = relay.service.listeners[0].served
-        silent = [await connect(self, relay.port) for _ in range(MAX_SILENT_CONNECTIONS)]
-        self.assertTrue(await poll_until(reactor, lambda: len(served.waiting) == MAX_SILENT_CONNECTIONS))
-        oldest = silent[0]
+        silent = [await connect(self, relay.port) for _ in range(5)]
+        self.assertTrue(await poll_until(reactor, lambda: len(served.waiting) == 5))
+        await deferLater(reactor, 0.3, lambda: None)
         one_more = await connect(self, relay.port)
+        oldest = silent[0]
         await oldest.closed
         [error] = oldest.messages(FrameType.ERROR)
         self.assertEqual(error["code"], "too-many-silent-connections")
-        self.assertIn(f"{MAX_SILENT_CONNECTIONS} connections that have sent nothing", error["message"])
+        self.assertIn("5 connections that have sent nothing", error["message"])
         self.assertTrue(await poll_until(reactor, lambda: self.closed_reasons(relay) == ["too-many-silent-connections"]))
         self.assertFalse(any(client.closed.called for client in silent[1:]))
         self.assertEqual((await hello(one_more))[0], FrameType.WELCOME)
+
+    async def test_burst_of_silent_connections(self) -> None:
+        """
+        When the silent ones all just connected (a burst), the newcomer is
+        the one refused: none of those about to speak loses its place.
+        """
+        self.patch(service, "MAX_SILENT_CONNECTIONS", 5)
+        self.patch(service, "SILENT_GRACE", 60.0)
+        relay = self.relay()
+        served = relay.service.listeners[0].served
+        silent = [await connect(self, relay.port) for _ in range(5)]
+        self.assertTrue(await poll_until(reactor, lambda: len(served.waiting) == 5))
+        newcomer = await connect(self, relay.port)
+        await newcomer.closed
+        self.assertEqual(newcomer.messages(FrameType.ERROR)[0]["code"], "too-many-silent-connections")
+        self.assertFalse(any(client.closed.called for client in silent))
+        self.assertEqual((await hello(silent[0]))[0], FrameType.WELCOME)
 
 
 class SettingsTests(SynchronousTestCase):
