@@ -461,10 +461,18 @@ class Interruption:
     which drops its connection before e-PMSI gets a whole file, and the
     command then exits 128 + N; with nothing in flight (the sandbox, a
     followed journal) C{otherwise} runs, by default stopping the reactor.
+
+    Once the command's outcome is known (L{settle}), it is the exit status:
+    a signal that comes after e-PMSI's answer, while the process is still
+    on its way out, only stops the reactor.  So what was printed (e-PMSI's
+    answer and "Sent ...") and the exit status always agree, whichever of
+    the answer and the signal the reactor sees first.
     """
 
     def __init__(self, otherwise: Any = None) -> None:
         self.signal: int | None = None
+        #: The command's own exit status, once it has one.
+        self.outcome: int | None = None
         self._operation: Deferred[Any] | None = None
         self.otherwise = otherwise
 
@@ -479,19 +487,29 @@ class Interruption:
         # Not Deferred.called: a Deferred waiting on another one is "called".
         operation.addBoth(finished)
 
+    def settle(self, status: int) -> None:
+        """The command came to its outcome: no signal may change it now."""
+        if self.outcome is None:
+            self.outcome = status
+        self._operation = None
+
     def interrupt(self, number: int) -> None:
-        if self._operation is not None and self.signal is None:
+        if self.outcome is None and self._operation is not None and self.signal is None:
             self.signal = number
             self._operation.cancel()
         elif self.otherwise is not None:
-            # Nothing to cancel, or a second signal: stop as Twisted would.
+            # Nothing to cancel, a second signal, or the outcome is known:
+            # stop as Twisted would.
             self.otherwise()
 
     def exit_status(self, status: Any) -> Any:
         """
-        The status to exit with: a second signal stops the reactor before the
-        send or test ends, and react() then says 0; it was interrupted.
+        The status to exit with: the outcome's when the command reached one.
+        Without one, a signal stopped the reactor before the send or test
+        ended (a second Ctrl-C), and react() then says 0: it was interrupted.
         """
+        if self.outcome is not None:
+            return self.outcome
         if self.signal is not None and not status:
             return exit_status_for_signal(self.signal)
         return status
@@ -870,7 +888,11 @@ def run(
             stderr.write(failure.getTraceback())
         return EXIT_FAILED
 
-    return d.addErrback(failed)
+    def settled(code: int) -> int:
+        command.interruption.settle(code)
+        return code
+
+    return d.addErrback(failed).addCallback(settled)
 
 
 def _install_interruption(reactor: Any, interruption: Interruption) -> None:
@@ -887,8 +909,16 @@ def _install_interruption(reactor: Any, interruption: Interruption) -> None:
         signal.signal(number, handler)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+def main(
+    argv: list[str] | None = None,
+    *,
+    reactor: Any = None,
+    install_signals: Any = _install_interruption,
+) -> None:
+    """
+    Console entry point.  C{reactor} and C{install_signals} let a test run
+    the whole of it, signals included, on a fake reactor.
+    """
     from twisted.internet.task import react
 
     args = sys.argv[1:] if argv is None else argv
@@ -900,7 +930,7 @@ def main(argv: list[str] | None = None) -> None:
                 reactor.stop()
 
         interruption.otherwise = stop
-        reactor.callWhenRunning(_install_interruption, reactor, interruption)
+        reactor.callWhenRunning(install_signals, reactor, interruption)
 
         def leave(code: int) -> None:
             if code:
@@ -909,6 +939,7 @@ def main(argv: list[str] | None = None) -> None:
         return run(reactor, args, interruption=interruption).addCallback(leave)
 
     try:
-        react(start)
+        react(start, _reactor=reactor)
     except SystemExit as leaving:
-        raise SystemExit(interruption.exit_status(leaving.code)) from None
+        status = interruption.exit_status(leaving.code)
+    raise SystemExit(status) from None
