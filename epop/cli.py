@@ -9,7 +9,8 @@ Exit status (the table in C{docs/exit-status.md}): 0 on success; 1 when
 e-PMSI or the relay answered with an error or could not be reached; 2 for a
 usage or settings error; 3 when the whole file was sent but its answer was
 lost, so that only e-PMSI knows whether it has it; 128 + N when signal N
-(SIGINT: 130, SIGTERM: 143) interrupted a send or a test.
+(SIGINT: 130, SIGTERM: 143) interrupted a send or a test; 141 (128 +
+SIGPIPE) when standard output was closed early, as by C{| head}.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
 __all__ = [
     "EXIT_ANSWER_LOST",
+    "EXIT_BROKEN_PIPE",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -91,6 +93,9 @@ EXIT_USAGE = 2
 #: All of the file was sent but its answer was lost: e-PMSI may have it.
 #: Distinct from 1 so that a script never sends the same file twice blindly.
 EXIT_ANSWER_LOST = 3
+#: Standard output was closed early (C{epop journal | head}): 128 + SIGPIPE,
+#: what a shell reports for a tool killed by it.
+EXIT_BROKEN_PIPE = 141
 
 
 def exit_status_for_signal(number: int) -> int:
@@ -771,13 +776,24 @@ class _Command:
         return succeed(0)
 
     def _follow(self, path: str, wanted: JournalFilter, as_json: bool) -> Deferred[int]:
+        # Follows until the reactor stops (Ctrl-C), or the reader of our
+        # output goes away (epop journal -f | grep -m1 ...).
+        done: Deferred[int] = Deferred()
+        follower: JournalFollower | None = None
+
         def show(record: dict[str, Any]) -> None:
-            if wanted.matches(record):
+            if done.called or not wanted.matches(record):
+                return
+            try:
                 if as_json:
                     self.say(safe_json(record))
                 else:
                     self.say(journal_row(record, self.language))
                 self.stdout.flush()
+            except BrokenPipeError:
+                if follower is not None:
+                    follower.stop()
+                done.callback(EXIT_BROKEN_PIPE)
 
         if not as_json:
             for line in journal_header(self.language):
@@ -786,6 +802,8 @@ class _Command:
             try:
                 for record in read_journal(path, wanted.since, self._problem, current=False):
                     show(record)
+                    if done.called:
+                        return done
             except OSError as e:
                 return self._unreadable(path, e)
         follower = JournalFollower(path, show, self.reactor, on_problem=self._problem)
@@ -793,7 +811,7 @@ class _Command:
         if follower.waiting:
             self.stderr.write(Text("Waiting for {path} to appear.", path=path).render(self.language) + "\n")
         self.reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
-        return Deferred()  # follows until the reactor stops (Ctrl-C)
+        return done
 
     def connections(self, options: ConnectionsOptions) -> Deferred[int]:
         path = options["path"]
@@ -869,18 +887,25 @@ def run(
         name = options.subCommand or ""
         stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(EXIT_USAGE)
-    if options.subCommand == "sandbox":
-        d = command.sandbox(sub)
-    elif options.subCommand == "journal":
-        d = command.journal(sub)
-    elif options.subCommand == "connections":
-        d = command.connections(sub)
-    elif options.subCommand == "send":
-        d = command.send(sub)
-    else:
-        d = command.test(sub)
+    except BrokenPipeError:  # --help, config show... read by a reader gone
+        return succeed(EXIT_BROKEN_PIPE)
+    try:
+        if options.subCommand == "sandbox":
+            d = command.sandbox(sub)
+        elif options.subCommand == "journal":
+            d = command.journal(sub)
+        elif options.subCommand == "connections":
+            d = command.connections(sub)
+        elif options.subCommand == "send":
+            d = command.send(sub)
+        else:
+            d = command.test(sub)
+    except BrokenPipeError:
+        return succeed(EXIT_BROKEN_PIPE)
 
     def failed(failure: Failure) -> int:
+        if failure.check(BrokenPipeError):
+            return EXIT_BROKEN_PIPE
         if failure.check(EpopError):
             stderr.write(f"epop: {failure.value.render(command.language)}\n")
         else:
@@ -907,6 +932,28 @@ def _install_interruption(reactor: Any, interruption: Interruption) -> None:
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, handler)
+
+
+def _quiet_if_stdout_closed(status: int) -> int:
+    """
+    Flush standard output now, while a closed pipe can still be told apart:
+    when the reader went away (C{epop journal | head}), say nothing and
+    exit 141, as a tool killed by SIGPIPE would, rather than let Python
+    print a traceback on its way out.
+    """
+    if sys.stdout is None:  # started with no standard output at all
+        return status
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = status or EXIT_BROKEN_PIPE
+    if status == EXIT_BROKEN_PIPE:
+        # What is left in the buffer can never be written: drop it quietly.
+        with suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    return status
 
 
 def main(
@@ -942,4 +989,4 @@ def main(
         react(start, _reactor=reactor)
     except SystemExit as leaving:
         status = interruption.exit_status(leaving.code)
-    raise SystemExit(status) from None
+    raise SystemExit(_quiet_if_stdout_closed(status)) from None

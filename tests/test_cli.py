@@ -218,9 +218,10 @@ class ExitStatusTests(TestCase):
             documented = {int(m) for m in re.findall(r"^\| `(\d+)` \|", f.read(), re.M)}
         signals = {cli.exit_status_for_signal(signal.SIGINT), cli.exit_status_for_signal(signal.SIGTERM)}
         self.assertEqual(signals, {130, 143})
-        used = {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST} | signals
+        used = {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST, cli.EXIT_BROKEN_PIPE} | signals
         self.assertEqual(documented, used)
         self.assertEqual((cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST), (0, 1, 2, 3))
+        self.assertEqual(cli.EXIT_BROKEN_PIPE, cli.exit_status_for_signal(signal.SIGPIPE))
 
     async def test_answer_lost_is_3(self) -> None:
         """The whole file sent, then the relay hangs up: 3, and 'e-PMSI may have received it'."""
