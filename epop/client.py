@@ -124,6 +124,18 @@ class Reply:
         return 200 <= self.status < 300
 
 
+#: The relay's ERROR codes for a limit on connections or checks: it was
+#: reached and answered, and asks to come back later.
+_RELAY_LIMITS = frozenset(
+    {
+        "too-many-checks",
+        "too-many-connections",
+        "too-many-connections-from-client",
+        "too-many-silent-connections",
+    }
+)
+
+
 @dataclass
 class TestReport:
     """
@@ -164,12 +176,22 @@ class TestReport:
 
     @property
     def step(self) -> Text:
-        """Which step failed, in words: the manual's list of causes."""
+        """
+        Which step failed, in words: the manual's list of causes.  A relay
+        that answered but refused on its own account was reached: say which
+        of its rules turned the workstation away.
+        """
         code = self.error.code if self.error is not None else ""
         if code == "not-authorized":
             return Text("being allowed by the relay")
         if code in ("relay-tls", "tls-required", "tls-not-configured"):
             return Text("encrypting the connection to the relay (TLS)")
+        if code in _RELAY_LIMITS:
+            return Text("being served by the relay (its limits)")
+        if code in ("no-proxy-header", "bad-proxy-header"):
+            return Text("reaching the relay through its load balancer")
+        if code in ("hello-timeout", "frame-timeout"):
+            return Text("sending to the relay within its time limits")
         if self.failed_step == "relay":
             return Text("reaching the relay")
         if self.failed_step == "epmsi" and self.relay is not None:

@@ -7,7 +7,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.client import Endpoint, RelayClientProtocol
+from epop.client import Endpoint, RelayClientProtocol, TestReport, test_connection
 from epop.errors import EpopError, RelayError
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 
@@ -91,3 +91,63 @@ class ConnectTimeoutTests(SynchronousTestCase):
             "No machine answered at that address: check the address.",
         )
         self.assertIn("pas de réponse dans le délai (10 s)", error.render("fr"))
+
+
+class TestStepTests(SynchronousTestCase):
+    """`epop test` names the step the relay's own refusals stopped at."""
+
+    def report_for(self, code: str) -> TestReport:
+        """Run the test on a memory reactor: the relay says WELCOME, then ERROR C{code}."""
+        reactor = MemoryReactorClock()
+        d = test_connection(reactor, relay=Endpoint("127.0.0.1", 3358))
+        reactor.advance(0)
+        [(_, _, factory, _, _)] = reactor.tcpClients
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(0.009)
+        protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+        reactor.advance(0)
+        protocol.dataReceived(
+            encode_message(FrameType.ERROR, {"code": code, "message": f"refused: {code}"})
+        )
+        reactor.advance(0)
+        return self.successResultOf(d)
+
+    def test_limits(self) -> None:
+        """A relay at one of its limits was reached: the step is its limits."""
+        for code in (
+            "too-many-checks",
+            "too-many-connections",
+            "too-many-connections-from-client",
+            "too-many-silent-connections",
+        ):
+            report = self.report_for(code)
+            self.assertFalse(report.ok)
+            self.assertIn("Relay 127.0.0.1:3358 answered in 9 ms", report.describe())
+            self.assertEqual(report.step.render("en"), "being served by the relay (its limits)", code)
+            self.assertEqual(report.step.render("fr"), "le service par le relais (ses limites)", code)
+
+    def test_proxy_header(self) -> None:
+        """A relay behind a load balancer that got no or a bad PROXY header."""
+        for code in ("no-proxy-header", "bad-proxy-header"):
+            self.assertEqual(
+                self.report_for(code).step.render("en"),
+                "reaching the relay through its load balancer",
+                code,
+            )
+
+    def test_time_limits(self) -> None:
+        """The relay's own deadlines on what the workstation sends."""
+        for code in ("hello-timeout", "frame-timeout"):
+            self.assertEqual(
+                self.report_for(code).step.render("en"),
+                "sending to the relay within its time limits",
+                code,
+            )
+
+    def test_unreachable_is_still_reaching(self) -> None:
+        """Nothing answered: the step stays 'reaching the relay'."""
+        report = TestReport("127.0.0.1:3358", error=EpopError("relay-unreachable", "no"), failed_step="relay")
+        self.assertEqual(report.step.render("en"), "reaching the relay")
+
