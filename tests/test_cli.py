@@ -204,6 +204,36 @@ class _SwallowingRelay(Protocol):
         self.factory.connections.remove(self)
 
 
+class _RefusingRelay(Protocol):
+    """A relay that greets, then refuses the check with the factory's ERROR code."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(encode_message(FrameType.WELCOME, {"version": 1}))
+
+    def dataReceived(self, data: bytes) -> None:
+        if bytes([FrameType.CHECK]) in data:
+            code = self.factory.code
+            self.transport.write(encode_message(FrameType.ERROR, {"code": code, "message": f"no: {code}"}))
+            self.transport.loseConnection()
+
+
+class TestStepTests(TestCase):
+    async def test_relay_limit_is_not_reaching(self) -> None:
+        """A relay that answered, then refused the check at its limit: that step, not 'reaching the relay'."""
+        factory = Factory.forProtocol(_RefusingRelay)
+        factory.code = "too-many-checks"
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        code, _, err = await run_epop(
+            os.path.abspath(self.mktemp()), "test", "--relay", f"127.0.0.1:{port.getHost().port}"
+        )
+        self.assertEqual(code, 1, err)
+        self.assertIn("Test failed at this step: being served by the relay (its limits).", err)
+        self.assertIn(f"Relay 127.0.0.1:{port.getHost().port} answered in", err)
+        self.assertIn("no: too-many-checks", err)
+        self.assertNotIn("reaching the relay", err)
+
+
 class ExitStatusTests(TestCase):
     """Each exit status of docs/exit-status.md, pinned."""
 
