@@ -78,6 +78,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Interruption",
+    "ProcessSignals",
     "exit_status_for_signal",
     "main",
     "run",
@@ -920,18 +921,32 @@ def run(
     return d.addErrback(failed).addCallback(settled)
 
 
-def _install_interruption(reactor: Any, interruption: Interruption) -> None:
+class ProcessSignals:
     """
-    Route SIGINT and SIGTERM to C{interruption}.  Run once the reactor runs:
-    it replaces the handlers the reactor installed, which would stop it with
-    the operation still in flight and the exit status 0.
+    The process's SIGINT and SIGTERM.  While the command runs they go to an
+    L{Interruption}.  Once its exit status is decided they are ignored: on
+    its way out Python puts back the default action, and a Ctrl-C that
+    lands then (just after "Sent ... e-PMSI answered 200 OK.") would kill
+    the process, which the shell reports as 130, for a delivered file.
     """
 
-    def handler(number: int, frame: Any) -> None:
-        reactor.callFromThread(interruption.interrupt, number)
+    def install(self, reactor: Any, interruption: Interruption) -> None:
+        """
+        Route the signals to C{interruption}.  Run once the reactor runs: it
+        replaces the handlers the reactor installed, which would stop it
+        with the operation still in flight and the exit status 0.
+        """
 
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, handler)
+        def handler(number: int, frame: Any) -> None:
+            reactor.callFromThread(interruption.interrupt, number)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, handler)
+
+    def leaving(self) -> None:
+        """The exit status is decided: no signal may change it any more."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def _quiet_if_stdout_closed(status: int) -> int:
@@ -960,15 +975,16 @@ def main(
     argv: list[str] | None = None,
     *,
     reactor: Any = None,
-    install_signals: Any = _install_interruption,
+    signals: ProcessSignals | None = None,
 ) -> None:
     """
-    Console entry point.  C{reactor} and C{install_signals} let a test run
-    the whole of it, signals included, on a fake reactor.
+    Console entry point.  C{reactor} and C{signals} let a test run the
+    whole of it, signals included, on a fake reactor.
     """
     from twisted.internet.task import react
 
     args = sys.argv[1:] if argv is None else argv
+    signals = signals if signals is not None else ProcessSignals()
     interruption = Interruption()
 
     def start(reactor: Any) -> Deferred[None]:
@@ -977,7 +993,7 @@ def main(
                 reactor.stop()
 
         interruption.otherwise = stop
-        reactor.callWhenRunning(install_signals, reactor, interruption)
+        reactor.callWhenRunning(signals.install, reactor, interruption)
 
         def leave(code: int) -> None:
             if code:
@@ -989,4 +1005,5 @@ def main(
         react(start, _reactor=reactor)
     except SystemExit as leaving:
         status = interruption.exit_status(leaving.code)
+    signals.leaving()
     raise SystemExit(_quiet_if_stdout_closed(status)) from None

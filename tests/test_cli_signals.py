@@ -1,8 +1,9 @@
 """
-C{epop send}'s exit status against signals that race e-PMSI's answer, run
-in-process through L{epop.cli.main} on a reactor that plays a script: each
-step is one turn of the reactor, in a fixed order, so that each order of
-"the answer arrives" and "SIGINT's handler runs" is tested every time.
+C{epop send}'s exit status against signals that race e-PMSI's answer: in
+process through L{epop.cli.main} on a reactor that plays a script (each
+step one turn of the reactor, so that each order of "the answer arrives"
+and "SIGINT's handler runs" is tested every time), and as a real process
+signalled the moment it prints its success line.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
 from epop.client import Reply, UploadFailed
 from epop.errors import EpopError
 from epop.messages import Text
+from tests.relaying import start_relay
+from tests.support import make_trustme_sandbox, write_random_file
+from tests.test_cli_interrupt import Command, epop_command
 
 RECEIPT = b'{"status": "ok"}\n'
 
@@ -75,6 +83,20 @@ class FakeUpload:
         result.errback(UploadFailed(reason, "upload", via_relay=True, maybe_delivered=False))
 
 
+class RecordedSignals(cli.ProcessSignals):
+    """The process's signals left alone: the test delivers them itself."""
+
+    def __init__(self, interruptions: list[cli.Interruption]) -> None:
+        self.interruptions = interruptions
+        self.left = False
+
+    def install(self, reactor: Any, interruption: cli.Interruption) -> None:
+        self.interruptions.append(interruption)
+
+    def leaving(self) -> None:
+        self.left = True
+
+
 class SignalRaceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = self.mktemp()
@@ -102,13 +124,11 @@ class SignalRaceTests(SynchronousTestCase):
             return real_run(reactor, argv, stdout=self.stdout, stderr=self.stderr, **kwargs)
 
         self.patch(cli, "run", run)
+        signals = RecordedSignals(self.interruptions)
         with self.assertRaises(SystemExit) as leaving:
-            cli.main(
-                ["send", self.path, "--relay", "relay.example"],
-                reactor=reactor,
-                install_signals=lambda reactor, interruption: self.interruptions.append(interruption),
-            )
+            cli.main(["send", self.path, "--relay", "relay.example"], reactor=reactor, signals=signals)
         self.assertFalse(reactor.running)
+        self.assertTrue(signals.left, "signals still handled on the way out")
         return leaving.exception.code
 
     def test_signal_after_the_answer(self) -> None:
@@ -159,3 +179,62 @@ class SignalRaceTests(SynchronousTestCase):
         code = self.run_main(self.signal_handler(signal.SIGINT), self.signal_handler(signal.SIGINT))
         self.assertEqual(code, 130, self.stderr.getvalue())
         self.assertNotIn("Sent ", self.stderr.getvalue())
+
+
+class _SignalAfterSent(Command):
+    """
+    An C{epop send} process that gets SIGINT as soon as it says 'Sent', and
+    again every few milliseconds until it is gone: one of them lands in
+    each moment of its way out.
+    """
+
+    signalled = 0
+    _repeat: LoopingCall | None = None
+
+    def errReceived(self, data: bytes) -> None:
+        super().errReceived(data)
+        if b"Sent " in self.err and self._repeat is None:
+            self._repeat = LoopingCall(self._signal)
+            self._repeat.clock = reactor
+            self._repeat.start(0.003)
+
+    def _signal(self) -> None:
+        try:
+            self.process.signalProcess("INT")
+            self.signalled += 1
+        except ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._repeat is not None and self._repeat.running:
+            self._repeat.stop()
+        super().processEnded(reason)
+
+
+class SignalAfterSentProcessTests(TestCase):
+    """The real process: Ctrl-C just after the success line, while it exits."""
+
+    timeout = 120
+
+    async def test_sigint_after_sent_exits_0(self) -> None:
+        """A delivered file exits 0 (never killed by SIGINT, 130) whenever the signal lands."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path)
+        path = os.path.abspath(self.mktemp())
+        write_random_file(path, 64 * 1024, seed=4)
+        env = dict(os.environ, EPOP_CONFIG=os.path.abspath(self.mktemp()), LANG="C.UTF-8")
+        env.pop("LC_ALL", None)
+        for _ in range(8):
+            command = _SignalAfterSent()
+            command.process = reactor.spawnProcess(
+                command, epop_command()[0],
+                [*epop_command(), "send", path, "--relay", str(relay.endpoint)], env=env,
+            )
+            self.addCleanup(command.kill)
+            code, killed_by = await command.ended
+            err = command.err.decode()
+            self.assertTrue(command.signalled, err)
+            self.assertEqual((code, killed_by), (0, None), err)
+            self.assertIn("e-PMSI answered 200 OK.", err)
+            self.assertNotIn("Interrupted", err)
+            self.assertNotIn("Traceback", err)
