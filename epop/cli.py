@@ -9,7 +9,8 @@ Exit status (the table in C{docs/exit-status.md}): 0 on success; 1 when
 e-PMSI or the relay answered with an error or could not be reached; 2 for a
 usage or settings error; 3 when the whole file was sent but its answer was
 lost, so that only e-PMSI knows whether it has it; 128 + N when signal N
-(SIGINT: 130, SIGTERM: 143) interrupted a send or a test.
+(SIGINT: 130, SIGTERM: 143) interrupted a send or a test; 141 (128 +
+SIGPIPE) when standard output was closed early, as by C{| head}.
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
 __all__ = [
     "EXIT_ANSWER_LOST",
+    "EXIT_BROKEN_PIPE",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
     "Interruption",
+    "ProcessSignals",
     "exit_status_for_signal",
     "main",
     "run",
@@ -91,6 +94,9 @@ EXIT_USAGE = 2
 #: All of the file was sent but its answer was lost: e-PMSI may have it.
 #: Distinct from 1 so that a script never sends the same file twice blindly.
 EXIT_ANSWER_LOST = 3
+#: Standard output was closed early (C{epop journal | head}): 128 + SIGPIPE,
+#: what a shell reports for a tool killed by it.
+EXIT_BROKEN_PIPE = 141
 
 
 def exit_status_for_signal(number: int) -> int:
@@ -461,10 +467,18 @@ class Interruption:
     which drops its connection before e-PMSI gets a whole file, and the
     command then exits 128 + N; with nothing in flight (the sandbox, a
     followed journal) C{otherwise} runs, by default stopping the reactor.
+
+    Once the command's outcome is known (L{settle}), it is the exit status:
+    a signal that comes after e-PMSI's answer, while the process is still
+    on its way out, only stops the reactor.  So what was printed (e-PMSI's
+    answer and "Sent ...") and the exit status always agree, whichever of
+    the answer and the signal the reactor sees first.
     """
 
     def __init__(self, otherwise: Any = None) -> None:
         self.signal: int | None = None
+        #: The command's own exit status, once it has one.
+        self.outcome: int | None = None
         self._operation: Deferred[Any] | None = None
         self.otherwise = otherwise
 
@@ -479,19 +493,29 @@ class Interruption:
         # Not Deferred.called: a Deferred waiting on another one is "called".
         operation.addBoth(finished)
 
+    def settle(self, status: int) -> None:
+        """The command came to its outcome: no signal may change it now."""
+        if self.outcome is None:
+            self.outcome = status
+        self._operation = None
+
     def interrupt(self, number: int) -> None:
-        if self._operation is not None and self.signal is None:
+        if self.outcome is None and self._operation is not None and self.signal is None:
             self.signal = number
             self._operation.cancel()
         elif self.otherwise is not None:
-            # Nothing to cancel, or a second signal: stop as Twisted would.
+            # Nothing to cancel, a second signal, or the outcome is known:
+            # stop as Twisted would.
             self.otherwise()
 
     def exit_status(self, status: Any) -> Any:
         """
-        The status to exit with: a second signal stops the reactor before the
-        send or test ends, and react() then says 0; it was interrupted.
+        The status to exit with: the outcome's when the command reached one.
+        Without one, a signal stopped the reactor before the send or test
+        ended (a second Ctrl-C), and react() then says 0: it was interrupted.
         """
+        if self.outcome is not None:
+            return self.outcome
         if self.signal is not None and not status:
             return exit_status_for_signal(self.signal)
         return status
@@ -753,13 +777,24 @@ class _Command:
         return succeed(0)
 
     def _follow(self, path: str, wanted: JournalFilter, as_json: bool) -> Deferred[int]:
+        # Follows until the reactor stops (Ctrl-C), or the reader of our
+        # output goes away (epop journal -f | grep -m1 ...).
+        done: Deferred[int] = Deferred()
+        follower: JournalFollower | None = None
+
         def show(record: dict[str, Any]) -> None:
-            if wanted.matches(record):
+            if done.called or not wanted.matches(record):
+                return
+            try:
                 if as_json:
                     self.say(safe_json(record))
                 else:
                     self.say(journal_row(record, self.language))
                 self.stdout.flush()
+            except BrokenPipeError:
+                if follower is not None:
+                    follower.stop()
+                done.callback(EXIT_BROKEN_PIPE)
 
         if not as_json:
             for line in journal_header(self.language):
@@ -768,6 +803,8 @@ class _Command:
             try:
                 for record in read_journal(path, wanted.since, self._problem, current=False):
                     show(record)
+                    if done.called:
+                        return done
             except OSError as e:
                 return self._unreadable(path, e)
         follower = JournalFollower(path, show, self.reactor, on_problem=self._problem)
@@ -775,7 +812,7 @@ class _Command:
         if follower.waiting:
             self.stderr.write(Text("Waiting for {path} to appear.", path=path).render(self.language) + "\n")
         self.reactor.addSystemEventTrigger("before", "shutdown", follower.stop)
-        return Deferred()  # follows until the reactor stops (Ctrl-C)
+        return done
 
     def connections(self, options: ConnectionsOptions) -> Deferred[int]:
         path = options["path"]
@@ -851,18 +888,25 @@ def run(
         name = options.subCommand or ""
         stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(EXIT_USAGE)
-    if options.subCommand == "sandbox":
-        d = command.sandbox(sub)
-    elif options.subCommand == "journal":
-        d = command.journal(sub)
-    elif options.subCommand == "connections":
-        d = command.connections(sub)
-    elif options.subCommand == "send":
-        d = command.send(sub)
-    else:
-        d = command.test(sub)
+    except BrokenPipeError:  # --help, config show... read by a reader gone
+        return succeed(EXIT_BROKEN_PIPE)
+    try:
+        if options.subCommand == "sandbox":
+            d = command.sandbox(sub)
+        elif options.subCommand == "journal":
+            d = command.journal(sub)
+        elif options.subCommand == "connections":
+            d = command.connections(sub)
+        elif options.subCommand == "send":
+            d = command.send(sub)
+        else:
+            d = command.test(sub)
+    except BrokenPipeError:
+        return succeed(EXIT_BROKEN_PIPE)
 
     def failed(failure: Failure) -> int:
+        if failure.check(BrokenPipeError):
+            return EXIT_BROKEN_PIPE
         if failure.check(EpopError):
             stderr.write(f"epop: {failure.value.render(command.language)}\n")
         else:
@@ -870,28 +914,77 @@ def run(
             stderr.write(failure.getTraceback())
         return EXIT_FAILED
 
-    return d.addErrback(failed)
+    def settled(code: int) -> int:
+        command.interruption.settle(code)
+        return code
+
+    return d.addErrback(failed).addCallback(settled)
 
 
-def _install_interruption(reactor: Any, interruption: Interruption) -> None:
+class ProcessSignals:
     """
-    Route SIGINT and SIGTERM to C{interruption}.  Run once the reactor runs:
-    it replaces the handlers the reactor installed, which would stop it with
-    the operation still in flight and the exit status 0.
+    The process's SIGINT and SIGTERM.  While the command runs they go to an
+    L{Interruption}.  Once its exit status is decided they are ignored: on
+    its way out Python puts back the default action, and a Ctrl-C that
+    lands then (just after "Sent ... e-PMSI answered 200 OK.") would kill
+    the process, which the shell reports as 130, for a delivered file.
     """
 
-    def handler(number: int, frame: Any) -> None:
-        reactor.callFromThread(interruption.interrupt, number)
+    def install(self, reactor: Any, interruption: Interruption) -> None:
+        """
+        Route the signals to C{interruption}.  Run once the reactor runs: it
+        replaces the handlers the reactor installed, which would stop it
+        with the operation still in flight and the exit status 0.
+        """
 
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, handler)
+        def handler(number: int, frame: Any) -> None:
+            reactor.callFromThread(interruption.interrupt, number)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, handler)
+
+    def leaving(self) -> None:
+        """The exit status is decided: no signal may change it any more."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+def _quiet_if_stdout_closed(status: int) -> int:
+    """
+    Flush standard output now, while a closed pipe can still be told apart:
+    when the reader went away (C{epop journal | head}), say nothing and
+    exit 141, as a tool killed by SIGPIPE would, rather than let Python
+    print a traceback on its way out.
+    """
+    if sys.stdout is None:  # started with no standard output at all
+        return status
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = status or EXIT_BROKEN_PIPE
+    if status == EXIT_BROKEN_PIPE:
+        # What is left in the buffer can never be written: drop it quietly.
+        with suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    return status
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    reactor: Any = None,
+    signals: ProcessSignals | None = None,
+) -> None:
+    """
+    Console entry point.  C{reactor} and C{signals} let a test run the
+    whole of it, signals included, on a fake reactor.
+    """
     from twisted.internet.task import react
 
     args = sys.argv[1:] if argv is None else argv
+    signals = signals if signals is not None else ProcessSignals()
     interruption = Interruption()
 
     def start(reactor: Any) -> Deferred[None]:
@@ -900,7 +993,7 @@ def main(argv: list[str] | None = None) -> None:
                 reactor.stop()
 
         interruption.otherwise = stop
-        reactor.callWhenRunning(_install_interruption, reactor, interruption)
+        reactor.callWhenRunning(signals.install, reactor, interruption)
 
         def leave(code: int) -> None:
             if code:
@@ -909,6 +1002,8 @@ def main(argv: list[str] | None = None) -> None:
         return run(reactor, args, interruption=interruption).addCallback(leave)
 
     try:
-        react(start)
+        react(start, _reactor=reactor)
     except SystemExit as leaving:
-        raise SystemExit(interruption.exit_status(leaving.code)) from None
+        status = interruption.exit_status(leaving.code)
+    signals.leaving()
+    raise SystemExit(_quiet_if_stdout_closed(status)) from None

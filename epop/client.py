@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -124,6 +124,18 @@ class Reply:
         return 200 <= self.status < 300
 
 
+#: The relay's ERROR codes for a limit on connections or checks: it was
+#: reached and answered, and asks to come back later.
+_RELAY_LIMITS = frozenset(
+    {
+        "too-many-checks",
+        "too-many-connections",
+        "too-many-connections-from-client",
+        "too-many-silent-connections",
+    }
+)
+
+
 @dataclass
 class TestReport:
     """
@@ -156,7 +168,7 @@ class TestReport:
                 )
             )
         if self.epmsi is not None:
-            text = self.epmsi.text()
+            text = _check_text(self.epmsi)
             lines.append(Text("Through the relay: {check}", check=text) if self.relay else text)
         elif self.error is not None:
             lines.append(self.error.text)
@@ -164,12 +176,22 @@ class TestReport:
 
     @property
     def step(self) -> Text:
-        """Which step failed, in words: the manual's list of causes."""
+        """
+        Which step failed, in words: the manual's list of causes.  A relay
+        that answered but refused on its own account was reached: say which
+        of its rules turned the workstation away.
+        """
         code = self.error.code if self.error is not None else ""
         if code == "not-authorized":
             return Text("being allowed by the relay")
         if code in ("relay-tls", "tls-required", "tls-not-configured"):
             return Text("encrypting the connection to the relay (TLS)")
+        if code in _RELAY_LIMITS:
+            return Text("being served by the relay (its limits)")
+        if code in ("no-proxy-header", "bad-proxy-header"):
+            return Text("reaching the relay through its load balancer")
+        if code in ("hello-timeout", "frame-timeout"):
+            return Text("sending to the relay within its time limits")
         if self.failed_step == "relay":
             return Text("reaching the relay")
         if self.failed_step == "epmsi" and self.relay is not None:
@@ -177,6 +199,28 @@ class TestReport:
         if self.failed_step == "epmsi":
             return Text("reaching e-PMSI")
         return Text("starting")
+
+
+def _check_text(check: CheckResult) -> Text:
+    """
+    A check's outcome in words.  A timeout already says how long it waited
+    ("no answer in time (3 s)"): the time it took would only say it twice.
+    """
+    if not check.ok and check.error is not None and check.error.cause == "timeout":
+        return check.error.text
+    return check.text()
+
+
+def _closed_how(reason: Failure) -> Text | str | None:
+    """
+    How the relay's connection ended, in plain words rather than Twisted's:
+    nothing to add for a clean close, "cut" for a lost one.
+    """
+    if reason.check(ConnectionDone):
+        return None
+    if reason.check(ConnectionLost):
+        return Text("the connection was cut, not closed cleanly")
+    return reason.getErrorMessage()  # anything else: what little we know
 
 
 def _check_from_wire(message: dict[str, Any]) -> CheckResult:
@@ -648,27 +692,30 @@ class RelayClientProtocol(Protocol):
             return
         where = format_peer(self.transport.getPeer()) if self.transport else "?"
         error = describe_relay_tls_failure(reason, where)
+        how = _closed_how(reason)
         if error is None and operation is not None and operation.body is not None and not operation.body_sent:
-            error = EpopError(
-                "relay-closed",
-                Text(
+            if how is None:
+                text = Text(
                     "The relay closed the connection during the upload, after {sent} of "
-                    "{total} bytes ({why}): e-PMSI did not receive the file.",
+                    "{total} bytes: e-PMSI did not receive the file.",
                     sent=operation.sent,
                     total=operation.length,
-                    why=reason.getErrorMessage(),
-                ),
-                "connection-lost",
-            )
+                )
+            else:
+                text = Text(
+                    "The relay closed the connection during the upload, after {sent} of "
+                    "{total} bytes ({how}): e-PMSI did not receive the file.",
+                    sent=operation.sent,
+                    total=operation.length,
+                    how=how,
+                )
+            error = EpopError("relay-closed", text, "connection-lost")
         elif error is None:
-            error = EpopError(
-                "relay-closed",
-                Text(
-                    "The relay closed the connection before answering ({why}).",
-                    why=reason.getErrorMessage(),
-                ),
-                "connection-lost",
-            )
+            if how is None:
+                text = Text("The relay closed the connection before answering.")
+            else:
+                text = Text("The relay closed the connection before answering ({how}).", how=how)
+            error = EpopError("relay-closed", text, "connection-lost")
         self._fail(error)
 
     def _start(self, kind: str, output: Any = None) -> _Operation:

@@ -204,6 +204,36 @@ class _SwallowingRelay(Protocol):
         self.factory.connections.remove(self)
 
 
+class _RefusingRelay(Protocol):
+    """A relay that greets, then refuses the check with the factory's ERROR code."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(encode_message(FrameType.WELCOME, {"version": 1}))
+
+    def dataReceived(self, data: bytes) -> None:
+        if bytes([FrameType.CHECK]) in data:
+            code = self.factory.code
+            self.transport.write(encode_message(FrameType.ERROR, {"code": code, "message": f"no: {code}"}))
+            self.transport.loseConnection()
+
+
+class TestStepTests(TestCase):
+    async def test_relay_limit_is_not_reaching(self) -> None:
+        """A relay that answered, then refused the check at its limit: that step, not 'reaching the relay'."""
+        factory = Factory.forProtocol(_RefusingRelay)
+        factory.code = "too-many-checks"
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        code, _, err = await run_epop(
+            os.path.abspath(self.mktemp()), "test", "--relay", f"127.0.0.1:{port.getHost().port}"
+        )
+        self.assertEqual(code, 1, err)
+        self.assertIn("Test failed at this step: being served by the relay (its limits).", err)
+        self.assertIn(f"Relay 127.0.0.1:{port.getHost().port} answered in", err)
+        self.assertIn("no: too-many-checks", err)
+        self.assertNotIn("reaching the relay", err)
+
+
 class ExitStatusTests(TestCase):
     """Each exit status of docs/exit-status.md, pinned."""
 
@@ -218,9 +248,10 @@ class ExitStatusTests(TestCase):
             documented = {int(m) for m in re.findall(r"^\| `(\d+)` \|", f.read(), re.M)}
         signals = {cli.exit_status_for_signal(signal.SIGINT), cli.exit_status_for_signal(signal.SIGTERM)}
         self.assertEqual(signals, {130, 143})
-        used = {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST} | signals
+        used = {cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST, cli.EXIT_BROKEN_PIPE} | signals
         self.assertEqual(documented, used)
         self.assertEqual((cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_ANSWER_LOST), (0, 1, 2, 3))
+        self.assertEqual(cli.EXIT_BROKEN_PIPE, cli.exit_status_for_signal(signal.SIGPIPE))
 
     async def test_answer_lost_is_3(self) -> None:
         """The whole file sent, then the relay hangs up: 3, and 'e-PMSI may have received it'."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.client import Endpoint, RelayClientProtocol
-from epop.errors import EpopError, RelayError
+from epop.client import Endpoint, RelayClientProtocol, TestReport, test_connection
+from epop.errors import EpopError, RelayError, describe_upstream_failure
+from epop.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 
 
@@ -91,3 +93,136 @@ class ConnectTimeoutTests(SynchronousTestCase):
             "No machine answered at that address: check the address.",
         )
         self.assertIn("pas de réponse dans le délai (10 s)", error.render("fr"))
+
+
+class TestStepTests(SynchronousTestCase):
+    """`epop test` names the step the relay's own refusals stopped at."""
+
+    def report_for(self, code: str) -> TestReport:
+        """Run the test on a memory reactor: the relay says WELCOME, then ERROR C{code}."""
+        reactor = MemoryReactorClock()
+        d = test_connection(reactor, relay=Endpoint("127.0.0.1", 3358))
+        reactor.advance(0)
+        [(_, _, factory, _, _)] = reactor.tcpClients
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(0.009)
+        protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+        reactor.advance(0)
+        protocol.dataReceived(
+            encode_message(FrameType.ERROR, {"code": code, "message": f"refused: {code}"})
+        )
+        reactor.advance(0)
+        return self.successResultOf(d)
+
+    def test_limits(self) -> None:
+        """A relay at one of its limits was reached: the step is its limits."""
+        for code in (
+            "too-many-checks",
+            "too-many-connections",
+            "too-many-connections-from-client",
+            "too-many-silent-connections",
+        ):
+            report = self.report_for(code)
+            self.assertFalse(report.ok)
+            self.assertIn("Relay 127.0.0.1:3358 answered in 9 ms", report.describe())
+            self.assertEqual(report.step.render("en"), "being served by the relay (its limits)", code)
+            self.assertEqual(report.step.render("fr"), "le service par le relais (ses limites)", code)
+
+    def test_proxy_header(self) -> None:
+        """A relay behind a load balancer that got no or a bad PROXY header."""
+        for code in ("no-proxy-header", "bad-proxy-header"):
+            self.assertEqual(
+                self.report_for(code).step.render("en"),
+                "reaching the relay through its load balancer",
+                code,
+            )
+
+    def test_time_limits(self) -> None:
+        """The relay's own deadlines on what the workstation sends."""
+        for code in ("hello-timeout", "frame-timeout"):
+            self.assertEqual(
+                self.report_for(code).step.render("en"),
+                "sending to the relay within its time limits",
+                code,
+            )
+
+    def test_unreachable_is_still_reaching(self) -> None:
+        """Nothing answered: the step stays 'reaching the relay'."""
+        report = TestReport("127.0.0.1:3358", error=EpopError("relay-unreachable", "no"), failed_step="relay")
+        self.assertEqual(report.step.render("en"), "reaching the relay")
+
+
+class _Body:
+    """An upload body that never finishes: the relay goes away first."""
+
+    length = 10
+
+    def startProducing(self, consumer: object) -> Deferred[None]:
+        return Deferred()
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PlainWordsTests(SynchronousTestCase):
+    """The relay's connection ending, and e-PMSI's timeouts, said without Twisted's words."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.protocol = RelayClientProtocol(self.clock)
+        self.protocol.makeConnection(StringTransport())
+        self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+
+    def lost(self, operation: Deferred[object], reason: Exception) -> EpopError:
+        self.protocol.connectionLost(Failure(reason))
+        error = self.failureResultOf(operation, EpopError).value
+        self.assertEqual((error.code, error.cause), ("relay-closed", "connection-lost"))
+        return error
+
+    def test_closed_before_answering(self) -> None:
+        """A clean close: 'the relay closed the connection', nothing more."""
+        error = self.lost(self.protocol.check(), ConnectionDone())
+        self.assertEqual(error.render("en"), "The relay closed the connection before answering.")
+        self.assertEqual(error.render("fr"), "Le relais a fermé la connexion avant de répondre.")
+
+    def test_cut_before_answering(self) -> None:
+        """A lost connection says it was cut, not Twisted's 'non-clean fashion'."""
+        error = self.lost(self.protocol.check(), ConnectionLost())
+        self.assertEqual(
+            error.render("en"),
+            "The relay closed the connection before answering "
+            "(the connection was cut, not closed cleanly).",
+        )
+        self.assertNotIn("fashion", error.render("en"))
+
+    def test_closed_during_upload(self) -> None:
+        """Mid-upload, the same plain words, with how far the file got."""
+        error = self.lost(self.protocol.request("POST", "/syriusUpload.do", body=_Body()), ConnectionDone())
+        self.assertEqual(
+            error.render("en"),
+            "The relay closed the connection during the upload, after 0 of 10 bytes: "
+            "e-PMSI did not receive the file.",
+        )
+        self.assertNotIn("cleanly", error.render("en"))
+
+    def test_epmsi_timeout_says_its_time_once(self) -> None:
+        """'no answer in time (3 s)' is not followed by '(after 3004 ms)'."""
+        url = "https://www.epmsi.atih.sante.fr/"
+        timeout = describe_upstream_failure(Failure(TimeoutError()), url, timeout=3)
+        check = CheckResult(ok=False, url=url, elapsed=3.004, error=timeout)
+        report = TestReport(None, epmsi=check, error=timeout, failed_step="epmsi")
+        text = report.describe()
+        self.assertIn("no answer in time (3 s)", text)
+        self.assertNotIn("ms)", text)
+        self.assertEqual(text, timeout.render("en"))
+        refused = describe_upstream_failure(Failure(ConnectionRefusedError()), url)
+        other = TestReport(None, epmsi=CheckResult(ok=False, url=url, elapsed=0.002, error=refused))
+        self.assertIn("(after 2 ms)", other.describe())
