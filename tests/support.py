@@ -19,6 +19,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.ssl import Certificate
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
@@ -248,3 +249,14 @@ async def connect_to_epmsi(
     protocol = await endpoint.connect(Factory.forProtocol(Protocol))
     testcase.addCleanup(protocol.transport.abortConnection)
     return protocol
+
+
+class ShutdownClock(Clock):
+    """A Clock that the CLI can also register shutdown triggers with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[Any] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
+        self.triggers.append((phase, event, f))

@@ -28,6 +28,7 @@ from epop.journal_reader import (
     read_file,
     read_journal,
 )
+from tests.support import ShutdownClock
 
 RUN = "3c1c3f5238c2"
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc).timestamp()
@@ -48,17 +49,6 @@ def _line(number: int) -> bytes:
     return encode_record(_record(number))
 
 
-class _Reactor(Clock):
-    """A Clock that the CLI can also register shutdown triggers with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.triggers: list[Any] = []
-
-    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
-        self.triggers.append((phase, event, f))
-
-
 class NotAFileTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.folder = os.path.abspath(self.mktemp())
@@ -68,7 +58,7 @@ class NotAFileTests(SynchronousTestCase):
         self.environ = {"EPOP_CONFIG": os.path.join(self.folder, "config")}
 
     def run_epop(self, *argv: str) -> tuple[int, str, str]:
-        fake = _Reactor()
+        fake = ShutdownClock()
         fake.advance(NOW)
         stdout, stderr = io.BytesIO(), io.StringIO()
         d = cli.run(fake, list(argv), stdout=stdout, stderr=stderr, environ=self.environ)

@@ -24,6 +24,7 @@ from epop import cli
 from epop.journal import MemoryJournalWriter, JournalObserver, emit, encode_record, journal_record
 from epop.journal_reader import JournalFollower, connection_summaries, connections_table, journal_row
 from epop.printable import printable, safe_json
+from tests.support import ShutdownClock
 
 RUN = "3c1c3f5238c2"
 
@@ -157,17 +158,6 @@ class RelayLogTests(SynchronousTestCase):
         self.assertEqual(writer.records[1]["description"], "up\\nload: 1.23 s, None")
 
 
-class _Reactor(Clock):
-    """A Clock that the CLI can also register shutdown triggers with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.triggers: list[Any] = []
-
-    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
-        self.triggers.append((phase, event, f))
-
-
 class ViewerTests(SynchronousTestCase):
     """`epop journal` and `epop connections` on a journal that holds junk."""
 
@@ -243,7 +233,7 @@ class ViewerTests(SynchronousTestCase):
         """`epop journal --follow` (table and --json) prints junk that arrives while it follows as one safe line per event."""
         self.write(_records("10.1.4.27:51234", "/p", "closed-by-client"))
         for extra in ([], ["--json"]):
-            fake = _Reactor()
+            fake = ShutdownClock()
             stdout, stderr = io.BytesIO(), io.StringIO()
             d = cli.run(fake, ["journal", self.path, "--follow", *extra], stdout=stdout, stderr=stderr, environ=self.environ)
             before = len(stdout.getvalue().decode().splitlines())

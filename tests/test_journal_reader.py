@@ -35,7 +35,7 @@ from epop.journal_reader import (
     type_name,
 )
 from tests.relaying import HELLO, raw_connect, start_relay
-from tests.support import make_trustme_sandbox, poll_until
+from tests.support import ShutdownClock, make_trustme_sandbox, poll_until
 
 RUN_A = "3c1c3f5238c2"
 RUN_B = "1da46e10bf43"
@@ -250,17 +250,6 @@ class ReadTests(SynchronousTestCase):
         self.assertRegex(french[2], r"^1 +10\.1\.4\.27:51234 +25/11/2026 12:00:01 +25/11/2026 12:00:01 ")
 
 
-class _Reactor(Clock):
-    """A Clock that the CLI can also register shutdown triggers with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.triggers: list[Any] = []
-
-    def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
-        self.triggers.append((phase, event, f))
-
-
 class FollowTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.folder = os.path.abspath(self.mktemp())
@@ -354,7 +343,7 @@ class FollowTests(SynchronousTestCase):
     def test_cli_follow(self) -> None:
         """`epop journal --follow` prints the header and the events, then new matching ones as they come, and never ends on its own."""
         _write(self.path, _session(RUN_A, 1, NOW))
-        fake = _Reactor()
+        fake = ShutdownClock()
         fake.advance(NOW)
         stdout, stderr = io.BytesIO(), io.StringIO()
         d = cli.run(
