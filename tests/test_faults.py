@@ -90,6 +90,19 @@ class _FaultCase(TestCase):
         [connection] = relay.records("connection-closed")
         return released, connection
 
+    async def assert_cut_at_epmsi(self, relay: RunningRelay) -> None:
+        """
+        The journal tells of an upload whose connection to e-PMSI was lost
+        before the hash was checked, and e-PMSI kept nothing.
+        """
+        released, closed = await self.journal(relay)
+        self.assertEqual(
+            (released["outcome"], released.get("error"), released["integrity"]),
+            ("epmsi-unreachable", "connection-lost", "pending"),
+        )
+        self.assertEqual(closed["reason"], "epmsi-unreachable")
+        await self.assert_nothing_stored(relay)
+
     async def assert_nothing_stored(self, relay: RunningRelay | None = None) -> None:
         """
         e-PMSI kept nothing: no complete file, no partial upload left, no
@@ -284,13 +297,7 @@ class ProxyTunnelTests(_FaultCase):
             f"Impossible de joindre e-PMSI à {self.sandbox.url} par le proxy 127.0.0.1:{link.url_port} : "
             "la connexion a été fermée avant la réponse.",
         )
-        released, closed = await self.journal(relay)
-        self.assertEqual(
-            (released["outcome"], released.get("error"), released["integrity"]),
-            ("epmsi-unreachable", "connection-lost", "pending"),
-        )
-        self.assertEqual(closed["reason"], "epmsi-unreachable")
-        await self.assert_nothing_stored(relay)
+        await self.assert_cut_at_epmsi(relay)
         await self.upload_succeeds(relay)
 
     async def test_silent_tunnel_names_the_proxy(self) -> None:
@@ -350,13 +357,7 @@ class SquidTests(_FaultCase):
             f"Could not reach e-PMSI at {self.sandbox.url} through the proxy {squid.host}:{squid.port}: "
             "the connection was closed before an answer.",
         )
-        released, closed = await self.journal(relay)
-        self.assertEqual(
-            (released["outcome"], released.get("error"), released["integrity"]),
-            ("epmsi-unreachable", "connection-lost", "pending"),
-        )
-        self.assertEqual(closed["reason"], "epmsi-unreachable")
-        await self.assert_nothing_stored(relay)
+        await self.assert_cut_at_epmsi(relay)
 
     async def test_far_side_resets_behind_squid(self) -> None:
         """e-PMSI resets behind squid: squid drops the tunnel, the relay says so, nothing kept."""
@@ -367,13 +368,7 @@ class SquidTests(_FaultCase):
         error = await self.upload_fails(relay, GatedBody(form, len(form)), content_type)
         self.assertEqual((error.code, error.cause), ("epmsi-unreachable", "connection-lost"))
         self.assertIn(f"through the proxy {squid.host}:{squid.port}", error.message)
-        released, closed = await self.journal(relay)
-        self.assertEqual(
-            (released["outcome"], released.get("error"), released["integrity"]),
-            ("epmsi-unreachable", "connection-lost", "pending"),
-        )
-        self.assertEqual(closed["reason"], "epmsi-unreachable")
-        await self.assert_nothing_stored(relay)
+        await self.assert_cut_at_epmsi(relay)
         await self.upload_succeeds(relay)
 
 
