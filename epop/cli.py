@@ -15,8 +15,10 @@ SIGPIPE) when standard output was closed early, as by C{| head}.
 
 from __future__ import annotations
 
+import errno
 import getopt
 import getpass
+import math
 import os
 import signal
 import sys
@@ -134,6 +136,30 @@ class _Options(usage.Options):
         super().parseOptions(reordered + ["--"] + args)
 
 
+#: Errors that can only mean standard output is full (a disk, a quota).
+_OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _output_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _OUTPUT_FULL
+
+
+def _say_output_full(stderr: TextIO, error: OSError) -> int:
+    stderr.write(f"epop: cannot write to standard output: {error.strerror}\n")
+    return EXIT_FAILED
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    """An option's value as a finite, positive number of seconds, or a usage error naming it."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise usage.UsageError(f"--{name}: expected a positive number of seconds, not {value!r}")
+    return seconds
+
+
 class _TargetOptions(_Options):
     """
     Where to send: through a relay, or directly to e-PMSI (perhaps through
@@ -154,11 +180,10 @@ class _TargetOptions(_Options):
         ["relay-ca", None, None, "With --tls: PEM CA certificate that signs the relay's certificate (default: the system's)."],
         ["tls-client-cert", None, None, "With --tls: this workstation's PEM certificate, for relays that require one."],
         ["tls-client-key", None, None, "With --tls: the PEM private key of --tls-client-cert."],
-        ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting.", float],
+        ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting."],
         ["stall-timeout", None, DEFAULT_STALL_TIMEOUT,
          "Give up after this many seconds with nothing moving once connected: nothing of the "
-         "file taken, no answer received. Longer than the relay's own wait on e-PMSI (300 s).",
-         float],
+         "file taken, no answer received. Longer than the relay's own wait on e-PMSI (300 s)."],
     ]
 
     relay: Endpoint | None = None
@@ -182,10 +207,8 @@ class _TargetOptions(_Options):
                 "say where to send: --relay HOST[:PORT], or --direct "
                 "(or save it once: epop config set relay HOST)"
             )
-        if self["timeout"] <= 0:
-            raise usage.UsageError("--timeout must be a positive number of seconds")
-        if self["stall-timeout"] <= 0:
-            raise usage.UsageError("--stall-timeout must be a positive number of seconds")
+        for name in ("timeout", "stall-timeout"):
+            self[name] = _positive_seconds(name, self[name])
         tls_flags = ("relay-ca", "tls-client-cert", "tls-client-key")
         if mode == "relay":
             if not self["tls"] and any(self[flag] for flag in tls_flags):
@@ -263,6 +286,8 @@ class SendOptions(_TargetOptions):
 
     def postOptions(self) -> None:
         path = self["file"]
+        if os.path.isdir(path):
+            raise usage.UsageError(f"{path} is a folder: give the file to send")
         if not os.path.isfile(path):
             raise usage.UsageError(f"{path}: no such file")
         if not os.access(path, os.R_OK):
@@ -354,10 +379,16 @@ class SandboxOptions(_Options):
         "and answers each upload with a JSON receipt."
     )
     optParameters = [
-        ["port", "p", 8443, "TCP port to listen on.", int],
+        ["port", "p", 8443, "TCP port to listen on (0: any free port)."],
         ["interface", None, "127.0.0.1", "Address to listen on."],
         ["directory", "d", "epop-sandbox", "Folder for the sandbox's certificates and uploads."],
     ]
+
+    def postOptions(self) -> None:
+        text = str(self["port"])
+        if not text.isdigit() or int(text) > 65535:
+            raise usage.UsageError(f"--port: expected a port number from 0 to 65535, not {text!r}")
+        self["port"] = int(text)
 
 
 class JournalOptions(_Options):
@@ -890,6 +921,10 @@ def run(
         return succeed(EXIT_USAGE)
     except BrokenPipeError:  # --help, config show... read by a reader gone
         return succeed(EXIT_BROKEN_PIPE)
+    except OSError as e:
+        if not _output_full(e):
+            raise
+        return succeed(_say_output_full(stderr, e))
     try:
         if options.subCommand == "sandbox":
             d = command.sandbox(sub)
@@ -903,10 +938,16 @@ def run(
             d = command.test(sub)
     except BrokenPipeError:
         return succeed(EXIT_BROKEN_PIPE)
+    except OSError as e:
+        if not _output_full(e):
+            raise
+        return succeed(_say_output_full(stderr, e))
 
     def failed(failure: Failure) -> int:
         if failure.check(BrokenPipeError):
             return EXIT_BROKEN_PIPE
+        if _output_full(failure.value):
+            return _say_output_full(stderr, failure.value)
         if failure.check(EpopError):
             stderr.write(f"epop: {failure.value.render(command.language)}\n")
         else:
@@ -958,11 +999,18 @@ def _quiet_if_stdout_closed(status: int) -> int:
     """
     if sys.stdout is None:  # started with no standard output at all
         return status
+    lost = False
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         status = status or EXIT_BROKEN_PIPE
-    if status == EXIT_BROKEN_PIPE:
+        lost = True
+    except OSError as e:
+        if not _output_full(e):
+            raise
+        status = status or _say_output_full(sys.stderr, e)
+        lost = True
+    if lost or status == EXIT_BROKEN_PIPE:
         # What is left in the buffer can never be written: drop it quietly.
         with suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -342,7 +342,19 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
 
     @param tz: the local time zone; the system's by default.
     """
-    value = text.strip()
+    try:
+        return _since(text.strip(), now, tz)
+    except OverflowError:
+        raise ValueError(f"--since {text}: too far back for a date") from None
+    except ValueError:
+        raise ValueError(
+            f"--since {text}: expected a date or time (2026-11-25, 2026-11-25T08:30), "
+            "today, yesterday, or a duration such as 30m, 1h, 2d"
+        ) from None
+
+
+def _since(value: str, now: float, tz: tzinfo | None) -> datetime:
+    """L{parse_since}'s reading; dates past what datetime holds raise L{OverflowError}."""
     local_now = datetime.fromtimestamp(now, tz=timezone.utc).astimezone(tz)
     if value.lower() in ("today", "yesterday"):
         midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -351,15 +363,14 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
     if match:
         delta = timedelta(**{_UNITS[match[2].lower()]: int(match[1])})
         return datetime.fromtimestamp(now, tz=timezone.utc) - delta
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"--since {text}: expected a date or time (2026-11-25, 2026-11-25T08:30), "
-            "today, yesterday, or a duration such as 30m, 1h, 2d"
-        ) from None
+    when = datetime.fromisoformat(value)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=tz) if tz is not None else when.astimezone()
+        try:
+            when = when.replace(tzinfo=tz) if tz is not None else when.astimezone()
+        except ValueError:  # the local time of year 1 falls in year 0
+            raise OverflowError(value) from None
+    # Compared with UTC times later: make sure that works for this one.
+    when.astimezone(timezone.utc)
     return when
 
 

@@ -5,6 +5,7 @@ sandbox on loopback.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -281,7 +282,44 @@ class ExitStatusTests(TestCase):
             self.config_path, "send", self.path, "--relay", "127.0.0.1", "--stall-timeout", "0"
         )
         self.assertEqual(code, 2)
-        self.assertIn("--stall-timeout must be a positive number of seconds", err)
+        self.assertIn("--stall-timeout: expected a positive number of seconds, not '0'", err)
+
+    async def test_bad_values_name_their_option(self) -> None:
+        """
+        Values that are not numbers, or not finite, or out of range are
+        usage errors that name the option: never a traceback, always 2.
+        """
+        cases = [
+            (("send", self.path, "--relay", "127.0.0.1", "--timeout", "nan"),
+             "--timeout: expected a positive number of seconds, not 'nan'"),
+            (("send", self.path, "--relay", "127.0.0.1", "--stall-timeout", "abc"),
+             "--stall-timeout: expected a positive number of seconds, not 'abc'"),
+            (("test", "--relay", "127.0.0.1", "--timeout", "inf"),
+             "--timeout: expected a positive number of seconds, not 'inf'"),
+            (("sandbox", "--port", "99999"), "--port: expected a port number from 0 to 65535, not '99999'"),
+            (("journal", "--since", "99999999d", self.path), "--since 99999999d: too far back for a date"),
+            (("connections", "--since", "0001-01-01", self.path), "--since 0001-01-01: too far back for a date"),
+            (("send", os.path.dirname(self.path), "--relay", "127.0.0.1"), "is a folder: give the file to send"),
+        ]
+        for argv, message in cases:
+            code, out, err = await run_epop(self.config_path, *argv)
+            self.assertEqual((code, out), (2, b""), (argv, err))
+            self.assertIn(message, err)
+            self.assertNotIn("Traceback", err)
+
+    async def test_full_standard_output(self) -> None:
+        """Standard output on a full disk: one line that says so, status 1, no traceback."""
+        class Full(io.BytesIO):
+            def write(self, data: bytes) -> int:  # type: ignore[override]
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        stderr = io.StringIO()
+        code = await cli.run(
+            reactor, ["interfaces"], stdout=Full(), stderr=stderr,
+            environ={"EPOP_CONFIG": self.config_path},
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(stderr.getvalue(), "epop: cannot write to standard output: No space left on device\n")
 
     async def test_interrupted_send_is_128_plus_signal(self) -> None:
         """An interruption cancels the send in flight and exits 128 + N, in French too."""
