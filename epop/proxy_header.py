@@ -233,7 +233,7 @@ class _HeaderReader(ProtocolWrapper):
             "Refused a connection from {peer}: {code}: {problem}; it began with \"{start}\"",
             peer=format_peer(self.transport.getPeer()),
             code=code,
-            problem=problem,
+            problem=problem.rstrip("."),
             start=_shown(received[:_V1_MAX]),
         )
 

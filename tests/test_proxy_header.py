@@ -407,3 +407,4 @@ class LoopbackTests(TestCase):
             warning.startswith(f"Refused a connection from {found['closed']['client']}: no-proxy-header: "),
             warning,
         )
+        self.assertIn("the load balancer's address; it began with \"", warning)
