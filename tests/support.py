@@ -260,3 +260,27 @@ class ShutdownClock(Clock):
 
     def addSystemEventTrigger(self, phase: str, event: str, f: Any, *args: Any) -> None:
         self.triggers.append((phase, event, f))
+
+
+class SilentServer:
+    """
+    A loopback server that accepts connections and never says a word: a
+    relay or e-PMSI that hangs.  Closed, with its connections, at the end
+    of the test.
+
+    @ivar accepted: the connections it took, in order.
+    @ivar port: the port it listens on.
+    """
+
+    def __init__(self, testcase: TestCase, reactor: Any) -> None:
+        self.accepted: list[Protocol] = []
+        accepted = self.accepted
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.port: int = listening.getHost().port
+        testcase.addCleanup(listening.stopListening)
+        testcase.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])

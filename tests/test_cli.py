@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from epop import cli
 from tests.relaying import start_relay
 from epop.wire import FrameReader, FrameType, encode_message
-from tests.support import free_port, make_trustme_sandbox, write_random_file
+from tests.support import SilentServer, free_port, make_trustme_sandbox, write_random_file
 
 
 async def run_epop(
@@ -347,20 +347,12 @@ class ExitStatusTests(TestCase):
 
     async def test_interrupted_direct_test_is_130(self) -> None:
         """An interrupted `epop test --direct` exits 130, not 1 for a failed check."""
-        accepted: list[Protocol] = []
-
-        class Silent(Protocol):
-            def connectionMade(self) -> None:
-                accepted.append(self)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        silent = SilentServer(self, reactor)
         interruption = cli.Interruption()
         stderr = io.StringIO()
         d = cli.run(
             reactor,
-            ["test", "--direct", "--epmsi", f"https://127.0.0.1:{port.getHost().port}"],
+            ["test", "--direct", "--epmsi", f"https://127.0.0.1:{silent.port}"],
             stdout=io.BytesIO(), stderr=stderr,
             environ={"EPOP_CONFIG": self.config_path},
             interruption=interruption,

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.relaying import start_relay
-from tests.support import free_port, make_trustme_sandbox, poll_until, write_random_file
+from tests.support import SilentServer, free_port, make_trustme_sandbox, poll_until, write_random_file
 
 SIZE = 48 * 1024 * 1024
 #: Bytes a second the forwarder passes on: the upload takes about 12 s.
@@ -205,26 +205,16 @@ class InterruptedTestTests(TestCase):
 
     async def test_sigint_during_test(self) -> None:
         """Ctrl-C while `epop test` waits on a silent relay: exit 130, no traceback."""
-        from twisted.internet.protocol import Factory, Protocol
-
-        accepted: list[Protocol] = []
-
-        class Silent(Protocol):
-            def connectionMade(self) -> None:
-                accepted.append(self)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        silent = SilentServer(self, reactor)
         command = Command()
         env = dict(os.environ, EPOP_CONFIG=os.path.abspath(self.mktemp()), LANG="C.UTF-8")
         command.process = reactor.spawnProcess(
             command, epop_command()[0],
-            [*epop_command(), "test", "--relay", f"127.0.0.1:{port.getHost().port}", "--timeout", "60"],
+            [*epop_command(), "test", "--relay", f"127.0.0.1:{silent.port}", "--timeout", "60"],
             env=env,
         )
         self.addCleanup(command.kill)
-        connected = await poll_until(reactor, lambda: bool(accepted), 400, 0.05)
+        connected = await poll_until(reactor, lambda: bool(silent.accepted), 400, 0.05)
         self.assertTrue(connected, command.err)
         await poll_until(reactor, lambda: False, 4, 0.05)  # the HELLO is out, WELCOME awaited
         command.process.signalProcess(signal.SIGINT)
