@@ -140,13 +140,19 @@ class _Options(usage.Options):
 _OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
-def _output_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in _OUTPUT_FULL
-
-
-def _say_output_full(stderr: TextIO, error: OSError) -> int:
-    stderr.write(f"epop: cannot write to standard output: {error.strerror}\n")
-    return EXIT_FAILED
+def _output_lost(error: BaseException, stderr: TextIO) -> int | None:
+    """
+    The exit status when C{error} means standard output takes no more:
+    141, quietly, when its reader went away (C{epop journal | head}), as a
+    tool killed by SIGPIPE would; 1, said in one line, when its disk is
+    full.  C{None} for any other error.
+    """
+    if isinstance(error, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    if isinstance(error, OSError) and error.errno in _OUTPUT_FULL:
+        stderr.write(f"epop: cannot write to standard output: {error.strerror}\n")
+        return EXIT_FAILED
+    return None
 
 
 def _positive_seconds(name: str, value: object) -> float:
@@ -822,10 +828,13 @@ class _Command:
                 else:
                     self.say(journal_row(record, self.language))
                 self.stdout.flush()
-            except BrokenPipeError:
+            except OSError as e:
+                status = _output_lost(e, self.stderr)
+                if status is None:
+                    raise
                 if follower is not None:
                     follower.stop()
-                done.callback(EXIT_BROKEN_PIPE)
+                done.callback(status)
 
         if not as_json:
             for line in journal_header(self.language):
@@ -919,12 +928,11 @@ def run(
         name = options.subCommand or ""
         stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(EXIT_USAGE)
-    except BrokenPipeError:  # --help, config show... read by a reader gone
-        return succeed(EXIT_BROKEN_PIPE)
-    except OSError as e:
-        if not _output_full(e):
+    except OSError as e:  # --help, config show... when standard output takes no more
+        status = _output_lost(e, stderr)
+        if status is None:
             raise
-        return succeed(_say_output_full(stderr, e))
+        return succeed(status)
     try:
         if options.subCommand == "sandbox":
             d = command.sandbox(sub)
@@ -936,18 +944,16 @@ def run(
             d = command.send(sub)
         else:
             d = command.test(sub)
-    except BrokenPipeError:
-        return succeed(EXIT_BROKEN_PIPE)
     except OSError as e:
-        if not _output_full(e):
+        status = _output_lost(e, stderr)
+        if status is None:
             raise
-        return succeed(_say_output_full(stderr, e))
+        return succeed(status)
 
     def failed(failure: Failure) -> int:
-        if failure.check(BrokenPipeError):
-            return EXIT_BROKEN_PIPE
-        if _output_full(failure.value):
-            return _say_output_full(stderr, failure.value)
+        status = _output_lost(failure.value, stderr)
+        if status is not None:
+            return status
         if failure.check(EpopError):
             stderr.write(f"epop: {failure.value.render(command.language)}\n")
         else:
@@ -1002,13 +1008,11 @@ def _quiet_if_stdout_closed(status: int) -> int:
     lost = False
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        status = status or EXIT_BROKEN_PIPE
-        lost = True
     except OSError as e:
-        if not _output_full(e):
+        found = _output_lost(e, sys.stderr)
+        if found is None:
             raise
-        status = status or _say_output_full(sys.stderr, e)
+        status = status or found
         lost = True
     if lost or status == EXIT_BROKEN_PIPE:
         # What is left in the buffer can never be written: drop it quietly.
