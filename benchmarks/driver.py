@@ -6,8 +6,8 @@ The load driver: ONE process, ONE reactor, many clients of the epop API.
   python -m benchmarks.driver churn --relay 127.0.0.1:PORT --relay-pid PID \\
       --ops 5000 --warmup 20 --deadline 600
 
-C{rush} starts every L{epop.client.send_file} at once and checks each
-receipt's SHA-256; C{churn} runs L{epop.client.test_connection} one after the
+C{rush} starts every L{epop.workstation.client.send_file} at once and checks each
+receipt's SHA-256; C{churn} runs L{epop.workstation.client.test_connection} one after the
 other and reads the relay's RSS and descriptors (from C{/proc}) before and
 after.  Both are bounded in time: at the deadline, whatever has not finished
 counts as failed.  The result is one JSON object on standard output.
@@ -27,7 +27,7 @@ from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 
 from benchmarks.harness import fd_kinds, sample
-from epop.client import Endpoint, Reply, TestReport, send_file, test_connection
+from epop.workstation.client import RelayAddress, Reply, TestReport, send_file, test_connection
 
 
 def _receipt_check(reply: Reply, sha256: str, size: int) -> str | None:
@@ -49,7 +49,7 @@ def _receipt_check(reply: Reply, sha256: str, size: int) -> str | None:
 
 
 def rush(reactor: Any, options: argparse.Namespace) -> Deferred[dict[str, Any]]:
-    relay = Endpoint.parse(options.relay)
+    relay = RelayAddress.parse(options.relay)
     size = os.path.getsize(options.file)
     results: list[dict[str, Any] | None] = [None] * options.clients
     started = time.monotonic()
@@ -115,7 +115,7 @@ def rush(reactor: Any, options: argparse.Namespace) -> Deferred[dict[str, Any]]:
 
 
 async def _churn(reactor: Any, options: argparse.Namespace) -> dict[str, Any]:
-    relay = Endpoint.parse(options.relay)
+    relay = RelayAddress.parse(options.relay)
     pid = options.relay_pid
     deadline = time.monotonic() + options.deadline
     start_sample = sample(pid).as_dict()

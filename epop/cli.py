@@ -3,7 +3,7 @@ The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings},
 C{sandbox}, and C{journal} and C{connections} to read a relay's journal.
 
 C{send} and C{test} take their defaults from the workstation's saved
-settings (L{epop.client_settings}); flags override them.
+settings (L{epop.workstation.settings}); flags override them.
 
 Exit status (the table in C{docs/exit-status.md}): 0 on success; 1 when
 e-PMSI or the relay answered with an error or could not be reached; 2 for a
@@ -32,25 +32,25 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from epop._version import __version__
-from epop.client import (
+from epop.workstation.client import (
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TIMEOUT,
-    Endpoint,
+    RelayAddress,
     Reply,
     TestReport,
     UploadFailed,
     send_file,
     test_connection,
 )
-from epop.client_settings import (
+from epop.workstation.settings import (
     SETTING_DESCRIPTIONS,
     ClientSettings,
     SettingsError,
     settings_path,
 )
 from epop.errors import EpopError
-from epop.journal import EVENT_TYPES
-from epop.journal_reader import (
+from epop.journal.writer import EVENT_TYPES
+from epop.journal.reader import (
     DEFAULT_JOURNAL,
     JournalFilter,
     JournalFollower,
@@ -70,8 +70,8 @@ from epop.journal_reader import (
 from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.printable import safe_json
-from epop.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
-from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
+from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
+from epop.epmsi.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
 
 __all__ = [
     "EXIT_ANSWER_LOST",
@@ -192,7 +192,7 @@ class _TargetOptions(_Options):
          "file taken, no answer received. Longer than the relay's own wait on e-PMSI (300 s)."],
     ]
 
-    relay: Endpoint | None = None
+    relay: RelayAddress | None = None
     tls: ClientTLS | None = None
     epmsi: str = DEFAULT_EPMSI_URL
     ca_file: str | None = None
@@ -235,7 +235,7 @@ class _TargetOptions(_Options):
             if not text:
                 raise usage.UsageError("the saved mode is 'relay' but no relay is saved: give --relay HOST")
             try:
-                self.relay = Endpoint.parse(text)
+                self.relay = RelayAddress.parse(text)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
             return
@@ -721,7 +721,7 @@ class _Command:
         return line.rstrip("\r\n")
 
     def proxy_settings(self, options: ProxySettingsOptions, saved: ClientSettings) -> int:
-        from epop.system_proxy import discover_proxy
+        from epop.epmsi.system_proxy import discover_proxy
 
         found = discover_proxy(options["epmsi"], environ=self.environ, pac=options["pac"])
         self.say(found.describe())
@@ -742,7 +742,7 @@ class _Command:
         return 0
 
     def interfaces(self, options: InterfacesOptions) -> int:
-        from epop.interfaces import local_addresses
+        from epop.relay.network_interfaces import local_addresses
 
         found = local_addresses()
         if not found:
@@ -763,7 +763,7 @@ class _Command:
     def sandbox(self, options: SandboxOptions) -> Deferred[int]:
         from twisted.python.filepath import FilePath
 
-        from epop.sandbox import SandboxService
+        from epop.sandbox.service import SandboxService
 
         _start_logging(self.stderr)
         service = SandboxService(

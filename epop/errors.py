@@ -28,6 +28,7 @@ from epop.messages import Text
 __all__ = [
     "EpopError",
     "ProtocolError",
+    "RelayCannotStart",
     "RelayError",
     "UpstreamError",
     "describe_upstream_failure",
@@ -272,3 +273,32 @@ def describe_connect_failure(
             hint=hint,
         )
     return EpopError("relay-unreachable", text, found.cause)
+
+
+class RelayCannotStart(SystemExit, Exception):
+    """
+    The relay cannot start (a port it cannot bind): twistd must exit non-zero
+    with this one line and no traceback, in the foreground and as a daemon.
+
+    Both a L{SystemExit} and an L{Exception}, because twistd reacts to each
+    in a different place: as an C{Exception}, its
+    C{UnixApplicationRunner.postApplication} sends the reason through the
+    status pipe to the terminal that started a daemon, removes the pid file
+    and re-raises; as a C{SystemExit}, the process then exits with status 1
+    printing nothing more.  A plain C{SystemExit} skips the first step: a
+    daemon's parent then waits for ever, and the pid file stays.
+
+    Its text is short, because twistd passes a daemon's parent only the first
+    100 bytes.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        # Exit status 1; the reason is already in the log and on the terminal.
+        self.code = 1
+
+
+# twistd hands a daemon's parent only the first 100 bytes of
+# "module.Class: reason": the public name, epop.RelayCannotStart, leaves the
+# reason the room it needs ("... Address already in use").
+RelayCannotStart.__module__ = "epop"

@@ -154,7 +154,7 @@ def keep_buffers_on_heap() -> bool:
     freed memory for reuse.
 
     This changes the whole process: C{twistd epop} calls it, while
-    L{epop.service.make_relay_service} leaves it to whoever owns the process.
+    L{epop.relay.service.make_relay_service} leaves it to whoever owns the process.
 
     @return: whether the settings applied (only glibc has them).
     """

@@ -13,9 +13,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from epop.client import Endpoint
-from epop.journal import MemoryJournalWriter
-from epop.service import RelayService, RelaySettings, make_relay_service
+from epop.workstation.client import RelayAddress
+from epop.journal.writer import MemoryJournalWriter
+from epop.relay.service import RelayService, RelaySettings, make_relay_service
 from epop.wire import PROTOCOL_NAME, Frame, FrameReader, FrameType, encode_message
 
 
@@ -45,8 +45,8 @@ class RunningRelay:
         return port.getHost().port
 
     @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.port)
+    def endpoint(self) -> RelayAddress:
+        return RelayAddress("127.0.0.1", self.port)
 
     def types(self) -> list[str]:
         return [record["type"] for record in self.journal.records]

@@ -27,8 +27,8 @@ from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnec
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from epop.sandbox import SandboxSite, make_sandbox_site, server_tls_options
-from epop.upstream import EpmsiEndpointFactory, tls_policy
+from epop.sandbox.service import SandboxSite, make_sandbox_site, server_tls_options
+from epop.epmsi.upstream import EpmsiEndpointFactory, tls_policy
 
 __all__ = [
     "InMemoryBody",

@@ -1,12 +1,12 @@
-"""Tests for L{epop.allowlist}: who may connect, and what the others are told."""
+"""Tests for L{epop.relay.allowlist}: who may connect, and what the others are told."""
 
 from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.allowlist import Allowlist
-from epop.client import test_connection
+from epop.relay.allowlist import Allowlist
+from epop.workstation.client import test_connection
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
 

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
-from epop.client import Reply, UploadFailed
+from epop.workstation.client import Reply, UploadFailed
 from epop.errors import EpopError
 from epop.messages import Text
 from tests.relaying import start_relay

@@ -1,4 +1,4 @@
-"""Unit tests for L{epop.client}: addresses, handshake and relay errors."""
+"""Unit tests for L{epop.workstation.client}: addresses, handshake and relay errors."""
 
 from __future__ import annotations
 
@@ -8,25 +8,25 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.client import Endpoint, RelayClientProtocol, TestReport, test_connection
+from epop.workstation.client import RelayAddress, RelayClientProtocol, TestReport, test_connection
 from epop.errors import EpopError, RelayError, describe_upstream_failure
-from epop.upstream import CheckResult
+from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 
 
 class EndpointTests(SynchronousTestCase):
     def test_parse(self) -> None:
         """Addresses are typed as HOST, HOST:PORT or [IPv6]:PORT; 3358 by default."""
-        self.assertEqual(Endpoint.parse("10.1.2.3"), Endpoint("10.1.2.3", 3358))
-        self.assertEqual(Endpoint.parse("relay.chu.local:4000"), Endpoint("relay.chu.local", 4000))
-        self.assertEqual(Endpoint.parse("[::1]:4000"), Endpoint("::1", 4000))
-        self.assertEqual(Endpoint.parse("::1"), Endpoint("::1", 3358))
-        self.assertEqual(str(Endpoint("::1", 4000)), "[::1]:4000")
+        self.assertEqual(RelayAddress.parse("10.1.2.3"), RelayAddress("10.1.2.3", 3358))
+        self.assertEqual(RelayAddress.parse("relay.chu.local:4000"), RelayAddress("relay.chu.local", 4000))
+        self.assertEqual(RelayAddress.parse("[::1]:4000"), RelayAddress("::1", 4000))
+        self.assertEqual(RelayAddress.parse("::1"), RelayAddress("::1", 3358))
+        self.assertEqual(str(RelayAddress("::1", 4000)), "[::1]:4000")
 
     def test_parse_errors(self) -> None:
         """A bad address says what was expected."""
         for text in ("", "host:", "host:0", "host:70000", "host:abc", "[::1", "[::1]x"):
-            self.assertRaises(ValueError, Endpoint.parse, text)
+            self.assertRaises(ValueError, RelayAddress.parse, text)
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -76,10 +76,10 @@ class ConnectTimeoutTests(SynchronousTestCase):
         """The connect attempt carries the timeout, and its expiry reads 'no answer in time'."""
         from twisted.internet.error import TimeoutError
 
-        from epop.client import connect_to_relay
+        from epop.workstation.client import connect_to_relay
 
         reactor = MemoryReactorClock()
-        d = connect_to_relay(reactor, Endpoint("127.0.0.1", 3358), timeout=10)
+        d = connect_to_relay(reactor, RelayAddress("127.0.0.1", 3358), timeout=10)
         reactor.advance(0)
         [(host, port, factory, timeout, _)] = reactor.tcpClients
         self.assertEqual((host, port, timeout), ("127.0.0.1", 3358, 10))
@@ -101,7 +101,7 @@ class TestStepTests(SynchronousTestCase):
     def report_for(self, code: str) -> TestReport:
         """Run the test on a memory reactor: the relay says WELCOME, then ERROR C{code}."""
         reactor = MemoryReactorClock()
-        d = test_connection(reactor, relay=Endpoint("127.0.0.1", 3358))
+        d = test_connection(reactor, relay=RelayAddress("127.0.0.1", 3358))
         reactor.advance(0)
         [(_, _, factory, _, _)] = reactor.tcpClients
         protocol = factory.buildProtocol(None)

@@ -1,6 +1,6 @@
 """
 The workstation against a relay or an e-PMSI that misbehaves: every
-Deferred of L{epop.client} fires, with an error that says which step failed
+Deferred of L{epop.workstation.client} fires, with an error that says which step failed
 and whether e-PMSI got the file, whatever the peer does.  Units run on a
 L{MemoryReactorClock} and L{StringTransport}: no real sleeping.
 """
@@ -20,9 +20,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.client import (
+from epop.workstation.client import (
     DEFAULT_STALL_TIMEOUT,
-    Endpoint,
+    RelayAddress,
     RelayClientProtocol,
     UploadFailed,
     send_file,
@@ -30,7 +30,7 @@ from epop.client import (
 )
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.multipart import MultipartFileBody, make_cooperator
-from epop.sandbox import server_tls_options
+from epop.sandbox.service import server_tls_options
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
@@ -112,7 +112,7 @@ class UnitCase(SynchronousTestCase):
 
     def send(self, room: int = 1 << 40, **options: Any) -> tuple[Deferred[Any], Protocol, _SocketTransport]:
         """Start L{send_file} through a relay, connected on the memory reactor."""
-        d = send_file(self.clock, self.path, to="/syriusUpload.do", relay=Endpoint("127.0.0.1"), **options)
+        d = send_file(self.clock, self.path, to="/syriusUpload.do", relay=RelayAddress("127.0.0.1"), **options)
         self.clock.advance(0)
         host, port, factory, _, _ = self.clock.tcpClients[-1]
         protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
@@ -312,7 +312,7 @@ class GarbageTests(UnitCase):
 
     def test_test_connection_reports_a_silent_relay(self) -> None:
         """test_connection reports a relay that says WELCOME then nothing, after the stall timeout."""
-        d = test_connection(self.clock, relay=Endpoint("127.0.0.1"), stall_timeout=20)
+        d = test_connection(self.clock, relay=RelayAddress("127.0.0.1"), stall_timeout=20)
         self.clock.advance(0)
         host, port, factory, _, _ = self.clock.tcpClients[-1]
         protocol = factory.buildProtocol(RELAY)
@@ -367,14 +367,14 @@ class LoopbackFaultTests(TestCase):
         self.path = self.mktemp()
         write_random_file(self.path, self.size, seed=4)
 
-    def throttled(self, port: int) -> tuple[Forwarder, Endpoint]:
+    def throttled(self, port: int) -> tuple[Forwarder, RelayAddress]:
         forwarder = Forwarder("127.0.0.1", port)
         listening = reactor.listenTCP(
             0, ThrottlingFactory(forwarder, readLimit=2 * 1024 * 1024), interface="127.0.0.1"
         )
         self.addCleanup(listening.stopListening)
         self.addCleanup(forwarder.cut)
-        return forwarder, Endpoint("127.0.0.1", listening.getHost().port)
+        return forwarder, RelayAddress("127.0.0.1", listening.getHost().port)
 
     async def uploading(self, forwarder: Forwarder, d: Deferred[Any]) -> None:
         going = await poll_until(reactor, lambda: d.called or forwarder.received > 1024 * 1024, 200, 0.05)

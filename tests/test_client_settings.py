@@ -1,4 +1,4 @@
-"""Tests for L{epop.client_settings}: the workstation's settings file."""
+"""Tests for L{epop.workstation.settings}: the workstation's settings file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.client_settings import (
+from epop.workstation.settings import (
     SETTING_DESCRIPTIONS,
     SETTING_KEYS,
     ClientSettings,

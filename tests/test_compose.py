@@ -17,7 +17,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from epop.client import Endpoint, send_file, test_connection
+from epop.workstation.client import RelayAddress, send_file, test_connection
 from tests.support import free_port, make_trustme_sandbox, poll_until, write_random_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "relay.tac"
@@ -68,7 +68,7 @@ class ComposeExampleTests(TestCase):
             return twistd.ended
 
         self.addCleanup(stop)
-        relay = Endpoint("127.0.0.1", port)
+        relay = RelayAddress("127.0.0.1", port)
         reports = []
 
         async def ready() -> bool:

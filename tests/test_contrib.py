@@ -23,7 +23,7 @@ from pathlib import Path
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from epop.tap import Options
+from epop.relay.tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "epop.service"
@@ -306,7 +306,7 @@ class WindowsDocTests(SynchronousTestCase):
 
     def test_settings_example_reads(self) -> None:
         """The page's relay.ini, Windows paths and all, is a valid settings file."""
-        from epop.relay_config import SettingKeys, read_settings_file
+        from epop.relay.settings import SettingKeys, read_settings_file
 
         text = WINDOWS_DOC.read_text(encoding="utf-8")
         blocks = re.findall(r"```ini\n(.*?)```", text, re.DOTALL)

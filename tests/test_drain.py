@@ -28,9 +28,9 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.journal import JournalObserver, MemoryJournalWriter
-from epop.relay import RelayFactory, RelayProtocol
-from epop.upstream import CheckResult
+from epop.journal.writer import JournalObserver, MemoryJournalWriter
+from epop.relay.protocol import RelayFactory, RelayProtocol
+from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO, RawClient, raw_connect
 from tests.support import free_port, make_trustme_sandbox, poll_until

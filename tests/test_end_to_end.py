@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from epop.client import send_file, test_connection
+from epop.workstation.client import send_file, test_connection
 from epop.errors import EpopError
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.wire import FrameType, encode_message
@@ -241,21 +241,21 @@ class FailureTests(TestCase):
 
     async def test_relay_not_listening(self) -> None:
         """Nothing listening on the relay's port: connection refused, with hints."""
-        from epop.client import Endpoint
+        from epop.workstation.client import RelayAddress
 
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", free_port()))
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", free_port()))
         self.assertEqual(report.failed_step, "relay")
         self.assertEqual(report.error.cause, "refused")
         self.assertIn("Is the relay started and listening?", report.error.message)
 
     async def test_relay_silent(self) -> None:
         """A machine that accepts but never answers: no answer in time."""
-        from epop.client import Endpoint
+        from epop.workstation.client import RelayAddress
 
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         report = await test_connection(
-            reactor, relay=Endpoint("127.0.0.1", port.getHost().port), timeout=0.3
+            reactor, relay=RelayAddress("127.0.0.1", port.getHost().port), timeout=0.3
         )
         self.assertEqual(report.failed_step, "relay")
         self.assertEqual(report.error.cause, "timeout")

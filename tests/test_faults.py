@@ -3,7 +3,7 @@ Faults on each leg of an upload, over real loopback sockets: e-PMSI resets or
 hangs, the corporate proxy drops its tunnel, the workstation vanishes.
 
 Each test checks the three places a fault shows: what the workstation is
-told (the L{epop.client} API's error, or the C{epop send} process' exit
+told (the L{epop.workstation.client} API's error, or the C{epop send} process' exit
 status and standard error), what the relay's journal says, and that e-PMSI
 (the sandbox) keeps nothing complete.  Faults are injected after a byte
 count (L{tests.faults.FaultyLink}) or at a gate in the body
@@ -20,9 +20,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from epop.client import RelayClientProtocol, connect_to_relay, test_connection
+from epop.workstation.client import RelayClientProtocol, connect_to_relay, test_connection
 from epop.errors import EpopError, RelayError
-from epop.proxy import ProxyConfig
+from epop.epmsi.proxy import ProxyConfig
 from tests.faults import (
     EpopProcess,
     FaultyLink,

@@ -38,7 +38,7 @@ from twisted.internet.defer import gatherResults
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from epop.client import Endpoint, send_file, test_connection
+from epop.workstation.client import RelayAddress, send_file, test_connection
 from epop.local_tls import ClientTLS, RelayTLS
 from tests.programs import find_program
 from tests.relaying import RunningRelay, start_relay
@@ -90,8 +90,8 @@ class HAProxy:
     process: subprocess.Popen[bytes] = field(repr=False)
 
     @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(WORKSTATION, self.port)
+    def endpoint(self) -> RelayAddress:
+        return RelayAddress(WORKSTATION, self.port)
 
     def log_lines(self) -> list[str]:
         try:
@@ -468,5 +468,5 @@ class DirectToHAProxyListenerTests(TestCase):
         self.assertNotIn("object-instantiated", relay.types())
         port = relay.service.listeners[1].port
         assert port is not None
-        direct = await test_connection(reactor, relay=Endpoint(WORKSTATION, port.getHost().port))
+        direct = await test_connection(reactor, relay=RelayAddress(WORKSTATION, port.getHost().port))
         self.assertTrue(direct.ok, direct.describe())

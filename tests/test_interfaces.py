@@ -1,5 +1,5 @@
 """
-L{epop.interfaces}: the local addresses the relay can listen on.
+L{epop.relay.network_interfaces}: the local addresses the relay can listen on.
 
 Formatting and sorting are tested on made-up adapters (built with
 C{ifaddr}'s own classes, so their shape is the library's); the machine's
@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.interfaces import (
+from epop.relay.network_interfaces import (
     DEFAULT_PORT,
     LocalAddress,
     addresses_for_listen_host,

@@ -18,8 +18,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop import cli
-from epop.journal import encode_record
-from epop.journal_reader import (
+from epop.journal.writer import encode_record
+from epop.journal.reader import (
     MAX_LINE,
     JournalFollower,
     NotAJournalFile,

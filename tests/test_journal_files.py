@@ -22,19 +22,21 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import journal as journal_module, tap
-from epop.client import send_file
-from epop.journal import (
+from epop.journal import writer as journal_module
+
+from epop.relay import tap
+from epop.workstation.client import send_file
+from epop.journal.writer import (
     DAILY,
     FileJournalWriter,
     RotatingJournalWriter,
     parse_rotate,
     rotated_files,
 )
-from epop.journal_reader import Problem, read_file, read_journal
-from epop.proxy import ProxyConfig
-from epop.relay_process import process_start
-from epop.service import RelaySettings, make_relay_service
+from epop.journal.reader import Problem, read_file, read_journal
+from epop.epmsi.proxy import ProxyConfig
+from epop.journal.process import process_start
+from epop.relay.service import RelaySettings, make_relay_service
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
 

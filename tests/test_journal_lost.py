@@ -21,15 +21,15 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
-from epop.journal import encode_record
-from epop.journal_reader import (
+from epop.journal.writer import encode_record
+from epop.journal.reader import (
     RELAY_GONE,
     RELAY_RESTARTED,
     RunChecker,
     connection_summaries,
     connections_table,
 )
-from epop.relay_process import ALIVE, GONE, UNKNOWN, process_fields, process_start, process_state
+from epop.journal.process import ALIVE, GONE, UNKNOWN, process_fields, process_start, process_state
 from tests.relaying import HELLO, raw_connect
 from tests.support import free_port, poll_until
 from tests.test_drain import start_relay_process

@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.logger import LogEvent, Logger, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.client import send_file
-from epop.journal import emit, journal_record, strip_query
+from epop.workstation.client import send_file
+from epop.journal.writer import emit, journal_record, strip_query
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
 

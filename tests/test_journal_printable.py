@@ -21,8 +21,8 @@ from twisted.logger import LogEvent, Logger, LogLevel, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop import cli
-from epop.journal import MemoryJournalWriter, JournalObserver, emit, encode_record, journal_record
-from epop.journal_reader import JournalFollower, connection_summaries, connections_table, journal_row
+from epop.journal.writer import MemoryJournalWriter, JournalObserver, emit, encode_record, journal_record
+from epop.journal.reader import JournalFollower, connection_summaries, connections_table, journal_row
 from epop.printable import printable, safe_json
 from tests.support import ShutdownClock
 
@@ -46,7 +46,7 @@ def dangerous_in(text: str) -> list[str]:
 #: break-out, a right-to-left override, C1 controls, DEL and a lone surrogate.
 JUNK = (
     "10.1.4.27:51234\x1b[2J\x1b]0;owned\x07\r\n"
-    '2026-11-25T20:26:50+0000 [epop.relay.RelayProtocol#info] FAKE-LOG-LINE"},{'
+    '2026-11-25T20:26:50+0000 [epop.relay.protocol.RelayProtocol#info] FAKE-LOG-LINE"},{'
     "\u202egpj.exe\u2066\u2028\u2029\x85\x9b31m\x7f\ud800\u200f\u061c"
 )
 
@@ -109,7 +109,7 @@ class RelayLogTests(SynchronousTestCase):
 
     def emitted(self, **fields: Any) -> tuple[LogEvent, str]:
         events: list[LogEvent] = []
-        log = Logger(namespace="epop.relay.RelayProtocol", observer=events.append)
+        log = Logger(namespace="epop.relay.protocol.RelayProtocol", observer=events.append)
         emit(log, RUN, "connection-closed", "Connection {connection} from {client} closed: {reason}", **fields)
         [event] = events
         out = io.StringIO()
@@ -206,7 +206,7 @@ class ViewerTests(SynchronousTestCase):
         self.assertIn("10.1.4.27:51234\\x1b[2J", out)
         self.assertIn("\\u202egpj.exe", out)
         self.assertNotIn("\nFAKE-LOG-LINE", out)
-        self.assertNotIn("\n2026-11-25T20:26:50+0000 [epop.relay.RelayProtocol#info] FAKE", out)
+        self.assertNotIn("\n2026-11-25T20:26:50+0000 [epop.relay.protocol.RelayProtocol#info] FAKE", out)
         code, out, _ = self.run_epop("connections", self.path)
         self.assertEqual(len(out.splitlines()), 3, out)
         self.assertIn("closed-by-client\\nFAKE-LOG-LINE", out)

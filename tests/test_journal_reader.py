@@ -17,9 +17,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
-from epop.client import send_file
-from epop.journal import EVENT_TYPES, RotatingJournalWriter, encode_record
-from epop.journal_reader import (
+from epop.workstation.client import send_file
+from epop.journal.writer import EVENT_TYPES, RotatingJournalWriter, encode_record
+from epop.journal.reader import (
     JournalFilter,
     JournalFollower,
     Problem,

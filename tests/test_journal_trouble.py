@@ -16,11 +16,11 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import journal as journal_module
-from epop.client import send_file
-from epop.journal import FileJournalWriter, IJournalWriter, JournalService, RotatingJournalWriter, emit
-from epop.journal_reader import Problem, read_file
-from epop.service import RelaySettings, make_relay_service
+from epop.journal import writer as journal_module
+from epop.workstation.client import send_file
+from epop.journal.writer import FileJournalWriter, IJournalWriter, JournalService, RotatingJournalWriter, emit
+from epop.journal.reader import Problem, read_file
+from epop.relay.service import RelaySettings, make_relay_service
 from tests.support import make_trustme_sandbox, poll_until
 
 FULL = "/dev/full"
@@ -56,7 +56,7 @@ class _Log:
         return [
             (e["log_level"], formatEvent(e))
             for e in self.events
-            if e.get("log_namespace", "").startswith("epop.journal") and formatEvent(e).startswith("journal:")
+            if e.get("log_namespace", "").startswith("epop.journal.writer") and formatEvent(e).startswith("journal:")
         ]
 
 
@@ -367,13 +367,13 @@ class RelayWithoutJournalTests(TestCase):
         return service, sandbox
 
     async def upload(self, service: Any, seed: int) -> int:
-        from epop.client import Endpoint
+        from epop.workstation.client import RelayAddress
 
         port = service.listeners[0].port.getHost().port
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(os.urandom(64 * 1024) + bytes([seed]))
-        reply = await send_file(reactor, path, to="/syriusUpload.do", relay=Endpoint("127.0.0.1", port))
+        reply = await send_file(reactor, path, to="/syriusUpload.do", relay=RelayAddress("127.0.0.1", port))
         return reply.status
 
     async def test_uploads_go_on_with_the_journal_on_a_full_disk(self) -> None:

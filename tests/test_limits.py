@@ -15,14 +15,16 @@ from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import service, tap
-from epop.limits import (
+from epop.relay import service
+
+from epop.relay import tap
+from epop.relay.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     ConnectionLimits,
 )
 from epop.local_tls import RelayTLS
-from epop.service import RelaySettings
+from epop.relay.service import RelaySettings
 from epop.wire import FrameType
 from tests.relaying import HELLO, RawClient, RunningRelay, start_relay
 from tests.support import make_trustme_sandbox, poll_until

@@ -21,8 +21,9 @@ from twisted.python.filepath import FilePath
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.client import send_file, test_connection
-from epop.local_tls import ClientTLS, RelayTLS, SessionChoiceFactory, _RecordBatcher
+from epop.workstation.client import send_file, test_connection
+from epop.local_tls import ClientTLS, RelayTLS
+from epop.relay.session import SessionChoiceFactory, _RecordBatcher
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
@@ -178,7 +179,7 @@ class LocalTLSTests(TestCase):
 
     def test_bad_files(self) -> None:
         """Unusable certificate or key files are refused when the relay is built, naming them."""
-        from epop.service import RelaySettings, make_relay_service
+        from epop.relay.service import RelaySettings, make_relay_service
 
         for tls, text in [
             (RelayTLS("/nonexistent.pem", self.key), "cannot read the certificate"),
@@ -223,7 +224,7 @@ class LocalTLSTests(TestCase):
         """twistd epop's TLS options are checked when parsed."""
         from twisted.python import usage
 
-        from epop import tap
+        from epop.relay import tap
 
         def parse(*args: str) -> tap.Options:
             options = tap.Options()

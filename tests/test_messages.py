@@ -22,11 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
-from epop.client import Endpoint, test_connection
+from epop.workstation.client import RelayAddress, test_connection
 from epop.errors import RelayError, describe_connect_failure
 from epop.local_tls import ClientTLS, RelayTLS
 from epop.messages import Text, choose_language
-from epop.proxy import ProxyConfig
+from epop.epmsi.proxy import ProxyConfig
 from epop.wire import FrameType, encode_message
 from tests.relaying import raw_connect, start_relay
 from tests.support import free_port, make_trustme_sandbox, write_random_file
@@ -114,13 +114,13 @@ class ProvokedTests(TestCase):
         """A machine that accepts and never answers: no answer in time."""
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", port.getHost().port), timeout=0.2)
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", port.getHost().port), timeout=0.2)
         self.assertBoth(report.error, "no answer in time", "pas de réponse dans le délai")
         self.assertIn("la connexion au relais", report.step.render("fr"))
 
     async def test_connection_refused(self) -> None:
         """Nothing listens there: the manual's questions, in both languages."""
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", free_port()))
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", free_port()))
         self.assertBoth(
             report.error,
             "Is the relay started and listening? Is the port the same on both sides? Is a firewall blocking it?",

@@ -19,8 +19,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
-from epop.relay import RelayFactory, parse_request
-from epop.upstream import CheckResult
+from epop.relay.protocol import RelayFactory, parse_request
+from epop.epmsi.upstream import CheckResult
 from epop.wire import (
     MAX_BODY_LENGTH,
     MAX_CONTROL_PAYLOAD,

@@ -1,5 +1,5 @@
 """
-Unit tests for L{epop.proxy}: the CONNECT handshake with C{StringTransport}
+Unit tests for L{epop.epmsi.proxy}: the CONNECT handshake with C{StringTransport}
 and a clock, and proxy settings.
 """
 
@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from epop.proxy import ProxyConfig, ProxyError, TunnelEndpoint, load_proxy_password
+from epop.epmsi.proxy import ProxyConfig, ProxyError, TunnelEndpoint, load_proxy_password
 
 
 class Recorder(Protocol):

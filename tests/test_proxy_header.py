@@ -20,9 +20,9 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.errors import EpopError
-from epop.journal import MemoryJournalWriter
-from epop.proxy_header import BadProxyHeader, ProxyHeaderFactory, parse_proxy_header
-from epop.service import RelaySettings, make_relay_service
+from epop.journal.writer import MemoryJournalWriter
+from epop.relay.proxy_header import BadProxyHeader, ProxyHeaderFactory, parse_proxy_header
+from epop.relay.service import RelaySettings, make_relay_service
 from epop.wire import FrameType
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import make_trustme_sandbox, poll_until
@@ -287,7 +287,7 @@ class LoopbackTests(TestCase):
         self.warnings: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace") == "epop.proxy_header._HeaderReader":
+            if event.get("log_namespace") == "epop.relay.proxy_header._HeaderReader":
                 self.assertIs(event["log_level"], LogLevel.warn)
                 self.warnings.append(formatEvent(event))
 

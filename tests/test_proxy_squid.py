@@ -14,8 +14,8 @@ import trustme
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from epop.client import send_file, test_connection
-from epop.proxy import ProxyConfig
+from epop.workstation.client import send_file, test_connection
+from epop.epmsi.proxy import ProxyConfig
 from epop.tuning import SEND_LIMIT
 from tests.relaying import start_relay
 from tests.squid import Squid, start_squid

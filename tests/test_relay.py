@@ -1,5 +1,5 @@
 """
-Unit tests for L{epop.relay} with C{StringTransport} and a clock: timeouts,
+Unit tests for L{epop.relay.protocol} with C{StringTransport} and a clock: timeouts,
 flow control, the integrity hold-back and request validation.
 """
 
@@ -14,9 +14,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
-from epop.relay import RelayFactory, RelayProtocol, parse_request
+from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
 from epop.tuning import HELD_TAIL
-from epop.upstream import CheckResult
+from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO
 from tests.support import InMemoryBody
@@ -260,7 +260,7 @@ class ClientRelayPairTests(SynchronousTestCase):
     def setUp(self) -> None:
         from twisted.test import iosim
 
-        from epop.client import RelayClientProtocol
+        from epop.workstation.client import RelayClientProtocol
 
         self.clock = MemoryReactorClock()
         self.upstream = FakeUpstream()
@@ -308,7 +308,7 @@ class ClientRelayPairTests(SynchronousTestCase):
 class SilentConnectionTests(SynchronousTestCase):
     def test_silent_peer_times_out(self) -> None:
         """A peer that never sends a byte still meets the idle timeout, with an error frame."""
-        from epop.local_tls import SessionChoiceFactory
+        from epop.relay.session import SessionChoiceFactory
 
         clock = MemoryReactorClock()
         relay = RelayFactory(clock, FakeUpstream(), "silent", idle_timeout=120)

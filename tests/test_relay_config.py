@@ -18,8 +18,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import tap
-from epop.relay_config import (
+from epop.relay import tap
+from epop.relay.settings import (
     SettingKeys,
     SettingsError,
     command_line_keys,

@@ -24,9 +24,9 @@ from twisted.web.http_headers import Headers
 
 from epop.errors import EpopError, ProtocolError, excerpt
 from epop.addressing import client_key
-from epop.pacing import RatesByClient
-from epop.relay import RelayFactory, RelayProtocol, parse_request
-from epop.upstream import CheckResult
+from epop.relay.pacing import RatesByClient
+from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
+from epop.epmsi.upstream import CheckResult
 from epop.wire import (
     MAX_BODY_LENGTH,
     MAX_CONTROL_PAYLOAD,
@@ -153,7 +153,8 @@ class HelloDeadlineTests(LimitsTestCase):
         from twisted.protocols.tls import TLSMemoryBIOFactory
         from twisted.python.filepath import FilePath
 
-        from epop.local_tls import RelayTLS, SessionChoiceFactory
+        from epop.local_tls import RelayTLS
+        from epop.relay.session import SessionChoiceFactory
 
         ca = trustme.CA()
         issued = ca.issue_cert("localhost")

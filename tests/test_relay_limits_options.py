@@ -11,9 +11,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop import tap
-from epop.journal import MemoryJournalWriter
-from epop.service import RelaySettings, make_relay_service
+from epop.relay import tap
+from epop.journal.writer import MemoryJournalWriter
+from epop.relay.service import RelaySettings, make_relay_service
 
 #: Each option, a value other than its default, and the factory attribute it sets.
 OPTIONS = [

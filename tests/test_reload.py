@@ -16,10 +16,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import tap
-from epop.client import Endpoint, test_connection
-from epop.journal import MemoryJournalWriter
-from epop.service import RelayService, make_relay_service
+from epop.relay import tap
+from epop.workstation.client import RelayAddress, test_connection
+from epop.journal.writer import MemoryJournalWriter
+from epop.relay.service import RelayService, make_relay_service
 from epop.wire import FrameType
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
@@ -251,7 +251,7 @@ class HangupProcessTests(TestCase):
         )
         self.assertFalse(relay.ended.called, relay.text())
         # A new connection from 127.0.0.1 is refused...
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", port), timeout=10)
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", port), timeout=10)
         self.assertEqual(report.error.code, "not-authorized", report.describe())
         # ...while the upload in flight goes on to the end, intact.
         upload.finish(size // 2)
@@ -269,7 +269,7 @@ class HangupProcessTests(TestCase):
             await poll_until(reactor, lambda: relay.types().count("settings-reloaded") == 2, 200, 0.05),
             relay.text(),
         )
-        report = await test_connection(reactor, relay=Endpoint("127.0.0.1", port), timeout=10)
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", port), timeout=10)
         self.assertEqual(report.error.code, "not-authorized", report.describe())
         self.assertIn(await relay.stop(), [(0, None), (None, signal.SIGTERM)])
         records = relay.records()

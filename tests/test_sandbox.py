@@ -1,5 +1,5 @@
 """
-Tests for L{epop.sandbox}, over real TLS connections on loopback.
+Tests for L{epop.sandbox.service}, over real TLS connections on loopback.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
 )
 
-from epop.sandbox import (
+from epop.sandbox.service import (
     MAX_FIELD_SIZE,
     SandboxService,
     ensure_certificates,

@@ -1,5 +1,5 @@
 """
-Properties of the sandbox's upload parsing (L{epop.sandbox}), checked with
+Properties of the sandbox's upload parsing (L{epop.sandbox.service}), checked with
 hypothesis over the HTTP channel itself, in memory.
 
 Whatever the body, however it is split into reads, and whatever boundary
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.sandbox import MAX_FIELD_SIZE, MAX_PARTS, make_sandbox_site
+from epop.sandbox.service import MAX_FIELD_SIZE, MAX_PARTS, make_sandbox_site
 
 #: Boundary characters RFC 2046 allows (a space, but not as the last one).
 _BCHARS = string.ascii_letters + string.digits + "'()+_,-./:=?"

@@ -1,5 +1,5 @@
 """
-Tests for L{epop.service} and L{epop.tap}: how the relay is wired, started
+Tests for L{epop.relay.service} and L{epop.relay.tap}: how the relay is wired, started
 and stopped, and how twistd's options are checked.
 """
 
@@ -14,13 +14,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop import tap
-from epop.journal import MemoryJournalWriter, emit
-from epop.allowlist import AllowlistFactory
-from epop.limits import LimitsFactory
-from epop.local_tls import SessionChoiceFactory
-from epop.relay import RelayFactory
-from epop.service import ListenError, RelaySettings, make_relay_service
+from epop.relay import tap
+from epop.journal.writer import MemoryJournalWriter, emit
+from epop.relay.allowlist import AllowlistFactory
+from epop.relay.limits import LimitsFactory
+from epop.relay.session import SessionChoiceFactory
+from epop.relay.protocol import RelayFactory
+from epop.relay.service import ListenError, RelaySettings, make_relay_service
 
 
 class WiringTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{epop.system_proxy}: the manual's "Importer les paramètres de
+Tests for L{epop.epmsi.system_proxy}: the manual's "Importer les paramètres de
 proxy". Every test injects its environment and never reads the system's
 settings or the network.
 """
@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop import system_proxy
-from epop.system_proxy import (
+from epop.epmsi import system_proxy
+from epop.epmsi.system_proxy import (
     DEFAULT_EPMSI_URL,
     PAC_INSTALL_HINT,
     ProxyDiscovery,

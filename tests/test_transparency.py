@@ -14,8 +14,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
-from epop.client import RelayClientProtocol, connect_to_relay
-from epop.sandbox import server_tls_options
+from epop.workstation.client import RelayClientProtocol, connect_to_relay
+from epop.sandbox.service import server_tls_options
 from tests.relaying import start_relay
 
 

@@ -12,7 +12,7 @@ import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop import tap
+from epop.relay import tap
 from epop.tuning import _glibc
 
 # Prints where a buffer of 3/4 of HEAP_THRESHOLD lives: "[heap]" or "mapped".

@@ -14,7 +14,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from epop.upstream import _StoppableBody
+from epop.epmsi.upstream import _StoppableBody
 
 
 @implementer(IBodyProducer)

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 epop = ServiceMaker(
     "e-POP relay",
-    "epop.tap",
+    "epop.relay.tap",
     "Relay PMSI uploads from workstations without Internet access to e-PMSI.",
     "epop",
 )

@@ -5,11 +5,11 @@ through a relay (e-POP protocol) or directly (HTTPS).
 Everything returns a L{Deferred} and takes the reactor as its first argument::
 
     from twisted.internet.task import react
-    from epop.client import Endpoint, send_file
+    from epop.workstation.client import RelayAddress, send_file
 
     def main(reactor):
         d = send_file(reactor, "rss.zip", to="/syriusUpload.do", field="theFile",
-                      relay=Endpoint.parse("10.1.2.3"))
+                      relay=RelayAddress.parse("10.1.2.3"))
         d.addCallback(lambda reply: print(reply.status, reply.body))
         return d
 
@@ -47,8 +47,8 @@ from epop.errors import (
 from epop.local_tls import ClientTLS
 from epop.messages import Text
 from epop.multipart import MultipartFileBody, make_cooperator
-from epop.proxy import ProxyConfig
-from epop.upstream import CheckResult, Upstream, tls_policy
+from epop.epmsi.proxy import ProxyConfig
+from epop.epmsi.upstream import CheckResult, Upstream, tls_policy
 from epop.wire import (
     PROTOCOL_NAME,
     PROTOCOL_VERSIONS,
@@ -60,7 +60,7 @@ from epop.wire import (
 
 __all__ = [
     "DEFAULT_RELAY_PORT",
-    "Endpoint",
+    "RelayAddress",
     "Reply",
     "TestReport",
     "UploadFailed",
@@ -79,14 +79,14 @@ DEFAULT_STALL_TIMEOUT = 360.0
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class RelayAddress:
     """A relay's address as a person types it: C{HOST}, C{HOST:PORT}, C{[v6]:PORT}."""
 
     host: str
     port: int = DEFAULT_RELAY_PORT
 
     @classmethod
-    def parse(cls, text: str) -> "Endpoint":
+    def parse(cls, text: str) -> "RelayAddress":
         text = text.strip()
         host, port = text, None
         if text.startswith("["):
@@ -801,7 +801,7 @@ class RelayClientProtocol(Protocol):
 
 def connect_to_relay(
     reactor: Any,
-    relay: Endpoint,
+    relay: RelayAddress,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     tls: ClientTLS | None = None,
@@ -883,7 +883,7 @@ def send_file(
     to: str,
     field: str = "file",
     fields: Sequence[tuple[str, str]] = (),
-    relay: Endpoint | None = None,
+    relay: RelayAddress | None = None,
     epmsi: str | None = None,
     ca_file: str | None = None,
     proxy: ProxyConfig | None = None,
@@ -976,7 +976,7 @@ def send_file(
 def test_connection(
     reactor: Any,
     *,
-    relay: Endpoint | None = None,
+    relay: RelayAddress | None = None,
     epmsi: str | None = None,
     ca_file: str | None = None,
     proxy: ProxyConfig | None = None,

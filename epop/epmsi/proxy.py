@@ -154,7 +154,7 @@ def resolve_proxy(
     if setting != SYSTEM:
         proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
     else:
-        from epop.system_proxy import discover_proxy
+        from epop.epmsi.system_proxy import discover_proxy
 
         found = discover_proxy(target_url, environ=environ)
         if found.proxy is None:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from epop.client import Endpoint
-from epop.upstream import EpmsiOrigin
+from epop.workstation.client import RelayAddress
+from epop.epmsi.upstream import EpmsiOrigin
 
 from epop.files import write_atomically
 
@@ -61,7 +61,7 @@ SETTING_DESCRIPTIONS: Mapping[str, str] = {
     "field": "default form field that carries the file",
 }
 
-#: The C{proxy} value that means "ask this machine" (see L{epop.system_proxy}).
+#: The C{proxy} value that means "ask this machine" (see L{epop.epmsi.system_proxy}).
 SYSTEM_PROXY = "system"
 
 _SECTION = "epop"
@@ -290,7 +290,7 @@ def _check_mode(value: str, on_set: bool) -> str:
 
 
 def _check_relay(value: str, on_set: bool) -> str:
-    Endpoint.parse(value)  # its ValueError already says what is expected
+    RelayAddress.parse(value)  # its ValueError already says what is expected
     return value
 
 

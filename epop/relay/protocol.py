@@ -31,12 +31,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from epop import journal
+from epop.journal import writer as journal
 from epop._version import __version__
 from epop.addressing import client_key, format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError, excerpt
 from epop.messages import Text
-from epop.pacing import (
+from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
     DEFAULT_CHECKS_PER_CONNECTION,
     DEFAULT_FRAME_TIMEOUT,
@@ -50,7 +50,7 @@ from epop.pacing import (
     seconds_to_wait,
 )
 from epop.tuning import HELD_TAIL, ReadBudget, tune
-from epop.upstream import CheckResult, Upstream
+from epop.epmsi.upstream import CheckResult, Upstream
 from epop.wire import (
     HEADER,
     MAX_BODY_LENGTH,
@@ -661,7 +661,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
     waits for the workstation, never while e-PMSI is the slow side.
 
     The idle timeout restarts at every byte, so deadlines that a trickle
-    cannot extend back it up (L{epop.pacing}): the whole HELLO, each whole
+    cannot extend back it up (L{epop.relay.pacing}): the whole HELLO, each whole
     control frame, and an upload's average rate.  None of them counts the
     time the relay itself holds the workstation back.
     """

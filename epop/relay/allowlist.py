@@ -12,7 +12,7 @@ sends at once (HELLO): with C{--listen haproxy:tcp:3358} the address of the
 workstation behind the load balancer is known only then.
 
 The list can change while the relay runs (C{SIGHUP} with C{--config}, or
-L{epop.service.RelayService.set_allowlist}): an L{Allowlist} never changes,
+L{epop.relay.service.RelayService.set_allowlist}): an L{Allowlist} never changes,
 and the factory swaps the whole list at once.  Connections already admitted
 go on; every connection checked afterwards meets the new list.
 """

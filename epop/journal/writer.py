@@ -10,7 +10,7 @@ field is documented in ``docs/journal.md``.
 
 A L{RotatingJournalWriter} starts a new file each UTC day or at a size, and
 deletes the oldest rotated files beyond a number to keep; L{rotated_files}
-lists them in the order they were written, for L{epop.journal_reader}.
+lists them in the order they were written, for L{epop.journal.reader}.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from twisted.logger import (
 from zope.interface import Interface, implementer
 
 from epop.printable import printable, safe_json
-from epop.relay_process import process_fields
+from epop.journal.process import process_fields
 
 __all__ = [
     "EVENT_TYPES",
@@ -105,7 +105,7 @@ def journal_record(event: dict[str, Any], process: dict[str, Any] | None = None)
     Build the journal line for one relay event.
 
     @param process: the relay process's C{host}, C{pid} and C{process_start}
-        (L{epop.relay_process.process_fields}), added to C{listening-opened}
+        (L{epop.journal.process.process_fields}), added to C{listening-opened}
         so that a reader can tell when the relay is gone.
     """
     when = datetime.fromtimestamp(event["log_time"], tz=timezone.utc)
@@ -277,7 +277,7 @@ class _WriteTrouble:
             self.missed = 0
 
 
-_log = Logger(namespace="epop.journal")
+_log = Logger(namespace="epop.journal.writer")
 
 
 def _still_named(file: _AppendFile | None) -> _AppendFile | None:

@@ -29,9 +29,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from epop import journal
-from epop.allowlist import Allowlist, AllowlistFactory
-from epop.journal import (
+from epop.journal import writer as journal
+from epop.relay.allowlist import Allowlist, AllowlistFactory
+from epop.journal.writer import (
     FileJournalWriter,
     IJournalWriter,
     JournalService,
@@ -39,8 +39,8 @@ from epop.journal import (
     parse_rotate,
 )
 from epop.addressing import format_peer
-from epop.interfaces import addresses_for_listen_host
-from epop.limits import (
+from epop.relay.network_interfaces import addresses_for_listen_host
+from epop.relay.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     MAX_SILENT_CONNECTIONS,
@@ -48,8 +48,9 @@ from epop.limits import (
     ConnectionLimits,
     LimitsFactory,
 )
-from epop.local_tls import RelayTLS, SessionChoiceFactory
-from epop.pacing import (
+from epop.local_tls import RelayTLS
+from epop.relay.session import SessionChoiceFactory
+from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
     DEFAULT_CHECKS_PER_CONNECTION,
     DEFAULT_FRAME_TIMEOUT,
@@ -57,10 +58,10 @@ from epop.pacing import (
     DEFAULT_UPLOAD_GRACE,
     DEFAULT_UPLOAD_MIN_RATE,
 )
-from epop.proxy import ProxyConfig
-from epop.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
-from epop.relay import RelayFactory
-from epop.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
+from epop.epmsi.proxy import ProxyConfig
+from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
+from epop.relay.protocol import RelayFactory
+from epop.epmsi.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
 
 __all__ = [
     "DEFAULT_LISTEN",

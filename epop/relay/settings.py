@@ -29,7 +29,7 @@ from typing import Any
 
 from twisted.python import reflect, usage, util
 
-from epop.allowlist import Allowlist
+from epop.relay.allowlist import Allowlist
 
 __all__ = [
     "SECTION",

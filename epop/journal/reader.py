@@ -3,7 +3,7 @@ Reading the relay's journal back, for C{epop journal} and C{epop connections}.
 
 The original e-POP server showed its "Journal d'écoute" and "Connexions" in
 a window, live.  Here the journal is a file of JSON lines (see
-L{epop.journal}); this module reads it (rotated files included), filters it
+L{epop.journal.writer}); this module reads it (rotated files included), filters it
 the way the manual's window did, follows it as it grows (across rotations),
 and computes the connections it describes.  A torn last line (the relay
 crashed, or is writing it right now) is skipped; any other line that is not
@@ -29,10 +29,10 @@ from typing import IO, Any
 
 from twisted.internet.task import LoopingCall
 
-from epop.journal import rotated_files
+from epop.journal.writer import rotated_files
 from epop.messages import Text
 from epop.printable import printable
-from epop.relay_process import GONE, process_state
+from epop.journal.process import GONE, process_state
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -704,7 +704,7 @@ class RunChecker:
     journal's rotated files, newest first (a relay that has run for days
     started in an older file).
 
-    @param check: L{epop.relay_process.process_state}, or a stand-in.
+    @param check: L{epop.journal.process.process_state}, or a stand-in.
     """
 
     def __init__(

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from epop.upstream import DEFAULT_EPMSI_URL
+from epop.epmsi.upstream import DEFAULT_EPMSI_URL
 
 __all__ = [
     "DEFAULT_EPMSI_URL",

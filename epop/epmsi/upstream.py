@@ -49,7 +49,7 @@ from zope.interface import implementer
 from epop.addressing import format_peer
 from epop.errors import EpopError, UpstreamError, describe_upstream_failure
 from epop.messages import Text
-from epop.proxy import ProxyConfig, TunnelEndpoint
+from epop.epmsi.proxy import ProxyConfig, TunnelEndpoint
 from epop.tuning import SEND_LIMIT, tune
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar

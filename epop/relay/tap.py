@@ -5,7 +5,7 @@ Options are checked at parse time so that a mistake is a usage error that
 names the option; L{makeService} only builds objects.
 
 Options may also come from a settings file (C{--config}, see
-L{epop.relay_config}); the command line overrides it.  With one, C{SIGHUP}
+L{epop.relay.settings}); the command line overrides it.  With one, C{SIGHUP}
 re-reads the file and applies its C{allow} entries to new connections.
 """
 
@@ -25,11 +25,12 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from epop.allowlist import Allowlist
-from epop.journal import parse_rotate
-from epop.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+from epop.relay.allowlist import Allowlist
+from epop.errors import RelayCannotStart
+from epop.journal.writer import parse_rotate
+from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.local_tls import RelayTLS
-from epop.pacing import (
+from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
     DEFAULT_CHECKS_PER_CONNECTION,
     DEFAULT_FRAME_TIMEOUT,
@@ -37,21 +38,21 @@ from epop.pacing import (
     DEFAULT_UPLOAD_GRACE,
     DEFAULT_UPLOAD_MIN_RATE,
 )
-from epop.proxy import (
+from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
     SYSTEM,
     ProxyConfig,
     load_proxy_password,
     resolve_proxy,
 )
-from epop.relay_config import (
+from epop.relay.settings import (
     SettingKeys,
     SettingsError,
     SettingsFile,
     command_line_keys,
     read_settings_file,
 )
-from epop.service import (
+from epop.relay.service import (
     DEFAULT_LISTEN,
     ListenError,
     RelayService,
@@ -59,7 +60,7 @@ from epop.service import (
     make_relay_service,
 )
 from epop.tuning import keep_buffers_on_heap
-from epop.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+from epop.epmsi.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
 class _Number:
@@ -369,29 +370,6 @@ def reload_allowlist(relay: RelayService, options: Options) -> None:
             names=", ".join(later),
         )
     relay.set_allowlist(found.allow, source=path)
-
-
-class RelayCannotStart(SystemExit, Exception):
-    """
-    The relay cannot start (a port it cannot bind): twistd must exit non-zero
-    with this one line and no traceback, in the foreground and as a daemon.
-
-    Both a L{SystemExit} and an L{Exception}, because twistd reacts to each
-    in a different place: as an C{Exception}, its
-    C{UnixApplicationRunner.postApplication} sends the reason through the
-    status pipe to the terminal that started a daemon, removes the pid file
-    and re-raises; as a C{SystemExit}, the process then exits with status 1
-    printing nothing more.  A plain C{SystemExit} skips the first step: a
-    daemon's parent then waits for ever, and the pid file stays.
-
-    Its text is short, because twistd passes a daemon's parent only the first
-    100 bytes.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        # Exit status 1; the reason is already in the log and on the terminal.
-        self.code = 1
 
 
 class _TwistdRelay(MultiService):

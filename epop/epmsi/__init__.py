@@ -1,0 +1,8 @@
+"""
+The leg to e-PMSI: the HTTPS client, the corporate proxy and its tunnel, and
+the discovery of the system's proxy settings.
+
+Both the relay and a workstation sending directly (C{epop send --direct})
+use it, which is why it is its own package rather than part of
+L{epop.relay}.
+"""

@@ -1,0 +1,8 @@
+"""
+The e-PMSI sandbox: a real local HTTPS server that stands in for e-PMSI in
+the tests, the demo and the benchmarks.
+
+It implements only the documented upload service (a multipart POST to
+C{/syriusUpload.do}), with its own certificate authority, and is never used
+by the relay or the workstation in production.
+"""
