@@ -1,6 +1,7 @@
 """
-Client addresses: how they are written for people (C{10.1.2.3:3358},
-C{[fd00::1]:3358}), read as IP addresses, and grouped into one client.
+Addresses: e-POP's port, how a host and port are written for people and in
+URLs (C{10.1.2.3:3358}, C{[fd00::1]:3358}), and how client addresses are read
+as IP addresses and grouped into one client.
 """
 
 from __future__ import annotations
@@ -8,12 +9,32 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["host_port", "format_peer", "ip_of", "client_key"]
+__all__ = [
+    "DEFAULT_PORT",
+    "RELAY_ADDRESS_HELP",
+    "url_host",
+    "host_port",
+    "format_peer",
+    "ip_of",
+    "client_key",
+]
+
+#: The TCP port the ATIH chose for e-POP: the relay listens on it and the
+#: workstations use it unless told otherwise.
+DEFAULT_PORT = 3358
+
+#: How a relay's address is typed, for help texts and error messages.
+RELAY_ADDRESS_HELP = f"HOST or HOST:PORT (port {DEFAULT_PORT} by default)"
+
+
+def url_host(host: str) -> str:
+    """The host as a URL or C{host:port} writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def host_port(host: str, port: int) -> str:
     """IPv6 hosts get brackets, so the port stays readable."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{url_host(host)}:{port}"
 
 
 def format_peer(address: Any) -> str:

@@ -48,6 +48,7 @@ from epop.workstation.settings import (
     SettingsError,
     settings_path,
 )
+from epop.addressing import DEFAULT_PORT, RELAY_ADDRESS_HELP
 from epop.errors import EpopError
 from epop.journal.writer import EVENT_TYPES
 from epop.journal.reader import (
@@ -177,7 +178,7 @@ class _TargetOptions(_Options):
         ["tls", None, "Encrypt the connection to the relay (TLS), checking its certificate."],
     ]
     optParameters = [
-        ["relay", None, None, "The relay's address: HOST or HOST:PORT (port 3358 by default)."],
+        ["relay", None, None, f"The relay's address: {RELAY_ADDRESS_HELP}."],
         ["epmsi", None, None, f"e-PMSI's HTTPS origin, with --direct [default: {DEFAULT_EPMSI_URL}]."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI, with --direct."],
         ["proxy", None, None, "With --direct: HTTP proxy http://HOST:PORT, or 'system' for this machine's settings."],
@@ -375,7 +376,7 @@ class InterfacesOptions(_Options):
         "'Adresse IP' list), with the --listen option to use for each and the "
         "address workstations then type."
     )
-    optParameters = [["port", "p", 3358, "The relay's port.", int]]
+    optParameters = [["port", "p", DEFAULT_PORT, "The relay's port.", int]]
 
 
 class SandboxOptions(_Options):

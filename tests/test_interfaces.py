@@ -18,8 +18,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from epop.addressing import DEFAULT_PORT
 from epop.relay.network_interfaces import (
-    DEFAULT_PORT,
     LocalAddress,
     addresses_for_listen_host,
     local_addresses,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from epop.addressing import host_port
 from epop.epmsi.upstream import DEFAULT_EPMSI_URL
 
 __all__ = [
@@ -254,7 +255,7 @@ def _from_proxy_url(
         port = _DEFAULT_PROXY_PORT
         source = f"{source}; no port given, port {port} assumed"
     user = unquote(parts.username) if parts.username else None
-    return ProxyDiscovery(f"http://{_host_port(host, port)}", user, source, url=url)
+    return ProxyDiscovery(f"http://{host_port(host, port)}", user, source, url=url)
 
 
 def _unsupported(scheme: str, shown: str) -> str:
@@ -281,10 +282,6 @@ def _redacted(value: str) -> str:
     if at and ":" in userinfo:
         rest = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     return f"{scheme}{sep}{rest}"
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _unresolved(url: str, source: str) -> ProxyDiscovery:

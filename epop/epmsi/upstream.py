@@ -46,7 +46,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from epop.addressing import format_peer
+from epop.addressing import format_peer, url_host
 from epop.errors import EpopError, UpstreamError, describe_upstream_failure
 from epop.messages import Text
 from epop.epmsi.proxy import ProxyConfig, TunnelEndpoint
@@ -59,6 +59,7 @@ __all__ = [
     "EpmsiOrigin",
     "CheckResult",
     "Upstream",
+    "response_headers",
     "tls_policy",
     "trust_root_from_pem",
 ]
@@ -102,8 +103,7 @@ class EpmsiOrigin:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}" + ("" if self.port == 443 else f":{self.port}")
+        return f"https://{url_host(self.host)}" + ("" if self.port == 443 else f":{self.port}")
 
     def url_for(self, path: str) -> str:
         """The absolute URL of C{path}, which must start with a slash."""
@@ -129,6 +129,18 @@ def trust_root_from_pem(path: str) -> Any:
         return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
     except Exception as e:
         raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+
+
+def response_headers(response: IResponse) -> list[tuple[str, str]]:
+    """
+    e-PMSI's answer headers as text, in order, one pair per value: Latin-1,
+    as HTTP/1.1 carries them, so that no byte is lost or refused.
+    """
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, values in response.headers.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:

@@ -34,15 +34,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from epop.addressing import DEFAULT_PORT, host_port
+
 __all__ = [
-    "DEFAULT_PORT",
     "LocalAddress",
     "addresses_for_listen_host",
     "local_addresses",
 ]
-
-#: The port the ATIH chose for e-POP.
-DEFAULT_PORT = 3358
 
 _IPV4_ANY = ("", "0.0.0.0")
 _IPV6_ANY = ("::",)
@@ -51,11 +49,6 @@ _IPV6_ANY = ("::",)
 def _escape(value: str) -> str:
     """Escape a value for a Twisted endpoint string (C{\\}, C{:} and C{=})."""
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def _bracketed(host: str, port: int) -> str:
-    """C{host:port}, with brackets around an IPv6 host."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,7 @@ class LocalAddress:
 
     def client_address(self, port: int = DEFAULT_PORT) -> str:
         """What workstations type: C{10.1.2.3:3358} or C{[fd00::3]:3358}."""
-        return _bracketed(self.host, port)
+        return host_port(self.host, port)
 
 
 def _from_ip(interface: str, ip: Any) -> LocalAddress | None:
@@ -192,7 +185,7 @@ def addresses_for_listen_host(
         system's setting.
     """
     if host not in _IPV4_ANY and host not in _IPV6_ANY:
-        return [_bracketed(host, port)]
+        return [host_port(host, port)]
     if addresses is None:
         addresses = local_addresses()
     if host in _IPV4_ANY:

@@ -50,7 +50,7 @@ from epop.relay.pacing import (
     seconds_to_wait,
 )
 from epop.tuning import HELD_TAIL, ReadBudget, tune
-from epop.epmsi.upstream import CheckResult, Upstream
+from epop.epmsi.upstream import CheckResult, Upstream, response_headers
 from epop.wire import (
     HEADER,
     MAX_BODY_LENGTH,
@@ -488,10 +488,7 @@ class RelayedRequest:
         self.progress()
         self.status = response.code
         headers = [
-            [name.decode("latin-1"), value.decode("latin-1")]
-            for name, values in response.headers.getAllRawHeaders()
-            if name.decode("latin-1").lower() not in HOP_BY_HOP
-            for value in values
+            [name, value] for name, value in response_headers(response) if name.lower() not in HOP_BY_HOP
         ]
         try:
             self.protocol.send_message(

@@ -38,7 +38,7 @@ from epop.journal.writer import (
     RotatingJournalWriter,
     parse_rotate,
 )
-from epop.addressing import format_peer
+from epop.addressing import DEFAULT_PORT, format_peer
 from epop.relay.network_interfaces import addresses_for_listen_host
 from epop.relay.limits import (
     DEFAULT_MAX_CONNECTIONS,
@@ -72,7 +72,7 @@ __all__ = [
     "make_relay_service",
 ]
 
-DEFAULT_LISTEN = "tcp:3358"
+DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}"
 
 
 class ListenError(CannotListenError):

@@ -53,6 +53,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from epop.addressing import host_port
 from epop.files import write_atomically
 
 __all__ = [
@@ -989,12 +990,6 @@ def _url_host(interface: str) -> str:
     return interface
 
 
-def _format_url(host: str, port: int) -> str:
-    if ":" in host:
-        host = f"[{host}]"
-    return f"https://{host}:{port}"
-
-
 class SandboxService(Service):
     """
     Runs the sandbox over TLS, e.g. under C{twistd} or in a benchmark.
@@ -1040,7 +1035,7 @@ class SandboxService(Service):
         )
         super().startService()
         self.certificates, self.site, self.port = certificates, site, port
-        self.url = _format_url(host, port.getHost().port)
+        self.url = f"https://{host_port(host, port.getHost().port)}"
         self.log.info(
             "e-PMSI sandbox listening on {url}; uploads are stored in "
             "{upload_directory}; its CA certificate is {ca_path} "

@@ -35,7 +35,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from epop._version import __version__
-from epop.addressing import format_peer, host_port
+from epop.addressing import DEFAULT_PORT, format_peer, host_port
 from epop.errors import (
     EpopError,
     ProtocolError,
@@ -48,7 +48,7 @@ from epop.local_tls import ClientTLS
 from epop.messages import Text
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.epmsi.proxy import ProxyConfig
-from epop.epmsi.upstream import CheckResult, Upstream, tls_policy
+from epop.epmsi.upstream import CheckResult, Upstream, response_headers, tls_policy
 from epop.wire import (
     PROTOCOL_NAME,
     PROTOCOL_VERSIONS,
@@ -70,7 +70,7 @@ __all__ = [
     "test_connection",
 ]
 
-DEFAULT_RELAY_PORT = 3358
+DEFAULT_RELAY_PORT = DEFAULT_PORT
 DEFAULT_TIMEOUT = 10.0
 #: Longer than the relay's own wait on e-PMSI (its --epmsi-timeout, 300 s by
 #: default), so that when e-PMSI is the slow side the relay's error, which
@@ -941,11 +941,7 @@ def send_file(
         reply = Reply(
             response.code,
             response.phrase.decode("latin-1"),
-            [
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, values in response.headers.getAllRawHeaders()
-                for value in values
-            ],
+            response_headers(response),
             sent=body.length,
         )
         assert upload.watchdog is not None

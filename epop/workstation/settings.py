@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from epop.addressing import RELAY_ADDRESS_HELP, host_port
 from epop.workstation.client import RelayAddress
 from epop.epmsi.upstream import EpmsiOrigin
 
@@ -51,7 +52,7 @@ SETTING_KEYS: tuple[str, ...] = (
 #: One line per key, for help texts and error messages.
 SETTING_DESCRIPTIONS: Mapping[str, str] = {
     "mode": "how to send: 'relay' (through the e-POP relay) or 'direct'",
-    "relay": "the relay's address, HOST or HOST:PORT (port 3358 by default)",
+    "relay": f"the relay's address, {RELAY_ADDRESS_HELP}",
     "epmsi": "e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr",
     "ca-file": "PEM file of CA certificates trusted for e-PMSI (direct mode)",
     "proxy": "the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's",
@@ -333,8 +334,7 @@ def _check_proxy(value: str, on_set: bool) -> str:
         raise ValueError(f"proxy {value!r} has an invalid port: {expected}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"proxy {value!r} must not have a path: {expected}")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"http://{host}:{port}"
+    return f"http://{host_port(parts.hostname, port)}"
 
 
 def _check_text(value: str, on_set: bool) -> str:
