@@ -25,7 +25,8 @@ from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import EpmsiEndpointFactory
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO
-from tests.test_relay import FakeUpstream, ListConsumer
+from epop.testing import FakeUpstream
+from tests.test_relay import ListConsumer
 
 
 class Connection:
