@@ -5,6 +5,9 @@ stands for, as the real one does, and does what C{docs/compose.md} says.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,6 +22,7 @@ from epop.messages import Text
 from epop.testing import FakeUpstream, MemoryJournalWriter
 from tests.support import InMemoryBody
 
+COMPOSE = Path(__file__).resolve().parent.parent / "docs" / "compose.md"
 
 
 class InterfaceTests(SynchronousTestCase):
@@ -107,3 +111,12 @@ class FakeUpstreamTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(upstream.close()))
         self.assertTrue(upstream.closed)
 
+
+class ComposeDocTests(SynchronousTestCase):
+    def test_example_runs(self) -> None:
+        """The example of docs/compose.md's testing section runs and its assertions hold."""
+        text = COMPOSE.read_text(encoding="utf-8")
+        section = text.split("## Testing code that uses the relay", 1)[1]
+        match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+        assert match is not None
+        exec(compile(match.group(1), str(COMPOSE), "exec"), {})
