@@ -1,5 +1,6 @@
 """
-The relay's leg to e-PMSI: one HTTPS origin, one connection pool, one TLS policy.
+The HTTP client to e-PMSI, for the relay and for direct sends: one origin,
+one connection pool, one TLS policy.
 
 Everything goes through an L{Agent} built here on the L{Upstream}'s own pool,
 never through treq's global one, so the owner of an L{Upstream} decides when
