@@ -72,7 +72,7 @@ from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.printable import safe_json
 from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
-from epop.epmsi.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin
+from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 
 __all__ = [
     "EXIT_ANSWER_LOST",

@@ -29,7 +29,7 @@ from twisted.internet.ssl import (
 )
 from twisted.python.failure import Failure
 
-from epop.epmsi.upstream import trust_root_from_pem
+from epop.epmsi.origin import trust_root_from_pem
 
 __all__ = ["RelayTLS", "ClientTLS", "openssl_words", "server_options"]
 

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from epop.workstation.client import RelayAddress
-from epop.journal.writer import MemoryJournalWriter
+from epop.testing import MemoryJournalWriter
 from epop.relay.service import RelayService, RelaySettings, make_relay_service
 from epop.wire import PROTOCOL_NAME, Frame, FrameReader, FrameType, encode_message
 

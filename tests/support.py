@@ -28,7 +28,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from epop.sandbox.service import SandboxSite, make_sandbox_site, server_tls_options
-from epop.epmsi.upstream import EpmsiEndpointFactory, tls_policy
+from epop.epmsi.origin import tls_policy
+from epop.epmsi.upstream import EpmsiEndpointFactory
 
 __all__ = [
     "InMemoryBody",

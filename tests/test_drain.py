@@ -28,7 +28,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.journal.writer import JournalObserver, MemoryJournalWriter
+from epop.journal.writer import JournalObserver
+from epop.testing import FakeUpstream, MemoryJournalWriter
 from epop.relay.protocol import RelayFactory, RelayProtocol
 from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
@@ -41,27 +42,6 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 # The drain logic, on a fake clock.
 
 
-class _FakeUpstream:
-    """e-PMSI's side that answers only when the test says so."""
-
-    url = "https://epmsi.test"
-    proxy = None
-
-    def __init__(self) -> None:
-        self.requests: list[Deferred[Any]] = []
-        self.checks: list[Deferred[CheckResult]] = []
-
-    def request(self, method: str, path: str, headers: Any, body: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.requests.append(d)
-        return d
-
-    def check(self) -> Deferred[CheckResult]:
-        d: Deferred[CheckResult] = Deferred()
-        self.checks.append(d)
-        return d
-
-
 def _frames(transport: StringTransport) -> list[Frame]:
     return [item for item in FrameReader().feed(transport.value()) if isinstance(item, Frame)]
 
@@ -69,7 +49,7 @@ def _frames(transport: StringTransport) -> list[Frame]:
 class DrainLogicTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.upstream = _FakeUpstream()
+        self.upstream = FakeUpstream("https://epmsi.test")
         self.factory = RelayFactory(self.clock, self.upstream, "drain-test")  # type: ignore[arg-type]
         self.writer = MemoryJournalWriter()
         observer = JournalObserver(self.writer, "drain-test")
@@ -122,7 +102,7 @@ class DrainLogicTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(self.errors(busy_transport), ["relay-stopping"])
         # e-PMSI's request was cancelled, short of its last chunk.
-        self.assertTrue(self.upstream.requests[0].called)
+        self.assertTrue(self.upstream.requests[0].answer.called)
         self.close(busy, busy_transport)
         self.successResultOf(drained)
         released = [r for r in self.writer.records if r["type"] == "object-released"]

@@ -21,7 +21,8 @@ from twisted.logger import LogEvent, Logger, LogLevel, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop import cli
-from epop.journal.writer import MemoryJournalWriter, JournalObserver, emit, encode_record, journal_record
+from epop.journal.writer import JournalObserver, emit, encode_record, journal_record
+from epop.testing import MemoryJournalWriter
 from epop.journal.reader import JournalFollower, connection_summaries, connections_table, journal_row
 from epop.printable import printable, safe_json
 from tests.support import ShutdownClock

@@ -13,7 +13,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from epop.errors import ProtocolError
 from epop.relay.protocol import RelayFactory, parse_request
 from epop.epmsi.upstream import CheckResult
+from epop.testing import FakeUpstream
 from epop.wire import (
     MAX_BODY_LENGTH,
     MAX_CONTROL_PAYLOAD,
@@ -148,32 +148,10 @@ class ParseRequestProperties(SynchronousTestCase):
             value.encode("latin-1")
 
 
-class FakeUpstream:
-    """e-PMSI's side: checks answered at once, requests left waiting."""
-
-    url = "https://epmsi.example"
-
-    def __init__(self) -> None:
-        self.requests: list[Deferred[Any]] = []
-
-    def request(self, method: str, path: str, headers: list[Any], body: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.requests.append(d)
-        if body is not None:
-            # As the HTTP client does, take the body's outcome (an aborted
-            # upload fails it).
-            body.startProducing(_Sink()).addErrback(lambda failure: None)
-        return d
-
-    def check(self) -> Deferred[CheckResult]:
-        d: Deferred[CheckResult] = Deferred()
-        d.callback(CheckResult(True, self.url, 0.1, "192.0.2.1:443", 200))
-        return d
-
-
-class _Sink:
-    def write(self, data: bytes) -> None:
-        pass
+def fake_upstream() -> FakeUpstream:
+    """e-PMSI's side: checks answered at once, requests left waiting, bodies taken as they come."""
+    reached = CheckResult(True, "https://epmsi.example", 0.1, "192.0.2.1:443", 200)
+    return FakeUpstream("https://epmsi.example", check_result=reached, read_bodies=True)
 
 
 HELLO = encode_message(FrameType.HELLO, {"protocol": PROTOCOL_NAME, "versions": [1]})
@@ -227,7 +205,7 @@ class RelayProtocolProperties(SynchronousTestCase):
         """
         self.events.clear()
         clock = MemoryReactorClock()
-        factory = RelayFactory(clock, FakeUpstream(), "properties")
+        factory = RelayFactory(clock, fake_upstream(), "properties")
         address = IPv4Address("TCP", "10.1.2.3", 5555)
         protocol = factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)

@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from epop.epmsi.proxy import ProxyConfig, ProxyError, TunnelEndpoint, load_proxy_password
+from epop.epmsi.proxy import ProxyConfig, ProxyError, load_proxy_password
+from epop.epmsi.tunnel import TunnelEndpoint
 
 
 class Recorder(Protocol):

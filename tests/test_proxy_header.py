@@ -20,7 +20,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.errors import EpopError
-from epop.journal.writer import MemoryJournalWriter
+from epop.testing import MemoryJournalWriter
 from epop.relay.proxy_header import BadProxyHeader, ProxyHeaderFactory, parse_proxy_header
 from epop.relay.service import RelaySettings, make_relay_service
 from epop.wire import FrameType

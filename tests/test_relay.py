@@ -9,7 +9,6 @@ import hashlib
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,29 +16,10 @@ from epop.errors import ProtocolError
 from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
 from epop.tuning import HELD_TAIL
 from epop.epmsi.upstream import CheckResult
+from epop.testing import FakeUpstream
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import HELLO
 from tests.support import InMemoryBody
-
-
-class FakeUpstream:
-    """Stands for e-PMSI's side: the test decides when and how it answers."""
-
-    url = "https://epmsi.example"
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, list, Any, Deferred]] = []
-        self.checks: list[Deferred] = []
-
-    def request(self, method: str, path: str, headers: list, body: Any) -> Deferred:
-        d: Deferred = Deferred()
-        self.requests.append((method, path, headers, body, d))
-        return d
-
-    def check(self) -> Deferred:
-        d: Deferred = Deferred()
-        self.checks.append(d)
-        return d
 
 
 class ListConsumer:
@@ -69,7 +49,7 @@ class RelayProtocolTests(SynchronousTestCase):
         """Start an upload with its C{first} body bytes, which open e-PMSI's request."""
         request = {"method": "POST", "path": "/syriusUpload.do", "headers": [], "length": length}
         self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request) + first)
-        return self.upstream.requests[-1][3]
+        return self.upstream.requests[-1].body
 
     def test_idle_timeout(self) -> None:
         """A workstation silent for the idle timeout gets an error and is closed."""
@@ -137,7 +117,7 @@ class RelayProtocolTests(SynchronousTestCase):
         body.startProducing(consumer)
         self.protocol.dataReceived(b"cd")
         response = Response((b"HTTP", 1, 1), 413, b"Too Large", Headers(), Sink())
-        self.upstream.requests[-1][4].callback(response)
+        self.upstream.requests[-1].answer.callback(response)
         response._bodyDataFinished()
         kinds = [f.kind for f in self.frames()]
         self.assertIn(FrameType.RESPONSE, kinds)

@@ -39,7 +39,8 @@ from epop.wire import (
 )
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import poll_until
-from tests.test_relay import FakeUpstream, ListConsumer
+from epop.testing import FakeUpstream
+from tests.test_relay import ListConsumer
 
 GIB = 1024**3
 

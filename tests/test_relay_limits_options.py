@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.relay import tap
-from epop.journal.writer import MemoryJournalWriter
+from epop.testing import MemoryJournalWriter
 from epop.relay.service import RelaySettings, make_relay_service
 
 #: Each option, a value other than its default, and the factory attribute it sets.

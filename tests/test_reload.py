@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.relay import tap
 from epop.workstation.client import RelayAddress, test_connection
-from epop.journal.writer import MemoryJournalWriter
+from epop.testing import MemoryJournalWriter
 from epop.relay.service import RelayService, make_relay_service
 from epop.wire import FrameType
 from tests.relaying import start_relay

@@ -21,10 +21,12 @@ from twisted.web.client import URI
 
 from epop.relay.protocol import RelayFactory, RelayProtocol
 from epop.tuning import HELD_TAIL, MIN_READ_SIZE, READ_BUDGET, READ_SIZE, ReadBudget
-from epop.epmsi.upstream import EpmsiEndpointFactory, tls_policy
+from epop.epmsi.origin import tls_policy
+from epop.epmsi.upstream import EpmsiEndpointFactory
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO
-from tests.test_relay import FakeUpstream, ListConsumer
+from epop.testing import FakeUpstream
+from tests.test_relay import ListConsumer
 
 
 class Connection:

@@ -37,10 +37,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from epop.addressing import host_port
-from epop.epmsi.upstream import DEFAULT_EPMSI_URL
+from epop.epmsi.origin import DEFAULT_EPMSI_URL
 
 __all__ = [
-    "DEFAULT_EPMSI_URL",
     "PAC_INSTALL_HINT",
     "ProxyDiscovery",
     "discover_proxy",

@@ -1,5 +1,6 @@
 """
-The relay's leg to e-PMSI: one HTTPS origin, one connection pool, one TLS policy.
+The HTTP client to e-PMSI, for the relay and for direct sends: one origin,
+one connection pool, one TLS policy.
 
 Everything goes through an L{Agent} built here on the L{Upstream}'s own pool,
 never through treq's global one, so the owner of an L{Upstream} decides when
@@ -11,29 +12,25 @@ The connectivity check uses treq on that agent.  Relayed requests use the
 agent itself: treq always asks for gzip and decodes it, keeps cookies and can
 follow redirects, and a relay must hand each workstation e-PMSI's answer as
 e-PMSI sent it, never another workstation's session cookie.
+
+What the relay and a direct send use of an L{Upstream} is L{IUpstream};
+L{epop.testing.FakeUpstream} provides it too, for tests.
 """
 
 from __future__ import annotations
 
-import re
 from http.cookiejar import DefaultCookiePolicy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
     IReactorTime,
     IStreamClientEndpoint,
-)
-from twisted.internet.ssl import (
-    Certificate,
-    platformTrust,
-    trustRootFromCertificates,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,91 +41,28 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
-from epop.addressing import format_peer, url_host
+from epop.addressing import format_peer
+from epop.epmsi.origin import EpmsiOrigin
+from epop.epmsi.proxy import ProxyConfig
+from epop.epmsi.tunnel import TunnelEndpoint
 from epop.errors import EpopError, UpstreamError, describe_upstream_failure
 from epop.messages import Text
-from epop.epmsi.proxy import ProxyConfig, TunnelEndpoint
 from epop.tuning import SEND_LIMIT, tune
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 
 __all__ = [
-    "DEFAULT_EPMSI_URL",
-    "EpmsiOrigin",
     "CheckResult",
+    "EpmsiEndpointFactory",
+    "IUpstream",
     "Upstream",
     "response_headers",
-    "tls_policy",
-    "trust_root_from_pem",
 ]
-
-DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
 
 #: Causes that, through a proxy, may as well come from the proxy as from e-PMSI.
 _ALSO_THE_PROXY = frozenset({"connection-lost", "timeout"})
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
-
-
-@dataclass(frozen=True)
-class EpmsiOrigin:
-    """Where the relay sends everything: scheme, host and port, nothing else."""
-
-    host: str
-    port: int
-
-    @classmethod
-    def from_url(cls, url: str) -> "EpmsiOrigin":
-        parts = urlsplit(url)
-        if parts.scheme != "https":
-            raise ValueError(f"e-PMSI URL must start with https:// (got {url!r})")
-        if not parts.hostname:
-            raise ValueError(f"e-PMSI URL has no host name: {url!r}")
-        if parts.username or parts.password:
-            raise ValueError("e-PMSI URL must not hold a user name or password")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(
-                f"e-PMSI URL must be an origin such as {DEFAULT_EPMSI_URL}, "
-                f"without a path (got {url!r})"
-            )
-        try:
-            port = parts.port or 443
-        except ValueError:
-            raise ValueError(f"e-PMSI URL has an invalid port: {url!r}") from None
-        return cls(parts.hostname, port)
-
-    @property
-    def url(self) -> str:
-        return f"https://{url_host(self.host)}" + ("" if self.port == 443 else f":{self.port}")
-
-    def url_for(self, path: str) -> str:
-        """The absolute URL of C{path}, which must start with a slash."""
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
-        return self.url + path
-
-
-def trust_root_from_pem(path: str) -> Any:
-    """
-    Trust every certificate in a PEM bundle, so a hospital can pin its own
-    TLS-inspecting proxy's CA or a test can pin the sandbox's.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
-    found = _PEM_CERTIFICATE.findall(data)
-    if not found:
-        raise ValueError(f"CA file {path} holds no PEM certificate")
-    try:
-        return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
-    except Exception as e:
-        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
 
 
 def response_headers(response: IResponse) -> list[tuple[str, str]]:
@@ -141,12 +75,6 @@ def response_headers(response: IResponse) -> list[tuple[str, str]]:
         for name, values in response.headers.getAllRawHeaders()
         for value in values
     ]
-
-
-def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:
-    """Verify e-PMSI's certificate and host name, against C{ca_file} or the system."""
-    root = trust_root_from_pem(ca_file) if ca_file else platformTrust()
-    return BrowserLikePolicyForHTTPS(trustRoot=root)
 
 
 @implementer(IStreamClientEndpoint)
@@ -316,6 +244,39 @@ class _NoCookies(IndexableCookieJar):
         super().__init__(DefaultCookiePolicy(allowed_domains=[]))
 
 
+class IUpstream(Interface):
+    """
+    e-PMSI's side, as the relay and a workstation sending directly use it:
+    relay one request, check that e-PMSI answers, close.
+    """
+
+    url = Attribute("e-PMSI's origin, C{https://host[:port]}: what people are told.")
+    proxy = Attribute("The L{ProxyConfig} e-PMSI is reached through, or C{None}.")
+
+    def request(
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: IBodyProducer | None,
+    ) -> Deferred[IResponse]:
+        """
+        Send one request for C{path} (starting with a slash) on e-PMSI's
+        origin, with these headers and body.  Fires with the answer, its
+        body left unread for the caller to stream, or fails with an
+        L{UpstreamError} (L{CancelledError} when cancelled).
+        """
+
+    def check() -> Deferred[CheckResult]:
+        """
+        Reach e-PMSI once, on a fresh connection.  Never fails: the
+        L{CheckResult} says how it went.
+        """
+
+    def close() -> Deferred[None]:
+        """Close the connections kept open; fires when they are closed."""
+
+
+@implementer(IUpstream)
 class Upstream:
     """
     Everything the relay needs to talk to e-PMSI.
@@ -374,8 +335,6 @@ class Upstream:
         d = self._agent.request(method.encode("ascii"), url, raw, producer)
 
         def failed(failure: Failure) -> Failure:
-            from twisted.internet.defer import CancelledError
-
             if failure.check(CancelledError):
                 return failure
             return Failure(self._describe(failure))

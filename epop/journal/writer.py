@@ -41,7 +41,6 @@ __all__ = [
     "RECORD_FIELDS",
     "IJournalWriter",
     "FileJournalWriter",
-    "MemoryJournalWriter",
     "RotatingJournalWriter",
     "DAILY",
     "encode_record",
@@ -135,19 +134,6 @@ class IJournalWriter(Interface):
 
     def close() -> None:
         """Release what the writer holds; no write follows."""
-
-
-@implementer(IJournalWriter)
-class MemoryJournalWriter:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.closed = False
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def encode_record(record: dict[str, Any]) -> bytes:

@@ -61,7 +61,8 @@ from epop.relay.pacing import (
 from epop.epmsi.proxy import ProxyConfig
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.relay.protocol import RelayFactory
-from epop.epmsi.upstream import DEFAULT_EPMSI_URL, CheckResult, Upstream, tls_policy
+from epop.epmsi.origin import DEFAULT_EPMSI_URL, tls_policy
+from epop.epmsi.upstream import CheckResult, Upstream
 
 __all__ = [
     "DEFAULT_LISTEN",

@@ -60,7 +60,7 @@ from epop.relay.service import (
     make_relay_service,
 )
 from epop.tuning import keep_buffers_on_heap
-from epop.epmsi.upstream import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 
 
 class _Number:

@@ -48,7 +48,8 @@ from epop.local_tls import ClientTLS
 from epop.messages import Text
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.epmsi.proxy import ProxyConfig
-from epop.epmsi.upstream import CheckResult, Upstream, response_headers, tls_policy
+from epop.epmsi.origin import tls_policy
+from epop.epmsi.upstream import CheckResult, Upstream, response_headers
 from epop.wire import (
     PROTOCOL_NAME,
     PROTOCOL_VERSIONS,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from epop.addressing import RELAY_ADDRESS_HELP, host_port
 from epop.workstation.client import RelayAddress
-from epop.epmsi.upstream import EpmsiOrigin
+from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
 

@@ -1,0 +1,100 @@
+"""
+e-PMSI's origin: the one HTTPS URL the relay and direct sends may reach, its
+default, and the certificates trusted for it.
+
+Kept apart from the HTTP client so that whatever only needs the URL or the
+trust roots (settings, the workstation's TLS to its relay, the system-proxy
+discovery) imports neither treq nor the proxy tunnel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.ssl import (
+    Certificate,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.web.client import BrowserLikePolicyForHTTPS
+
+from epop.addressing import url_host
+
+__all__ = [
+    "DEFAULT_EPMSI_URL",
+    "EpmsiOrigin",
+    "tls_policy",
+    "trust_root_from_pem",
+]
+
+DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+@dataclass(frozen=True)
+class EpmsiOrigin:
+    """Where the relay sends everything: scheme, host and port, nothing else."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> "EpmsiOrigin":
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            raise ValueError(f"e-PMSI URL must start with https:// (got {url!r})")
+        if not parts.hostname:
+            raise ValueError(f"e-PMSI URL has no host name: {url!r}")
+        if parts.username or parts.password:
+            raise ValueError("e-PMSI URL must not hold a user name or password")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(
+                f"e-PMSI URL must be an origin such as {DEFAULT_EPMSI_URL}, "
+                f"without a path (got {url!r})"
+            )
+        try:
+            port = parts.port or 443
+        except ValueError:
+            raise ValueError(f"e-PMSI URL has an invalid port: {url!r}") from None
+        return cls(parts.hostname, port)
+
+    @property
+    def url(self) -> str:
+        return f"https://{url_host(self.host)}" + ("" if self.port == 443 else f":{self.port}")
+
+    def url_for(self, path: str) -> str:
+        """The absolute URL of C{path}, which must start with a slash."""
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        return self.url + path
+
+
+def trust_root_from_pem(path: str) -> Any:
+    """
+    Trust every certificate in a PEM bundle, so a hospital can pin its own
+    TLS-inspecting proxy's CA or a test can pin the sandbox's.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
+    found = _PEM_CERTIFICATE.findall(data)
+    if not found:
+        raise ValueError(f"CA file {path} holds no PEM certificate")
+    try:
+        return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
+    except Exception as e:
+        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+
+
+def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:
+    """Verify e-PMSI's certificate and host name, against C{ca_file} or the system."""
+    root = trust_root_from_pem(ca_file) if ca_file else platformTrust()
+    return BrowserLikePolicyForHTTPS(trustRoot=root)
