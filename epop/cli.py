@@ -33,7 +33,6 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from epop._version import __version__
 from epop.command import (
     EXIT_ANSWER_LOST,
     EXIT_BROKEN_PIPE,
@@ -41,6 +40,7 @@ from epop.command import (
     EXIT_OK,
     EXIT_USAGE,
     Command,
+    CommandOptions,
     exit_status_for_signal,
     output_lost,
 )
@@ -109,10 +109,9 @@ class Options(usage.Options):
     ]
     subCommands = [[name, None, entry.options, entry.summary] for name, entry in COMMANDS.items()]
 
-    def opt_version(self) -> None:
-        """Print the version and exit."""
-        print(f"epop {__version__}")
-        sys.exit(0)
+    # Not a CommandOptions: its arguments after the subcommand are the
+    # subcommand's, never to be reordered.
+    opt_version = CommandOptions.opt_version
 
     def postOptions(self) -> None:
         if self["lang"] not in (None, *LANGUAGES):
@@ -224,7 +223,6 @@ def run(
     stderr = stderr if stderr is not None else sys.stderr
     environ = os.environ if environ is None else environ
     interruption = interruption if interruption is not None else Interruption()
-    language = choose_language(environ)
     options = Options()
     try:
         options.parseOptions(argv)
