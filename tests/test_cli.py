@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -26,14 +27,82 @@ from tests.support import SilentServer, free_port, make_trustme_sandbox, write_r
 
 
 async def run_epop(
-    config_path: str, *argv: str, environ: dict[str, str] | None = None
+    config_path: str, *argv: str, environ: dict[str, str] | None = None, stdin: io.StringIO | None = None
 ) -> tuple[int, bytes, str]:
     """Run the command in-process: its exit status, standard output and error."""
     stdout, stderr = io.BytesIO(), io.StringIO()
     env = {"EPOP_CONFIG": config_path}
     env.update(environ or {})
-    code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr, environ=env)
+    code = await cli.run(reactor, list(argv), stdout=stdout, stderr=stderr, environ=env, stdin=stdin)
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+class UntouchableInput(io.StringIO):
+    """The process's own standard input, which a command given another must not read."""
+
+    def readline(self, size: int | None = -1) -> str:
+        raise AssertionError("read the process's standard input, not the one given")
+
+    def isatty(self) -> bool:
+        raise AssertionError("looked at the process's standard input, not the one given")
+
+
+class TerminalInput(io.StringIO):
+    """A standard input that is a terminal: a password is asked for, never read from it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class StandardInputTests(TestCase):
+    """What the command reads comes from the standard input it is given."""
+
+    def setUp(self) -> None:
+        self.config_path = os.path.abspath(self.mktemp())
+        self.patch(sys, "stdin", UntouchableInput())
+
+    def saved_text(self) -> str:
+        with open(self.config_path) as f:
+            return f.read()
+
+    async def test_password_from_given_stdin(self) -> None:
+        """`config set proxy-password -` reads the first line of the given standard input."""
+        code, out, err = await run_epop(
+            self.config_path, "config", "set", "proxy-password", "-",
+            stdin=io.StringIO("Piped-Pw-456\r\nsecond line\n"),
+        )
+        self.assertEqual((code, out), (0, b""), err)
+        self.assertEqual(err, f"Saved in {self.config_path}.\n")
+        self.assertIn("Piped-Pw-456\n", self.saved_text())
+        self.assertNotIn("second line", self.saved_text())
+        code, out, _ = await run_epop(self.config_path, "config", "show", stdin=io.StringIO())
+        self.assertIn(b"proxy-password = (set)", out)
+
+    async def test_password_from_given_terminal(self) -> None:
+        """On a terminal the password is asked for without echo, never read as a line."""
+        import getpass
+
+        asked: list[str] = []
+        self.patch(getpass, "getpass", lambda prompt: asked.append(prompt) or "Typed-Pw-789")
+        terminal = TerminalInput("not-the-password\n")
+        code, _, err = await run_epop(self.config_path, "config", "set", "proxy-password", "-", stdin=terminal)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(asked, ["Proxy password: "])
+        self.assertEqual(terminal.tell(), 0)
+        self.assertIn("Typed-Pw-789", self.saved_text())
+
+    async def test_empty_stdin(self) -> None:
+        """An empty standard input is an empty password, refused as a usage error."""
+        code, _, err = await run_epop(self.config_path, "config", "set", "proxy-password", "-", stdin=io.StringIO(""))
+        self.assertEqual(code, 2, err)
+        self.assertIn("epop: proxy-password is empty", err)
+
+    async def test_other_commands_leave_stdin_alone(self) -> None:
+        """Only a password given as '-' reads standard input."""
+        given = io.StringIO("proxy.chu.local\n")
+        code, _, err = await run_epop(self.config_path, "config", "set", "relay", "10.1.2.3", stdin=given)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(given.tell(), 0)
 
 
 class CommandTests(TestCase):

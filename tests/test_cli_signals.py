@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
+from epop.workstation import commands as workstation_commands
 from epop.workstation.client import Reply, UploadFailed
 from epop.errors import EpopError
 from epop.messages import Text
@@ -56,7 +57,7 @@ class ScriptedReactor(MemoryReactorClock):
 
 
 class FakeUpload:
-    """What L{cli.send_file} returns: an upload the script finishes or cancels."""
+    """What L{epop.workstation.commands.send_file} returns: an upload the script finishes or cancels."""
 
     def __init__(self) -> None:
         self.output: Any = None
@@ -103,7 +104,7 @@ class SignalRaceTests(SynchronousTestCase):
         with open(self.path, "wb") as f:
             f.write(b"x" * 1000)
         self.upload = FakeUpload()
-        self.patch(cli, "send_file", self.upload.send_file)
+        self.patch(workstation_commands, "send_file", self.upload.send_file)
         self.stdout = io.BytesIO()
         self.stderr = io.StringIO()
         self.interruptions: list[cli.Interruption] = []

@@ -1,0 +1,150 @@
+"""
+What every subcommand of C{epop} is given and gives back: the base of its
+options, one run's context (reactor, streams, environment, language), and
+the exit statuses.
+
+It sits apart from L{epop.cli} so that each role's commands
+(L{epop.workstation.commands}, L{epop.journal.commands}, ...) can use it
+while L{epop.cli} lists them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import getopt
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from twisted.python import usage
+
+from epop._version import __version__
+from epop.messages import Text
+
+if TYPE_CHECKING:
+    from epop.cli import Interruption
+    from epop.workstation.settings import ClientSettings
+
+__all__ = [
+    "EXIT_ANSWER_LOST",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Command",
+    "CommandOptions",
+    "exit_status_for_signal",
+    "output_lost",
+]
+
+#: The exit statuses of C{epop}; docs/exit-status.md has the whole table.
+EXIT_OK = 0
+#: e-PMSI answered with an error, or the relay or e-PMSI failed or could not
+#: be reached: the file was not delivered (or e-PMSI refused it).
+EXIT_FAILED = 1
+#: A usage or settings error: nothing was sent.
+EXIT_USAGE = 2
+#: All of the file was sent but its answer was lost: e-PMSI may have it.
+#: Distinct from 1 so that a script never sends the same file twice blindly.
+EXIT_ANSWER_LOST = 3
+#: Standard output was closed early (C{epop journal | head}): 128 + SIGPIPE,
+#: what a shell reports for a tool killed by it.
+EXIT_BROKEN_PIPE = 141
+
+
+def exit_status_for_signal(number: int) -> int:
+    """128 + N, as shells report a command killed by signal N (SIGINT: 130)."""
+    return 128 + number
+
+
+#: Errors that can only mean standard output is full (a disk, a quota).
+_OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def output_lost(error: BaseException, stderr: TextIO) -> int | None:
+    """
+    The exit status when C{error} means standard output takes no more:
+    141, quietly, when its reader went away (C{epop journal | head}), as a
+    tool killed by SIGPIPE would; 1, said in one line, when its disk is
+    full.  C{None} for any other error.
+    """
+    if isinstance(error, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    if isinstance(error, OSError) and error.errno in _OUTPUT_FULL:
+        stderr.write(f"epop: cannot write to standard output: {error.strerror}\n")
+        return EXIT_FAILED
+    return None
+
+
+class CommandOptions(usage.Options):
+    """Our version, and file arguments before or after the options."""
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"epop {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # usage.Options stops at the first argument, but people type
+        # "epop send FILE --relay HOST" as the synopsis shows it.
+        argv = sys.argv[1:] if options is None else options
+        try:
+            found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        reordered: list[str] = []
+        for name, value in found:
+            takes_value = (
+                name[2:] + "=" in self.longOpt
+                if name.startswith("--")
+                else name[1] + ":" in self.shortOpt
+            )
+            reordered.extend([name, value] if takes_value else [name])
+        super().parseOptions(reordered + ["--"] + args)
+
+
+class Command:
+    """
+    One run of the command, as its handler sees it: the reactor, the
+    streams (standard output takes bytes, e-PMSI's answers are passed on as
+    they are; standard input and error take text), the environment, the
+    reader's language, the workstation's saved settings, and where signals
+    go (L{epop.cli.Interruption}).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        stdin: TextIO | None,
+        stdout: Any,
+        stderr: TextIO,
+        environ: Mapping[str, str],
+        language: str,
+        saved: ClientSettings,
+        interruption: Interruption,
+    ) -> None:
+        self.reactor = reactor
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+        self.language = language
+        self.saved = saved
+        self.interruption = interruption
+
+    def render(self, text: Text | str) -> str:
+        """C{text} in the reader's language."""
+        return text.render(self.language) if isinstance(text, Text) else text
+
+    def say(self, text: Text | str) -> None:
+        """One line on standard output, in the reader's language."""
+        self.stdout.write(self.render(text).encode() + b"\n")
+
+    def tell(self, text: Text | str) -> None:
+        """One line on standard error, in the reader's language."""
+        self.stderr.write(self.render(text) + "\n")
+
+    def complain(self, text: Text | str) -> None:
+        """One line on standard error, in the reader's language, after C{epop: }."""
+        self.tell(f"epop: {self.render(text)}")

@@ -1,0 +1,54 @@
+"""
+C{epop sandbox}: the e-PMSI stand-in run from the command line, for a demo
+or a manual test.
+
+Only its options live here; the sandbox itself (L{epop.sandbox.service}) is
+imported when the command runs, so that no other command pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from epop.command import Command, CommandOptions
+
+__all__ = ["SandboxOptions", "sandbox"]
+
+
+class SandboxOptions(CommandOptions):
+    synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH]"
+    longdesc = (
+        "Run the e-PMSI sandbox: a local HTTPS server that stands in for e-PMSI "
+        "and answers each upload with a JSON receipt."
+    )
+    optParameters = [
+        ["port", "p", 8443, "TCP port to listen on (0: any free port)."],
+        ["interface", None, "127.0.0.1", "Address to listen on."],
+        ["directory", "d", "epop-sandbox", "Folder for the sandbox's certificates and uploads."],
+    ]
+
+    def postOptions(self) -> None:
+        text = str(self["port"])
+        if not text.isdigit() or int(text) > 65535:
+            raise usage.UsageError(f"--port: expected a port number from 0 to 65535, not {text!r}")
+        self["port"] = int(text)
+
+
+def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
+    """Serve until the reactor stops (Ctrl-C); the sandbox logs to standard error."""
+    from twisted.python.filepath import FilePath
+
+    from epop.sandbox.service import SandboxService
+
+    service = SandboxService(
+        command.reactor,
+        FilePath(os.path.abspath(options["directory"])),
+        port=options["port"],
+        interface=options["interface"],
+    )
+    service.startService()
+    command.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    return Deferred()  # runs until the reactor stops

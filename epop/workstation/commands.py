@@ -1,0 +1,324 @@
+"""
+C{epop send} and C{epop test}: what a workstation does with e-PMSI, through
+a relay or directly.
+
+Both take their defaults from the workstation's saved settings
+(L{epop.workstation.settings}); flags override them.  Their options are
+checked together (L{TargetOptions.resolve}) so that both commands refuse the
+same combinations with the same words.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from epop.addressing import RELAY_ADDRESS_HELP
+from epop.command import (
+    EXIT_ANSWER_LOST,
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    CommandOptions,
+    exit_status_for_signal,
+)
+from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
+from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
+from epop.local_tls import ClientTLS
+from epop.messages import Text
+from epop.workstation.client import (
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    RelayAddress,
+    Reply,
+    TestReport,
+    UploadFailed,
+    send_file,
+    test_connection,
+)
+from epop.workstation.settings import ClientSettings
+
+__all__ = ["SendOptions", "TargetOptions", "TestOptions", "send", "test"]
+
+DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
+DEFAULT_FIELD = "file"
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    """An option's value as a finite, positive number of seconds, or a usage error naming it."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise usage.UsageError(f"--{name}: expected a positive number of seconds, not {value!r}")
+    return seconds
+
+
+class TargetOptions(CommandOptions):
+    """
+    Where to send: through a relay, or directly to e-PMSI (perhaps through
+    a proxy).  Flags win over the saved settings, which win over defaults.
+    """
+
+    optFlags = [
+        ["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."],
+        ["tls", None, "Encrypt the connection to the relay (TLS), checking its certificate."],
+    ]
+    optParameters = [
+        ["relay", None, None, f"The relay's address: {RELAY_ADDRESS_HELP}."],
+        ["epmsi", None, None, f"e-PMSI's HTTPS origin, with --direct [default: {DEFAULT_EPMSI_URL}]."],
+        ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI, with --direct."],
+        ["proxy", None, None, "With --direct: HTTP proxy http://HOST:PORT, or 'system' for this machine's settings."],
+        ["proxy-user", None, None, "With --direct: user name for the proxy."],
+        ["proxy-password-file", None, None, f"With --direct: file holding the proxy password (or set {PASSWORD_VARIABLE})."],
+        ["relay-ca", None, None, "With --tls: PEM CA certificate that signs the relay's certificate (default: the system's)."],
+        ["tls-client-cert", None, None, "With --tls: this workstation's PEM certificate, for relays that require one."],
+        ["tls-client-key", None, None, "With --tls: the PEM private key of --tls-client-cert."],
+        ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for an answer when connecting."],
+        ["stall-timeout", None, DEFAULT_STALL_TIMEOUT,
+         "Give up after this many seconds with nothing moving once connected: nothing of the "
+         "file taken, no answer received. Longer than the relay's own wait on e-PMSI (300 s)."],
+    ]
+
+    relay: RelayAddress | None = None
+    tls: ClientTLS | None = None
+    epmsi: str = DEFAULT_EPMSI_URL
+    ca_file: str | None = None
+    proxy: ProxyConfig | None = None
+
+    def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
+        """Combine flags, saved settings and defaults; check they can work."""
+        if self["direct"] and self["relay"] is not None:
+            raise usage.UsageError("choose one: --relay HOST[:PORT] or --direct, not both")
+        if self["direct"]:
+            mode = "direct"
+        elif self["relay"] is not None:
+            mode = "relay"
+        else:
+            mode = saved.get("mode") or ("relay" if saved.get("relay") else "")
+        if not mode:
+            raise usage.UsageError(
+                "say where to send: --relay HOST[:PORT], or --direct "
+                "(or save it once: epop config set relay HOST)"
+            )
+        for name in ("timeout", "stall-timeout"):
+            self[name] = _positive_seconds(name, self[name])
+        if mode == "relay":
+            self._resolve_relay(saved)
+        else:
+            self._resolve_direct(saved, environ)
+
+    _TLS_FLAGS = ("relay-ca", "tls-client-cert", "tls-client-key")
+
+    def route(self) -> dict[str, Any]:
+        """Once resolved: the way to e-PMSI and the time limits, as L{send_file} and L{test_connection} take them."""
+        return {
+            "relay": self.relay,
+            "epmsi": self.epmsi,
+            "ca_file": self.ca_file,
+            "proxy": self.proxy,
+            "tls": self.tls,
+            "timeout": self["timeout"],
+            "stall_timeout": self["stall-timeout"],
+        }
+
+    def _resolve_relay(self, saved: ClientSettings) -> None:
+        if not self["tls"] and any(self[flag] for flag in self._TLS_FLAGS):
+            raise usage.UsageError("--relay-ca and --tls-client-* need --tls")
+        if self["tls"]:
+            if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
+                raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
+            self.tls = ClientTLS(self["relay-ca"], self["tls-client-cert"], self["tls-client-key"])
+        for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
+            if self[flag] is not None:
+                raise usage.UsageError(
+                    f"--{flag} applies to --direct only: through a relay, the relay "
+                    "reaches e-PMSI with its own settings"
+                )
+        text = self["relay"] or saved.get("relay")
+        if not text:
+            raise usage.UsageError("the saved mode is 'relay' but no relay is saved: give --relay HOST")
+        try:
+            self.relay = RelayAddress.parse(text)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _resolve_direct(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
+        if self["tls"] or any(self[flag] for flag in self._TLS_FLAGS):
+            raise usage.UsageError("--tls and its options apply to --relay: with --direct, e-PMSI is always reached over TLS")
+        self.epmsi = self["epmsi"] or saved.get("epmsi") or DEFAULT_EPMSI_URL
+        self.ca_file = self["ca-file"] or saved.get("ca-file")
+        try:
+            EpmsiOrigin.from_url(self.epmsi)
+            password = load_proxy_password(self["proxy-password-file"], environ)
+            self.proxy, _ = resolve_proxy(
+                self["proxy"] or saved.get("proxy"),
+                self.epmsi,
+                user=self["proxy-user"] or saved.get("proxy-user"),
+                password=password if password is not None else saved.get("proxy-password"),
+                environ=environ,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class SendOptions(TargetOptions):
+    synopsis = "FILE [--relay HOST[:PORT] | --direct] [options]"
+    longdesc = (
+        "Upload FILE to e-PMSI as an HTML form (multipart/form-data POST). "
+        "e-PMSI's answer is written to standard output; the exit status is 0 "
+        "only for a 2xx answer, 1 for any other answer or failure, 2 for a usage "
+        "error, 3 when the whole file was sent but the answer was lost (check on "
+        "e-PMSI before sending again), 130 or 143 when interrupted (SIGINT, "
+        "SIGTERM: the upload is stopped before e-PMSI gets the whole file). "
+        "Without --relay or --direct, the saved settings say where to send "
+        "(see 'epop config')."
+    )
+    optParameters = [
+        ["to", None, None, f"Path on e-PMSI to post the form to [default: {DEFAULT_UPLOAD_PATH}]."],
+        ["field", None, None, f"Form field that carries the file [default: {DEFAULT_FIELD}]."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[tuple[str, str]] = []
+
+    def opt_F(self, text: str) -> None:
+        """Extra form field NAME=VALUE (repeatable), e.g. -F year=2026."""
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise usage.UsageError(f"-F {text!r}: expected NAME=VALUE")
+        self.fields.append((name, value))
+
+    opt_form = opt_F
+
+    def parseArgs(self, path: str) -> None:
+        self["file"] = path
+
+    def postOptions(self) -> None:
+        path = self["file"]
+        if os.path.isdir(path):
+            raise usage.UsageError(f"{path} is a folder: give the file to send")
+        if not os.path.isfile(path):
+            raise usage.UsageError(f"{path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise usage.UsageError(f"{path}: not readable by this user")
+
+    def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
+        super().resolve(saved, environ)
+        self.to = self["to"] or saved.get("to") or DEFAULT_UPLOAD_PATH
+        self.field = self["field"] or saved.get("field") or DEFAULT_FIELD
+        if not self.to.startswith("/"):
+            raise usage.UsageError("--to must be a path starting with '/', e.g. /syriusUpload.do")
+
+
+class TestOptions(TargetOptions):
+    synopsis = "[--relay HOST[:PORT] | --direct] [options]"
+    longdesc = (
+        "Test the connection to e-PMSI, through the relay or directly, and say "
+        "which step failed if one did. Without --relay or --direct, the saved "
+        "settings say which."
+    )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _how(options: TargetOptions) -> Text:
+    """How the file went, for the closing line."""
+    if options.relay and options.tls:
+        return Text("through relay {relay} (TLS)", relay=str(options.relay))
+    if options.relay:
+        return Text("through relay {relay}", relay=str(options.relay))
+    if options.proxy:
+        return Text("directly, through the proxy {proxy}", proxy=options.proxy.address)
+    return Text("directly")
+
+
+def send(command: Command, options: SendOptions) -> Deferred[int]:
+    """C{epop send}: upload the file, pass e-PMSI's answer on, say how it went."""
+    options.resolve(command.saved, command.environ)
+    reactor, interruption = command.reactor, command.interruption
+    started = reactor.seconds()
+    d = send_file(
+        reactor,
+        options["file"],
+        to=options.to,
+        field=options.field,
+        fields=options.fields,
+        output=command.stdout,
+        **options.route(),
+    )
+    interruption.watch(d)
+
+    def answered(reply: Reply) -> int:
+        command.stdout.flush()
+        summary = Text(
+            "Sent {file} ({size}) {how} in {seconds} s: e-PMSI answered {status} {reason}.",
+            file=options["file"],
+            size=_size(os.path.getsize(options["file"])),
+            how=_how(options),
+            seconds=f"{reactor.seconds() - started:.1f}",
+            status=reply.status,
+            reason=reply.reason,
+        )
+        command.stderr.write("\n")
+        command.tell(summary)
+        return EXIT_OK if reply.ok else EXIT_FAILED
+
+    def failed(failure: Failure) -> int | Failure:
+        if not failure.check(UploadFailed):
+            return failure
+        error: UploadFailed = failure.value
+        if interruption.signal is not None:
+            command.complain(
+                Text("Interrupted ({signal}): the upload was stopped.", signal=interruption.describe())
+            )
+        else:
+            command.complain(error.text)
+        command.complain(error.outcome(options["file"]))
+        if interruption.signal is not None:
+            return exit_status_for_signal(interruption.signal)
+        return EXIT_ANSWER_LOST if error.maybe_delivered else EXIT_FAILED
+
+    return d.addCallbacks(answered, failed)
+
+
+def test(command: Command, options: TestOptions) -> Deferred[int]:
+    """C{epop test}: the manual's "Tester", step by step, saying which failed."""
+    options.resolve(command.saved, command.environ)
+    interruption = command.interruption
+    d = test_connection(command.reactor, **options.route())
+    interruption.watch(d)
+
+    def interrupted(failure: Failure) -> int | Failure:
+        if interruption.signal is None or not failure.check(CancelledError):
+            return failure
+        command.complain(
+            Text("Interrupted ({signal}): the test was stopped.", signal=interruption.describe())
+        )
+        return exit_status_for_signal(interruption.signal)
+
+    def reported(report: TestReport) -> int | Failure:
+        if interruption.signal is not None and not report.ok:
+            # A direct check reports its cancellation as a failed step.
+            return interrupted(Failure(CancelledError()))
+        if report.ok:
+            command.say(report.describe(command.language))
+            return EXIT_OK
+        command.tell(Text("Test failed at this step: {step}.", step=report.step))
+        command.tell(report.describe(command.language))
+        return EXIT_FAILED
+
+    return d.addCallbacks(reported, interrupted)
