@@ -50,24 +50,18 @@ from epop.workstation.settings import (
 )
 from epop.addressing import DEFAULT_PORT, RELAY_ADDRESS_HELP
 from epop.errors import EpopError
-from epop.journal.writer import EVENT_TYPES
+from epop.journal.events import EVENT_TYPES
+from epop.journal.connections import RunChecker, connection_summaries, connections_table
+from epop.journal.filters import JournalFilter, parse_connection, parse_since
 from epop.journal.reader import (
     DEFAULT_JOURNAL,
-    JournalFilter,
     JournalFollower,
     NotAJournalFile,
     Problem,
-    RunChecker,
     check_journal_path,
-    connection_summaries,
-    connections_table,
-    journal_header,
-    journal_row,
-    journal_table,
-    parse_connection,
-    parse_since,
     read_journal,
 )
+from epop.journal.table import journal_header, journal_row, journal_table
 from epop.local_tls import ClientTLS
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.printable import safe_json

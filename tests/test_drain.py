@@ -28,7 +28,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.journal.writer import JournalObserver, MemoryJournalWriter
+from epop.journal.observer import JournalObserver
+from epop.journal.writer import MemoryJournalWriter
 from epop.relay.protocol import RelayFactory, RelayProtocol
 from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
@@ -72,7 +73,7 @@ class DrainLogicTests(SynchronousTestCase):
         self.upstream = _FakeUpstream()
         self.factory = RelayFactory(self.clock, self.upstream, "drain-test")  # type: ignore[arg-type]
         self.writer = MemoryJournalWriter()
-        observer = JournalObserver(self.writer, "drain-test")
+        observer = JournalObserver(self.writer, "drain-test", self.clock)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 

@@ -15,7 +15,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.relay import tap
-from epop.journal.writer import MemoryJournalWriter, emit
+from epop.journal.events import emit
+from epop.journal.writer import MemoryJournalWriter
 from epop.relay.allowlist import AllowlistFactory
 from epop.relay.limits import LimitsFactory
 from epop.relay.session import SessionChoiceFactory
