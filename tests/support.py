@@ -27,7 +27,8 @@ from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnec
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from epop.sandbox.service import SandboxSite, make_sandbox_site, server_tls_options
+from epop.sandbox.ca import server_tls_options
+from epop.sandbox.site import SandboxSite, make_sandbox_site
 from epop.epmsi.upstream import EpmsiEndpointFactory, tls_policy
 
 __all__ = [
