@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -30,7 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from tests.programs import SquidUnavailable, find_squid_programs, squid_config
+from tests.programs import (
+    SquidUnavailable,
+    find_squid_programs,
+    prepare_squid,
+    squid_user,
+    unsearchable_ancestors,
+    write_password_file,
+)
+from tests.random_files import write_random_file
 
 __all__ = [
     "GIB",
@@ -546,62 +552,36 @@ def start_squid(
     directory = workdir / name
     directory.mkdir(parents=True, exist_ok=True)
     user, password = "epop-bench", secrets.token_hex(12)
-    if os.path.basename(tools.hasher[0]) == "htpasswd":
-        line = subprocess.run(
-            [*tools.hasher, user, password], capture_output=True, check=True, timeout=30
-        ).stdout.decode("ascii").strip()
-    else:
-        hashed = subprocess.run(
-            [*tools.hasher, password], capture_output=True, check=True, timeout=30
-        ).stdout.decode("ascii").strip()
-        line = f"{user}:{hashed}"
     password_file = directory / "passwd"
-    password_file.write_text(line + "\n")
-    password_file.chmod(0o600)
+    write_password_file(str(password_file), tools.hasher, user, password)
     # The relay reads the plain password from a file of its own.
     plain = workdir / f"{name}.password"
     plain.write_text(password + "\n")
     plain.chmod(0o600)
-    unprivileged = None
-    if os.geteuid() == 0:
-        for candidate in ("proxy", "squid", "nobody"):
-            try:
-                unprivileged = pwd.getpwnam(candidate)
-                break
-            except KeyError:
-                continue
-        if unprivileged is None:
-            raise BenchError("running as root and no unprivileged user (proxy, squid, nobody) for squid")
-        for ancestor in directory.resolve().parents:
-            if not os.stat(ancestor).st_mode & 0o001:
-                raise BenchError(
-                    f"{ancestor} is not searchable by others: squid's user {unprivileged.pw_name} "
-                    f"cannot reach {directory} (chmod o+x it, or use --workdir elsewhere)"
-                )
+    try:
+        unprivileged = squid_user()
+    except SquidUnavailable as reason:
+        raise BenchError(f"running as root and {reason}") from None
+    closed = unsearchable_ancestors(str(directory)) if unprivileged is not None else []
+    if unprivileged is not None and closed:
+        raise BenchError(
+            f"{closed[0]} is not searchable by others: squid's user {unprivileged.pw_name} "
+            f"cannot reach {directory} (chmod o+x it, or use --workdir elsewhere)"
+        )
     last = ""
     for _attempt in range(3):
         port = free_port()
-        config = directory / "squid.conf"
-        config.write_text(
-            squid_config(
-                name="epop-bench",
-                directory=str(directory),
-                port=port,
-                helper=tools.squid_helper,
-                password_file=str(password_file),
-                effective_user=unprivileged.pw_name if unprivileged else None,
-                allow_ports=[target_port],
-            )
+        config = prepare_squid(
+            str(directory),
+            name="epop-bench",
+            port=port,
+            helper=tools.squid_helper,
+            password_file=str(password_file),
+            user=unprivileged,
+            allow_ports=[target_port],
         )
-        for leftover in ("cache.log", "access.log", "squid.out", "squid.pid"):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / leftover).unlink()
-        if unprivileged is not None:
-            directory.chmod(0o755)
-            for path in [directory, *directory.iterdir()]:
-                os.chown(path, unprivileged.pw_uid, unprivileged.pw_gid)
         server = _spawn(
-            name, [tools.squid, "-N", "-d", "1", "-f", str(config)], directory / "squid.out", port,
+            name, [tools.squid, "-N", "-d", "1", "-f", config], directory / "squid.out", port,
             cwd=str(directory),
         )
         stack.callback(server.stop)
@@ -628,17 +608,9 @@ def start_squid(
 # ---------------------------------------------------------------------------
 
 
-def make_random_file(path: Path, size: int, chunk: int = 4 * MIB) -> str:
-    """Write C{size} random bytes to C{path}, a chunk at a time; return the SHA-256."""
-    digest = hashlib.sha256()
-    left = size
-    with open(path, "wb") as handle:
-        while left > 0:
-            block = os.urandom(min(chunk, left))
-            handle.write(block)
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
+def make_random_file(path: Path, size: int) -> str:
+    """Write C{size} random bytes to C{path}, new ones at each call; return the SHA-256."""
+    return write_random_file(path, size, seed=None, chunk=4 * MIB)
 
 
 def make_relay_certificate(directory: Path) -> dict[str, str]:
