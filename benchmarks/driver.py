@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 
-from benchmarks.harness import fd_kinds, sample
+from benchmarks.measure import fd_kinds, sample
 from epop.workstation.client import RelayAddress, Reply, TestReport, send_file, test_connection
 
 

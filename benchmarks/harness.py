@@ -1,23 +1,19 @@
 """
-Processes and measurements for the benchmark suite.
+The processes the benchmark suite runs: the servers (sandbox, relay,
+socat; squid is in L{benchmarks.tools}), the clients, their files and
+certificates.
 
-Every server (sandbox, relay, squid, socat) is a child process in its own
-session, so that stopping it can kill its whole process group, helpers
-included.  Every wait is bounded.  Measurements come from C{/proc}: the
-relay's C{VmHWM} (peak RSS), C{utime + stime} (CPU), and C{/proc/PID/fd}.
+Every server is a child process in its own session, so that stopping it
+can kill its whole process group, helpers included.  Every wait is
+bounded.  What is measured of them is in L{benchmarks.measure}.
 
-Linux only, like the measurements it takes.
+Linux only, like the measurements.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import socket
@@ -26,36 +22,31 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-from tests.programs import SquidUnavailable, find_squid_programs, squid_config
+from benchmarks.measure import processes
+from tests.random_files import write_random_file
 
 __all__ = [
     "GIB",
     "MIB",
     "ROOT",
     "BenchError",
-    "ProcSample",
     "Server",
-    "Tools",
-    "TreeWatcher",
     "clear_uploads",
     "deleting",
-    "descendants",
-    "fd_kinds",
     "free_port",
+    "human",
     "listening",
     "make_random_file",
     "make_relay_certificate",
     "run_client",
-    "sample",
     "start_relay",
-    "uploads_in_flight_peak",
     "start_sandbox",
+    "spawn",
     "start_socat",
-    "start_squid",
     "wait_until",
 ]
 
@@ -68,212 +59,21 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Where the venv's scripts are: next to the interpreter running us.
 BIN = Path(sys.executable).parent
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 5.0
 
 
+def human(size: float) -> str:
+    """A size in bytes for people: C{1 GiB}, C{1.5 MiB}, C{512 B}."""
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
 class BenchError(Exception):
     """Something the suite could not do: says what, and where the logs are."""
-
-
-# ---------------------------------------------------------------------------
-# /proc
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class ProcSample:
-    """One look at a process in C{/proc}."""
-
-    pid: int
-    rss_kib: int
-    hwm_kib: int
-    #: Of the RSS: private memory, and pages of mapped files (shared libraries).
-    rss_anon_kib: int
-    rss_file_kib: int
-    #: utime + stime of the process itself, in seconds.
-    cpu_s: float
-    #: cutime + cstime: children it waited for.
-    children_cpu_s: float
-    fds: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _status_kib(text: str, key: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def sample(pid: int) -> ProcSample:
-    """Read C{pid}'s memory, CPU time and descriptor count (raises OSError if gone)."""
-    with open(f"/proc/{pid}/status") as handle:
-        status = handle.read()
-    with open(f"/proc/{pid}/stat") as handle:
-        stat = handle.read()
-    # The command name (field 2) may hold spaces: split after its ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
-    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
-    try:
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        fds = -1
-    return ProcSample(
-        pid=pid,
-        rss_kib=_status_kib(status, "VmRSS"),
-        hwm_kib=_status_kib(status, "VmHWM"),
-        rss_anon_kib=_status_kib(status, "RssAnon"),
-        rss_file_kib=_status_kib(status, "RssFile"),
-        cpu_s=(utime + stime) / _CLOCK_TICKS,
-        children_cpu_s=(cutime + cstime) / _CLOCK_TICKS,
-        fds=fds,
-    )
-
-
-def uploads_in_flight_peak(journal: Path) -> int:
-    """
-    The most uploads a relay had in flight at once, from its journal: each
-    upload is in flight from its C{object-instantiated} event to its
-    C{object-released} one.  The journal lists events in the order they
-    happened, so no clock is needed.
-    """
-    in_flight = peak = 0
-    with open(journal, encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a relay stopped mid-write
-            if not isinstance(event, dict) or event.get("kind") != "upload":
-                continue
-            if event.get("type") == "object-instantiated":
-                in_flight += 1
-                peak = max(peak, in_flight)
-            elif event.get("type") == "object-released":
-                in_flight -= 1
-    return peak
-
-
-def fd_kinds(pid: int) -> dict[str, int]:
-    """C{pid}'s open descriptors by kind: socket, pipe, file, anon..."""
-    kinds: dict[str, int] = {}
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return kinds
-    for name in names:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            kind = "socket"
-        elif target.startswith("pipe:"):
-            kind = "pipe"
-        elif target.startswith("anon_inode:"):
-            kind = target[len("anon_inode:") :].strip("[]")
-        elif target.startswith("/dev/"):
-            kind = "device"
-        else:
-            kind = "file"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
-
-
-def _processes() -> Iterator[tuple[int, list[str]]]:
-    """
-    Every process's pid and the fields of C{/proc/PID/stat} after its
-    command name: state, parent, process group...
-    """
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        yield int(entry), stat[stat.rindex(")") + 2 :].split()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of C{pid} (children, grandchildren...)."""
-    parents = {child: int(fields[1]) for child, fields in _processes()}
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
-
-
-class TreeWatcher:
-    """
-    Watch a process and its descendants while a transfer runs: the peak of
-    their C{VmHWM} and the CPU time of descendants that are still alive at
-    the end (those that ended were reaped by their parent and show in its
-    C{cutime}).  For socat, whose forked child does the relaying.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.1, enabled: bool = True) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.enabled = enabled
-        self.peak_hwm_kib = 0
-        self.child_peak_hwm_kib = 0
-        self._start_cpu: dict[int, float] = {}
-        self._last_cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Self:
-        if not self.enabled:
-            return self
-        for pid in descendants(self.pid):
-            with contextlib.suppress(OSError):
-                self._start_cpu[pid] = sample(pid).cpu_s
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.enabled:
-            return
-        self._stop.set()
-        self._thread.join(5)
-        self._look()
-
-    def _look(self) -> None:
-        for pid in [self.pid, *descendants(self.pid)]:
-            try:
-                seen = sample(pid)
-            except (OSError, ValueError, IndexError):
-                continue
-            self.peak_hwm_kib = max(self.peak_hwm_kib, seen.hwm_kib)
-            if pid != self.pid:
-                self.child_peak_hwm_kib = max(self.child_peak_hwm_kib, seen.hwm_kib)
-                self._last_cpu[pid] = seen.cpu_s
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._look()
-
-    def live_children_cpu_s(self) -> float:
-        """CPU seconds spent during the watch by descendants still alive."""
-        if not self.enabled:
-            return 0.0
-        alive = set(descendants(self.pid))
-        return sum(
-            cpu - self._start_cpu.get(pid, 0.0)
-            for pid, cpu in self._last_cpu.items()
-            if pid in alive
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +173,7 @@ def _group_members(pgid: int) -> list[int]:
     cannot hand the number out again, so signalling the group only ever
     reaches processes we started.
     """
-    return [pid for pid, fields in _processes() if int(fields[2]) == pgid and fields[0] != "Z"]
+    return [pid for pid, fields in processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -392,7 +192,7 @@ def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.wait(_STOP_TIMEOUT)
 
 
-def _spawn(name: str, command: Sequence[str], log: Path, port: int, **kwargs: Any) -> Server:
+def spawn(name: str, command: Sequence[str], log: Path, port: int, **kwargs: Any) -> Server:
     with open(log, "ab") as output:
         process = subprocess.Popen(
             list(command),
@@ -420,7 +220,7 @@ def _program(name: str) -> str:
 def start_sandbox(directory: Path, log: Path, stack: contextlib.ExitStack) -> Server:
     """C{epop sandbox} on a free port; its CA ends up in C{directory/tls/ca.pem}."""
     port = free_port()
-    server = _spawn(
+    server = spawn(
         "sandbox",
         [_program("epop"), "sandbox", "--port", str(port), "--interface", "127.0.0.1",
          "--directory", str(directory)],
@@ -448,7 +248,7 @@ def start_relay(
     folder.mkdir(parents=True, exist_ok=True)
     journal = folder / "journal.jsonl"
     log = folder / "relay.log"
-    server = _spawn(
+    server = spawn(
         name,
         [_program("twistd"), "--nodaemon", "--pidfile=", f"--logfile={log}", "epop",
          "--listen", f"tcp:{port}:interface=127.0.0.1",
@@ -469,7 +269,7 @@ def start_socat(
 ) -> Server:
     """C{socat TCP-LISTEN:P,fork,reuseaddr TCP:127.0.0.1:TARGET}, bound to loopback."""
     port = free_port()
-    server = _spawn(
+    server = spawn(
         "socat",
         [socat, f"TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1", f"TCP:127.0.0.1:{target_port}"],
         workdir / f"socat-{port}.log",
@@ -481,164 +281,13 @@ def start_socat(
 
 
 # ---------------------------------------------------------------------------
-# Squid
-# ---------------------------------------------------------------------------
-
-@dataclass
-class Tools:
-    """External programs the rows need; C{None} with a reason when missing."""
-
-    curl: str | None
-    socat: str | None
-    squid: str | None
-    squid_helper: str | None
-    hasher: list[str] | None
-    missing: dict[str, str]
-
-    @classmethod
-    def find(cls) -> Tools:
-        missing: dict[str, str] = {}
-        curl = shutil.which("curl")
-        if curl is None:
-            missing["curl"] = "curl not installed (apt-get install curl)"
-        socat = shutil.which("socat")
-        if socat is None:
-            missing["socat"] = "socat not installed (apt-get install socat)"
-        squid: str | None = None
-        helper: str | None = None
-        hasher: list[str] | None = None
-        try:
-            squid, helper, hasher = find_squid_programs()
-        except SquidUnavailable as reason:
-            missing["squid"] = f"{reason} (apt-get install squid apache2-utils)"
-        return cls(curl, socat, squid, helper, hasher, missing)
-
-    def versions(self) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for name, command in (
-            ("curl", [self.curl, "--version"]),
-            ("squid", [self.squid, "-v"]),
-            ("socat", [self.socat, "-V"]),
-        ):
-            if command[0] is None:
-                continue
-            try:
-                out = subprocess.run(
-                    [str(part) for part in command], capture_output=True, timeout=10, check=False
-                ).stdout.decode(errors="replace")
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            lines = [line for line in out.splitlines() if "version" in line.lower()]
-            found[name] = (lines[0] if lines else out.splitlines()[0] if out else "?").strip()
-        return found
-
-
-def start_squid(
-    workdir: Path, name: str, target_port: int, tools: Tools, stack: contextlib.ExitStack
-) -> Server:
-    """
-    A real squid with Basic authentication on a free loopback port, that
-    tunnels (CONNECT) to 127.0.0.1:C{target_port} only.  Its user and
-    password are in C{extra}; the password also in C{extra["password_file"]}.
-    """
-    if tools.squid is None or tools.squid_helper is None or tools.hasher is None:
-        raise BenchError(tools.missing.get("squid", "squid unavailable"))
-    directory = workdir / name
-    directory.mkdir(parents=True, exist_ok=True)
-    user, password = "epop-bench", secrets.token_hex(12)
-    if os.path.basename(tools.hasher[0]) == "htpasswd":
-        line = subprocess.run(
-            [*tools.hasher, user, password], capture_output=True, check=True, timeout=30
-        ).stdout.decode("ascii").strip()
-    else:
-        hashed = subprocess.run(
-            [*tools.hasher, password], capture_output=True, check=True, timeout=30
-        ).stdout.decode("ascii").strip()
-        line = f"{user}:{hashed}"
-    password_file = directory / "passwd"
-    password_file.write_text(line + "\n")
-    password_file.chmod(0o600)
-    # The relay reads the plain password from a file of its own.
-    plain = workdir / f"{name}.password"
-    plain.write_text(password + "\n")
-    plain.chmod(0o600)
-    unprivileged = None
-    if os.geteuid() == 0:
-        for candidate in ("proxy", "squid", "nobody"):
-            try:
-                unprivileged = pwd.getpwnam(candidate)
-                break
-            except KeyError:
-                continue
-        if unprivileged is None:
-            raise BenchError("running as root and no unprivileged user (proxy, squid, nobody) for squid")
-        for ancestor in directory.resolve().parents:
-            if not os.stat(ancestor).st_mode & 0o001:
-                raise BenchError(
-                    f"{ancestor} is not searchable by others: squid's user {unprivileged.pw_name} "
-                    f"cannot reach {directory} (chmod o+x it, or use --workdir elsewhere)"
-                )
-    last = ""
-    for _attempt in range(3):
-        port = free_port()
-        config = directory / "squid.conf"
-        config.write_text(
-            squid_config(
-                name="epop-bench",
-                directory=str(directory),
-                port=port,
-                helper=tools.squid_helper,
-                password_file=str(password_file),
-                effective_user=unprivileged.pw_name if unprivileged else None,
-                allow_ports=[target_port],
-            )
-        )
-        for leftover in ("cache.log", "access.log", "squid.out", "squid.pid"):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / leftover).unlink()
-        if unprivileged is not None:
-            directory.chmod(0o755)
-            for path in [directory, *directory.iterdir()]:
-                os.chown(path, unprivileged.pw_uid, unprivileged.pw_gid)
-        server = _spawn(
-            name, [tools.squid, "-N", "-d", "1", "-f", str(config)], directory / "squid.out", port,
-            cwd=str(directory),
-        )
-        stack.callback(server.stop)
-        try:
-            wait_until(
-                functools.partial(listening, port), f"squid on port {port}", server=server, timeout=15
-            )
-        except BenchError as error:
-            server.stop()
-            last = str(error)
-            if "Address already in use" not in last:
-                break
-            continue
-        server.extra.update(
-            user=user, password=password, password_file=str(plain),
-            url=f"http://127.0.0.1:{port}", directory=str(directory),
-        )
-        return server
-    raise BenchError(f"could not start squid:\n{last}")
-
-
-# ---------------------------------------------------------------------------
 # Files, certificates, clients
 # ---------------------------------------------------------------------------
 
 
-def make_random_file(path: Path, size: int, chunk: int = 4 * MIB) -> str:
-    """Write C{size} random bytes to C{path}, a chunk at a time; return the SHA-256."""
-    digest = hashlib.sha256()
-    left = size
-    with open(path, "wb") as handle:
-        while left > 0:
-            block = os.urandom(min(chunk, left))
-            handle.write(block)
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
+def make_random_file(path: Path, size: int) -> str:
+    """Write C{size} random bytes to C{path}, new ones at each call; return the SHA-256."""
+    return write_random_file(path, size, seed=None, chunk=4 * MIB)
 
 
 def make_relay_certificate(directory: Path) -> dict[str, str]:

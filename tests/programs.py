@@ -1,7 +1,7 @@
 """
 The outside programs that tests and the benchmark run: finding squid, its
-Basic helper, a password hasher and haproxy, and writing squid's
-configuration.
+Basic helper, a password hasher and haproxy, and preparing squid's folder
+(its configuration, its password file, the user it runs as).
 
 Standard library only, so the benchmark (C{benchmarks/}) can use it without
 the test extras.
@@ -9,8 +9,11 @@ the test extras.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,11 +23,18 @@ __all__ = [
     "SquidUnavailable",
     "find_program",
     "find_squid_programs",
+    "prepare_squid",
     "squid_config",
+    "squid_user",
+    "unsearchable_ancestors",
+    "write_password_file",
 ]
 
 #: Where system daemons live, often outside an ordinary user's PATH.
 SBIN_DIRECTORIES = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+#: Whom squid may run as when started by root, in order of preference.
+_UNPRIVILEGED_USERS = ("proxy", "squid", "nobody")
 
 #: Where distributions put squid's helpers.
 _SQUID_HELPER_DIRECTORIES = (
@@ -142,3 +152,96 @@ def squid_config(
         lines.append("http_access allow CONNECT loopback_destination allowed_ports")
     lines.append("http_access deny all")
     return "\n".join(lines) + "\n"
+
+
+def squid_user() -> pwd.struct_passwd | None:
+    """
+    Whom squid runs as: None unless we are root, whom it refuses to stay.
+
+    @raise SquidUnavailable: if we are root and there is no such user.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in _UNPRIVILEGED_USERS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise SquidUnavailable(
+        f"no unprivileged user for squid ({', '.join(_UNPRIVILEGED_USERS)})"
+    )
+
+
+def unsearchable_ancestors(directory: str) -> list[str]:
+    """
+    The folders above C{directory}, nearest first, that others may not
+    search: squid's unprivileged user cannot reach C{directory} through them.
+    """
+    return [
+        str(ancestor)
+        for ancestor in Path(directory).resolve().parents
+        if not os.stat(ancestor).st_mode & 0o001
+    ]
+
+
+def write_password_file(path: str, hasher: Sequence[str], user: str, password: str) -> None:
+    """
+    Write squid's password file: one C{htpasswd} line C{user:hash}
+    (MD5/apr1, which C{basic_ncsa_auth} reads), made with C{hasher} (see
+    L{find_squid_programs}), readable by its owner only.
+    """
+    if os.path.basename(hasher[0]) == "htpasswd":
+        result = subprocess.run(
+            [*hasher, user, password], capture_output=True, check=True, timeout=30
+        )
+        line = result.stdout.decode("ascii").strip()
+    else:
+        result = subprocess.run(
+            [*hasher, password], capture_output=True, check=True, timeout=30
+        )
+        line = f"{user}:{result.stdout.decode('ascii').strip()}"
+    Path(path).write_text(line + "\n", encoding="ascii")
+    os.chmod(path, 0o600)
+
+
+def prepare_squid(
+    directory: str,
+    *,
+    name: str,
+    port: int,
+    helper: str,
+    password_file: str,
+    user: pwd.struct_passwd | None,
+    allow_ports: Sequence[int],
+    forbid_ports: Sequence[int] = (),
+) -> str:
+    """
+    Make C{directory} ready for one start of squid on C{port} (see
+    L{squid_config}): its configuration written, the logs of an earlier
+    attempt removed, and the folder and its files given to C{user}
+    (L{squid_user}) if squid runs as someone else.  Returns the
+    configuration's path, for C{squid -N -f}.
+    """
+    folder = Path(directory)
+    config = folder / "squid.conf"
+    config.write_text(
+        squid_config(
+            name=name,
+            directory=directory,
+            port=port,
+            helper=helper,
+            password_file=password_file,
+            effective_user=None if user is None else user.pw_name,
+            allow_ports=allow_ports,
+            forbid_ports=forbid_ports,
+        ),
+        encoding="ascii",
+    )
+    for leftover in ("cache.log", "access.log", "squid.out", "squid.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / leftover).unlink()
+    if user is not None:
+        folder.chmod(0o755)
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    return str(config)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import atexit
 import base64
 import os
-import pwd
 import secrets
 import signal
 import socket
@@ -46,7 +45,10 @@ from tests.programs import (
     SQUID_BINARY_VARIABLE,
     SquidUnavailable,
     find_squid_programs,
-    squid_config,
+    prepare_squid,
+    squid_user,
+    unsearchable_ancestors,
+    write_password_file,
 )
 from tests.support import free_port
 
@@ -59,9 +61,6 @@ __all__ = [
 
 REQUIRE_VARIABLE = "EPOP_REQUIRE_SQUID"
 BINARY_VARIABLE = SQUID_BINARY_VARIABLE
-
-# Users squid drops to when started as root, by distribution.
-_UNPRIVILEGED_USERS = ("proxy", "squid", "nobody")
 
 _READY_TIMEOUT = 10.0
 _READY_INTERVAL = 0.05
@@ -177,39 +176,12 @@ def _unavailable(testcase: SynchronousTestCase, reason: str) -> Exception:
     )
 
 
-def _password_line(command: list[str], user: str, password: str) -> str:
-    """An C{htpasswd} line C{user:hash} (MD5/apr1: basic_ncsa_auth reads it)."""
-    if os.path.basename(command[0]) == "htpasswd":
-        result = subprocess.run(
-            [*command, user, password], capture_output=True, check=True, timeout=30
-        )
-        return result.stdout.decode("ascii").strip()
-    result = subprocess.run(
-        [*command, password], capture_output=True, check=True, timeout=30
-    )
-    return f"{user}:{result.stdout.decode('ascii').strip()}"
-
-
 def _check_ports(name: str, ports: Sequence[int]) -> list[int]:
     checked = [int(port) for port in ports]
     for port in checked:
         if not 0 < port < 65536:
             raise ValueError(f"{name}: {port} is not a TCP port")
     return checked
-
-
-def _unprivileged_user() -> pwd.struct_passwd | None:
-    """Whom squid runs as when we are root (it refuses to stay root)."""
-    if os.geteuid() != 0:
-        return None
-    for name in _UNPRIVILEGED_USERS:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise SquidUnavailable(
-        f"no unprivileged user for squid ({', '.join(_UNPRIVILEGED_USERS)})"
-    )
 
 
 def _make_reachable(directory: FilePath) -> None:
@@ -219,9 +191,7 @@ def _make_reachable(directory: FilePath) -> None:
     (trial's scratch tree) are fixed, others are reported.
     """
     scratch = FilePath(os.getcwd())
-    for ancestor in directory.parents():
-        if os.stat(ancestor.path).st_mode & 0o001:
-            continue
+    for ancestor in map(FilePath, unsearchable_ancestors(directory.path)):
         if ancestor == scratch or ancestor.path.startswith(scratch.path + os.sep):
             os.chmod(ancestor.path, os.stat(ancestor.path).st_mode | 0o001)
         else:
@@ -309,7 +279,7 @@ def start_squid(
     forbidden = _check_ports("forbid_ports", forbid_ports)
     try:
         squid_binary, helper, hasher = find_squid_programs()
-        unprivileged = _unprivileged_user()
+        unprivileged = squid_user()
     except SquidUnavailable as error:
         raise _unavailable(testcase, str(error)) from None
 
@@ -319,39 +289,26 @@ def start_squid(
     user = "epop-user"
     password = secrets.token_hex(12)
     password_file = directory.child("passwd")
-    password_file.setContent(
-        (_password_line(hasher, user, password) + "\n").encode("ascii")
-    )
-    password_file.chmod(0o600)
+    write_password_file(password_file.path, hasher, user, password)
     if unprivileged is not None:
         _make_reachable(directory)
 
     failures: list[str] = []
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
-        config = directory.child("squid.conf")
-        config.setContent(
-            squid_config(
-                name="epop-test",
-                directory=directory.path,
-                port=port,
-                helper=helper,
-                password_file=password_file.path,
-                effective_user=None if unprivileged is None else unprivileged.pw_name,
-                allow_ports=allowed,
-                forbid_ports=forbidden,
-            ).encode("ascii")
+        config = prepare_squid(
+            directory.path,
+            name="epop-test",
+            port=port,
+            helper=helper,
+            password_file=password_file.path,
+            user=unprivileged,
+            allow_ports=allowed,
+            forbid_ports=forbidden,
         )
-        for name in ("cache.log", "access.log", "squid.out"):
-            child = directory.child(name)
-            if child.exists():
-                child.remove()
-        if unprivileged is not None:
-            for child in [directory, *directory.children()]:
-                os.chown(child.path, unprivileged.pw_uid, unprivileged.pw_gid)
         with open(directory.child("squid.out").path, "wb") as output:
             process = subprocess.Popen(
-                [squid_binary, "-N", "-d", "1", "-f", config.path],
+                [squid_binary, "-N", "-d", "1", "-f", config],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

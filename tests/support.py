@@ -7,7 +7,6 @@ hold a whole file in memory.
 from __future__ import annotations
 
 import hashlib
-import random
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,9 +26,11 @@ from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnec
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from epop.sandbox.service import SandboxSite, make_sandbox_site, server_tls_options
+from epop.sandbox.ca import server_tls_options
+from epop.sandbox.site import SandboxSite, make_sandbox_site
 from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import EpmsiEndpointFactory
+from tests.random_files import write_random_file
 
 __all__ = [
     "InMemoryBody",
@@ -86,23 +87,6 @@ def sha256_file(path: FilePath | str) -> str:
     with open(name, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_random_file(path: str, size: int, seed: int = 0) -> str:
-    """
-    Write C{size} reproducible pseudo-random bytes to C{path}, 1 MiB at a
-    time, and return their SHA-256 hex digest.
-    """
-    generator = random.Random(seed)
-    digest = hashlib.sha256()
-    remaining = size
-    with open(path, "wb") as handle:
-        while remaining > 0:
-            chunk = generator.randbytes(min(_CHUNK, remaining))
-            handle.write(chunk)
-            digest.update(chunk)
-            remaining -= len(chunk)
     return digest.hexdigest()
 
 

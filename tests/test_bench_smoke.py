@@ -10,6 +10,7 @@ suite; with C{EPOP_REQUIRE_SQUID=1} (CI), the squid rows must run.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -114,13 +115,11 @@ class BenchmarkSmokeTests(SynchronousTestCase):
         self.assertIn(b"--size", process.stderr)
 
 
-def _suite() -> Any:
-    """benchmarks.run, importable whatever the current folder (trial's is _trial_temp)."""
+def _suite(name: str = "run") -> Any:
+    """benchmarks.NAME, importable whatever the current folder (trial's is _trial_temp)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from benchmarks import run
-
-    return run
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 class BenchmarkHelperTests(SynchronousTestCase):
@@ -135,22 +134,22 @@ class BenchmarkHelperTests(SynchronousTestCase):
         self.assertEqual(run.parse_size("1.5k"), 1536)
 
     def test_percentile(self) -> None:
-        run = _suite()
+        suite = _suite("suite")
         values = [float(v) for v in range(1, 201)]
-        self.assertEqual(run.percentile(values, 50), 100.0)
-        self.assertEqual(run.percentile(values, 99), 198.0)
-        self.assertEqual(run.percentile([3.0], 99), 3.0)
+        self.assertEqual(suite.percentile(values, 50), 100.0)
+        self.assertEqual(suite.percentile(values, 99), 198.0)
+        self.assertEqual(suite.percentile([3.0], 99), 3.0)
 
     def test_targets(self) -> None:
         """Ratios at or over the line pass; a missing measurement is n/a, not a pass."""
-        run = _suite()
+        report = _suite("report")
         results: dict[str, Any] = {
             "transfers": {"ratios": {"b/a": {"median": 0.85, "per_repeat": [0.8, 0.85, 0.91]},
                                      "c/b": {"median": 0.7, "per_repeat": [0.7]},
                                      "b/f": {"median": None, "per_repeat": []}}},
             "rush": {"status": "ok", "clients": 200, "verified": 199, "p50_s": 10.0, "p99_s": 30.0},
         }
-        targets = run.evaluate(results)
+        targets = report.evaluate(results)
         marks = {t["target"]: t["result"] for t in targets}
         measured = {t["target"]: t["measured"] for t in targets}
         self.assertEqual(marks["b/a >= 0.85"], "PASS")
@@ -166,14 +165,14 @@ class BenchmarkHelperTests(SynchronousTestCase):
 
     def test_rush_memory_target(self) -> None:
         """The rush's peak passes at idle + 64 MiB and misses above; per upload is in the text."""
-        run = _suite()
+        report = _suite("report")
 
         def mark(peak_mib: float) -> tuple[str, str]:
             rush = {"status": "ok", "clients": 200, "verified": 200, "p50_s": 10.0, "p99_s": 11.0,
                     "relay_idle_rss_kib": 50 * 1024, "relay_peak_rss_kib": int(peak_mib * 1024),
                     "uploads_in_flight_peak": 200,
                     "rss_per_upload_kib": (peak_mib - 50) * 1024 / 200}
-            [target] = [t for t in run.evaluate({"rush": rush}) if "idle" in t["target"]]
+            [target] = [t for t in report.evaluate({"rush": rush}) if "idle" in t["target"]]
             return target["result"], target["measured"]
 
         self.assertEqual(mark(114.0)[0], "PASS")
@@ -184,7 +183,7 @@ class BenchmarkHelperTests(SynchronousTestCase):
         """Uploads count from instantiated to released; requests, tests and torn lines do not."""
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from benchmarks.harness import uploads_in_flight_peak
+        from benchmarks.measure import uploads_in_flight_peak
 
         def event(kind: str, type_: str) -> str:
             return json.dumps({"type": type_, "kind": kind, "connection": 1}) + "\n"

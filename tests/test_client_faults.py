@@ -30,7 +30,7 @@ from epop.workstation.client import (
 )
 from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.multipart import MultipartFileBody, make_cooperator
-from epop.sandbox.service import server_tls_options
+from epop.sandbox.ca import server_tls_options
 from epop.wire import Frame, FrameReader, FrameType, encode_message
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file

@@ -28,7 +28,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.journal.writer import JournalObserver
+from epop.journal.observer import JournalObserver
 from epop.testing import FakeUpstream, MemoryJournalWriter
 from epop.relay.protocol import RelayFactory, RelayProtocol
 from epop.epmsi.upstream import CheckResult
@@ -52,7 +52,7 @@ class DrainLogicTests(SynchronousTestCase):
         self.upstream = FakeUpstream("https://epmsi.test")
         self.factory = RelayFactory(self.clock, self.upstream, "drain-test")  # type: ignore[arg-type]
         self.writer = MemoryJournalWriter()
-        observer = JournalObserver(self.writer, "drain-test")
+        observer = JournalObserver(self.writer, "drain-test", self.clock)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
 from epop.journal.writer import encode_record
-from epop.journal.reader import (
+from epop.journal.connections import (
     RELAY_GONE,
     RELAY_RESTARTED,
     RunChecker,

@@ -15,7 +15,7 @@ from twisted.logger import LogEvent, Logger, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.workstation.client import send_file
-from epop.journal.writer import emit, journal_record, strip_query
+from epop.journal.events import emit, journal_record, strip_query
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
 
@@ -61,7 +61,7 @@ class StripTests(SynchronousTestCase):
         out = io.StringIO()
         textFileLogObserver(out)(event)
         self.assertIn("Object instantiated: upload POST /ws/syriusUpload.do (309 bytes)", out.getvalue())
-        record = journal_record(event)
+        record = journal_record(event, event["log_time"])
         self.assertEqual(record["path"], "/ws/syriusUpload.do")
         self.assertEqual(record["description"], "Object instantiated: upload POST /ws/syriusUpload.do (309 bytes)")
         for text in (out.getvalue(), repr(record)):
@@ -77,7 +77,7 @@ class StripTests(SynchronousTestCase):
             "epop_relay": "3c1c3f5238c2",
             "path": f"/a;jsessionid={SESSION}/b",
         }
-        self.assertEqual(journal_record(event)["path"], "/a/b")
+        self.assertEqual(journal_record(event, event["log_time"])["path"], "/a/b")
 
 
 class RelayPathTests(TestCase):

@@ -21,9 +21,13 @@ from twisted.logger import LogEvent, Logger, LogLevel, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop import cli
-from epop.journal.writer import JournalObserver, emit, encode_record, journal_record
+from epop.journal.connections import connection_summaries, connections_table
+from epop.journal.events import emit, journal_record
+from epop.journal.observer import JournalObserver
+from epop.journal.reader import JournalFollower
+from epop.journal.table import journal_row
+from epop.journal.writer import encode_record
 from epop.testing import MemoryJournalWriter
-from epop.journal.reader import JournalFollower, connection_summaries, connections_table, journal_row
 from epop.printable import printable, safe_json
 from tests.support import ShutdownClock
 
@@ -125,7 +129,7 @@ class RelayLogTests(SynchronousTestCase):
         self.assertIn("\\x1b[2J", text)
         self.assertIn("\\u202egpj.exe", text)
         self.assertIn("Connection 4 from 10.1.4.27:51234\\x1b[2J", text)
-        record = journal_record(event)
+        record = journal_record(event, event["log_time"])
         self.assertEqual(record["client"], JUNK)
         self.assertEqual(dangerous_in(record["description"]), [])
         self.assertEqual(record["description"], text.split("] ", 1)[1].rstrip("\n"))
@@ -141,7 +145,7 @@ class RelayLogTests(SynchronousTestCase):
         event, text = self.emitted(connection=1, client=client, reason=reason)
         self.assertEqual(dangerous_in(text[:-1]), [])
         self.assertTrue(text.endswith("\n"))
-        self.assertEqual(dangerous_in(journal_record(event)["description"]), [])
+        self.assertEqual(dangerous_in(journal_record(event, event["log_time"])["description"]), [])
 
     def test_numbers_keep_their_format_and_fields_their_values(self) -> None:
         """Numbers are formatted as before; the event's own fields are unchanged for other observers."""
@@ -152,10 +156,10 @@ class RelayLogTests(SynchronousTestCase):
         self.assertEqual(event["kind"], "up\nload")
         self.assertEqual(event["duration"], 1.2345)
         writer = MemoryJournalWriter()
-        JournalObserver(writer, RUN)(event)
+        JournalObserver(writer, RUN, Clock())(event)
         self.assertTrue(writer.records[0]["description"].startswith("Unable to format event"))
         emit(log, RUN, "object-released", "{kind}: {duration:.2f} s, {n}", kind="up\nload", duration=1.2345, n=None)
-        JournalObserver(writer, RUN)(events[1])
+        JournalObserver(writer, RUN, Clock())(events[1])
         self.assertEqual(writer.records[1]["description"], "up\\nload: 1.23 s, None")
 
 

@@ -18,22 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
 from epop.workstation.client import send_file
-from epop.journal.writer import EVENT_TYPES, RotatingJournalWriter, encode_record
-from epop.journal.reader import (
-    JournalFilter,
-    JournalFollower,
-    Problem,
-    connection_summaries,
-    connections_table,
-    describe_record,
-    journal_files,
-    journal_table,
-    parse_connection,
-    parse_since,
-    read_file,
-    read_journal,
-    type_name,
-)
+from epop.journal.events import EVENT_TYPES
+from epop.journal.writer import RotatingJournalWriter, encode_record
+from epop.journal.connections import connection_summaries, connections_table
+from epop.journal.filters import JournalFilter, parse_connection, parse_since
+from epop.journal.reader import JournalFollower, Problem, journal_files, read_file, read_journal
+from epop.journal.table import describe_record, journal_table, type_name
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import ShutdownClock, make_trustme_sandbox, poll_until
 

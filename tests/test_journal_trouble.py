@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.journal import writer as journal_module
 from epop.workstation.client import send_file
-from epop.journal.writer import FileJournalWriter, IJournalWriter, JournalService, RotatingJournalWriter, emit
+from epop.journal.events import emit
+from epop.journal.observer import JournalService
+from epop.journal.writer import FileJournalWriter, IJournalWriter, RotatingJournalWriter
 from epop.journal.reader import Problem, read_file
 from epop.relay.service import RelaySettings, make_relay_service
 from tests.support import make_trustme_sandbox, poll_until
@@ -312,7 +314,7 @@ class ServiceStartTests(SynchronousTestCase):
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
         log = _Log(self)
-        service = JournalService(RUN, lambda: FileJournalWriter(path))
+        service = JournalService(RUN, lambda: FileJournalWriter(path), Clock())
         service.startService()
         self.addCleanup(service.stopService)
         logger = Logger()

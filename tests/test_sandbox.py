@@ -1,5 +1,5 @@
 """
-Tests for L{epop.sandbox.service}, over real TLS connections on loopback.
+Tests for L{epop.sandbox}, over real TLS connections on loopback.
 """
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ from twisted.web.client import (
     HTTPConnectionPool,
 )
 
-from epop.sandbox.service import (
-    MAX_FIELD_SIZE,
-    SandboxService,
-    ensure_certificates,
-    sanitize_filename,
-)
+from epop.sandbox.ca import ensure_certificates
+from epop.sandbox.service import SandboxService
+from epop.sandbox.uploads import MAX_FIELD_SIZE, sanitize_filename
 from tests.support import (
     InMemoryBody,
     TestSandbox,

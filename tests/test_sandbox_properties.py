@@ -1,5 +1,5 @@
 """
-Properties of the sandbox's upload parsing (L{epop.sandbox.service}), checked with
+Properties of the sandbox's upload parsing (L{epop.sandbox.uploads}), checked with
 hypothesis over the HTTP channel itself, in memory.
 
 Whatever the body, however it is split into reads, and whatever boundary
@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.sandbox.service import MAX_FIELD_SIZE, MAX_PARTS, make_sandbox_site
+from epop.sandbox.site import make_sandbox_site
+from epop.sandbox.uploads import MAX_FIELD_SIZE, MAX_PARTS
 
 #: Boundary characters RFC 2046 allows (a space, but not as the last one).
 _BCHARS = string.ascii_letters + string.digits + "'()+_,-./:=?"

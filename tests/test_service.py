@@ -15,7 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.relay import tap
-from epop.journal.writer import emit
+from epop.journal.events import emit
 from epop.testing import MemoryJournalWriter
 from epop.relay.allowlist import AllowlistFactory
 from epop.relay.limits import LimitsFactory

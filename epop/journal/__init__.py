@@ -1,7 +1,10 @@
 """
-The relay's journal: the observer and writers that record the relay's
-events (L{epop.journal.writer}) and the reader behind C{epop journal} and
-C{epop connections} (L{epop.journal.reader}).
+The relay's journal: the events the relay records and their records
+(L{epop.journal.events}), the observer that picks them out of the log
+(L{epop.journal.observer}) and the files they go to
+(L{epop.journal.writer}); and the reader behind C{epop journal} and
+C{epop connections} (L{epop.journal.reader}, L{epop.journal.filters},
+L{epop.journal.table}, L{epop.journal.connections}).
 
 The journal is a file format shared by two programs that never run in the
 same process, the relay that writes it and the command that reads it; both

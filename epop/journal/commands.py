@@ -15,24 +15,18 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python import usage
 
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, output_lost
+from epop.journal.connections import RunChecker, connection_summaries, connections_table
+from epop.journal.events import EVENT_TYPES
+from epop.journal.filters import JournalFilter, parse_connection, parse_since
 from epop.journal.reader import (
     DEFAULT_JOURNAL,
-    JournalFilter,
     JournalFollower,
     NotAJournalFile,
     Problem,
-    RunChecker,
     check_journal_path,
-    connection_summaries,
-    connections_table,
-    journal_header,
-    journal_row,
-    journal_table,
-    parse_connection,
-    parse_since,
     read_journal,
 )
-from epop.journal.writer import EVENT_TYPES
+from epop.journal.table import journal_header, journal_row, journal_table
 from epop.messages import Text
 from epop.printable import safe_json
 

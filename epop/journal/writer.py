@@ -1,16 +1,13 @@
 """
-The relay's journal: one JSON object per line, one line per event.
+Where the relay's journal goes: one JSON object per line, one line per event.
 
-The relay logs its events with L{twisted.logger} like any other message; a
-L{JournalObserver} picks out the ones that belong to its relay and hands a
-record of them to an L{IJournalWriter}.  Only the fields named in
-L{RECORD_FIELDS} are ever copied, so bodies, form fields, credentials and
-query strings cannot leak into the file whatever an event carries.  Every
-field is documented in ``docs/journal.md``.
-
-A L{RotatingJournalWriter} starts a new file each UTC day or at a size, and
-deletes the oldest rotated files beyond a number to keep; L{rotated_files}
-lists them in the order they were written, for L{epop.journal.reader}.
+A L{FileJournalWriter} appends each line with a single system call, and
+goes on without its journal (saying so once) while the file cannot be
+written.  A L{RotatingJournalWriter} starts a new file each UTC day or at a
+size, and deletes the oldest rotated files beyond a number to keep;
+L{rotated_files} lists them in the order they were written, for
+L{epop.journal.reader}.  The records come from L{epop.journal.events},
+through L{epop.journal.observer}.
 """
 
 from __future__ import annotations
@@ -18,112 +15,24 @@ from __future__ import annotations
 import os
 import re
 import stat
-import string
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
-from twisted.application.service import Service
-from twisted.logger import (
-    ILogObserver,
-    LogLevel,
-    LogPublisher,
-    formatEvent,
-    Logger,
-    globalLogPublisher,
-)
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from epop.printable import printable, safe_json
-from epop.journal.process import process_fields
+from epop.printable import safe_json
 
 __all__ = [
-    "EVENT_TYPES",
-    "RECORD_FIELDS",
     "IJournalWriter",
     "FileJournalWriter",
     "RotatingJournalWriter",
     "DAILY",
     "encode_record",
+    "open_writer",
     "parse_rotate",
     "rotated_files",
-    "JournalObserver",
-    "JournalService",
-    "journal_record",
-    "strip_query",
 ]
-
-EVENT_TYPES = (
-    "listening-opened",
-    "listening-closed",
-    "connection-opened",
-    "connection-closed",
-    "object-instantiated",
-    "object-released",
-    "settings-reloaded",
-)
-
-#: Event keys copied into a record, beyond time, type and description.
-RECORD_FIELDS = (
-    "connection",
-    "client",
-    "address",
-    "port",
-    "host",
-    "pid",
-    "process_start",
-    "kind",
-    "method",
-    "path",
-    "length",
-    "integrity",
-    "status",
-    "outcome",
-    "error",
-    "epmsi_address",
-    "duration",
-    "bytes_in",
-    "bytes_out",
-    "reason",
-    "allow",
-)
-
-
-def strip_query(path: str) -> str:
-    """
-    The path without what may carry a password or a session: the query
-    string and fragment (from the first C{?} or C{#}) and each segment's
-    parameters (from a C{;} to the segment's end, as in
-    C{/a;x=1/b;jsessionid=2}, which becomes C{/a/b}).
-    """
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
-
-
-def journal_record(event: dict[str, Any], process: dict[str, Any] | None = None) -> dict[str, Any]:
-    """
-    Build the journal line for one relay event.
-
-    @param process: the relay process's C{host}, C{pid} and C{process_start}
-        (L{epop.journal.process.process_fields}), added to C{listening-opened}
-        so that a reader can tell when the relay is gone.
-    """
-    when = datetime.fromtimestamp(event["log_time"], tz=timezone.utc)
-    record: dict[str, Any] = {
-        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "type": event["epop_event"],
-        "run": event["epop_relay"],
-    }
-    if process and event["epop_event"] == "listening-opened":
-        event = {**event, **process}
-    for key in RECORD_FIELDS:
-        if key in event:
-            record[key] = event[key]
-    if isinstance(record.get("path"), str):
-        record["path"] = strip_query(record["path"])
-    # emit() made the text printable already; an event logged some other
-    # way gets the same treatment here.
-    record["description"] = printable(formatEvent(event))
-    return record
 
 
 class IJournalWriter(Interface):
@@ -542,21 +451,6 @@ class RotatingJournalWriter:
             self._file.close()
 
 
-@implementer(ILogObserver)
-class JournalObserver:
-    """Picks one relay's events out of the log stream and journals them."""
-
-    def __init__(self, writer: IJournalWriter, relay_id: str) -> None:
-        self._writer = writer
-        self._relay_id = relay_id
-        self._process = process_fields()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("epop_relay") != self._relay_id or "epop_event" not in event:
-            return
-        self._writer.write(journal_record(event, self._process))
-
-
 @implementer(IJournalWriter)
 class _OpenLater:
     """
@@ -587,101 +481,12 @@ class _OpenLater:
             self._writer.close()
 
 
-class JournalService(Service):
+def open_writer(opener: Callable[[], IJournalWriter]) -> IJournalWriter:
     """
-    Adds the journal observer when the relay starts and removes it when it
-    stops; the writer is opened here, not when the service is built.
+    The writer C{opener} returns; if it cannot open the journal, a writer
+    that tries again at each record, so that the relay starts all the same.
     """
-
-    name = "journal"
-
-    def __init__(self, relay_id: str, open_writer: Callable[[], IJournalWriter]) -> None:
-        self._relay_id = relay_id
-        self._open_writer = open_writer
-        self._publisher: LogPublisher = globalLogPublisher
-        self._observer: JournalObserver | None = None
-        self._writer: IJournalWriter | None = None
-
-    def startService(self) -> None:
-        try:
-            self._writer = self._open_writer()
-        except OSError as e:
-            self._writer = _OpenLater(self._open_writer, e)
-        self._observer = JournalObserver(self._writer, self._relay_id)
-        self._publisher.addObserver(self._observer)
-        super().startService()
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._observer is not None:
-            self._publisher.removeObserver(self._observer)
-            self._observer = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-_FORMATTER = string.Formatter()
-_PLAIN = (bool, int, float, type(None))
-
-
-def printable_format(format: str, fields: dict[str, Any]) -> tuple[str, list[str]]:
-    """
-    C{format} rewritten so that each field whose value is text (or any
-    other object but a number) is read from a list of printable copies, as
-    C{{epop_shown[N]}}; numbers keep their own fields.  The event keeps the
-    exact values for the journal's fields, and whatever formats it (the
-    twistd log, the journal's C{description}) gets only printable text.
-    """
-    parts: list[str] = []
-    shown: list[str] = []
-    for literal, name, spec, conversion in _FORMATTER.parse(format):
-        parts.append(literal.replace("{", "{{").replace("}", "}}"))
-        if name is None:
-            continue
-        try:
-            value, _ = _FORMATTER.get_field(name, (), fields)
-        except (KeyError, AttributeError, IndexError, TypeError):
-            value = None  # Twisted says it cannot format the event
-            plain = True
-        else:
-            plain = isinstance(value, _PLAIN) and conversion is None
-        if plain:
-            parts.append(
-                "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            )
-        else:
-            text = _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
-            parts.append(f"{{epop_shown[{len(shown)}]}}")
-            shown.append(printable(text))
-    return "".join(parts), shown
-
-
-def emit(
-    log: Any,
-    relay_id: str,
-    event_type: str,
-    format: str,
-    *,
-    level: LogLevel = LogLevel.info,
-    **fields: Any,
-) -> None:
-    """
-    Log one journal event; the text also reaches the ordinary twistd log.
-    Its values may come from the workstation (a PROXY header, a path): the
-    text shows them through L{printable_format}.
-    """
-    assert event_type in EVENT_TYPES, event_type
-    if isinstance(fields.get("path"), str):
-        # Cut here too, so that neither the twistd log nor the journal can
-        # get what the caller forgot to cut.
-        fields["path"] = strip_query(fields["path"])
-    shown_format, shown = printable_format(format, fields)
-    log.emit(
-        level,
-        shown_format,
-        epop_event=event_type,
-        epop_relay=relay_id,
-        epop_shown=shown,
-        **fields,
-    )
+    try:
+        return opener()
+    except OSError as e:
+        return _OpenLater(opener, e)

@@ -31,7 +31,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from epop.journal import writer as journal
+from epop.journal import events as journal
 from epop._version import __version__
 from epop.addressing import client_key, format_peer
 from epop.errors import EpopError, ProtocolError, UpstreamError, excerpt

@@ -29,12 +29,12 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from epop.journal import writer as journal
+from epop.journal import events as journal
+from epop.journal.observer import JournalService
 from epop.relay.allowlist import Allowlist, AllowlistFactory
 from epop.journal.writer import (
     FileJournalWriter,
     IJournalWriter,
-    JournalService,
     RotatingJournalWriter,
     parse_rotate,
 )
@@ -458,5 +458,5 @@ def make_relay_service(
             journal_writer = lambda: RotatingJournalWriter(path, rotate, keep, reactor)  # noqa: E731
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
-    journal_service = JournalService(relay_id, journal_writer)
+    journal_service = JournalService(relay_id, journal_writer, reactor)
     return RelayService(reactor, settings, factory, journal_service, listeners, checked, limited)

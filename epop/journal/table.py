@@ -1,0 +1,211 @@
+"""
+The journal as people read it: C{epop journal}'s table (client IP, local
+date, type, description), with the event types named as the original
+manual named them, in the reader's language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, tzinfo
+from typing import Any
+
+from epop.journal.reader import record_time
+from epop.messages import Text
+from epop.printable import printable
+
+__all__ = [
+    "describe_record",
+    "duration_text",
+    "journal_header",
+    "journal_row",
+    "journal_table",
+    "local_time",
+    "table_line",
+    "type_name",
+]
+
+# Type names as the original manual gives them.
+
+_TYPE_NAMES = {
+    "listening-opened": Text("Listening opened"),
+    "listening-closed": Text("Listening closed"),
+    "connection-opened": Text("Connection opened"),
+    "connection-closed": Text("Connection closed"),
+    "object-instantiated": Text("Object instantiated"),
+    "object-released": Text("Object released"),
+    "settings-reloaded": Text("Settings reloaded"),
+}
+
+
+def type_name(event_type: str, language: str) -> str:
+    """The event type as the original journal named it (French) or in English."""
+    name = _TYPE_NAMES.get(event_type)
+    return name.render(language) if name is not None else event_type
+
+
+def _client_ip(client: Any) -> str:
+    """The address part of C{ip:port} or C{[ipv6]:port}; other clients as they are."""
+    if not isinstance(client, str):
+        return ""
+    host, sep, port = client.rpartition(":")
+    if sep and port.isdigit() and host:
+        return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return client
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    outcome = str(record.get("outcome"))
+    return f"{outcome} ({record['error']})" if record.get("error") else outcome
+
+
+def _description(record: dict[str, Any], language: str) -> Text:
+    kind = record["type"]
+    if kind == "listening-opened":
+        return Text("Listening on {address} (run {run})", address=record["address"], run=record["run"])
+    if kind == "listening-closed":
+        return Text("Stopped listening on {address} (run {run})", address=record["address"], run=record["run"])
+    if kind == "connection-opened":
+        return Text(
+            "Connection id: {connection}, from {client}",
+            connection=record["connection"],
+            client=record["client"],
+        )
+    if kind == "connection-closed":
+        return Text(
+            "Connection id: {connection}, {reason}; {bytes_in} bytes received, "
+            "{bytes_out} sent, in {duration}",
+            connection=record["connection"],
+            reason=record["reason"],
+            bytes_in=record["bytes_in"],
+            bytes_out=record["bytes_out"],
+            duration=duration_text(record["duration"], language),
+        )
+    if kind == "object-instantiated":
+        if "method" in record:
+            return Text(
+                "Instantiated object: {kind} {method} {path} ({length} bytes)",
+                kind=record["kind"],
+                method=record["method"],
+                path=record["path"],
+                length=record["length"],
+            )
+        return Text("Instantiated object: {kind}", kind=record["kind"])
+    if kind == "object-released":
+        status = (
+            Text(", e-PMSI answered {status}", status=record["status"])
+            if record.get("status") is not None
+            else ""
+        )
+        if "method" in record:
+            return Text(
+                "Released object: {kind} {method} {path}: {outcome}{status}",
+                kind=record["kind"],
+                method=record["method"],
+                path=record["path"],
+                outcome=_outcome(record),
+                status=status,
+            )
+        return Text(
+            "Released object: {kind}: {outcome}{status}",
+            kind=record["kind"],
+            outcome=_outcome(record),
+            status=status,
+        )
+    raise KeyError(kind)
+
+
+def describe_record(record: dict[str, Any], language: str) -> str:
+    """
+    The event in the reader's language, from its fields; the record's own
+    (English) C{description} if its fields are not the expected ones.
+    """
+    try:
+        return _description(record, language).render(language)
+    except (KeyError, TypeError, ValueError):
+        return str(record.get("description", ""))
+
+
+def duration_text(seconds: float | None, language: str = "en") -> str:
+    """Seconds for people: 0.010 s, 12.5 s, 1:02:03 (a decimal comma in French)."""
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        text = f"{seconds:.3f} s" if seconds < 1 else f"{seconds:.1f} s"
+        return text.replace(".", ",") if language == "fr" else text
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def local_time(when: datetime | None, language: str, tz: tzinfo | None) -> str:
+    """C{when} in the local time zone, as the reader's language writes dates; "?" if unknown."""
+    if when is None:
+        return "?"
+    local = when.astimezone(tz)
+    return local.strftime("%d/%m/%Y %H:%M:%S" if language == "fr" else "%Y-%m-%d %H:%M:%S")
+
+
+_IP_WIDTH = 15  # an IPv4 address
+_DATE_WIDTH = 19
+
+
+def _widths(language: str, rows: Iterable[Sequence[str]] = ()) -> list[int]:
+    header = _header_cells(language)
+    widths = [
+        max(_IP_WIDTH, len(header[0])),
+        max(_DATE_WIDTH, len(header[1])),
+        max(len(header[2]), *(len(name.render(language)) for name in _TYPE_NAMES.values())),
+    ]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=False)]
+    return widths
+
+
+def _header_cells(language: str) -> list[str]:
+    return [
+        Text("Client IP").render(language),
+        Text("Date").render(language),
+        Text("Type").render(language),
+        Text("Description").render(language),
+    ]
+
+
+def table_line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
+    return "  ".join([*padded, *cells[len(widths) :]]).rstrip()
+
+
+def _cells(record: dict[str, Any], language: str, tz: tzinfo | None) -> list[str]:
+    # Whatever the journal holds (a PROXY header's junk, a forged file) is
+    # shown, never obeyed, by the reader's terminal.
+    return [
+        printable(_client_ip(record.get("client"))),
+        local_time(record_time(record), language, tz),
+        printable(type_name(str(record.get("type")), language)),
+        printable(describe_record(record, language)),
+    ]
+
+
+def journal_header(language: str) -> list[str]:
+    """The header of the journal table, with fixed widths (for C{--follow})."""
+    widths = _widths(language)
+    return [table_line(_header_cells(language), widths), table_line(["-" * w for w in widths] + ["-" * 11], widths)]
+
+
+def journal_row(record: dict[str, Any], language: str, tz: tzinfo | None = None) -> str:
+    """One event as a row of the fixed-width journal table (for C{--follow})."""
+    return table_line(_cells(record, language, tz), _widths(language))
+
+
+def journal_table(
+    records: Iterable[dict[str, Any]], language: str, tz: tzinfo | None = None
+) -> list[str]:
+    """
+    The manual's "Journal d'écoute": client IP, local date, type,
+    description, one event a line, under a header.
+    """
+    rows = [_cells(record, language, tz) for record in records]
+    widths = _widths(language, rows)
+    lines = [table_line(_header_cells(language), widths), table_line(["-" * w for w in widths] + ["-" * 11], widths)]
+    lines.extend(table_line(row, widths) for row in rows)
+    return lines
