@@ -14,7 +14,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
-from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
+from epop.relay.protocol import RelayFactory, RelayProtocol
+from epop.relay.request_rules import parse_request
 from epop.tuning import HELD_TAIL
 from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
