@@ -4,7 +4,7 @@ time, as the original relay's journal showed them ("Object instantiated",
 "Object released").
 
 L{RelayedRequest} forwards one HTTP request to e-PMSI, L{ConnectivityTest}
-is the manual's "Tester e-PMSI".  Each is an object instantiated when it
+is the manual's "Tester e-PMSI" (as often as L{CheckAllowance} lets it).  Each is an object instantiated when it
 starts and released when it ends; the protocol (L{epop.relay.protocol})
 decides when one may start, the operation what happens until it ends.
 
@@ -15,6 +15,7 @@ Internet link, and the workstation's connection pauses e-PMSI's answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,11 +27,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from epop.epmsi.upstream import CheckResult, response_headers
-from epop.errors import EpopError, UpstreamError
+from epop.addressing import client_key
+from epop.errors import EpopError, ProtocolError, UpstreamError
 from epop.journal import writer as journal
 from epop.messages import Text
 from epop.relay.failures import OversizedFrame, internal_error
-from epop.relay.pacing import UploadPace
+from epop.relay.pacing import RatesByClient, TokenBucket, UploadPace, seconds_to_wait
 from epop.relay.request_rules import HOP_BY_HOP
 from epop.relay.upload_body import UploadBody
 from epop.wire import MAX_CONTROL_PAYLOAD, FrameType
@@ -38,7 +40,7 @@ from epop.wire import MAX_CONTROL_PAYLOAD, FrameType
 if TYPE_CHECKING:
     from epop.relay.protocol import RelayProtocol
 
-__all__ = ["ConnectivityTest", "RelayedRequest"]
+__all__ = ["CheckAllowance", "ConnectivityTest", "RelayedRequest"]
 
 
 class _ResponseStreamer(Protocol):
@@ -372,3 +374,61 @@ class ConnectivityTest:
             self._release(None, error)
             self._check.cancel()
 
+
+def _too_many_checks_on_connection(limit: str, seconds: str) -> Text:
+    return Text(
+        "Too many e-PMSI checks on this connection: this relay allows {limit} a minute; "
+        "try again in {seconds} s.",
+        limit=limit,
+        seconds=seconds,
+    )
+
+
+def _too_many_checks_from_address(limit: str, seconds: str) -> Text:
+    return Text(
+        "Too many e-PMSI checks from this workstation's address: this relay allows {limit} "
+        "a minute; try again in {seconds} s.",
+        limit=limit,
+        seconds=seconds,
+    )
+
+
+class CheckAllowance:
+    """
+    How many connectivity tests one connection may run.  Each opens a new
+    TLS connection to e-PMSI: allow a few a minute, per connection and per
+    client address, not a loop.
+
+    @param per_connection: checks a minute on this connection (0: no limit).
+    @param by_client: every client address's allowance, shared by the
+        relay's connections (C{None}: no limit).
+    """
+
+    def __init__(self, per_connection: int, by_client: RatesByClient | None) -> None:
+        self._per_connection = per_connection
+        self._by_client = by_client
+        self._bucket: TokenBucket | None = None
+
+    def take(self, host: str, now: float) -> None:
+        """
+        Count one check from C{host}.
+
+        @raise ProtocolError: C{too-many-checks}, saying when to try again.
+        """
+        limits: list[tuple[TokenBucket, Callable[[str, str], Text]]] = []
+        if self._per_connection:
+            if self._bucket is None:
+                self._bucket = TokenBucket(self._per_connection, now)
+            limits.append((self._bucket, _too_many_checks_on_connection))
+        if self._by_client is not None:
+            bucket = self._by_client.bucket(client_key(host), now)
+            limits.append((bucket, _too_many_checks_from_address))
+        refused = [(bucket.wait(now), bucket, text) for bucket, text in limits]
+        refused = [found for found in refused if found[0] > 0]
+        if refused:
+            wait, bucket, text = max(refused, key=lambda found: found[0])
+            raise ProtocolError(
+                "too-many-checks", text(f"{bucket.capacity:g}", str(seconds_to_wait([wait])))
+            )
+        for bucket, _ in limits:
+            bucket.take(now)

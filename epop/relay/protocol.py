@@ -9,8 +9,6 @@ in L{epop.relay.request_rules}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from enum import Enum, auto
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -22,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from epop._version import __version__
-from epop.addressing import client_key, format_peer
+from epop.addressing import format_peer
 from epop.epmsi.upstream import Upstream
 from epop.errors import EpopError, ProtocolError, excerpt
 from epop.journal import writer as journal
@@ -35,7 +33,7 @@ from epop.relay.failures import (
     internal_error,
     relay_stopping,
 )
-from epop.relay.operations import ConnectivityTest, RelayedRequest
+from epop.relay.operations import CheckAllowance, ConnectivityTest, RelayedRequest
 from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
     DEFAULT_CHECKS_PER_CONNECTION,
@@ -45,10 +43,9 @@ from epop.relay.pacing import (
     DEFAULT_UPLOAD_MIN_RATE,
     Deadline,
     RatesByClient,
-    TokenBucket,
-    seconds_to_wait,
 )
 from epop.relay.request_rules import parse_request
+from epop.relay.states import STATES, FrameDeadline, State
 from epop.tuning import ReadBudget
 from epop.wire import (
     HEADER,
@@ -69,38 +66,13 @@ __all__ = ["RelayFactory", "RelayProtocol"]
 CLOSE_GRACE = 5.0
 
 
-def _too_many_checks_on_connection(limit: str, seconds: str) -> Text:
-    return Text(
-        "Too many e-PMSI checks on this connection: this relay allows {limit} a minute; "
-        "try again in {seconds} s.",
-        limit=limit,
-        seconds=seconds,
-    )
-
-
-def _too_many_checks_from_address(limit: str, seconds: str) -> Text:
-    return Text(
-        "Too many e-PMSI checks from this workstation's address: this relay allows {limit} "
-        "a minute; try again in {seconds} s.",
-        limit=limit,
-        seconds=seconds,
-    )
-
-
-
-class _State(Enum):
-    HELLO = auto()
-    READY = auto()
-    BODY = auto()
-    BODY_END = auto()
-    BUSY = auto()
-    CLOSING = auto()
-
-
 class RelayProtocol(Protocol, TimeoutMixin):
     """
-    One workstation's connection.  The idle timeout runs only while the relay
-    waits for the workstation, never while e-PMSI is the slow side.
+    One workstation's connection, a state machine: L{_enter} moves it from
+    one state to the next, and the table of states (L{STATES}) says what
+    each accepts and which timers run in it.  The idle timeout runs only
+    while the relay waits for the workstation, never while e-PMSI is the
+    slow side.
 
     The idle timeout restarts at every byte, so deadlines that a trickle
     cannot extend back it up (L{epop.relay.pacing}): the whole HELLO, each whole
@@ -119,7 +91,9 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self.bytes_out = 0
         self.operation: RelayedRequest | ConnectivityTest | None = None
         self._reader = FrameReader()
-        self._state = _State.HELLO
+        #: Where the connection stands; only L{_enter} changes it, and
+        #: connectionMade enters the first state with its timers.
+        self._state = State.HELLO
         self._close_reason: str | None = None
         self._close_error: str | None = None
         self._opened = 0.0
@@ -132,8 +106,13 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._grace: Any = None
         self._hello_deadline = Deadline(self.clock, factory.hello_timeout, self._hello_too_slow)
         self._frame_deadline = Deadline(self.clock, factory.frame_timeout, self._frame_too_slow)
-        self._checks: TokenBucket | None = None
+        self._checks = CheckAllowance(factory.checks_per_connection, factory.check_rates)
         self.lost = Deferred[None]()
+
+    @property
+    def state(self) -> State:
+        """Where the connection stands (a row of L{STATES})."""
+        return self._state
 
     def callLater(self, period: float, func: Any) -> Any:
         return self.clock.callLater(period, func)
@@ -153,8 +132,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self._opened = self.clock.seconds()
         self.factory.connections[self.connection_id] = self
-        self.setTimeout(self.factory.idle_timeout)
-        self._hello_deadline.start()
+        self._enter(State.HELLO)
         if self.factory.draining:
             # Accepted before listening stopped, but it has no operation yet.
             self.fail(relay_stopping())
@@ -175,9 +153,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
         self.opened()
-        self._state = _State.CLOSING
-        self.setTimeout(None)
-        self._stop_deadlines()
+        self._enter(State.CLOSING)
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         if self.operation is not None:
@@ -210,10 +186,6 @@ class RelayProtocol(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.fail(idle_timeout(self.factory.idle_timeout))
 
-    def _stop_deadlines(self) -> None:
-        self._hello_deadline.stop()
-        self._frame_deadline.stop()
-
     def _hello_too_slow(self) -> None:
         self.fail(hello_timeout(self.factory.hello_timeout))
 
@@ -241,13 +213,11 @@ class RelayProtocol(Protocol, TimeoutMixin):
 
     def fail(self, error: EpopError) -> None:
         """Send an error frame and close: the connection cannot go on."""
-        if self._state is _State.CLOSING:
+        if self._state is State.CLOSING:
             return
         self.opened()
-        self._state = _State.CLOSING
+        self._enter(State.CLOSING)
         self._close_reason = error.code
-        self.setTimeout(None)
-        self._stop_deadlines()
         operation, self.operation = self.operation, None
         if operation is not None:
             operation.abort(error)
@@ -271,7 +241,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if not self._paused:
             self._held_since = self.clock.seconds()
         self._paused = True
-        self.setTimeout(None)
+        self._run_idle_timer()
         self._frame_deadline.hold()
         self.transport.pauseProducing()
 
@@ -285,8 +255,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         self._frame_deadline.release()
         if isinstance(self.operation, RelayedRequest):
             self.operation.progress()  # e-PMSI took what it had
-        if self._state in (_State.BODY, _State.BODY_END):
-            self.setTimeout(self.factory.idle_timeout)
+        self._run_idle_timer()
         self.transport.resumeProducing()
 
     def held_seconds(self) -> float:
@@ -300,13 +269,13 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if not self._journaled:
             self.opened()
         self.bytes_in += len(data)
-        if self._state is _State.CLOSING:
+        if self._state is State.CLOSING:
             return
         if not self._paused:
             self.resetTimeout()
         try:
             for item in self._reader.feed(data):
-                if self._state is _State.CLOSING:
+                if self._state is State.CLOSING:
                     return
                 if isinstance(item, bytes):
                     self._body_received(item)
@@ -321,7 +290,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         # A control frame has begun: it must now arrive whole in time (the
         # HELLO has its own deadline, from the connection's first byte).
         if self._reader.pending and not self._frame_deadline.running:
-            if self._state is not _State.CLOSING and self._state is not _State.HELLO:
+            if STATES[self._state].deadline is FrameDeadline.FRAME:
                 self._frame_deadline.start()
 
     def _body_received(self, data: bytes) -> None:
@@ -329,61 +298,52 @@ class RelayProtocol(Protocol, TimeoutMixin):
         assert isinstance(operation, RelayedRequest)
         operation.body_received(data)
         if not self._reader.raw_outstanding:
-            self._state = _State.BODY_END
+            self._enter(State.BODY_END)
             operation.body_complete()
 
     def _frame_received(self, frame: Frame) -> None:
-        expected = {
-            _State.HELLO: (FrameType.HELLO,),
-            _State.READY: (FrameType.REQUEST, FrameType.CHECK),
-            _State.BODY_END: (FrameType.BODY_END,),
-        }.get(self._state, ())
         self._frame_deadline.stop()
-        if frame.kind not in expected:
-            raise ProtocolError(
-                "unexpected-frame",
-                f"{frame.kind.name} frame was not expected here"
-                + (f"; expected {' or '.join(k.name for k in expected)}" if expected else ""),
-            )
+        STATES[self._state].admit(frame.kind)
         message = frame.message()
         if frame.kind is FrameType.HELLO:
             self._hello(message)
         elif frame.kind is FrameType.REQUEST:
             self._request(message)
         elif frame.kind is FrameType.CHECK:
-            self._admit_check()
-            self._state = _State.BUSY
-            self.setTimeout(None)
-            self.operation = ConnectivityTest(self)
+            self._check()
         else:
             self._body_end(message)
 
-    def _admit_check(self) -> None:
+    # the states
+    def _enter(self, state: State) -> None:
         """
-        Each check opens a new TLS connection to e-PMSI: allow a few, per
-        connection and per client address, not a loop.
+        Move to C{state}, with the timers its row of L{STATES} asks for: the
+        idle timer, and the HELLO's deadline, which starts with the
+        connection and ends with its state.  A frame's own deadline starts
+        with its first byte (L{dataReceived}); every deadline ends in
+        C{CLOSING}.
         """
-        factory = self.factory
-        now = self.clock.seconds()
-        limits: list[tuple[TokenBucket, Callable[[str, str], Text]]] = []
-        if factory.checks_per_connection:
-            if self._checks is None:
-                self._checks = TokenBucket(factory.checks_per_connection, now)
-            limits.append((self._checks, _too_many_checks_on_connection))
-        if factory.check_rates is not None:
-            host = getattr(self.transport.getPeer(), "host", "") or "?"
-            bucket = factory.check_rates.bucket(client_key(host), now)
-            limits.append((bucket, _too_many_checks_from_address))
-        refused = [(bucket.wait(now), bucket, text) for bucket, text in limits]
-        refused = [found for found in refused if found[0] > 0]
-        if refused:
-            wait, bucket, text = max(refused, key=lambda found: found[0])
-            raise ProtocolError(
-                "too-many-checks", text(f"{bucket.capacity:g}", str(seconds_to_wait([wait])))
-            )
-        for bucket, _ in limits:
-            bucket.take(now)
+        self._state = state
+        self._run_idle_timer()
+        deadline = STATES[state].deadline
+        if deadline is FrameDeadline.HELLO:
+            self._hello_deadline.start()
+        else:
+            self._hello_deadline.stop()
+        if deadline is None:
+            self._frame_deadline.stop()
 
+    def _run_idle_timer(self) -> None:
+        """
+        The idle timer runs while the state waits on the workstation and the
+        relay does not hold it back; a running timer keeps counting.
+        """
+        if self._paused or not STATES[self._state].idle_timer:
+            self.setTimeout(None)
+        elif self.timeOut is None:
+            self.setTimeout(self.factory.idle_timeout)
+
+    # the frames
     def _hello(self, message: dict[str, Any]) -> None:
         versions = message.get("versions")
         if message.get("protocol") != PROTOCOL_NAME or not isinstance(versions, list):
@@ -404,36 +364,38 @@ class RelayProtocol(Protocol, TimeoutMixin):
                     theirs=excerpt(shown) or "-",
                 ),
             )
-        self._hello_deadline.stop()
         self.send_message(
             FrameType.WELCOME,
             {"version": max(common), "relay": f"epop {__version__}", "epmsi": self.factory.upstream.url},
         )
-        self._state = _State.READY
+        self._enter(State.READY)
 
     def _request(self, message: dict[str, Any]) -> None:
         method, path, headers, length = parse_request(message)
         if length:
             # The body's first bytes start e-PMSI's request (RelayedRequest).
-            self._state = _State.BODY
+            self._enter(State.BODY)
             self._reader.expect_raw(length)
         else:
-            self._state = _State.BUSY
-            self.setTimeout(None)
+            self._enter(State.BUSY)
         self.operation = RelayedRequest(self, method, path, headers, length)
+
+    def _check(self) -> None:
+        host = getattr(self.transport.getPeer(), "host", "") or "?"
+        self._checks.take(host, self.clock.seconds())
+        self._enter(State.BUSY)
+        self.operation = ConnectivityTest(self)
 
     def _body_end(self, message: dict[str, Any]) -> None:
         operation = self.operation
         assert isinstance(operation, RelayedRequest)
-        self._state = _State.BUSY
-        self.setTimeout(None)
+        self._enter(State.BUSY)
         operation.body_ended(message.get("sha256"))
 
     def operation_finished(self, operation: object) -> None:
         if self.operation is operation:
             self.operation = None
-            self._state = _State.READY
-            self.setTimeout(self.factory.idle_timeout)
+            self._enter(State.READY)
             if self.factory.draining:
                 self.fail(relay_stopping())
 
