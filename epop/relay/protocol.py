@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from zope.interface import implementer
 
 from epop._version import __version__
 from epop.addressing import format_peer
@@ -33,6 +34,7 @@ from epop.relay.failures import (
     internal_error,
     relay_stopping,
 )
+from epop.relay.interfaces import IRelaySession
 from epop.relay.operations import CheckAllowance, ConnectivityTest, RelayedRequest
 from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
@@ -66,6 +68,7 @@ __all__ = ["RelayFactory", "RelayProtocol"]
 CLOSE_GRACE = 5.0
 
 
+@implementer(IRelaySession)
 class RelayProtocol(Protocol, TimeoutMixin):
     """
     One workstation's connection, a state machine: L{_enter} moves it from
@@ -182,6 +185,10 @@ class RelayProtocol(Protocol, TimeoutMixin):
         """
         if self._close_reason is None:
             self._close_reason, self._close_error = reason, error
+
+    def count_refused(self, data: bytes) -> None:
+        """Bytes of a refused connection, never read: the journal counts them all the same."""
+        self.bytes_in += len(data)
 
     def timeoutConnection(self) -> None:
         self.fail(idle_timeout(self.factory.idle_timeout))
