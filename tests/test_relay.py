@@ -193,6 +193,20 @@ class RelayProtocolTests(SynchronousTestCase):
         self.failureResultOf(done)
         self.assertEqual(consumer.chunks, [])
 
+    def test_bug_in_an_operation_is_an_internal_error(self) -> None:
+        """An operation that crashes logs the bug and tells the workstation, rather than hang."""
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.CHECK, {}))
+        self.upstream.checks[0].callback(object())  # not a CheckResult
+        self.assertEqual(self.errors(), ["internal-error"])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
+    def test_bug_in_a_relayed_request_is_an_internal_error(self) -> None:
+        request = {"method": "GET", "path": "/", "headers": [], "length": 0}
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request))
+        self.upstream.requests[0][4].callback(object())  # not a response
+        self.assertEqual(self.errors(), ["internal-error"])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
     def test_frame_before_hello(self) -> None:
         """Operations before the handshake are refused."""
         self.protocol.dataReceived(encode_message(FrameType.CHECK, {}))

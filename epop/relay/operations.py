@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 __all__ = ["CheckAllowance", "ConnectivityTest", "RelayedRequest"]
 
 
+def _crashed(failure: Failure, protocol: "RelayProtocol", what: str) -> None:
+    """A bug of ours: say so to the workstation rather than hang."""
+    protocol.log.failure(what, failure)
+    protocol.fail(internal_error())
+
+
 class _ResponseStreamer(Protocol):
     """Carries e-PMSI's answer to the workstation as DATA frames."""
 
@@ -131,7 +137,9 @@ class RelayedRequest:
         self._request = self.protocol.factory.upstream.request(
             self.method, self.path, self._headers, self.body
         )
-        self._request.addCallbacks(self._answered, self._failed).addErrback(self._crashed)
+        self._request.addCallbacks(self._answered, self._failed).addErrback(
+            _crashed, self.protocol, "Relayed request failed unexpectedly"
+        )
 
     def progress(self) -> None:
         """Bytes moved: the operation is alive."""
@@ -245,11 +253,6 @@ class RelayedRequest:
         failure.trap(EpopError)
         self.protocol.fail(failure.value)
 
-    def _crashed(self, failure: Failure) -> None:
-        """A bug of ours: say so to the workstation rather than hang."""
-        self.protocol.log.failure("Relayed request failed unexpectedly", failure)
-        self.protocol.fail(internal_error())
-
     def response_finished(self, reason: Failure) -> None:
         if self._finished:
             return
@@ -335,12 +338,9 @@ class ConnectivityTest:
             "object-instantiated", "Object instantiated: {kind}", kind=self.kind
         )
         self._check = protocol.factory.upstream.check()
-        self._check.addCallback(self._checked).addErrback(self._crashed)
-
-    def _crashed(self, failure: Failure) -> None:
-        """A bug of ours: say so to the workstation rather than hang."""
-        self.protocol.log.failure("Connectivity test failed unexpectedly", failure)
-        self.protocol.fail(internal_error())
+        self._check.addCallback(self._checked).addErrback(
+            _crashed, protocol, "Connectivity test failed unexpectedly"
+        )
 
     def _checked(self, result: CheckResult) -> None:
         if self._finished:
