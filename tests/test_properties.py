@@ -18,7 +18,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.errors import ProtocolError
-from epop.relay.protocol import RelayFactory, parse_request
+from epop.relay.protocol import RelayFactory
+from epop.relay.request_rules import parse_request
 from epop.epmsi.upstream import CheckResult
 from epop.testing import FakeUpstream
 from epop.wire import (

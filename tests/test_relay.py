@@ -11,9 +11,12 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from epop.errors import ProtocolError
-from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
+from epop.relay.interfaces import IRelaySession, count_refused, relay_inside
+from epop.relay.protocol import RelayFactory, RelayProtocol
+from epop.relay.request_rules import parse_request
 from epop.tuning import HELD_TAIL
 from epop.epmsi.upstream import CheckResult
 from epop.testing import FakeUpstream
@@ -170,6 +173,20 @@ class RelayProtocolTests(SynchronousTestCase):
         self.failureResultOf(done)
         self.assertEqual(consumer.chunks, [])
 
+    def test_bug_in_an_operation_is_an_internal_error(self) -> None:
+        """An operation that crashes logs the bug and tells the workstation, rather than hang."""
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.CHECK, {}))
+        self.upstream.checks[0].callback(object())  # not a CheckResult
+        self.assertEqual(self.errors(), ["internal-error"])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
+    def test_bug_in_a_relayed_request_is_an_internal_error(self) -> None:
+        request = {"method": "GET", "path": "/", "headers": [], "length": 0}
+        self.protocol.dataReceived(HELLO + encode_message(FrameType.REQUEST, request))
+        self.upstream.requests[0][4].callback(object())  # not a response
+        self.assertEqual(self.errors(), ["internal-error"])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
     def test_frame_before_hello(self) -> None:
         """Operations before the handshake are refused."""
         self.protocol.dataReceived(encode_message(FrameType.CHECK, {}))
@@ -301,3 +318,37 @@ class SilentConnectionTests(SynchronousTestCase):
         [frame] = [f for f in FrameReader().feed(transport.value()) if isinstance(f, Frame)]
         self.assertEqual((frame.kind, frame.message()["code"]), (FrameType.ERROR, "idle-timeout"))
         self.assertTrue(transport.disconnecting)
+
+
+class RelaySessionInterfaceTests(SynchronousTestCase):
+    """The layers around the relay's protocol reach it through IRelaySession only."""
+
+    def setUp(self) -> None:
+        self.relay = RelayFactory(MemoryReactorClock(), FakeUpstream(), "interface", idle_timeout=120)
+        self.peer = IPv4Address("TCP", "10.1.2.3", 5555)
+
+    def test_protocol_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IRelaySession, self.relay.buildProtocol(self.peer)))
+
+    def test_found_inside_its_wrappers(self) -> None:
+        """Through the limits and the allowlist, the relay's protocol and nothing before it."""
+        from epop.relay.allowlist import AllowlistFactory
+        from epop.relay.limits import LimitsFactory
+
+        outer = LimitsFactory(AllowlistFactory(self.relay)).buildProtocol(self.peer)
+        transport = StringTransport(peerAddress=self.peer)
+        outer.makeConnection(transport)
+        inner = relay_inside(outer)
+        self.assertIsInstance(inner, RelayProtocol)
+        count_refused(outer, b"12345")
+        self.assertEqual(inner.bytes_in, 5)
+        relay_inside(outer).fail(ProtocolError("not-authorized", "no"))
+        self.assertIn(b"not-authorized", transport.value())
+
+    def test_wrappers_do_not_know_the_protocol(self) -> None:
+        """The session chooser, the allowlist and the limits import only the interface."""
+        from epop.relay import allowlist, limits, session
+
+        for module in (session, allowlist, limits):
+            with open(str(module.__file__), encoding="utf-8") as source:
+                self.assertNotIn("epop.relay.protocol", source.read(), module.__name__)

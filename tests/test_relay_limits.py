@@ -25,7 +25,8 @@ from twisted.web.http_headers import Headers
 from epop.errors import EpopError, ProtocolError, excerpt
 from epop.addressing import client_key
 from epop.relay.pacing import RatesByClient
-from epop.relay.protocol import RelayFactory, RelayProtocol, parse_request
+from epop.relay.protocol import RelayFactory, RelayProtocol
+from epop.relay.request_rules import parse_request
 from epop.epmsi.upstream import CheckResult
 from epop.wire import (
     MAX_BODY_LENGTH,

@@ -29,8 +29,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from epop.addressing import format_peer, ip_of
 from epop.errors import ProtocolError
 from epop.messages import Text
+from epop.relay.interfaces import count_refused, relay_inside
 
-__all__ = ["Allowlist", "AllowlistFactory", "relay_inside"]
+__all__ = ["Allowlist", "AllowlistFactory"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -93,21 +94,6 @@ def refusal_message(peer: IAddress) -> Text:
     return Text(
         "Client {client} is not allowed to connect to this e-POP relay", client=format_peer(peer)
     )
-
-
-def relay_inside(protocol: Any) -> Any:
-    """The relay's protocol inside the wrappers (allowlist, limits, TLS) around it."""
-    while not hasattr(protocol, "fail"):
-        protocol = protocol.wrappedProtocol
-    return protocol
-
-
-def count_refused(protocol: Any, data: bytes) -> None:
-    """
-    A refused connection's bytes are never read, but they arrived: count
-    them in its journal line's C{bytes_in}.
-    """
-    relay_inside(protocol).bytes_in += len(data)
 
 
 class _CheckedProtocol(ProtocolWrapper):

@@ -28,7 +28,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from epop.addressing import client_key
-from epop.relay.allowlist import count_refused, relay_inside
+from epop.relay.interfaces import count_refused, relay_inside
 from epop.errors import ProtocolError
 from epop.messages import Text
 

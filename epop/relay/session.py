@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from epop.errors import EpopError, ProtocolError
 from epop.local_tls import RelayTLS, openssl_words
 from epop.messages import Text
-from epop.relay.allowlist import count_refused, relay_inside
-from epop.relay.protocol import relay_stopping
+from epop.relay.interfaces import count_refused, relay_inside
+from epop.relay.failures import relay_stopping
 from epop.tuning import MIN_READ_SIZE, tune
 
 __all__ = ["SessionChoiceFactory"]
