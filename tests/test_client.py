@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -283,6 +284,41 @@ class StateTableTests(SynchronousTestCase):
         self.protocol.check()
         self.assertRaises(RuntimeError, self.protocol.check)
 
+    def test_answer_ended_before_the_body(self) -> None:
+        """
+        A RESPONSE_END ahead of the body (no relay sends one): SENDING until
+        the body and its BODY_END are out, then the request completes.
+        """
+
+        class Body:
+            length = 3
+
+            def __init__(self) -> None:
+                self.finished: Deferred[None] = Deferred()
+
+            def startProducing(self, consumer: object) -> Deferred[None]:
+                self.consumer = consumer
+                return self.finished
+
+            def stopProducing(self) -> None:
+                pass
+
+        body = Body()
+        self.welcomed()
+        request = self.protocol.request("POST", "/", body=body)  # type: ignore[arg-type]
+        self.protocol.dataReceived(
+            encode_message(FrameType.RESPONSE, {"status": 200, "headers": []})
+            + encode_message(FrameType.RESPONSE_END, {"length": 0})
+        )
+        self.assertIs(self.protocol.state, State.SENDING)
+        self.assertNoResult(request)
+        body.consumer.write(b"abc")  # type: ignore[attr-defined]
+        body.finished.callback(None)
+        self.assertIs(self.protocol.state, State.READY)
+        self.assertEqual(self.successResultOf(request).sent, 3)
+        body_end = encode_message(FrameType.BODY_END, {"sha256": hashlib.sha256(b"abc").hexdigest()})
+        self.assertTrue(self.transport.value().endswith(b"abc" + body_end))
+
     def refused(self, state_frames: list[bytes], start: str, frame: bytes) -> str:
         """The message of the error C{frame} gets in operation C{start}, after C{state_frames}."""
         self.welcomed()
@@ -307,11 +343,15 @@ class StateTableTests(SynchronousTestCase):
             "RESPONSE_END frame before RESPONSE",
         )
         self.setUp()
-        self.assertEqual(self.refused([], "request", check_result), "CHECK_RESULT frame was not expected")
+        self.assertEqual(
+            self.refused([], "request", check_result), "CHECK_RESULT frame was not expected"
+        )
         self.setUp()
         self.assertEqual(self.refused([], "check", response), "RESPONSE frame was not expected")
         self.setUp()
-        self.assertEqual(self.refused([response], "request", response), "RESPONSE frame was not expected")
+        self.assertEqual(
+            self.refused([response], "request", response), "RESPONSE frame was not expected"
+        )
         self.setUp()
         self.assertEqual(
             self.refused([], "request", encode_message(FrameType.WELCOME, {"version": 1})),
@@ -327,7 +367,8 @@ class StateTableTests(SynchronousTestCase):
         for row in rows:
             name, _, accepted, timer = [cell.strip() for cell in row.strip("|").split("|")]
             frames = frozenset(FrameType[f] for f in re.findall(r"`([A-Z_]+)`", accepted))
-            documented[State[name.strip("`")]] = (frames, None if timer.startswith("none") else timer.split(":")[0])
+            clock = None if timer.startswith("none") else timer.split(":")[0]
+            documented[State[name.strip("`")]] = (frames, clock)
         self.assertEqual(
             documented,
             {

@@ -61,7 +61,10 @@ class WatchedBody:
 
 
 class Upload:
-    """One L{epop.workstation.send_file}: how far it got, to say what failed and what became of the file."""
+    """
+    One L{epop.workstation.send_file}: how far it got, to say what failed
+    and what became of the file.
+    """
 
     def __init__(
         self, body: IBodyProducer, path: str, via_relay: bool, watchdog: Watchdog | None
