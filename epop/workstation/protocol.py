@@ -25,14 +25,8 @@ from epop.addressing import format_peer
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, ProtocolError, RelayError, describe_relay_tls_failure
 from epop.messages import Text
-from epop.wire import (
-    PROTOCOL_NAME,
-    PROTOCOL_VERSIONS,
-    Frame,
-    FrameReader,
-    FrameType,
-    encode_message,
-)
+from epop.wire import PROTOCOL_NAME, PROTOCOL_VERSIONS, Frame, FrameReader, FrameType
+from epop.wire import encode_message
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT, Watchdog
 from epop.workstation.outcomes import Reply
 from epop.workstation.states import STATES, State, Timer, unexpected_frame
