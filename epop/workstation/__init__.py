@@ -7,8 +7,9 @@ through the wire format of L{epop.wire}.  Its modules: L{client}, the
 operations; L{protocol} and L{states}, the e-POP client protocol and its
 table of states; L{direct}, sending straight to e-PMSI; L{upload} and
 L{deadlines}, how an upload is followed and bounded in time; L{outcomes},
-what the operations end with; L{settings}, the saved settings.  The public
-API is exported here, as below.
+what the operations end with; L{settings}, the saved settings;
+L{commands} and L{settings_commands}, the C{epop} command's subcommands.
+The public API is exported here.
 """
 
 from epop.workstation.client import (
