@@ -27,7 +27,7 @@ from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 
 from benchmarks.measure import fd_kinds, sample
-from epop.workstation.client import RelayAddress, Reply, TestReport, send_file, test_connection
+from epop.workstation import RelayAddress, Reply, TestReport, send_file, test_connection
 
 
 def _receipt_check(reply: Reply, sha256: str, size: int) -> str | None:

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
 from epop.workstation import commands as workstation_commands
-from epop.workstation.client import Reply, UploadFailed
+from epop.workstation import Reply, UploadFailed
 from epop.errors import EpopError
 from epop.messages import Text
 from tests.relaying import start_relay

@@ -1,6 +1,10 @@
-"""Unit tests for L{epop.workstation.client}: addresses, handshake and relay errors."""
+"""Unit tests for L{epop.workstation}: addresses, handshake and relay errors."""
 
 from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, TimeoutError
@@ -8,10 +12,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from epop.workstation.client import RelayAddress, RelayClientProtocol, TestReport, test_connection
+from epop.workstation import RelayAddress, RelayClientProtocol, TestReport, test_connection
 from epop.errors import EpopError, RelayError, describe_upstream_failure
 from epop.epmsi.upstream import CheckResult
 from epop.wire import Frame, FrameReader, FrameType, encode_message
+from epop.workstation.states import STATES, State
 
 
 class EndpointTests(SynchronousTestCase):
@@ -76,7 +81,7 @@ class ConnectTimeoutTests(SynchronousTestCase):
         """The connect attempt carries the timeout, and its expiry reads 'no answer in time'."""
         from twisted.internet.error import TimeoutError
 
-        from epop.workstation.client import connect_to_relay
+        from epop.workstation import connect_to_relay
 
         reactor = MemoryReactorClock()
         d = connect_to_relay(reactor, RelayAddress("127.0.0.1", 3358), timeout=10)
@@ -226,3 +231,148 @@ class PlainWordsTests(SynchronousTestCase):
         refused = describe_upstream_failure(Failure(ConnectionRefusedError()), url)
         other = TestReport(None, epmsi=CheckResult(ok=False, url=url, elapsed=0.002, error=refused))
         self.assertIn("(after 2 ms)", other.describe())
+
+
+class StateTableTests(SynchronousTestCase):
+    """The client's states: one table, entered by one method, and the doc that says the same."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.protocol = RelayClientProtocol(self.clock, timeout=10, stall_timeout=30)
+        self.transport = StringTransport()
+
+    def welcomed(self) -> None:
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+
+    def test_states_and_timers(self) -> None:
+        """Each state runs the timer its row names, and only that one."""
+        self.assertIs(self.protocol.state, State.CONNECTING)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.protocol.makeConnection(self.transport)
+        self.assertIs(self.protocol.state, State.WELCOME)
+        [welcome] = self.clock.getDelayedCalls()
+        self.assertEqual(welcome.getTime(), 10)
+        self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+        self.assertIs(self.protocol.state, State.READY)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        request = self.protocol.request("GET", "/")
+        self.assertIs(self.protocol.state, State.RESPONSE)
+        [stall] = self.clock.getDelayedCalls()
+        self.assertEqual(stall.getTime(), 30)
+        self.protocol.dataReceived(
+            encode_message(FrameType.RESPONSE, {"status": 200, "reason": "OK", "headers": []})
+        )
+        self.assertIs(self.protocol.state, State.RESPONSE_END)
+        self.assertEqual(self.clock.getDelayedCalls(), [stall])
+        self.protocol.dataReceived(encode_message(FrameType.RESPONSE_END, {"length": 0}))
+        self.assertIs(self.protocol.state, State.READY)
+        self.assertEqual(self.successResultOf(request).status, 200)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        check = self.protocol.check()
+        self.assertIs(self.protocol.state, State.CHECK_RESULT)
+        self.protocol.dataReceived(encode_message(FrameType.ERROR, {"code": "relay-stopping"}))
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(self.failureResultOf(check, RelayError).value.code, "relay-stopping")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_operation_at_a_time(self) -> None:
+        """An operation starts only in READY."""
+        self.protocol.makeConnection(self.transport)
+        self.assertRaises(RuntimeError, self.protocol.check)
+        self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))
+        self.protocol.check()
+        self.assertRaises(RuntimeError, self.protocol.check)
+
+    def test_answer_ended_before_the_body(self) -> None:
+        """
+        A RESPONSE_END ahead of the body (no relay sends one): SENDING until
+        the body and its BODY_END are out, then the request completes.
+        """
+
+        class Body:
+            length = 3
+
+            def __init__(self) -> None:
+                self.finished: Deferred[None] = Deferred()
+
+            def startProducing(self, consumer: object) -> Deferred[None]:
+                self.consumer = consumer
+                return self.finished
+
+            def stopProducing(self) -> None:
+                pass
+
+        body = Body()
+        self.welcomed()
+        request = self.protocol.request("POST", "/", body=body)  # type: ignore[arg-type]
+        self.protocol.dataReceived(
+            encode_message(FrameType.RESPONSE, {"status": 200, "headers": []})
+            + encode_message(FrameType.RESPONSE_END, {"length": 0})
+        )
+        self.assertIs(self.protocol.state, State.SENDING)
+        self.assertNoResult(request)
+        body.consumer.write(b"abc")  # type: ignore[attr-defined]
+        body.finished.callback(None)
+        self.assertIs(self.protocol.state, State.READY)
+        self.assertEqual(self.successResultOf(request).sent, 3)
+        body_end = encode_message(FrameType.BODY_END, {"sha256": hashlib.sha256(b"abc").hexdigest()})
+        self.assertTrue(self.transport.value().endswith(b"abc" + body_end))
+
+    def refused(self, state_frames: list[bytes], start: str, frame: bytes) -> str:
+        """The message of the error C{frame} gets in operation C{start}, after C{state_frames}."""
+        self.welcomed()
+        d = self.protocol.check() if start == "check" else self.protocol.request("GET", "/")
+        for earlier in state_frames:
+            self.protocol.dataReceived(earlier)
+        self.protocol.dataReceived(frame)
+        self.assertIs(self.protocol.state, State.CLOSED)
+        error = self.failureResultOf(d, EpopError).value
+        self.assertEqual(error.code, "unexpected-frame")
+        return error.message
+
+    def test_unexpected_frames(self) -> None:
+        """A frame its state does not accept is the relay's mistake, said as such."""
+        response = encode_message(FrameType.RESPONSE, {"status": 200, "headers": []})
+        data = encode_message(FrameType.DATA, {})
+        check_result = encode_message(FrameType.CHECK_RESULT, {"ok": True})
+        self.assertEqual(self.refused([], "request", data), "DATA frame before RESPONSE")
+        self.setUp()
+        self.assertEqual(
+            self.refused([], "check", encode_message(FrameType.RESPONSE_END, {"length": 0})),
+            "RESPONSE_END frame before RESPONSE",
+        )
+        self.setUp()
+        self.assertEqual(
+            self.refused([], "request", check_result), "CHECK_RESULT frame was not expected"
+        )
+        self.setUp()
+        self.assertEqual(self.refused([], "check", response), "RESPONSE frame was not expected")
+        self.setUp()
+        self.assertEqual(
+            self.refused([response], "request", response), "RESPONSE frame was not expected"
+        )
+        self.setUp()
+        self.assertEqual(
+            self.refused([], "request", encode_message(FrameType.WELCOME, {"version": 1})),
+            "WELCOME frame was not expected",
+        )
+
+    def test_the_doc_reads_like_the_table(self) -> None:
+        """docs/protocol.md's client states: the same names, frames and timers as L{STATES}."""
+        doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+        section = doc.split("### 3.1 Client states")[1].split("\n## ")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| `")]
+        documented = {}
+        for row in rows:
+            name, _, accepted, timer = [cell.strip() for cell in row.strip("|").split("|")]
+            frames = frozenset(FrameType[f] for f in re.findall(r"`([A-Z_]+)`", accepted))
+            clock = None if timer.startswith("none") else timer.split(":")[0]
+            documented[State[name.strip("`")]] = (frames, clock)
+        self.assertEqual(
+            documented,
+            {
+                state: (rule.accepts, None if rule.timer is None else rule.timer.value)
+                for state, rule in STATES.items()
+            },
+        )

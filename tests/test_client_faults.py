@@ -1,6 +1,6 @@
 """
 The workstation against a relay or an e-PMSI that misbehaves: every
-Deferred of L{epop.workstation.client} fires, with an error that says which step failed
+Deferred of L{epop.workstation} fires, with an error that says which step failed
 and whether e-PMSI got the file, whatever the peer does.  Units run on a
 L{MemoryReactorClock} and L{StringTransport}: no real sleeping.
 """
@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from epop.workstation.client import (
+from epop.workstation import (
     DEFAULT_STALL_TIMEOUT,
     RelayAddress,
     RelayClientProtocol,

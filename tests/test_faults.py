@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from epop.workstation.client import RelayClientProtocol, connect_to_relay, test_connection
+from epop.workstation import RelayClientProtocol, connect_to_relay, test_connection
 from epop.errors import EpopError, RelayError
 from epop.epmsi.proxy import ProxyConfig
 from tests.faults import (

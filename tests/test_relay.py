@@ -257,7 +257,7 @@ class ClientRelayPairTests(SynchronousTestCase):
     def setUp(self) -> None:
         from twisted.test import iosim
 
-        from epop.workstation.client import RelayClientProtocol
+        from epop.workstation import RelayClientProtocol
 
         self.clock = MemoryReactorClock()
         self.upstream = FakeUpstream()

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
-from epop.workstation.client import RelayClientProtocol, connect_to_relay
+from epop.workstation import RelayClientProtocol, connect_to_relay
 from epop.sandbox.ca import server_tls_options
 from tests.relaying import start_relay
 

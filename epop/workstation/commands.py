@@ -31,16 +31,9 @@ from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 from epop.local_tls import ClientTLS
 from epop.messages import Text
-from epop.workstation.client import (
-    DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    RelayAddress,
-    Reply,
-    TestReport,
-    UploadFailed,
-    send_file,
-    test_connection,
-)
+from epop.workstation.client import RelayAddress, send_file, test_connection
+from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
+from epop.workstation.outcomes import Reply, TestReport, UploadFailed
 from epop.workstation.settings import ClientSettings
 
 __all__ = ["SendOptions", "TargetOptions", "TestOptions", "send", "test"]
