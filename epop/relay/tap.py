@@ -30,12 +30,12 @@ from twisted.python import usage
 
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
-    SYSTEM,
     ProxyConfig,
     load_proxy_password,
     resolve_proxy,
 )
 from epop.epmsi.origin import DEFAULT_EPMSI_URL
+from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
@@ -208,7 +208,7 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(f"--proxy: {e}") from None
-        if self["proxy"] == SYSTEM:
+        if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
                 "--proxy system: {found}",
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,

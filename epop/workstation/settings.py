@@ -19,9 +19,9 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from epop.addressing import RELAY_ADDRESS_HELP, host_port
+from epop.addressing import RELAY_ADDRESS_HELP
+from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
@@ -30,7 +30,6 @@ from epop.files import write_atomically
 __all__ = [
     "SETTING_DESCRIPTIONS",
     "SETTING_KEYS",
-    "SYSTEM_PROXY",
     "ClientSettings",
     "SettingsError",
     "settings_path",
@@ -62,8 +61,11 @@ SETTING_DESCRIPTIONS: Mapping[str, str] = {
     "field": "default form field that carries the file",
 }
 
-#: The C{proxy} value that means "ask this machine" (see L{epop.epmsi.system_proxy}).
-SYSTEM_PROXY = "system"
+#: Where the proxy's account goes instead of its URL.
+_CREDENTIALS = (
+    "the user name and password have settings of their own; set them with proxy-user "
+    "and proxy-password"
+)
 
 _SECTION = "epop"
 _HIDDEN = "(set)"
@@ -311,30 +313,9 @@ def _check_ca_file(value: str, on_set: bool) -> str:
 
 
 def _check_proxy(value: str, on_set: bool) -> str:
-    if value.lower() == SYSTEM_PROXY:
-        return SYSTEM_PROXY
-    expected = f"expected http://HOST:PORT, or '{SYSTEM_PROXY}' to use this machine's proxy"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"proxy {value!r} has an invalid port: {expected}") from None
-    if parts.scheme.lower() != "http":
-        raise ValueError(f"proxy {value!r}: only http:// proxies are supported; {expected}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "proxy must not hold a user name or password: set them with proxy-user "
-            "and proxy-password"
-        )
-    if not parts.hostname:
-        raise ValueError(f"proxy {value!r} has no host name: {expected}")
-    if port is None:
-        raise ValueError(f"proxy {value!r} has no port: {expected}")
-    if port == 0:
-        raise ValueError(f"proxy {value!r} has an invalid port: {expected}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"proxy {value!r} must not have a path: {expected}")
-    return f"http://{host_port(parts.hostname, port)}"
+    if is_system(value):
+        return SYSTEM
+    return parse_proxy_url(value, credentials=_CREDENTIALS).url
 
 
 def _check_text(value: str, on_set: bool) -> str:
