@@ -27,11 +27,9 @@ instead of a traceback.
 
 from __future__ import annotations
 
-import configparser
 import copy
 import getopt
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +55,7 @@ from epop.relay.pacing import (
     DEFAULT_UPLOAD_MIN_RATE,
 )
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
+from epop.settings_file import SECTION, SettingsError, Wording, read_section, where
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -72,10 +71,6 @@ __all__ = [
     "command_line_keys",
     "read_settings_file",
 ]
-
-class SettingsError(ValueError):
-    """A settings file that cannot be used; the message says where and why."""
-
 
 DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}"
 
@@ -281,8 +276,6 @@ def check_allow(entries: Sequence[str]) -> Allowlist:
         raise RelaySettingsError("allow", str(e)) from None
 
 
-SECTION = "epop"
-
 _FLAG_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 
 #: Options that cannot be set from the file: the file itself.
@@ -293,9 +286,25 @@ _PASSWORD_HINT = (
     "in the file named by proxy-password-file, or in EPOP_PROXY_PASSWORD"
 )
 
-#: A "key = value" line at the start of a line, for line numbers in messages.
-_KEY_LINE = re.compile(r"^([^\s=#;\[][^=]*?)\s*=")
-_SECTION_LINE = re.compile(r"^\[([^\]]*)\]")
+#: How the relay's settings file words each mistake (L{epop.settings_file}).
+_WORDING = Wording(
+    unreadable="cannot read the settings file {path}: {reason}",
+    not_utf8="cannot read the settings file {path}: it is not UTF-8 text",
+    before_section="{where}: the settings must come after an [" + SECTION + "] header",
+    other_section=(
+        "{path}: unknown section [{name}]; the settings file has a single [" + SECTION + "] section"
+    ),
+    section_twice="{where}: the section [{name}] is given twice",
+    not_key_value=(
+        "{where}: cannot read {text!r}: expected 'key = value', an indented continuation "
+        "line, a [section] header or a # comment"
+    ),
+    key_twice=(
+        "{where}: {key}: the key is given twice; give a repeatable key's values one per "
+        "line, indented, under a single key"
+    ),
+    no_section="{path}: no [" + SECTION + "] section; the settings go under an [" + SECTION + "] header",
+)
 
 
 @dataclass(frozen=True)
@@ -377,65 +386,12 @@ class SettingsFile:
 
     def where(self, key: str) -> str:
         """The file and line of C{key}, for messages."""
-        return _where(self.path, self.lines.get(key))
+        return where(self.path, self.lines.get(key))
 
     def changed(self, other: SettingsFile) -> list[str]:
         """Keys whose value differs in C{other}, sorted."""
         keys = set(self.values) | set(other.values)
         return sorted(k for k in keys if self.values.get(k) != other.values.get(k))
-
-
-def _where(path: str, line: int | None) -> str:
-    return f"{path}, line {line}" if line else path
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """Where each key of the [epop] section is, as configparser keeps no lines."""
-    found: dict[str, int] = {}
-    section = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _SECTION_LINE.match(line)
-        if header:
-            section = header.group(1).strip()
-            continue
-        key = _KEY_LINE.match(line)
-        if key and section == SECTION:
-            found.setdefault(key.group(1).strip().lower(), number)
-    return found
-
-
-def _parse(path: str, text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(
-        interpolation=None,
-        strict=True,
-        delimiters=("=",),
-        # No DEFAULT section: a [DEFAULT] header is as unknown as any other.
-        default_section="\x00",
-    )
-    try:
-        parser.read_string(text, source=path)
-    except configparser.MissingSectionHeaderError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: the settings must come after an [{SECTION}] header"
-        ) from None
-    except configparser.DuplicateSectionError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: the section [{e.section}] is given twice"
-        ) from None
-    except configparser.DuplicateOptionError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: {e.option}: the key is given twice; give a "
-            "repeatable key's values one per line, indented, under a single key"
-        ) from None
-    except configparser.ParsingError as e:
-        line = e.errors[0][0]
-        lines = text.splitlines()
-        content = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        raise SettingsError(
-            f"{_where(path, line)}: cannot read {content!r}: expected 'key = value', an "
-            "indented continuation line, a [section] header or a # comment"
-        ) from None
-    return parser
 
 
 def _number(value: str, coerce: Callable[[str], Any]) -> Any:
@@ -487,39 +443,24 @@ def read_settings_file(path: str, keys: SettingKeys) -> SettingsFile:
     @param keys: what the file may hold (L{SettingKeys.of} the options).
     @raise SettingsError: naming the file, line, key and problem.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as e:
-        raise SettingsError(f"cannot read the settings file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise SettingsError(f"cannot read the settings file {path}: it is not UTF-8 text") from None
-    parser = _parse(path, text)
-    lines = _key_lines(text)
-    others = [name for name in parser.sections() if name != SECTION]
-    if others:
-        raise SettingsError(
-            f"{path}: unknown section [{others[0]}]; the settings file has a single "
-            f"[{SECTION}] section"
-        )
-    if not parser.has_section(SECTION):
-        raise SettingsError(f"{path}: no [{SECTION}] section; the settings go under an [{SECTION}] header")
     valid = set(keys.names())
-    values: dict[str, Any] = {}
-    for key, raw in parser.items(SECTION):
-        where = _where(path, lines.get(key))
+
+    def check(key: str, raw: str) -> Any:
         if "password" in key and key not in valid:
-            raise SettingsError(f"{where}: {key}: {_PASSWORD_HINT}")
+            raise ValueError(f"{key}: {_PASSWORD_HINT}")
         if key not in valid:
-            raise SettingsError(
-                f"{where}: unknown key {key!r}; valid keys are: {', '.join(keys.names())}"
-            )
+            raise ValueError(f"unknown key {key!r}; valid keys are: {', '.join(keys.names())}")
         items = [line.strip() for line in raw.splitlines() if line.strip()]
         try:
-            values[key] = _value(key, items, keys)
+            return _value(key, items, keys)
         except ValueError as e:
-            raise SettingsError(f"{where}: {key}: {e}") from None
-    return SettingsFile(path, values, {k: v for k, v in lines.items() if k in values})
+            raise ValueError(f"{key}: {e}") from None
+
+    found = read_section(path, _WORDING, check)
+    assert found is not None
+    return SettingsFile(
+        path, {s.key: s.value for s in found}, {s.key: s.line for s in found}
+    )
 
 
 def command_line_keys(options: usage.Options, arguments: Sequence[str]) -> frozenset[str]:
