@@ -75,4 +75,4 @@ class SameRuleTests(SynchronousTestCase):
         for value in ("HTTP://Proxy.CHU.local:3128/", " http://proxy.chu.local:3128"):
             self.assertEqual(parse_proxy_url(value, credentials="x").url, "http://proxy.chu.local:3128")
             self.assertEqual(ProxyConfig.from_url(value), ProxyConfig("proxy.chu.local", 3128))
-        self.assertEqual(parse_proxy_url("http://[fd00::1]:8080", credentials="x").address, "[fd00::1]:8080")
+        self.assertEqual(parse_proxy_url("http://[fd00::1]:8080", credentials="x").url, "http://[fd00::1]:8080")

@@ -39,13 +39,9 @@ class ProxyURL:
     port: int
 
     @property
-    def address(self) -> str:
-        return host_port(self.host, self.port)
-
-    @property
     def url(self) -> str:
         """The setting written the one way: C{http://host:port}, host in lower case."""
-        return f"http://{self.address}"
+        return f"http://{host_port(self.host, self.port)}"
 
 
 def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:

@@ -46,14 +46,7 @@ from epop.journal.writer import parse_rotate
 from epop.local_tls import RelayTLS
 from epop.relay.allowlist import Allowlist
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-from epop.relay.pacing import (
-    DEFAULT_CHECKS_PER_CLIENT,
-    DEFAULT_CHECKS_PER_CONNECTION,
-    DEFAULT_FRAME_TIMEOUT,
-    DEFAULT_HELLO_TIMEOUT,
-    DEFAULT_UPLOAD_GRACE,
-    DEFAULT_UPLOAD_MIN_RATE,
-)
+from epop.relay import pacing
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.settings_file import SECTION, SettingsError, Wording, read_section, where
 
@@ -203,15 +196,15 @@ class RelaySettings:
     epmsi_timeout: float = 300.0
     connect_timeout: float = 30.0
     #: Seconds a workstation has to send its whole HELLO, from its first byte.
-    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
+    hello_timeout: float = pacing.DEFAULT_HELLO_TIMEOUT
     #: Seconds a control frame has to arrive whole, from its first byte.
-    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    frame_timeout: float = pacing.DEFAULT_FRAME_TIMEOUT
     #: Bytes per second an upload must average after upload_grace (0: none).
-    upload_min_rate: float = DEFAULT_UPLOAD_MIN_RATE
-    upload_grace: float = DEFAULT_UPLOAD_GRACE
+    upload_min_rate: float = pacing.DEFAULT_UPLOAD_MIN_RATE
+    upload_grace: float = pacing.DEFAULT_UPLOAD_GRACE
     #: e-PMSI checks a minute per connection, and per client address (0: no limit).
-    checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION
-    checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT
+    checks_per_connection: int = pacing.DEFAULT_CHECKS_PER_CONNECTION
+    checks_per_client: int = pacing.DEFAULT_CHECKS_PER_CLIENT
     proxy: ProxyConfig | None = None
     tls: RelayTLS | None = None
     check_at_start: bool = True

@@ -34,19 +34,9 @@ from epop.epmsi.proxy import (
     load_proxy_password,
     resolve_proxy,
 )
-from epop.epmsi.origin import DEFAULT_EPMSI_URL
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
-from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-from epop.relay.pacing import (
-    DEFAULT_CHECKS_PER_CLIENT,
-    DEFAULT_CHECKS_PER_CONNECTION,
-    DEFAULT_FRAME_TIMEOUT,
-    DEFAULT_HELLO_TIMEOUT,
-    DEFAULT_UPLOAD_GRACE,
-    DEFAULT_UPLOAD_MIN_RATE,
-)
 from epop.relay.service import (
     DEFAULT_LISTEN,
     ListenError,
@@ -94,21 +84,21 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", None, None, "Settings file (INI, one [epop] section, keys named like these options); the command line overrides it, and SIGHUP reloads its allow entries."],
-        ["epmsi", None, DEFAULT_EPMSI_URL, "e-PMSI's HTTPS origin."],
+        ["epmsi", None, RelaySettings.epmsi, "e-PMSI's HTTPS origin."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
-        ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
+        ["journal", None, RelaySettings.journal, "Path of the journal (JSON lines)."],
         ["journal-rotate", None, None, "Start a new journal file each UTC day ('daily') or at a size (500K, 100M, 1G; bytes without a suffix). Default: never."],
-        ["journal-keep", None, 30, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
-        ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", NUMBERS["idle_timeout"]],
-        ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", NUMBERS["epmsi_timeout"]],
-        ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", NUMBERS["connect_timeout"]],
-        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", NUMBERS["hello_timeout"]],
-        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", NUMBERS["frame_timeout"]],
-        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", NUMBERS["upload_min_rate"]],
-        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", NUMBERS["upload_grace"]],
-        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", NUMBERS["checks_per_connection"]],
-        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", NUMBERS["checks_per_client"]],
-        ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", NUMBERS["drain_seconds"]],
+        ["journal-keep", None, RelaySettings.journal_keep, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
+        ["idle-timeout", None, RelaySettings.idle_timeout, "Seconds of silence from a workstation before its connection is closed.", NUMBERS["idle_timeout"]],
+        ["epmsi-timeout", None, RelaySettings.epmsi_timeout, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", NUMBERS["epmsi_timeout"]],
+        ["connect-timeout", None, RelaySettings.connect_timeout, "Seconds to connect to e-PMSI.", NUMBERS["connect_timeout"]],
+        ["hello-timeout", None, RelaySettings.hello_timeout, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", NUMBERS["hello_timeout"]],
+        ["frame-timeout", None, RelaySettings.frame_timeout, "Seconds a frame from a workstation has to arrive whole, from its first byte.", NUMBERS["frame_timeout"]],
+        ["upload-min-rate", None, RelaySettings.upload_min_rate, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", NUMBERS["upload_min_rate"]],
+        ["upload-grace", None, RelaySettings.upload_grace, "Seconds an upload runs before its average rate is checked.", NUMBERS["upload_grace"]],
+        ["checks-per-connection", None, RelaySettings.checks_per_connection, "e-PMSI checks one connection may ask for in a minute (0: no limit).", NUMBERS["checks_per_connection"]],
+        ["checks-per-client", None, RelaySettings.checks_per_client, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", NUMBERS["checks_per_client"]],
+        ["drain-seconds", None, RelaySettings.drain_seconds, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", NUMBERS["drain_seconds"]],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
@@ -116,8 +106,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
-        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
+        ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
+        ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
