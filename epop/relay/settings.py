@@ -34,19 +34,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.python import reflect, usage, util
-
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.python import reflect, usage, util
 
 from epop.addressing import DEFAULT_PORT
-from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+from epop.epmsi.proxy import ProxyConfig
 from epop.journal.writer import parse_rotate
 from epop.local_tls import RelayTLS
+from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-from epop.relay import pacing
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.settings_file import SECTION, SettingsError, Wording, read_section, where
 

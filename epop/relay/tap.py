@@ -324,7 +324,7 @@ class _TwistdRelay(MultiService):
 
     log = Logger()
 
-    def __init__(self, reload: Callable[[], None] | None = None) -> None:
+    def __init__(self, reload: Callable[[], object] | None = None) -> None:
         super().__init__()
         self._reload = reload
         self._previous_hangup: Any = None
