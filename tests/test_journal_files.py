@@ -109,7 +109,7 @@ class RotateOptionTests(SynchronousTestCase):
         self.addCleanup(other.close)
         self.assertIsInstance(other, FileJournalWriter)
         self.assertRaises(
-            ValueError, make_relay_service, Clock(), RelaySettings(journal_rotate="weekly", listen=())
+            ValueError, lambda: make_relay_service(Clock(), RelaySettings(journal_rotate="weekly", listen=()))
         )
 
 

@@ -18,8 +18,12 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from epop.relay import settings as settings_module
 from epop.relay import tap
+from epop.relay.allowlist import Allowlist
 from epop.relay.settings import (
+    RelaySettings,
+    RelaySettingsError,
     SettingKeys,
     SettingsError,
     command_line_keys,
@@ -27,10 +31,6 @@ from epop.relay.settings import (
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "relay.ini"
-
-
-def _check_endpoint(description: str) -> None:
-    tap._check_endpoint(description)
 
 
 class KeysTests(SynchronousTestCase):
@@ -85,14 +85,12 @@ class ReadTests(SynchronousTestCase):
     def read(self, text: str) -> dict:
         path = self.mktemp()
         Path(path).write_text(text, encoding="utf-8")
-        return dict(read_settings_file(path, self.keys, check_endpoint=_check_endpoint).values)
+        return dict(read_settings_file(path, self.keys).values)
 
     def error(self, text: str) -> str:
         path = self.mktemp()
         Path(path).write_text(text, encoding="utf-8")
-        error = self.assertRaises(
-            SettingsError, read_settings_file, path, self.keys, check_endpoint=_check_endpoint
-        )
+        error = self.assertRaises(SettingsError, read_settings_file, path, self.keys)
         self.assertTrue(str(error).startswith(path), str(error))
         return str(error)[len(path) :]
 
@@ -321,7 +319,7 @@ class ExampleTests(SynchronousTestCase):
         self.text = EXAMPLE.read_text(encoding="utf-8")
 
     def test_parses(self) -> None:
-        values = read_settings_file(str(EXAMPLE), self.keys, check_endpoint=_check_endpoint).values
+        values = read_settings_file(str(EXAMPLE), self.keys).values
         self.assertIn("listen", values)
         self.assertIn("allow", values)
 
@@ -330,7 +328,7 @@ class ExampleTests(SynchronousTestCase):
         switched_on = re.sub(r"(?m)^# ([a-z-]+ = )", r"\1", self.text)
         path = self.mktemp()
         Path(path).write_text(switched_on, encoding="utf-8")
-        values = read_settings_file(path, self.keys, check_endpoint=_check_endpoint).values
+        values = read_settings_file(path, self.keys).values
         self.assertEqual(sorted(set(self.keys.names()) - set(values)), [], "keys missing from the example")
 
 
@@ -369,3 +367,78 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, None)
         self.assertIn(f"{path}, line 2: idle-timeout: expected a positive number of seconds, not 'soon'", text)
         self.assertNotIn("Traceback", text)
+
+
+#: A bad value for each checked setting: the field, its value in Python, its
+#: text on the command line and in the file, and what every message says.
+SAME_RULES = [
+    ("listen", ("nonsense:1",), "nonsense:1", "Unknown endpoint type: 'nonsense'"),
+    ("epmsi", "http://x", "http://x", "e-PMSI URL must start with https:// (got 'http://x')"),
+    ("ca_file", "/nonexistent/ca.pem", "/nonexistent/ca.pem", "cannot read CA file /nonexistent/ca.pem"),
+    ("allow", ("10.1.2.300",), "10.1.2.300", "'10.1.2.300' is not an IP address or network"),
+    ("journal_rotate", "weekly", "weekly", "expected 'daily' or a size such as 500K, 100M or 1G, not 'weekly'"),
+    ("journal_keep", -1, "-1", "must be 0 (keep all) or a number of rotated files"),
+    ("idle_timeout", 0, "0", "expected a positive number of seconds, not "),
+    ("hello_timeout", float("inf"), "inf", "expected a positive number of seconds, not "),
+    ("upload_min_rate", -5, "-5", "expected a number of bytes per second, not "),
+    ("checks_per_client", -1, "-1", "expected a whole number of checks a minute, not "),
+    ("drain_seconds", -1, "-1", "expected a number of seconds, not "),
+    ("max_connections", 2.5, "2.5", "expected a whole number of connections, not "),
+]
+
+
+class SameRulesTests(SynchronousTestCase):
+    """
+    The command line, the settings file and the Python API refuse the same
+    values with the same words; only what is put in front differs (the
+    option, the file's line and key, the field).
+    """
+
+    def test_python_api(self) -> None:
+        """RelaySettings refuses each value when made, naming the field."""
+        for field, value, _text, problem in SAME_RULES:
+            error = self.assertRaises(RelaySettingsError, RelaySettings, **{field: value})
+            self.assertIsInstance(error, ValueError)
+            self.assertEqual(error.field, field)
+            self.assertTrue(str(error).startswith(field), str(error))
+            self.assertIn(problem, str(error))
+
+    def test_command_line(self) -> None:
+        for field, _value, text, problem in SAME_RULES:
+            option = "--" + field.replace("_", "-")
+            error = self.assertRaises(
+                usage.UsageError, tap.Options().parseOptions, [option, text, "--journal", self.mktemp()]
+            )
+            self.assertIn(problem, str(error), option)
+            if field not in ("epmsi", "ca_file"):  # their messages say what they are about
+                self.assertTrue(str(error).startswith(option), str(error))
+
+    def test_settings_file(self) -> None:
+        for field, _value, text, problem in SAME_RULES:
+            key = field.replace("_", "-")
+            path = os.path.abspath(self.mktemp())
+            Path(path).write_text(f"[epop]\n{key} = {text}\n", encoding="utf-8")
+            error = self.assertRaises(
+                usage.UsageError, tap.Options().parseOptions, ["--config", path, "--journal", self.mktemp()]
+            )
+            self.assertIn(problem, str(error), key)
+            if field not in ("epmsi", "ca_file"):
+                self.assertIn(f"{path}, line 2", str(error))
+
+    def test_numbers_quote_what_was_given(self) -> None:
+        """Text is quoted as typed; a Python value as its repr."""
+        self.assertEqual(
+            str(self.assertRaises(RelaySettingsError, RelaySettings, idle_timeout=0)),
+            "idle_timeout: expected a positive number of seconds, not 0",
+        )
+        error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--idle-timeout", "0"])
+        self.assertEqual(str(error), "--idle-timeout: expected a positive number of seconds, not '0'")
+
+    def test_checked_once_when_made(self) -> None:
+        """A relay built from checked settings is not checked again: no second read of the CA file."""
+        reads = []
+        self.patch(settings_module, "trust_root_from_pem", lambda path: reads.append(path))
+        settings = RelaySettings(ca_file="ca.pem", listen=())
+        self.assertEqual(reads, ["ca.pem"])
+        changed = settings.with_allow(Allowlist(["10.0.0.0/8"]))
+        self.assertEqual((changed.allow, reads), (("10.0.0.0/8",), ["ca.pem"]))

@@ -78,12 +78,14 @@ class WiringTests(SynchronousTestCase):
 
     def test_invalid_settings(self) -> None:
         """Settings that cannot work are refused when the service is built."""
-        for settings in (
-            RelaySettings(listen=("nonsense:1",)),
-            RelaySettings(epmsi="http://epmsi.example"),
-            RelaySettings(ca_file="/nonexistent/ca.pem"),
+        for changes in (
+            {"listen": ("nonsense:1",)},
+            {"epmsi": "http://epmsi.example"},
+            {"ca_file": "/nonexistent/ca.pem"},
         ):
-            self.assertRaises(ValueError, make_relay_service, self.reactor, settings)
+            self.assertRaises(
+                ValueError, lambda: make_relay_service(self.reactor, RelaySettings(**changes))
+            )
 
 
 class PortInUseTests(TestCase):

@@ -13,9 +13,9 @@ import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from epop.addressing import host_port
+from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.epmsi.system_proxy import discover_proxy
 from epop.errors import UpstreamError
 from epop.messages import Text
@@ -32,8 +32,11 @@ __all__ = [
 #: The environment variable that may hold the proxy password.
 PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
 
-#: The proxy setting that means "whatever this machine is set to use".
-SYSTEM = "system"
+#: Where the account goes instead of a proxy URL, on a command line.
+_CREDENTIALS = (
+    "use --proxy-user for the user name, and a password file or the "
+    f"{PASSWORD_VARIABLE} environment variable for the password"
+)
 
 
 @dataclass(frozen=True)
@@ -54,28 +57,12 @@ class ProxyConfig:
     def from_url(
         cls, url: str, user: str | None = None, password: str | None = None
     ) -> "ProxyConfig":
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme != "http":
-            raise ValueError(
-                f"proxy {url!r}: only http:// proxies are supported "
-                "(the tunnel to e-PMSI is encrypted end to end inside it)"
-            )
-        if parts.password:
-            raise ValueError(
-                "do not put the proxy password in the URL: use a password file "
-                f"or the {PASSWORD_VARIABLE} environment variable"
-            )
-        if not parts.hostname:
-            raise ValueError(f"proxy {url!r} has no host name")
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"proxy {url!r} must be http://HOST:PORT, without a path")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"proxy {url!r} has an invalid port") from None
-        if port is None:
-            raise ValueError(f"proxy {url!r} has no port: write it as http://HOST:PORT")
-        return cls(parts.hostname, port, user or parts.username or None, password)
+        """
+        The proxy at C{url} (L{epop.epmsi.proxy_setting.parse_proxy_url}:
+        C{http://HOST:PORT}, without credentials), with this account.
+        """
+        found = parse_proxy_url(url, credentials=_CREDENTIALS)
+        return cls(found.host, found.port, user, password)
 
     @property
     def address(self) -> str:
@@ -129,7 +116,7 @@ def resolve_proxy(
         if user is not None:
             raise ValueError("a proxy user was given without a proxy")
         return None, "no proxy set"
-    if setting != SYSTEM:
+    if not is_system(setting):
         proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
     else:
         found = discover_proxy(target_url, environ=environ)

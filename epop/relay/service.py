@@ -14,55 +14,39 @@ e.g. when twistd gets C{SIGHUP}; the change is journaled.
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from epop.addressing import format_peer
+from epop.epmsi.origin import tls_policy
+from epop.epmsi.upstream import CheckResult, Upstream
 from epop.journal import events as journal
 from epop.journal.observer import JournalService
-from epop.relay.allowlist import Allowlist, AllowlistFactory
 from epop.journal.writer import (
     FileJournalWriter,
     IJournalWriter,
     RotatingJournalWriter,
-    parse_rotate,
 )
-from epop.addressing import DEFAULT_PORT, format_peer
-from epop.relay.network_interfaces import addresses_for_listen_host
+from epop.relay.allowlist import Allowlist, AllowlistFactory
 from epop.relay.limits import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     MAX_SILENT_CONNECTIONS,
     SILENT_GRACE,
     ConnectionLimits,
     LimitsFactory,
 )
-from epop.local_tls import RelayTLS
-from epop.relay.session import SessionChoiceFactory
-from epop.relay.pacing import (
-    DEFAULT_CHECKS_PER_CLIENT,
-    DEFAULT_CHECKS_PER_CONNECTION,
-    DEFAULT_FRAME_TIMEOUT,
-    DEFAULT_HELLO_TIMEOUT,
-    DEFAULT_UPLOAD_GRACE,
-    DEFAULT_UPLOAD_MIN_RATE,
-)
-from epop.epmsi.proxy import ProxyConfig
-from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
+from epop.relay.network_interfaces import addresses_for_listen_host
 from epop.relay.protocol import RelayFactory
-from epop.epmsi.origin import DEFAULT_EPMSI_URL, tls_policy
-from epop.epmsi.upstream import CheckResult, Upstream
+from epop.relay.session import SessionChoiceFactory
+from epop.relay.settings import DEFAULT_LISTEN, RelaySettings, listen_endpoint
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -70,10 +54,17 @@ __all__ = [
     "RelayService",
     "ListenError",
     "ListeningService",
+    "ReloadRefused",
     "make_relay_service",
 ]
 
-DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}"
+
+class ReloadRefused(ValueError):
+    """A reload that must change nothing; C{error} is the journal's code for why."""
+
+    def __init__(self, problem: str, error: str) -> None:
+        super().__init__(problem)
+        self.error = error
 
 
 class ListenError(CannotListenError):
@@ -89,44 +80,6 @@ class ListenError(CannotListenError):
         if "in use" in self.why.lower():
             hint = " (is another relay or program already listening there?)"
         return f"cannot listen on {self.description}: {self.why}{hint}"
-
-
-@dataclass(frozen=True)
-class RelaySettings:
-    """Everything an administrator chooses about a relay."""
-
-    listen: Sequence[str] = (DEFAULT_LISTEN,)
-    epmsi: str = DEFAULT_EPMSI_URL
-    ca_file: str | None = None
-    journal: str = "epop-journal.jsonl"
-    #: None (one file, never rotated), "daily" or a size such as "100M".
-    journal_rotate: str | None = None
-    #: Rotated journal files kept; 0 keeps them all.
-    journal_keep: int = 30
-    allow: Sequence[str] = ()
-    idle_timeout: float = 120.0
-    epmsi_timeout: float = 300.0
-    connect_timeout: float = 30.0
-    #: Seconds a workstation has to send its whole HELLO, from its first byte.
-    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
-    #: Seconds a control frame has to arrive whole, from its first byte.
-    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
-    #: Bytes per second an upload must average after upload_grace (0: none).
-    upload_min_rate: float = DEFAULT_UPLOAD_MIN_RATE
-    upload_grace: float = DEFAULT_UPLOAD_GRACE
-    #: e-PMSI checks a minute per connection, and per client address (0: no limit).
-    checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION
-    checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT
-    proxy: ProxyConfig | None = None
-    tls: RelayTLS | None = None
-    check_at_start: bool = True
-    check_path: str = "/"
-    #: Seconds the operations in flight get to finish when the relay stops.
-    drain_seconds: float = 30.0
-    #: Connections served at once, in all (0: no limit).
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: Connections served at once from one client address (0: no limit).
-    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class ListeningService(Service):
@@ -234,8 +187,8 @@ class RelayService(MultiService):
         factory: RelayFactory,
         journal_service: JournalService,
         listeners: list[ListeningService],
-        allowlist_factory: AllowlistFactory | None = None,
-        limits_factory: LimitsFactory | None = None,
+        allowlist_factory: AllowlistFactory,
+        limits_factory: LimitsFactory,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -243,8 +196,9 @@ class RelayService(MultiService):
         self.factory = factory
         self.upstream = factory.upstream
         self.listeners = listeners
+        #: Checks each new connection against the allowlist in force.
         self.allowlist_factory = allowlist_factory
-        #: Counts the connections served, against the caps (None if built without).
+        #: Counts the connections served, against the caps.
         self.limits_factory = limits_factory
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
@@ -278,8 +232,6 @@ class RelayService(MultiService):
     @property
     def allowlist(self) -> Allowlist:
         """The allowlist in force (empty: everyone)."""
-        if self.allowlist_factory is None:
-            return Allowlist(self.settings.allow)
         return self.allowlist_factory.allowlist
 
     def set_allowlist(self, entries: Iterable[str], *, source: str = "the application") -> Allowlist:
@@ -291,11 +243,9 @@ class RelayService(MultiService):
         @param source: where the list came from, for the journal's text.
         @raise ValueError: for a bad entry, naming it; the old list stays.
         """
-        if self.allowlist_factory is None:
-            raise RuntimeError("this relay was built without an allowlist factory")
         allowlist = Allowlist(entries)
         self.allowlist_factory.set_allowlist(allowlist)
-        self.settings = replace(self.settings, allow=allowlist.entries)
+        self.settings = self.settings.with_allow(allowlist)
         journal.emit(
             self.log,
             self.factory.relay_id,
@@ -310,12 +260,16 @@ class RelayService(MultiService):
 
     def reload_allowlist(self, load: Callable[[], Iterable[str]], *, source: str) -> bool:
         """
-        Replace the allowlist with what C{load} returns; if it raises
-        L{ValueError} (unreadable or invalid settings), keep the old list and
-        journal why.  Returns whether the list was replaced.
+        Replace the allowlist with what C{load} returns (twistd's C{SIGHUP}
+        loads the C{--config} file's).  If it raises L{ValueError}
+        (unreadable or invalid settings, or L{ReloadRefused}), keep the old
+        list and journal why.  Returns whether the list was replaced.
         """
         try:
             self.set_allowlist(list(load()), source=source)
+        except ReloadRefused as e:
+            self.reload_failed(str(e), source=source, error=e.error)
+            return False
         except ValueError as e:
             self.reload_failed(str(e), source=source)
             return False
@@ -359,17 +313,6 @@ class RelayService(MultiService):
         return d
 
 
-def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
-    """
-    The endpoint for a C{--listen} string.  C{haproxy:} strings read the
-    PROXY header with L{ProxyHeaderEndpoint}, which checks the addresses it
-    gives, instead of Twisted's reader.
-    """
-    if description.startswith(HAPROXY_PREFIX):
-        return ProxyHeaderEndpoint(serverFromString(reactor, description[len(HAPROXY_PREFIX) :]))
-    return serverFromString(reactor, description)
-
-
 def make_relay_service(
     reactor: Any,
     settings: RelaySettings = RelaySettings(),
@@ -385,10 +328,8 @@ def make_relay_service(
     @param journal_writer: opens the journal's writer when the service
         starts; by default a L{FileJournalWriter} on C{settings.journal},
         or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
-    @raise ValueError: for settings that cannot work (bad URL, unreadable
-        CA file, bad endpoint string, bad allowlist entry, unusable TLS
-        certificate or key, bad journal rotation, negative connection
-        limits), with a message that says which.
+    @raise ValueError: for an unusable TLS certificate or key; every other
+        setting was checked when C{settings} was made (L{RelaySettings}).
     """
     upstream = Upstream(
         reactor,
@@ -412,16 +353,6 @@ def make_relay_service(
         checks_per_connection=settings.checks_per_connection,
         checks_per_client=settings.checks_per_client,
     )
-    if settings.drain_seconds < 0:
-        raise ValueError("drain_seconds must be 0 or more")
-    for name in ("hello_timeout", "frame_timeout", "upload_grace"):
-        if not 0 < getattr(settings, name) < math.inf:
-            raise ValueError(f"{name} must be a positive number of seconds")
-    if not 0 <= settings.upload_min_rate < math.inf:
-        raise ValueError("upload_min_rate must be 0 (no minimum) or a number of bytes per second")
-    for name in ("checks_per_connection", "checks_per_client"):
-        if getattr(settings, name) < 0:
-            raise ValueError(f"{name} must be 0 (no limit) or a number of checks a minute")
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
     # The allowlist first: a client it refuses is neither counted nor told of caps.
     limited = LimitsFactory(factory, limits)
@@ -438,23 +369,14 @@ def make_relay_service(
         max_silent=MAX_SILENT_CONNECTIONS,
         silent_grace=SILENT_GRACE,
     )
-    listeners = []
-    for description in settings.listen:
-        try:
-            endpoint = listen_endpoint(reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
-        listeners.append(ListeningService(description, endpoint, factory, served))
+    listeners = [
+        ListeningService(description, listen_endpoint(reactor, description), factory, served)
+        for description in settings.listen
+    ]
     if journal_writer is None:
         path = settings.journal
         if settings.journal_rotate:
-            try:
-                rotate = parse_rotate(settings.journal_rotate)
-            except ValueError as e:
-                raise ValueError(f"invalid journal rotation: {e}") from None
-            if settings.journal_keep < 0:
-                raise ValueError("journal_keep must be 0 (keep all) or more")
-            keep = settings.journal_keep
+            rotate, keep = settings.journal_rotate, settings.journal_keep
             journal_writer = lambda: RotatingJournalWriter(path, rotate, keep, reactor)  # noqa: E731
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731

@@ -1,5 +1,13 @@
 """
-The relay's settings file: C{twistd epop --config relay.ini}.
+The relay's settings: what each may be, checked once, and the file they may
+come from.
+
+L{RelaySettings} checks every value when it is made, so that C{twistd epop
+--...}, C{--config relay.ini} and C{make_relay_service(RelaySettings(...))}
+refuse the same things with the same words (L{RelaySettingsError} names the
+field; the command line puts the option in front, the file its line and key).
+
+The settings file, C{twistd epop --config relay.ini}:
 
 One C{[epop]} section whose keys are the long options without their dashes
 (C{listen}, C{idle-timeout}, C{require-tls}...).  The keys are read off the
@@ -19,19 +27,35 @@ instead of a traceback.
 
 from __future__ import annotations
 
-import configparser
+import copy
 import getopt
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import reflect, usage, util
 
+from epop.addressing import DEFAULT_PORT
+from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
+from epop.epmsi.proxy import ProxyConfig
+from epop.journal.writer import parse_rotate
+from epop.local_tls import RelayTLS
+from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
+from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
+from epop.settings_file import SECTION, SettingsError, Wording, read_section, where
 
 __all__ = [
+    "DEFAULT_LISTEN",
+    "NUMBERS",
+    "Number",
+    "RelaySettings",
+    "RelaySettingsError",
+    "listen_endpoint",
     "SECTION",
     "SettingKeys",
     "SettingsError",
@@ -40,7 +64,209 @@ __all__ = [
     "read_settings_file",
 ]
 
-SECTION = "epop"
+DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}"
+
+
+class RelaySettingsError(SettingsError):
+    """
+    A relay setting that cannot work.
+
+    @ivar field: the L{RelaySettings} field, e.g. C{idle_timeout}.
+    @ivar problem: what is wrong, naming the value, e.g. "expected a positive
+        number of seconds, not 0".
+    """
+
+    def __init__(self, field: str, problem: str, *, command_line: str | None = None) -> None:
+        super().__init__(_named(field, problem))
+        self.field = field
+        self.problem = problem
+        self._command_line = command_line
+
+    @property
+    def key(self) -> str:
+        """The option, and settings file key, that sets the field."""
+        return self.field.replace("_", "-")
+
+    @property
+    def command_line(self) -> str:
+        """The message for C{twistd epop}: C{--OPTION: problem}."""
+        return self._command_line or _named(f"--{self.key}", self.problem)
+
+
+def _named(name: str, problem: str) -> str:
+    """C{name: problem}, or C{name must...} when the problem is a sentence's end."""
+    return f"{name} {problem}" if problem.startswith("must ") else f"{name}: {problem}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """
+    What a numeric setting may be: the command line and the settings file
+    read it from text (L{parse}), the Python API checks the value (L{check}),
+    and both say the same thing about a bad one.
+    """
+
+    kind: type[int] | type[float]
+    #: What a valid value is, e.g. "a positive number of seconds".
+    expected: str
+    #: What 0 means, if 0 is allowed (e.g. "no limit").
+    zero: str | None = None
+
+    def __call__(self, text: str) -> int | float:
+        """Read C{text}; the C{ValueError} names no option (the caller does)."""
+        try:
+            number = self.kind(text)
+        except ValueError:
+            raise ValueError(self._problem(repr(text))) from None
+        if not self._allows(number):
+            raise ValueError(self._problem(repr(text)))
+        return number
+
+    def check(self, value: object) -> None:
+        """Refuse a value of the wrong type or out of range."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not self._allows(value):
+            raise ValueError(self._problem(repr(value)))
+
+    def _allows(self, number: float) -> bool:
+        return 0 <= number < math.inf and (number != 0 or self.zero is not None)
+
+    def _problem(self, shown: str) -> str:
+        hint = f" (0: {self.zero})" if self.zero is not None else ""
+        return f"expected {self.expected}, not {shown}{hint}"
+
+
+_SECONDS = Number(float, "a positive number of seconds")
+_CHECKS = Number(int, "a whole number of checks a minute", zero="no limit")
+_CONNECTIONS = Number(int, "a whole number of connections", zero="no limit")
+
+#: Every numeric field of L{RelaySettings}, with what it may be.
+NUMBERS: Mapping[str, Number] = {
+    "idle_timeout": _SECONDS,
+    "epmsi_timeout": _SECONDS,
+    "connect_timeout": _SECONDS,
+    "hello_timeout": _SECONDS,
+    "frame_timeout": _SECONDS,
+    "upload_min_rate": Number(float, "a number of bytes per second", zero="no minimum"),
+    "upload_grace": _SECONDS,
+    "checks_per_connection": _CHECKS,
+    "checks_per_client": _CHECKS,
+    "drain_seconds": Number(float, "a number of seconds", zero="abort at once"),
+    "max_connections": _CONNECTIONS,
+    "max_connections_per_client": _CONNECTIONS,
+}
+
+
+def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint for a C{listen} string.  C{haproxy:} strings read the PROXY
+    header with L{ProxyHeaderEndpoint}, which checks the addresses it gives,
+    instead of Twisted's reader.
+
+    @raise ValueError: for a string that names no endpoint, saying why.
+    """
+    try:
+        if description.startswith(HAPROXY_PREFIX):
+            inner = serverFromString(reactor, description[len(HAPROXY_PREFIX) :])
+            return ProxyHeaderEndpoint(inner)
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """
+    Everything an administrator chooses about a relay, checked when made.
+
+    @raise RelaySettingsError: for a value that cannot work, naming its field.
+    """
+
+    listen: Sequence[str] = (DEFAULT_LISTEN,)
+    epmsi: str = DEFAULT_EPMSI_URL
+    ca_file: str | None = None
+    journal: str = "epop-journal.jsonl"
+    #: None (one file, never rotated), "daily" or a size such as "100M".
+    journal_rotate: str | None = None
+    #: Rotated journal files kept; 0 keeps them all.
+    journal_keep: int = 30
+    allow: Sequence[str] = ()
+    idle_timeout: float = 120.0
+    epmsi_timeout: float = 300.0
+    connect_timeout: float = 30.0
+    #: Seconds a workstation has to send its whole HELLO, from its first byte.
+    hello_timeout: float = pacing.DEFAULT_HELLO_TIMEOUT
+    #: Seconds a control frame has to arrive whole, from its first byte.
+    frame_timeout: float = pacing.DEFAULT_FRAME_TIMEOUT
+    #: Bytes per second an upload must average after upload_grace (0: none).
+    upload_min_rate: float = pacing.DEFAULT_UPLOAD_MIN_RATE
+    upload_grace: float = pacing.DEFAULT_UPLOAD_GRACE
+    #: e-PMSI checks a minute per connection, and per client address (0: no limit).
+    checks_per_connection: int = pacing.DEFAULT_CHECKS_PER_CONNECTION
+    checks_per_client: int = pacing.DEFAULT_CHECKS_PER_CLIENT
+    proxy: ProxyConfig | None = None
+    tls: RelayTLS | None = None
+    check_at_start: bool = True
+    check_path: str = "/"
+    #: Seconds the operations in flight get to finish when the relay stops.
+    drain_seconds: float = 30.0
+    #: Connections served at once, in all (0: no limit).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections served at once from one client address (0: no limit).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+
+    def __post_init__(self) -> None:
+        for description in self.listen:
+            check_listen(description)
+        # Their messages name what they are about: the option need not.
+        _check("epmsi", EpmsiOrigin.from_url, self.epmsi, named=True)
+        if self.ca_file is not None:
+            _check("ca_file", trust_root_from_pem, self.ca_file, named=True)
+        if self.journal_rotate is not None:
+            _check("journal_rotate", parse_rotate, self.journal_rotate)
+        _check("journal_keep", _check_keep, self.journal_keep)
+        check_allow(self.allow)
+        for name, number in NUMBERS.items():
+            _check(name, number.check, getattr(self, name))
+
+    def with_allow(self, allow: Allowlist) -> RelaySettings:
+        """These settings with another allowlist, already checked."""
+        changed = copy.copy(self)
+        object.__setattr__(changed, "allow", allow.entries)
+        return changed
+
+
+def _check(field: str, check: Callable[[Any], object], value: Any, *, named: bool = False) -> None:
+    try:
+        check(value)
+    except ValueError as e:
+        raise RelaySettingsError(field, str(e), command_line=str(e) if named else None) from None
+
+
+def _check_keep(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be 0 (keep all) or a number of rotated files")
+
+
+def check_listen(description: str) -> None:
+    """Refuse a C{listen} string that names no endpoint."""
+    try:
+        listen_endpoint(None, description)  # its syntax only: no reactor is used
+    except ValueError as e:
+        raise RelaySettingsError(
+            "listen",
+            f"{description!r} is not a valid endpoint ({e})",
+            command_line=f"--listen {description}: invalid endpoint ({e})",
+        ) from None
+
+
+def check_allow(entries: Sequence[str]) -> Allowlist:
+    """The allowlist of C{entries}, or the error that names the bad one."""
+    try:
+        return Allowlist(entries)
+    except ValueError as e:
+        raise RelaySettingsError("allow", str(e)) from None
+
 
 _FLAG_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 
@@ -52,13 +278,25 @@ _PASSWORD_HINT = (
     "in the file named by proxy-password-file, or in EPOP_PROXY_PASSWORD"
 )
 
-#: A "key = value" line at the start of a line, for line numbers in messages.
-_KEY_LINE = re.compile(r"^([^\s=#;\[][^=]*?)\s*=")
-_SECTION_LINE = re.compile(r"^\[([^\]]*)\]")
-
-
-class SettingsError(ValueError):
-    """A settings file that cannot be used; the message says where and why."""
+#: How the relay's settings file words each mistake (L{epop.settings_file}).
+_WORDING = Wording(
+    unreadable="cannot read the settings file {path}: {reason}",
+    not_utf8="cannot read the settings file {path}: it is not UTF-8 text",
+    before_section="{where}: the settings must come after an [" + SECTION + "] header",
+    other_section=(
+        "{path}: unknown section [{name}]; the settings file has a single [" + SECTION + "] section"
+    ),
+    section_twice="{where}: the section [{name}] is given twice",
+    not_key_value=(
+        "{where}: cannot read {text!r}: expected 'key = value', an indented continuation "
+        "line, a [section] header or a # comment"
+    ),
+    key_twice=(
+        "{where}: {key}: the key is given twice; give a repeatable key's values one per "
+        "line, indented, under a single key"
+    ),
+    no_section="{path}: no [" + SECTION + "] section; the settings go under an [" + SECTION + "] header",
+)
 
 
 @dataclass(frozen=True)
@@ -140,65 +378,12 @@ class SettingsFile:
 
     def where(self, key: str) -> str:
         """The file and line of C{key}, for messages."""
-        return _where(self.path, self.lines.get(key))
+        return where(self.path, self.lines.get(key))
 
     def changed(self, other: SettingsFile) -> list[str]:
         """Keys whose value differs in C{other}, sorted."""
         keys = set(self.values) | set(other.values)
         return sorted(k for k in keys if self.values.get(k) != other.values.get(k))
-
-
-def _where(path: str, line: int | None) -> str:
-    return f"{path}, line {line}" if line else path
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """Where each key of the [epop] section is, as configparser keeps no lines."""
-    found: dict[str, int] = {}
-    section = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _SECTION_LINE.match(line)
-        if header:
-            section = header.group(1).strip()
-            continue
-        key = _KEY_LINE.match(line)
-        if key and section == SECTION:
-            found.setdefault(key.group(1).strip().lower(), number)
-    return found
-
-
-def _parse(path: str, text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(
-        interpolation=None,
-        strict=True,
-        delimiters=("=",),
-        # No DEFAULT section: a [DEFAULT] header is as unknown as any other.
-        default_section="\x00",
-    )
-    try:
-        parser.read_string(text, source=path)
-    except configparser.MissingSectionHeaderError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: the settings must come after an [{SECTION}] header"
-        ) from None
-    except configparser.DuplicateSectionError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: the section [{e.section}] is given twice"
-        ) from None
-    except configparser.DuplicateOptionError as e:
-        raise SettingsError(
-            f"{_where(path, e.lineno)}: {e.option}: the key is given twice; give a "
-            "repeatable key's values one per line, indented, under a single key"
-        ) from None
-    except configparser.ParsingError as e:
-        line = e.errors[0][0]
-        lines = text.splitlines()
-        content = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        raise SettingsError(
-            f"{_where(path, line)}: cannot read {content!r}: expected 'key = value', an "
-            "indented continuation line, a [section] header or a # comment"
-        ) from None
-    return parser
 
 
 def _number(value: str, coerce: Callable[[str], Any]) -> Any:
@@ -211,19 +396,17 @@ def _number(value: str, coerce: Callable[[str], Any]) -> Any:
     return number
 
 
-def _value(
-    key: str,
-    items: list[str],
-    keys: SettingKeys,
-    check_endpoint: Callable[[str], None] | None,
-) -> Any:
+def _value(key: str, items: list[str], keys: SettingKeys) -> Any:
     """Check and convert one key's value; ValueError says what is wrong."""
     if key in keys.repeatable:
-        if key == "allow":
-            Allowlist(items)
-        if key == "listen" and check_endpoint is not None:
-            for description in items:
-                check_endpoint(description)
+        try:
+            if key == "allow":
+                check_allow(items)
+            if key == "listen":
+                for description in items:
+                    check_listen(description)
+        except RelaySettingsError as e:
+            raise ValueError(e.problem) from None
         return tuple(items)
     if len(items) > 1:
         raise ValueError(f"takes one value, not {len(items)} lines")
@@ -245,54 +428,31 @@ def _value(
     return value
 
 
-def read_settings_file(
-    path: str,
-    keys: SettingKeys,
-    *,
-    check_endpoint: Callable[[str], None] | None = None,
-) -> SettingsFile:
+def read_settings_file(path: str, keys: SettingKeys) -> SettingsFile:
     """
     Read and check a settings file.
 
     @param keys: what the file may hold (L{SettingKeys.of} the options).
-    @param check_endpoint: raises L{ValueError} for a C{listen} value that
-        is not an endpoint string (it needs a reactor, which this module
-        does not import).
     @raise SettingsError: naming the file, line, key and problem.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as e:
-        raise SettingsError(f"cannot read the settings file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise SettingsError(f"cannot read the settings file {path}: it is not UTF-8 text") from None
-    parser = _parse(path, text)
-    lines = _key_lines(text)
-    others = [name for name in parser.sections() if name != SECTION]
-    if others:
-        raise SettingsError(
-            f"{path}: unknown section [{others[0]}]; the settings file has a single "
-            f"[{SECTION}] section"
-        )
-    if not parser.has_section(SECTION):
-        raise SettingsError(f"{path}: no [{SECTION}] section; the settings go under an [{SECTION}] header")
     valid = set(keys.names())
-    values: dict[str, Any] = {}
-    for key, raw in parser.items(SECTION):
-        where = _where(path, lines.get(key))
+
+    def check(key: str, raw: str) -> Any:
         if "password" in key and key not in valid:
-            raise SettingsError(f"{where}: {key}: {_PASSWORD_HINT}")
+            raise ValueError(f"{key}: {_PASSWORD_HINT}")
         if key not in valid:
-            raise SettingsError(
-                f"{where}: unknown key {key!r}; valid keys are: {', '.join(keys.names())}"
-            )
+            raise ValueError(f"unknown key {key!r}; valid keys are: {', '.join(keys.names())}")
         items = [line.strip() for line in raw.splitlines() if line.strip()]
         try:
-            values[key] = _value(key, items, keys, check_endpoint)
+            return _value(key, items, keys)
         except ValueError as e:
-            raise SettingsError(f"{where}: {key}: {e}") from None
-    return SettingsFile(path, values, {k: v for k, v in lines.items() if k in values})
+            raise ValueError(f"{key}: {e}") from None
+
+    found = read_section(path, _WORDING, check)
+    assert found is not None
+    return SettingsFile(
+        path, {s.key: s.value for s in found}, {s.key: s.line for s in found}
+    )
 
 
 def command_line_keys(options: usage.Options, arguments: Sequence[str]) -> frozenset[str]:

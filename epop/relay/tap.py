@@ -1,17 +1,20 @@
 """
 C{twistd epop}: options in, a relay service out.
 
-Options are checked at parse time so that a mistake is a usage error that
-names the option; L{makeService} only builds objects.
+Options become L{RelaySettings} at parse time, which checks them, so that a
+mistake is a usage error that names the option; L{makeService} only builds
+objects.  What needs the command line itself (the proxy and its password,
+TLS options that go together, a journal folder twistd can write in) is
+checked here.
 
 Options may also come from a settings file (C{--config}, see
 L{epop.relay.settings}); the command line overrides it.  With one, C{SIGHUP}
-re-reads the file and applies its C{allow} entries to new connections.
+re-reads the file and applies its C{allow} entries to new connections
+(L{RelayService.reload_allowlist}).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -25,76 +28,33 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from epop.relay.allowlist import Allowlist
-from epop.errors import RelayCannotStart
-from epop.journal.writer import parse_rotate
-from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-from epop.local_tls import RelayTLS
-from epop.relay.pacing import (
-    DEFAULT_CHECKS_PER_CLIENT,
-    DEFAULT_CHECKS_PER_CONNECTION,
-    DEFAULT_FRAME_TIMEOUT,
-    DEFAULT_HELLO_TIMEOUT,
-    DEFAULT_UPLOAD_GRACE,
-    DEFAULT_UPLOAD_MIN_RATE,
-)
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
-    SYSTEM,
     ProxyConfig,
     load_proxy_password,
     resolve_proxy,
 )
+from epop.epmsi.proxy_setting import is_system
+from epop.errors import RelayCannotStart
+from epop.local_tls import RelayTLS
+from epop.relay.service import (
+    DEFAULT_LISTEN,
+    ListenError,
+    RelayService,
+    ReloadRefused,
+    make_relay_service,
+)
 from epop.relay.settings import (
+    NUMBERS,
+    RelaySettings,
+    RelaySettingsError,
     SettingKeys,
     SettingsError,
     SettingsFile,
     command_line_keys,
     read_settings_file,
 )
-from epop.relay.service import (
-    DEFAULT_LISTEN,
-    ListenError,
-    RelayService,
-    RelaySettings,
-    make_relay_service,
-)
 from epop.tuning import keep_buffers_on_heap
-from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
-
-
-class _Number:
-    """
-    Reads a numeric option's value, or says what the option expects.
-
-    The message names no option: the command line puts C{--NAME:} in front
-    of it (L{_NamedParameter}), a settings file its path, line and key.
-    """
-
-    def __init__(self, kind: type[int] | type[float], expected: str, *, zero: str | None = None) -> None:
-        """
-        @param kind: C{int} or C{float}.
-        @param expected: what a valid value is, e.g. "a positive number of seconds".
-        @param zero: what 0 means, if 0 is allowed (e.g. "no limit").
-        """
-        self.kind = kind
-        self.expected = expected
-        self.zero = zero
-
-    def __call__(self, value: str) -> int | float:
-        try:
-            number = self.kind(value)
-        except ValueError:
-            number = None
-        if number is None or not (0 <= number < math.inf) or (number == 0 and self.zero is None):
-            hint = f" (0: {self.zero})" if self.zero is not None else ""
-            raise ValueError(f"expected {self.expected}, not {value!r}{hint}")
-        return number
-
-
-_SECONDS = _Number(float, "a positive number of seconds")
-_CHECKS = _Number(int, "a whole number of checks a minute", zero="no limit")
-_CONNECTIONS = _Number(int, "a whole number of connections", zero="no limit")
 
 
 class _NamedParameter(usage.CoerceParameter):
@@ -124,21 +84,21 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", None, None, "Settings file (INI, one [epop] section, keys named like these options); the command line overrides it, and SIGHUP reloads its allow entries."],
-        ["epmsi", None, DEFAULT_EPMSI_URL, "e-PMSI's HTTPS origin."],
+        ["epmsi", None, RelaySettings.epmsi, "e-PMSI's HTTPS origin."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
-        ["journal", None, "epop-journal.jsonl", "Path of the journal (JSON lines)."],
+        ["journal", None, RelaySettings.journal, "Path of the journal (JSON lines)."],
         ["journal-rotate", None, None, "Start a new journal file each UTC day ('daily') or at a size (500K, 100M, 1G; bytes without a suffix). Default: never."],
-        ["journal-keep", None, 30, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
-        ["idle-timeout", None, 120.0, "Seconds of silence from a workstation before its connection is closed.", _SECONDS],
-        ["epmsi-timeout", None, 300.0, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", _SECONDS],
-        ["connect-timeout", None, 30.0, "Seconds to connect to e-PMSI.", _SECONDS],
-        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", _SECONDS],
-        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT, "Seconds a frame from a workstation has to arrive whole, from its first byte.", _SECONDS],
-        ["upload-min-rate", None, DEFAULT_UPLOAD_MIN_RATE, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", _Number(float, "a number of bytes per second", zero="no minimum")],
-        ["upload-grace", None, DEFAULT_UPLOAD_GRACE, "Seconds an upload runs before its average rate is checked.", _SECONDS],
-        ["checks-per-connection", None, DEFAULT_CHECKS_PER_CONNECTION, "e-PMSI checks one connection may ask for in a minute (0: no limit).", _CHECKS],
-        ["checks-per-client", None, DEFAULT_CHECKS_PER_CLIENT, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", _CHECKS],
-        ["drain-seconds", None, 30.0, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", _Number(float, "a number of seconds", zero="abort at once")],
+        ["journal-keep", None, RelaySettings.journal_keep, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
+        ["idle-timeout", None, RelaySettings.idle_timeout, "Seconds of silence from a workstation before its connection is closed.", NUMBERS["idle_timeout"]],
+        ["epmsi-timeout", None, RelaySettings.epmsi_timeout, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", NUMBERS["epmsi_timeout"]],
+        ["connect-timeout", None, RelaySettings.connect_timeout, "Seconds to connect to e-PMSI.", NUMBERS["connect_timeout"]],
+        ["hello-timeout", None, RelaySettings.hello_timeout, "Seconds a workstation has, from its first byte, to send its whole HELLO (an encrypted session's TLS handshake included).", NUMBERS["hello_timeout"]],
+        ["frame-timeout", None, RelaySettings.frame_timeout, "Seconds a frame from a workstation has to arrive whole, from its first byte.", NUMBERS["frame_timeout"]],
+        ["upload-min-rate", None, RelaySettings.upload_min_rate, "Bytes per second an upload must average over its whole length once --upload-grace has passed; time the relay holds it back for e-PMSI does not count (0: no minimum).", NUMBERS["upload_min_rate"]],
+        ["upload-grace", None, RelaySettings.upload_grace, "Seconds an upload runs before its average rate is checked.", NUMBERS["upload_grace"]],
+        ["checks-per-connection", None, RelaySettings.checks_per_connection, "e-PMSI checks one connection may ask for in a minute (0: no limit).", NUMBERS["checks_per_connection"]],
+        ["checks-per-client", None, RelaySettings.checks_per_client, "e-PMSI checks the connections from one workstation address may ask for in a minute (0: no limit).", NUMBERS["checks_per_client"]],
+        ["drain-seconds", None, RelaySettings.drain_seconds, "On stop, seconds the transfers in flight get to finish before they are aborted (0: abort at once).", NUMBERS["drain_seconds"]],
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
@@ -146,8 +106,8 @@ class Options(usage.Options):
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Connections served at once, in all; more are refused with an error (0: no limit).", _CONNECTIONS],
-        ["max-connections-per-client", None, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, "Connections served at once from one client address (0: no limit).", _CONNECTIONS],
+        ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
+        ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -196,10 +156,6 @@ class Options(usage.Options):
 
     def opt_allow(self, entry: str) -> None:
         """Only this client address or network may connect, e.g. 10.1.2.3 or 10.1.0.0/16 (repeatable; default: everyone)."""
-        try:
-            Allowlist([entry])
-        except ValueError as e:
-            raise usage.UsageError(f"--allow: {e}") from None
         self["allow"].append(entry)
 
     def _apply_settings_file(self) -> None:
@@ -207,7 +163,7 @@ class Options(usage.Options):
         path = os.path.abspath(self["config"])  # SIGHUP re-reads it after twistd's chdir
         keys = SettingKeys.of(self)
         try:
-            found = read_settings_file(path, keys, check_endpoint=_check_endpoint)
+            found = read_settings_file(path, keys)
         except SettingsError as e:
             raise usage.UsageError(str(e)) from None
         self.settings_file = found
@@ -235,20 +191,6 @@ class Options(usage.Options):
             self._apply_settings_file()
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        from twisted.internet import reactor
-        from twisted.internet.endpoints import serverFromString
-
-        for description in self["listen"]:
-            try:
-                serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
-                raise usage.UsageError(f"--listen {description}: invalid endpoint ({e})") from None
-        try:
-            EpmsiOrigin.from_url(self["epmsi"])
-            if self["ca-file"]:
-                trust_root_from_pem(self["ca-file"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
         try:
             password = load_proxy_password(self["proxy-password-file"])
             self.proxy, source = resolve_proxy(
@@ -256,7 +198,7 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(f"--proxy: {e}") from None
-        if self["proxy"] == SYSTEM:
+        if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
                 "--proxy system: {found}",
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,
@@ -265,17 +207,10 @@ class Options(usage.Options):
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
             raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
-        if self["journal-rotate"] is not None:
-            try:
-                parse_rotate(self["journal-rotate"])
-            except ValueError as e:
-                raise usage.UsageError(f"--journal-rotate: {e}") from None
         try:
-            self["journal-keep"] = int(self["journal-keep"])
-        except ValueError:
-            self["journal-keep"] = -1
-        if self["journal-keep"] < 0:
-            raise usage.UsageError("--journal-keep must be 0 (keep all) or a number of rotated files")
+            self._settings = self._make_settings()
+        except RelaySettingsError as e:
+            raise usage.UsageError(e.command_line) from None
 
     def _tls(self) -> RelayTLS | None:
         if not self["tls-cert"]:
@@ -301,13 +236,17 @@ class Options(usage.Options):
         return tls
 
     def settings(self) -> RelaySettings:
+        """The relay's settings, as checked when the options were parsed."""
+        return self._settings
+
+    def _make_settings(self) -> RelaySettings:
         return RelaySettings(
             listen=tuple(self["listen"]),
             epmsi=self["epmsi"],
             ca_file=self["ca-file"],
             journal=self["journal"],
             journal_rotate=self["journal-rotate"],
-            journal_keep=self["journal-keep"],
+            journal_keep=_whole_number(self["journal-keep"]),
             allow=tuple(self["allow"]),
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
@@ -327,36 +266,40 @@ class Options(usage.Options):
         )
 
 
-def _check_endpoint(description: str) -> None:
-    """A settings file's listen value must parse as an endpoint."""
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
+def _whole_number(value: int | str) -> int:
+    """A whole number given as text, or -1 (refused by the settings) for anything else."""
     try:
-        serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{description!r} is not a valid endpoint ({e})") from None
+        return int(value)
+    except ValueError:
+        return -1
 
 
-def reload_allowlist(relay: RelayService, options: Options) -> None:
+def reload_allowlist(relay: RelayService, options: Options) -> bool:
     """
     SIGHUP: read the settings file again and apply its allow entries.  A
-    file that no longer reads keeps the old list; both cases are journaled.
+    file that no longer reads keeps the old list; both cases are journaled
+    (L{RelayService.reload_allowlist}).
     """
     assert options.settings_file is not None
     path = options.settings_file.path
-    try:
-        found = read_settings_file(path, SettingKeys.of(options), check_endpoint=_check_endpoint)
-    except SettingsError as e:
-        relay.reload_failed(str(e), source=path)
-        return
+    return relay.reload_allowlist(partial(_allow_from_file, options), source=path)
+
+
+def _allow_from_file(options: Options) -> tuple[str, ...]:
+    """
+    The settings file's allow entries, read again.
+
+    @raise SettingsError: the file no longer reads.
+    @raise ReloadRefused: C{--allow} on the command line overrides the file.
+    """
+    assert options.settings_file is not None
+    path = options.settings_file.path
+    found = read_settings_file(path, SettingKeys.of(options))
     if "allow" in options.given:
-        relay.reload_failed(
+        raise ReloadRefused(
             "--allow is given on the command line, which overrides the settings file",
-            source=path,
             error="allow-on-command-line",
         )
-        return
     later = [
         name
         for name in options.settings_file.changed(found)
@@ -369,7 +312,7 @@ def reload_allowlist(relay: RelayService, options: Options) -> None:
             path=path,
             names=", ".join(later),
         )
-    relay.set_allowlist(found.allow, source=path)
+    return found.allow
 
 
 class _TwistdRelay(MultiService):
@@ -381,7 +324,7 @@ class _TwistdRelay(MultiService):
 
     log = Logger()
 
-    def __init__(self, reload: Callable[[], None] | None = None) -> None:
+    def __init__(self, reload: Callable[[], object] | None = None) -> None:
         super().__init__()
         self._reload = reload
         self._previous_hangup: Any = None

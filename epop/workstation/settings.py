@@ -4,7 +4,8 @@ or direct), which e-PMSI, which proxy, and the upload defaults, so a daily
 upload is just C{epop send FILE}.
 
 They live in a small INI file with one section, C{[epop]}, one C{key = value}
-a line; C{#} or C{;} starts a comment line. The file may hold the proxy's
+a line; C{#} or C{;} starts a comment line.  It is read like the relay's
+(L{epop.settings_file}), with which it shares L{SettingsError}. The file may hold the proxy's
 password, so L{ClientSettings.save} always writes it readable by its owner
 only (on POSIX), and L{ClientSettings.items_for_display} never shows it.
 
@@ -19,18 +20,18 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from epop.addressing import RELAY_ADDRESS_HELP, host_port
+from epop.addressing import RELAY_ADDRESS_HELP
+from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
+from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
     "SETTING_DESCRIPTIONS",
     "SETTING_KEYS",
-    "SYSTEM_PROXY",
     "ClientSettings",
     "SettingsError",
     "settings_path",
@@ -62,19 +63,28 @@ SETTING_DESCRIPTIONS: Mapping[str, str] = {
     "field": "default form field that carries the file",
 }
 
-#: The C{proxy} value that means "ask this machine" (see L{epop.epmsi.system_proxy}).
-SYSTEM_PROXY = "system"
+#: Where the proxy's account goes instead of its URL.
+_CREDENTIALS = (
+    "the user name and password have settings of their own; set them with proxy-user "
+    "and proxy-password"
+)
 
-_SECTION = "epop"
+#: How the workstation's settings file words each mistake (L{epop.settings_file}).
+_WORDING = Wording(
+    unreadable="cannot read settings file {path}: {reason}",
+    not_utf8="{path}: not UTF-8 text (byte {byte}); save it as UTF-8",
+    before_section="{where}: {text!r} comes before the [" + SECTION + "] header",
+    other_section="{where}: unexpected {text!r}: the only section is [" + SECTION + "]",
+    section_twice="{where}: [" + SECTION + "] appears twice",
+    not_key_value="{where}: expected 'key = value', got {text!r}",
+    key_twice="{where}: {key} is set twice (first on line {first})",
+    no_section=None,
+)
 _HIDDEN = "(set)"
 _HEADER = (
     "# e-POP workstation settings, written by the epop command.\n"
     "# It may hold a password: keep it readable by you only.\n"
 )
-
-
-class SettingsError(ValueError):
-    """A setting or settings file is wrong; the message says what to fix."""
 
 
 def settings_path(environ: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
@@ -130,20 +140,19 @@ class ClientSettings:
             an unknown key or a bad value; the message names the file and line.
         """
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as e:
-            raise SettingsError(f"cannot read settings file {path}: {e.strerror or e}") from None
-        try:
-            text = data.decode("utf-8-sig")  # Notepad may add a byte order mark
-        except UnicodeDecodeError as e:
-            raise SettingsError(
-                f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8"
-            ) from None
+
+        def check(key: str, value: str) -> str:
+            key = _known(key)
+            if "\n" in value:
+                raise ValueError(
+                    f"{key} takes one line: an indented line continues the value above it, "
+                    "so start each setting at the beginning of its line"
+                )
+            return _check(key, value, on_set=False)
+
+        found = read_section(path, _WORDING, check, missing_ok=True)
         settings = cls(path)
-        settings._values = _parse(path, text)
+        settings._values = {setting.key: setting.value for setting in found or ()}
         return settings
 
     def get(self, key: str) -> str | None:
@@ -175,7 +184,7 @@ class ClientSettings:
         """
         folder = self.path.parent
         _make_private_folders(folder)
-        lines = [_HEADER, f"[{_SECTION}]\n"]
+        lines = [_HEADER, f"[{SECTION}]\n"]
         lines += [f"{key} = {self._values[key]}\n" for key in SETTING_KEYS if key in self._values]
         try:
             self._write(folder, lines)
@@ -225,47 +234,6 @@ def _known(key: str) -> str:
     return key
 
 
-def _parse(path: Path, text: str) -> dict[str, str]:
-    """The C{[epop]} section of an INI text, every line checked."""
-    values: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    in_section = False
-    seen_section = False
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        where = f"{path}, line {number}"
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            name = line[1:-1].strip() if line.endswith("]") else None
-            if name != _SECTION:
-                raise SettingsError(
-                    f"{where}: unexpected {line!r}: the only section is [{_SECTION}]"
-                )
-            if seen_section:
-                raise SettingsError(f"{where}: [{_SECTION}] appears twice")
-            in_section = seen_section = True
-            continue
-        if not in_section:
-            raise SettingsError(f"{where}: {line!r} comes before the [{_SECTION}] header")
-        key, sep, value = line.partition("=")
-        key = key.strip().lower()
-        if not sep or not key:
-            raise SettingsError(f"{where}: expected 'key = value', got {line!r}")
-        if key not in SETTING_KEYS:
-            raise SettingsError(
-                f"{where}: unknown setting {key!r}: expected one of {', '.join(SETTING_KEYS)}"
-            )
-        if key in values:
-            raise SettingsError(f"{where}: {key} is set twice (first on line {first_line[key]})")
-        try:
-            values[key] = _check(key, value, on_set=False)
-        except ValueError as e:
-            raise SettingsError(f"{where}: {e}") from None
-        first_line[key] = number
-    return values
-
-
 def _check(key: str, value: str, *, on_set: bool) -> str:
     """
     The value to store for C{key}, or a L{ValueError} saying what is wrong
@@ -311,30 +279,9 @@ def _check_ca_file(value: str, on_set: bool) -> str:
 
 
 def _check_proxy(value: str, on_set: bool) -> str:
-    if value.lower() == SYSTEM_PROXY:
-        return SYSTEM_PROXY
-    expected = f"expected http://HOST:PORT, or '{SYSTEM_PROXY}' to use this machine's proxy"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"proxy {value!r} has an invalid port: {expected}") from None
-    if parts.scheme.lower() != "http":
-        raise ValueError(f"proxy {value!r}: only http:// proxies are supported; {expected}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "proxy must not hold a user name or password: set them with proxy-user "
-            "and proxy-password"
-        )
-    if not parts.hostname:
-        raise ValueError(f"proxy {value!r} has no host name: {expected}")
-    if port is None:
-        raise ValueError(f"proxy {value!r} has no port: {expected}")
-    if port == 0:
-        raise ValueError(f"proxy {value!r} has an invalid port: {expected}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"proxy {value!r} must not have a path: {expected}")
-    return f"http://{host_port(parts.hostname, port)}"
+    if is_system(value):
+        return SYSTEM
+    return parse_proxy_url(value, credentials=_CREDENTIALS).url
 
 
 def _check_text(value: str, on_set: bool) -> str:

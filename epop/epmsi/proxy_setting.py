@@ -1,0 +1,104 @@
+"""
+What a proxy setting may be, wherever it is typed: C{twistd epop --proxy},
+C{epop send --direct --proxy}, the relay's settings file, the workstation's
+saved C{proxy}.  One rule, so that they all accept and refuse the same
+values, and say the same thing about a bad one to the person who typed it.
+
+A proxy is C{http://HOST:PORT}, or C{system} (any case) for this machine's
+own settings.  The scheme is required (C{proxy:3128} is refused, saying how
+to write it), and so is the port; only plain HTTP proxies are supported, since the tunnel to
+e-PMSI is encrypted end to end inside them.  A user name or password never
+goes in the URL: each has a setting of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from epop.addressing import host_port
+
+__all__ = ["SYSTEM", "ProxyURL", "is_system", "parse_proxy_url"]
+
+#: The proxy setting that means "whatever this machine is set to use".
+SYSTEM = "system"
+
+_EXPECTED = f"expected http://HOST:PORT, or '{SYSTEM}' to use this machine's proxy"
+
+
+def is_system(setting: str) -> bool:
+    """Whether C{setting} asks for this machine's proxy settings."""
+    return setting.strip().lower() == SYSTEM
+
+
+@dataclass(frozen=True)
+class ProxyURL:
+    """An HTTP proxy's address, as written in a valid setting."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The setting written the one way: C{http://host:port}, host in lower case."""
+        return f"http://{host_port(self.host, self.port)}"
+
+
+def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
+    """
+    Read a proxy URL; C{system} is the caller's to recognize (L{is_system}).
+
+    @param credentials: where the user name and password go instead of the
+        URL, for the message that refuses them (it differs between a command
+        line and a settings file).
+    @raise ValueError: saying what is wrong and what is expected; a password
+        in C{text} is never repeated.
+    """
+    value = text.strip()
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"proxy {_shown(value)!r} must not contain spaces or control characters: {_EXPECTED}"
+        )
+    if "://" not in value:
+        plain = "/" not in value and not value.lower().startswith("http")
+        advice = f": write it http://{_shown(value)}" if plain else ""
+        raise ValueError(
+            f"proxy {_shown(value)!r} does not start with http://{advice} (only http:// "
+            f"proxies are supported); {_EXPECTED}"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"proxy {_shown(value)!r} has an invalid port: {_EXPECTED}") from None
+    if parts.scheme.lower() != "http":
+        raise ValueError(
+            f"proxy {_shown(value)!r}: only http:// proxies are supported (the tunnel to "
+            f"e-PMSI is encrypted end to end inside it); {_EXPECTED}"
+        )
+    if parts.password is not None:
+        raise ValueError(f"do not put the proxy password in the URL: {credentials}")
+    if parts.username is not None:
+        raise ValueError(f"do not put the proxy user name in the URL: {credentials}")
+    if not parts.hostname:
+        raise ValueError(f"proxy {value!r} has no host name: {_EXPECTED}")
+    if port is None:
+        raise ValueError(f"proxy {value!r} has no port: {_EXPECTED}")
+    if port == 0:
+        raise ValueError(f"proxy {value!r} has an invalid port: {_EXPECTED}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError(
+            f"proxy {value!r} must not have a path, query or fragment: expected "
+            f"http://HOST:PORT, without a path, or '{SYSTEM}' to use this machine's proxy"
+        )
+    return ProxyURL(parts.hostname, port)
+
+
+def _shown(value: str) -> str:
+    """C{value} fit to repeat in a message: any password in it replaced."""
+    scheme, sep, rest = value.rpartition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}{sep}{userinfo}{at}{host}{slash}{tail}"
