@@ -184,7 +184,6 @@ class ValidationTests(Fixtures):
         cases = {
             "socks5://s:1080": "only http:// proxies",
             "https://p:3128": "only http:// proxies",
-            "proxy.chu.local:3128": "only http:// proxies",
             "http://p": "has no port",
             "http://p:0": "invalid port",
             "http://p:99999": "invalid port",
@@ -195,6 +194,9 @@ class ValidationTests(Fixtures):
             text = self.assertError(message, self.settings.set, "proxy", value)
             self.assertIn("http://HOST:PORT", text)
         self.rejects("proxy", "http://u:s3cret@p:3128", "set them with proxy-user")
+        # One rule with the relay's --proxy, which always read HOST:PORT as http://.
+        self.settings.set("proxy", "proxy.chu.local:3128")
+        self.assertEqual(self.settings.get("proxy"), "http://proxy.chu.local:3128")
 
     def test_to(self) -> None:
         """to is a path starting with a slash."""

@@ -178,13 +178,12 @@ class TunnelTests(SynchronousTestCase):
 
 class ConfigTests(SynchronousTestCase):
     def test_from_url(self) -> None:
-        """http://HOST:PORT with an optional user; the account never in the URL."""
+        """http://HOST:PORT with an optional user; passwords never in the URL."""
         self.assertEqual(ProxyConfig.from_url("http://proxy:3128"), ProxyConfig("proxy", 3128))
-        self.assertEqual(ProxyConfig.from_url("http://proxy:3128", user="dim").user, "dim")
+        self.assertEqual(ProxyConfig.from_url("proxy:3128", user="dim").user, "dim")
+        self.assertEqual(ProxyConfig.from_url("http://dim@proxy:3128").user, "dim")
         for bad, text in [
             ("http://dim:pw@proxy:3128", "password"),
-            ("http://dim@proxy:3128", "--proxy-user"),
-            ("proxy:3128", "write it http://proxy:3128"),
             ("https://proxy:3128", "only http://"),
             ("socks5://proxy:1080", "only http://"),
             ("http://proxy", "no port"),

@@ -17,10 +17,7 @@ from epop.workstation.settings import ClientSettings, SettingsError
 
 #: A value once accepted by one side only, and what both now say about it.
 DISAGREED = [
-    ("proxy.chu.local:3128", "does not start with http://: write it http://proxy.chu.local:3128"),
-    ("http://dim@proxy:3128", "do not put the proxy user name in the URL"),
     ("http://dim:@proxy:3128", "do not put the proxy password in the URL"),
-    ("http://@proxy:3128", "do not put the proxy user name in the URL"),
     ("http://proxy:0", "has an invalid port"),
     ("http://proxy:3128#top", "must not have a path, query or fragment"),
     ("http://proxy :3128", "must not contain spaces or control characters"),
@@ -46,12 +43,25 @@ class SameRuleTests(SynchronousTestCase):
             if "@" not in value:
                 self.assertEqual(self.workstation(value), self.command_line(value), value)
 
-    def test_account_goes_to_its_own_setting(self) -> None:
-        """Each message says where the account goes on its side."""
-        self.assertIn("set them with proxy-user and proxy-password", self.workstation("http://u@p:1"))
-        message = self.command_line("http://u@p:1")
-        self.assertIn("--proxy-user", message)
-        self.assertIn("EPOP_PROXY_PASSWORD", message)
+    def test_password_goes_to_its_own_setting(self) -> None:
+        """Each message says where the password goes on its side."""
+        self.assertIn("set them with proxy-user and proxy-password", self.workstation("http://u:pw@p:1"))
+        message = self.command_line("http://u:pw@p:1")
+        self.assertIn("a password file or the EPOP_PROXY_PASSWORD environment variable", message)
+
+    def test_once_refused_by_the_workstation(self) -> None:
+        """
+        What the relay always took, the workstation now takes too: HOST:PORT
+        alone, and a user name in the URL (the relay's --proxy-user wins).
+        """
+        settings = ClientSettings(Path("x.ini"))
+        settings.set("proxy", "proxy.chu.local:3128")
+        self.assertEqual(settings.get("proxy"), "http://proxy.chu.local:3128")
+        settings.set("proxy", "http://dim@Proxy:3128")
+        self.assertEqual(settings.get("proxy"), "http://dim@proxy:3128")
+        self.assertEqual(ProxyConfig.from_url("http://dim@proxy:3128").user, "dim")
+        self.assertEqual(ProxyConfig.from_url("http://dim@proxy:3128", user="svc").user, "svc")
+        self.assertIsNone(ProxyConfig.from_url("http://@proxy:3128").user)
 
     def test_password_never_repeated(self) -> None:
         """A refused URL with a password in it is never shown with the password."""

@@ -32,11 +32,8 @@ __all__ = [
 #: The environment variable that may hold the proxy password.
 PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
 
-#: Where the account goes instead of a proxy URL, on a command line.
-_CREDENTIALS = (
-    "use --proxy-user for the user name, and a password file or the "
-    f"{PASSWORD_VARIABLE} environment variable for the password"
-)
+#: Where the password goes instead of a proxy URL, on a command line.
+_CREDENTIALS = f"use a password file or the {PASSWORD_VARIABLE} environment variable"
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,11 @@ class ProxyConfig:
     ) -> "ProxyConfig":
         """
         The proxy at C{url} (L{epop.epmsi.proxy_setting.parse_proxy_url}:
-        C{http://HOST:PORT}, without credentials), with this account.
+        C{http://[USER@]HOST:PORT}, never a password), with this account;
+        C{user}, when given, wins over the URL's.
         """
         found = parse_proxy_url(url, credentials=_CREDENTIALS)
-        return cls(found.host, found.port, user, password)
+        return cls(found.host, found.port, user or found.user, password)
 
     @property
     def address(self) -> str:

@@ -5,10 +5,12 @@ saved C{proxy}.  One rule, so that they all accept and refuse the same
 values, and say the same thing about a bad one to the person who typed it.
 
 A proxy is C{http://HOST:PORT}, or C{system} (any case) for this machine's
-own settings.  The scheme is required (C{proxy:3128} is refused, saying how
-to write it), and so is the port; only plain HTTP proxies are supported, since the tunnel to
-e-PMSI is encrypted end to end inside them.  A user name or password never
-goes in the URL: each has a setting of its own.
+own settings.  C{HOST:PORT} alone means C{http://HOST:PORT}, as in the
+system's own proxy settings; the port is required.  Only plain HTTP proxies
+are supported, since the tunnel to e-PMSI is encrypted end to end inside
+them.  The URL may name the proxy's user (C{http://dim@proxy:3128}), never
+its password: that has settings of its own, kept out of command lines and
+saved URLs.
 """
 
 from __future__ import annotations
@@ -37,20 +39,23 @@ class ProxyURL:
 
     host: str
     port: int
+    #: The proxy user named in the URL, if any.
+    user: str | None = None
 
     @property
     def url(self) -> str:
-        """The setting written the one way: C{http://host:port}, host in lower case."""
-        return f"http://{host_port(self.host, self.port)}"
+        """The setting written the one way: C{http://[user@]host:port}, host in lower case."""
+        account = f"{self.user}@" if self.user else ""
+        return f"http://{account}{host_port(self.host, self.port)}"
 
 
 def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
     """
     Read a proxy URL; C{system} is the caller's to recognize (L{is_system}).
 
-    @param credentials: where the user name and password go instead of the
-        URL, for the message that refuses them (it differs between a command
-        line and a settings file).
+    @param credentials: where the password goes instead of the URL, for the
+        message that refuses it (it differs between a command line and a
+        settings file).
     @raise ValueError: saying what is wrong and what is expected; a password
         in C{text} is never repeated.
     """
@@ -59,15 +64,8 @@ def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
         raise ValueError(
             f"proxy {_shown(value)!r} must not contain spaces or control characters: {_EXPECTED}"
         )
-    if "://" not in value:
-        plain = "/" not in value and not value.lower().startswith("http")
-        advice = f": write it http://{_shown(value)}" if plain else ""
-        raise ValueError(
-            f"proxy {_shown(value)!r} does not start with http://{advice} (only http:// "
-            f"proxies are supported); {_EXPECTED}"
-        )
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(value if "://" in value else "http://" + value)
         port = parts.port
     except ValueError:
         raise ValueError(f"proxy {_shown(value)!r} has an invalid port: {_EXPECTED}") from None
@@ -78,8 +76,6 @@ def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
         )
     if parts.password is not None:
         raise ValueError(f"do not put the proxy password in the URL: {credentials}")
-    if parts.username is not None:
-        raise ValueError(f"do not put the proxy user name in the URL: {credentials}")
     if not parts.hostname:
         raise ValueError(f"proxy {value!r} has no host name: {_EXPECTED}")
     if port is None:
@@ -91,7 +87,7 @@ def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
             f"proxy {value!r} must not have a path, query or fragment: expected "
             f"http://HOST:PORT, without a path, or '{SYSTEM}' to use this machine's proxy"
         )
-    return ProxyURL(parts.hostname, port)
+    return ProxyURL(parts.hostname, port, parts.username or None)
 
 
 def _shown(value: str) -> str:
