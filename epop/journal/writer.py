@@ -30,6 +30,7 @@ __all__ = [
     "DAILY",
     "encode_record",
     "open_writer",
+    "check_keep",
     "parse_rotate",
     "rotated_files",
 ]
@@ -229,6 +230,15 @@ DAILY = "daily"
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
+def check_keep(value: object) -> None:
+    """
+    Refuse a C{--journal-keep} that is not 0 (keep all) or a number of
+    rotated files.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be 0 (keep all) or a number of rotated files")
+
+
 def parse_rotate(text: str) -> str | int:
     """
     Read C{--journal-rotate}: L{DAILY}, or a size in bytes written C{500K},
@@ -326,8 +336,7 @@ class RotatingJournalWriter:
     def __init__(self, path: str, rotate: str | int, keep: int = 30, clock: Any = None) -> None:
         if isinstance(rotate, str):
             rotate = parse_rotate(rotate)
-        if keep < 0:
-            raise ValueError("keep must be 0 (keep all) or more")
+        check_keep(keep)
         if clock is None:
             from twisted.internet import reactor as clock
         self.path = path

@@ -41,7 +41,7 @@ from twisted.python import reflect, usage, util
 from epop.addressing import DEFAULT_PORT
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 from epop.epmsi.proxy import ProxyConfig
-from epop.journal.writer import parse_rotate
+from epop.journal.writer import check_keep, parse_rotate
 from epop.local_tls import RelayTLS
 from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
@@ -224,7 +224,7 @@ class RelaySettings:
             _check("ca_file", trust_root_from_pem, self.ca_file, named=True)
         if self.journal_rotate is not None:
             _check("journal_rotate", parse_rotate, self.journal_rotate)
-        _check("journal_keep", _check_keep, self.journal_keep)
+        _check("journal_keep", check_keep, self.journal_keep)
         check_allow(self.allow)
         for name, number in NUMBERS.items():
             _check(name, number.check, getattr(self, name))
@@ -241,11 +241,6 @@ def _check(field: str, check: Callable[[Any], object], value: Any, *, named: boo
         check(value)
     except ValueError as e:
         raise RelaySettingsError(field, str(e), command_line=str(e) if named else None) from None
-
-
-def _check_keep(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be 0 (keep all) or a number of rotated files")
 
 
 def check_listen(description: str) -> None:
