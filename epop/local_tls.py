@@ -20,7 +20,6 @@ from typing import Any
 
 from OpenSSL import crypto
 from twisted.internet.ssl import (
-    Certificate,
     CertificateOptions,
     KeyPair,
     PrivateCertificate,
@@ -29,34 +28,15 @@ from twisted.internet.ssl import (
 )
 from twisted.python.failure import Failure
 
-from epop.epmsi.origin import trust_root_from_pem
+from epop.certificates import read_certificates, read_file, trust_root_from_pem
 
 __all__ = ["RelayTLS", "ClientTLS", "openssl_words", "server_options"]
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
-
-
-def _certificates(path: str, what: str) -> list[Certificate]:
-    data = _read(path, what)
-    found = [
-        Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
-        for part in data.split(b"-----BEGIN CERTIFICATE-----")[1:]
-    ]
-    if not found:
-        raise ValueError(f"the {what} {path} holds no PEM certificate")
-    return found
-
-
 def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
-    certificate = _certificates(cert_path, "certificate")[0]
+    certificate = read_certificates(cert_path, "certificate")[0]
     try:
-        key = KeyPair.load(_read(key_path, "private key"), crypto.FILETYPE_PEM)
+        key = KeyPair.load(read_file(key_path, "private key"), crypto.FILETYPE_PEM)
     except crypto.Error:
         raise ValueError(f"the private key {key_path} is not a PEM private key") from None
     try:
@@ -87,13 +67,13 @@ def server_options(
     cert: str, key: str, chain: str | None = None, client_ca: str | None = None
 ) -> CertificateOptions:
     private = _private_certificate(cert, key)
-    extra = [c.original for c in _certificates(chain, "certificate chain")] if chain else []
+    extra = [c.original for c in read_certificates(chain, "certificate chain")] if chain else []
     verify: dict[str, Any] = {}
     if client_ca:
         verify = {
             "verify": True,
             "requireCertificate": True,
-            "caCerts": [c.original for c in _certificates(client_ca, "client CA file")],
+            "caCerts": [c.original for c in read_certificates(client_ca, "client CA file")],
         }
     return CertificateOptions(
         privateKey=private.privateKey.original,

@@ -9,6 +9,8 @@ test keeps it so as the code grows.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +20,11 @@ import epop
 PACKAGE = Path(epop.__file__).parent
 
 ROLES = ("relay", "epmsi", "workstation", "journal", "sandbox")
+
+#: Top-level modules that assemble the roles (the public API, the command
+#: line, the test doubles); every other top-level module is shared by the
+#: roles and imports none of them.
+ASSEMBLERS = {"__init__.py", "cli.py", "command.py", "testing.py"}
 
 #: For each role, the other roles it may import.
 ALLOWED = {
@@ -55,6 +62,31 @@ class LayoutTests(SynchronousTestCase):
                 if extra:
                     wrong.append(f"{role}/{path.name} imports {', '.join(sorted(extra))}")
         self.assertEqual(wrong, [])
+
+    def test_shared_modules_import_no_role(self) -> None:
+        """What every role shares depends on none of them."""
+        wrong = []
+        for path in sorted(PACKAGE.glob("*.py")):
+            if path.name not in ASSEMBLERS and imported_roles(path):
+                wrong.append(f"{path.name} imports {', '.join(sorted(imported_roles(path)))}")
+        self.assertEqual(wrong, [])
+
+    def loaded(self, module: str, prefix: str) -> list[str]:
+        """The modules under C{prefix} that importing C{module} loads, in a fresh interpreter."""
+        code = (
+            f"import sys, {module}; "
+            f"print(' '.join(sorted(m for m in sys.modules if m.startswith({prefix!r}))))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        return out.stdout.split()
+
+    def test_a_workstation_never_loads_the_relay(self) -> None:
+        """The client and the relay, as they run: neither loads the other's code."""
+        self.assertEqual(self.loaded("epop.workstation.client", "epop.relay"), [])
+        self.assertEqual(self.loaded("epop.relay.service", "epop.workstation"), [])
+        self.assertEqual(self.loaded("epop.relay.tap", "epop.workstation"), [])
 
     def test_the_check_sees_imports(self) -> None:
         """The walk finds both import forms, so that the test above can fail."""

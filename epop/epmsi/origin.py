@@ -1,6 +1,6 @@
 """
 e-PMSI's origin: the one HTTPS URL the relay and direct sends may reach, its
-default, and the certificates trusted for it.
+default, and the certificates trusted for it (read by L{epop.certificates}).
 
 Kept apart from the HTTP client so that whatever only needs the URL or the
 trust roots (settings, the workstation's TLS to its relay, the system-proxy
@@ -9,19 +9,14 @@ discovery) imports neither treq nor the proxy tunnel.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.ssl import (
-    Certificate,
-    platformTrust,
-    trustRootFromCertificates,
-)
+from twisted.internet.ssl import platformTrust
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from epop.addressing import url_host
+from epop.certificates import trust_root_from_pem
 
 __all__ = [
     "DEFAULT_EPMSI_URL",
@@ -31,11 +26,6 @@ __all__ = [
 ]
 
 DEFAULT_EPMSI_URL = "https://www.epmsi.atih.sante.fr"
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
-
 
 @dataclass(frozen=True)
 class EpmsiOrigin:
@@ -73,25 +63,6 @@ class EpmsiOrigin:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/': {path!r}")
         return self.url + path
-
-
-def trust_root_from_pem(path: str) -> Any:
-    """
-    Trust every certificate in a PEM bundle, so a hospital can pin its own
-    TLS-inspecting proxy's CA or a test can pin the sandbox's.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
-    found = _PEM_CERTIFICATE.findall(data)
-    if not found:
-        raise ValueError(f"CA file {path} holds no PEM certificate")
-    try:
-        return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
-    except Exception as e:
-        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
 
 
 def tls_policy(ca_file: str | None = None) -> BrowserLikePolicyForHTTPS:
