@@ -159,9 +159,13 @@ class FrameReader:
     C{feed} yields L{Frame}s and, while C{expect_raw} has bytes outstanding,
     raw C{bytes} chunks.  Raw bytes that arrive on their own are passed through
     without copying: that is the relay's hot path.
+
+    @param peer: what the other end should be ("client" or "relay"), for
+        the error that says it is not one.
     """
 
-    def __init__(self, max_data: int = MAX_DATA_PAYLOAD) -> None:
+    def __init__(self, max_data: int = MAX_DATA_PAYLOAD, *, peer: str = "client") -> None:
+        self._peer = peer
         self._buffer = bytearray()
         self._raw = 0
         self._max_data = max_data
@@ -204,7 +208,7 @@ class FrameReader:
             if kind not in _KNOWN:
                 raise ProtocolError(
                     "bad-frame",
-                    f"unknown frame type 0x{kind:02x}: this is not an e-POP client",
+                    f"unknown frame type 0x{kind:02x}: this is not an e-POP {self._peer}",
                 )
             limit = self._max_data if kind == FrameType.DATA else MAX_CONTROL_PAYLOAD
             if length > limit:

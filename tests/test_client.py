@@ -68,6 +68,13 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual((error.code, error.message), ("not-authorized", message))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_not_a_relay(self) -> None:
+        """A server that is not a relay (here an HTTP server) is called that, not a client."""
+        self.protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        error = self.failureResultOf(self.protocol.welcomed, EpopError).value
+        self.assertEqual(error.code, "bad-frame")
+        self.assertIn("unknown frame type 0x48: this is not an e-POP relay", error.message)
+
     def test_relay_closes_during_operation(self) -> None:
         """A relay that hangs up mid-operation fails it with a clear error."""
         self.protocol.dataReceived(encode_message(FrameType.WELCOME, {"version": 1}))

@@ -93,7 +93,7 @@ class RelayClientProtocol(Protocol):
     ) -> None:
         self._reactor = reactor
         self._timeout = timeout
-        self._reader = FrameReader()
+        self._reader = FrameReader(peer="relay")
         self._state = State.CONNECTING
         self._operation: _Operation | None = None
         self._timer: IDelayedCall | None = None
