@@ -48,7 +48,7 @@ from epop.errors import EpopError
 from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
 from epop.messages import LANGUAGES, choose_language
 from epop.relay.commands import InterfacesOptions, interfaces
-from epop.sandbox.command import SandboxOptions, sandbox
+from epop.sandbox.commands import SandboxOptions, sandbox
 from epop.workstation.commands import SendOptions, TestOptions, send, test
 from epop.workstation.settings import ClientSettings, SettingsError, settings_path
 from epop.workstation.settings_commands import (
@@ -88,7 +88,7 @@ class Subcommand:
     logs: bool = False
 
 
-#: Every subcommand, in the order C{epop --help} lists them.
+#: Every subcommand: its options, its handler and its line in C{epop --help}.
 COMMANDS: dict[str, Subcommand] = {
     "send": Subcommand(SendOptions, send, "Send a file to e-PMSI."),
     "test": Subcommand(TestOptions, test, "Test the connection to e-PMSI."),

@@ -8,5 +8,6 @@ by the relay or the workstation in production.
 
 Its parts: the certificate authority (L{epop.sandbox.ca}), the upload
 handling (L{epop.sandbox.uploads}), the web site (L{epop.sandbox.site}) and
-the service that runs them over TLS (L{epop.sandbox.service}).
+the service that runs them over TLS (L{epop.sandbox.service}), and
+C{epop sandbox} (L{epop.sandbox.commands}).
 """
