@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SECTION", "Setting", "SettingsError", "Wording", "read_section", "where"]
+__all__ = [
+    "SECTION",
+    "Setting",
+    "SettingsError",
+    "ValueLineError",
+    "Wording",
+    "read_section",
+    "where",
+]
 
 SECTION = "epop"
 
@@ -29,6 +37,20 @@ _COMMENT = ("#", ";")
 
 class SettingsError(ValueError):
     """A setting or settings file that cannot be used; the message says where and why."""
+
+
+class ValueLineError(ValueError):
+    """
+    A mistake on one line of a value that spans several: the message is put
+    after that line's number rather than the key's.
+
+    @ivar index: the line, counted from 0 (the key's own line) in the value
+        the check was given.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -81,7 +103,8 @@ def read_section(
 
     @param check: takes a key and its value (lines joined with newlines,
         each stripped) and returns what to keep, or raises L{ValueError}
-        saying what is wrong: the message is put after the file and line.
+        saying what is wrong: the message is put after the file and line
+        (of the key, or the value's line a L{ValueLineError} names).
     @param missing_ok: a missing file is C{None} rather than an error.
     @raise SettingsError: at the first mistake, in the order of the lines.
     """
@@ -111,11 +134,13 @@ class _Reader:
         self.check = check
         self.found: list[Setting] = []
         self.first_line: dict[str, int] = {}
-        # The key being read: its name, line, indentation and value lines.
+        # The key being read: its name, line, indentation, value lines and
+        # their numbers in the file.
         self.key: str | None = None
         self.key_line = 0
         self.indent = 0
         self.lines: list[str] = []
+        self.numbers: list[int] = []
 
     def fail(self, template: str, number: int, **fields: Any) -> SettingsError:
         return SettingsError(
@@ -131,10 +156,12 @@ class _Reader:
             if not line:
                 if self.key is not None:
                     self.lines.append("")
+                    self.numbers.append(number)
                 continue
             indent = len(raw) - len(raw.lstrip())
             if self.key is not None and indent > self.indent:
                 self.lines.append(line)
+                self.numbers.append(number)
                 continue
             self.finish()
             if line.startswith("["):
@@ -158,7 +185,8 @@ class _Reader:
                     self.wording.key_twice, number, key=key, first=self.first_line[key]
                 )
             self.first_line[key] = number
-            self.key, self.key_line, self.indent, self.lines = key, number, indent, [value.strip()]
+            self.key, self.key_line, self.indent = key, number, indent
+            self.lines, self.numbers = [value.strip()], [number]
         self.finish()
         if not seen_section and self.wording.no_section is not None:
             raise SettingsError(self.wording.no_section.format(path=self.path))
@@ -173,6 +201,9 @@ class _Reader:
             self.lines.pop()
         try:
             value = self.check(key, "\n".join(self.lines))
+        except ValueLineError as e:
+            line = self.numbers[e.index] if 0 <= e.index < len(self.numbers) else self.key_line
+            raise SettingsError(f"{where(self.path, line)}: {e}") from None
         except ValueError as e:
             raise SettingsError(f"{where(self.path, self.key_line)}: {e}") from None
         self.found.append(Setting(key, self.key_line, value))

@@ -18,10 +18,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from epop.epmsi.proxy import ProxyConfig
+from epop.local_tls import RelayTLS
 from epop.relay import settings as settings_module
 from epop.relay import tap
 from epop.relay.allowlist import Allowlist
 from epop.relay.settings import (
+    NUMBERS,
     RelaySettings,
     RelaySettingsError,
     SettingKeys,
@@ -128,8 +131,11 @@ class ReadTests(SynchronousTestCase):
         """Each mistake is one message: where, which key, what is wrong."""
         cases = [
             ("[epop]\nfoo = 1\n", ", line 2: unknown key 'foo'; valid keys are: allow, ca-file,"),
-            ("[epop]\nallow = 10.0.0.0/8\n    10.1.2.300\n", ", line 2: allow: '10.1.2.300' is not an IP address"),
-            ("[epop]\nlisten = nonsense:1\n", ", line 2: listen: 'nonsense:1' is not a valid endpoint"),
+            ("[epop]\nallow = 10.0.0.0/8\n    10.1.2.300\n", ", line 3: allow: '10.1.2.300' is not an IP address"),
+            ("[epop]\nallow = 10.0.0.0/8\n\n    # a comment\n    fd00::/8\n    fd00::zz\n", ", line 6: allow: 'fd00::zz' is not an IP address"),
+            ("[epop]\nallow = 10.1.2.300\n    10.0.0.0/8\n", ", line 2: allow: '10.1.2.300' is not an IP address"),
+            ("[epop]\nlisten = nonsense:1\n", ", line 2: listen: nonsense:1: invalid endpoint (unknown endpoint type 'nonsense'"),
+            ("[epop]\nlisten =\n    tcp:3358\n    tcp:abc\n", ", line 4: listen: tcp:abc: invalid endpoint (the port 'abc' is not a number)"),
             ("[epop]\n\nidle-timeout = 2 minutes\n", ", line 3: idle-timeout: expected a positive number of seconds, not '2 minutes'"),
             ("[epop]\ndrain-seconds = nan\n", ", line 2: drain-seconds: expected a number of seconds, not 'nan' (0: abort at once)"),
             ("[epop]\nno-check = sometimes\n", ", line 2: no-check: 'sometimes' is not yes or no"),
@@ -210,7 +216,7 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\ndrain-seconds = -1\n")
         self.assertIn("line 2: drain-seconds: expected a number of seconds, not '-1'", str(error))
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\ntls-key = k.pem\n")
-        self.assertRegex(str(error), r"^--tls-key needs --tls-cert \(set in .*, line 2\)$")
+        self.assertRegex(str(error), r"^.*, line 2: tls-key: needs tls-cert$")
 
     def test_proxy_password_from_file_only(self) -> None:
         """The proxy's password still comes from proxy-password-file, named in the settings."""
@@ -372,18 +378,31 @@ class TwistdTests(TestCase):
 #: A bad value for each checked setting: the field, its value in Python, its
 #: text on the command line and in the file, and what every message says.
 SAME_RULES = [
-    ("listen", ("nonsense:1",), "nonsense:1", "Unknown endpoint type: 'nonsense'"),
+    ("listen", ("nonsense:1",), "nonsense:1", "nonsense:1: invalid endpoint (unknown endpoint type 'nonsense': expected tcp:PORT"),
+    ("listen", ("tcp:abc",), "tcp:abc", "tcp:abc: invalid endpoint (the port 'abc' is not a number)"),
+    ("listen", ("tcp",), "tcp", "tcp: invalid endpoint (no port given)"),
+    ("listen", ("tcp:1:colour=red",), "tcp:1:colour=red", "tcp:1:colour=red: invalid endpoint (unknown parameter 'colour')"),
+    ("listen", ("tcp:1:backlog=many",), "tcp:1:backlog=many", "tcp:1:backlog=many: invalid endpoint ('many' is not a number)"),
     ("epmsi", "http://x", "http://x", "e-PMSI URL must start with https:// (got 'http://x')"),
     ("ca_file", "/nonexistent/ca.pem", "/nonexistent/ca.pem", "cannot read CA file /nonexistent/ca.pem"),
     ("allow", ("10.1.2.300",), "10.1.2.300", "'10.1.2.300' is not an IP address or network"),
     ("journal_rotate", "weekly", "weekly", "expected 'daily' or a size such as 500K, 100M or 1G, not 'weekly'"),
-    ("journal_keep", -1, "-1", "must be 0 (keep all) or a number of rotated files"),
+    ("journal_keep", -1, "-1", "expected a whole number of rotated files, not "),
+    ("journal_keep", 1.5, "1.5", "expected a whole number of rotated files, not "),
     ("idle_timeout", 0, "0", "expected a positive number of seconds, not "),
+    ("epmsi_timeout", -3, "-3", "expected a positive number of seconds, not "),
+    ("connect_timeout", 0, "0", "expected a positive number of seconds, not "),
     ("hello_timeout", float("inf"), "inf", "expected a positive number of seconds, not "),
+    ("frame_timeout", float("nan"), "nan", "expected a positive number of seconds, not "),
     ("upload_min_rate", -5, "-5", "expected a number of bytes per second, not "),
+    ("upload_grace", 0, "0", "expected a positive number of seconds, not "),
+    ("checks_per_connection", 1.5, "1.5", "expected a whole number of checks a minute, not "),
     ("checks_per_client", -1, "-1", "expected a whole number of checks a minute, not "),
     ("drain_seconds", -1, "-1", "expected a number of seconds, not "),
     ("max_connections", 2.5, "2.5", "expected a whole number of connections, not "),
+    ("max_connections_per_client", -1, "-1", "expected a whole number of connections, not "),
+    ("proxy", ProxyConfig("p", 99999), "http://p:99999", "proxy 'http://p:99999' has an invalid port: expected "),
+    ("proxy", ProxyConfig("p", 3128, user="dim"), "http://dim@p:3128", "the proxy user 'dim' needs a password"),
 ]
 
 
@@ -393,6 +412,16 @@ class SameRulesTests(SynchronousTestCase):
     values with the same words; only what is put in front differs (the
     option, the file's line and key, the field).
     """
+
+    def setUp(self) -> None:
+        # A proxy user's password must come from nowhere but the test.
+        environ = {k: v for k, v in os.environ.items() if k != "EPOP_PROXY_PASSWORD"}
+        self.patch(os, "environ", environ)
+
+    def test_every_rule_is_covered(self) -> None:
+        """SAME_RULES tries every field that has a rule beyond its type."""
+        rules = set(NUMBERS) | {"listen", "epmsi", "ca_file", "allow", "journal_rotate", "proxy"}
+        self.assertEqual({field for field, *_ in SAME_RULES}, rules)
 
     def test_python_api(self) -> None:
         """RelaySettings refuses each value when made, naming the field."""
@@ -422,8 +451,7 @@ class SameRulesTests(SynchronousTestCase):
                 usage.UsageError, tap.Options().parseOptions, ["--config", path, "--journal", self.mktemp()]
             )
             self.assertIn(problem, str(error), key)
-            if field not in ("epmsi", "ca_file"):
-                self.assertIn(f"{path}, line 2", str(error))
+            self.assertTrue(str(error).startswith(f"{path}, line 2: {key}: "), str(error))
 
     def test_numbers_quote_what_was_given(self) -> None:
         """Text is quoted as typed; a Python value as its repr."""
@@ -442,3 +470,127 @@ class SameRulesTests(SynchronousTestCase):
         self.assertEqual(reads, ["ca.pem"])
         changed = settings.with_allow(Allowlist(["10.0.0.0/8"]))
         self.assertEqual((changed.allow, reads), (("10.0.0.0/8",), ["ca.pem"]))
+
+    def test_user_report(self) -> None:
+        """The values a new user tried, word for word where they are typed."""
+
+        def refused(*arguments: str) -> str:
+            return str(self.assertRaises(usage.UsageError, tap.Options().parseOptions, list(arguments)))
+
+        keep = "--journal-keep: expected a whole number of rotated files, not {!r} (0: keep all)"
+        for value in ("-1", "abc", "1.5"):
+            self.assertEqual(refused("--journal-keep", value), keep.format(value))
+        self.assertEqual(
+            refused("--listen", "tcp:abc"), "--listen tcp:abc: invalid endpoint (the port 'abc' is not a number)"
+        )
+        self.assertEqual(refused("--proxy-user", "dim"), "--proxy-user: a proxy user was given without a proxy")
+        self.assertEqual(
+            str(self.assertRaises(RelaySettingsError, RelaySettings, listen=("tcp:abc",))),
+            "listen: tcp:abc: invalid endpoint (the port 'abc' is not a number)",
+        )
+
+    def test_no_python_exception_text(self) -> None:
+        """Twisted's parser's own words never reach the administrator."""
+        for description in ["tcp:abc", "tcp:", "tcp", "nonsense:1", "tcp:1:colour=red", "tcp:1:2:3:4:5", "haproxy:tcp:x"]:
+            error = self.assertRaises(RelaySettingsError, RelaySettings, listen=(description,))
+            for python in ("int()", "literal", "_parse", "argument", "Unknown"):
+                self.assertNotIn(python, str(error), description)
+
+    def test_unreadable_ssl_certificate(self) -> None:
+        """An ssl: endpoint whose certificate cannot be read is refused, not a traceback."""
+        error = self.assertRaises(
+            RelaySettingsError, RelaySettings, listen=("ssl:3358:privateKey=/nonexistent/key.pem",)
+        )
+        self.assertIn("invalid endpoint (cannot read /nonexistent/key.pem: No such file", str(error))
+
+
+class OptionsTogetherTests(SynchronousTestCase):
+    """
+    Options that need each other: the command line names the options, the
+    settings file its line and key, with the same explanation.
+    """
+
+    def setUp(self) -> None:
+        environ = {k: v for k, v in os.environ.items() if k != "EPOP_PROXY_PASSWORD"}
+        self.patch(os, "environ", environ)
+
+    def test_same_explanation(self) -> None:
+        cases = [
+            ("proxy-user = dim", ["--proxy-user", "dim"], "proxy-user", "a proxy user was given without a proxy"),
+            ("proxy = http://p:3128\nproxy-user = dim", ["--proxy", "http://p:3128", "--proxy-user", "dim"],
+             "proxy-user", "the proxy user 'dim' needs a password: put it in a password file"),
+            ("proxy = ftp://p:21", ["--proxy", "ftp://p:21"], "proxy", "only http:// proxies are supported"),
+            ("proxy = http://p:3128\nproxy-password-file = /nonexistent/pw",
+             ["--proxy", "http://p:3128", "--proxy-password-file", "/nonexistent/pw"],
+             "proxy-password-file", "cannot read the proxy password file /nonexistent/pw"),
+            ("tls-key = k.pem", ["--tls-key", "k.pem"], "tls-key", "needs {}tls-cert"),
+            ("tls-cert = c.pem", ["--tls-cert", "c.pem"], "tls-cert", "needs {}tls-key"),
+            ("require-tls = yes", ["--require-tls"], "require-tls", "needs {0}tls-cert and {0}tls-key"),
+            ("journal = /nonexistent/dir/j.jsonl", ["--journal", "/nonexistent/dir/j.jsonl"], "journal",
+             "cannot write in /nonexistent/dir"),
+        ]
+        for text, arguments, key, problem in cases:
+            last = text.count("\n") + 2
+            path = os.path.abspath(self.mktemp())
+            Path(path).write_text(f"[epop]\n{text}\n", encoding="utf-8")
+            journal = [] if key == "journal" else ["--journal", self.mktemp()]
+            error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--config", path, *journal])
+            self.assertTrue(str(error).startswith(f"{path}, line {last}: {key}: "), str(error))
+            self.assertIn(problem.format(""), str(error))
+            self.assertNotIn("--", str(error))
+            error = self.assertRaises(usage.UsageError, tap.Options().parseOptions, [*arguments, *journal])
+            self.assertTrue(str(error).startswith(f"--{key}"), str(error))
+            self.assertIn(problem.format("--"), str(error))
+
+    def test_command_line_wins_and_is_named(self) -> None:
+        """A value given on the command line is named as an option even with a settings file."""
+        path = os.path.abspath(self.mktemp())
+        Path(path).write_text("[epop]\nidle-timeout = 60\n", encoding="utf-8")
+        error = self.assertRaises(
+            usage.UsageError, tap.Options().parseOptions,
+            ["--config", path, "--journal-keep", "-1", "--journal", self.mktemp()],
+        )
+        self.assertEqual(str(error), "--journal-keep: expected a whole number of rotated files, not '-1' (0: keep all)")
+
+
+class PythonTypesTests(SynchronousTestCase):
+    """
+    What only the Python API can give, a value of the wrong type, is refused
+    when RelaySettings is made, naming the field, rather than failing later
+    in startService.
+    """
+
+    def test_refused(self) -> None:
+        cases = [
+            ({"proxy": "ftp://x:1"}, "proxy: expected a ProxyConfig or None, not 'ftp://x:1'"),
+            ({"proxy": "system"}, "proxy: expected a ProxyConfig or None, not 'system': for a URL or 'system'"),
+            ({"proxy": ProxyConfig("", 3128)}, "proxy: proxy host '' is not a host name"),
+            ({"proxy": ProxyConfig("p", 0)}, "proxy: proxy 'http://p:0' has an invalid port"),
+            ({"proxy": ProxyConfig("p", "3128")}, "proxy: proxy 'http://p:3128' has an invalid port"),
+            ({"proxy": ProxyConfig("p", 3128, user="dim")},
+             "proxy: the proxy user 'dim' needs a password: give the ProxyConfig its password"),
+            ({"tls": "relay.pem"}, "tls: expected a RelayTLS or None, not 'relay.pem'"),
+            ({"listen": "tcp:3358"},
+             "listen: expected a list of strings, not the string 'tcp:3358': write ['tcp:3358'] for a single endpoint"),
+            ({"listen": [3358]}, "listen: expected a list of strings such as ['tcp:3358'], not [3358]"),
+            ({"allow": "10.0.0.0/8"}, "allow: expected a list of strings, not the string '10.0.0.0/8'"),
+            ({"epmsi": None}, "epmsi: expected an https:// URL, not None"),
+            ({"ca_file": Path("ca.pem")}, "ca_file: expected the path of a PEM file, or None, not "),
+            ({"journal": ""}, "journal: expected the path of the journal, not ''"),
+            ({"journal_rotate": 100}, "journal_rotate: expected 'daily', a size such as '100M', or None, not 100"),
+            ({"journal_keep": True}, "journal_keep: expected a whole number of rotated files, not True"),
+            ({"check_at_start": "no"}, "check_at_start: expected True or False, not 'no'"),
+            ({"check_path": "status"}, "check_path: expected a path starting with /, not 'status'"),
+        ]
+        for arguments, message in cases:
+            error = self.assertRaises(RelaySettingsError, RelaySettings, **arguments)
+            self.assertTrue(str(error).startswith(message), str(error))
+
+    def test_accepted(self) -> None:
+        settings = RelaySettings(
+            listen=["tcp:3358"],
+            allow=["10.0.0.0/8"],
+            proxy=ProxyConfig("proxy.chu.local", 3128, user="dim", password="pw"),
+            tls=RelayTLS("relay.pem", "relay.key"),
+        )
+        self.assertEqual(settings.proxy.port, 3128)

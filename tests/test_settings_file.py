@@ -80,3 +80,25 @@ class OneReaderTests(SynchronousTestCase):
         self.assertEqual(ClientSettings.load(missing).items_for_display(), [])
         keys = relay_settings.SettingKeys.of(tap.Options())
         self.assertRaises(settings_file.SettingsError, relay_settings.read_settings_file, str(missing), keys)
+
+    def test_mistake_on_a_continuation_line(self) -> None:
+        """A check that names one line of a value (ValueLineError) is reported at that line."""
+
+        def check(key: str, value: str) -> str:
+            for index, line in enumerate(value.split("\n")):
+                if line == "bad":
+                    raise settings_file.ValueLineError(f"{key}: {line!r} is bad", index)
+            if value == "wrong":
+                raise ValueError(f"{key}: {value!r} is wrong")
+            return value
+
+        wording = relay_settings._WORDING
+        for text, line in [
+            ("[epop]\nkey = bad\n", 2),
+            ("[epop]\nkey = good\n    good\n\n    # c\n    bad\n", 6),
+            ("[epop]\nkey =\n    bad\n", 3),
+            ("[epop]\n\nkey = wrong\n", 3),
+        ]:
+            path = self.write(text)
+            error = self.assertRaises(settings_file.SettingsError, settings_file.read_section, path, wording, check)
+            self.assertTrue(str(error).startswith(f"{path}, line {line}: key: "), (text, str(error)))

@@ -24,6 +24,7 @@ __all__ = [
     "PASSWORD_VARIABLE",
     "SYSTEM",
     "resolve_proxy",
+    "ProxyAccountError",
     "ProxyConfig",
     "ProxyError",
     "load_proxy_password",
@@ -34,6 +35,14 @@ PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
 
 #: Where the password goes instead of a proxy URL, on a command line.
 _CREDENTIALS = f"use a password file or the {PASSWORD_VARIABLE} environment variable"
+
+
+class ProxyAccountError(ValueError):
+    """
+    The proxy's account cannot work: a user without a password, or without
+    a proxy.  Its own type, so that a caller can name the user's setting
+    rather than the proxy's.
+    """
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,20 @@ class ProxyConfig:
         """
         found = parse_proxy_url(url, credentials=_CREDENTIALS)
         return cls(found.host, found.port, user or found.user, password)
+
+    def check(self) -> None:
+        """
+        Refuse a proxy that cannot work, however it was made: no host name, a
+        port out of range, a user without a password (L{ProxyAccountError}).
+        """
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError(f"proxy host {self.host!r} is not a host name")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ValueError(
+                f"proxy 'http://{self.host}:{self.port}' has an invalid port: expected 1 to 65535"
+            )
+        if self.user is not None and self.password is None:
+            raise ProxyAccountError(f"the proxy user {self.user!r} needs a password")
 
     @property
     def address(self) -> str:
@@ -108,11 +131,12 @@ def resolve_proxy(
     Turn a C{--proxy} setting (C{None}, C{http://HOST:PORT} or C{system})
     into the proxy to use for C{target_url}, and say where it came from.
 
-    @raise ValueError: for a setting that cannot be used, saying why.
+    @raise ValueError: for a setting that cannot be used, saying why;
+        L{ProxyAccountError} when it is the user that cannot be used.
     """
     if not setting:
         if user is not None:
-            raise ValueError("a proxy user was given without a proxy")
+            raise ProxyAccountError("a proxy user was given without a proxy")
         return None, "no proxy set"
     if not is_system(setting):
         proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
@@ -124,11 +148,12 @@ def resolve_proxy(
             return None, found.describe()
         proxy = ProxyConfig.from_url(found.proxy, user or found.user, password)
         source = found.source
-    if proxy.user is not None and proxy.password is None:
-        raise ValueError(
-            f"the proxy user {proxy.user!r} needs a password: put it in a password "
-            f"file, or in the {PASSWORD_VARIABLE} environment variable"
-        )
+    try:
+        proxy.check()
+    except ProxyAccountError as e:
+        raise ProxyAccountError(
+            f"{e}: put it in a password file, or in the {PASSWORD_VARIABLE} environment variable"
+        ) from None
     return proxy, source
 
 

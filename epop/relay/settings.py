@@ -27,9 +27,11 @@ instead of a traceback.
 
 from __future__ import annotations
 
+import ast
 import copy
 import getopt
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +43,20 @@ from twisted.python import reflect, usage, util
 from epop.addressing import DEFAULT_PORT
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pem
 from epop.epmsi.proxy import ProxyConfig
-from epop.journal.writer import check_keep, parse_rotate
+from epop.journal.writer import parse_rotate
 from epop.local_tls import RelayTLS
 from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
-from epop.settings_file import SECTION, SettingsError, Wording, read_section, where
+from epop.settings_file import (
+    SECTION,
+    SettingsError,
+    ValueLineError,
+    Wording,
+    read_section,
+    where,
+)
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -56,6 +65,7 @@ __all__ = [
     "RelaySettings",
     "RelaySettingsError",
     "listen_endpoint",
+    "prefixed",
     "SECTION",
     "SettingKeys",
     "SettingsError",
@@ -77,7 +87,7 @@ class RelaySettingsError(SettingsError):
     """
 
     def __init__(self, field: str, problem: str, *, command_line: str | None = None) -> None:
-        super().__init__(_named(field, problem))
+        super().__init__(prefixed(field, problem))
         self.field = field
         self.problem = problem
         self._command_line = command_line
@@ -90,12 +100,12 @@ class RelaySettingsError(SettingsError):
     @property
     def command_line(self) -> str:
         """The message for C{twistd epop}: C{--OPTION: problem}."""
-        return self._command_line or _named(f"--{self.key}", self.problem)
+        return self._command_line or prefixed(f"--{self.key}", self.problem)
 
 
-def _named(name: str, problem: str) -> str:
-    """C{name: problem}, or C{name must...} when the problem is a sentence's end."""
-    return f"{name} {problem}" if problem.startswith("must ") else f"{name}: {problem}"
+def prefixed(name: str, problem: str) -> str:
+    """C{name: problem}, or C{name must...} (C{needs...}) when the problem ends a sentence."""
+    return f"{name} {problem}" if problem.startswith(("must ", "needs ")) else f"{name}: {problem}"
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,7 @@ NUMBERS: Mapping[str, Number] = {
     "checks_per_connection": _CHECKS,
     "checks_per_client": _CHECKS,
     "drain_seconds": Number(float, "a number of seconds", zero="abort at once"),
+    "journal_keep": Number(int, "a whole number of rotated files", zero="keep all"),
     "max_connections": _CONNECTIONS,
     "max_connections_per_client": _CONNECTIONS,
 }
@@ -163,15 +174,55 @@ def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     header with L{ProxyHeaderEndpoint}, which checks the addresses it gives,
     instead of Twisted's reader.
 
-    @raise ValueError: for a string that names no endpoint, saying why.
+    @raise ValueError: for a string that names no endpoint, saying why in
+        words for the administrator rather than Twisted's parser's.
     """
+    inner = description[len(HAPROXY_PREFIX) :] if description.startswith(HAPROXY_PREFIX) else description
     try:
-        if description.startswith(HAPROXY_PREFIX):
-            inner = serverFromString(reactor, description[len(HAPROXY_PREFIX) :])
-            return ProxyHeaderEndpoint(inner)
-        return serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, inner)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(str(e)) from None
+        raise ValueError(_endpoint_problem(inner, e)) from None
+    except OSError as e:  # ssl: reads its certificate when parsed
+        raise ValueError(f"cannot read {e.filename or 'its certificate'}: {e.strerror}") from None
+    return ProxyHeaderEndpoint(endpoint) if inner is not description else endpoint
+
+
+#: Twisted's parser's messages, and what to say instead.
+_NOT_A_NUMBER = re.compile(r"invalid literal for int\(\) with base 10: (?P<value>.*)")
+_UNKNOWN_TYPE = re.compile(r"Unknown endpoint type: (?P<value>.*)")
+_UNKNOWN_PARAMETER = re.compile(r".*got an unexpected keyword argument (?P<value>.*)")
+_MISSING = re.compile(r".*missing \d+ required positional arguments?: (?P<value>.*)")
+_TOO_MANY = re.compile(r".*takes .* positional arguments? but \d+ (were|was) given")
+_TYPES = "tcp:PORT, tcp6:PORT, unix:PATH or ssl:PORT, optionally after haproxy:"
+
+
+def _endpoint_problem(description: str, error: Exception) -> str:
+    """What is wrong with an endpoint string, from Twisted's parser's C{error}."""
+    text = str(error)
+    if match := _NOT_A_NUMBER.fullmatch(text):
+        value = _literal(match["value"])
+        fields = description.split(":")
+        if fields[1:2] == [value] or f"port={value}" in fields:
+            return f"the port {value!r} is not a number"
+        return f"{value!r} is not a number"
+    if match := _UNKNOWN_TYPE.fullmatch(text):
+        return f"unknown endpoint type {_literal(match['value'])!r}: expected {_TYPES}"
+    if match := _UNKNOWN_PARAMETER.fullmatch(text):
+        return f"unknown parameter {_literal(match['value'])!r}"
+    if match := _MISSING.fullmatch(text):
+        return f"no {match['value'].replace(chr(39), '')} given"
+    if _TOO_MANY.fullmatch(text):
+        return "too many fields separated by ':'"
+    return text
+
+
+def _literal(text: str) -> str:
+    """The value Twisted's message quotes with repr, as it was typed."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
 
 
 @dataclass(frozen=True)
@@ -216,18 +267,34 @@ class RelaySettings:
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
     def __post_init__(self) -> None:
+        # The types first: a rule's check may assume them.
+        _check_strings("listen", self.listen, "endpoint", "tcp:3358")
+        _check_strings("allow", self.allow, "address or network", "10.1.0.0/16")
+        _check_type("epmsi", self.epmsi, str, "an https:// URL")
+        _check_type("ca_file", self.ca_file, (str, type(None)), "the path of a PEM file, or None")
+        _check_type("journal", self.journal, str, "the path of the journal")
+        _check_type("journal_rotate", self.journal_rotate, (str, type(None)), "'daily', a size such as '100M', or None")
+        _check_type("check_at_start", self.check_at_start, bool, "True or False")
+        _check_type("check_path", self.check_path, str, "a path starting with /")
+        _check_type("tls", self.tls, (RelayTLS, type(None)), "a RelayTLS or None")
         for description in self.listen:
             check_listen(description)
         # Their messages name what they are about: the option need not.
         _check("epmsi", EpmsiOrigin.from_url, self.epmsi, named=True)
         if self.ca_file is not None:
             _check("ca_file", trust_root_from_pem, self.ca_file, named=True)
+        if not self.journal.strip():
+            raise RelaySettingsError("journal", "expected the path of the journal, not ''")
         if self.journal_rotate is not None:
             _check("journal_rotate", parse_rotate, self.journal_rotate)
-        _check("journal_keep", check_keep, self.journal_keep)
         check_allow(self.allow)
         for name, number in NUMBERS.items():
             _check(name, number.check, getattr(self, name))
+        check_proxy(self.proxy)
+        if not self.check_path.startswith("/"):
+            raise RelaySettingsError(
+                "check_path", f"expected a path starting with /, not {self.check_path!r}"
+            )
 
     def with_allow(self, allow: Allowlist) -> RelaySettings:
         """These settings with another allowlist, already checked."""
@@ -243,16 +310,55 @@ def _check(field: str, check: Callable[[Any], object], value: Any, *, named: boo
         raise RelaySettingsError(field, str(e), command_line=str(e) if named else None) from None
 
 
+def _check_type(field: str, value: object, kinds: type | tuple[type, ...], expected: str) -> None:
+    """Refuse a value of the wrong type, which only the Python API can give."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+        raise RelaySettingsError(field, f"expected {expected}, not {value!r}")
+
+
+def _check_strings(field: str, values: object, item: str, example: str) -> None:
+    """Refuse anything but a sequence of strings; a bare string is a common slip."""
+    if isinstance(values, str):
+        raise RelaySettingsError(
+            field,
+            f"expected a list of strings, not the string {values!r}: "
+            f"write [{values!r}] for a single {item}",
+        )
+    if not isinstance(values, Sequence) or not all(isinstance(v, str) for v in values):
+        raise RelaySettingsError(
+            field, f"expected a list of strings such as [{example!r}], not {values!r}"
+        )
+
+
+def check_proxy(proxy: object) -> None:
+    """
+    Refuse a proxy that cannot work.  The API takes a resolved
+    L{ProxyConfig}, never a URL or C{"system"}: finding this machine's proxy
+    may fetch a PAC file and is done once, where the relay is set up
+    (L{epop.epmsi.proxy.resolve_proxy}, as C{twistd epop --proxy} does).
+    """
+    if proxy is None:
+        return
+    if not isinstance(proxy, ProxyConfig):
+        raise RelaySettingsError(
+            "proxy",
+            f"expected a ProxyConfig or None, not {proxy!r}: for a URL or 'system', give "
+            "the ProxyConfig that epop.epmsi.proxy.resolve_proxy returns",
+        )
+    try:
+        proxy.check()
+    except ValueError as e:
+        hint = ": give the ProxyConfig its password" if proxy.user and proxy.password is None else ""
+        raise RelaySettingsError("proxy", f"{e}{hint}") from None
+
+
 def check_listen(description: str) -> None:
     """Refuse a C{listen} string that names no endpoint."""
     try:
         listen_endpoint(None, description)  # its syntax only: no reactor is used
     except ValueError as e:
-        raise RelaySettingsError(
-            "listen",
-            f"{description!r} is not a valid endpoint ({e})",
-            command_line=f"--listen {description}: invalid endpoint ({e})",
-        ) from None
+        problem = f"{description}: invalid endpoint ({e})"
+        raise RelaySettingsError("listen", problem, command_line=f"--listen {problem}") from None
 
 
 def check_allow(entries: Sequence[str]) -> Allowlist:
@@ -391,17 +497,28 @@ def _number(value: str, coerce: Callable[[str], Any]) -> Any:
     return number
 
 
-def _value(key: str, items: list[str], keys: SettingKeys) -> Any:
-    """Check and convert one key's value; ValueError says what is wrong."""
+#: How the file checks each entry of a repeatable key, one line at a time.
+_ENTRY_CHECKS: Mapping[str, Callable[[str], object]] = {
+    "allow": lambda entry: check_allow([entry]),
+    "listen": check_listen,
+}
+
+
+def _value(key: str, lines: list[tuple[int, str]], keys: SettingKeys) -> Any:
+    """
+    Check and convert one key's value, given as its non-blank lines with
+    their index in the value; ValueError says what is wrong (a
+    L{ValueLineError} on which line).
+    """
+    items = [text for _index, text in lines]
     if key in keys.repeatable:
-        try:
-            if key == "allow":
-                check_allow(items)
-            if key == "listen":
-                for description in items:
-                    check_listen(description)
-        except RelaySettingsError as e:
-            raise ValueError(e.problem) from None
+        entry_check = _ENTRY_CHECKS.get(key)
+        for index, text in lines:
+            try:
+                if entry_check is not None:
+                    entry_check(text)
+            except RelaySettingsError as e:
+                raise ValueLineError(e.problem, index) from None
         return tuple(items)
     if len(items) > 1:
         raise ValueError(f"takes one value, not {len(items)} lines")
@@ -437,9 +554,11 @@ def read_settings_file(path: str, keys: SettingKeys) -> SettingsFile:
             raise ValueError(f"{key}: {_PASSWORD_HINT}")
         if key not in valid:
             raise ValueError(f"unknown key {key!r}; valid keys are: {', '.join(keys.names())}")
-        items = [line.strip() for line in raw.splitlines() if line.strip()]
+        lines = [(i, line.strip()) for i, line in enumerate(raw.split("\n")) if line.strip()]
         try:
-            return _value(key, items, keys)
+            return _value(key, lines, keys)
+        except ValueLineError as e:
+            raise ValueLineError(f"{key}: {e}", e.index) from None
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
 

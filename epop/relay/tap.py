@@ -16,7 +16,6 @@ re-reads the file and applies its C{allow} entries to new connections
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from twisted.python import usage
 
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
+    ProxyAccountError,
     ProxyConfig,
     load_proxy_password,
     resolve_proxy,
@@ -52,6 +52,7 @@ from epop.relay.settings import (
     SettingsError,
     SettingsFile,
     command_line_keys,
+    prefixed,
     read_settings_file,
 )
 from epop.tuning import keep_buffers_on_heap
@@ -88,7 +89,7 @@ class Options(usage.Options):
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
         ["journal", None, RelaySettings.journal, "Path of the journal (JSON lines)."],
         ["journal-rotate", None, None, "Start a new journal file each UTC day ('daily') or at a size (500K, 100M, 1G; bytes without a suffix). Default: never."],
-        ["journal-keep", None, RelaySettings.journal_keep, "Rotated journal files to keep, the oldest deleted first (0 keeps them all)."],
+        ["journal-keep", None, RelaySettings.journal_keep, "Rotated journal files to keep, the oldest deleted first (0 keeps them all).", NUMBERS["journal_keep"]],
         ["idle-timeout", None, RelaySettings.idle_timeout, "Seconds of silence from a workstation before its connection is closed.", NUMBERS["idle_timeout"]],
         ["epmsi-timeout", None, RelaySettings.epmsi_timeout, "Seconds an operation may make no progress while waiting on e-PMSI before it is cancelled.", NUMBERS["epmsi_timeout"]],
         ["connect-timeout", None, RelaySettings.connect_timeout, "Seconds to connect to e-PMSI.", NUMBERS["connect_timeout"]],
@@ -135,20 +136,31 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
         self.given = command_line_keys(self, arguments)
-        try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
-            raise usage.UsageError(self._locate(str(e))) from None
+        super().parseOptions(options)
 
-    def _locate(self, message: str) -> str:
-        """Point a message about --NAME at the settings file when NAME came from there."""
+    def _refuse(
+        self, key: str, problem: str, *others: str, command_line: str | None = None
+    ) -> usage.UsageError:
+        """
+        The usage error for the value of option C{key}, worded where the
+        administrator typed it: C{--KEY: problem} on the command line,
+        C{FILE, line N: KEY: problem} when it came from the settings file.
+
+        @param others: options C{problem} names with C{{}} (then a template),
+            written C{--name} on the command line and C{name} in the file.
+        @param command_line: the whole command-line message, when it says
+            more than C{--KEY: problem} (e.g. the value).
+        """
+
+        def spelled(prefix: str) -> str:
+            return problem.format(*[prefix + o for o in others]) if others else problem
+
         found = self.settings_file
-        if found is None:
-            return message
-        for name in found.values:
-            if name not in self.given and re.search(rf"--{re.escape(name)}\b(?!-)", message):
-                return f"{message} (set in {found.where(name)})"
-        return message
+        if found is not None and key in found.values and key not in self.given:
+            return usage.UsageError(f"{found.where(key)}: {key}: {spelled('')}")
+        if command_line is not None:
+            return usage.UsageError(command_line)
+        return usage.UsageError(prefixed(f"--{key}", spelled("--")))
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:3358:interface=192.168.1.10 (repeatable; default tcp:3358)."""
@@ -193,11 +205,17 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         try:
             password = load_proxy_password(self["proxy-password-file"])
+        except ValueError as e:
+            raise self._refuse("proxy-password-file", str(e)) from None
+        try:
             self.proxy, source = resolve_proxy(
                 self["proxy"], self["epmsi"], user=self["proxy-user"], password=password
             )
+        except ProxyAccountError as e:
+            # The user's setting, when there is one; else the URL named the user.
+            raise self._refuse("proxy-user" if self["proxy-user"] else "proxy", str(e)) from None
         except ValueError as e:
-            raise usage.UsageError(f"--proxy: {e}") from None
+            raise self._refuse("proxy", str(e)) from None
         if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
                 "--proxy system: {found}",
@@ -206,22 +224,26 @@ class Options(usage.Options):
         self.tls = self._tls()
         folder = os.path.dirname(os.path.abspath(self["journal"]))
         if not os.access(folder, os.W_OK):
-            raise usage.UsageError(f"--journal {self['journal']}: cannot write in {folder}")
+            raise self._refuse(
+                "journal",
+                f"cannot write in {folder}",
+                command_line=f"--journal {self['journal']}: cannot write in {folder}",
+            )
         try:
             self._settings = self._make_settings()
         except RelaySettingsError as e:
-            raise usage.UsageError(e.command_line) from None
+            raise self._refuse(e.key, e.problem, command_line=e.command_line) from None
 
     def _tls(self) -> RelayTLS | None:
         if not self["tls-cert"]:
             for name in ("tls-key", "tls-chain", "tls-client-ca"):
                 if self[name]:
-                    raise usage.UsageError(f"--{name} needs --tls-cert")
+                    raise self._refuse(name, "needs {}", "tls-cert")
             if self["require-tls"]:
-                raise usage.UsageError("--require-tls needs --tls-cert and --tls-key")
+                raise self._refuse("require-tls", "needs {} and {}", "tls-cert", "tls-key")
             return None
         if not self["tls-key"]:
-            raise usage.UsageError("--tls-cert needs --tls-key")
+            raise self._refuse("tls-cert", "needs {}", "tls-key")
         tls = RelayTLS(
             self["tls-cert"],
             self["tls-key"],
@@ -232,7 +254,7 @@ class Options(usage.Options):
         try:
             tls.options()
         except ValueError as e:
-            raise usage.UsageError(f"--tls-cert: {e}") from None
+            raise self._refuse("tls-cert", str(e)) from None
         return tls
 
     def settings(self) -> RelaySettings:
@@ -246,7 +268,7 @@ class Options(usage.Options):
             ca_file=self["ca-file"],
             journal=self["journal"],
             journal_rotate=self["journal-rotate"],
-            journal_keep=_whole_number(self["journal-keep"]),
+            journal_keep=self["journal-keep"],
             allow=tuple(self["allow"]),
             idle_timeout=self["idle-timeout"],
             epmsi_timeout=self["epmsi-timeout"],
@@ -264,14 +286,6 @@ class Options(usage.Options):
             max_connections=self["max-connections"],
             max_connections_per_client=self["max-connections-per-client"],
         )
-
-
-def _whole_number(value: int | str) -> int:
-    """A whole number given as text, or -1 (refused by the settings) for anything else."""
-    try:
-        return int(value)
-    except ValueError:
-        return -1
 
 
 def reload_allowlist(relay: RelayService, options: Options) -> bool:
