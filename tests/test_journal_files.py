@@ -129,6 +129,12 @@ class RotationTests(SynchronousTestCase):
     def names(self) -> list[str]:
         return sorted(os.listdir(self.folder))
 
+    def test_negative_keep_refused(self) -> None:
+        """A writer told to keep fewer than 0 files refuses, before it deletes any."""
+        error = self.assertRaises(ValueError, RotatingJournalWriter, self.path, "daily", -1, self.clock)
+        self.assertEqual(str(error), "expected a whole number of rotated files, not -1 (0: keep all)")
+        self.assertEqual(self.names(), [])
+
     def test_daily_rotation_names_the_day(self) -> None:
         """At the first event of a new UTC day, yesterday's file becomes PATH.YYYY-MM-DD."""
         writer = self.writer("daily")

@@ -232,11 +232,12 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 def check_keep(value: object) -> None:
     """
-    Refuse a C{--journal-keep} that is not 0 (keep all) or a number of
-    rotated files.
+    Refuse a number of rotated files to keep that is not 0 (keep all) or
+    more, in the relay's settings' words: a negative one would delete every
+    rotated file.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be 0 (keep all) or a number of rotated files")
+        raise ValueError(f"expected a whole number of rotated files, not {value!r} (0: keep all)")
 
 
 def parse_rotate(text: str) -> str | int:
