@@ -562,8 +562,9 @@ class PythonTypesTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         cases = [
-            ({"proxy": "ftp://x:1"}, "proxy: expected a ProxyConfig or None, not 'ftp://x:1'"),
-            ({"proxy": "system"}, "proxy: expected a ProxyConfig or None, not 'system': for a URL or 'system'"),
+            ({"proxy": "ftp://x:1"}, "proxy: expected a ProxyConfig or None, not a str"),
+            ({"proxy": "system"}, "proxy: expected a ProxyConfig or None, not a str: for a URL or 'system'"),
+            ({"proxy": ("p", 1)}, "proxy: expected a ProxyConfig or None, not a tuple"),
             ({"proxy": ProxyConfig("", 3128)}, "proxy: proxy host '' is not a host name"),
             ({"proxy": ProxyConfig("p", 0)}, "proxy: proxy 'http://p:0' has an invalid port"),
             ({"proxy": ProxyConfig("p", "3128")}, "proxy: proxy 'http://p:3128' has an invalid port"),
@@ -585,6 +586,11 @@ class PythonTypesTests(SynchronousTestCase):
         for arguments, message in cases:
             error = self.assertRaises(RelaySettingsError, RelaySettings, **arguments)
             self.assertTrue(str(error).startswith(message), str(error))
+
+    def test_proxy_password_never_shown(self) -> None:
+        """A URL given where a ProxyConfig belongs is refused without repeating it."""
+        error = self.assertRaises(RelaySettingsError, RelaySettings, proxy="http://u:s3cret@p:1")
+        self.assertNotIn("s3cret", str(error))
 
     def test_accepted(self) -> None:
         settings = RelaySettings(

@@ -340,10 +340,12 @@ def check_proxy(proxy: object) -> None:
     if proxy is None:
         return
     if not isinstance(proxy, ProxyConfig):
+        # Never the value itself: a URL may hold a password.
         raise RelaySettingsError(
             "proxy",
-            f"expected a ProxyConfig or None, not {proxy!r}: for a URL or 'system', give "
-            "the ProxyConfig that epop.epmsi.proxy.resolve_proxy returns",
+            f"expected a ProxyConfig or None, not a {type(proxy).__name__}: for a URL or "
+            "'system', give the ProxyConfig that epop.epmsi.proxy.resolve_proxy returns "
+            "first",
         )
     try:
         proxy.check()
