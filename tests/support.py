@@ -27,7 +27,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from epop.sandbox.ca import server_tls_options
-from epop.sandbox.site import SandboxSite, make_sandbox_site
+from epop.sandbox.site import DEFAULT_UPLOAD_PATH, SandboxSite, make_sandbox_site
 from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import EpmsiEndpointFactory
 from tests.random_files import write_random_file
@@ -107,6 +107,8 @@ class TestSandbox:
     upload_directory: FilePath
     port: IListeningPort
     site: SandboxSite = field(repr=False)
+    #: The server's own certificate (PEM), e.g. to pin its public key in a browser.
+    certificate_pem: bytes = field(default=b"", repr=False)
 
     def complete_files(self) -> list[FilePath]:
         """
@@ -148,7 +150,9 @@ def make_trusting_client(reactor: Any, ca_pem: bytes) -> HTTPClient:
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
 
-def make_trustme_sandbox(testcase: TestCase, reactor: Any) -> TestSandbox:
+def make_trustme_sandbox(
+    testcase: TestCase, reactor: Any, upload_path: str = DEFAULT_UPLOAD_PATH
+) -> TestSandbox:
     """
     Start a sandbox over TLS on C{127.0.0.1}, port 0, for one test.
 
@@ -157,6 +161,7 @@ def make_trustme_sandbox(testcase: TestCase, reactor: Any) -> TestSandbox:
     C{localhost}) comes from a fresh C{trustme} CA whose PEM is written to
     C{ca_path}.  Cleanups stop listening and abort any connection still
     open on the server side, so trial never sees a dirty reactor.
+    C{upload_path} is where the sandbox's upload form posts.
     """
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
@@ -166,7 +171,7 @@ def make_trustme_sandbox(testcase: TestCase, reactor: Any) -> TestSandbox:
     ca.cert_pem.write_to_path(ca_file.path)
     upload_directory = base.child("uploads")
 
-    site = make_sandbox_site(upload_directory, reactor)
+    site = make_sandbox_site(upload_directory, reactor, upload_path)
     options = server_tls_options(
         b"".join(pem.bytes() for pem in server.cert_chain_pems),
         server.private_key_pem.bytes(),
@@ -182,6 +187,7 @@ def make_trustme_sandbox(testcase: TestCase, reactor: Any) -> TestSandbox:
         upload_directory=upload_directory,
         port=port,
         site=site,
+        certificate_pem=server.cert_chain_pems[0].bytes(),
     )
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import tracemalloc
+from html.parser import HTMLParser
 from typing import Any
 
 import treq
@@ -188,10 +189,10 @@ class SandboxUploadTests(TestCase):
         self.assertEqual(stored.getContent(), b"".join(chunks))
 
     async def test_get_and_head(self) -> None:
-        """GET and HEAD on any path answer 200 with a small JSON document (HEAD without body)."""
+        """GET and HEAD on any path but / answer 200 with a small JSON document (HEAD without body)."""
         got = await self.client.get(self.sandbox.url + "/some/path?x=1")
         document = await got.json()
-        head = await self.client.head(self.sandbox.url + "/")
+        head = await self.client.head(self.sandbox.url + "/syriusUpload.do")
         head_body = await head.content()
         self.assertEqual(got.code, 200)
         self.assertEqual(document, {"service": "e-PMSI sandbox", "status": "ok"})
@@ -377,6 +378,101 @@ class SandboxUploadTests(TestCase):
         self.assertLess(peak, 8 * MiB, f"peak traced memory: {peak} bytes")
 
 
+class _FormReader(HTMLParser):
+    """Collects the page's forms: their attributes and their controls'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, Any]] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        for name in ("src", "href"):
+            if attributes.get(name):
+                self.external.append(f"{tag} {name}={attributes[name]}")
+        if tag == "script":
+            self.external.append("script")
+        if tag == "form":
+            self.forms.append({"attributes": attributes, "controls": []})
+        elif tag in ("input", "button") and self.forms:
+            self.forms[-1]["controls"].append(attributes)
+
+
+class SandboxFormTests(TestCase):
+    """The sandbox's own upload page at GET /, fetched with plain HTTP requests."""
+
+    FIELDS = ["userId", "userPwd", "year", "period", "finess"]
+
+    async def _form(self, sandbox: TestSandbox) -> tuple[Any, dict[str, Any], _FormReader]:
+        response = await sandbox.client(_reactor()).get(sandbox.url + "/")
+        reader = _FormReader()
+        reader.feed((await response.content()).decode("utf-8"))
+        [form] = reader.forms
+        return response, form, reader
+
+    async def test_page(self) -> None:
+        """GET / is an HTML page whose one multipart form posts the documented fields, and loads nothing."""
+        sandbox = make_trustme_sandbox(self, _reactor())
+        response, form, reader = await self._form(sandbox)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"Content-Type"), [b"text/html; charset=utf-8"]
+        )
+        self.assertEqual(
+            form["attributes"],
+            {
+                "method": "post",
+                "action": "/syriusUpload.do",
+                "enctype": "multipart/form-data",
+            },
+        )
+        controls = {c.get("name"): c.get("type") for c in form["controls"]}
+        self.assertEqual(
+            controls,
+            {
+                "userId": "text",
+                "userPwd": "password",
+                "year": "text",
+                "period": "text",
+                "finess": "text",
+                "theFile": "file",
+                None: "submit",
+            },
+        )
+        self.assertEqual(reader.external, [])
+        head = await sandbox.client(_reactor()).head(sandbox.url + "/")
+        self.assertEqual(await head.content(), b"")
+        self.assertEqual(
+            head.headers.getRawHeaders(b"Content-Type"), [b"text/html; charset=utf-8"]
+        )
+
+    async def test_configured_path(self) -> None:
+        """The form posts to the upload path the sandbox was given, HTML-escaped."""
+        sandbox = make_trustme_sandbox(self, _reactor(), upload_path='/up"load.do')
+        _, form, _ = await self._form(sandbox)
+        self.assertEqual(form["attributes"]["action"], '/up"load.do')
+
+    async def test_posting_the_form(self) -> None:
+        """Posting the form's fields to its action stores the file and lists the fields, without values."""
+        sandbox = make_trustme_sandbox(self, _reactor())
+        _, form, _ = await self._form(sandbox)
+        response = await sandbox.client(_reactor()).post(
+            sandbox.url + form["attributes"]["action"],
+            data={name: "secret-" + name for name in self.FIELDS},
+            files={"theFile": ("rss.zip", "application/zip", io.BytesIO(b"PK rss"))},
+        )
+        receipt = await response.json()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(receipt["path"], "/syriusUpload.do")
+        self.assertEqual(sorted(receipt["fields"]), sorted(self.FIELDS))
+        self.assertEqual(
+            [(f["field"], f["filename"], f["sha256"]) for f in receipt["files"]],
+            [("theFile", "rss.zip", hashlib.sha256(b"PK rss").hexdigest())],
+        )
+        self.assertNotIn("secret-", json.dumps(receipt))
+
+
 class SanitizeFilenameTests(TestCase):
     """Client file names never escape their upload folder."""
 
@@ -487,7 +583,7 @@ class SandboxServiceTests(TestCase):
         assert service.certificates is not None and service.port is not None
         self.assertEqual(service.url, f"https://127.0.0.1:{service.port.getHost().port}")
         client = make_trusting_client(self.reactor, service.certificates.ca_path.getContent())
-        response = await client.get(service.url + "/")
+        response = await client.get(service.url + "/status")
         self.assertEqual(response.code, 200)
         self.assertEqual(
             await response.json(), {"service": "e-PMSI sandbox", "status": "ok"}
@@ -538,7 +634,7 @@ class SandboxServiceIPv6Tests(TestCase):
             ),
             pool=HTTPConnectionPool(reactor, persistent=False),
         )
-        response = await agent.request(b"GET", service.url.encode("ascii") + b"/")
+        response = await agent.request(b"GET", service.url.encode("ascii") + b"/status")
         body = await treq.content(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["status"], "ok")

@@ -32,7 +32,7 @@ from epop.sandbox.ca import (
     parse_host,
     server_tls_options,
 )
-from epop.sandbox.site import SandboxSite, make_sandbox_site
+from epop.sandbox.site import DEFAULT_UPLOAD_PATH, SandboxSite, make_sandbox_site
 
 __all__ = ["SandboxService"]
 
@@ -51,7 +51,8 @@ class SandboxService(Service):
     Runs the sandbox over TLS, e.g. under C{twistd} or in a benchmark.
 
     Everything touching the disk or the network happens in C{startService},
-    so building the service is free of side effects.
+    so building the service is free of side effects.  C{upload_path} is
+    where the upload form at C{/} posts.
     """
 
     log = Logger()
@@ -63,8 +64,10 @@ class SandboxService(Service):
         port: int = 8443,
         interface: str = "127.0.0.1",
         hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
+        upload_path: str = DEFAULT_UPLOAD_PATH,
     ) -> None:
         self._reactor = reactor
+        self.upload_path = upload_path
         self.directory = directory
         self.port_number = port
         self.interface = interface
@@ -82,7 +85,9 @@ class SandboxService(Service):
         if all(parse_host(host) != parse_host(name) for name in hostnames):
             hostnames.append(host)
         certificates = ensure_certificates(self.directory.child("tls"), hostnames)
-        site = make_sandbox_site(self.directory.child("uploads"), self._reactor)
+        site = make_sandbox_site(
+            self.directory.child("uploads"), self._reactor, self.upload_path
+        )
         options = server_tls_options(
             certificates.cert_path.getContent(), certificates.key_path.getContent()
         )

@@ -1,13 +1,14 @@
 """
-The sandbox's web site: one resource that answers every path (a health
-document, an upload's receipt, or 405), over requests whose bodies go
-straight to L{epop.sandbox.uploads} instead of being spooled by
-twisted.web, and connections it can close all at once.
+The sandbox's web site: one resource that answers every path (its upload
+form at C{/}, a health document, an upload's receipt, or 405), over
+requests whose bodies go straight to L{epop.sandbox.uploads} instead of
+being spooled by twisted.web, and connections it can close all at once.
 """
 
 from __future__ import annotations
 
 import datetime
+import html
 import io
 import json
 import os
@@ -30,7 +31,10 @@ from epop.sandbox.uploads import (
     open_body,
 )
 
-__all__ = ["SandboxRequest", "SandboxSite", "make_sandbox_site"]
+__all__ = ["DEFAULT_UPLOAD_PATH", "SandboxRequest", "SandboxSite", "make_sandbox_site"]
+
+#: Where the upload form posts: e-PMSI's documented upload path.
+DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
 
 _UPLOAD_METHODS = (b"POST", b"PUT")
 _ALLOWED_METHODS = (b"GET", b"HEAD", b"POST", b"PUT")
@@ -41,6 +45,48 @@ def _json_body(request: Request, status: int, document: dict[str, Any]) -> bytes
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+def _upload_form(upload_path: str) -> bytes:
+    """
+    The sandbox's own upload page (not an imitation of e-PMSI's site): one
+    form posting e-PMSI's documented fields, for browsers and demos.
+    """
+    action = html.escape(upload_path, quote=True)
+    text_fields = "".join(
+        f'<p><label>{label} <input type="{kind}" name="{name}"></label></p>\n'
+        for label, kind, name in (
+            ("User", "text", "userId"),
+            ("Password", "password", "userPwd"),
+            ("Year", "text", "year"),
+            ("Period", "text", "period"),
+            ("FINESS", "text", "finess"),
+        )
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        "<title>e-PMSI sandbox: upload</title></head>\n<body>\n"
+        "<h1>e-PMSI sandbox</h1>\n"
+        "<p>A local stand-in for e-PMSI: the file is stored and a JSON receipt "
+        "is shown.</p>\n"
+        f'<form method="post" action="{action}" enctype="multipart/form-data">\n'
+        f"{text_fields}"
+        '<p><label>File <input type="file" name="theFile"></label></p>\n'
+        '<p><button type="submit">Send</button></p>\n'
+        "</form>\n</body></html>\n"
+    ).encode("utf-8")
+
+
+def _html_body(request: Request, body: bytes) -> bytes:
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    # Nothing to load from anywhere, and the form only posts back here.
+    request.setHeader(
+        b"Content-Security-Policy", b"default-src 'none'; form-action 'self'"
+    )
     return body
 
 
@@ -127,16 +173,23 @@ def _header(request: Request, name: bytes) -> str:
 
 
 class _SandboxResource(Resource):
-    """Answers every path: a health document, receipts, or 405."""
+    """Answers every path: the upload form, a health document, receipts, or 405."""
 
     isLeaf = True
+
+    def __init__(self, upload_path: str) -> None:
+        super().__init__()
+        self._form = _upload_form(upload_path)
 
     def render(self, request: SandboxRequest) -> bytes:  # type: ignore[override]
         method = request.method
         if method in (b"GET", b"HEAD"):
-            body = _json_body(
-                request, 200, {"service": "e-PMSI sandbox", "status": "ok"}
-            )
+            if request.path == b"/":
+                body = _html_body(request, self._form)
+            else:
+                body = _json_body(
+                    request, 200, {"service": "e-PMSI sandbox", "status": "ok"}
+                )
             if method == b"HEAD":
                 request.setHeader(b"Content-Length", b"%d" % (len(body),))
                 return b""
@@ -200,8 +253,13 @@ class SandboxSite(Site):
     protocol = _SandboxChannel  # type: ignore[assignment]
     requestFactory = SandboxRequest
 
-    def __init__(self, upload_directory: FilePath, reactor: Any = None) -> None:
-        super().__init__(_SandboxResource(), reactor=reactor)
+    def __init__(
+        self,
+        upload_directory: FilePath,
+        reactor: Any = None,
+        upload_path: str = DEFAULT_UPLOAD_PATH,
+    ) -> None:
+        super().__init__(_SandboxResource(upload_path), reactor=reactor)
         self.upload_directory = upload_directory
         self._counter = 0
         self._channels: set[_SandboxChannel] = set()
@@ -257,12 +315,18 @@ class SandboxSite(Site):
             return upload_id, folder
 
 
-def make_sandbox_site(upload_directory: FilePath, reactor: Any = None) -> SandboxSite:
+def make_sandbox_site(
+    upload_directory: FilePath,
+    reactor: Any = None,
+    upload_path: str = DEFAULT_UPLOAD_PATH,
+) -> SandboxSite:
     """
     Build the sandbox web site storing uploads under C{upload_directory}.
 
     @param reactor: used for upload time stamps and HTTP timeouts; the global
         reactor when L{None}.
+    @param upload_path: where the form at C{/} posts (uploads are accepted
+        on every path all the same).
     """
     upload_directory.makedirs(ignoreExistingDirectory=True)
-    return SandboxSite(upload_directory, reactor)
+    return SandboxSite(upload_directory, reactor, upload_path)
