@@ -121,3 +121,29 @@ async def raw_connect(testcase: TestCase, reactor: Any, port: int) -> RawClient:
     client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient())
     testcase.addCleanup(lambda: client.transport.abortConnection())
     return client
+
+
+class _Collect(Protocol):
+    """Sends some bytes, and keeps every byte received until the connection closes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.data:
+            self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.done.callback(self.received)
+
+
+async def exchange(reactor: Any, port: int, data: bytes) -> bytes:
+    """Send C{data} to the relay (HTTP, say) and return all it answers until it closes."""
+    protocol = _Collect(data)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    return await protocol.done

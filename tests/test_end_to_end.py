@@ -16,7 +16,7 @@ from epop.workstation.client import send_file, test_connection
 from epop.errors import EpopError
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.wire import FrameType, encode_message
-from tests.relaying import HELLO, raw_connect, start_relay
+from tests.relaying import HELLO, exchange, raw_connect, start_relay
 from tests.support import (
     TestSandbox,
     connect_to_epmsi,
@@ -304,8 +304,14 @@ class MalformedInputTests(TestCase):
         return error
 
     async def test_http_garbage(self) -> None:
-        """An HTTP request on the relay's port is told it is not e-POP."""
-        error = await self._error_for(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        """
+        An HTTP request on the relay's port is answered in HTTP (the relay
+        is an HTTPS proxy for e-PMSI, tests.test_tunnel); a byte that is
+        neither HTTP, TLS nor e-POP is told it is not e-POP.
+        """
+        answer = await exchange(reactor, self.relay.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 405 "), answer)
+        error = await self._error_for(b"\xff / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(error["code"], "bad-frame")
 
     async def test_oversized_frame(self) -> None:

@@ -39,9 +39,10 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from epop.workstation.client import RelayAddress, send_file, test_connection
+from epop.epmsi.proxy import ProxyConfig
 from epop.local_tls import ClientTLS, RelayTLS
 from tests.programs import find_program
-from tests.relaying import RunningRelay, start_relay
+from tests.relaying import RunningRelay, exchange, start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
 REQUIRE_VARIABLE = "EPOP_REQUIRE_HAPROXY"
@@ -410,6 +411,34 @@ class HAProxyTests(TestCase):
             self.assertTrue(checked, each.journal.records)
             self.assert_checks_only(each)
         self.assertFalse([line for line in haproxy.log_lines() if " is DOWN" in line], haproxy.log_tail())
+
+    async def test_tunnel_through_haproxy(self) -> None:
+        """HTTPS tunnels pass HAProxy too: the allowlist sees the workstation's own address, as for e-POP."""
+        haproxy, relays = self.start(allow=(f"{WORKSTATION}/32",))
+        path = self.mktemp()
+        digest = write_random_file(path, 256 * 1024, seed=60)
+        reply = await send_file(
+            reactor, path, to="/syriusUpload.do", field="theFile",
+            epmsi=self.sandbox.url, ca_file=self.sandbox.ca_path,
+            proxy=ProxyConfig(WORKSTATION, haproxy.port),
+        )
+        self.assertEqual(json.loads(reply.body)["files"][0]["sha256"], digest)
+        tunnels = [r for relay in relays for r in relay.records("object-instantiated") if r["kind"] == "tunnel"]
+        self.assertEqual(len(tunnels), 1)
+        self.assertEqual(_host(tunnels[0]["client"]), WORKSTATION)
+
+    async def test_tunnel_refused_names_the_workstation(self) -> None:
+        """A workstation outside the allowlist asking for a tunnel through HAProxy gets 403 naming its own address."""
+        haproxy, relays = self.start(allow=("10.0.0.0/8",))
+        answer = await exchange(
+            reactor, haproxy.port, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nAccept-Language: fr\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertRegex(
+            answer.decode("utf-8"), r"Le client 127\.0\.0\.1:\d+ n'est pas autoris"
+        )
+        self.assertEqual(self.sandbox.complete_files(), [])
+
 
     async def test_stopped_relay_is_avoided(self) -> None:
         """With one relay stopped, HAProxy gives every workstation to the other (retries, redispatch, checks)."""

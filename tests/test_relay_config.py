@@ -42,10 +42,10 @@ class KeysTests(SynchronousTestCase):
         keys = SettingKeys.of(tap.Options())
         options = tap.Options()
         expected = {name for name, *_ in options.optParameters} | {name for name, *_ in options.optFlags}
-        expected = (expected - {"config"}) | {"listen", "allow"}
+        expected = (expected - {"config"}) | {"listen", "allow", "tunnel-to"}
         self.assertEqual(set(keys.names()), expected)
-        self.assertEqual(keys.repeatable, {"listen", "allow"})
-        self.assertEqual(keys.flags, {"no-check", "require-tls"})
+        self.assertEqual(keys.repeatable, {"listen", "allow", "tunnel-to"})
+        self.assertEqual(keys.flags, {"no-check", "require-tls", "no-tunnel"})
         self.assertEqual(keys.parameters["idle-timeout"]("2.5"), 2.5)
         self.assertIn("drain-seconds", keys.names())
         self.assertNotIn("proxy-password", keys.names())
@@ -250,6 +250,7 @@ NUMERIC_OPTIONS = [
     ("drain-seconds", "-1", "a number of seconds"),
     ("max-connections", "-1", "a whole number of connections"),
     ("max-connections-per-client", "many", "a whole number of connections"),
+    ("tunnel-idle-timeout", "0", "a positive number of seconds"),
 ]
 
 
@@ -401,6 +402,8 @@ SAME_RULES = [
     ("drain_seconds", -1, "-1", "expected a number of seconds, not "),
     ("max_connections", 2.5, "2.5", "expected a whole number of connections, not "),
     ("max_connections_per_client", -1, "-1", "expected a whole number of connections, not "),
+    ("tunnel_idle_timeout", 0, "0", "expected a positive number of seconds, not "),
+    ("tunnel_to", ("files.example.org:https",), "files.example.org:https", "'files.example.org:https': the port must be a number from 1 to 65535"),
     ("proxy", ProxyConfig("p", 99999), "http://p:99999", "proxy 'http://p:99999' has an invalid port: expected "),
     ("proxy", ProxyConfig("p", 3128, user="dim"), "http://dim@p:3128", "the proxy user 'dim' needs a password"),
 ]
@@ -420,7 +423,7 @@ class SameRulesTests(SynchronousTestCase):
 
     def test_every_rule_is_covered(self) -> None:
         """SAME_RULES tries every field that has a rule beyond its type."""
-        rules = set(NUMBERS) | {"listen", "epmsi", "ca_file", "allow", "journal_rotate", "proxy"}
+        rules = set(NUMBERS) | {"listen", "epmsi", "ca_file", "allow", "journal_rotate", "proxy", "tunnel_to"}
         self.assertEqual({field for field, *_ in SAME_RULES}, rules)
 
     def test_python_api(self) -> None:

@@ -59,6 +59,8 @@ RECORD_FIELDS = (
     "bytes_in",
     "bytes_out",
     "reason",
+    "destination",
+    "destination_address",
     "allow",
 )
 

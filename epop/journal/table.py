@@ -82,6 +82,12 @@ def _description(record: dict[str, Any], language: str) -> Text:
             duration=duration_text(record["duration"], language),
         )
     if kind == "object-instantiated":
+        if "destination" in record:
+            return Text(
+                "Instantiated object: {kind} to {destination}",
+                kind=record["kind"],
+                destination=record["destination"],
+            )
         if "method" in record:
             return Text(
                 "Instantiated object: {kind} {method} {path} ({length} bytes)",
@@ -97,6 +103,21 @@ def _description(record: dict[str, Any], language: str) -> Text:
             if record.get("status") is not None
             else ""
         )
+        if "destination" in record:
+            return Text(
+                "Released object: {kind} to {destination}{address}: {outcome}, {reason}; "
+                "{bytes_in} bytes sent to it, {bytes_out} received, in {duration}",
+                kind=record["kind"],
+                destination=record["destination"],
+                address=(
+                    f" ({record['destination_address']})" if record.get("destination_address") else ""
+                ),
+                outcome=_outcome(record),
+                reason=record.get("reason", ""),
+                bytes_in=record.get("bytes_in", 0),
+                bytes_out=record.get("bytes_out", 0),
+                duration=duration_text(record.get("duration", 0), language),
+            )
         if "method" in record:
             return Text(
                 "Released object: {kind} {method} {path}: {outcome}{status}",

@@ -131,12 +131,19 @@ class AllowlistFactory(WrappingFactory):
     protocol = _CheckedProtocol
     noisy = False
 
-    def __init__(self, wrapped: Any, allowlist: Allowlist | None = None) -> None:
+    def __init__(
+        self, wrapped: Any, allowlist: Allowlist | None = None, *, same_as: AllowlistFactory | None = None
+    ) -> None:
         super().__init__(wrapped)
         self.allowlist = allowlist if allowlist is not None else Allowlist(())
+        #: Another factory whose list this one applies (the HTTP side uses
+        #: the e-POP side's, so that one list, replaced once, rules both).
+        self.same_as = same_as
 
     def refusal(self, peer: IAddress) -> ProtocolError | None:
         """The error for C{peer} if the allowlist refuses it, else C{None}."""
+        if self.same_as is not None:
+            return self.same_as.refusal(peer)
         if self.allowlist.admits(getattr(peer, "host", "")):
             return None
         return ProtocolError("not-authorized", refusal_message(peer))

@@ -136,14 +136,21 @@ class LimitsFactory(WrappingFactory):
     protocol = _CountedProtocol
     noisy = False
 
-    def __init__(self, wrapped: Any, limits: ConnectionLimits | None = None) -> None:
+    def __init__(
+        self, wrapped: Any, limits: ConnectionLimits | None = None, *, same_as: LimitsFactory | None = None
+    ) -> None:
         super().__init__(wrapped)
         self.limits = limits if limits is not None else ConnectionLimits()
         self.total = 0
         self.by_client: Counter[str] = Counter()
+        #: Another factory whose counts this one adds to (the HTTP side's
+        #: tunnels count with the e-POP connections, against the same caps).
+        self.same_as = same_as
 
     def admit(self, client: str) -> ProtocolError | None:
         """Count one more connection from C{client}, or say which cap it would exceed."""
+        if self.same_as is not None:
+            return self.same_as.admit(client)
         limits = self.limits
         if limits.total and self.total >= limits.total:
             return too_many(limits.total)
@@ -155,6 +162,9 @@ class LimitsFactory(WrappingFactory):
 
     def release(self, client: str) -> None:
         """One connection from C{client} has ended."""
+        if self.same_as is not None:
+            self.same_as.release(client)
+            return
         self.total -= 1
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
-from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -310,10 +309,8 @@ class RelayedRequest:
         fields: dict[str, Any] = {}
         if cause is not None:
             fields["error"] = cause
-        self.protocol.journal_event(
-            "object-released",
+        self.protocol.journal_released(
             "Object released: {kind} {method} {path}: {outcome}",
-            level=LogLevel.info if outcome == "completed" else LogLevel.warn,
             kind=self.kind,
             method=self.method,
             path=journal.strip_query(self.path),
@@ -361,13 +358,7 @@ class ConnectivityTest:
             }
             if result.error is not None and result.error.cause is not None:
                 fields["error"] = result.error.cause
-        self.protocol.journal_event(
-            "object-released",
-            "Object released: {kind}: {outcome}",
-            level=LogLevel.info if fields["outcome"] == "completed" else LogLevel.warn,
-            kind=self.kind,
-            **fields,
-        )
+        self.protocol.journal_released("Object released: {kind}: {outcome}", kind=self.kind, **fields)
 
     def abort(self, error: EpopError | None) -> None:
         if not self._finished:

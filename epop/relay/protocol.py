@@ -21,10 +21,8 @@ from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from epop._version import __version__
-from epop.addressing import format_peer
 from epop.epmsi.upstream import Upstream
 from epop.errors import EpopError, ProtocolError, excerpt
-from epop.journal import events as journal
 from epop.messages import Text
 from epop.relay.failures import (
     OversizedFrame,
@@ -35,6 +33,7 @@ from epop.relay.failures import (
     relay_stopping,
 )
 from epop.relay.interfaces import IRelaySession
+from epop.relay.journaled import JournaledConnection
 from epop.relay.operations import CheckAllowance, ConnectivityTest, RelayedRequest
 from epop.relay.pacing import (
     DEFAULT_CHECKS_PER_CLIENT,
@@ -69,7 +68,7 @@ CLOSE_GRACE = 5.0
 
 
 @implementer(IRelaySession)
-class RelayProtocol(Protocol, TimeoutMixin):
+class RelayProtocol(JournaledConnection, Protocol, TimeoutMixin):
     """
     One workstation's connection, a state machine: L{_enter} moves it from
     one state to the next, and the table of states (L{STATES}) says what
@@ -86,31 +85,22 @@ class RelayProtocol(Protocol, TimeoutMixin):
     log = Logger()
 
     def __init__(self, factory: "RelayFactory", connection_id: int) -> None:
+        super().__init__(factory.relay_id, connection_id, factory.reactor)
         self.factory = factory
-        self.clock = factory.reactor
-        self.connection_id = connection_id
-        self.client = "?"
-        self.bytes_in = 0
-        self.bytes_out = 0
         self.operation: RelayedRequest | ConnectivityTest | None = None
         self._reader = FrameReader()
         #: Where the connection stands; only L{_enter} changes it, and
         #: connectionMade enters the first state with its timers.
         self._state = State.HELLO
-        self._close_reason: str | None = None
-        self._close_error: str | None = None
-        self._opened = 0.0
         self._paused = False
         #: Seconds the relay has held the workstation back (not counting
         #: the current hold), and since when it holds it, if it does.
         self._held_total = 0.0
         self._held_since: float | None = None
-        self._journaled = False
         self._grace: Any = None
         self._hello_deadline = Deadline(self.clock, factory.hello_timeout, self._hello_too_slow)
         self._frame_deadline = Deadline(self.clock, factory.frame_timeout, self._frame_too_slow)
         self._checks = CheckAllowance(factory.checks_per_connection, factory.check_rates)
-        self.lost = Deferred[None]()
 
     @property
     def state(self) -> State:
@@ -120,17 +110,6 @@ class RelayProtocol(Protocol, TimeoutMixin):
     def callLater(self, period: float, func: Any) -> Any:
         return self.clock.callLater(period, func)
 
-    def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
-        journal.emit(
-            self.log,
-            self.factory.relay_id,
-            event_type,
-            format,
-            connection=self.connection_id,
-            client=self.client,
-            **fields,
-        )
-
     # connection lifetime
     def connectionMade(self) -> None:
         self._opened = self.clock.seconds()
@@ -139,20 +118,6 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if self.factory.draining:
             # Accepted before listening stopped, but it has no operation yet.
             self.fail(relay_stopping())
-
-    def opened(self) -> None:
-        """
-        Journal the connection's opening, once its peer is known for sure:
-        behind a load balancer speaking the PROXY protocol, the real client's
-        address is known only after the first bytes.
-        """
-        if self._journaled:
-            return
-        self._journaled = True
-        self.client = format_peer(self.transport.getPeer())
-        self.journal_event(
-            "connection-opened", "Connection {connection} opened from {client}"
-        )
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:
         self.opened()
@@ -167,28 +132,7 @@ class RelayProtocol(Protocol, TimeoutMixin):
         if self._close_reason is None:
             self._close_reason = "truncated-frame" if self._reader.pending else "closed-by-client"
         self.factory.connections.pop(self.connection_id, None)
-        self.journal_event(
-            "connection-closed",
-            "Connection {connection} from {client} closed: {reason}",
-            duration=round(self.clock.seconds() - self._opened, 6),
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            reason=self._close_reason,
-            **({"error": self._close_error} if self._close_error else {}),
-        )
-        self.lost.callback(None)
-
-    def ending_because(self, reason: str, error: str | None = None) -> None:
-        """
-        Why the connection is ending, from a layer around it that knows
-        (TLS, the PROXY header), unless the relay already decided.
-        """
-        if self._close_reason is None:
-            self._close_reason, self._close_error = reason, error
-
-    def count_refused(self, data: bytes) -> None:
-        """Bytes of a refused connection, never read: the journal counts them all the same."""
-        self.bytes_in += len(data)
+        self.journal_closed()
 
     def timeoutConnection(self) -> None:
         self.fail(idle_timeout(self.factory.idle_timeout))
@@ -457,7 +401,9 @@ class RelayFactory(Factory):
         self.checks_per_connection = checks_per_connection
         #: Each client address's allowance of checks (None: no limit).
         self.check_rates = RatesByClient(checks_per_client) if checks_per_client else None
-        self.connections: dict[int, RelayProtocol] = {}
+        #: Every open connection: e-POP sessions, and the HTTP side's
+        #: (L{epop.relay.http_proxy}), drained alike.
+        self.connections: dict[int, Any] = {}
         #: How much each upload in flight reads per call.
         self.read_budget = ReadBudget()
         #: Set once the relay is stopping: no new operation starts.
@@ -465,10 +411,13 @@ class RelayFactory(Factory):
         self._next_id = 1
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+        return RelayProtocol(self, self.next_connection_id())
+
+    def next_connection_id(self) -> int:
+        """The next connection's number, shared with the relay's HTTP side."""
         connection_id = self._next_id
         self._next_id += 1
-        protocol = RelayProtocol(self, connection_id)
-        return protocol
+        return connection_id
 
     def close_connections(self) -> Deferred[Any]:
         """Close every open connection (relay stopping) and wait for them."""

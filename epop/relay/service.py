@@ -43,6 +43,7 @@ from epop.relay.limits import (
     ConnectionLimits,
     LimitsFactory,
 )
+from epop.relay.http_proxy import HttpProxyFactory
 from epop.relay.network_interfaces import addresses_for_listen_host
 from epop.relay.protocol import RelayFactory
 from epop.relay.session import SessionChoiceFactory
@@ -358,6 +359,16 @@ def make_relay_service(
     limited = LimitsFactory(factory, limits)
     # Always in place, so that the list can change while the relay runs.
     checked = AllowlistFactory(limited, Allowlist(settings.allow))
+    # The HTTP side (CONNECT tunnels): the same allowlist, counted against the same caps.
+    http = HttpProxyFactory(
+        factory,
+        settings.destinations(),
+        proxy=settings.proxy,
+        connect_timeout=settings.connect_timeout,
+        hello_timeout=settings.hello_timeout,
+        idle_timeout=settings.tunnel_idle_timeout,
+    )
+    http_checked = AllowlistFactory(LimitsFactory(http, limits, same_as=limited), same_as=checked)
     served = SessionChoiceFactory(
         checked,
         settings.tls,
@@ -368,6 +379,7 @@ def make_relay_service(
         # is not known yet behind a load balancer), but they are bounded too.
         max_silent=MAX_SILENT_CONNECTIONS,
         silent_grace=SILENT_GRACE,
+        http=http_checked,
     )
     listeners = [
         ListeningService(description, listen_endpoint(reactor, description), factory, served)

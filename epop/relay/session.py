@@ -1,9 +1,11 @@
 """
-The relay's first look at a workstation's connection: TLS or plain e-POP.
+The relay's first look at a workstation's connection: TLS, plain e-POP or
+HTTP.
 
 The relay takes encrypted and plain sessions on the same port and tells
 them apart by the first byte (a TLS handshake starts with 0x16, an e-POP
-HELLO with 0x01).  The certificates and the choices of each side are in
+HELLO with 0x01); an ASCII letter starts an HTTP request head, for the
+relay as an HTTPS proxy (L{epop.relay.http_proxy}).  The certificates and the choices of each side are in
 L{epop.local_tls}.
 """
 
@@ -29,6 +31,11 @@ from epop.tuning import MIN_READ_SIZE, tune
 __all__ = ["SessionChoiceFactory"]
 
 _TLS_HANDSHAKE = 0x16
+
+
+def _is_letter(byte: int) -> bool:
+    """An HTTP method's first byte (CONNECT, GET...): an ASCII letter."""
+    return 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
 
 
 class _RecordBatcher(ProtocolWrapper):
@@ -141,7 +148,11 @@ class _Chooser(Protocol, TimeoutMixin):
         if self._inner is None:
             self.setTimeout(None)
             self._factory.waiting.pop(self, None)
-            self._choose(data[0] == _TLS_HANDSHAKE)
+            if self._factory.http is not None and _is_letter(data[0]):
+                self._inner = self._factory.http.buildProtocol(self._addr)
+                self._inner.makeConnection(self.transport)
+            else:
+                self._choose(data[0] == _TLS_HANDSHAKE)
         if self._refused:
             count_refused(self._inner, data)
             return
@@ -245,6 +256,9 @@ class SessionChoiceFactory(Factory):
         been silent for C{silent_grace} seconds, else the newcomer.
     @param silent_grace: how long a connection may take to speak before a
         newcomer may crowd it out.
+    @param http: builds the HTTP proxy side (L{epop.relay.http_proxy}, inside
+        its own allowlist and caps) for a connection whose first byte is an
+        ASCII letter; C{None} refuses those as today.
     @param gate: the allowlist's verdict on a peer (an error, or C{None} to
         admit it), asked before a session is refused for its choice of TLS
         or plain, so that a client outside the allowlist learns only that.
@@ -261,8 +275,10 @@ class SessionChoiceFactory(Factory):
         gate: Callable[[IAddress], EpopError | None] | None = None,
         max_silent: int = 0,
         silent_grace: float = 2.0,
+        http: IProtocolFactory | None = None,
     ) -> None:
         self.wrapped = wrapped
+        self.http = http
         self.max_silent = max_silent
         self.silent_grace = silent_grace
         self.gate = gate

@@ -47,6 +47,8 @@ from epop.journal.writer import parse_rotate
 from epop.local_tls import RelayTLS
 from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
+from epop.relay.destinations import Destinations, parse_destination
+from epop.relay.http_proxy import DEFAULT_TUNNEL_IDLE_TIMEOUT
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
 from epop.settings_file import (
@@ -165,6 +167,7 @@ NUMBERS: Mapping[str, Number] = {
     "journal_keep": Number(int, "a whole number of rotated files", zero="keep all"),
     "max_connections": _CONNECTIONS,
     "max_connections_per_client": _CONNECTIONS,
+    "tunnel_idle_timeout": _SECONDS,
 }
 
 
@@ -265,6 +268,12 @@ class RelaySettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Connections served at once from one client address (0: no limit).
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    #: More destinations for HTTP CONNECT tunnels, HOST[:PORT] (443 by default).
+    tunnel_to: Sequence[str] = ()
+    #: No HTTP CONNECT tunnels at all: HTTP requests are refused.
+    no_tunnel: bool = False
+    #: Seconds a tunnel may carry nothing, either way, before it is closed.
+    tunnel_idle_timeout: float = DEFAULT_TUNNEL_IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         # The types first: a rule's check may assume them.
@@ -277,6 +286,10 @@ class RelaySettings:
         _check_type("check_at_start", self.check_at_start, bool, "True or False")
         _check_type("check_path", self.check_path, str, "a path starting with /")
         _check_type("tls", self.tls, (RelayTLS, type(None)), "a RelayTLS or None")
+        _check_strings("tunnel_to", self.tunnel_to, "destination", "www.example.org:443")
+        _check_type("no_tunnel", self.no_tunnel, bool, "True or False")
+        for entry in self.tunnel_to:
+            check_tunnel_to(entry)
         for description in self.listen:
             check_listen(description)
         # Their messages name what they are about: the option need not.
@@ -295,6 +308,15 @@ class RelaySettings:
             raise RelaySettingsError(
                 "check_path", f"expected a path starting with /, not {self.check_path!r}"
             )
+
+    def destinations(self) -> Destinations:
+        """Where HTTP CONNECT tunnels may go; empty with C{no_tunnel}."""
+        if self.no_tunnel:
+            return Destinations(None)
+        origin = EpmsiOrigin.from_url(self.epmsi)
+        return Destinations(
+            (origin.host, origin.port), self.epmsi == DEFAULT_EPMSI_URL, self.tunnel_to
+        )
 
     def with_allow(self, allow: Allowlist) -> RelaySettings:
         """These settings with another allowlist, already checked."""
@@ -361,6 +383,14 @@ def check_listen(description: str) -> None:
     except ValueError as e:
         problem = f"{description}: invalid endpoint ({e})"
         raise RelaySettingsError("listen", problem, command_line=f"--listen {problem}") from None
+
+
+def check_tunnel_to(entry: str) -> None:
+    """Refuse a C{tunnel_to} entry that is not C{HOST[:PORT]}."""
+    try:
+        parse_destination(entry)
+    except ValueError as e:
+        raise RelaySettingsError("tunnel_to", str(e)) from None
 
 
 def check_allow(entries: Sequence[str]) -> Allowlist:
@@ -503,6 +533,7 @@ def _number(value: str, coerce: Callable[[str], Any]) -> Any:
 _ENTRY_CHECKS: Mapping[str, Callable[[str], object]] = {
     "allow": lambda entry: check_allow([entry]),
     "listen": check_listen,
+    "tunnel-to": check_tunnel_to,
 }
 
 

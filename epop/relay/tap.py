@@ -109,10 +109,12 @@ class Options(usage.Options):
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
         ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
         ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
+        ["tunnel-idle-timeout", None, RelaySettings.tunnel_idle_timeout, "Seconds an HTTPS tunnel may carry nothing, either way, before it is closed.", NUMBERS["tunnel_idle_timeout"]],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
         ["require-tls", None, "Refuse unencrypted sessions (needs --tls-cert)."],
+        ["no-tunnel", None, "Do not act as an HTTPS proxy (CONNECT) for e-PMSI: HTTP requests are refused."],
     ]
     compData = usage.Completions(
         optActions={"ca-file": usage.CompleteFiles("*.pem"), "journal": usage.CompleteFiles()}
@@ -127,6 +129,7 @@ class Options(usage.Options):
                 self._dispatch[name] = _NamedParameter(self, dispatcher.coerce)
         self["listen"] = []
         self["allow"] = []
+        self["tunnel-to"] = []
         self.proxy: ProxyConfig | None = None
         #: The --config file as read at start-up, if any.
         self.settings_file: SettingsFile | None = None
@@ -169,6 +172,10 @@ class Options(usage.Options):
     def opt_allow(self, entry: str) -> None:
         """Only this client address or network may connect, e.g. 10.1.2.3 or 10.1.0.0/16 (repeatable; default: everyone)."""
         self["allow"].append(entry)
+
+    def opt_tunnel_to(self, entry: str) -> None:
+        """HTTPS tunnels may also go to HOST[:PORT] (port 443 by default; repeatable)."""
+        self["tunnel-to"].append(entry)
 
     def _apply_settings_file(self) -> None:
         """Take from --config every option the command line did not give."""
@@ -285,6 +292,9 @@ class Options(usage.Options):
             drain_seconds=self["drain-seconds"],
             max_connections=self["max-connections"],
             max_connections_per_client=self["max-connections-per-client"],
+            tunnel_to=tuple(self["tunnel-to"]),
+            no_tunnel=bool(self["no-tunnel"]),
+            tunnel_idle_timeout=self["tunnel-idle-timeout"],
         )
 
 

@@ -1,0 +1,110 @@
+"""
+One HTTP/1.1 request head, read from a client that took the relay for an
+HTTP proxy.
+
+The relay reads the head only to learn where a CONNECT tunnel should go
+(and the client's language, for a refusal): at most L{MAX_HEAD} bytes, and
+nothing after it, which belongs to the tunnel.  A head that does not parse
+is a L{BadHead} carrying the HTTP status to answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["MAX_HEAD", "BadHead", "HeadReader", "RequestHead", "language_of"]
+
+#: Largest request head read; past it the client gets 431.
+MAX_HEAD = 8 * 1024
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \x00-\x1f\x7f]+) HTTP/1\.([01])")
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+
+
+class BadHead(ValueError):
+    """A head the relay cannot take: C{status} 400 or 431."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """A request line and its headers (names in lower case)."""
+
+    method: str
+    target: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+class HeadReader:
+    """Takes bytes until a whole head is in; then the head and what followed it."""
+
+    def __init__(self, limit: int = MAX_HEAD) -> None:
+        self.limit = limit
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[RequestHead, bytes] | None:
+        """
+        The head and the bytes after it once the head is whole, else C{None}.
+
+        @raise BadHead: the head is too long or does not parse.
+        """
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > self.limit:
+                raise BadHead(431, f"request head longer than {self.limit} bytes")
+            # A stray LF-only head would never end: it cannot be HTTP/1.1.
+            if b"\n\n" in self._buffer:
+                raise BadHead(400, "lines must end with CRLF")
+            return None
+        if end + 4 > self.limit:
+            raise BadHead(431, f"request head longer than {self.limit} bytes")
+        head, rest = self._buffer[:end], self._buffer[end + 4 :]
+        self._buffer = b""
+        return parse_head(head), rest
+
+
+def parse_head(head: bytes) -> RequestHead:
+    """Parse a head without its final blank line. @raise BadHead: (400) it is not HTTP."""
+    lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        raise BadHead(400, "not an HTTP/1.1 request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        found = _HEADER.fullmatch(line)
+        if found is None:
+            raise BadHead(400, "malformed header line")
+        name = found.group(1).decode("ascii").lower()
+        value = found.group(2).decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return RequestHead(match.group(1).decode("ascii"), match.group(2).decode("latin-1"), headers)
+
+
+def language_of(accept_language: str) -> str:
+    """C{fr} or C{en}, whichever of the two C{Accept-Language} prefers (English by default)."""
+    best, best_q = "en", -1.0
+    for part in accept_language.split(","):
+        tag, _, params = part.strip().partition(";")
+        primary = tag.strip().lower().split("-")[0]
+        if primary not in ("fr", "en"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q:
+            best, best_q = primary, q
+    return best

@@ -1,0 +1,507 @@
+"""
+The relay as an HTTPS proxy for e-PMSI: one client connection that began
+with an HTTP request head (L{epop.relay.session} sends it here on a first
+byte that is an ASCII letter).
+
+The client gets a tunnel (C{CONNECT host:port}) to an allowed destination
+(L{epop.relay.destinations}) and nothing else: every other request is
+answered with a short plain-text refusal, its status saying why, and
+closed; nothing is forwarded.  The session provides L{IRelaySession}, so
+that the allowlist, the caps, the chooser and the relay's drain treat it
+as any workstation's connection, and it is journaled the same way: the
+connection opened and closed, and the tunnel as its operation.
+
+A refusal decided by a wrapper before the head was read (a client outside
+C{--allow}) waits for the head, so that it is written in the client's
+language (C{Accept-Language}, French or English).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from epop.addressing import host_port
+from epop.epmsi.proxy import ProxyConfig
+from epop.errors import EpopError, describe_upstream_failure
+from epop.messages import Text
+from epop.relay.destinations import Destination, Destinations, parse_destination
+from epop.relay.failures import relay_stopping
+from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
+from epop.relay.interfaces import IRelaySession
+from epop.relay.journaled import JournaledConnection
+from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
+
+__all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"]
+
+#: Seconds a tunnel may carry nothing, either way, before it is closed.
+DEFAULT_TUNNEL_IDLE_TIMEOUT = 300.0
+#: Time a closing connection gets to flush its refusal.
+CLOSE_GRACE = 5.0
+
+_PHRASES = {
+    200: "Connection established",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+#: The status of an error a wrapper or the relay decided, by its code.
+_STATUS_OF_CODE = {
+    "not-authorized": 403,
+    "too-many-connections": 503,
+    "too-many-connections-from-client": 503,
+    "too-many-silent-connections": 503,
+    "relay-stopping": 503,
+    "idle-timeout": 408,
+    "hello-timeout": 408,
+}
+
+
+class _Refusal(EpopError):
+    """A refusal of the HTTP side: an HTTP status with the journal's reason."""
+
+    def __init__(self, status: int, code: str, text: Text, cause: str | None = None) -> None:
+        super().__init__(code, text, cause)
+        self.status = status
+
+
+def _destinations_text(destinations: Destinations) -> Text:
+    return Text(
+        "This relay only opens HTTPS tunnels to e-PMSI: {destinations}.",
+        destinations=destinations.describe(),
+    )
+
+
+class _Tunnel:
+    """The session's operation: one tunnel, journaled as an object."""
+
+    kind = "tunnel"
+
+    def __init__(self, session: "HttpProxySession", destination: Destination) -> None:
+        self.session = session
+        self.destination = destination
+        self.address: str | None = None
+        self.started = session.clock.seconds()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connecting: Deferred[Any] | None = None
+        self._released = False
+        session.journal_event(
+            "object-instantiated",
+            "Object instantiated: {kind} to {destination}",
+            kind=self.kind,
+            destination=str(destination),
+        )
+
+    def abort(self, error: EpopError | None) -> None:
+        if self.connecting is not None and not self.connecting.called:
+            self.connecting.cancel()
+
+    def release(self, outcome: str, reason: str, error: str | None = None) -> None:
+        if self._released:
+            return
+        self._released = True
+        fields: dict[str, Any] = {}
+        if self.address is not None:
+            fields["destination_address"] = self.address
+        if error is not None:
+            fields["error"] = error
+        self.session.journal_released(
+            "Object released: {kind} to {destination}: {outcome} ({reason})",
+            kind=self.kind,
+            destination=str(self.destination),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=round(self.session.clock.seconds() - self.started, 6),
+            outcome=outcome,
+            reason=reason,
+            **fields,
+        )
+
+
+@implementer(IRelaySession)
+class HttpProxySession(JournaledConnection, Protocol):
+    """One client that speaks HTTP to the relay: a head, then a tunnel or a refusal."""
+
+    log = Logger()
+
+    def __init__(self, factory: "HttpProxyFactory", connection_id: int) -> None:
+        super().__init__(factory.relay.relay_id, connection_id, factory.reactor)
+        self.factory = factory
+        self.operation: _Tunnel | None = None
+        self._reader = HeadReader()
+        self._head: RequestHead | None = None
+        self._pending: EpopError | None = None
+        self._early: list[bytes] = []
+        self._far: FarSide | None = None
+        self._state = "head"
+        self._head_timer: Any = None
+        self._idle_timer: Any = None
+        self._last_activity = 0.0
+        self._grace: Any = None
+
+    # IRelaySession
+    def fail(self, error: EpopError) -> None:
+        """Refuse, or (during a tunnel) close: the connection cannot go on."""
+        if self._state == "closing":
+            return
+        if self._state == "head" and self._head is None and error.code == "not-authorized":
+            # Said once the head is in, in the client's language.
+            self._pending = error
+            return
+        if self._state == "tunnel":
+            self._end(error.code, "aborted")
+            return
+        self._refuse(self._as_refusal(error))
+
+    def timeoutConnection(self) -> None:
+        self._refuse(_Refusal(408, "idle-timeout", Text("No request arrived in time.")))
+
+    def count_refused(self, data: bytes) -> None:
+        super().count_refused(data)
+        if self._pending is not None and self._state == "head":
+            self._read_head(data)
+
+    # connection lifetime
+    def connectionMade(self) -> None:
+        self._opened = self.clock.seconds()
+        self.factory.relay.connections[self.connection_id] = self
+        self._head_timer = self.clock.callLater(self.factory.hello_timeout, self._head_too_slow)
+        if self.factory.relay.draining:
+            self.fail(relay_stopping())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._state == "head":
+            self._read_head(data)
+        elif self._state == "connecting":
+            self._early.append(data)
+        elif self._state == "tunnel":
+            assert self.operation is not None and self._far is not None
+            self.operation.bytes_in += len(data)
+            self._last_activity = self.clock.seconds()
+            self._far.transport.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.opened()
+        self._stop_timers()
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        if self._close_reason is None:
+            self._close_reason = "closed-by-client"
+        operation, self.operation = self.operation, None
+        if operation is not None:
+            operation.abort(None)
+            operation.release(
+                "completed" if self._state == "tunnel" else "aborted", self._close_reason, self._close_error
+            )
+        if self._far is not None and self._far.transport is not None:
+            self._far.transport.loseConnection()
+        self._state = "closing"
+        self.factory.relay.connections.pop(self.connection_id, None)
+        self.journal_closed()
+
+    # the head
+    def _read_head(self, data: bytes) -> None:
+        try:
+            found = self._reader.feed(data)
+        except BadHead as bad:
+            if self._pending is not None:
+                self._refuse(self._as_refusal(self._pending))
+            elif bad.status == 431:
+                self._refuse(
+                    _Refusal(
+                        431,
+                        "http-head-too-large",
+                        Text("The request head is over {limit} bytes.", limit=self._reader.limit),
+                    )
+                )
+            else:
+                self._refuse(
+                    _Refusal(
+                        400,
+                        "http-bad-request",
+                        Text("This is not an HTTP/1.1 request this relay can read."),
+                    )
+                )
+            return
+        if found is None:
+            return
+        self._head, rest = found
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self.opened()
+        if self._pending is not None:
+            self._refuse(self._as_refusal(self._pending))
+            return
+        self._decide(self._head, rest)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        seconds = f"{self.factory.hello_timeout:g}"
+        if self._pending is not None:
+            self._refuse(self._as_refusal(self._pending))
+            return
+        self._refuse(
+            _Refusal(
+                408,
+                "hello-timeout",
+                Text("The request head did not arrive whole within {seconds} s.", seconds=seconds),
+            )
+        )
+
+    def _decide(self, head: RequestHead, rest: bytes) -> None:
+        destinations = self.factory.destinations
+        if not destinations:
+            self._refuse(
+                _Refusal(
+                    403,
+                    "tunnels-disabled",
+                    Text("This e-POP relay does not act as an HTTPS proxy (--no-tunnel)."),
+                )
+            )
+            return
+        if head.method == "CONNECT":
+            try:
+                host, port = parse_destination(head.target, default_port=0)
+            except ValueError:
+                host, port = "", 0
+            if not host or not port:
+                self._refuse(
+                    _Refusal(400, "http-bad-request", Text("CONNECT needs a host and a port (HOST:PORT)."))
+                )
+                return
+            destination = destinations.find(host, port)
+            if destination is None:
+                self._refuse(
+                    _Refusal(
+                        403,
+                        "destination-not-allowed",
+                        Text(
+                            "{destination} is not a destination of this relay. {allowed}",
+                            destination=host_port(host, port),
+                            allowed=_destinations_text(destinations),
+                        ),
+                    )
+                )
+                return
+            self._open(destination, rest)
+            return
+        if head.target.lower().startswith(("http://", "https://")):
+            self._refuse(
+                _Refusal(
+                    403,
+                    "not-a-tunnel",
+                    Text(
+                        "This relay does not fetch web pages; it only tunnels HTTPS to e-PMSI. "
+                        "{allowed}",
+                        allowed=_destinations_text(destinations),
+                    ),
+                )
+            )
+            return
+        self._refuse(
+            _Refusal(
+                405,
+                "http-method-not-allowed",
+                Text(
+                    "This is an e-POP relay: use it as an HTTPS proxy (CONNECT) for e-PMSI. "
+                    "{allowed}",
+                    allowed=_destinations_text(destinations),
+                ),
+            )
+        )
+
+    # the tunnel
+    def _open(self, destination: Destination, rest: bytes) -> None:
+        self._state = "connecting"
+        if rest:
+            self._early.append(rest)
+        # Whatever else the client sends waits in its socket, not here.
+        self.transport.pauseProducing()
+        tunnel = self.operation = _Tunnel(self, destination)
+        factory = self.factory
+        far = self._far = FarSide(self)
+        if factory.proxy is not None:
+            d = connect_destination(
+                factory.reactor, far, destination.host, destination.port, None,
+                timeout=factory.connect_timeout, proxy=factory.proxy,
+            )
+        else:
+            d = resolve(factory.reactor, destination.host, destination.port)
+
+            def resolved(address: str) -> Deferred[Any]:
+                tunnel.address = address
+                if not destination.may_resolve_to(address):
+                    raise _Refusal(
+                        502,
+                        "destination-resolves-locally",
+                        Text(
+                            "{destination} resolves to {address}, an address of this machine "
+                            "or its local link: the relay does not tunnel there.",
+                            destination=str(destination),
+                            address=address,
+                        ),
+                    )
+                return connect_destination(
+                    factory.reactor, far, destination.host, destination.port, address,
+                    timeout=factory.connect_timeout,
+                )
+
+            d.addCallback(resolved)
+        tunnel.connecting = d
+        d.addCallbacks(self._connected, self._not_connected)
+
+    def _connected(self, far: Any) -> None:
+        tunnel = self.operation
+        if self._state != "connecting" or tunnel is None:
+            far.transport.abortConnection()
+            return
+        if tunnel.address is None:
+            peer = far.transport.getPeer()
+            tunnel.address = None if self.factory.proxy is not None else getattr(peer, "host", None)
+        self._state = "tunnel"
+        answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
+        self.bytes_out += len(answer)
+        self.transport.write(answer)
+        splice(self.transport, far.transport)
+        early, self._early = self._early, []
+        for data in early:
+            tunnel.bytes_in += len(data)
+            far.transport.write(data)
+        self.transport.resumeProducing()
+        self._last_activity = self.clock.seconds()
+        self._idle_timer = self.clock.callLater(self.factory.idle_timeout, self._idle_check)
+
+    def _not_connected(self, failure: Failure) -> None:
+        if self._state != "connecting":
+            return
+        self.transport.resumeProducing()
+        tunnel = self.operation
+        destination = str(tunnel.destination) if tunnel is not None else "?"
+        error = failure.value
+        if not isinstance(error, _Refusal):
+            error = describe_upstream_failure(failure, destination, timeout=self.factory.connect_timeout)
+            timed_out = error.cause in ("timeout", "proxy-timeout")
+            error = _Refusal(
+                504 if timed_out else 502,
+                "tunnel-timeout" if timed_out else "tunnel-unreachable",
+                error.text,
+                error.cause or error.code,
+            )
+        self._refuse(error)
+
+    def far_received(self, data: bytes) -> None:
+        if self.operation is not None:
+            self.operation.bytes_out += len(data)
+        self.bytes_out += len(data)
+        self._last_activity = self.clock.seconds()
+        self.transport.write(data)
+
+    def far_lost(self, reason: Failure) -> None:
+        if self._state == "tunnel":
+            self._end("closed-by-destination", "completed")
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        left = self._last_activity + self.factory.idle_timeout - self.clock.seconds()
+        if left > 0:
+            self._idle_timer = self.clock.callLater(left, self._idle_check)
+            return
+        self._end("tunnel-idle", "aborted")
+
+    def _end(self, reason: str, outcome: str) -> None:
+        """Close both sides of a tunnel."""
+        self.ending_because(reason)
+        if self.operation is not None:
+            self.operation.release(outcome, reason)
+        self._state = "closing"
+        self._stop_timers()
+        if self._far is not None and self._far.transport is not None:
+            self._far.transport.loseConnection()
+        self.transport.loseConnection()
+        self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    # refusals
+    def _as_refusal(self, error: EpopError) -> _Refusal:
+        if isinstance(error, _Refusal):
+            return error
+        return _Refusal(_STATUS_OF_CODE.get(error.code, 400), error.code, error.text, error.cause)
+
+    def _refuse(self, refusal: _Refusal) -> None:
+        if self._state == "closing":
+            return
+        self.opened()
+        self._stop_timers()
+        self._close_reason = refusal.code
+        self._close_error = refusal.cause
+        operation, self.operation = self.operation, None
+        if operation is not None:
+            operation.abort(refusal)
+            operation.release("failed" if refusal.status >= 500 else "refused", refusal.code, refusal.cause)
+        self._state = "closing"
+        language = language_of(self._head.header("accept-language") if self._head else "")
+        body = (refusal.render(language) + "\n").encode("utf-8")
+        head = (
+            f"HTTP/1.1 {refusal.status} {_PHRASES[refusal.status]}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("ascii")
+        self.bytes_out += len(head) + len(body)
+        self.transport.write(head + body)
+        self.transport.loseConnection()
+        self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._head_timer = self._idle_timer = None
+
+
+class HttpProxyFactory(Factory):
+    """
+    Builds one L{HttpProxySession} per HTTP client, numbered, timed and
+    drained with the relay's own connections (C{relay}, the
+    L{epop.relay.protocol.RelayFactory}).
+
+    @param destinations: where tunnels may go; empty turns them off.
+    @param proxy: the hospital's proxy, for the relay's side of each tunnel.
+    @param idle_timeout: seconds a tunnel may carry nothing before it closes.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        relay: Any,
+        destinations: Destinations,
+        *,
+        proxy: ProxyConfig | None = None,
+        connect_timeout: float = 30.0,
+        hello_timeout: float = 30.0,
+        idle_timeout: float = DEFAULT_TUNNEL_IDLE_TIMEOUT,
+    ) -> None:
+        self.relay = relay
+        self.reactor = relay.reactor
+        self.destinations = destinations
+        self.proxy = proxy
+        self.connect_timeout = connect_timeout
+        self.hello_timeout = hello_timeout
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr: IAddress) -> HttpProxySession:
+        return HttpProxySession(self, self.relay.next_connection_id())

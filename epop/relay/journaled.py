@@ -1,0 +1,105 @@
+"""
+What every connection the relay serves shares, e-POP or HTTP: its number,
+its client, its byte counts, and its two journal lines.
+
+An e-POP session (L{epop.relay.protocol}) and an HTTP client of the relay as
+an HTTPS proxy (L{epop.relay.http_proxy}) are journaled alike, so that
+C{epop journal} and C{epop connections} read them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel
+
+from epop.addressing import format_peer
+from epop.journal import events as journal
+
+__all__ = ["JournaledConnection"]
+
+
+class JournaledConnection:
+    """
+    The journal's side of one connection.  Subclasses are protocols: they
+    have a C{transport} and a C{log}, and call L{opened} once the peer is
+    known for sure and L{journal_closed} when the connection is lost.
+
+    @ivar lost: fires once the connection is closed and journaled.
+    """
+
+    log: Any
+    transport: Any
+
+    def __init__(self, relay_id: str, connection_id: int, clock: Any) -> None:
+        self.relay_id = relay_id
+        self.connection_id = connection_id
+        self.clock = clock
+        self.client = "?"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.lost: Deferred[None] = Deferred()
+        #: When the connection was made (its first byte reached the relay).
+        self._opened = 0.0
+        self._journaled = False
+        self._close_reason: str | None = None
+        self._close_error: str | None = None
+
+    def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
+        journal.emit(
+            self.log,
+            self.relay_id,
+            event_type,
+            format,
+            connection=self.connection_id,
+            client=self.client,
+            **fields,
+        )
+
+    def journal_released(self, format: str, *, outcome: str, **fields: Any) -> None:
+        """An operation's last line: a warning unless it C{completed}."""
+        self.journal_event(
+            "object-released",
+            format,
+            level=LogLevel.info if outcome == "completed" else LogLevel.warn,
+            outcome=outcome,
+            **fields,
+        )
+
+    def opened(self) -> None:
+        """
+        Journal the connection's opening, once its peer is known for sure:
+        behind a load balancer speaking the PROXY protocol, the real client's
+        address is known only after the first bytes.
+        """
+        if self._journaled:
+            return
+        self._journaled = True
+        self.client = format_peer(self.transport.getPeer())
+        self.journal_event("connection-opened", "Connection {connection} opened from {client}")
+
+    def ending_because(self, reason: str, error: str | None = None) -> None:
+        """
+        Why the connection is ending, from a layer around it that knows
+        (TLS, the PROXY header), unless the relay already decided.
+        """
+        if self._close_reason is None:
+            self._close_reason, self._close_error = reason, error
+
+    def count_refused(self, data: bytes) -> None:
+        """Bytes of a refused connection, never read: the journal counts them all the same."""
+        self.bytes_in += len(data)
+
+    def journal_closed(self) -> None:
+        """The connection's last line, with its reason; then L{lost} fires."""
+        self.journal_event(
+            "connection-closed",
+            "Connection {connection} from {client} closed: {reason}",
+            duration=round(self.clock.seconds() - self._opened, 6),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            reason=self._close_reason,
+            **({"error": self._close_error} if self._close_error else {}),
+        )
+        self.lost.callback(None)

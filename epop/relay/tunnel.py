@@ -1,0 +1,118 @@
+"""
+The far end of an HTTP CONNECT tunnel: resolve, connect, splice.
+
+The relay resolves the destination's name once and connects to the address
+it got (L{resolve}, L{connect_destination}), directly or through the
+hospital's proxy (L{epop.epmsi.tunnel.TunnelEndpoint}, which asks the proxy
+for the same CONNECT with the relay's own Basic credentials).  Then
+L{splice} registers each transport as the other's producer, as
+L{twisted.protocols.portforward} does: a side that reads slowly pauses the
+other, so the relay holds at most a socket buffer each way, whatever the
+size of the transfer.  The bytes are TLS the relay never decrypts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from epop.addressing import ip_of
+from epop.epmsi.proxy import ProxyConfig
+from epop.epmsi.tunnel import TunnelEndpoint
+
+__all__ = ["FarSide", "IFarEnd", "connect_destination", "resolve", "splice"]
+
+
+class IFarEnd(TypingProtocol):
+    """What the far side tells the session that owns it."""
+
+    def far_received(self, data: bytes) -> None: ...
+
+    def far_lost(self, reason: Failure) -> None: ...
+
+
+@implementer(IResolutionReceiver)
+class _FirstAddress:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.found: list[str] = []
+        self.done: Deferred[str] = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self.found.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if self.found:
+            self.done.callback(self.found[0])
+        else:
+            self.done.errback(DNSLookupError(self.host))
+
+
+def resolve(reactor: Any, host: str, port: int) -> Deferred[str]:
+    """The first address C{host} resolves to (an IP literal is its own)."""
+    if ip_of(host) is not None:
+        return succeed(host)
+    receiver = _FirstAddress(host)
+    reactor.nameResolver.resolveHostName(receiver, host, port)
+    return receiver.done
+
+
+class FarSide(Protocol):
+    """The relay's connection to the destination; every byte goes to its session."""
+
+    def __init__(self, session: IFarEnd) -> None:
+        self.session = session
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.far_received(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.session.far_lost(reason)
+
+
+class _OneProtocol(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+def connect_destination(
+    reactor: Any,
+    far: FarSide,
+    host: str,
+    port: int,
+    address: str | None,
+    *,
+    timeout: float,
+    proxy: ProxyConfig | None = None,
+) -> Deferred[Any]:
+    """
+    Connect C{far} to the destination: to C{address} (already resolved)
+    directly, or to C{host} through C{proxy}, which resolves it itself.
+    """
+    if proxy is not None:
+        return TunnelEndpoint(reactor, proxy, host, port, timeout).connect(_OneProtocol(far))
+    assert address is not None
+    kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+    return kind(reactor, address, port, timeout=timeout).connect(_OneProtocol(far))
+
+
+def splice(client: Any, far: Any) -> None:
+    """
+    Each transport the other's producer: the client's socket buffer full
+    pauses reading from the far side, and the other way round.
+    """
+    client.registerProducer(far, True)
+    far.registerProducer(client, True)

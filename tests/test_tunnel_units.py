@@ -1,0 +1,200 @@
+"""
+The parts of the relay's HTTPS proxy mode, alone: the allowed destinations,
+the request head, and the tunnel's flow control (with in-memory transports,
+not timing).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from epop.relay.destinations import ATIH_SIGN_IN, Destinations, is_local_address, parse_destination
+from epop.relay.http_head import MAX_HEAD, BadHead, HeadReader, language_of
+from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
+from epop.relay.protocol import RelayFactory
+from epop.relay.settings import RelaySettings, RelaySettingsError
+
+
+class DestinationTests(SynchronousTestCase):
+    def test_default_epmsi_and_sign_in(self) -> None:
+        """By default: e-PMSI's host and port, and ATIH's sign-in hosts."""
+        found = RelaySettings().destinations()
+        self.assertIsNotNone(found.find("www.epmsi.atih.sante.fr", 443))
+        for host, port in ATIH_SIGN_IN:
+            self.assertIsNotNone(found.find(host, port))
+        self.assertEqual(len(found.entries), 3)
+
+    def test_other_epmsi_alone(self) -> None:
+        """Another --epmsi: its host and port only, no ATIH hosts."""
+        found = RelaySettings(epmsi="https://epmsi.test:8443").destinations()
+        self.assertEqual([str(d) for d in found.entries], ["epmsi.test:8443"])
+
+    def test_exact_names(self) -> None:
+        """Case and a trailing dot aside, names match exactly; the port too."""
+        found = Destinations(("www.epmsi.atih.sante.fr", 443))
+        self.assertIsNotNone(found.find("WWW.epmsi.ATIH.sante.fr.", 443))
+        self.assertIsNone(found.find("epmsi.atih.sante.fr", 443))
+        self.assertIsNone(found.find("www.epmsi.atih.sante.fr.evil.example", 443))
+        self.assertIsNone(found.find("www.epmsi.atih.sante.fr", 8443))
+
+    def test_tunnel_to(self) -> None:
+        found = Destinations(None, extra=["files.example.org", "[fd00::1]:8443", "10.0.0.1:444"])
+        self.assertEqual(
+            [str(d) for d in found.entries], ["files.example.org:443", "[fd00::1]:8443", "10.0.0.1:444"]
+        )
+        self.assertIsNotNone(found.find("[fd00::1]", 8443))
+
+    def test_no_tunnel(self) -> None:
+        self.assertFalse(RelaySettings(no_tunnel=True).destinations())
+
+    def test_local_addresses(self) -> None:
+        """A built-in name may not resolve to this machine; a typed one or a literal may."""
+        builtin = Destinations(("www.epmsi.atih.sante.fr", 443), True).find("www.epmsi.atih.sante.fr", 443)
+        assert builtin is not None
+        for address in ("127.0.0.1", "::1", "169.254.1.1", "fe80::1", "::ffff:127.0.0.1"):
+            self.assertTrue(is_local_address(address), address)
+            self.assertFalse(builtin.may_resolve_to(address), address)
+        self.assertTrue(builtin.may_resolve_to("193.50.1.1"))
+        typed = Destinations(None, extra=["localhost:8443"]).find("localhost", 8443)
+        assert typed is not None
+        self.assertTrue(typed.may_resolve_to("127.0.0.1"))
+        literal = Destinations(("127.0.0.1", 443), True).find("127.0.0.1", 443)
+        assert literal is not None
+        self.assertTrue(literal.may_resolve_to("127.0.0.1"))
+
+    def test_bad_entries(self) -> None:
+        for entry in ("", "host:0", "host:99999", "host:x", "a b", "http://x", "[fd00::1"):
+            self.assertRaises(ValueError, parse_destination, entry)
+        with self.assertRaises(RelaySettingsError) as caught:
+            RelaySettings(tunnel_to=("host:x",))
+        self.assertIn("tunnel_to", str(caught.exception))
+        with self.assertRaises(RelaySettingsError):
+            RelaySettings(tunnel_to="host")  # type: ignore[arg-type]
+        with self.assertRaises(RelaySettingsError):
+            RelaySettings(tunnel_idle_timeout=0)
+
+
+class HeadTests(SynchronousTestCase):
+    def test_head_and_rest(self) -> None:
+        reader = HeadReader()
+        self.assertIsNone(reader.feed(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n"))
+        found = reader.feed(b"Accept-Language: fr\r\n\r\n\x16\x03")
+        assert found is not None
+        head, rest = found
+        self.assertEqual((head.method, head.target, head.header("Host")), ("CONNECT", "h:443", "h:443"))
+        self.assertEqual(rest, b"\x16\x03")
+
+    def test_limits(self) -> None:
+        with self.assertRaises(BadHead) as caught:
+            HeadReader().feed(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD)
+        self.assertEqual(caught.exception.status, 431)
+        for bad in (b"GET /\r\n\r\n", b"GET / HTTP/2\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n"):
+            with self.assertRaises(BadHead) as caught:
+                HeadReader().feed(bad)
+            self.assertEqual(caught.exception.status, 400, bad)
+
+    def test_language(self) -> None:
+        self.assertEqual(language_of(""), "en")
+        self.assertEqual(language_of("fr-FR,fr;q=0.9,en;q=0.8"), "fr")
+        self.assertEqual(language_of("de, en;q=0.5, fr;q=0.4"), "en")
+        self.assertEqual(language_of("en;q=0.1, fr-CA"), "fr")
+
+
+def _session(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession, StringTransport]:
+    relay = RelayFactory(reactor, None, "run")  # type: ignore[arg-type]
+    factory = HttpProxyFactory(relay, Destinations(None, extra=["10.0.0.9:443"]))
+    session = factory.buildProtocol(IPv4Address("TCP", "10.1.1.1", 5000))
+    client = StringTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5000))
+    session.makeConnection(client)
+    return relay, session, client
+
+
+def _tunnel(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession, StringTransport, StringTransport]:
+    """A session whose tunnel to 10.0.0.9:443 is open, over in-memory transports."""
+    relay, session, client = _session(reactor)
+    session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n\r\nhello")
+    [(_host, _port, connecting, _timeout, _bind)] = reactor.tcpClients
+    far = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 443))
+    connecting.buildProtocol(None).makeConnection(far)
+    return relay, session, client, far
+
+
+class FlowControlTests(SynchronousTestCase):
+    """Each side of a tunnel is the other's producer: a slow reader slows the writer."""
+
+    def test_producers_both_ways(self) -> None:
+        reactor = MemoryReactorClock()
+        relay, session, client = _session(reactor)
+        session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n\r\nhello")
+        # While the relay connects, the client is paused: nothing piles up.
+        self.assertEqual(client.producerState, "paused")
+        [(host, port, connecting, _timeout, _bind)] = reactor.tcpClients
+        self.assertEqual((host, port), ("10.0.0.9", 443))
+        far = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 443))
+        connecting.buildProtocol(None).makeConnection(far)
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertEqual(far.value(), b"hello")
+        self.assertEqual(client.producerState, "producing")
+        # The far side's buffer full: it pauses its producer, the client's socket.
+        self.assertIs(far.producer, client)
+        self.assertTrue(far.streaming)
+        far.producer.pauseProducing()
+        self.assertEqual(client.producerState, "paused")
+        # And the other way round.
+        self.assertIs(client.producer, far)
+        client.producer.pauseProducing()
+        self.assertEqual(far.producerState, "paused")
+        client.producer.resumeProducing()
+        self.assertEqual(far.producerState, "producing")
+        session.connectionLost(None)  # type: ignore[arg-type]
+        self.assertTrue(far.disconnecting)
+
+
+class DrainTests(SynchronousTestCase):
+    """On stop, a tunnel gets the drain an e-POP operation gets."""
+
+    def test_tunnel_gets_the_grace_period(self) -> None:
+        reactor = MemoryReactorClock()
+        relay, session, client, far = _tunnel(reactor)
+        drained = relay.drain(10)
+        reactor.advance(9)
+        self.assertFalse(client.disconnecting)
+        self.assertNoResult(drained)
+        reactor.advance(1)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(far.disconnecting)
+        session.connectionLost(None)  # type: ignore[arg-type]
+        self.successResultOf(drained)
+
+    def test_tunnel_ending_in_the_grace_period(self) -> None:
+        reactor = MemoryReactorClock()
+        relay, session, client, far = _tunnel(reactor)
+        drained = relay.drain(10)
+        session.far_lost(None)  # type: ignore[arg-type]
+        self.assertTrue(client.disconnecting)
+        session.connectionLost(None)  # type: ignore[arg-type]
+        self.successResultOf(drained)
+
+    def test_waiting_for_its_head(self) -> None:
+        """A client that has not asked for a tunnel yet is told at once: 503."""
+        reactor = MemoryReactorClock()
+        relay, session, client = _session(reactor)
+        relay.drain(10)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 503 "), client.value())
+        self.assertIn(b"The relay is stopping", client.value())
+
+    def test_idle_tunnel(self) -> None:
+        """Nothing either way for the idle timeout: closed; traffic either way keeps it open."""
+        reactor = MemoryReactorClock()
+        relay, session, client, far = _tunnel(reactor)
+        reactor.advance(200)
+        session.far_received(b"x")
+        reactor.advance(200)
+        session.dataReceived(b"y")
+        reactor.advance(299)
+        self.assertFalse(client.disconnecting)
+        reactor.advance(1)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(far.disconnecting)
