@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from epop.messages import LANGUAGES
+
 __all__ = ["MAX_HEAD", "BadHead", "HeadReader", "RequestHead", "language_of"]
 
 #: Largest request head read; past it the client gets 431.
@@ -90,12 +92,12 @@ def parse_head(head: bytes) -> RequestHead:
 
 
 def language_of(accept_language: str) -> str:
-    """C{fr} or C{en}, whichever of the two C{Accept-Language} prefers (English by default)."""
+    """The one of L{LANGUAGES} that C{Accept-Language} prefers (English by default)."""
     best, best_q = "en", -1.0
     for part in accept_language.split(","):
         tag, _, params = part.strip().partition(";")
         primary = tag.strip().lower().split("-")[0]
-        if primary not in ("fr", "en"):
+        if primary not in LANGUAGES:
             continue
         q = 1.0
         for param in params.split(";"):
