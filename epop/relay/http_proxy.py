@@ -18,6 +18,7 @@ language (C{Accept-Language}, French or English).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -131,6 +132,19 @@ class _Tunnel:
         )
 
 
+class _Stage(Enum):
+    """Where an HTTP session stands: the head, then a tunnel or a refusal."""
+
+    #: Reading the request head.
+    HEAD = "head"
+    #: An allowed CONNECT: resolving and connecting to the destination.
+    CONNECTING = "connecting"
+    #: Both sides spliced, bytes moving.
+    TUNNEL = "tunnel"
+    #: Answered or ended: nothing more is read or sent.
+    CLOSING = "closing"
+
+
 @implementer(IRelaySession)
 class HttpProxySession(JournaledConnection, Protocol):
     """One client that speaks HTTP to the relay: a head, then a tunnel or a refusal."""
@@ -146,7 +160,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._pending: EpopError | None = None
         self._early: list[bytes] = []
         self._far: FarSide | None = None
-        self._state = "head"
+        self._state = _Stage.HEAD
         self._head_timer: Any = None
         self._idle_timer: Any = None
         self._last_activity = 0.0
@@ -155,13 +169,13 @@ class HttpProxySession(JournaledConnection, Protocol):
     # IRelaySession
     def fail(self, error: EpopError) -> None:
         """Refuse, or (during a tunnel) close: the connection cannot go on."""
-        if self._state == "closing":
+        if self._state is _Stage.CLOSING:
             return
-        if self._state == "head" and self._head is None and error.code == "not-authorized":
+        if self._state is _Stage.HEAD and self._head is None and error.code == "not-authorized":
             # Said once the head is in, in the client's language.
             self._pending = error
             return
-        if self._state == "tunnel":
+        if self._state is _Stage.TUNNEL:
             self._end(error.code, "aborted")
             return
         self._refuse(self._as_refusal(error))
@@ -171,7 +185,7 @@ class HttpProxySession(JournaledConnection, Protocol):
 
     def count_refused(self, data: bytes) -> None:
         super().count_refused(data)
-        if self._pending is not None and self._state == "head":
+        if self._pending is not None and self._state is _Stage.HEAD:
             self._read_head(data)
 
     # connection lifetime
@@ -184,11 +198,11 @@ class HttpProxySession(JournaledConnection, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self._state == "head":
+        if self._state is _Stage.HEAD:
             self._read_head(data)
-        elif self._state == "connecting":
+        elif self._state is _Stage.CONNECTING:
             self._early.append(data)
-        elif self._state == "tunnel":
+        elif self._state is _Stage.TUNNEL:
             assert self.operation is not None and self._far is not None
             self.operation.bytes_in += len(data)
             self._last_activity = self.clock.seconds()
@@ -205,11 +219,11 @@ class HttpProxySession(JournaledConnection, Protocol):
         if operation is not None:
             operation.abort(None)
             operation.release(
-                "completed" if self._state == "tunnel" else "aborted", self._close_reason, self._close_error
+                "completed" if self._state is _Stage.TUNNEL else "aborted", self._close_reason, self._close_error
             )
         if self._far is not None and self._far.transport is not None:
             self._far.transport.loseConnection()
-        self._state = "closing"
+        self._state = _Stage.CLOSING
         self.factory.relay.connections.pop(self.connection_id, None)
         self.journal_closed()
 
@@ -326,7 +340,7 @@ class HttpProxySession(JournaledConnection, Protocol):
 
     # the tunnel
     def _open(self, destination: Destination, rest: bytes) -> None:
-        self._state = "connecting"
+        self._state = _Stage.CONNECTING
         if rest:
             self._early.append(rest)
         # Whatever else the client sends waits in its socket, not here.
@@ -366,13 +380,13 @@ class HttpProxySession(JournaledConnection, Protocol):
 
     def _connected(self, far: Any) -> None:
         tunnel = self.operation
-        if self._state != "connecting" or tunnel is None:
+        if self._state is not _Stage.CONNECTING or tunnel is None:
             far.transport.abortConnection()
             return
         if tunnel.address is None:
             peer = far.transport.getPeer()
             tunnel.address = None if self.factory.proxy is not None else getattr(peer, "host", None)
-        self._state = "tunnel"
+        self._state = _Stage.TUNNEL
         answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
         self.bytes_out += len(answer)
         self.transport.write(answer)
@@ -386,7 +400,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._idle_timer = self.clock.callLater(self.factory.idle_timeout, self._idle_check)
 
     def _not_connected(self, failure: Failure) -> None:
-        if self._state != "connecting":
+        if self._state is not _Stage.CONNECTING:
             return
         self.transport.resumeProducing()
         tunnel = self.operation
@@ -411,7 +425,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self.transport.write(data)
 
     def far_lost(self, reason: Failure) -> None:
-        if self._state == "tunnel":
+        if self._state is _Stage.TUNNEL:
             self._end("closed-by-destination", "completed")
 
     def _idle_check(self) -> None:
@@ -427,7 +441,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self.ending_because(reason)
         if self.operation is not None:
             self.operation.release(outcome, reason)
-        self._state = "closing"
+        self._state = _Stage.CLOSING
         self._stop_timers()
         if self._far is not None and self._far.transport is not None:
             self._far.transport.loseConnection()
@@ -441,7 +455,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         return _Refusal(_STATUS_OF_CODE.get(error.code, 400), error.code, error.text, error.cause)
 
     def _refuse(self, refusal: _Refusal) -> None:
-        if self._state == "closing":
+        if self._state is _Stage.CLOSING:
             return
         self.opened()
         self._stop_timers()
@@ -451,7 +465,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         if operation is not None:
             operation.abort(refusal)
             operation.release("failed" if refusal.status >= 500 else "refused", refusal.code, refusal.cause)
-        self._state = "closing"
+        self._state = _Stage.CLOSING
         language = language_of(self._head.header("accept-language") if self._head else "")
         body = (refusal.render(language) + "\n").encode("utf-8")
         head = (
