@@ -260,7 +260,8 @@ def start_relay(
     server.log = log
     stack.callback(server.stop)
     wait_until(lambda: listening(port), f"relay on port {port}", server=server)
-    server.extra["journal"] = str(journal)
+    # The same port is an HTTPS proxy too (HTTP CONNECT to e-PMSI only).
+    server.extra.update(journal=str(journal), url=f"http://127.0.0.1:{port}")
     return server
 
 

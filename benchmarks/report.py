@@ -13,9 +13,27 @@ from benchmarks.suite import ROWS
 #: What the relay's peak RSS may add to its idle RSS during the rush.
 RUSH_MEMORY_MIB = 64
 
+#: How the memory table names the paths through the relay.
+MEMORY_PATH_TITLES = {"epop": "e-POP (as b)", "tunnel": "CONNECT (as h)"}
+
+#: What relaying the large file may add to the peak RSS of relaying the small one.
+MEMORY_GROWTH_MIB = 8
+
+#: Row h (curl through the relay's CONNECT mode) against row f (through squid).
+TUNNEL_VS_SQUID = 0.95
+
 
 def _mark(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _ratio(value: float | None, rounds: list[float]) -> str:
+    """A median ratio, with the spread of its rounds when there are several."""
+    measured = "-" if value is None else f"{value:.3f}"
+    if value is not None and len(rounds) > 1:
+        # The spread says how far one round's noise can move the verdict.
+        measured += f" (rounds {min(rounds):.2f} to {max(rounds):.2f})"
+    return measured
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,30 +45,46 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     transfers = results.get("transfers")
     if transfers:
+        ratios = transfers["ratios"]
         for name, limit, label in (("b/a", 0.85, "b/a >= 0.85"), ("c/b", 0.75, "c/b >= 0.75"),
-                                   ("b/f", 1.0, "b >= f (b/f >= 1)")):
-            value = transfers["ratios"][name]["median"]
-            rounds = transfers["ratios"][name]["per_repeat"]
-            measured = "-" if value is None else f"{value:.3f}"
-            if len(rounds) > 1:
-                # The spread says how far one round's noise can move the verdict.
-                measured += f" (rounds {min(rounds):.2f} to {max(rounds):.2f})"
-            add(label, measured, None if value is None else value >= limit)
+                                   ("b/f", 1.0, "b >= f (b/f >= 1)"),
+                                   ("h/f", TUNNEL_VS_SQUID, f"h >= {TUNNEL_VS_SQUID} x f (h/f >= {TUNNEL_VS_SQUID})")):
+            value = ratios.get(name, {}).get("median")
+            add(label, _ratio(value, ratios.get(name, {}).get("per_repeat", [])),
+                None if value is None else value >= limit)
+        # The relay's CPU per GiB in h against squid's in f, round by round.
+        cpu = ratios.get("h/f relay CPU", {})
+        value = cpu.get("median")
+        measured = _ratio(value, cpu.get("per_repeat", []))
+        if value is not None:
+            rows = transfers["rows"]
+            h, f = (rows[key]["summary"]["relay_cpu_s_per_gib"] for key in "hf")
+            measured = f"h {h:.2f}, f {f:.2f} s/GiB: h/f {measured}"
+        add("relay CPU per GiB: h (relay) <= f (squid)", measured, None if value is None else value <= 1)
     memory = results.get("memory")
     if memory:
-        runs = {run["label"]: run for run in memory["runs"] if run.get("status") == "ok"}
-        large, small = runs.get("large"), runs.get("small")
-        if large:
-            peak = large["peak_rss_kib"] / 1024
-            add(f"relay peak RSS relaying {human(large['bytes'])} <= 64 MiB", f"{peak:.1f} MiB", peak <= 64)
-        else:
-            add("relay peak RSS relaying the large file <= 64 MiB", "-", None)
-        if large and small:
-            growth = (large["peak_rss_kib"] - small["peak_rss_kib"]) / 1024
-            add(f"peak RSS {human(large['bytes'])} - {human(small['bytes'])} <= 8 MiB",
-                f"{growth:+.1f} MiB", growth <= 8)
-        else:
-            add("peak RSS large - small <= 8 MiB", "-", None)
+        for route, label in (("epop", ""), ("tunnel", "tunnel (h): ")):
+            runs = {
+                run["label"]: run
+                for run in memory["runs"]
+                if run.get("status") == "ok" and run.get("path", "epop") == route
+            }
+            large, small = runs.get("large"), runs.get("small")
+            if route == "epop":
+                if large:
+                    peak = large["peak_rss_kib"] / 1024
+                    add(f"relay peak RSS relaying {human(large['bytes'])} <= 64 MiB", f"{peak:.1f} MiB", peak <= 64)
+                else:
+                    add("relay peak RSS relaying the large file <= 64 MiB", "-", None)
+            if large and small:
+                growth = (large["peak_rss_kib"] - small["peak_rss_kib"]) / 1024
+                measured = f"{growth:+.1f} MiB"
+                if route == "tunnel":
+                    measured += f" (peak {large['peak_rss_kib'] / 1024:.1f} MiB)"
+                add(f"{label}peak RSS {human(large['bytes'])} - {human(small['bytes'])} <= {MEMORY_GROWTH_MIB} MiB",
+                    measured, growth <= MEMORY_GROWTH_MIB)
+            else:
+                add(f"{label}peak RSS large - small <= {MEMORY_GROWTH_MIB} MiB", "-", None)
     rush = results.get("rush")
     if rush:
         if rush.get("status") == "ok":
@@ -162,14 +196,16 @@ def render(results: dict[str, Any]) -> str:
         out.append("")
         out.append("2. Relay memory (fresh relay each):")
         out.append("")
-        out.append("| relayed | MB/s | RSS at start MiB | peak RSS MiB | RSS after: private + files MiB |")
-        out.append("|---:|---:|---:|---:|---|")
+        out.append("| path | relayed | MB/s | RSS at start MiB | peak RSS MiB | RSS after: private + files MiB |")
+        out.append("|---|---:|---:|---:|---:|---|")
         for run in memory["runs"]:
+            route = MEMORY_PATH_TITLES.get(run.get("path", "epop"), run.get("path", "?"))
             if run.get("status") != "ok":
-                out.append(f"| {human(run['bytes'])} | FAILED: {_cell(run.get('reason', ''))} | | | |")
+                status = "skipped" if run.get("status") == "skipped" else "FAILED"
+                out.append(f"| {route} | {human(run['bytes'])} | {status}: {_cell(run.get('reason', ''))} | | | |")
                 continue
             out.append(
-                f"| {human(run['bytes'])} | {_num(run['mb_per_s'])} | {run['rss_before_kib'] / 1024:.1f} | "
+                f"| {route} | {human(run['bytes'])} | {_num(run['mb_per_s'])} | {run['rss_before_kib'] / 1024:.1f} | "
                 f"{run['peak_rss_kib'] / 1024:.1f} | {run['rss_anon_after_kib'] / 1024:.1f} + "
                 f"{run['rss_file_after_kib'] / 1024:.1f} |"
             )

@@ -3,9 +3,10 @@ The benchmark suite: ``make bench`` / ``python -m benchmarks.run [--quick]``.
 
 Runs on 127.0.0.1 only, every party a separate process:
 
-1. one large transfer (``--size``, 1 GiB by default), rows a-g (see ROWS),
+1. one large transfer (``--size``, 1 GiB by default), rows a-h (see ROWS),
    repeated ``--repeats`` times with the rows interleaved;
-2. the relay's peak RSS relaying a small and a large file (fresh relays);
+2. the relay's peak RSS relaying a small and a large file (fresh relays), by
+   e-POP and through its HTTP CONNECT tunnel;
 3. the month-end rush: many concurrent ``send_file`` from one driver process;
 4. churn: sequential ``test_connection`` through the relay (leak check).
 
@@ -132,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     preset.add_argument("--smoke", action="store_true", help="tiny sizes, one client, a few operations (the unit test's)")
     parser.add_argument("--size", type=parse_size, help="size of the one large transfer (default 1G; --quick 128M)")
     parser.add_argument("--repeats", type=int, help="runs of each transfer row, interleaved (default 3)")
-    parser.add_argument("--rows", default="abcdefg", help="transfer rows to run, e.g. ab (default abcdefg)")
+    parser.add_argument("--rows", default="".join(ROWS), help=f"transfer rows to run, e.g. ab (default {''.join(ROWS)})")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"parts to run (default {','.join(PARTS)})")
     parser.add_argument("--memory-sizes", help="small,large files relayed for the memory part (default 100M,2G)")
     parser.add_argument("--clients", type=int, help="concurrent clients in the rush (default 200)")

@@ -60,10 +60,25 @@ ROWS: dict[str, Row] = {
         Row("e", "curl -> sandbox (direct)", "curl", ("curl",)),
         Row("f", "curl -> squid (CONNECT, Basic) -> sandbox", "curl", ("curl", "squid"), "squid"),
         Row("g", "curl -> socat -> sandbox", "curl", ("curl", "socat"), "socat"),
+        Row("h", "curl -> relay (CONNECT) -> sandbox", "curl", ("curl",), "epop relay"),
     )
 }
 
 PARTS = ("transfers", "memory", "rush", "churn")
+
+#: The memory part's paths through a fresh relay: e-POP (as in row b) and
+#: the HTTP CONNECT tunnel (as in row h), with what each needs.
+MEMORY_PATHS: dict[str, tuple[str, ...]] = {"epop": (), "tunnel": ("curl",)}
+
+#: Ratios compared round by round: name, numerator row, denominator row, and
+#: the figure of each run compared (throughput, or the relaying process's CPU).
+RATIOS: tuple[tuple[str, str, str, str], ...] = (
+    ("b/a", "b", "a", "mb_per_s"),
+    ("c/b", "c", "b", "mb_per_s"),
+    ("b/f", "b", "f", "mb_per_s"),
+    ("h/f", "h", "f", "mb_per_s"),
+    ("h/f relay CPU", "h", "f", "relay_cpu_s_per_gib"),
+)
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0-100) of a non-empty sequence."""
@@ -74,6 +89,28 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _figure(run: dict[str, Any], figure: str) -> float | None:
+    """A run's throughput (C{mb_per_s}) or its relaying process's C{relay_cpu_s_per_gib}."""
+    if figure == "relay_cpu_s_per_gib":
+        return run["relay"]["cpu_s_per_gib"] if "relay" in run else None
+    return float(run[figure])
+
+
+def round_ratios(rows: dict[str, Any], top: str, bottom: str, figure: str) -> dict[str, Any]:
+    """
+    C{figure} of row C{top} over row C{bottom}, round by round (runs made
+    next to each other), and their median: drift between rounds cancels.
+    """
+    first = {r["repeat"]: _figure(r, figure) for r in rows.get(top, {}).get("runs", [])}
+    second = {r["repeat"]: _figure(r, figure) for r in rows.get(bottom, {}).get("runs", [])}
+    pairs: list[float] = []
+    for repeat in sorted(first):
+        over, under = first[repeat], second.get(repeat)
+        if over is not None and under:
+            pairs.append(over / under)
+    return {"median": _median(pairs), "per_repeat": pairs}
 
 
 def _client_env(workdir: Path) -> dict[str, str]:
@@ -177,8 +214,11 @@ class Bench:
                    "-F", f"{FIELD}=@{path}", "-o", str(receipt_path),
                    "-w", "%{http_code} %{time_total} %{size_upload}", url]
         if proxy is not None:
-            command[1:1] = ["--proxy", proxy.extra["url"],
-                            "--proxy-user", f"{proxy.extra['user']}:{proxy.extra['password']}"]
+            # squid asks for Basic credentials; the relay's CONNECT mode, as
+            # started here, does not (no --tunnel-users).
+            command[1:1] = ["--proxy", proxy.extra["url"]]
+            if "user" in proxy.extra:
+                command[3:3] = ["--proxy-user", f"{proxy.extra['user']}:{proxy.extra['password']}"]
         size = path.stat().st_size
         with deleting(receipt_path):
             run = run_client(command, self.workdir, name, self._timeout(size), self.env)
@@ -243,7 +283,7 @@ class Bench:
             stack.callback(self.clear)
             measured: Server | None = None
             proxy: Server | None = None
-            if row.key in "bcd":
+            if row.key in "bcdh":
                 if row.key == "d":
                     proxy = self.squid(f"squid-{name}", stack)
                 measured = self.relay(f"relay-{name}", stack, tls=row.key == "c", proxy=proxy)
@@ -265,7 +305,8 @@ class Bench:
                         f"client-{name}", path, sha256,
                         relay=measured if row.key in "bcd" else None, tls=row.key == "c",
                     )
-                elif row.key == "f":
+                elif row.key in "fh":
+                    # f: squid's CONNECT, with Basic; h: the relay's CONNECT mode.
                     outcome = self.curl_send(f"client-{name}", path, sha256, proxy=measured)
                 elif row.key == "g":
                     assert measured is not None
@@ -376,47 +417,67 @@ class Bench:
                     "relay_peak_rss_kib": max(r["peak_rss_kib"] for r in relays) if relays else None,
                 }
         # Ratios from runs measured side by side: per repeat, then the median.
-        ratios: dict[str, Any] = {}
-        for name, top, bottom in (("b/a", "b", "a"), ("c/b", "c", "b"), ("b/f", "b", "f")):
-            first = {r["repeat"]: r["mb_per_s"] for r in part["rows"].get(top, {}).get("runs", [])}
-            second = {r["repeat"]: r["mb_per_s"] for r in part["rows"].get(bottom, {}).get("runs", [])}
-            pairs = [first[k] / second[k] for k in sorted(first) if k in second]
-            ratios[name] = {"median": _median(pairs), "per_repeat": pairs}
-        part["ratios"] = ratios
+        part["ratios"] = {
+            name: round_ratios(part["rows"], top, bottom, figure) for name, top, bottom, figure in RATIOS
+        }
         return part
 
     # -- 2. memory -------------------------------------------------------------
     def run_memory(self) -> dict[str, Any]:
+        """
+        A fresh relay per size and path: e-POP (row b's) and the CONNECT
+        tunnel (row h's), each relaying the same small then large file.
+        """
         part: dict[str, Any] = {"runs": []}
         for label, size in (("small", self.o.memory_small), ("large", self.o.memory_large)):
             path = self.workdir / f"memory-{label}.bin"
-            self.log(f"[memory] fresh relay, relaying {human(size)}")
-            try:
-                with deleting(path), contextlib.ExitStack() as stack:
-                    sha256 = make_random_file(path, size)
-                    stack.callback(self.clear)
-                    relay = self.relay(f"relay-memory-{label}", stack)
-                    before = sample(relay.pid)
-                    outcome = self.epop_send(f"client-memory-{label}", path, sha256, relay=relay)
-                    after = sample(relay.pid)
-            except (BenchError, OSError) as error:
-                part["runs"].append({"label": label, "bytes": size, "status": "failed", "reason": str(error)})
-                self.failures.append(f"memory {human(size)}: {error}")
-                self.log(f"  FAILED: {error}")
-                continue
-            run = {
-                "label": label, "bytes": size, "status": "ok", **outcome,
-                "mb_per_s": size / outcome["xfer_s"] / 1e6,
-                "rss_before_kib": before.rss_kib,
-                "peak_rss_kib": after.hwm_kib,
-                "rss_after_kib": after.rss_kib,
-                "rss_anon_after_kib": after.rss_anon_kib,
-                "rss_file_after_kib": after.rss_file_kib,
-                "cpu_s": after.cpu_s - before.cpu_s,
-            }
-            part["runs"].append(run)
-            self.log(f"  peak RSS {after.hwm_kib / 1024:.1f} MiB (started at {before.rss_kib / 1024:.1f} MiB)")
+            with deleting(path):
+                sha256: str | None = None
+                for route, needs in MEMORY_PATHS.items():
+                    reason = self.missing(needs)
+                    if reason:
+                        part["runs"].append({"label": label, "path": route, "bytes": size,
+                                             "status": "skipped", "reason": reason})
+                        continue
+                    self.log(f"[memory] fresh relay, relaying {human(size)} ({route})")
+                    try:
+                        if sha256 is None:
+                            sha256 = make_random_file(path, size)
+                        run = self.memory_run(label, route, path, sha256)
+                    except (BenchError, OSError) as error:
+                        part["runs"].append({"label": label, "path": route, "bytes": size,
+                                             "status": "failed", "reason": str(error)})
+                        self.failures.append(f"memory {human(size)} ({route}): {error}")
+                        self.log(f"  FAILED: {error}")
+                        continue
+                    part["runs"].append(run)
+                    self.log(f"  peak RSS {run['peak_rss_kib'] / 1024:.1f} MiB "
+                             f"(started at {run['rss_before_kib'] / 1024:.1f} MiB)")
         return part
+
+    def memory_run(self, label: str, route: str, path: Path, sha256: str) -> dict[str, Any]:
+        """One file through a fresh relay, by e-POP or by curl through its CONNECT mode."""
+        size = path.stat().st_size
+        name = f"memory-{label}" if route == "epop" else f"memory-{route}-{label}"
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.clear)
+            relay = self.relay(f"relay-{name}", stack)
+            before = sample(relay.pid)
+            if route == "epop":
+                outcome = self.epop_send(f"client-{name}", path, sha256, relay=relay)
+            else:
+                outcome = self.curl_send(f"client-{name}", path, sha256, proxy=relay)
+            after = sample(relay.pid)
+        return {
+            "label": label, "path": route, "bytes": size, "status": "ok", **outcome,
+            "mb_per_s": size / outcome["xfer_s"] / 1e6,
+            "rss_before_kib": before.rss_kib,
+            "peak_rss_kib": after.hwm_kib,
+            "rss_after_kib": after.rss_kib,
+            "rss_anon_after_kib": after.rss_anon_kib,
+            "rss_file_after_kib": after.rss_file_kib,
+            "cpu_s": after.cpu_s - before.cpu_s,
+        }
 
     # -- 3. rush ---------------------------------------------------------------
     def run_rush(self) -> dict[str, Any]:

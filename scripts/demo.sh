@@ -3,9 +3,12 @@
 #
 #   epop send  --(e-POP)-->  relay (twistd epop)  --(HTTPS)-->  e-PMSI sandbox
 #
+#   curl -x http://RELAY  --(CONNECT tunnel, TLS end to end)-->  sandbox
+#
 # Starts a local e-PMSI sandbox and a relay trusting its CA, tests the
-# connection, uploads a sample zip through the relay, checks the sandbox's
-# receipt against the file's SHA-256, prints the relay's journal, then stops
+# connection, uploads a sample zip through the relay, then again with curl
+# using the relay as its HTTPS proxy, checks each of the sandbox's receipts
+# against the file's SHA-256, prints the relay's journal, then stops
 # everything.  Exit status 0 only if every step succeeded.
 #
 # Environment: BIN=folder holding python, epop and twistd (default .venv/bin).
@@ -71,6 +74,29 @@ wait_for() {
     fail "$what: not ready after 10 s"
 }
 
+# check_receipt RECEIPT [WHAT]: the receipt's theFile SHA-256 must be the sample's.
+check_receipt() {
+    local received
+    received=$("$PY" -c '
+import json, sys
+receipt = json.load(open(sys.argv[1]))
+print(" ".join(f["sha256"] for f in receipt.get("files", []) if f.get("field") == "theFile"))
+' "$1") || { cat "$1" >&2 || true; fail "$1 is not a JSON receipt"; }
+    if [ "$received" != "$SAMPLE_SHA256" ]; then
+        fail "sha256 mismatch: sent $SAMPLE_SHA256, e-PMSI received '${received}'"
+    fi
+    echo "OK: e-PMSI received exactly ${2:-the file that was sent} ($SAMPLE_SHA256)"
+}
+
+# journaled_tunnel: the relay's journal records a tunnel that has ended.
+journaled_tunnel() {
+    "$PY" -c '
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1]) if line.endswith("\n")]
+sys.exit(not any(r.get("type") == "object-released" and r.get("kind") == "tunnel" for r in records))
+' "$JOURNAL"
+}
+
 heading "Scratch folder $DEMO"
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -129,15 +155,27 @@ heading "The sandbox's receipt (what e-PMSI would have answered)"
     || { cat "$DEMO/receipt.json"; fail "the receipt is not JSON"; }
 
 heading "Checking the receipt's SHA-256 against the sample"
-RECEIVED_SHA256=$("$PY" -c '
-import json, sys
-receipt = json.load(open(sys.argv[1]))
-print(" ".join(f["sha256"] for f in receipt.get("files", []) if f.get("field") == "theFile"))
-' "$DEMO/receipt.json")
-if [ "$RECEIVED_SHA256" != "$SAMPLE_SHA256" ]; then
-    fail "sha256 mismatch: sent $SAMPLE_SHA256, e-PMSI received '${RECEIVED_SHA256}'"
+check_receipt "$DEMO/receipt.json"
+
+heading "Sending the archive with curl, through the relay as its HTTPS proxy (CONNECT)"
+if command -v curl >/dev/null 2>&1; then
+    # What ATIH's applications and browsers do: the relay only opens a
+    # tunnel to e-PMSI; TLS runs end to end between curl and the sandbox.
+    echo "curl -x http://$RELAY --cacert .demo/sandbox/tls/ca.pem -F theFile=@.demo/sample.zip ... $SANDBOX_URL/syriusUpload.do"
+    # --noproxy "": a NO_PROXY naming 127.0.0.1 must not send curl around the relay.
+    HTTP_STATUS=$(curl -sS --max-time 60 -x "http://$RELAY" --noproxy "" --cacert "$CA" \
+        -F userId=demo -F year=2026 -F period=M11 -F finess=123456789 \
+        -F "theFile=@$SAMPLE" -o "$DEMO/receipt-curl.json" -w '%{http_code}' \
+        "$SANDBOX_URL/syriusUpload.do") || fail "curl through the relay's HTTPS proxy mode (http://$RELAY)"
+    [ "$HTTP_STATUS" = 200 ] \
+        || { cat "$DEMO/receipt-curl.json" >&2 || true; fail "curl through the relay: HTTP status $HTTP_STATUS"; }
+    check_receipt "$DEMO/receipt-curl.json" "the file curl sent through the relay's CONNECT tunnel"
+    # The relay journals the tunnel once curl has closed it.
+    wait_for "the relay's journal recording curl's tunnel (if none, curl went around the relay)" \
+        "$RELAY_PID" "$DEMO/relay.log" journaled_tunnel
+else
+    echo "SKIPPED: curl is not installed (apt-get install curl)"
 fi
-echo "OK: e-PMSI received exactly the file that was sent ($SAMPLE_SHA256)"
 
 heading "The relay's journal (.demo/journal.jsonl): time, event, client, description"
 "$PY" - "$JOURNAL" <<'PY'
@@ -151,4 +189,4 @@ with open(sys.argv[1]) as journal:
 PY
 [ -s "$JOURNAL" ] || fail "the journal $JOURNAL is empty"
 
-heading "Demo finished: sandbox -> relay -> upload -> receipt all OK"
+heading "Demo finished: sandbox -> relay -> upload (epop, and curl through the proxy) -> receipt all OK"

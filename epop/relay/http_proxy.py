@@ -38,6 +38,7 @@ from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
 from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
+from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
 __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"]
 
@@ -391,6 +392,10 @@ class HttpProxySession(JournaledConnection, Protocol):
         self.bytes_out += len(answer)
         self.transport.write(answer)
         splice(self.transport, far.transport)
+        # A tunnel costs per read and per send, not per byte: large pieces
+        # (a new connection reads small ones; see epop.tuning).
+        tune(self.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
+        tune(far.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
         early, self._early = self._early, []
         for data in early:
             tunnel.bytes_in += len(data)
