@@ -235,7 +235,7 @@ class BrowserThroughRelayTests(TestCase):
         port = sandbox.port.getHost().port
         browser = await Browser.start(
             self, reactor, [sandbox.certificate_pem],
-            [f"--proxy-server=http://127.0.0.1:{relay.port}", "--proxy-bypass-list=<-loopback>"],
+            [f"--proxy-server=http://127.0.0.1:{relay.port}"],
         )
         shown = await browser.call(_sandbox_title, browser.driver, f"https://{ELSEWHERE_NAME}:{port}/")
         self.assertEqual(shown, "ERR_TUNNEL_CONNECTION_FAILED")
