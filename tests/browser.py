@@ -13,6 +13,13 @@ sandbox (and, later, the relay) keeps serving while selenium blocks.
     with C{EPOP_REQUIRE_BROWSER=1} (CI sets it).
   - Every call into selenium is bounded in time; a call that overruns fails
     the test, and the cleanup kills the driver and its browser.
+  - Through the relay: Chromium never sends a loopback name or address
+    (C{localhost}, C{127.0.0.1}) to a PAC file, whatever
+    C{--proxy-bypass-list=<-loopback>} says (that flag only reaches fixed
+    proxies).  Tests therefore give the sandbox a name of the reserved
+    C{.test} domain: L{TestNames} lets the relay (and only it, through the
+    reactor's resolver) find it on loopback, and the browser, which never
+    resolves a name it sends to a proxy, cannot reach it any other way.
 """
 
 from __future__ import annotations
@@ -21,23 +28,29 @@ import base64
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface import implementer
 
 __all__ = [
     "CHROMEDRIVER",
     "CHROMIUM",
     "REQUIRE_VARIABLE",
     "Browser",
+    "TestNames",
+    "net_error",
     "require_browser",
     "spki_sha256",
 ]
@@ -98,6 +111,7 @@ class Browser:
         self._pool = pool
         self.driver = driver
         self._driver_pid = driver_pid
+        self._quit = False
 
     @classmethod
     async def start(
@@ -170,12 +184,79 @@ class Browser:
         )
 
     async def quit(self) -> None:
-        """Close Chromium and its driver; kill them if they do not go in time."""
+        """Close Chromium and its driver (once); kill them if they do not go in time."""
+        if self._quit:
+            return
+        self._quit = True
         try:
             await _bounded(self._reactor, self._pool, self.driver.quit, QUIT_TIMEOUT)
         except Exception:
             _kill_group_of(self._driver_pid)
             raise
+
+
+def net_error(driver: Any, url: str) -> str:
+    """
+    Open C{url}; the network error Chromium shows instead of the page
+    (C{ERR_TUNNEL_CONNECTION_FAILED}...), or C{""} if the page loaded.
+    """
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        driver.get(url)
+    except WebDriverException as e:
+        found = re.search(r"ERR_[A-Z_]+", str(e.msg))
+        return found.group(0) if found else str(e.msg)
+    found = re.search(r"ERR_[A-Z_]+", driver.page_source) if not driver.title.strip() else None
+    return found.group(0) if found else ""
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class TestNames:
+    """
+    The reactor's name resolver, plus a few test names (as C{/etc/hosts}
+    would add them), for as long as the test runs: the relay resolves them,
+    with its real code, to the addresses given.
+    """
+
+    __test__ = False  # not a test case, whatever pytest thinks of the name
+
+    def __init__(self, reactor: Any, names: Mapping[str, str]) -> None:
+        self._names = {name.lower(): address for name, address in names.items()}
+        self._reactor = reactor
+        self._fallback: Any = None
+
+    def install(self, testcase: SynchronousTestCase) -> None:
+        self._fallback = self._reactor.installNameResolver(self)
+        testcase.addCleanup(self._reactor.installNameResolver, self._fallback)
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        address = self._names.get(hostName.lower())
+        if address is None:
+            return self._fallback.resolveHostName(
+                resolutionReceiver, hostName, portNumber, addressTypes, transportSemantics
+            )
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        resolutionReceiver.addressResolved(IPv4Address("TCP", address, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
 
 
 async def _bounded(reactor: Any, pool: ThreadPool, function: Callable[[], _T], timeout: float) -> _T:

@@ -1,8 +1,10 @@
 """
 A real browser against the sandbox: headless Chromium (L{tests.browser})
 opens the sandbox's upload page over HTTPS, fills its form, sends a file,
-and the sandbox must hold that file intact.  Skipped without Chromium,
-its driver or selenium, unless C{EPOP_REQUIRE_BROWSER=1}.
+and the sandbox must hold that file intact; then the same through a real
+relay, the browser set up with the relay's PAC file, and the relay's
+refusals as a browser meets them.  Skipped without Chromium, its driver or
+selenium, unless C{EPOP_REQUIRE_BROWSER=1}.
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ import trustme
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests import browser as harness
-from tests.browser import REQUIRE_VARIABLE, Browser, require_browser, spki_sha256
-from tests.support import make_trustme_sandbox, poll_until, write_random_file
+from tests.browser import REQUIRE_VARIABLE, Browser, TestNames, net_error, require_browser, spki_sha256
+from tests.relaying import RunningRelay, start_relay
+from tests.support import TestSandbox, make_trustme_sandbox, poll_until, write_random_file
 
 #: Reading the receipt page after submitting: this many tries, this far apart.
 RECEIPT_ATTEMPTS = 100
 RECEIPT_INTERVAL = 0.1
+
+#: The sandbox's name for the relay (allowed), and a name it is not allowed
+#: to tunnel to: names, not loopback addresses, so that Chromium asks the
+#: PAC about them (see L{tests.browser}).
+EPMSI_NAME = "epmsi.epop.test"
+ELSEWHERE_NAME = "elsewhere.epop.test"
 
 FIELDS = {
     "userId": "browser-user",
@@ -124,6 +133,121 @@ class BrowserUploadTests(TestCase):
         title, file_inputs = await browser.call(open_page)
         self.assertEqual(file_inputs, 0, title)
         self.assertNotIn("e-PMSI sandbox", title)
+
+
+def _sandbox_title(driver: Any, url: str) -> str:
+    """Open C{url}; the page's title, or the network error shown instead."""
+    error = net_error(driver, url)
+    return error or str(driver.title)
+
+
+class BrowserThroughRelayTests(TestCase):
+    """
+    Chromium set up with the relay's PAC (C{--proxy-pac-url}), as
+    docs/applications.md tells administrators: e-PMSI (here the sandbox,
+    the relay's C{--epmsi}) goes through the relay, every other site
+    directly.
+    """
+
+    def start(self) -> tuple[Any, TestSandbox, RunningRelay]:
+        reactor = _reactor()
+        sandbox = make_trustme_sandbox(self, reactor)
+        TestNames(reactor, {EPMSI_NAME: "127.0.0.1"}).install(self)
+        relay = start_relay(
+            self, reactor, f"https://{EPMSI_NAME}:{sandbox.port.getHost().port}", sandbox.ca_path
+        )
+        return reactor, sandbox, relay
+
+    def pac_url(self, relay: RunningRelay) -> str:
+        return f"--proxy-pac-url=http://127.0.0.1:{relay.port}/proxy.pac"
+
+    def tunnels(self, relay: RunningRelay) -> list[str]:
+        return [r["destination"] for r in relay.records("object-instantiated") if r["kind"] == "tunnel"]
+
+    async def test_form_upload_through_relay(self) -> None:
+        """
+        The page and the upload reach the sandbox only through the relay's
+        tunnel (Chromium cannot resolve the sandbox's name itself); the
+        file arrives intact, and the relay journaled the PAC and the tunnel.
+        """
+        reactor, sandbox, relay = self.start()
+        browser = await Browser.start(self, reactor, [sandbox.certificate_pem], [self.pac_url(relay)])
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "rss.zip")
+        size = 300 * 1024
+        sha256 = write_random_file(path, size)
+        origin = f"https://{EPMSI_NAME}:{sandbox.port.getHost().port}"
+
+        action = await browser.call(_fill_and_submit, browser.driver, origin + "/", path)
+        receipt = await browser.call(_read_receipt, browser.driver)
+
+        self.assertEqual(action, origin + "/syriusUpload.do")
+        self.assertEqual(
+            [(f["field"], f["filename"], f["size"], f["sha256"]) for f in receipt["files"]],
+            [("theFile", "rss.zip", size, sha256)],
+        )
+        self.assertTrue(await poll_until(reactor, lambda: bool(sandbox.complete_files())))
+        [stored] = sandbox.complete_files()
+        self.assertEqual(sandbox.sha256_of(stored), sha256)
+        # The relay served the PAC, and carried the upload in its tunnels.
+        served = [r for r in relay.records("connection-closed") if r["reason"] == "served-pac"]
+        self.assertTrue(served, relay.types())
+        self.assertTrue(self.tunnels(relay))
+        self.assertEqual(set(self.tunnels(relay)), {origin[len("https://"):]})
+        await browser.quit()
+        self.assertTrue(
+            await poll_until(reactor, lambda: len(relay.records("object-released")) == len(self.tunnels(relay)))
+        )
+        released = relay.records("object-released")
+        self.assertEqual({r["destination_address"] for r in released}, {"127.0.0.1"})
+        self.assertGreater(sum(r["bytes_in"] for r in released), size)
+
+    async def test_other_sites_go_direct(self) -> None:
+        """
+        A site that is not a destination goes DIRECT per the PAC: the relay
+        never sees it (while the same browser's e-PMSI still goes through
+        the relay, so the PAC was in force).
+        """
+        reactor, sandbox, relay = self.start()
+        port = sandbox.port.getHost().port
+        browser = await Browser.start(
+            self, reactor, [sandbox.certificate_pem],
+            [self.pac_url(relay), f"--host-resolver-rules=MAP {ELSEWHERE_NAME} 127.0.0.1"],
+        )
+        title = await browser.call(_sandbox_title, browser.driver, f"https://{ELSEWHERE_NAME}:{port}/")
+        self.assertIn("e-PMSI sandbox", title)
+        self.assertEqual(self.tunnels(relay), [])
+        reasons = {r["reason"] for r in relay.records("connection-closed")}
+        self.assertEqual(reasons, {"served-pac"})
+
+        title = await browser.call(_sandbox_title, browser.driver, f"https://{EPMSI_NAME}:{port}/")
+        self.assertIn("e-PMSI sandbox", title)
+        self.assertEqual(set(self.tunnels(relay)), {f"{EPMSI_NAME}:{port}"})
+
+    async def test_relay_as_fixed_proxy_refuses_other_sites(self) -> None:
+        """
+        A browser given the relay as its fixed proxy (C{--proxy-server})
+        gets Chromium's tunnel error for a site that is not e-PMSI; the
+        relay journaled why, and nothing reached the site.
+        """
+        reactor, sandbox, relay = self.start()
+        port = sandbox.port.getHost().port
+        browser = await Browser.start(
+            self, reactor, [sandbox.certificate_pem],
+            [f"--proxy-server=http://127.0.0.1:{relay.port}"],
+        )
+        shown = await browser.call(_sandbox_title, browser.driver, f"https://{ELSEWHERE_NAME}:{port}/")
+        self.assertEqual(shown, "ERR_TUNNEL_CONNECTION_FAILED")
+        self.assertTrue(await poll_until(reactor, lambda: relay.records("connection-closed")))
+        # (Chromium's own background requests, plain http, get not-a-tunnel.)
+        reasons = {r["reason"] for r in relay.records("connection-closed")}
+        self.assertIn("destination-not-allowed", reasons)
+        self.assertLessEqual(reasons, {"destination-not-allowed", "not-a-tunnel"})
+        self.assertEqual(self.tunnels(relay), [])
+        # The allowed destination, through the same fixed proxy, loads.
+        title = await browser.call(_sandbox_title, browser.driver, f"https://{EPMSI_NAME}:{port}/")
+        self.assertIn("e-PMSI sandbox", title)
 
 
 class BrowserHarnessTests(SynchronousTestCase):

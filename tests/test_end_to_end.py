@@ -309,7 +309,7 @@ class MalformedInputTests(TestCase):
         is an HTTPS proxy for e-PMSI, tests.test_tunnel); a byte that is
         neither HTTP, TLS nor e-POP is told it is not e-POP.
         """
-        answer = await exchange(reactor, self.relay.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await exchange(reactor, self.relay.port, b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 405 "), answer)
         error = await self._error_for(b"\xff / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(error["code"], "bad-frame")

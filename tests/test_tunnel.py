@@ -164,7 +164,7 @@ class RefusalTests(TestCase):
         self.assertIn("only tunnels HTTPS to e-PMSI", body)
 
     async def test_other_method(self) -> None:
-        await self.refused(b"GET / HTTP/1.1\r\n\r\n", 405, "http-method-not-allowed")
+        await self.refused(b"GET /index.html HTTP/1.1\r\n\r\n", 405, "http-method-not-allowed")
 
     async def test_garbage(self) -> None:
         await self.refused(b"Hello there\r\n\r\n", 400, "http-bad-request")

@@ -13,7 +13,9 @@ itself (L{epop.relay.protocol}, its table of states in
 L{epop.relay.states}, a request's rules in L{epop.relay.request_rules}, its
 errors in L{epop.relay.failures}, its time limits in L{epop.relay.pacing}),
 with its operations (L{epop.relay.operations}, the upload's held tail in
-L{epop.relay.upload_body}).  L{epop.relay.network_interfaces} and
+L{epop.relay.upload_body}).  A browser's plain C{GET} of the relay's port
+gets its page or its PAC file (L{epop.relay.info_page},
+L{epop.relay.proxy_pac}).  L{epop.relay.network_interfaces} and
 L{epop.relay.commands} are C{epop interfaces}, which lists the addresses the
 relay can listen on.  The leg to e-PMSI is L{epop.epmsi}; the journal the
 relay writes is L{epop.journal}.

@@ -6,10 +6,12 @@ byte that is an ASCII letter).
 The client gets a tunnel (C{CONNECT host:port}) to an allowed destination
 (L{epop.relay.destinations}) and nothing else: every other request is
 answered with a short plain-text refusal, its status saying why, and
-closed; nothing is forwarded.  The session provides L{IRelaySession}, so
-that the allowlist, the caps, the chooser and the relay's drain treat it
-as any workstation's connection, and it is journaled the same way: the
-connection opened and closed, and the tunnel as its operation.
+closed; nothing is forwarded.  (A browser's plain C{GET} of the relay's
+page or PAC file, L{epop.relay.info_page}, is answered, then closed.)  The
+session provides L{IRelaySession}, so that the allowlist, the caps, the
+chooser and the relay's drain treat it as any workstation's connection,
+and it is journaled the same way: the connection opened and closed, and
+the tunnel as its operation.
 
 A refusal decided by a wrapper before the head was read (a client outside
 C{--allow}) waits for the head, so that it is written in the client's
@@ -35,8 +37,10 @@ from epop.messages import Text
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
+from epop.relay.info_page import page_for
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
+from epop.relay.proxy_pac import reached_address
 from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
 from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
@@ -314,6 +318,8 @@ class HttpProxySession(JournaledConnection, Protocol):
                 return
             self._open(destination, rest)
             return
+        if head.method in ("GET", "HEAD") and head.target.startswith("/") and self._serve_page(head):
+            return
         if head.target.lower().startswith(("http://", "https://")):
             self._refuse(
                 _Refusal(
@@ -470,17 +476,47 @@ class HttpProxySession(JournaledConnection, Protocol):
         if operation is not None:
             operation.abort(refusal)
             operation.release("failed" if refusal.status >= 500 else "refused", refusal.code, refusal.cause)
-        self._state = _Stage.CLOSING
         language = language_of(self._head.header("accept-language") if self._head else "")
         body = (refusal.render(language) + "\n").encode("utf-8")
+        self._answer(f"{refusal.status} {_PHRASES[refusal.status]}", "text/plain; charset=utf-8", body)
+
+    def _serve_page(self, head: RequestHead) -> bool:
+        """
+        A browser's C{GET} for the relay's page or its PAC
+        (L{epop.relay.info_page}), answered and closed; C{False} if there
+        is no such page.
+        """
+        reached = reached_address(self.transport.getHost(), head.header("host"))
+        if reached is None:
+            return False
+        language = language_of(head.header("accept-language"))
+        page = page_for(head.target, self.factory.destinations.entries, reached, language)
+        if page is None:
+            return False
+        self.opened()
+        self._stop_timers()
+        self._close_reason = page.reason
+        # Five minutes: a browser does not fetch the PAC again for every
+        # page, and a changed --tunnel-to still reaches it soon.
+        extra = "Cache-Control: max-age=300\r\nX-Content-Type-Options: nosniff\r\n"
+        self._answer("200 OK", page.content_type, page.body, extra, with_body=head.method != "HEAD")
+        return True
+
+    def _answer(
+        self, status: str, content_type: str, body: bytes, extra: str = "", *, with_body: bool = True
+    ) -> None:
+        """Send one whole answer (C{extra}: more header lines), then close."""
+        self._state = _Stage.CLOSING
         head = (
-            f"HTTP/1.1 {refusal.status} {_PHRASES[refusal.status]}\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"HTTP/1.1 {status}\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n"
+            f"{extra}"
             "Connection: close\r\n\r\n"
         ).encode("ascii")
-        self.bytes_out += len(head) + len(body)
-        self.transport.write(head + body)
+        data = head + body if with_body else head
+        self.bytes_out += len(data)
+        self.transport.write(data)
         self.transport.loseConnection()
         self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
