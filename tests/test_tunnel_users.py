@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from tests.programs import find_program
 from tests.relaying import exchange, start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 from tests.test_cli import run_epop
+from tests.test_drain import free_port, start_relay_process
 
 #: Cost 4, bcrypt's least: these tests check behaviour, not strength.
 _COST = 4
@@ -562,3 +565,62 @@ class ThroughRelayTests(TestCase):
         self.assertIn("the proxy demands a user name and password (407 Proxy Authentication Required)", err)
         self.assertEqual(self.sandbox_connections, [])
 
+
+
+class TwistdTests(TestCase):
+    """A real C{twistd epop --tunnel-users}: its log and journal keep passwords out."""
+
+    timeout = 120
+
+    async def test_passwords_never_written(self) -> None:
+        sandbox = make_trustme_sandbox(self, reactor)
+        users = htpasswd_file(self, ("alice", "s3cret-right"))
+        port = free_port()
+        relay = await start_relay_process(
+            self, port, "--epmsi", sandbox.url, "--ca-file", sandbox.ca_path, "--tunnel-users", users,
+        )
+        path = self.mktemp()
+        sha = write_random_file(path, 50 * 1024, seed=4)
+        codes = []
+        for account in ("alice:s3cret-right", "alice:s3cret-wrong", "s3cret-typed-as-user:x"):
+            out, err, code = await getProcessOutputAndValue(
+                "curl",
+                [
+                    "-sS", "--max-time", "60", "-x", f"http://127.0.0.1:{port}", "--proxy-user", account,
+                    "--cacert", sandbox.ca_path, "-F", f"theFile=@{path}", f"{sandbox.url}/syriusUpload.do",
+                ],
+                env=dict(os.environ, no_proxy="", NO_PROXY=""),
+            )
+            codes.append(code)
+            if code == 0:
+                self.assertEqual(json.loads(out)["files"][0]["sha256"], sha)
+        self.assertEqual([code == 0 for code in codes], [True, False, False])
+        self.assertIn(await relay.stop(), [(0, None), (None, signal.SIGTERM)])
+        reasons = [r["reason"] for r in relay.records() if r["type"] == "connection-closed"]
+        self.assertEqual(len(reasons), 3, relay.text())
+        self.assertEqual(reasons[1:], ["tunnel-credentials-wrong"] * 2)
+        journal = Path(relay.journal).read_text(encoding="utf-8")
+        log = relay.text()
+        self.assertIn("tunnel-credentials-wrong", log)
+        for text in (journal, log):
+            for secret in ("s3cret-right", "s3cret-wrong"):
+                self.assertNotIn(secret, text)
+            for account in ("alice:s3cret-right", "alice:s3cret-wrong"):
+                self.assertNotIn(base64.b64encode(account.encode()).decode(), text)
+            self.assertNotIn("Proxy-Authorization", text)
+
+    async def test_refused_at_start(self) -> None:
+        """A file with another kind of entry: one line from twistd, no traceback, no relay."""
+        users = write_users(self, bcrypt_line("alice", "a"), "bob:$apr1$x1ShkDAu$P3ZnH6Kdkz1.qmSmPF04a/")
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+             "epop", "--tunnel-users", users, "--journal", os.path.abspath(self.mktemp())],
+            env=dict(os.environ), path=os.path.dirname(users),
+        )
+        text = (out + err).decode(errors="replace")
+        self.assertNotEqual(code, 0)
+        self.assertIn(
+            f"--tunnel-users: {users}, line 2: user 'bob': only bcrypt entries are accepted (htpasswd -B)", text
+        )
+        self.assertNotIn("Traceback", text)

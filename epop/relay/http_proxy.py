@@ -38,6 +38,7 @@ from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.errors import EpopError, describe_upstream_failure
 from epop.messages import Text
+from epop.printable import printable
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
@@ -416,7 +417,9 @@ class HttpProxySession(JournaledConnection, Protocol):
             )
 
         def not_checked(failure: Failure) -> None:
-            self.log.failure("Could not check the password of {user}", failure, user=self.user)
+            self.log.failure(
+                "Could not check the password of {user}", failure, user=printable(self.user or "")
+            )
             if self._state is not _Stage.CREDENTIALS:
                 return
             self.transport.resumeProducing()
