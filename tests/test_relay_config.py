@@ -403,6 +403,7 @@ SAME_RULES = [
     ("max_connections", 2.5, "2.5", "expected a whole number of connections, not "),
     ("max_connections_per_client", -1, "-1", "expected a whole number of connections, not "),
     ("tunnel_idle_timeout", 0, "0", "expected a positive number of seconds, not "),
+    ("tunnel_users", "/nonexistent/users", "/nonexistent/users", "cannot read the users file /nonexistent/users: No such file or directory"),
     ("tunnel_to", ("files.example.org:https",), "files.example.org:https", "'files.example.org:https': the port must be a number from 1 to 65535"),
     ("proxy", ProxyConfig("p", 99999), "http://p:99999", "proxy 'http://p:99999' has an invalid port: expected "),
     ("proxy", ProxyConfig("p", 3128, user="dim"), "http://dim@p:3128", "the proxy user 'dim' needs a password"),
@@ -423,7 +424,7 @@ class SameRulesTests(SynchronousTestCase):
 
     def test_every_rule_is_covered(self) -> None:
         """SAME_RULES tries every field that has a rule beyond its type."""
-        rules = set(NUMBERS) | {"listen", "epmsi", "ca_file", "allow", "journal_rotate", "proxy", "tunnel_to"}
+        rules = set(NUMBERS) | {"listen", "epmsi", "ca_file", "allow", "journal_rotate", "proxy", "tunnel_to", "tunnel_users"}
         self.assertEqual({field for field, *_ in SAME_RULES}, rules)
 
     def test_python_api(self) -> None:

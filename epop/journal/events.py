@@ -41,6 +41,7 @@ EVENT_TYPES = (
 RECORD_FIELDS = (
     "connection",
     "client",
+    "user",
     "address",
     "port",
     "host",

@@ -16,6 +16,12 @@ the tunnel as its operation.
 A refusal decided by a wrapper before the head was read (a client outside
 C{--allow}) waits for the head, so that it is written in the client's
 language (C{Accept-Language}, French or English).
+
+With C{--tunnel-users}, a CONNECT to an allowed destination must also carry
+C{Proxy-Authorization: Basic} for one of its users
+(L{epop.relay.tunnel_users}), checked after the destination: a site the
+relay would refuse anyway gets its 403 without a password prompt, and no
+bcrypt run.  The password and the header are never journaled or logged.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.errors import EpopError, describe_upstream_failure
 from epop.messages import Text
+from epop.printable import printable
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
@@ -42,6 +49,7 @@ from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
 from epop.relay.proxy_pac import reached_address
 from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
+from epop.relay.tunnel_users import TunnelUsers, basic_credentials
 from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
 __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"]
@@ -56,6 +64,7 @@ _PHRASES = {
     400: "Bad Request",
     403: "Forbidden",
     405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
@@ -78,9 +87,21 @@ _STATUS_OF_CODE = {
 class _Refusal(EpopError):
     """A refusal of the HTTP side: an HTTP status with the journal's reason."""
 
-    def __init__(self, status: int, code: str, text: Text, cause: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, text: Text, cause: str | None = None, headers: str = ""
+    ) -> None:
         super().__init__(code, text, cause)
         self.status = status
+        #: More header lines for the answer, each ending with CRLF.
+        self.headers = headers
+
+
+#: What a 407 asks for (RFC 7617): Basic, its user name and password in UTF-8.
+_ASK_FOR_CREDENTIALS = 'Proxy-Authenticate: Basic realm="e-POP relay", charset="UTF-8"\r\n'
+
+
+def _credentials_refusal(code: str, text: Text) -> _Refusal:
+    return _Refusal(407, code, text, headers=_ASK_FOR_CREDENTIALS)
 
 
 def _destinations_text(destinations: Destinations) -> Text:
@@ -142,6 +163,8 @@ class _Stage(Enum):
 
     #: Reading the request head.
     HEAD = "head"
+    #: An allowed CONNECT with --tunnel-users: checking its credentials.
+    CREDENTIALS = "credentials"
     #: An allowed CONNECT: resolving and connecting to the destination.
     CONNECTING = "connecting"
     #: Both sides spliced, bytes moving.
@@ -170,6 +193,14 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._idle_timer: Any = None
         self._last_activity = 0.0
         self._grace: Any = None
+        #: The user of C{Proxy-Authorization}, once given (C{--tunnel-users}).
+        self.user: str | None = None
+
+    def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
+        # The user name only, once given: never the password or the header.
+        if self.user is not None:
+            fields.setdefault("user", self.user)
+        super().journal_event(event_type, format, **fields)
 
     # IRelaySession
     def fail(self, error: EpopError) -> None:
@@ -205,7 +236,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self.bytes_in += len(data)
         if self._state is _Stage.HEAD:
             self._read_head(data)
-        elif self._state is _Stage.CONNECTING:
+        elif self._state in (_Stage.CREDENTIALS, _Stage.CONNECTING):
             self._early.append(data)
         elif self._state is _Stage.TUNNEL:
             assert self.operation is not None and self._far is not None
@@ -316,6 +347,9 @@ class HttpProxySession(JournaledConnection, Protocol):
                     )
                 )
                 return
+            if self.factory.users is not None:
+                self._check_credentials(self.factory.users, head, destination, rest)
+                return
             self._open(destination, rest)
             return
         if head.method in ("GET", "HEAD") and head.target.startswith("/") and self._serve_page(head):
@@ -344,6 +378,67 @@ class HttpProxySession(JournaledConnection, Protocol):
                 ),
             )
         )
+
+    # the credentials (--tunnel-users)
+    def _check_credentials(
+        self, users: TunnelUsers, head: RequestHead, destination: Destination, rest: bytes
+    ) -> None:
+        """Open the tunnel once the user and password are right; else 407."""
+        credentials = basic_credentials(head.header("proxy-authorization"))
+        if credentials is None:
+            self._refuse(
+                _credentials_refusal(
+                    "tunnel-credentials-missing",
+                    Text(
+                        "This relay asks for a user name and password: set them in the "
+                        "proxy settings of the application (or let the browser ask for them)."
+                    ),
+                )
+            )
+            return
+        self.user = credentials[0] or None
+        self._state = _Stage.CREDENTIALS
+        if rest:
+            self._early.append(rest)
+        # Whatever else the client sends waits in its socket, not here.
+        self.transport.pauseProducing()
+        d = users.check(*credentials)
+        del credentials  # the password goes no further than the check
+
+        def checked(right: bool) -> None:
+            if self._state is not _Stage.CREDENTIALS:
+                return  # the client left, or the relay is stopping: already answered
+            if right:
+                early, self._early = self._early, []
+                self._open(destination, b"".join(early))
+                return
+            self.transport.resumeProducing()
+            self._refuse(
+                _credentials_refusal(
+                    "tunnel-credentials-wrong",
+                    Text(
+                        "The user name or password for this relay is wrong: check them in the "
+                        "proxy settings of the application, or ask the relay's administrator."
+                    ),
+                )
+            )
+
+        def not_checked(failure: Failure) -> None:
+            self.log.failure(
+                "Could not check the password of {user}", failure, user=printable(self.user or "")
+            )
+            if self._state is not _Stage.CREDENTIALS:
+                return
+            self.transport.resumeProducing()
+            self._refuse(
+                _Refusal(
+                    503,
+                    "tunnel-credentials-unchecked",
+                    Text("The relay could not check the user name and password: try again later."),
+                )
+            )
+
+        d.addCallbacks(checked, not_checked)
 
     # the tunnel
     def _open(self, destination: Destination, rest: bytes) -> None:
@@ -478,7 +573,9 @@ class HttpProxySession(JournaledConnection, Protocol):
             operation.release("failed" if refusal.status >= 500 else "refused", refusal.code, refusal.cause)
         language = language_of(self._head.header("accept-language") if self._head else "")
         body = (refusal.render(language) + "\n").encode("utf-8")
-        self._answer(f"{refusal.status} {_PHRASES[refusal.status]}", "text/plain; charset=utf-8", body)
+        self._answer(
+            f"{refusal.status} {_PHRASES[refusal.status]}", "text/plain; charset=utf-8", body, refusal.headers
+        )
 
     def _serve_page(self, head: RequestHead) -> bool:
         """
@@ -536,6 +633,8 @@ class HttpProxyFactory(Factory):
     @param destinations: where tunnels may go; empty turns them off.
     @param proxy: the hospital's proxy, for the relay's side of each tunnel.
     @param idle_timeout: seconds a tunnel may carry nothing before it closes.
+    @param users: who may open tunnels (C{--tunnel-users}); C{None}: anyone
+        the allowlist lets in.
     """
 
     noisy = False
@@ -549,6 +648,7 @@ class HttpProxyFactory(Factory):
         connect_timeout: float = 30.0,
         hello_timeout: float = 30.0,
         idle_timeout: float = DEFAULT_TUNNEL_IDLE_TIMEOUT,
+        users: TunnelUsers | None = None,
     ) -> None:
         self.relay = relay
         self.reactor = relay.reactor
@@ -557,6 +657,7 @@ class HttpProxyFactory(Factory):
         self.connect_timeout = connect_timeout
         self.hello_timeout = hello_timeout
         self.idle_timeout = idle_timeout
+        self.users = users
 
     def buildProtocol(self, addr: IAddress) -> HttpProxySession:
         return HttpProxySession(self, self.relay.next_connection_id())

@@ -44,6 +44,7 @@ from epop.relay.limits import (
     LimitsFactory,
 )
 from epop.relay.http_proxy import HttpProxyFactory
+from epop.relay.tunnel_users import TunnelUsers
 from epop.relay.network_interfaces import addresses_for_listen_host
 from epop.relay.protocol import RelayFactory
 from epop.relay.session import SessionChoiceFactory
@@ -367,6 +368,7 @@ def make_relay_service(
         connect_timeout=settings.connect_timeout,
         hello_timeout=settings.hello_timeout,
         idle_timeout=settings.tunnel_idle_timeout,
+        users=None if settings.tunnel_users is None else TunnelUsers.for_reactor(settings.tunnel_users, reactor),
     )
     http_checked = AllowlistFactory(LimitsFactory(http, limits, same_as=limited), same_as=checked)
     served = SessionChoiceFactory(

@@ -51,6 +51,7 @@ from epop.relay.destinations import Destinations, parse_destination
 from epop.relay.http_proxy import DEFAULT_TUNNEL_IDLE_TIMEOUT
 from epop.relay.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from epop.relay.proxy_header import HAPROXY_PREFIX, ProxyHeaderEndpoint
+from epop.relay.tunnel_users import read_users
 from epop.settings_file import (
     SECTION,
     SettingsError,
@@ -274,6 +275,9 @@ class RelaySettings:
     no_tunnel: bool = False
     #: Seconds a tunnel may carry nothing, either way, before it is closed.
     tunnel_idle_timeout: float = DEFAULT_TUNNEL_IDLE_TIMEOUT
+    #: An htpasswd file of bcrypt entries (htpasswd -B): tunnels then need
+    #: one of its users (Proxy-Authorization: Basic).  None: no users.
+    tunnel_users: str | None = None
 
     def __post_init__(self) -> None:
         # The types first: a rule's check may assume them.
@@ -288,6 +292,7 @@ class RelaySettings:
         _check_type("tls", self.tls, (RelayTLS, type(None)), "a RelayTLS or None")
         _check_strings("tunnel_to", self.tunnel_to, "destination", "www.example.org:443")
         _check_type("no_tunnel", self.no_tunnel, bool, "True or False")
+        _check_type("tunnel_users", self.tunnel_users, (str, type(None)), "the path of an htpasswd file, or None")
         for entry in self.tunnel_to:
             check_tunnel_to(entry)
         for description in self.listen:
@@ -304,6 +309,8 @@ class RelaySettings:
         for name, number in NUMBERS.items():
             _check(name, number.check, getattr(self, name))
         check_proxy(self.proxy)
+        if self.tunnel_users is not None:
+            _check("tunnel_users", read_users, self.tunnel_users)
         if not self.check_path.startswith("/"):
             raise RelaySettingsError(
                 "check_path", f"expected a path starting with /, not {self.check_path!r}"

@@ -110,6 +110,7 @@ class Options(usage.Options):
         ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
         ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
         ["tunnel-idle-timeout", None, RelaySettings.tunnel_idle_timeout, "Seconds an HTTPS tunnel may carry nothing, either way, before it is closed.", NUMBERS["tunnel_idle_timeout"]],
+        ["tunnel-users", None, None, "htpasswd file of bcrypt entries (htpasswd -B): HTTPS tunnels then need one of its users and passwords (proxy authentication). Read again when it changes."],
     ]
     optFlags = [
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
@@ -295,6 +296,7 @@ class Options(usage.Options):
             tunnel_to=tuple(self["tunnel-to"]),
             no_tunnel=bool(self["no-tunnel"]),
             tunnel_idle_timeout=self["tunnel-idle-timeout"],
+            tunnel_users=self["tunnel-users"],
         )
 
 
