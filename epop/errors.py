@@ -31,6 +31,7 @@ __all__ = [
     "RelayCannotStart",
     "RelayError",
     "UpstreamError",
+    "describe_destination_failure",
     "describe_upstream_failure",
     "describe_connect_failure",
     "describe_relay_tls_failure",
@@ -207,6 +208,40 @@ def describe_upstream_failure(
     return UpstreamError(
         "epmsi-unreachable",
         Text("Could not reach e-PMSI at {url}: {reason}.", url=url, reason=found.text),
+        found.cause,
+    )
+
+
+def describe_destination_failure(
+    failure: Failure, destination: str, *, timeout: float | None = None
+) -> UpstreamError:
+    """
+    A tunnel's destination could not be reached: the causes of
+    L{describe_upstream_failure}, in words that name the destination tried
+    (C{host:port}), which may be ATIH's sign-in host or a C{--tunnel-to}
+    rather than e-PMSI.
+    """
+    from epop.epmsi.proxy import ProxyError
+
+    for reason in _reasons(failure):
+        value = reason.value
+        if isinstance(value, ProxyError):
+            return UpstreamError(
+                value.code,
+                Text(
+                    "Could not reach {destination} through the proxy {proxy}: {reason}",
+                    destination=destination,
+                    proxy=value.text.params["proxy"],
+                    reason=value.text.params["reason"],
+                ),
+                value.cause,
+            )
+        if isinstance(value, UpstreamError):
+            return value
+    found = _classify(failure, timeout=timeout)
+    return UpstreamError(
+        "epmsi-unreachable",
+        Text("Could not reach {destination}: {reason}.", destination=destination, reason=found.text),
         found.cause,
     )
 
