@@ -219,25 +219,12 @@ def describe_destination_failure(
     A tunnel's destination could not be reached: the causes of
     L{describe_upstream_failure}, in words that name the destination tried
     (C{host:port}), which may be ATIH's sign-in host or a C{--tunnel-to}
-    rather than e-PMSI.
+    rather than e-PMSI.  An L{UpstreamError} already made (the proxy's
+    refusal) is returned as it is.
     """
-    from epop.epmsi.proxy import ProxyError
-
     for reason in _reasons(failure):
-        value = reason.value
-        if isinstance(value, ProxyError):
-            return UpstreamError(
-                value.code,
-                Text(
-                    "Could not reach {destination} through the proxy {proxy}: {reason}",
-                    destination=destination,
-                    proxy=value.text.params["proxy"],
-                    reason=value.text.params["reason"],
-                ),
-                value.cause,
-            )
-        if isinstance(value, UpstreamError):
-            return value
+        if isinstance(reason.value, UpstreamError):
+            return reason.value
     found = _classify(failure, timeout=timeout)
     return UpstreamError(
         "epmsi-unreachable",

@@ -13,12 +13,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.epmsi.proxy import ProxyConfig, ProxyError
-from epop.errors import describe_destination_failure, describe_upstream_failure
+from epop.errors import describe_upstream_failure
 from epop.messages import Text
 from epop.relay.destinations import ATIH_SIGN_IN, Destinations, is_local_address, parse_destination
 from epop.relay.http_head import MAX_HEAD, BadHead, HeadReader, language_of
 from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
 from epop.relay.protocol import RelayFactory
+from epop.relay.tunnel import describe_failure
 from epop.relay.settings import RelaySettings, RelaySettingsError
 
 
@@ -130,7 +131,7 @@ class DestinationFailureTests(SynchronousTestCase):
     """A tunnel that cannot connect names the destination it tried, not e-PMSI."""
 
     def test_direct(self) -> None:
-        error = describe_destination_failure(Failure(ConnectionRefusedError()), "pasrel.atih.sante.fr:443")
+        error = describe_failure(Failure(ConnectionRefusedError()), "pasrel.atih.sante.fr:443", timeout=30)
         self.assertEqual(
             error.render("en"), "Could not reach pasrel.atih.sante.fr:443: connection refused: nothing listens there."
         )
@@ -139,7 +140,7 @@ class DestinationFailureTests(SynchronousTestCase):
 
     def test_through_the_proxy(self) -> None:
         refusal = ProxyError(ProxyConfig("10.0.0.1", 3128), "proxy-error", Text.literal("it said no."))
-        error = describe_destination_failure(Failure(refusal), "files.example.org:443")
+        error = describe_failure(Failure(refusal), "files.example.org:443", timeout=30)
         self.assertEqual(
             error.render("en"), "Could not reach files.example.org:443 through the proxy 10.0.0.1:3128: it said no."
         )

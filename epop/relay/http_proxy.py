@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
-from epop.errors import EpopError, describe_destination_failure
+from epop.errors import EpopError
 from epop.messages import Text
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
@@ -38,7 +38,7 @@ from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
-from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
+from epop.relay.tunnel import FarSide, connect_destination, describe_failure, resolve, splice
 
 __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"]
 
@@ -411,7 +411,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         destination = str(tunnel.destination) if tunnel is not None else "?"
         error = failure.value
         if not isinstance(error, _Refusal):
-            error = describe_destination_failure(failure, destination, timeout=self.factory.connect_timeout)
+            error = describe_failure(failure, destination, timeout=self.factory.connect_timeout)
             timed_out = error.cause in ("timeout", "proxy-timeout")
             error = _Refusal(
                 504 if timed_out else 502,
