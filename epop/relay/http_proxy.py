@@ -32,8 +32,8 @@ from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.errors import EpopError
 from epop.messages import Text
-from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
+from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
 from epop.relay.interfaces import IRelaySession
