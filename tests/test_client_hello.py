@@ -46,6 +46,7 @@ from epop.relay.client_hello import (
 from epop.relay.destinations import Destinations
 from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
 from epop.relay.protocol import RelayFactory
+from tests.browser import Browser
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until
 from tests.test_properties import PROPERTY_SETTINGS
@@ -669,3 +670,24 @@ class SandboxTests(TestCase):
         self.assertTrue(await poll_until(reactor, lambda: self.relay.records("connection-closed")))
         [closed] = self.relay.records("connection-closed")
         self.assertIn(closed["reason"], ("closed-by-client", "closed-by-destination"))
+
+    async def test_chromium_by_name(self) -> None:
+        """Chromium's own ClientHello (GREASE, post-quantum key share) through the check: the page loads."""
+        from selenium.webdriver.common.by import By
+
+        browser = await Browser.start(
+            self,
+            reactor,
+            [self.sandbox.certificate_pem],
+            [f"--proxy-server=http://127.0.0.1:{self.relay.port}", "--proxy-bypass-list=<-loopback>"],
+        )
+        url = f"https://localhost:{self.port}/"
+        await browser.call(browser.driver.get, url)
+        forms = await browser.call(browser.driver.find_elements, By.TAG_NAME, "form")
+        self.assertEqual(len(forms), 1, url)
+        made = self.relay.records("object-instantiated")
+        self.assertIn(f"localhost:{self.port}", [m["destination"] for m in made])
+        self.assertFalse(
+            [c for c in self.relay.records("connection-closed") if c["reason"].startswith("tunnel-")],
+            self.relay.records("connection-closed"),
+        )
