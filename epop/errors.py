@@ -10,6 +10,7 @@ place, so the relay, the client and the start-up check all speak alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "RelayCannotStart",
     "RelayError",
     "UpstreamError",
+    "describe_destination_failure",
     "describe_upstream_failure",
     "describe_connect_failure",
     "describe_relay_tls_failure",
@@ -200,15 +202,38 @@ def describe_upstream_failure(
     Turn a failed request to e-PMSI into an L{UpstreamError} that names its
     cause (C{refused}, C{timeout}, C{dns}, C{tls}, ...).
     """
+    return _unreachable(
+        failure,
+        timeout,
+        lambda reason: Text("Could not reach e-PMSI at {url}: {reason}.", url=url, reason=reason),
+    )
+
+
+def describe_destination_failure(
+    failure: Failure, destination: str, *, timeout: float | None = None
+) -> UpstreamError:
+    """
+    A tunnel's destination could not be reached: the causes of
+    L{describe_upstream_failure}, in words that name the destination tried
+    (C{host:port}), which may be ATIH's sign-in host or a C{--tunnel-to}
+    rather than e-PMSI.
+    """
+    return _unreachable(
+        failure,
+        timeout,
+        lambda reason: Text("Could not reach {destination}: {reason}.", destination=destination, reason=reason),
+    )
+
+
+def _unreachable(
+    failure: Failure, timeout: float | None, saying: Callable[[Text], Text]
+) -> UpstreamError:
+    """An L{UpstreamError} already made (the proxy's refusal) as it is; else the cause, as C{saying} puts it."""
     for reason in _reasons(failure):
         if isinstance(reason.value, UpstreamError):
             return reason.value
     found = _classify(failure, timeout=timeout)
-    return UpstreamError(
-        "epmsi-unreachable",
-        Text("Could not reach e-PMSI at {url}: {reason}.", url=url, reason=found.text),
-        found.cause,
-    )
+    return UpstreamError("epmsi-unreachable", saying(found.text), found.cause)
 
 
 def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None:

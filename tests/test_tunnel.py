@@ -203,7 +203,7 @@ class RefusalTests(TestCase):
         port = free_port()
         relay = self.relay = start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=(f"127.0.0.1:{port}",))
         body = await self.refused(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode(), 502, "tunnel-unreachable")
-        self.assertIn(f"Could not reach e-PMSI at 127.0.0.1:{port}: connection refused", body)
+        self.assertIn(f"Could not reach 127.0.0.1:{port}: connection refused", body)
         [closed] = relay.records("connection-closed")
         self.assertEqual(closed["error"], "refused")
         [released] = relay.records("object-released")

@@ -7,13 +7,19 @@ not timing).
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from epop.epmsi.proxy import ProxyConfig, ProxyError
+from epop.errors import describe_upstream_failure
+from epop.messages import Text
 from epop.relay.destinations import ATIH_SIGN_IN, Destinations, is_local_address, parse_destination
 from epop.relay.http_head import MAX_HEAD, BadHead, HeadReader, language_of
 from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
 from epop.relay.protocol import RelayFactory
+from epop.relay.tunnel import describe_failure
 from epop.relay.settings import RelaySettings, RelaySettingsError
 
 
@@ -119,6 +125,34 @@ def _tunnel(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession
     far = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 443))
     connecting.buildProtocol(None).makeConnection(far)
     return relay, session, client, far
+
+
+class DestinationFailureTests(SynchronousTestCase):
+    """A tunnel that cannot connect names the destination it tried, not e-PMSI."""
+
+    def test_direct(self) -> None:
+        error = describe_failure(Failure(ConnectionRefusedError()), "pasrel.atih.sante.fr:443", timeout=30)
+        self.assertEqual(
+            error.render("en"), "Could not reach pasrel.atih.sante.fr:443: connection refused: nothing listens there."
+        )
+        self.assertTrue(error.render("fr").startswith("Impossible de joindre pasrel.atih.sante.fr:443 : "))
+        self.assertEqual(error.cause, "refused")
+
+    def test_through_the_proxy(self) -> None:
+        refusal = ProxyError(ProxyConfig("10.0.0.1", 3128), "proxy-error", Text.literal("it said no."))
+        error = describe_failure(Failure(refusal), "files.example.org:443", timeout=30)
+        self.assertEqual(
+            error.render("en"), "Could not reach files.example.org:443 through the proxy 10.0.0.1:3128: it said no."
+        )
+        self.assertEqual(
+            error.render("fr"), "Impossible de joindre files.example.org:443 par le proxy 10.0.0.1:3128 : it said no."
+        )
+        self.assertEqual(error.cause, "proxy-error")
+
+    def test_epmsi_side_unchanged(self) -> None:
+        """The e-POP side still speaks of e-PMSI."""
+        error = describe_upstream_failure(Failure(ConnectionRefusedError()), "https://www.epmsi.atih.sante.fr")
+        self.assertTrue(error.render("en").startswith("Could not reach e-PMSI at https://www.epmsi.atih.sante.fr: "))
 
 
 class FlowControlTests(SynchronousTestCase):

@@ -64,8 +64,9 @@ class UpstreamFailureTests(TestCase):
         relay = self.relay(proxy=ProxyConfig("127.0.0.1", silent_proxy.port), connect_timeout=0.5)
         body = await self.failed(relay, 504, "tunnel-timeout", "proxy-timeout", language="fr-FR,fr;q=0.9")
         self.assertEqual(len(silent_proxy.accepted), 1)
-        self.assertIn(f"127.0.0.1:{silent_proxy.port}", body)
-        self.assertIn("Impossible de joindre e-PMSI", body)
+        self.assertIn(
+            f"Impossible de joindre 127.0.0.1:{self.far.port} par le proxy 127.0.0.1:{silent_proxy.port}", body
+        )
 
     async def test_proxy_rejects_credentials(self) -> None:
         """Squid refusing the relay's password (407): 502 that says so, never showing the password."""

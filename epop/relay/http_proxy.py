@@ -38,9 +38,10 @@ from zope.interface import implementer
 
 from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
-from epop.errors import EpopError, describe_upstream_failure
+from epop.errors import EpopError
 from epop.messages import Text
 from epop.printable import printable
+from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
 from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
@@ -48,7 +49,7 @@ from epop.relay.info_page import page_for
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
 from epop.relay.proxy_pac import reached_address
-from epop.relay.tunnel import FarSide, connect_destination, resolve, splice
+from epop.relay.tunnel import FarSide, connect_destination, describe_failure, resolve, splice
 from epop.relay.tunnel_users import TunnelUsers, basic_credentials
 from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
@@ -188,6 +189,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._pending: EpopError | None = None
         self._early: list[bytes] = []
         self._far: FarSide | None = None
+        self._hello: ServerNameCheck | None = None
         self._state = _Stage.HEAD
         self._head_timer: Any = None
         self._idle_timer: Any = None
@@ -239,10 +241,8 @@ class HttpProxySession(JournaledConnection, Protocol):
         elif self._state in (_Stage.CREDENTIALS, _Stage.CONNECTING):
             self._early.append(data)
         elif self._state is _Stage.TUNNEL:
-            assert self.operation is not None and self._far is not None
-            self.operation.bytes_in += len(data)
             self._last_activity = self.clock.seconds()
-            self._far.transport.write(data)
+            self._to_far(data)
 
     def connectionLost(self, reason: Failure) -> None:
         self.opened()
@@ -497,10 +497,14 @@ class HttpProxySession(JournaledConnection, Protocol):
         # (a new connection reads small ones; see epop.tuning).
         tune(self.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
         tune(far.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
+        if not tunnel.destination.is_literal:
+            # No domain fronting: the ClientHello must name the CONNECT host.
+            self._hello = ServerNameCheck(tunnel.destination.host)
         early, self._early = self._early, []
         for data in early:
-            tunnel.bytes_in += len(data)
-            far.transport.write(data)
+            self._to_far(data)
+        if self._state is not _Stage.TUNNEL:
+            return
         self.transport.resumeProducing()
         self._last_activity = self.clock.seconds()
         self._idle_timer = self.clock.callLater(self.factory.idle_timeout, self._idle_check)
@@ -513,7 +517,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         destination = str(tunnel.destination) if tunnel is not None else "?"
         error = failure.value
         if not isinstance(error, _Refusal):
-            error = describe_upstream_failure(failure, destination, timeout=self.factory.connect_timeout)
+            error = describe_failure(failure, destination, timeout=self.factory.connect_timeout)
             timed_out = error.cause in ("timeout", "proxy-timeout")
             error = _Refusal(
                 504 if timed_out else 502,
@@ -522,6 +526,26 @@ class HttpProxySession(JournaledConnection, Protocol):
                 error.cause or error.code,
             )
         self._refuse(error)
+
+    def _to_far(self, data: bytes) -> None:
+        """Forward the client's bytes, once their ClientHello names the CONNECT host."""
+        assert self.operation is not None and self._far is not None
+        if self._hello is not None:
+            # Held until decided: at most a ClientHello (MAX_HELD) and one read.
+            try:
+                passed = self._hello.feed(data)
+            except TunnelHelloRefused as refused:
+                self._hello = None
+                alert = refused.alert_record()
+                self.bytes_out += len(alert)
+                self.transport.write(alert)
+                self._end(refused.reason, "refused", refused.error)
+                return
+            if passed is None:
+                return
+            self._hello, data = None, passed
+        self.operation.bytes_in += len(data)
+        self._far.transport.write(data)
 
     def far_received(self, data: bytes) -> None:
         if self.operation is not None:
@@ -542,11 +566,11 @@ class HttpProxySession(JournaledConnection, Protocol):
             return
         self._end("tunnel-idle", "aborted")
 
-    def _end(self, reason: str, outcome: str) -> None:
+    def _end(self, reason: str, outcome: str, error: str | None = None) -> None:
         """Close both sides of a tunnel."""
-        self.ending_because(reason)
+        self.ending_because(reason, error)
         if self.operation is not None:
-            self.operation.release(outcome, reason)
+            self.operation.release(outcome, reason, error)
         self._state = _Stage.CLOSING
         self._stop_timers()
         if self._far is not None and self._far.transport is not None:

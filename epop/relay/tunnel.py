@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from epop.addressing import ip_of
-from epop.epmsi.proxy import ProxyConfig
+from epop.epmsi.proxy import ProxyConfig, ProxyError
+from epop.errors import UpstreamError, describe_destination_failure
+from epop.messages import Text
 from epop.epmsi.tunnel import TunnelEndpoint
 
-__all__ = ["FarSide", "IFarEnd", "connect_destination", "resolve", "splice"]
+__all__ = ["FarSide", "IFarEnd", "connect_destination", "describe_failure", "resolve", "splice"]
 
 
 class IFarEnd(TypingProtocol):
@@ -116,3 +118,24 @@ def splice(client: Any, far: Any) -> None:
     """
     client.registerProducer(far, True)
     far.registerProducer(client, True)
+
+
+def describe_failure(failure: Failure, destination: str, *, timeout: float) -> UpstreamError:
+    """
+    Why the relay could not connect a tunnel, naming the destination it
+    tried (which may not be e-PMSI), directly or through the proxy.
+    """
+    refusal = failure.value
+    if isinstance(refusal, ProxyError):
+        # The proxy's own words, under the destination's name instead of e-PMSI's.
+        return UpstreamError(
+            refusal.code,
+            Text(
+                "Could not reach {destination} through the proxy {proxy}: {reason}",
+                destination=destination,
+                proxy=refusal.text.params["proxy"],
+                reason=refusal.text.params["reason"],
+            ),
+            refusal.cause,
+        )
+    return describe_destination_failure(failure, destination, timeout=timeout)
