@@ -19,7 +19,8 @@ L{epop.relay.proxy_pac}).  L{epop.relay.network_interfaces} and
 L{epop.relay.commands} are C{epop interfaces}, which lists the addresses the
 relay can listen on.  The HTTPS proxy mode (HTTP CONNECT on the same port)
 is L{epop.relay.http_proxy}, with L{epop.relay.http_head},
-L{epop.relay.destinations}, L{epop.relay.tunnel} and, for
-C{--tunnel-users}, L{epop.relay.tunnel_users}.  The leg to e-PMSI is
+L{epop.relay.http_answers} (its refusals), L{epop.relay.destinations},
+L{epop.relay.tunnel}, L{epop.relay.client_hello} (no domain fronting) and,
+for C{--tunnel-users}, L{epop.relay.tunnel_users}.  The leg to e-PMSI is
 L{epop.epmsi}; the journal the relay writes is L{epop.journal}.
 """

@@ -5,8 +5,8 @@ byte that is an ASCII letter).
 
 The client gets a tunnel (C{CONNECT host:port}) to an allowed destination
 (L{epop.relay.destinations}) and nothing else: every other request is
-answered with a short plain-text refusal, its status saying why, and
-closed; nothing is forwarded.  (A browser's plain C{GET} of the relay's
+answered with a short plain-text refusal (L{epop.relay.http_answers}), its
+status saying why, and closed; nothing is forwarded.  (A browser's plain C{GET} of the relay's
 page or PAC file, L{epop.relay.info_page}, is answered, then closed.)  The
 session provides L{IRelaySession}, so that the allowlist, the caps, the
 chooser and the relay's drain treat it as any workstation's connection,
@@ -36,11 +36,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from epop.addressing import host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.errors import EpopError
-from epop.messages import Text
 from epop.printable import printable
+from epop.relay import http_answers as answers
 from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
@@ -59,58 +58,6 @@ __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"
 DEFAULT_TUNNEL_IDLE_TIMEOUT = 300.0
 #: Time a closing connection gets to flush its refusal.
 CLOSE_GRACE = 5.0
-
-_PHRASES = {
-    200: "Connection established",
-    400: "Bad Request",
-    403: "Forbidden",
-    405: "Method Not Allowed",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
-#: The status of an error a wrapper or the relay decided, by its code.
-_STATUS_OF_CODE = {
-    "not-authorized": 403,
-    "too-many-connections": 503,
-    "too-many-connections-from-client": 503,
-    "too-many-silent-connections": 503,
-    "relay-stopping": 503,
-    "idle-timeout": 408,
-    "hello-timeout": 408,
-}
-
-
-class _Refusal(EpopError):
-    """A refusal of the HTTP side: an HTTP status with the journal's reason."""
-
-    def __init__(
-        self, status: int, code: str, text: Text, cause: str | None = None, headers: str = ""
-    ) -> None:
-        super().__init__(code, text, cause)
-        self.status = status
-        #: More header lines for the answer, each ending with CRLF.
-        self.headers = headers
-
-
-#: What a 407 asks for (RFC 7617): Basic, its user name and password in UTF-8.
-_ASK_FOR_CREDENTIALS = 'Proxy-Authenticate: Basic realm="e-POP relay", charset="UTF-8"\r\n'
-
-
-def _credentials_refusal(code: str, text: Text) -> _Refusal:
-    return _Refusal(407, code, text, headers=_ASK_FOR_CREDENTIALS)
-
-
-def _destinations_text(destinations: Destinations) -> Text:
-    return Text(
-        "This relay only opens HTTPS tunnels to e-PMSI: {destinations}.",
-        destinations=destinations.describe(),
-    )
-
 
 class _Tunnel:
     """The session's operation: one tunnel, journaled as an object."""
@@ -216,10 +163,10 @@ class HttpProxySession(JournaledConnection, Protocol):
         if self._state is _Stage.TUNNEL:
             self._end(error.code, "aborted")
             return
-        self._refuse(self._as_refusal(error))
+        self._refuse(answers.as_refusal(error))
 
     def timeoutConnection(self) -> None:
-        self._refuse(_Refusal(408, "idle-timeout", Text("No request arrived in time.")))
+        self._refuse(answers.no_request())
 
     def count_refused(self, data: bytes) -> None:
         super().count_refused(data)
@@ -269,23 +216,11 @@ class HttpProxySession(JournaledConnection, Protocol):
             found = self._reader.feed(data)
         except BadHead as bad:
             if self._pending is not None:
-                self._refuse(self._as_refusal(self._pending))
+                self._refuse(answers.as_refusal(self._pending))
             elif bad.status == 431:
-                self._refuse(
-                    _Refusal(
-                        431,
-                        "http-head-too-large",
-                        Text("The request head is over {limit} bytes.", limit=self._reader.limit),
-                    )
-                )
+                self._refuse(answers.head_too_large(self._reader.limit))
             else:
-                self._refuse(
-                    _Refusal(
-                        400,
-                        "http-bad-request",
-                        Text("This is not an HTTP/1.1 request this relay can read."),
-                    )
-                )
+                self._refuse(answers.bad_request())
             return
         if found is None:
             return
@@ -294,34 +229,21 @@ class HttpProxySession(JournaledConnection, Protocol):
             self._head_timer.cancel()
         self.opened()
         if self._pending is not None:
-            self._refuse(self._as_refusal(self._pending))
+            self._refuse(answers.as_refusal(self._pending))
             return
         self._decide(self._head, rest)
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        seconds = f"{self.factory.hello_timeout:g}"
         if self._pending is not None:
-            self._refuse(self._as_refusal(self._pending))
+            self._refuse(answers.as_refusal(self._pending))
             return
-        self._refuse(
-            _Refusal(
-                408,
-                "hello-timeout",
-                Text("The request head did not arrive whole within {seconds} s.", seconds=seconds),
-            )
-        )
+        self._refuse(answers.head_too_slow(self.factory.hello_timeout))
 
     def _decide(self, head: RequestHead, rest: bytes) -> None:
         destinations = self.factory.destinations
         if not destinations:
-            self._refuse(
-                _Refusal(
-                    403,
-                    "tunnels-disabled",
-                    Text("This e-POP relay does not act as an HTTPS proxy (--no-tunnel)."),
-                )
-            )
+            self._refuse(answers.tunnels_disabled())
             return
         if head.method == "CONNECT":
             try:
@@ -329,23 +251,11 @@ class HttpProxySession(JournaledConnection, Protocol):
             except ValueError:
                 host, port = "", 0
             if not host or not port:
-                self._refuse(
-                    _Refusal(400, "http-bad-request", Text("CONNECT needs a host and a port (HOST:PORT)."))
-                )
+                self._refuse(answers.bad_connect())
                 return
             destination = destinations.find(host, port)
             if destination is None:
-                self._refuse(
-                    _Refusal(
-                        403,
-                        "destination-not-allowed",
-                        Text(
-                            "{destination} is not a destination of this relay. {allowed}",
-                            destination=host_port(host, port),
-                            allowed=_destinations_text(destinations),
-                        ),
-                    )
-                )
+                self._refuse(answers.destination_not_allowed(host, port, destinations))
                 return
             if self.factory.users is not None:
                 self._check_credentials(self.factory.users, head, destination, rest)
@@ -355,29 +265,9 @@ class HttpProxySession(JournaledConnection, Protocol):
         if head.method in ("GET", "HEAD") and head.target.startswith("/") and self._serve_page(head):
             return
         if head.target.lower().startswith(("http://", "https://")):
-            self._refuse(
-                _Refusal(
-                    403,
-                    "not-a-tunnel",
-                    Text(
-                        "This relay does not fetch web pages; it only tunnels HTTPS to e-PMSI. "
-                        "{allowed}",
-                        allowed=_destinations_text(destinations),
-                    ),
-                )
-            )
+            self._refuse(answers.not_a_tunnel(destinations))
             return
-        self._refuse(
-            _Refusal(
-                405,
-                "http-method-not-allowed",
-                Text(
-                    "This is an e-POP relay: use it as an HTTPS proxy (CONNECT) for e-PMSI. "
-                    "{allowed}",
-                    allowed=_destinations_text(destinations),
-                ),
-            )
-        )
+        self._refuse(answers.method_not_allowed(destinations))
 
     # the credentials (--tunnel-users)
     def _check_credentials(
@@ -386,15 +276,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         """Open the tunnel once the user and password are right; else 407."""
         credentials = basic_credentials(head.header("proxy-authorization"))
         if credentials is None:
-            self._refuse(
-                _credentials_refusal(
-                    "tunnel-credentials-missing",
-                    Text(
-                        "This relay asks for a user name and password: set them in the "
-                        "proxy settings of the application (or let the browser ask for them)."
-                    ),
-                )
-            )
+            self._refuse(answers.credentials_missing())
             return
         self.user = credentials[0] or None
         self._state = _Stage.CREDENTIALS
@@ -413,15 +295,7 @@ class HttpProxySession(JournaledConnection, Protocol):
                 self._open(destination, b"".join(early))
                 return
             self.transport.resumeProducing()
-            self._refuse(
-                _credentials_refusal(
-                    "tunnel-credentials-wrong",
-                    Text(
-                        "The user name or password for this relay is wrong: check them in the "
-                        "proxy settings of the application, or ask the relay's administrator."
-                    ),
-                )
-            )
+            self._refuse(answers.credentials_wrong())
 
         def not_checked(failure: Failure) -> None:
             self.log.failure(
@@ -430,13 +304,7 @@ class HttpProxySession(JournaledConnection, Protocol):
             if self._state is not _Stage.CREDENTIALS:
                 return
             self.transport.resumeProducing()
-            self._refuse(
-                _Refusal(
-                    503,
-                    "tunnel-credentials-unchecked",
-                    Text("The relay could not check the user name and password: try again later."),
-                )
-            )
+            self._refuse(answers.credentials_unchecked())
 
         d.addCallbacks(checked, not_checked)
 
@@ -461,16 +329,7 @@ class HttpProxySession(JournaledConnection, Protocol):
             def resolved(address: str) -> Deferred[Any]:
                 tunnel.address = address
                 if not destination.may_resolve_to(address):
-                    raise _Refusal(
-                        502,
-                        "destination-resolves-locally",
-                        Text(
-                            "{destination} resolves to {address}, an address of this machine "
-                            "or its local link: the relay does not tunnel there.",
-                            destination=str(destination),
-                            address=address,
-                        ),
-                    )
+                    raise answers.resolves_locally(destination, address)
                 return connect_destination(
                     factory.reactor, far, destination.host, destination.port, address,
                     timeout=factory.connect_timeout,
@@ -516,14 +375,9 @@ class HttpProxySession(JournaledConnection, Protocol):
         tunnel = self.operation
         destination = str(tunnel.destination) if tunnel is not None else "?"
         error = failure.value
-        if not isinstance(error, _Refusal):
-            error = describe_failure(failure, destination, timeout=self.factory.connect_timeout)
-            timed_out = error.cause in ("timeout", "proxy-timeout")
-            error = _Refusal(
-                504 if timed_out else 502,
-                "tunnel-timeout" if timed_out else "tunnel-unreachable",
-                error.text,
-                error.cause or error.code,
+        if not isinstance(error, answers.Refusal):
+            error = answers.failed_to_connect(
+                describe_failure(failure, destination, timeout=self.factory.connect_timeout)
             )
         self._refuse(error)
 
@@ -578,13 +432,8 @@ class HttpProxySession(JournaledConnection, Protocol):
         self.transport.loseConnection()
         self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
-    # refusals
-    def _as_refusal(self, error: EpopError) -> _Refusal:
-        if isinstance(error, _Refusal):
-            return error
-        return _Refusal(_STATUS_OF_CODE.get(error.code, 400), error.code, error.text, error.cause)
-
-    def _refuse(self, refusal: _Refusal) -> None:
+    # answers short of a tunnel
+    def _refuse(self, refusal: answers.Refusal) -> None:
         if self._state is _Stage.CLOSING:
             return
         self.opened()
@@ -596,10 +445,7 @@ class HttpProxySession(JournaledConnection, Protocol):
             operation.abort(refusal)
             operation.release("failed" if refusal.status >= 500 else "refused", refusal.code, refusal.cause)
         language = language_of(self._head.header("accept-language") if self._head else "")
-        body = (refusal.render(language) + "\n").encode("utf-8")
-        self._answer(
-            f"{refusal.status} {_PHRASES[refusal.status]}", "text/plain; charset=utf-8", body, refusal.headers
-        )
+        self._answer(refusal.encode(language))
 
     def _serve_page(self, head: RequestHead) -> bool:
         """
@@ -620,22 +466,14 @@ class HttpProxySession(JournaledConnection, Protocol):
         # Five minutes: a browser does not fetch the PAC again for every
         # page, and a changed --tunnel-to still reaches it soon.
         extra = "Cache-Control: max-age=300\r\nX-Content-Type-Options: nosniff\r\n"
-        self._answer("200 OK", page.content_type, page.body, extra, with_body=head.method != "HEAD")
+        self._answer(
+            answers.encode_answer(200, page.content_type, page.body, extra, with_body=head.method != "HEAD")
+        )
         return True
 
-    def _answer(
-        self, status: str, content_type: str, body: bytes, extra: str = "", *, with_body: bool = True
-    ) -> None:
-        """Send one whole answer (C{extra}: more header lines), then close."""
+    def _answer(self, data: bytes) -> None:
+        """Send one whole answer, then close."""
         self._state = _Stage.CLOSING
-        head = (
-            f"HTTP/1.1 {status}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            f"{extra}"
-            "Connection: close\r\n\r\n"
-        ).encode("ascii")
-        data = head + body if with_body else head
         self.bytes_out += len(data)
         self.transport.write(data)
         self.transport.loseConnection()
