@@ -188,6 +188,7 @@ class ServedTests(TestCase):
         self.assertEqual(headers["content-type"], "application/x-ns-proxy-autoconfig")
         self.assertEqual(headers["content-length"], str(len(body)))
         self.assertEqual(headers["cache-control"], "max-age=300")
+        self.assertEqual(headers["vary"], "Accept-Language")
         self.assertEqual(headers["connection"], "close")
         script = body.decode("ascii")
         self.assertEqual(

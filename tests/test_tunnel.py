@@ -161,10 +161,27 @@ class RefusalTests(TestCase):
 
     async def test_plain_proxy_request(self) -> None:
         body = await self.refused(b"GET http://www.example.org/ HTTP/1.1\r\nHost: x\r\n\r\n", 403, "not-a-tunnel")
-        self.assertIn("only tunnels HTTPS to e-PMSI", body)
+        self.assertIn("This relay does not fetch web pages. This relay only opens HTTPS tunnels to e-PMSI:", body)
 
     async def test_other_method(self) -> None:
         await self.refused(b"GET /index.html HTTP/1.1\r\n\r\n", 405, "http-method-not-allowed")
+        answer = await exchange(reactor, self.relay.port, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"\r\nAllow: CONNECT, GET, HEAD\r\n", answer.partition(b"\r\n\r\n")[0])
+
+    async def test_startup_log(self) -> None:
+        """twistd's log says the port is also an HTTPS proxy, and to where."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=("epmsi-mirror.example",))
+        start_relay(self, reactor, "https://127.0.0.1:1", None, no_tunnel=True)
+        said = [formatEvent(e) for e in events if "HTTPS proxy" in formatEvent(e)]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("tunnelling only to 127.0.0.1:1, epmsi-mirror.example:443, for every allowed client", said[0])
+        self.assertIn("/proxy.pac", said[0])
+        self.assertIn("HTTPS proxy mode off (--no-tunnel)", said[1])
 
     async def test_garbage(self) -> None:
         await self.refused(b"Hello there\r\n\r\n", 400, "http-bad-request")

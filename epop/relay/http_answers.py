@@ -58,6 +58,9 @@ _STATUS_OF_CODE = {
     "hello-timeout": 408,
 }
 
+#: What a 405 says the relay's port takes: tunnels, and its page and PAC file.
+_ALLOWED_METHODS = "Allow: CONNECT, GET, HEAD\r\n"
+
 #: What a 407 asks for (RFC 7617): Basic, its user name and password in UTF-8.
 _ASK_FOR_CREDENTIALS = 'Proxy-Authenticate: Basic realm="e-POP relay", charset="UTF-8"\r\n'
 
@@ -160,7 +163,7 @@ def not_a_tunnel(destinations: Destinations) -> Refusal:
         403,
         "not-a-tunnel",
         Text(
-            "This relay does not fetch web pages; it only tunnels HTTPS to e-PMSI. {allowed}",
+            "This relay does not fetch web pages. {allowed}",
             allowed=_destinations_text(destinations),
         ),
     )
@@ -174,6 +177,7 @@ def method_not_allowed(destinations: Destinations) -> Refusal:
             "This is an e-POP relay: use it as an HTTPS proxy (CONNECT) for e-PMSI. {allowed}",
             allowed=_destinations_text(destinations),
         ),
+        headers=_ALLOWED_METHODS,
     )
 
 

@@ -465,7 +465,8 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._close_reason = page.reason
         # Five minutes: a browser does not fetch the PAC again for every
         # page, and a changed --tunnel-to still reaches it soon.
-        extra = "Cache-Control: max-age=300\r\nX-Content-Type-Options: nosniff\r\n"
+        # The page is in the client's language: a cache must keep one per language.
+        extra = "Cache-Control: max-age=300\r\nVary: Accept-Language\r\nX-Content-Type-Options: nosniff\r\n"
         self._answer(
             answers.encode_answer(200, page.content_type, page.body, extra, with_body=head.method != "HEAD")
         )

@@ -216,9 +216,24 @@ class RelayService(MultiService):
                 proxy=proxy.address,
                 account=f" as {proxy.user}" if proxy.user else "",
             )
+        self._say_https_proxy()
         if self.settings.check_at_start:
             self.startup_check = self.upstream.check()
             self.startup_check.addCallback(self._checked)
+
+    def _say_https_proxy(self) -> None:
+        """The HTTPS proxy mode in a line, for the admin reading twistd's log."""
+        destinations = self.settings.destinations()
+        if not destinations:
+            self.log.info("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
+            return
+        users = self.settings.tunnel_users
+        self.log.info(
+            "Also an HTTPS proxy on the same port, tunnelling only to {destinations}{users}; "
+            "browsers take their settings from /proxy.pac on the relay's address and port",
+            destinations=destinations.describe(),
+            users=f", for the users of {users}" if users else ", for every allowed client",
+        )
 
     def _checked(self, result: CheckResult) -> CheckResult:
         if result.ok:
