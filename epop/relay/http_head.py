@@ -127,4 +127,4 @@ def url_destination(target: str) -> tuple[str, int] | None:
     scheme = url.scheme.lower()
     if scheme not in ("http", "https") or not url.hostname:
         return None
-    return url.hostname, port or (443 if scheme == "https" else 80)
+    return url.hostname, port if port is not None else (443 if scheme == "https" else 80)
