@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["UNSAFE", "printable", "safe_json"]
+__all__ = ["SHOWN_LENGTH", "UNSAFE", "printable", "safe_json", "shown_peer_text"]
 
 #: What a terminal or an editor acts on instead of showing: C0 controls,
 #: DEL, C1 controls, the line and paragraph separators, the bidirectional
@@ -31,6 +31,9 @@ UNSAFE = re.compile(
     "\ufeff\ufff9-\ufffb\ud800-\udfff]"
 )
 
+
+#: Characters of a peer's text (a server name, a destination) the journal keeps.
+SHOWN_LENGTH = 255
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -50,6 +53,18 @@ def printable(text: str) -> str:
     else, accented letters included, stays as it is.
     """
     return UNSAFE.sub(_escape, text)
+
+
+def shown_peer_text(text: str, limit: int = SHOWN_LENGTH) -> str:
+    """
+    Bytes a peer sent (decoded as latin-1), as the journal keeps them: ASCII
+    as it is, a backslash doubled, other bytes escaped (C{\\xff},
+    C{\\n}), cut at C{limit} characters with C{...}, so that what a
+    client typed can neither pass for something else nor fill the journal.
+    """
+    escaped = text.replace("\\", "\\\\").encode("latin-1", "backslashreplace").decode("ascii", "backslashreplace")
+    shown = printable(escaped)
+    return shown[:limit] + "..." if len(shown) > limit else shown
 
 
 def _json_escape(match: re.Match[str]) -> str:

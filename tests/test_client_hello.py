@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from epop.journal.table import journal_table
 from epop.relay.client_hello import (
     MAX_HANDSHAKE,
     MAX_HELD,
@@ -602,6 +603,14 @@ class RealClientTests(TestCase):
         self.assertEqual((released["outcome"], released["bytes_in"]), ("refused", 0))
         self.assertEqual(self.far.accepted, 1)
         self.assertEqual(self.far.received, [])
+        # epop journal says whose name it was: the application's, not the tunnel's.
+        tunnel = f"localhost:{self.far.port}"
+        self.assertEqual(closed["destination"], tunnel)
+        english = "\n".join(journal_table(self.relay.journal.records, "en"))
+        french = "\n".join(journal_table(self.relay.journal.records, "fr"))
+        self.assertIn(f"tunnel to {tunnel} (127.0.0.1): refused (asked for other.example), tunnel-sni-mismatch; ", english)
+        self.assertIn(f"tunnel vers {tunnel} (127.0.0.1) : refused (nom demandé : other.example), tunnel-sni-mismatch ; ", french)
+        self.assertIn(f", to {tunnel}, tunnel-sni-mismatch; ", english)
 
     async def test_python_ssl_same_name(self) -> None:
         """The CONNECT host's own name: the ClientHello reaches the destination whole."""

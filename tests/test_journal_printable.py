@@ -216,6 +216,23 @@ class ViewerTests(SynchronousTestCase):
         self.assertEqual(len(out.splitlines()), 3, out)
         self.assertIn("closed-by-client\\nFAKE-LOG-LINE", out)
 
+    def test_forged_user_and_destination_are_shown_not_obeyed(self) -> None:
+        """A user name and a destination holding junk (a forged file) show escaped in every viewer, one row per event."""
+        records = _records("10.1.4.27:51234", "/p", "closed-by-client")
+        records[2] = {**records[2], "kind": "tunnel", "destination": JUNK, "user": JUNK}
+        records[4] = {**records[4], "destination": JUNK, "user": JUNK}
+        self.write(records)
+        self.check_all_viewers(records)
+        code, out, _ = self.run_epop("journal", self.path)
+        self.assertIn(", user 10.1.4.27:51234\\x1b[2J", out)
+        self.assertIn(", to 10.1.4.27:51234\\x1b[2J", out)
+        self.assertIn("Instantiated object: tunnel to 10.1.4.27:51234\\x1b[2J", out)
+        code, out, _ = self.run_epop("connections", self.path)
+        self.assertEqual(len(out.splitlines()), 3, out)
+        self.assertIn(" 10.1.4.27:51234\\x1b[2J", out.splitlines()[2])
+        code, out, _ = self.run_epop("connections", "--json", self.path)
+        self.assertEqual(json.loads(out)["user"], JUNK)
+
     @settings(max_examples=30, suppress_health_check=list(HealthCheck), deadline=None)
     @given(any_text, any_text, any_text, any_text)
     def test_any_journal_gives_safe_output(self, client: str, path: str, reason: str, run: str) -> None:

@@ -240,6 +240,27 @@ class ReadTests(SynchronousTestCase):
         self.assertRegex(french[2], r"^1 +10\.1\.4\.27:51234 +25/11/2026 12:00:01 +25/11/2026 12:00:01 ")
 
 
+    def test_tunnel_users_in_the_views(self) -> None:
+        """A tunnel's user, known from its first record on: a User column and a JSON key only when one is known."""
+        records = [_listening(RUN_A, NOW), *_session(RUN_A, 1, NOW + 1)]
+        tunnel = {"run": RUN_A, "connection": 2, "client": "10.1.4.28:40000"}
+        records += [
+            {"time": _at(NOW + 2), "type": "connection-opened", **tunnel, "description": "d"},
+            {"time": _at(NOW + 2), "type": "object-instantiated", **tunnel, "kind": "tunnel", "destination": "www.epmsi.atih.sante.fr:443", "user": "zoé", "description": "d"},
+        ]
+        summaries = connection_summaries(records, NOW + 3)
+        self.assertEqual([s.user for s in summaries], [None, "zoé"])
+        self.assertNotIn("user", summaries[0].to_json())
+        self.assertEqual(list(summaries[1].to_json())[:4], ["run", "connection", "client", "user"])
+        english = connections_table(summaries, "en", timezone.utc)
+        self.assertEqual(english[0].split()[:3], ["Connection", "Client", "User"])
+        self.assertRegex(english[2], r"^1 +10\.1\.4\.27:51234 {2,}2026-11-25 12:00:01 ")
+        self.assertRegex(english[3], r"^2 +10\.1\.4\.28:40000 +zoé +2026-11-25 12:00:02 +open ")
+        self.assertNotIn("User", connections_table(summaries[:1], "en", timezone.utc)[0])
+        [made] = journal_table(records[-1:], "fr", timezone.utc)[2:]
+        self.assertTrue(made.endswith("Type de l'objet instancié : tunnel vers www.epmsi.atih.sante.fr:443, utilisateur zoé"), made)
+
+
 class FollowTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.folder = os.path.abspath(self.mktemp())

@@ -71,10 +71,12 @@ class CurlTests(TestCase):
         self.assertGreater(released["bytes_out"], 0)
         [closed] = self.relay.records("connection-closed")
         self.assertIn(closed["reason"], ("closed-by-client", "closed-by-destination"))
+        self.assertEqual(closed["destination"], made["destination"])
         # epop journal and epop connections show it.
         table = "\n".join(journal_table(self.relay.journal.records, "en", timezone.utc))
         self.assertIn(f"Instantiated object: tunnel to {made['destination']}", table)
         self.assertIn(f"Released object: tunnel to {made['destination']} (127.0.0.1): completed", table)
+        self.assertIn(f", to {made['destination']}, {closed['reason']}; ", table)
         [summary] = connection_summaries(self.relay.journal.records, 0)
         self.assertEqual((summary.state, summary.operations), ("closed", 1))
 
@@ -147,21 +149,75 @@ class RefusalTests(TestCase):
         self.assertEqual(closed["reason"], reason)
         return body_of(answer)
 
+    def asked(self, destination: str | None) -> dict:
+        """The connection-closed record names what the client asked for, as do the journal's views."""
+        [closed] = self.relay.records("connection-closed")
+        self.assertEqual(closed.get("destination"), destination)
+        english = journal_table(self.relay.journal.records, "en", timezone.utc)[-1]
+        french = journal_table(self.relay.journal.records, "fr", timezone.utc)[-1]
+        if destination is None:
+            self.assertNotIn(" to ", closed["description"])
+            self.assertNotIn(", to ", english)
+            return closed
+        self.assertIn(f" to {destination} closed: {closed['reason']}", closed["description"])
+        self.assertIn(f"Connection id: {closed['connection']}, to {destination}, {closed['reason']}; ", english)
+        self.assertIn(f"Id de connexion : {closed['connection']}, vers {destination}, {closed['reason']} ; ", french)
+        return closed
+
     async def test_host_not_listed(self) -> None:
-        body = await self.refused(b"CONNECT www.example.org:443 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
+        body = await self.refused(b"CONNECT WWW.Example.org.:443 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
         self.assertIn("www.example.org:443 is not a destination", body)
         self.assertIn(f"localhost:{self.far.port}", body)
+        closed = self.asked("www.example.org:443")
+        self.assertRegex(
+            closed["description"],
+            r"^Connection 1 from 127\.0\.0\.1:\d+ to www\.example\.org:443 closed: destination-not-allowed$",
+        )
 
     async def test_ip_literal_not_listed(self) -> None:
         """localhost is listed, 127.0.0.1 is not: no tunnel."""
         await self.refused(f"CONNECT 127.0.0.1:{self.far.port} HTTP/1.1\r\n\r\n".encode(), 403, "destination-not-allowed")
+        self.asked(f"127.0.0.1:{self.far.port}")
+
+    async def test_ipv6_literal_not_listed(self) -> None:
+        await self.refused(b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
+        self.asked("[::1]:443")
 
     async def test_other_port(self) -> None:
         await self.refused(b"CONNECT localhost:22 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
+        self.asked("localhost:22")
+
+    async def test_destination_escaped_and_bounded(self) -> None:
+        """A CONNECT host with bytes a terminal acts on (a C1 CSI), and a long one: escaped, cut at 255."""
+        await self.refused(b"CONNECT \x9b2Jevil\xe9\\x.example:443 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
+        closed = self.asked("\\x9b2jevil\\xe9\\\\x.example:443")
+        self.assertNotIn("\x9b", closed["description"])
+        self.relay = start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=(f"localhost:{self.far.port}",))
+        await self.refused(b"CONNECT " + b"a" * 5000 + b".example:443 HTTP/1.1\r\n\r\n", 403, "destination-not-allowed")
+        [closed] = self.relay.records("connection-closed")
+        self.assertEqual(closed["destination"], "a" * 255 + "...")
+
+    async def test_bad_connect_names_nothing(self) -> None:
+        """A CONNECT without a port asked for no destination the relay could name."""
+        await self.refused(b"CONNECT localhost HTTP/1.1\r\n\r\n", 400, "http-bad-request")
+        self.asked(None)
 
     async def test_plain_proxy_request(self) -> None:
         body = await self.refused(b"GET http://www.example.org/ HTTP/1.1\r\nHost: x\r\n\r\n", 403, "not-a-tunnel")
         self.assertIn("This relay does not fetch web pages. This relay only opens HTTPS tunnels to e-PMSI:", body)
+        self.asked("www.example.org:80")
+
+    async def test_plain_proxy_request_url_parts_kept_out(self) -> None:
+        """The URL's host and port only: never its user, password, path or query."""
+        request = b"POST https://bob:s3cret@Portal.Example:8443/login?token=t0ken HTTP/1.1\r\nHost: x\r\n\r\n"
+        await self.refused(request, 403, "not-a-tunnel")
+        self.asked("portal.example:8443")
+        for secret in ("bob", "s3cret", "login", "t0ken"):
+            self.assertNotIn(secret, json.dumps(self.relay.journal.records))
+
+    async def test_other_method_names_nothing(self) -> None:
+        await self.refused(b"GET /index.html HTTP/1.1\r\nHost: www.example.org\r\n\r\n", 405, "http-method-not-allowed")
+        self.asked(None)
 
     async def test_other_method(self) -> None:
         await self.refused(b"GET /index.html HTTP/1.1\r\n\r\n", 405, "http-method-not-allowed")
@@ -221,7 +277,7 @@ class RefusalTests(TestCase):
         relay = self.relay = start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=(f"127.0.0.1:{port}",))
         body = await self.refused(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode(), 502, "tunnel-unreachable")
         self.assertIn(f"Could not reach 127.0.0.1:{port}: connection refused", body)
-        [closed] = relay.records("connection-closed")
+        closed = self.asked(f"127.0.0.1:{port}")
         self.assertEqual(closed["error"], "refused")
         [released] = relay.records("object-released")
         self.assertEqual(released["outcome"], "failed")

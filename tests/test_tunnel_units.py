@@ -16,7 +16,7 @@ from epop.epmsi.proxy import ProxyConfig, ProxyError
 from epop.errors import describe_upstream_failure
 from epop.messages import Text
 from epop.relay.destinations import ATIH_SIGN_IN, Destinations, is_local_address, parse_destination
-from epop.relay.http_head import MAX_HEAD, BadHead, HeadReader, language_of
+from epop.relay.http_head import MAX_HEAD, BadHead, HeadReader, language_of, url_destination
 from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
 from epop.relay.protocol import RelayFactory
 from epop.relay.tunnel import describe_failure
@@ -106,6 +106,22 @@ class HeadTests(SynchronousTestCase):
         self.assertEqual(language_of("fr-FR,fr;q=0.9,en;q=0.8"), "fr")
         self.assertEqual(language_of("de, en;q=0.5, fr;q=0.4"), "en")
         self.assertEqual(language_of("en;q=0.1, fr-CA"), "fr")
+
+    def test_url_destination(self) -> None:
+        """A proxy request's host and port, for the journal: the scheme's port by default, nothing else of the URL."""
+        cases = {
+            "http://www.Example.org/": ("www.example.org", 80),
+            "HTTPS://bob:s3cret@portal.example:8443/login?t=1": ("portal.example", 8443),
+            "http://[fd00::1]:8080/": ("fd00::1", 8080),
+            "http://h:0/": ("h", 0),
+            "http://h:99999/": None,
+            "http://h:port/": None,
+            "http://[fd00::1/": None,
+            "http:///path": None,
+            "ftp://h/": None,
+        }
+        for target, expected in cases.items():
+            self.assertEqual(url_destination(target), expected, target)
 
 
 def _session(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession, StringTransport]:

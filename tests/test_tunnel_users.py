@@ -471,13 +471,53 @@ class ThroughRelayTests(TestCase):
         self.assertEqual(released["outcome"], "completed")
         self.assertEqual(len(self.sandbox_connections), 1)
         self.assert_secrets_kept("secret")
+        self.assertIn(f" (user alice) to {self.target} closed: ", closed["description"])
+        await self.assert_views_name("alice", closed)
+
+    async def assert_views_name(self, user: str | None, closed: dict[str, Any]) -> None:
+        """
+        `epop journal` (French and English), `epop connections` and its --json,
+        run on the relay's journal file, name the user; or have no user at all.
+        """
+        config = os.path.abspath(self.mktemp())
+        code, english, err = await run_epop(config, "--lang", "en", "journal", self.journal_path)
+        self.assertEqual(code, 0, err)
+        code, french, err = await run_epop(config, "--lang", "fr", "journal", self.journal_path)
+        self.assertEqual(code, 0, err)
+        code, table, err = await run_epop(config, "--lang", "en", "connections", self.journal_path)
+        self.assertEqual(code, 0, err)
+        code, table_fr, err = await run_epop(config, "--lang", "fr", "connections", self.journal_path)
+        self.assertEqual(code, 0, err)
+        code, as_json, err = await run_epop(config, "connections", self.journal_path, "--json")
+        self.assertEqual(code, 0, err)
+        [summary] = [json.loads(line) for line in as_json.splitlines()]
+        header, _, row = table.decode().splitlines()
+        header_fr = table_fr.decode().splitlines()[0]
+        reason = closed["reason"]
+        if user is None:
+            self.assertNotIn("user", summary)
+            self.assertNotIn("User", header)
+            self.assertNotIn(", user ", english.decode())
+            self.assertNotIn("utilisateur", french.decode())
+            return
+        self.assertEqual(summary["user"], user)
+        self.assertEqual(header.split()[:3], ["Connection", "Client", "User"])
+        self.assertEqual(header_fr.split()[:3], ["Connexion", "Client", "Utilisateur"])
+        self.assertEqual(row.split()[2], user)
+        self.assertIn(f"Connection id: 1, user {user}, to {self.target}, {reason}; ", english.decode())
+        self.assertIn(f"Id de connexion : 1, utilisateur {user}, vers {self.target}, {reason} ; ", french.decode())
+        if self.relay.records("object-instantiated"):
+            self.assertIn(f"Instantiated object: tunnel to {self.target}, user {user}\n", english.decode())
+            self.assertIn(f"Type de l'objet instancié : tunnel vers {self.target}, utilisateur {user}\n", french.decode())
 
     async def test_curl_utf8_user(self) -> None:
         """A user name and password out of ASCII, with a ':' in the password (RFC 7617, UTF-8)."""
         out, err, code = await self.curl("--proxy-user", "zoé:été:2026")
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["files"][0]["sha256"], self.sha)
-        self.assertEqual((await self.closed())["user"], "zoé")
+        closed = await self.closed()
+        self.assertEqual(closed["user"], "zoé")
+        await self.assert_views_name("zoé", closed)
 
     async def test_curl_wrong_password(self) -> None:
         out, err, code = await self.curl("--proxy-user", "alice:guess")
@@ -487,6 +527,8 @@ class ThroughRelayTests(TestCase):
         self.assertEqual((closed["reason"], closed["user"]), ("tunnel-credentials-wrong", "alice"))
         self.assertEqual(self.sandbox_connections, [])
         self.assert_secrets_kept("guess")
+        self.assertIn(f" (user alice) to {self.target} closed: tunnel-credentials-wrong", closed["description"])
+        await self.assert_views_name("alice", closed)
 
     async def refused(self, headers: str, reason: str) -> str:
         request = f"CONNECT {self.target} HTTP/1.1\r\nHost: {self.target}\r\n{headers}\r\n"
@@ -503,7 +545,10 @@ class ThroughRelayTests(TestCase):
     async def test_missing(self) -> None:
         body = await self.refused("", "tunnel-credentials-missing")
         self.assertIn("This relay asks for a user name and password", body)
-        self.assertNotIn("user", (await self.closed()))
+        closed = await self.closed()
+        self.assertNotIn("user", closed)
+        self.assertNotIn("(user", closed["description"])
+        await self.assert_views_name(None, closed)
 
     async def test_missing_french(self) -> None:
         body = await self.refused("Accept-Language: fr-FR,fr;q=0.9\r\n", "tunnel-credentials-missing")

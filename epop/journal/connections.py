@@ -37,6 +37,9 @@ class ConnectionSummary:
     although the relay that had it is no longer running (it was killed, or
     the machine stopped).  A lost connection's C{reason} says how the
     reader knows: L{RELAY_RESTARTED} or L{RELAY_GONE}.
+
+    C{user} is the user an HTTP client named (C{--tunnel-users}), from any
+    of its records: an open tunnel's is known before it closes.
     """
 
     run: str
@@ -50,6 +53,7 @@ class ConnectionSummary:
     reason: str | None = None
     operations: int = 0
     state: str = "open"
+    user: str | None = None
 
     def ident(self, with_run: bool) -> str:
         return f"{self.run}:{self.connection}" if with_run else str(self.connection)
@@ -65,6 +69,7 @@ class ConnectionSummary:
             "run": self.run,
             "connection": self.connection,
             "client": self.client,
+            **({"user": self.user} if self.user is not None else {}),
             "state": self.state,
             "opened": iso(self.opened),
             "closed": iso(self.closed),
@@ -110,6 +115,8 @@ def connection_summaries(
             summary = found[key] = ConnectionSummary(run, number, str(record.get("client", "")))
         kind = record.get("type")
         when = record_time(record)
+        if isinstance(record.get("user"), str):
+            summary.user = record["user"]
         if kind == "connection-opened":
             summary.opened = when
         elif kind == "object-instantiated":
@@ -197,13 +204,16 @@ def connections_table(
 ) -> list[str]:
     """
     The manual's "Connexions" window as a table: id (C{run:id} when the
-    journal holds several runs), client, opened, closed or "open",
-    duration, bytes in and out, and why it closed.
+    journal holds several runs), client, its user when any connection has
+    one (C{--tunnel-users}), opened, closed or "open", duration, bytes in
+    and out, and why it closed.
     """
     with_run = len({s.run for s in summaries}) > 1
+    with_user = any(s.user is not None for s in summaries)
     header = [
         Text("Connection").render(language),
         Text("Client").render(language),
+        *([Text("User").render(language)] if with_user else []),
         Text("Opened").render(language),
         Text("Closed").render(language),
         Text("Duration").render(language),
@@ -225,6 +235,7 @@ def connections_table(
         row = [
             s.ident(with_run),
             s.client,
+            *([s.user or ""] if with_user else []),
             local_time(s.opened, language, tz),
             closed,
             duration_text(s.duration, language) if s.state != "lost" else "?",

@@ -54,9 +54,20 @@ def _client_ip(client: Any) -> str:
     return client
 
 
-def _outcome(record: dict[str, Any]) -> str:
+def _outcome(record: dict[str, Any]) -> Text | str:
     outcome = str(record.get("outcome"))
-    return f"{outcome} ({record['error']})" if record.get("error") else outcome
+    if not record.get("error"):
+        return outcome
+    if record.get("reason") == "tunnel-sni-mismatch":
+        # The name is the client's, not the tunnel's destination: say so.
+        return Text("{outcome} (asked for {name})", outcome=outcome, name=record["error"])
+    return f"{outcome} ({record['error']})"
+
+
+def _user(record: dict[str, Any]) -> Text | str:
+    """The user an HTTP client named (C{--tunnel-users}), if it named one."""
+    user = record.get("user")
+    return Text(", user {user}", user=user) if isinstance(user, str) else ""
 
 
 def _description(record: dict[str, Any], language: str) -> Text:
@@ -72,10 +83,13 @@ def _description(record: dict[str, Any], language: str) -> Text:
             client=record["client"],
         )
     if kind == "connection-closed":
+        destination = record.get("destination")
         return Text(
-            "Connection id: {connection}, {reason}; {bytes_in} bytes received, "
+            "Connection id: {connection}{user}{destination}, {reason}; {bytes_in} bytes received, "
             "{bytes_out} sent, in {duration}",
             connection=record["connection"],
+            user=_user(record),
+            destination=Text(", to {destination}", destination=destination) if destination else "",
             reason=record["reason"],
             bytes_in=record["bytes_in"],
             bytes_out=record["bytes_out"],
@@ -84,9 +98,10 @@ def _description(record: dict[str, Any], language: str) -> Text:
     if kind == "object-instantiated":
         if "destination" in record:
             return Text(
-                "Instantiated object: {kind} to {destination}",
+                "Instantiated object: {kind} to {destination}{user}",
                 kind=record["kind"],
                 destination=record["destination"],
+                user=_user(record),
             )
         if "method" in record:
             return Text(

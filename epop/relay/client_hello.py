@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epop.printable import printable
+from epop.printable import SHOWN_LENGTH, shown_peer_text
 
 __all__ = [
     "MAX_HANDSHAKE",
@@ -74,7 +74,7 @@ MAX_HELD = MAX_HANDSHAKE + HANDSHAKE_HEADER + 1024
 SERVER_NAME = 0
 HOST_NAME = 0
 #: Characters of a client's server name the journal keeps.
-SHOWN_NAME_LENGTH = 255
+SHOWN_NAME_LENGTH = SHOWN_LENGTH
 
 
 @dataclass(frozen=True)
@@ -311,9 +311,7 @@ def shown_name(server_name: str) -> str:
     doubled, other bytes escaped (C{\\xff}, C{\\n}), cut at
     L{SHOWN_NAME_LENGTH} characters with C{...}.
     """
-    escaped = server_name.replace("\\", "\\\\").encode("latin-1").decode("ascii", "backslashreplace")
-    shown = printable(escaped)
-    return shown[:SHOWN_NAME_LENGTH] + "..." if len(shown) > SHOWN_NAME_LENGTH else shown
+    return shown_peer_text(server_name, SHOWN_NAME_LENGTH)
 
 
 class TunnelHelloRefused(Exception):

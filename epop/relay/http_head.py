@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from epop.messages import LANGUAGES
 
-__all__ = ["MAX_HEAD", "BadHead", "HeadReader", "RequestHead", "language_of"]
+__all__ = ["MAX_HEAD", "BadHead", "HeadReader", "RequestHead", "language_of", "url_destination"]
 
 #: Largest request head read; past it the client gets 431.
 MAX_HEAD = 8 * 1024
@@ -110,3 +111,20 @@ def language_of(accept_language: str) -> str:
         if q > best_q:
             best, best_q = primary, q
     return best
+
+
+def url_destination(target: str) -> tuple[str, int] | None:
+    """
+    The host and port of a proxy request's URL (C{GET http://host/...}),
+    the scheme's port by default; never its user, password, path or query.
+    C{None} if it names no host, or a port that is not one.
+    """
+    try:
+        url = urlsplit(target)
+        port = url.port
+    except ValueError:
+        return None
+    scheme = url.scheme.lower()
+    if scheme not in ("http", "https") or not url.hostname:
+        return None
+    return url.hostname, port if port is not None else (443 if scheme == "https" else 80)

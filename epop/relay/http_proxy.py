@@ -43,7 +43,7 @@ from epop.relay import http_answers as answers
 from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
 from epop.relay.destinations import Destination, Destinations, parse_destination
 from epop.relay.failures import relay_stopping
-from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of
+from epop.relay.http_head import BadHead, HeadReader, RequestHead, language_of, url_destination
 from epop.relay.info_page import page_for
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
@@ -142,14 +142,6 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._idle_timer: Any = None
         self._last_activity = 0.0
         self._grace: Any = None
-        #: The user of C{Proxy-Authorization}, once given (C{--tunnel-users}).
-        self.user: str | None = None
-
-    def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
-        # The user name only, once given: never the password or the header.
-        if self.user is not None:
-            fields.setdefault("user", self.user)
-        super().journal_event(event_type, format, **fields)
 
     # IRelaySession
     def fail(self, error: EpopError) -> None:
@@ -253,6 +245,7 @@ class HttpProxySession(JournaledConnection, Protocol):
             if not host or not port:
                 self._refuse(answers.bad_connect())
                 return
+            self.asked_for(host, port)
             destination = destinations.find(host, port)
             if destination is None:
                 self._refuse(answers.destination_not_allowed(host, port, destinations))
@@ -265,6 +258,8 @@ class HttpProxySession(JournaledConnection, Protocol):
         if head.method in ("GET", "HEAD") and head.target.startswith("/") and self._serve_page(head):
             return
         if head.target.lower().startswith(("http://", "https://")):
+            if (asked := url_destination(head.target)) is not None:
+                self.asked_for(*asked)
             self._refuse(answers.not_a_tunnel(destinations))
             return
         self._refuse(answers.method_not_allowed(destinations))

@@ -4,7 +4,10 @@ its client, its byte counts, and its two journal lines.
 
 An e-POP session (L{epop.relay.protocol}) and an HTTP client of the relay as
 an HTTPS proxy (L{epop.relay.http_proxy}) are journaled alike, so that
-C{epop journal} and C{epop connections} read them the same way.
+C{epop journal} and C{epop connections} read them the same way.  An HTTP
+client's lines also say who it was (C{--tunnel-users}) and, when it is
+closed, where it asked to go: what an administrator needs to tell a
+mistyped proxy setting from a site that should be a C{--tunnel-to}.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 
-from epop.addressing import format_peer
+from epop.addressing import format_peer, host_port
 from epop.journal import events as journal
+from epop.printable import shown_peer_text
 
 __all__ = ["JournaledConnection"]
 
@@ -45,8 +49,15 @@ class JournaledConnection:
         self._journaled = False
         self._close_reason: str | None = None
         self._close_error: str | None = None
+        #: The user an HTTP client named (C{--tunnel-users}), once given:
+        #: on each of its lines from then on.  Never its password.
+        self.user: str | None = None
+        #: Where an HTTP client asked to go (L{asked_for}), as journaled.
+        self.destination: str | None = None
 
     def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
+        if self.user is not None:
+            fields.setdefault("user", self.user)
         journal.emit(
             self.log,
             self.relay_id,
@@ -87,19 +98,32 @@ class JournaledConnection:
         if self._close_reason is None:
             self._close_reason, self._close_error = reason, error
 
+    def asked_for(self, host: str, port: int) -> None:
+        """
+        The destination the client asked for (a C{CONNECT}'s, or a proxy
+        request's URL), allowed or not: on the C{connection-closed} line,
+        escaped and bounded, as the client wrote it.
+        """
+        self.destination = shown_peer_text(host_port(host, port))
+
     def count_refused(self, data: bytes) -> None:
         """Bytes of a refused connection, never read: the journal counts them all the same."""
         self.bytes_in += len(data)
 
     def journal_closed(self) -> None:
         """The connection's last line, with its reason; then L{lost} fires."""
+        asked = {} if self.destination is None else {"destination": self.destination}
         self.journal_event(
             "connection-closed",
-            "Connection {connection} from {client} closed: {reason}",
+            "Connection {connection} from {client}"
+            + (" (user {user})" if self.user is not None else "")
+            + (" to {destination}" if asked else "")
+            + " closed: {reason}",
             duration=round(self.clock.seconds() - self._opened, 6),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             reason=self._close_reason,
+            **asked,
             **({"error": self._close_error} if self._close_error else {}),
         )
         self.lost.callback(None)
