@@ -39,7 +39,7 @@ class RelayAsProxyTests(TestCase):
         self.running = relay
         return f"http://127.0.0.1:{relay.port}"
 
-    async def test(self, proxy: str, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, str]:
+    async def epop_test(self, proxy: str, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, str]:
         code, out, err = await run_epop(
             self.config_path, *argv, "test", "--direct", "--proxy", proxy,
             "--epmsi", self.sandbox.url, "--ca-file", self.sandbox.ca_path, environ=environ,
@@ -47,9 +47,9 @@ class RelayAsProxyTests(TestCase):
         return code, err
 
     async def test_outside_allowlist(self) -> None:
-        """A workstation outside --allow is told so, not that the destination is forbidden."""
+        """A workstation outside --allow is told so, in the language of --lang over the locale's."""
         proxy = self.relay(allow=("10.0.0.0/8",))
-        code, err = await self.test(proxy, "--lang", "en")
+        code, err = await self.epop_test(proxy, "--lang", "en", environ={"LANG": "fr_FR.UTF-8"})
         self.assertEqual(code, _EXIT_FAILED, err)
         self.assertIn(
             f"Could not reach e-PMSI through the proxy {proxy[7:]}: the proxy refused the tunnel "
@@ -63,7 +63,7 @@ class RelayAsProxyTests(TestCase):
     async def test_outside_allowlist_in_french(self) -> None:
         """A French workstation (its locale, no --lang) gets the relay's words in French."""
         proxy = self.relay(allow=("10.0.0.0/8",))
-        code, err = await self.test(proxy, environ={"LANG": "fr_FR.UTF-8"})
+        code, err = await self.epop_test(proxy, environ={"LANG": "fr_FR.UTF-8"})
         self.assertEqual(code, _EXIT_FAILED, err)
         self.assertIn("le proxy a refusé le tunnel (403 Forbidden) : « Le client 127.0.0.1:", err)
         self.assertIn(" n'est pas autorisé à se connecter au serveur ePOP »", err)
@@ -179,18 +179,28 @@ class FakeProxyTests(TestCase):
     """Odd refusal bodies over a real socket: bounded, escaped, or left unsaid."""
 
     async def refused(
-        self, answer: bytes, then: str = "stay", user: str | None = None, timeout: float = 30
+        self,
+        answer: bytes,
+        then: str = "stay",
+        user: str | None = None,
+        timeout: float = 30,
+        language: str | None = "fr",
     ) -> tuple[ProxyError, FakeProxyServer]:
         server = FakeProxyServer(self, answer, then)
-        proxy = ProxyConfig("127.0.0.1", server.port, user, "pw" if user else None, language="fr")
+        proxy = ProxyConfig("127.0.0.1", server.port, user, "pw" if user else None, language=language)
         endpoint = TunnelEndpoint(reactor, proxy, "www.epmsi.atih.sante.fr", 443, timeout)
         error = await self.assertFailure(endpoint.connect(Factory.forProtocol(Protocol)), ProxyError)
         return error, server
 
     async def test_accept_language(self) -> None:
-        """The CONNECT asks for the workstation's language as a plain tag."""
-        _, server = await self.refused(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        """The CONNECT asks for the workstation's language as a plain tag; for no other."""
+        answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+        _, server = await self.refused(answer)
         self.assertIn(b"\r\nAccept-Language: fr\r\n", server.connections[0].request)
+        for language in (None, "fr-FR,fr;q=0.9\r\nX-Injected: 1"):
+            _, server = await self.refused(answer, language=language)
+            self.assertNotIn(b"Accept-Language", server.connections[0].request)
+            self.assertNotIn(b"X-Injected", server.connections[0].request)
 
     async def test_control_characters_escaped(self) -> None:
         """Terminal escapes, bidi overrides and line breaks in the body are shown escaped, on one line."""
