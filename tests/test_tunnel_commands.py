@@ -52,7 +52,7 @@ class DirectThroughRelayTests(TestCase):
         self.assertEqual(json.loads(out)["files"][0]["sha256"], sha)
 
     async def test_destination_not_allowed(self) -> None:
-        """A workstation aiming elsewhere is told the proxy (the relay) forbids it; nothing reached."""
+        """A workstation aiming elsewhere is shown the relay's refusal, naming what it serves; nothing reached."""
         elsewhere = SilentServer(self, reactor)
         code, out, err = await self.epop(
             "test", "--direct", "--proxy", self.proxy,
@@ -60,7 +60,12 @@ class DirectThroughRelayTests(TestCase):
         )
         self.assertEqual(code, 1)
         self.assertIn(f"through the proxy 127.0.0.1:{self.relay.port}", err)
-        self.assertIn("forbids this destination (403 Forbidden)", err)
+        self.assertIn(
+            f"the proxy refused the tunnel (403 Forbidden): «127.0.0.1:{elsewhere.port} is not a "
+            "destination of this relay. This relay only opens HTTPS tunnels to e-PMSI: "
+            f"127.0.0.1:{self.sandbox.port.getHost().port}.»",
+            err,
+        )
         self.assertEqual(elsewhere.accepted, [])
         self.assertTrue(await poll_until(reactor, lambda: self.relay.records("connection-closed")))
         [closed] = self.relay.records("connection-closed")

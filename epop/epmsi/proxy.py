@@ -58,6 +58,9 @@ class ProxyConfig:
     port: int
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: The workstation's language ("fr" or "en"), asked of the proxy as
+    #: C{Accept-Language}: the e-POP relay answers its refusals in it.
+    language: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_url(

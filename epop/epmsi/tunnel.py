@@ -10,7 +10,10 @@ L{twisted.internet.endpoints.wrapClientTLS} puts around it.  TLS then runs
 end to end inside the tunnel: the proxy never sees the content, and e-PMSI
 never sees the proxy's credentials.
 
-Every way the proxy can say no is a L{ProxyError} whose C{cause} names it.
+Every way the proxy can say no is a L{ProxyError} whose C{cause} names it;
+when the refusal's body is short plain text (the e-POP relay's CONNECT mode
+says exactly why, in the language the CONNECT asked for), the error quotes
+it (L{epop.epmsi.proxy_words}).
 The proxy's settings themselves are in L{epop.epmsi.proxy}.
 """
 
@@ -30,7 +33,8 @@ from zope.interface import implementer
 from epop._version import __version__
 from epop.addressing import host_port
 from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, ProxyError
-from epop.messages import Text
+from epop.epmsi.proxy_words import body_to_read, proxy_words
+from epop.messages import LANGUAGES, Text
 
 __all__ = ["MAX_ANSWER_HEAD", "TunnelEndpoint"]
 
@@ -40,8 +44,26 @@ MAX_ANSWER_HEAD = 64 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?")
 
 
-def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> ProxyError:
+def _refusal(
+    proxy: ProxyConfig, status: int, reason: str, head: bytes, words: str | None = None
+) -> ProxyError:
+    """
+    The error for a refusal; with the proxy's own C{words}, those say why,
+    rather than a guess from the status (kept for 407, whose advice fits).
+    """
     said = f"{status} {reason}".strip()
+    cause, guess = _guess(status, said, head, proxy.user)
+    if words is None:
+        text = guess
+    elif status == 407:
+        text = Text("{refusal} The proxy says: «{words}»", refusal=guess, words=words)
+    else:
+        text = Text("the proxy refused the tunnel ({said}): «{words}»", said=said, words=words)
+    return ProxyError(proxy, cause, text)
+
+
+def _guess(status: int, said: str, head: bytes, user: str | None) -> tuple[str, Text]:
+    """The cause and its text, from the status alone."""
     if status == 407:
         schemes = [
             line.split(b":", 1)[1].strip().split(b" ", 1)[0].decode("latin-1")
@@ -49,8 +71,7 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
             if line.lower().startswith(b"proxy-authenticate:")
         ]
         if schemes and not any(s.lower() == "basic" for s in schemes):
-            return ProxyError(
-                proxy,
+            return (
                 "proxy-auth-unsupported",
                 Text(
                     "the proxy asks for {schemes} authentication ({said}), and only Basic "
@@ -60,9 +81,8 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
                     said=said,
                 ),
             )
-        if proxy.user is None:
-            return ProxyError(
-                proxy,
+        if user is None:
+            return (
                 "proxy-auth-required",
                 Text(
                     "the proxy demands a user name and password ({said}). Give the proxy "
@@ -71,19 +91,17 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
                     variable=PASSWORD_VARIABLE,
                 ),
             )
-        return ProxyError(
-            proxy,
+        return (
             "proxy-auth-rejected",
             Text(
                 "the proxy rejected the user name '{user}' or its password ({said}). "
                 "Check both with the IT department.",
-                user=proxy.user,
+                user=user,
                 said=said,
             ),
         )
     if status == 403:
-        return ProxyError(
-            proxy,
+        return (
             "proxy-forbidden",
             Text(
                 "the proxy forbids this destination ({said}). Ask the IT department to "
@@ -91,7 +109,7 @@ def _refusal(proxy: ProxyConfig, status: int, reason: str, head: bytes) -> Proxy
                 said=said,
             ),
         )
-    return ProxyError(proxy, "proxy-error", Text("the proxy refused the tunnel ({said}).", said=said))
+    return "proxy-error", Text("the proxy refused the tunnel ({said}).", said=said)
 
 
 class _TunnelProtocol(Protocol):
@@ -103,6 +121,11 @@ class _TunnelProtocol(Protocol):
         self._head = b""
         self.tunnelled: Any = None
         self.opened: Deferred[Any] = Deferred()
+        #: A refusal whose body is being read: status, reason phrase, head.
+        self._refused: tuple[int, str, bytes] | None = None
+        self._body = b""
+        self._body_size = 0
+        self._body_exact = False
 
     def connectionMade(self) -> None:
         endpoint = self._endpoint
@@ -115,11 +138,17 @@ class _TunnelProtocol(Protocol):
         authorization = endpoint.proxy.authorization()
         if authorization is not None:
             lines.append(b"Proxy-Authorization: " + authorization)
+        if endpoint.proxy.language in LANGUAGES:
+            # A plain tag: the e-POP relay answers its refusals in it.
+            lines.append(b"Accept-Language: " + endpoint.proxy.language.encode("ascii"))
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnelled is not None:
             self.tunnelled.dataReceived(data)
+            return
+        if self._refused is not None:
+            self._read_body(data)
             return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
@@ -136,13 +165,36 @@ class _TunnelProtocol(Protocol):
         status = int(match.group(1))
         if status // 100 != 2:
             reason = (match.group(2) or b"").decode("latin-1")
-            self._refuse(_refusal(self._endpoint.proxy, status, reason, head))
+            self._refused = (status, reason, head)
+            to_read = body_to_read(head)
+            if to_read is None:
+                self._refuse(self.refusal())
+                return
+            self._body_size, self._body_exact = to_read
+            self._read_body(rest)
             return
         self.tunnelled = self._factory.buildProtocol(self.transport.getPeer())
         self.tunnelled.makeConnection(self.transport)
         self.opened.callback(self.tunnelled)
         if rest:
             self.tunnelled.dataReceived(rest)
+
+    def _read_body(self, data: bytes) -> None:
+        """Gather the refusal's body; refuse once it is whole (or L{MAX_BODY})."""
+        self._body += data
+        if len(self._body) >= self._body_size:
+            self._refuse(self.refusal(self._body[: self._body_size]))
+
+    def refusal(self, body: bytes | None = None) -> ProxyError | None:
+        """
+        The proxy's refusal, quoting C{body} when it says something; C{None}
+        before any refusal arrived.
+        """
+        if self._refused is None:
+            return None
+        status, reason, head = self._refused
+        words = None if body is None else proxy_words(head, body)
+        return _refusal(self._endpoint.proxy, status, reason, head, words)
 
     def _garbage(self) -> ProxyError:
         return ProxyError(
@@ -162,6 +214,12 @@ class _TunnelProtocol(Protocol):
     def connectionLost(self, reason: Failure = netError.ConnectionDone) -> None:  # type: ignore[assignment]
         if self.tunnelled is not None:
             self.tunnelled.connectionLost(reason)
+        elif self._refused is not None:
+            if not self.opened.called:
+                # Until the close is how long a body without Content-Length is;
+                # one cut short of its Content-Length is not quoted.
+                whole = not self._body_exact
+                self.opened.errback(self.refusal(self._body if whole else None))
         elif not self.opened.called:
             self.opened.errback(
                 ProxyError(
@@ -178,7 +236,8 @@ class TunnelEndpoint:
     A connection to C{host:port} through C{proxy}'s CONNECT tunnel.
 
     @param timeout: seconds for the whole handshake (reaching the proxy and
-        its answer); past them the attempt fails with cause C{proxy-timeout}.
+        its answer); past them the attempt fails with cause C{proxy-timeout},
+        or, when a refusal arrived but not yet its body, as that refusal.
     @param proxy_endpoint: how to reach the proxy; by default a
         L{HostnameEndpoint} to its host and port.
     """
@@ -219,8 +278,10 @@ class TunnelEndpoint:
                 tunnel.opened.errback(reason or CancelledError())
 
         def timed_out() -> None:
+            # A refusal whose body is slow is still that refusal, without its words.
             stop(
-                ProxyError(
+                tunnel.refusal()
+                or ProxyError(
                     self.proxy,
                     "proxy-timeout",
                     Text(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import usage
@@ -109,13 +110,18 @@ class TargetOptions(CommandOptions):
 
     _TLS_FLAGS = ("relay-ca", "tls-client-cert", "tls-client-key")
 
-    def route(self) -> dict[str, Any]:
-        """Once resolved: the way to e-PMSI and the time limits, as L{send_file} and L{test_connection} take them."""
+    def route(self, language: str | None = None) -> dict[str, Any]:
+        """
+        Once resolved: the way to e-PMSI and the time limits, as L{send_file}
+        and L{test_connection} take them; a proxy is asked to answer in
+        C{language}.
+        """
+        proxy = self.proxy if self.proxy is None else replace(self.proxy, language=language)
         return {
             "relay": self.relay,
             "epmsi": self.epmsi,
             "ca_file": self.ca_file,
-            "proxy": self.proxy,
+            "proxy": proxy,
             "tls": self.tls,
             "timeout": self["timeout"],
             "stall_timeout": self["stall-timeout"],
@@ -251,7 +257,7 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
         field=options.field,
         fields=options.fields,
         output=command.stdout,
-        **options.route(),
+        **options.route(command.language),
     )
     interruption.watch(d)
 
@@ -292,7 +298,7 @@ def test(command: Command, options: TestOptions) -> Deferred[int]:
     """C{epop test}: the manual's "Tester", step by step, saying which failed."""
     options.resolve(command.saved, command.environ)
     interruption = command.interruption
-    d = test_connection(command.reactor, **options.route())
+    d = test_connection(command.reactor, **options.route(command.language))
     interruption.watch(d)
 
     def interrupted(failure: Failure) -> int | Failure:
