@@ -231,12 +231,12 @@ class RefusalTests(TestCase):
         events: list[dict] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=("epmsi-mirror.example",))
+        relay = start_relay(self, reactor, "https://127.0.0.1:1", None, tunnel_to=("epmsi-mirror.example",))
         start_relay(self, reactor, "https://127.0.0.1:1", None, no_tunnel=True)
         said = [formatEvent(e) for e in events if "HTTPS proxy" in formatEvent(e)]
         self.assertEqual(len(said), 2, said)
         self.assertIn("tunnelling only to 127.0.0.1:1, epmsi-mirror.example:443, for every allowed client", said[0])
-        self.assertIn("/proxy.pac", said[0])
+        self.assertTrue(said[0].endswith(f"from http://127.0.0.1:{relay.port}/proxy.pac (or /wpad.dat)"), said[0])
         self.assertIn("HTTPS proxy mode off (--no-tunnel)", said[1])
 
     async def test_garbage(self) -> None:

@@ -61,9 +61,9 @@ class DirectThroughRelayTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(f"through the proxy 127.0.0.1:{self.relay.port}", err)
         self.assertIn(
-            f"the proxy refused the tunnel (403 Forbidden): «127.0.0.1:{elsewhere.port} is not a "
+            f"the proxy refused the tunnel (403 Forbidden): \"127.0.0.1:{elsewhere.port} is not a "
             "destination of this relay. This relay only opens HTTPS tunnels to e-PMSI: "
-            f"127.0.0.1:{self.sandbox.port.getHost().port}.»",
+            f"127.0.0.1:{self.sandbox.port.getHost().port}.\"",
             err,
         )
         self.assertEqual(elsewhere.accepted, [])

@@ -56,9 +56,9 @@ def _refusal(
     if words is None:
         text = guess
     elif status == 407:
-        text = Text("{refusal} The proxy says: «{words}»", refusal=guess, words=words)
+        text = Text('{refusal} The proxy says: "{words}"', refusal=guess, words=words)
     else:
-        text = Text("the proxy refused the tunnel ({said}): «{words}»", said=said, words=words)
+        text = Text('the proxy refused the tunnel ({said}): "{words}"', said=said, words=words)
     return ProxyError(proxy, cause, text)
 
 

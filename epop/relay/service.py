@@ -228,12 +228,23 @@ class RelayService(MultiService):
             self.log.info("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
             return
         users = self.settings.tunnel_users
+        pac = [f"http://{address}/proxy.pac" for address in self._reachable_addresses()]
         self.log.info(
-            "Also an HTTPS proxy on the same port, tunnelling only to {destinations}{users}; "
-            "browsers take their settings from /proxy.pac on the relay's address and port",
+            "Also an HTTPS proxy on the same port(s), tunnelling only to {destinations}{users}; "
+            "browsers take their settings from {pac} (or /wpad.dat)",
             destinations=destinations.describe(),
             users=f", for the users of {users}" if users else ", for every allowed client",
+            pac=", ".join(pac) or "/proxy.pac on the relay's address and port",
         )
+
+    def _reachable_addresses(self) -> list[str]:
+        """Each listener's C{host:port} as workstations type it (a wildcard: this machine's addresses)."""
+        found: list[str] = []
+        for listener in self.listeners:
+            host = listener.port.getHost() if listener.port is not None else None
+            if isinstance(getattr(host, "host", None), str) and isinstance(getattr(host, "port", None), int):
+                found.extend(addresses_for_listen_host(host.host, host.port))
+        return found
 
     def _checked(self, result: CheckResult) -> CheckResult:
         if result.ok:
