@@ -173,3 +173,7 @@ class ProxyError(UpstreamError):
             ),
             cause,
         )
+        #: The proxy refused or failed, and why in words: for a caller that
+        #: says it about another destination than e-PMSI.
+        self.proxy = proxy
+        self.reason = text

@@ -184,27 +184,27 @@ def method_not_allowed(destinations: Destinations) -> Refusal:
 # The credentials (--tunnel-users).
 
 
+def _ask_for_credentials(code: str, text: Text) -> Refusal:
+    return Refusal(407, code, text, headers=_ASK_FOR_CREDENTIALS)
+
+
 def credentials_missing() -> Refusal:
-    return Refusal(
-        407,
+    return _ask_for_credentials(
         "tunnel-credentials-missing",
         Text(
             "This relay asks for a user name and password: set them in the "
             "proxy settings of the application (or let the browser ask for them)."
         ),
-        headers=_ASK_FOR_CREDENTIALS,
     )
 
 
 def credentials_wrong() -> Refusal:
-    return Refusal(
-        407,
+    return _ask_for_credentials(
         "tunnel-credentials-wrong",
         Text(
             "The user name or password for this relay is wrong: check them in the "
             "proxy settings of the application, or ask the relay's administrator."
         ),
-        headers=_ASK_FOR_CREDENTIALS,
     )
 
 

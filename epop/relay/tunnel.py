@@ -25,9 +25,9 @@ from zope.interface import implementer
 
 from epop.addressing import ip_of
 from epop.epmsi.proxy import ProxyConfig, ProxyError
+from epop.epmsi.tunnel import TunnelEndpoint
 from epop.errors import UpstreamError, describe_destination_failure
 from epop.messages import Text
-from epop.epmsi.tunnel import TunnelEndpoint
 
 __all__ = ["FarSide", "IFarEnd", "connect_destination", "describe_failure", "resolve", "splice"]
 
@@ -133,8 +133,8 @@ def describe_failure(failure: Failure, destination: str, *, timeout: float) -> U
             Text(
                 "Could not reach {destination} through the proxy {proxy}: {reason}",
                 destination=destination,
-                proxy=refusal.text.params["proxy"],
-                reason=refusal.text.params["reason"],
+                proxy=refusal.proxy.address,
+                reason=refusal.reason,
             ),
             refusal.cause,
         )
