@@ -368,6 +368,8 @@ class RelayFactory(Factory):
         connection (0: no limit).
     @param checks_per_client: the same for all the connections of one
         client address (0: no limit).
+    @param first_connection_id: the first connection's number (a relay that
+        listens again goes on from where it stopped).
     """
 
     protocol = RelayProtocol
@@ -388,6 +390,7 @@ class RelayFactory(Factory):
         upload_grace: float = DEFAULT_UPLOAD_GRACE,
         checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION,
         checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT,
+        first_connection_id: int = 1,
     ) -> None:
         self.reactor = reactor
         self.upstream = upstream
@@ -408,10 +411,15 @@ class RelayFactory(Factory):
         self.read_budget = ReadBudget()
         #: Set once the relay is stopping: no new operation starts.
         self.draining = False
-        self._next_id = 1
+        self._next_id = first_connection_id
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
         return RelayProtocol(self, self.next_connection_id())
+
+    @property
+    def upcoming_connection_id(self) -> int:
+        """The number the next connection will get."""
+        return self._next_id
 
     def next_connection_id(self) -> int:
         """The next connection's number, shared with the relay's HTTP side."""

@@ -15,11 +15,12 @@ e.g. when twistd gets C{SIGHUP}; the change is journaled.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -55,6 +56,8 @@ __all__ = [
     "RelaySettings",
     "RelayService",
     "ListenError",
+    "RelayListening",
+    "StartRefused",
     "ListeningService",
     "ReloadRefused",
     "make_relay_service",
@@ -110,9 +113,10 @@ class ListeningService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._listen()
+        self.bind()
 
-    def _listen(self) -> None:
+    def bind(self) -> None:
+        """Open the port (if not open yet); journaled only once started."""
         if self.port is not None:
             return
         outcome: list[Any] = []
@@ -128,8 +132,13 @@ class ListeningService(Service):
             raise ListenError(self.description, why)
         self.port = outcome[0]
 
+    def unbind(self) -> Deferred[None] | None:
+        """Close a port opened by L{bind} whose listening never started: nothing to journal."""
+        port, self.port = self.port, None
+        return None if port is None else maybeDeferred(port.stopListening)
+
     def startService(self) -> None:
-        self._listen()
+        self.bind()
         super().startService()
         assert self.port is not None
         host = self.port.getHost()
@@ -171,12 +180,108 @@ class ListeningService(Service):
         return maybeDeferred(port.stopListening).addBoth(closed)
 
 
+class RelayListening(Exception):
+    """The relay is listening: stop it first (its settings change only while stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__("the relay is listening: stop listening first")
+
+
+class StartRefused(Exception):
+    """
+    Listening did not start, and why: e-PMSI could not be reached (C{check})
+    or a port could not be opened (C{listen_error}).  Nothing listens.
+    """
+
+    def __init__(self, check: CheckResult | None = None, listen_error: ListenError | None = None) -> None:
+        super().__init__(str(listen_error) if listen_error is not None else check.describe() if check else "")
+        self.check = check
+        self.listen_error = listen_error
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """Everything one set of settings listens and relays with."""
+
+    upstream: Upstream
+    factory: RelayFactory
+    allowlist_factory: AllowlistFactory
+    limits_factory: LimitsFactory
+    listeners: list[ListeningService]
+
+
+def _serving(reactor: Any, settings: RelaySettings, relay_id: str, first_connection_id: int) -> _Serving:
+    """
+    Build the listeners and the factories behind them for C{settings}.
+
+    @raise ValueError: for an unusable TLS certificate or key.
+    """
+    upstream = Upstream(
+        reactor,
+        settings.epmsi,
+        tls_policy(settings.ca_file),
+        connect_timeout=settings.connect_timeout,
+        proxy=settings.proxy,
+        check_path=settings.check_path,
+    )
+    factory = RelayFactory(
+        reactor,
+        upstream,
+        relay_id,
+        idle_timeout=settings.idle_timeout,
+        epmsi_timeout=settings.epmsi_timeout,
+        hello_timeout=settings.hello_timeout,
+        frame_timeout=settings.frame_timeout,
+        upload_min_rate=settings.upload_min_rate,
+        upload_grace=settings.upload_grace,
+        checks_per_connection=settings.checks_per_connection,
+        checks_per_client=settings.checks_per_client,
+        first_connection_id=first_connection_id,
+    )
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
+    # The allowlist first: a client it refuses is neither counted nor told of caps.
+    limited = LimitsFactory(factory, limits)
+    # Always in place, so that the list can change while the relay runs.
+    checked = AllowlistFactory(limited, Allowlist(settings.allow))
+    # The HTTP side (CONNECT tunnels): the same allowlist, counted against the same caps.
+    http = HttpProxyFactory(
+        factory,
+        settings.destinations(),
+        proxy=settings.proxy,
+        connect_timeout=settings.connect_timeout,
+        hello_timeout=settings.hello_timeout,
+        idle_timeout=settings.tunnel_idle_timeout,
+        users=None if settings.tunnel_users is None else TunnelUsers.for_reactor(settings.tunnel_users, reactor),
+    )
+    http_checked = AllowlistFactory(LimitsFactory(http, limits, same_as=limited), same_as=checked)
+    served = SessionChoiceFactory(
+        checked,
+        settings.tls,
+        reactor,
+        settings.idle_timeout,
+        gate=checked.refusal,
+        # Silent connections are not counted against the caps (their client
+        # is not known yet behind a load balancer), but they are bounded too.
+        max_silent=MAX_SILENT_CONNECTIONS,
+        silent_grace=SILENT_GRACE,
+        http=http_checked,
+    )
+    listeners = [
+        ListeningService(description, listen_endpoint(reactor, description), factory, served)
+        for description in settings.listen
+    ]
+    return _Serving(upstream, factory, checked, limited, listeners)
+
+
 class RelayService(MultiService):
     """
     A relay: a journal, one listener per endpoint, and e-PMSI's side.
 
-    @ivar factory: the relay's protocol factory, shared by all listeners.
-    @ivar upstream: e-PMSI's side, with its connection pool.
+    It listens when started, and may stop and start listening again while
+    it runs (L{stop_listening}, L{start_listening}: the original's "Arrêter
+    l'écoute" and "Lancer l'écoute"), with other settings in between
+    (L{change_settings}).
+
     @ivar startup_check: fires with the L{CheckResult} of the start-up check.
     """
 
@@ -186,29 +291,61 @@ class RelayService(MultiService):
         self,
         reactor: Any,
         settings: RelaySettings,
-        factory: RelayFactory,
+        relay_id: str,
         journal_service: JournalService,
-        listeners: list[ListeningService],
-        allowlist_factory: AllowlistFactory,
-        limits_factory: LimitsFactory,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.settings = settings
-        self.factory = factory
-        self.upstream = factory.upstream
-        self.listeners = listeners
-        #: Checks each new connection against the allowlist in force.
-        self.allowlist_factory = allowlist_factory
-        #: Counts the connections served, against the caps.
-        self.limits_factory = limits_factory
+        self.relay_id = relay_id
+        self._serving = _serving(reactor, settings, relay_id, 1)
+        self._watchers: list[Callable[[], None]] = []
+        #: A start or stop is under way; a stop asked meanwhile waits in C{_after_change}.
+        self._changing = False
+        self._after_change: list[Deferred[None]] = []
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
-        for listener in listeners:
-            listener.setServiceParent(self)
+
+    @property
+    def factory(self) -> RelayFactory:
+        """The relay's protocol factory, shared by all listeners."""
+        return self._serving.factory
+
+    @property
+    def upstream(self) -> Upstream:
+        """e-PMSI's side, with its connection pool."""
+        return self._serving.upstream
+
+    @property
+    def listeners(self) -> list[ListeningService]:
+        """One per C{listen} endpoint of the settings in force."""
+        return self._serving.listeners
+
+    @property
+    def allowlist_factory(self) -> AllowlistFactory:
+        """Checks each new connection against the allowlist in force."""
+        return self._serving.allowlist_factory
+
+    @property
+    def limits_factory(self) -> LimitsFactory:
+        """Counts the connections served, against the caps."""
+        return self._serving.limits_factory
+
+    @property
+    def listening(self) -> bool:
+        """Whether any of the relay's ports is open to workstations."""
+        return any(listener.running and listener.port is not None for listener in self.listeners)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # Bound here, so that a relay started as root binds before dropping privileges.
+        for listener in self.listeners:
+            listener.privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        for listener in self.listeners:
+            listener.startService()
         proxy = self.upstream.proxy
         if proxy is not None:
             self.log.info(
@@ -221,6 +358,22 @@ class RelayService(MultiService):
             self.startup_check = self.upstream.check()
             self.startup_check.addCallback(self._checked)
 
+    def watch(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{watcher} each time listening starts or stops or the settings
+        change (a console's page follows the relay so).  Returns the
+        function that stops it.
+        """
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
+
+    def _changed(self) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher()
+            except Exception:
+                self.log.failure("A watcher of the relay failed")
+
     def _say_https_proxy(self) -> None:
         """The HTTPS proxy mode in a line, for the admin reading twistd's log."""
         destinations = self.settings.destinations()
@@ -228,7 +381,7 @@ class RelayService(MultiService):
             self.log.info("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
             return
         users = self.settings.tunnel_users
-        pac = [f"http://{address}/proxy.pac" for address in self._reachable_addresses()]
+        pac = [f"http://{address}/proxy.pac" for address in self.listening_addresses()]
         self.log.info(
             "Also an HTTPS proxy on the same port(s), tunnelling only to {destinations}{users}; "
             "browsers take their settings from {pac} (or /wpad.dat)",
@@ -237,8 +390,11 @@ class RelayService(MultiService):
             pac=", ".join(pac) or "/proxy.pac on the relay's address and port",
         )
 
-    def _reachable_addresses(self) -> list[str]:
-        """Each listener's C{host:port} as workstations type it (a wildcard: this machine's addresses)."""
+    def listening_addresses(self) -> list[str]:
+        """
+        Each open port's C{host:port} as workstations type it (a wildcard:
+        this machine's addresses): what the original showed in its title bar.
+        """
         found: list[str] = []
         for listener in self.listeners:
             host = listener.port.getHost() if listener.port is not None else None
@@ -256,6 +412,103 @@ class RelayService(MultiService):
                 check=result,
             )
         return result
+
+    def test_epmsi(self) -> Deferred[CheckResult]:
+        """Reach e-PMSI once, with the settings in force: the original's "Tester e-PMSI"."""
+        return self.upstream.check()
+
+    def change_settings(self, settings: RelaySettings) -> None:
+        """
+        Use C{settings} from the next L{start_listening} on; the original's
+        settings too could change only while it did not listen.
+
+        @raise RelayListening: while listening.
+        @raise ValueError: for an unusable TLS certificate or key; nothing changes.
+        """
+        if self.listening or self._changing:
+            raise RelayListening()
+        serving = _serving(self.reactor, settings, self.relay_id, self.factory.upcoming_connection_id)
+        old, self._serving, self.settings = self._serving, serving, settings
+        old.upstream.close()
+        self._changed()
+
+    def start_listening(self, *, require_epmsi: bool = True) -> Deferred[CheckResult]:
+        """
+        Listen again, after checking that e-PMSI can be reached: fires with
+        that check.  Fails with L{StartRefused} when e-PMSI cannot be reached
+        (unless not C{require_epmsi}) or a port cannot be opened; then
+        nothing listens.  Fails with L{RelayListening} if listening already.
+        """
+        if self.listening or self._changing:
+            return fail(RelayListening())
+        if self.factory.draining:
+            # The last stop drained this factory: the next connections get fresh ones.
+            self._serving = _serving(
+                self.reactor, self.settings, self.relay_id, self.factory.upcoming_connection_id
+            )
+        self._changing = True
+        d = self.upstream.check()
+
+        def checked(check: CheckResult) -> CheckResult:
+            if not check.ok and require_epmsi:
+                raise StartRefused(check=check)
+            opened: list[ListeningService] = []
+            try:
+                for listener in self.listeners:
+                    listener.bind()
+                    opened.append(listener)
+            except ListenError as e:
+                for listener in opened:
+                    listener.unbind()
+                raise StartRefused(check=check, listen_error=e) from None
+            for listener in self.listeners:
+                listener.startService()
+            self._say_https_proxy()
+            return check
+
+        return d.addCallback(checked).addBoth(self._change_done)
+
+    def _change_done(self, result: Any) -> Any:
+        self._changing = False
+        waiting, self._after_change = self._after_change, []
+        for d in waiting:
+            d.callback(None)
+        self._changed()
+        return result
+
+    def stop_listening(self) -> Deferred[None]:
+        """
+        Close the listening ports, let the transfers in flight finish (up to
+        C{drain_seconds}), close the rest: as on stop, but the process, the
+        journal and whatever else runs beside the relay go on.  Stopping a
+        relay that does not listen does nothing.
+        """
+        if self._changing:
+            waiting = Deferred[None]()
+            self._after_change.append(waiting)
+            return waiting.addCallback(lambda _: self.stop_listening())
+        if not self.listening:
+            return succeed(None)
+        self._changing = True
+        return self._close_listening().addBoth(self._change_done).addCallback(lambda _: None)
+
+    def _close_listening(self) -> Deferred[Any]:
+        """Stop listening first, then drain, then close e-PMSI's pool."""
+        if self.startup_check is not None and not self.startup_check.called:
+            self.startup_check.cancel()
+        listeners = [maybeDeferred(listener.stopService) for listener in self.listeners]
+        d = DeferredList(listeners)
+
+        def drain(_: object) -> Deferred[Any]:
+            # Connections that have not said a word yet are told at once.
+            for listener in self.listeners:
+                if isinstance(listener.served, SessionChoiceFactory):
+                    listener.served.close_waiting()
+            return self.factory.drain(self.settings.drain_seconds)
+
+        d.addCallback(drain)
+        d.addCallback(lambda _: self.upstream.close())
+        return d
 
     @property
     def allowlist(self) -> Allowlist:
@@ -321,23 +574,10 @@ class RelayService(MultiService):
         )
 
     def stopService(self) -> Deferred[Any]:
-        if self.startup_check is not None and not self.startup_check.called:
-            self.startup_check.cancel()
         # Stop listening first, then let the transfers in flight finish (up
         # to drain_seconds), then close the journal.
-        listeners = [maybeDeferred(listener.stopService) for listener in self.listeners]
-        d = DeferredList(listeners)
-
-        def drain(_: object) -> Deferred[Any]:
-            # Connections that have not said a word yet are told at once.
-            for listener in self.listeners:
-                if isinstance(listener.served, SessionChoiceFactory):
-                    listener.served.close_waiting()
-            return self.factory.drain(self.settings.drain_seconds)
-
-        d.addCallback(drain)
+        d = self._close_listening()
         d.addCallback(lambda _: super(RelayService, self).stopService())
-        d.addCallback(lambda _: self.upstream.close())
         return d
 
 
@@ -359,60 +599,7 @@ def make_relay_service(
     @raise ValueError: for an unusable TLS certificate or key; every other
         setting was checked when C{settings} was made (L{RelaySettings}).
     """
-    upstream = Upstream(
-        reactor,
-        settings.epmsi,
-        tls_policy(settings.ca_file),
-        connect_timeout=settings.connect_timeout,
-        proxy=settings.proxy,
-        check_path=settings.check_path,
-    )
     relay_id = uuid.uuid4().hex[:12]
-    factory = RelayFactory(
-        reactor,
-        upstream,
-        relay_id,
-        idle_timeout=settings.idle_timeout,
-        epmsi_timeout=settings.epmsi_timeout,
-        hello_timeout=settings.hello_timeout,
-        frame_timeout=settings.frame_timeout,
-        upload_min_rate=settings.upload_min_rate,
-        upload_grace=settings.upload_grace,
-        checks_per_connection=settings.checks_per_connection,
-        checks_per_client=settings.checks_per_client,
-    )
-    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
-    # The allowlist first: a client it refuses is neither counted nor told of caps.
-    limited = LimitsFactory(factory, limits)
-    # Always in place, so that the list can change while the relay runs.
-    checked = AllowlistFactory(limited, Allowlist(settings.allow))
-    # The HTTP side (CONNECT tunnels): the same allowlist, counted against the same caps.
-    http = HttpProxyFactory(
-        factory,
-        settings.destinations(),
-        proxy=settings.proxy,
-        connect_timeout=settings.connect_timeout,
-        hello_timeout=settings.hello_timeout,
-        idle_timeout=settings.tunnel_idle_timeout,
-        users=None if settings.tunnel_users is None else TunnelUsers.for_reactor(settings.tunnel_users, reactor),
-    )
-    http_checked = AllowlistFactory(LimitsFactory(http, limits, same_as=limited), same_as=checked)
-    served = SessionChoiceFactory(
-        checked,
-        settings.tls,
-        reactor,
-        settings.idle_timeout,
-        gate=checked.refusal,
-        # Silent connections are not counted against the caps (their client
-        # is not known yet behind a load balancer), but they are bounded too.
-        max_silent=MAX_SILENT_CONNECTIONS,
-        silent_grace=SILENT_GRACE,
-        http=http_checked,
-    )
-    listeners = [
-        ListeningService(description, listen_endpoint(reactor, description), factory, served)
-        for description in settings.listen
-    ]
     if journal_writer is None:
         path = settings.journal
         if settings.journal_rotate:
@@ -421,4 +608,4 @@ def make_relay_service(
         else:
             journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
     journal_service = JournalService(relay_id, journal_writer, reactor)
-    return RelayService(reactor, settings, factory, journal_service, listeners, checked, limited)
+    return RelayService(reactor, settings, relay_id, journal_service)
