@@ -123,6 +123,8 @@ wait_for "sandbox port $SANDBOX_PORT" "$SANDBOX_PID" "$DEMO/sandbox.log" port_op
 echo "ready; its CA certificate is .demo/sandbox/tls/ca.pem"
 
 heading "Starting the relay on $RELAY, forwarding to $SANDBOX_URL (log: .demo/relay.log)"
+# The settings file the console saves to (the command line's options win over it).
+printf '# The demo relay'"'"'s settings: its console saves its changes here.\n[epop]\n' >"$DEMO/relay.ini"
 "$BIN/twistd" --nodaemon --pidfile= --logfile="$DEMO/relay.log" epop \
     --listen "tcp:$RELAY_PORT:interface=127.0.0.1" \
     --epmsi "$SANDBOX_URL" --ca-file "$CA" --journal "$JOURNAL" \
