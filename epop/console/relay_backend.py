@@ -304,7 +304,7 @@ class RelayConsoleBackend:
         def found(discovery: Any) -> dict[str, Any]:
             if discovery.proxy is None:
                 return {"found": False, "host": None, "port": None, "user": None, "source": discovery.describe()}
-            parsed = parse_proxy_url(discovery.proxy)
+            parsed = parse_proxy_url(discovery.proxy, credentials="the console's password field")
             return {
                 "found": True,
                 "host": parsed.host,
@@ -389,6 +389,14 @@ class RelayConsoleBackend:
     ) -> str | None:
         """The new listen string, or None when neither the address nor the port changes."""
         if not {"listen_address", "port"} & set(changes):
+            return None
+        listen = self._relay.settings.listen
+        if len(listen) != 1 or listen[0].startswith("haproxy:") or listen_address_and_port(listen[0]) is None:
+            # Several endpoints, a load balancer's or a socket: more than one address and port say.
+            fields["port"] = Text(
+                "This relay listens on {listen}: change that in its settings file, not here.",
+                listen=", ".join(listen) or "nothing",
+            )
             return None
         port = wanted["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
