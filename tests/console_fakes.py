@@ -222,16 +222,7 @@ class LiveConsole:
         scheme = "https" if tls is not None else "http"
         self.origin = f"{scheme}://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
-        from tests.support import make_trusting_client
-
-        if ca_pem is not None:
-            self.client = make_trusting_client(reactor, ca_pem)
-        else:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
-
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            self.client = HTTPClient(Agent(reactor, pool=pool))
+        self.client = _client(reactor, ca_pem)
 
     def logged_urls(self) -> list[str]:
         """Every console URL the log gave, oldest first."""
@@ -282,6 +273,23 @@ class LiveConsole:
                 sent[name] = value
         data = raw if raw is not None else json.dumps({} if body is None else body).encode()
         return await self.request("POST", path, headers=sent, data=data)
+
+
+def _client(reactor: Any, ca_pem: bytes | None) -> Any:
+    """
+    A treq client that keeps no cookie (each request says which it
+    sends), no connection, and trusts only C{ca_pem} for HTTPS.
+    """
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    from treq.client import HTTPClient
+    from twisted.internet.ssl import Certificate
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    policy = None if ca_pem is None else BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(ca_pem))
+    agent = Agent(reactor, pool=pool) if policy is None else Agent(reactor, contextFactory=policy, pool=pool)
+    return HTTPClient(agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
 
 
 def _cookie(response: Any) -> str:
