@@ -48,15 +48,16 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
 
     @raise ValueError: for anything else, saying what is accepted.
     """
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{description}: invalid endpoint ({e})") from None
-    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint)):
+    if description.partition(":")[0].lower() not in ("tcp", "tcp6", "unix"):
         raise ValueError(
             f"{description}: the console listens on tcp:PORT:interface=ADDRESS or "
             "unix:PATH (with --tls-cert it is served over HTTPS by itself)"
         )
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{description}: invalid endpoint ({e})") from None
+    assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint))
     return endpoint
 
 
