@@ -63,16 +63,20 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
+def _decoded(value: str | bytes | None) -> str | None:
+    """C{value} as text (UTF-8 bytes decoded); C{None} when it is not."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
 def same_secret(given: str | bytes | None, expected: str) -> bool:
     """C{given} is C{expected}, compared in constant time."""
-    if given is None:
-        return False
-    if isinstance(given, bytes):
-        try:
-            given = given.decode("ascii")
-        except UnicodeDecodeError:
-            return False
-    return hmac.compare_digest(_digest(given), _digest(expected))
+    text = _decoded(given)
+    return text is not None and hmac.compare_digest(_digest(text), _digest(expected))
 
 
 @dataclass
@@ -206,14 +210,10 @@ class ConsoleAccess:
 
     def sign_in(self, password: str | bytes | None) -> Session | None:
         """A new session for the right password; C{None} otherwise."""
-        if self._password is None or password is None:
+        text = _decoded(password)
+        if self._password is None or text is None:
             return None
-        if isinstance(password, bytes):
-            try:
-                password = password.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-        if not hmac.compare_digest(_digest(password), self._password):
+        if not hmac.compare_digest(_digest(text), self._password):
             return None
         return self._open()
 

@@ -153,18 +153,15 @@ class ConsoleResource(Resource):
             return self._api(request, path[len("/api/") :])
         return self._page(request, 404, b"Not found.\n")
 
-    def _page(self, request: Request, status: int, body: bytes) -> bytes:
+    def _page(
+        self, request: Request, status: int, body: bytes, content_type: bytes = b"text/plain"
+    ) -> bytes:
         request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Type", content_type + b"; charset=utf-8")
         return body
 
     def _forbidden(self, request: Request) -> bytes:
         return self._page(request, 403, b"Forbidden.\n")
-
-    def _html(self, request: Request, status: int, body: bytes) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        return body
 
     # Pages
 
@@ -179,12 +176,12 @@ class ConsoleResource(Resource):
         if self._session(request) is not None:
             return self._static(request, "index.html")
         if self.access.has_password:
-            return self._html(request, 200, self._sign_in_form(request_language(request)))
+            return self._page(request, 200, self._sign_in_form(request_language(request)), b"text/html")
         language = request_language(request)
         text = Text(
             "Open the console with the address in the relay's log (it works once).",
         ).render(language)
-        return self._html(request, 403, _simple_page(language, text).encode("utf-8"))
+        return self._page(request, 403, _simple_page(language, text).encode("utf-8"), b"text/html")
 
     def _signed_in(self, request: Request, session: Session) -> bytes:
         request.addCookie(SESSION_COOKIE, session.id.encode("ascii"), **self.access.cookie_attributes())
