@@ -191,6 +191,15 @@ class PostRoutesTests(TestCase):
         self.assertIsInstance(failed["log_failure"].value, RuntimeError)
         self.flushLoggedErrors(RuntimeError)
 
+    async def test_answer_not_json(self) -> None:
+        """A backend answer JSON cannot hold is 500 {"error": "internal"} too, logged."""
+        console = LiveConsole(self)
+        console.backend.interfaces = lambda: [object()]  # type: ignore[method-assign]
+        cookie, _ = await console.sign_in()
+        response = await console.request("GET", "/api/interfaces", headers={"Cookie": f"epop_console={cookie}"})
+        self.assertEqual((response.code, await response.content()), (500, b'{"error":"internal"}'))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
 
 class PostChecksTests(TestCase):
     """Every change needs the session, JSON, the CSRF token and the console's Origin."""

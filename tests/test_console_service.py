@@ -223,3 +223,51 @@ class RelayPortTests(TestCase):
         self.assertTrue(body.startswith(b"This is an e-POP relay: use it as an HTTPS proxy"), body)
         own = await client.get(f"http://127.0.0.1:{console.port.getHost().port}/api/state", allow_redirects=False)
         self.assertEqual((own.code, await own.json()), (401, {"error": "signed-out"}))
+
+
+class TwistdTests(TestCase):
+    """A real twistd epop: console mistakes end the start with one line."""
+
+    timeout = 60
+
+    async def run_twistd(self, *arguments: str) -> tuple[str, int]:
+        import os
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+             "epop", "--no-check", "--journal", os.path.join(folder, "journal.jsonl"),
+             "--listen", f"tcp:{free_port()}:interface=127.0.0.1", *arguments],
+            env=dict(os.environ), path=folder,
+        )
+        return (out + err).decode(errors="replace"), code
+
+    async def test_network_without_tls(self) -> None:
+        text, code = await self.run_twistd("--console", "tcp:0")
+        self.assertNotEqual(code, 0)
+        self.assertIn(
+            "--console: the console listens on all addresses, not only on this machine: it needs "
+            "--tls-cert (the console is then served over HTTPS) and --console-password-file",
+            text,
+        )
+        self.assertNotIn("Traceback", text)
+
+    async def test_console_port_taken(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        text, code = await self.run_twistd("--console", endpoint)
+        self.assertNotEqual(code, 0)
+        self.assertIn(
+            f"epop: cannot listen on {endpoint} (the console): Address already in use "
+            "(is another relay or program already listening there?)",
+            text,
+        )
+        self.assertNotIn("Traceback", text)

@@ -303,9 +303,14 @@ class ConsoleResource(Resource):
     def _send(self, request: Request, finished: list[object], language: str, status: int, value: Any) -> None:
         if finished:  # the browser went away meanwhile
             return
+        try:
+            body = json_bytes(value, language)
+        except Exception:
+            self.log.failure("Console: an answer could not be written as JSON")
+            status, body = 500, b'{"error":"internal"}'
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.write(json_bytes(value, language))
+        request.write(body)
         request.finish()
 
     # Routes
