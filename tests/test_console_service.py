@@ -184,7 +184,7 @@ class ServiceTests(TestCase):
         await plain.content()
 
     async def test_password_never_logged(self) -> None:
-        """Signing in, right and wrong, logs no password."""
+        """Signing in, right and wrong, logs no password, and requests are not logged one by one."""
         console = LiveConsole(self, password="hunter2-secret")
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": console.origin}
         for password in (b"hunter2-secret", b"wrong-guess"):
@@ -196,6 +196,7 @@ class ServiceTests(TestCase):
         self.assertIn("wrong password", logged)
         self.assertNotIn("hunter2", logged)
         self.assertNotIn("wrong-guess", logged)
+        self.assertNotIn("/sign-in", logged)
 
 
 class RelayPortTests(TestCase):

@@ -81,6 +81,19 @@ def listens_locally(description: str) -> tuple[bool, str]:
         return False, interface
 
 
+class _ConsoleSite(Site):
+    """
+    The console's site, without an access-log line per request: the page
+    reads the API all the time, and would bury the relay's own log.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class ConsoleSettings:
     """
@@ -142,8 +155,7 @@ class ConsoleService(Service):
         self.settings = settings
         self.access = ConsoleAccess(reactor, settings.password())
         self.hub = EventHub(reactor)
-        self.site = Site(ConsoleResource(backend, self.access, self.hub))
-        self.site.displayTracebacks = False
+        self.site = _ConsoleSite(ConsoleResource(backend, self.access, self.hub))
         self.port: IListeningPort | None = None
         self._unwatch: Any = None
 
