@@ -204,6 +204,26 @@ class PasswordTests(TestCase):
         response = await console.request("POST", "/sign-in", headers=headers, data=b"password=")
         self.assertEqual(response.code, 403)
 
+    async def test_guessing(self) -> None:
+        """After 10 wrong passwords in a minute even the right one is 429, until the minute passes."""
+        from epop.console import access
+
+        clock = Clock()
+        console = LiveConsole(self, password="pw")
+        console.service.access._clock = clock
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": console.origin}
+
+        async def sign_in(password: bytes) -> int:
+            response = await console.request("POST", "/sign-in", headers=headers, data=b"password=" + password)
+            await response.content()
+            return response.code
+
+        codes = [await sign_in(b"guess%d" % n) for n in range(access.MAX_WRONG_PASSWORDS)]
+        self.assertEqual(codes, [403] * access.MAX_WRONG_PASSWORDS)
+        self.assertEqual(await sign_in(b"pw"), 429)
+        clock.advance(access.GUESS_WINDOW + 1)
+        self.assertEqual(await sign_in(b"pw"), 303)
+
     def test_password_file(self) -> None:
         path = self.mktemp()
         with open(path, "w", encoding="utf-8") as f:

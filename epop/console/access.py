@@ -37,6 +37,10 @@ MAX_SESSIONS = 64
 SESSION_IDLE = 12 * 3600
 #: Random bytes in the URL token, session ids and CSRF tokens.
 TOKEN_BYTES = 32
+#: Wrong passwords allowed in L{GUESS_WINDOW} seconds; then every sign-in
+#: waits for the window to pass (the URL in the log still works).
+MAX_WRONG_PASSWORDS = 10
+GUESS_WINDOW = 60.0
 
 
 def load_console_password(path: str) -> str:
@@ -131,6 +135,7 @@ class ConsoleAccess:
         self._clock = clock
         self._password = None if password is None else _digest(password)
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._wrong: list[float] = []
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.secure = False
         self.port = 0
@@ -208,12 +213,22 @@ class ConsoleAccess:
             self.log_url()
         return self._open()
 
+    def guessing_blocked(self) -> bool:
+        """Too many wrong passwords lately: no sign-in until the window passes."""
+        since = self._clock.seconds() - GUESS_WINDOW
+        self._wrong = [t for t in self._wrong if t > since]
+        return len(self._wrong) >= MAX_WRONG_PASSWORDS
+
     def sign_in(self, password: str | bytes | None) -> Session | None:
-        """A new session for the right password; C{None} otherwise."""
+        """
+        A new session for the right password; C{None} otherwise, and
+        always while L{guessing_blocked}.
+        """
         text = _decoded(password)
-        if self._password is None or text is None:
+        if self._password is None or text is None or self.guessing_blocked():
             return None
         if not hmac.compare_digest(_digest(text), self._password):
+            self._wrong.append(self._clock.seconds())
             return None
         return self._open()
 

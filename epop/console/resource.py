@@ -209,6 +209,9 @@ class ConsoleResource(Resource):
         body = self._body(request)
         if body is None:
             return self._page(request, 413, b"Too large.\n")
+        if self.access.guessing_blocked():
+            self.log.warn("Console: too many wrong passwords; sign-in refused for a minute")
+            return self._page(request, 429, b"Too many wrong passwords: try again in a minute.\n")
         password = parse_qs(body, keep_blank_values=True).get(b"password", [None])[0]
         session = self.access.sign_in(password)
         if session is None:
