@@ -120,7 +120,7 @@ echo "ready; its CA certificate is .demo/sandbox/tls/ca.pem"
 heading "Starting the relay on $RELAY, forwarding to $SANDBOX_URL (log: .demo/relay.log)"
 "$BIN/twistd" --nodaemon --pidfile= --logfile="$DEMO/relay.log" epop \
     --listen "tcp:$RELAY_PORT:interface=127.0.0.1" \
-    --epmsi "$SANDBOX_URL" --ca-file "$CA" --journal "$JOURNAL" \
+    --epmsi "$SANDBOX_URL" --ca-file "$CA" --journal "$JOURNAL" --console none \
     >>"$DEMO/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
