@@ -404,8 +404,9 @@
       const saved = settings[key] == null && (value === '' || value === null) ? value : settings[key];
       if (value !== saved) changes[key] = value;
     }
+    // Write-only: sent when typed (and authentication is on), never read back.
     const password = $('proxy-password').value;
-    if (password !== '') changes.proxy_password = password;
+    if (password !== '' && $('proxy-auth').checked) changes.proxy_password = password;
     return { changes, problems };
   }
 
