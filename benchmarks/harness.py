@@ -253,7 +253,7 @@ def start_relay(
         [_program("twistd"), "--nodaemon", "--pidfile=", f"--logfile={log}", "epop",
          "--listen", f"tcp:{port}:interface=127.0.0.1",
          "--epmsi", sandbox.extra["url"], "--ca-file", sandbox.extra["ca"],
-         "--journal", str(journal), "--no-check", *extra_args],
+         "--journal", str(journal), "--no-check", "--console", "none", *extra_args],
         folder / "relay.out",
         port,
     )

@@ -210,7 +210,7 @@ async def start_relay_process(
     argv = [
         *TWISTD, "--nodaemon", "--pidfile=", "epop",
         "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--journal", relay.journal, "--no-check", *arguments,
+        "--journal", relay.journal, "--no-check", "--console", "none", *arguments,
     ]
     relay.process = reactor.spawnProcess(relay, sys.executable, argv, env=dict(os.environ), path=folder)
     testcase.addCleanup(relay.stop)

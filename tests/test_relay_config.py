@@ -365,7 +365,7 @@ class TwistdTests(TestCase):
             process,
             sys.executable,
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "--nodaemon", "--pidfile=", "epop", "--config", path],
+             "--nodaemon", "--pidfile=", "epop", "--console", "none", "--config", path],
             env=dict(os.environ),
             path=os.path.dirname(path),
         )

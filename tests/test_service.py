@@ -108,7 +108,7 @@ class PortInUseTests(TestCase):
     def test_twistd_exits_with_one_line(self) -> None:
         """Under twistd, the same mistake ends the program with a clear line."""
         options = tap.Options()
-        options.parseOptions(["--listen", self.listen, "--no-check", "--journal", self.mktemp()])
+        options.parseOptions(["--listen", self.listen, "--no-check", "--console", "none", "--journal", self.mktemp()])
         service = tap.makeService(options)
         error = self.assertRaises(SystemExit, service.privilegedStartService)
         # An Exception too, so that twistd tells a daemon's parent and removes the pid file.

@@ -660,7 +660,8 @@ class TwistdTests(TestCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
-             "epop", "--tunnel-users", users, "--journal", os.path.abspath(self.mktemp())],
+             "epop", "--console", "none", "--tunnel-users", users,
+             "--journal", os.path.abspath(self.mktemp())],
             env=dict(os.environ), path=os.path.dirname(users),
         )
         text = (out + err).decode(errors="replace")

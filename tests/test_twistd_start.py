@@ -85,6 +85,7 @@ class TwistdCannotListenTests(TestCase):
             "epop",
             f"--listen=tcp:{self.port}:interface=127.0.0.1",
             "--no-check",
+            "--console=none",
             f"--journal={self.folder.child('journal.jsonl').path}",
         ]
         done = subprocess.run(

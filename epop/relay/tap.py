@@ -27,6 +27,8 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from epop.console.backend import RelayConsoleBackend
+from epop.console.service import DEFAULT_CONSOLE, NO_CONSOLE, ConsoleSettings, make_console_service
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
     ProxyAccountError,
@@ -110,6 +112,8 @@ class Options(usage.Options):
         ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
         ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
         ["tunnel-idle-timeout", None, RelaySettings.tunnel_idle_timeout, "Seconds an HTTPS tunnel may carry nothing, either way, before it is closed.", NUMBERS["tunnel_idle_timeout"]],
+        ["console", None, DEFAULT_CONSOLE, "Endpoint of the relay's console, a web page to watch and run it ('none': no console). Anywhere but this machine it needs --tls-cert and --console-password-file."],
+        ["console-password-file", None, None, "File whose first line is the console's password (needed when the console listens on the network)."],
         ["tunnel-users", None, None, "htpasswd file of bcrypt entries (htpasswd -B): HTTPS tunnels then need one of its users and passwords (proxy authentication). Read again when it changes."],
     ]
     optFlags = [
@@ -241,6 +245,25 @@ class Options(usage.Options):
             self._settings = self._make_settings()
         except RelaySettingsError as e:
             raise self._refuse(e.key, e.problem, command_line=e.command_line) from None
+        self.console = self._console()
+
+    def _console(self) -> ConsoleSettings:
+        """The console's settings, refused here when they cannot work."""
+        endpoint = self["console"]
+        console = ConsoleSettings(
+            None if endpoint.strip().lower() == NO_CONSOLE else endpoint,
+            self["console-password-file"],
+            self.tls,
+        )
+        try:
+            console.check()
+        except ValueError as e:
+            raise self._refuse("console", str(e)) from None
+        try:
+            console.password()
+        except ValueError as e:
+            raise self._refuse("console-password-file", str(e)) from None
+        return console
 
     def _tls(self) -> RelayTLS | None:
         if not self["tls-cert"]:
@@ -417,4 +440,7 @@ def makeService(options: Options) -> IService:
         reload = partial(reload_allowlist, relay, options)
     top = _TwistdRelay(reload)
     relay.setServiceParent(top)
+    if options.console.endpoint is not None:
+        backend = RelayConsoleBackend(relay, options)
+        make_console_service(reactor, backend, options.console).setServiceParent(top)
     return top

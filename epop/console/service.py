@@ -1,0 +1,217 @@
+"""
+The console's own listening port, and the settings that say where it is.
+
+The console changes the relay's settings, so by default it listens only on
+this machine (C{tcp:3359:interface=127.0.0.1}).  Anywhere else it needs
+the relay's certificate (it is then served over HTTPS, so that the
+password and cookie do not cross the network in clear) and a password (a
+URL copied out of a log is not enough for a door open to the network).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
+
+from epop.console.access import ConsoleAccess, load_console_password
+from epop.console.backend import IConsoleBackend
+from epop.console.events import EventHub
+from epop.console.resource import ConsoleResource
+from epop.local_tls import RelayTLS, server_options
+from epop.relay.service import ListenError
+
+#: Where the console listens unless told otherwise.
+DEFAULT_CONSOLE = "tcp:3359:interface=127.0.0.1"
+#: What C{--console} takes to turn the console off.
+NO_CONSOLE = "none"
+
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint of a C{--console} string: C{tcp:}, C{tcp6:} or C{unix:}.
+
+    @raise ValueError: for anything else, saying what is accepted.
+    """
+    if description.partition(":")[0].lower() not in ("tcp", "tcp6", "unix"):
+        raise ValueError(
+            f"{description}: the console listens on tcp:PORT:interface=ADDRESS or "
+            "unix:PATH (with --tls-cert it is served over HTTPS by itself)"
+        )
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{description}: invalid endpoint ({e})") from None
+    assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint))
+    return endpoint
+
+
+def listens_locally(description: str) -> tuple[bool, str]:
+    """
+    Whether the console endpoint C{description} is reachable from this
+    machine only, and where it listens, in words ("10.1.2.3", "all
+    addresses").  C{unix:} sockets count as local.
+    """
+    endpoint = console_endpoint(None, description)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return True, "a Unix socket"
+    interface = getattr(endpoint, "_interface", "")
+    if interface in ("", "0.0.0.0", "::"):
+        return False, "all addresses"
+    if interface.lower() in _LOOPBACK_NAMES:
+        return True, interface
+    try:
+        return ipaddress.ip_address(interface.partition("%")[0]).is_loopback, interface
+    except ValueError:  # a host name: whatever it resolves to, not only this machine
+        return False, interface
+
+
+class _ConsoleSite(Site):
+    """
+    The console's site, without an access-log line per request: the page
+    reads the API all the time, and would bury the relay's own log.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """
+    Where the console listens (C{None}: no console), its password file,
+    and the relay's TLS settings it is served with.
+    """
+
+    endpoint: str | None = DEFAULT_CONSOLE
+    password_file: str | None = None
+    tls: RelayTLS | None = None
+
+    def check(self) -> None:
+        """
+        Refuse an endpoint that does not parse, or one open to the network
+        without TLS and a password.
+
+        @raise ValueError: saying what is missing and why.
+        """
+        if self.endpoint is None:
+            return
+        local, where = listens_locally(self.endpoint)
+        if local:
+            return
+        missing = []
+        if self.tls is None:
+            missing.append("--tls-cert (the console is then served over HTTPS)")
+        if self.password_file is None:
+            missing.append("--console-password-file")
+        if missing:
+            raise ValueError(
+                f"the console listens on {where}, not only on this machine: "
+                f"it needs {' and '.join(missing)}"
+            )
+
+    def password(self) -> str | None:
+        """
+        The console's password, read now.
+
+        @raise ValueError: the file cannot be read or its first line is empty.
+        """
+        return None if self.password_file is None else load_console_password(self.password_file)
+
+
+class ConsoleService(Service):
+    """
+    Listens on the console's endpoint from C{privilegedStartService} (a
+    port below 1024 may need the privileges twistd drops afterwards; a port
+    that cannot be bound stops the start, as the relay's own does), logs
+    the URL that opens it, and follows the backend's live changes.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, backend: IConsoleBackend, settings: ConsoleSettings) -> None:
+        assert settings.endpoint is not None
+        settings.check()
+        self.reactor = reactor
+        self.backend = backend
+        self.settings = settings
+        self.access = ConsoleAccess(reactor, settings.password())
+        self.hub = EventHub(reactor)
+        self.site = _ConsoleSite(ConsoleResource(backend, self.access, self.hub))
+        self.port: IListeningPort | None = None
+        self._unwatch: Any = None
+
+    def _factory(self) -> Any:
+        tls = self.settings.tls
+        if tls is None:
+            return self.site
+        # The relay's certificate, without asking browsers for one of their own.
+        options = server_options(tls.cert, tls.key, tls.chain)
+        return TLSMemoryBIOFactory(options, False, self.site)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> None:
+        if self.port is not None:
+            return
+        description = self.settings.endpoint
+        assert description is not None
+        try:
+            endpoint = console_endpoint(self.reactor, description)
+        except ValueError as e:
+            raise ListenError(description, str(e)) from None
+        outcome: list[Any] = []
+        endpoint.listen(self._factory()).addBoth(outcome.append)
+        if not outcome:
+            raise ListenError(description, "listening did not complete at once")
+        if not IListeningPort.providedBy(outcome[0]):
+            reason = outcome[0].value
+            socket_error = getattr(reason, "socketError", None)
+            why = getattr(socket_error, "strerror", None) or str(socket_error or reason)
+            raise ListenError(f"{description} (the console)", why)
+        self.port = outcome[0]
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+        assert self.port is not None
+        host = self.port.getHost()
+        self.access.listening_on(
+            getattr(host, "host", ""), getattr(host, "port", 0), self.settings.tls is not None
+        )
+        self._unwatch = self.hub.watch(self.backend.watch)
+        self.access.log_url()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+        self.hub.close_all()
+        port, self.port = self.port, None
+        return None if port is None else maybeDeferred(port.stopListening)
+
+
+def make_console_service(reactor: Any, backend: IConsoleBackend, settings: ConsoleSettings) -> ConsoleService:
+    """The console for C{backend}, as C{settings} say (checked)."""
+    return ConsoleService(reactor, backend, settings)
