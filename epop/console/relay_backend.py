@@ -255,8 +255,12 @@ class RelayConsoleBackend:
         )
         self._publisher.addObserver(observer)
         unwatch_relay = self._relay.watch(lambda: listener("state", self.state()))
+        watching = [True]
+        # The page shows whether the relay starts with the machine: ask systemd now.
+        self.refresh().addCallback(lambda _: listener("state", self.state()) if watching[0] else None)
 
         def unwatch() -> None:
+            watching[0] = False
             self._publisher.removeObserver(observer)
             unwatch_relay()
 
