@@ -131,7 +131,7 @@ class ConsoleBackendTests(TestCase):
             ({"allow_all": False, "allow": []}, "allow"),
             ({"proxy_enabled": True, "proxy_host": "", "proxy_port": 3128}, "proxy_host"),
             ({"proxy_enabled": True, "proxy_host": "proxy.example", "proxy_port": 0}, "proxy_port"),
-            ({"proxy_enabled": True, "proxy_host": "p", "proxy_port": 3128, "proxy_auth": True, "proxy_user": ""}, "proxy_user"),
+            ({"proxy_enabled": True, "proxy_host": "p", "proxy_port": 3128, "proxy_auth": True, "proxy_user": "", "proxy_password": "pw"}, "proxy_user"),
             ({"proxy_enabled": True, "proxy_host": "p", "proxy_port": 3128, "proxy_auth": True, "proxy_user": "u"}, "proxy_password"),
         ]
         for changes, field in cases:

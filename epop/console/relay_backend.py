@@ -29,7 +29,7 @@ from epop.epmsi.proxy_setting import parse_proxy_url
 from epop.epmsi.upstream import CheckResult
 from epop.journal import events as journal
 from epop.journal.observer import JournalObserver
-from epop.journal.pages import connection_rows, journal_page
+from epop.journal.pages import connection_rows, journal_page, record_id
 from epop.messages import Text
 from epop.relay.allowlist import Allowlist
 from epop.relay.network_interfaces import local_addresses
@@ -140,7 +140,8 @@ class _Forward:
         self._forward = forward
 
     def write(self, record: dict[str, Any]) -> None:
-        self._forward(record)
+        found = record_id(record)
+        self._forward(record if found is None else {**record, "id": found})
 
     def close(self) -> None:
         pass
