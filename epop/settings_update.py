@@ -184,7 +184,8 @@ def update_settings_file(
     per indented line under it, a flag as yes/no); C{None} removes the key's
     own lines, not the comments around it; a key not in the file is added
     at the end of the section.  A missing file is created (mode 0644) with
-    C{header} as comment lines; an existing one keeps its mode.
+    C{header} as comment lines; an existing one keeps its mode, and its
+    owner and group where this process may keep them (as root).
 
     @param keys: the keys the file may hold; the relay's by default.
     @raise ValueError: a change that cannot be written safely, naming its key.
@@ -198,9 +199,10 @@ def update_settings_file(
     try:
         with open(path, "rb") as stream:
             before: bytes | None = stream.read()
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        found = os.stat(path)
+        mode, owner = stat.S_IMODE(found.st_mode), (found.st_uid, found.st_gid)
     except FileNotFoundError:
-        before, mode = None, _NEW_FILE_MODE
+        before, mode, owner = None, _NEW_FILE_MODE, None
     if before is not None:
         read_settings_file(path, keys)  # refuse a file the relay would not read
         text = before.decode("utf-8")
@@ -208,14 +210,14 @@ def update_settings_file(
         text = "".join(f"# {line}".rstrip() + "\n" for line in (header or "").splitlines())
     bom = text.startswith(_BOM)
     data = _updated(text.removeprefix(_BOM), changes, keys)
-    write_atomically(path, ((_BOM if bom else "") + data).encode("utf-8"), mode)
+    write_atomically(path, ((_BOM if bom else "") + data).encode("utf-8"), mode, owner)
     try:
         _check_written(path, changes, keys)
     except SettingsError:
         if before is None:
             os.unlink(path)
         else:
-            write_atomically(path, before, mode)
+            write_atomically(path, before, mode, owner)
         raise
 
 

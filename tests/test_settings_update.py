@@ -10,7 +10,7 @@ import stat
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from epop.relay.settings import SettingsError, read_settings_file
 from epop.settings_update import (
@@ -94,6 +94,17 @@ class UpdateTests(TestCase):
             b"proxy-user = bob\r\n",
         )
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
+
+    def test_keeps_owner(self) -> None:
+        """Rewritten by root, a file keeps its owner and group (the relay's group reads it)."""
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        path = self.write(b"[epop]\n", 0o640)
+        os.chown(path, 4321, 8765)
+        update_settings_file(path, {"no-check": True})
+        found = os.stat(path)
+        self.assertEqual((found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)),
+                         (4321, 8765, 0o640))
 
     def test_creates_missing_file(self) -> None:
         """A missing file is made with the header as comments, the section and the keys, 0644."""
