@@ -196,18 +196,19 @@ def update_settings_file(
     keys = keys or _relay_keys()
     for key, value in changes.items():
         _check_change(key, value, keys)
-    try:
-        with open(path, "rb") as stream:
-            before: bytes | None = stream.read()
-        found = os.stat(path)
-        mode, owner = stat.S_IMODE(found.st_mode), (found.st_uid, found.st_gid)
-    except FileNotFoundError:
-        before, mode, owner = None, _NEW_FILE_MODE, None
-    if before is not None:
+    before: bytes | None = None
+    mode, owner = _NEW_FILE_MODE, None
+    if os.path.lexists(path):
         read_settings_file(path, keys)  # refuse a file the relay would not read
+        with open(path, "rb") as stream:
+            before = stream.read()
+            found = os.fstat(stream.fileno())
+        mode, owner = stat.S_IMODE(found.st_mode), (found.st_uid, found.st_gid)
         text = before.decode("utf-8")
     else:
         text = "".join(f"# {line}".rstrip() + "\n" for line in (header or "").splitlines())
+    # A symbolic link stays one: the file it names is the one replaced.
+    path = os.path.realpath(path)
     bom = text.startswith(_BOM)
     data = _updated(text.removeprefix(_BOM), changes, keys)
     write_atomically(path, ((_BOM if bom else "") + data).encode("utf-8"), mode, owner)

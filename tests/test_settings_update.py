@@ -106,6 +106,15 @@ class UpdateTests(TestCase):
         self.assertEqual((found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)),
                          (4321, 8765, 0o640))
 
+    def test_symbolic_link_stays(self) -> None:
+        """A settings file reached by a symbolic link: the file it names changes, the link stays."""
+        target = self.write(b"[epop]\n")
+        link = self.mktemp()
+        os.symlink(os.path.abspath(target), link)
+        update_settings_file(link, {"no-check": True})
+        self.assertTrue(os.path.islink(link))
+        self.assertEqual(self.read(target), b"[epop]\nno-check = yes\n")
+
     def test_creates_missing_file(self) -> None:
         """A missing file is made with the header as comments, the section and the keys, 0644."""
         path = self.mktemp()
