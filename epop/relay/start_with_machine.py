@@ -200,29 +200,24 @@ def unit_state(
 
 @inlineCallbacks
 def set_enabled(
-    reactor: Any,
-    unit: str,
-    enabled: bool,
-    systemctl: str = "systemctl",
-    *,
-    timeout: float = TIMEOUT,
-    systemd_root: str = SYSTEMD_ROOT,
+    reactor: Any, unit: str, enabled: bool, systemctl: str = "systemctl", **options: Any
 ) -> Any:
     """
     Enable or disable C{unit}, when this process may (root, or polkit
     allows it).  -> the new state with C{changed} true; or, when it could
     not, C{changed} false, the state as it is, the C{command} an
     administrator can type, and the C{reason} systemctl gave.  Never fails.
+
+    @param options: C{timeout} and C{systemd_root}, as for L{unit_state}.
     """
-    executable, why = _not_here(reactor, systemctl, systemd_root)
+    timeout = options.get("timeout", TIMEOUT)
+    executable, why = _not_here(reactor, systemctl, options.get("systemd_root", SYSTEMD_ROOT))
     if executable is None:
         assert why is not None
         return {**_unavailable(unit, enabled, why), "changed": False}
     verb = "enable" if enabled else "disable"
     output, code = yield _systemctl(reactor, executable, [verb, unit], timeout)
-    state = yield unit_state(
-        reactor, unit, systemctl, timeout=timeout, systemd_root=systemd_root
-    )
+    state = yield unit_state(reactor, unit, systemctl, **options)
     if not output.timed_out and code == 0:
         log.info("Start with the machine: {unit} {verb}d", unit=unit, verb=verb)
         return {**state, "changed": True}
