@@ -34,6 +34,7 @@ from epop.settings_file import SECTION, SettingsError, Wording, read_section
 __all__ = [
     "Change",
     "Reader",
+    "read_syntax",
     "remove_password_file",
     "update_settings_file",
     "write_password_file",
@@ -246,7 +247,8 @@ def _updated(text: str, changes: Mapping[str, Change]) -> str:
     newline = parsed.ending()
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += newline
-    # Replacements first, from the bottom up, so line numbers above stay right.
+    # New keys go after the section's last key, below every key replaced;
+    # then the replacements, from the bottom up, so line numbers above stay right.
     replaced: dict[int, tuple[_Key, list[str]]] = {}
     added: list[str] = []
     for key, value in changes.items():
