@@ -7,8 +7,14 @@ comments, blank lines, key spelling, byte order mark and line endings, and
 all of that must survive: a key's value is replaced where it stands, a
 removed key takes only its own lines, a new key goes at the end of the
 section.  The file is written atomically (L{epop.files.write_atomically}),
-keeping its mode, and read back with the relay's own reader: a file the
-relay would not start with is never left behind.
+keeping its mode, and read back: a file that would not read is never left
+behind.
+
+This module knows the syntax every C{[epop]} file shares
+(L{epop.settings_file}); what a file may hold is its reader's business, so
+the caller gives it (the relay's: L{epop.relay.saved_settings}).  A value's
+type says how it is written: a flag (C{bool}) as yes/no, a list one value
+per indented line, a text on the key's line.
 
 The console's password has its own file (C{--console-password-file}),
 written here too: passwords never go in the settings file.
@@ -19,15 +25,16 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from epop.files import write_atomically
-from epop.relay.settings import SettingKeys, SettingsError, read_settings_file
-from epop.settings_file import SECTION
+from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
     "Change",
+    "Reader",
+    "read_syntax",
     "remove_password_file",
     "update_settings_file",
     "write_password_file",
@@ -36,6 +43,8 @@ __all__ = [
 #: What a key may be changed to: a text, a flag, a repeatable key's values,
 #: or None to remove it.
 Change = str | bool | Sequence[str] | None
+#: Reads a settings file as its program will, raising L{SettingsError}.
+Reader = Callable[[str], object]
 
 _NEW_FILE_MODE = 0o644
 _BOM = "\ufeff"
@@ -45,11 +54,27 @@ _KEY_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _INDENT = "    "
 
 
-def _relay_keys() -> SettingKeys:
-    """The relay's keys, read off its twistd options (imported late: tap is heavy)."""
-    from epop.relay.tap import Options
+#: The syntax alone: what any [epop] file must be, whatever its keys.
+_SYNTAX = Wording(
+    unreadable="cannot read the settings file {path}: {reason}",
+    not_utf8="cannot read the settings file {path}: it is not UTF-8 text",
+    before_section="{where}: the settings must come after an [" + SECTION + "] header",
+    other_section="{path}: unknown section [{name}]",
+    section_twice="{where}: the section [{name}] is given twice",
+    not_key_value="{where}: cannot read {text!r}: expected 'key = value'",
+    key_twice="{where}: {key}: the key is given twice",
+    no_section=None,
+)
 
-    return SettingKeys.of(Options())
+
+def _raw(key: str, value: str) -> list[str]:
+    """A value as its non-blank lines: how it reads back, whatever its key."""
+    return [line for line in value.split("\n") if line]
+
+
+def read_syntax(path: str) -> object:
+    """The default L{Reader}: the shared syntax, any key."""
+    return read_section(path, _SYNTAX, _raw)
 
 
 @dataclass
@@ -101,29 +126,21 @@ class _Lines:
         return "\n"
 
 
-def _check_change(key: str, value: Change, keys: SettingKeys) -> None:
+def _check_change(key: str, value: Change) -> None:
     """Refuse what could not be written safely, naming the key."""
-    if not _KEY_NAME.fullmatch(key):
+    if not isinstance(key, str) or not _KEY_NAME.fullmatch(key):
         raise ValueError(f"{key!r} is not a settings key name (lowercase letters, digits, dashes)")
-    if key not in keys.names():
-        raise ValueError(f"{key!r} is not a key of the relay's settings file")
-    if value is None:
+    if value is None or isinstance(value, bool):
         return
-    if key in keys.flags:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: a flag takes True or False, not {value!r}")
+    if isinstance(value, str):
+        _check_text(key, value)
         return
-    if key in keys.repeatable:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise ValueError(f"{key}: a repeatable key takes a list of values, not {value!r}")
-        for entry in value:
-            _check_text(key, entry)
-            if entry.startswith(_COMMENT):
-                raise ValueError(f"{key}: {entry!r} would read as a comment")
-        return
-    if not isinstance(value, str):
-        raise ValueError(f"{key}: takes one text value, not {value!r}")
-    _check_text(key, value)
+    if not isinstance(value, Sequence):
+        raise ValueError(f"{key}: {value!r} is not a text, a flag or a list of texts")
+    for entry in value:
+        _check_text(key, entry)
+        if entry.startswith(_COMMENT):
+            raise ValueError(f"{key}: {entry!r} would read as a comment")
 
 
 def _check_text(key: str, value: object) -> None:
@@ -137,8 +154,8 @@ def _check_text(key: str, value: object) -> None:
         raise ValueError(f"{key}: {value!r} starts or ends with spaces, which would be lost")
 
 
-def _key_lines(key: str, value: Change, keys: SettingKeys, found: _Key | None,
-               lines: list[str], newline: str) -> list[str]:
+def _key_lines(key: str, value: Change, found: _Key | None, lines: list[str],
+               newline: str) -> list[str]:
     """The lines that say C{key = value}, in the file's style where it has the key."""
     if found is not None:
         raw = lines[found.line]
@@ -159,14 +176,15 @@ def _key_lines(key: str, value: Change, keys: SettingKeys, found: _Key | None,
     return [f"{head}{newline}"] + [f"{under}{entry}{newline}" for entry in value]
 
 
-def _expected(key: str, value: Change, keys: SettingKeys) -> object:
-    """The value as the relay's reader gives it back."""
-    if value is None or isinstance(value, bool):
-        return value
-    if key in keys.repeatable:
-        return tuple(value)
-    coerce = keys.parameters.get(key)
-    return value if coerce is None else coerce(value)
+def _expected(value: Change) -> list[str] | None:
+    """The value's lines as they read back (L{_raw})."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return ["yes" if value else "no"]
+    if isinstance(value, str):
+        return [value]
+    return list(value)
 
 
 def update_settings_file(
@@ -174,7 +192,7 @@ def update_settings_file(
     changes: Mapping[str, Change],
     *,
     header: str | None = None,
-    keys: SettingKeys | None = None,
+    read: Reader = read_syntax,
 ) -> None:
     """
     Change some keys of the settings file C{path}, keeping everything else
@@ -184,58 +202,62 @@ def update_settings_file(
     per indented line under it, a flag as yes/no); C{None} removes the key's
     own lines, not the comments around it; a key not in the file is added
     at the end of the section.  A missing file is created (mode 0644) with
-    C{header} as comment lines; an existing one keeps its mode.
+    C{header} as comment lines; an existing one keeps its mode, and its
+    owner and group where this process may keep them (as root).
 
-    @param keys: the keys the file may hold; the relay's by default.
+    @param read: reads the file as its program will (the relay's, from
+        L{epop.relay.saved_settings}); the shared syntax alone by default.
     @raise ValueError: a change that cannot be written safely, naming its key.
-    @raise SettingsError: the file does not read (it is left unchanged), or
-        would not read with these changes (it is put back as it was).
+    @raise SettingsError: the file does not C{read} (it is left unchanged),
+        or would not with these changes (it is put back as it was).
     @raise OSError: the file cannot be written.
     """
-    keys = keys or _relay_keys()
     for key, value in changes.items():
-        _check_change(key, value, keys)
-    try:
+        _check_change(key, value)
+    before: bytes | None = None
+    mode, owner = _NEW_FILE_MODE, None
+    if os.path.lexists(path):
+        read(path)  # refuse a file its program would not read
         with open(path, "rb") as stream:
-            before: bytes | None = stream.read()
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        before, mode = None, _NEW_FILE_MODE
-    if before is not None:
-        read_settings_file(path, keys)  # refuse a file the relay would not read
+            before = stream.read()
+            found = os.fstat(stream.fileno())
+        mode, owner = stat.S_IMODE(found.st_mode), (found.st_uid, found.st_gid)
         text = before.decode("utf-8")
     else:
         text = "".join(f"# {line}".rstrip() + "\n" for line in (header or "").splitlines())
+    # A symbolic link stays one: the file it names is the one replaced.
+    path = os.path.realpath(path)
     bom = text.startswith(_BOM)
-    data = _updated(text.removeprefix(_BOM), changes, keys)
-    write_atomically(path, ((_BOM if bom else "") + data).encode("utf-8"), mode)
+    data = _updated(text.removeprefix(_BOM), changes)
+    write_atomically(path, ((_BOM if bom else "") + data).encode("utf-8"), mode, owner)
     try:
-        _check_written(path, changes, keys)
+        _check_written(path, changes, read)
     except SettingsError:
         if before is None:
             os.unlink(path)
         else:
-            write_atomically(path, before, mode)
+            write_atomically(path, before, mode, owner)
         raise
 
 
-def _updated(text: str, changes: Mapping[str, Change], keys: SettingKeys) -> str:
+def _updated(text: str, changes: Mapping[str, Change]) -> str:
     """C{text} with C{changes} made, line by line."""
     parsed = _Lines(text)
     lines = list(parsed.lines)
     newline = parsed.ending()
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += newline
-    # Replacements first, from the bottom up, so line numbers above stay right.
+    # New keys go after the section's last key, below every key replaced;
+    # then the replacements, from the bottom up, so line numbers above stay right.
     replaced: dict[int, tuple[_Key, list[str]]] = {}
     added: list[str] = []
     for key, value in changes.items():
         found = parsed.keys.get(key)
         if found is None:
             if value is not None:
-                added += _key_lines(key, value, keys, None, lines, newline)
+                added += _key_lines(key, value, None, lines, newline)
             continue
-        new = [] if value is None else _key_lines(key, value, keys, found, lines, newline)
+        new = [] if value is None else _key_lines(key, value, found, lines, newline)
         replaced[found.line] = (found, new)
     if parsed.section is None:
         lines.append(f"[{SECTION}]{newline}")
@@ -251,14 +273,16 @@ def _updated(text: str, changes: Mapping[str, Change], keys: SettingKeys) -> str
     return "".join(lines)
 
 
-def _check_written(path: str, changes: Mapping[str, Change], keys: SettingKeys) -> None:
-    """Read the file back as the relay will, and make sure it says what was saved."""
-    values = read_settings_file(path, keys).values
+def _check_written(path: str, changes: Mapping[str, Change], read: Reader) -> None:
+    """Read the file back as its program will, and make sure it says what was saved."""
+    read(path)
+    found = read_section(path, _SYNTAX, _raw) or []
+    values = {setting.key: setting.value for setting in found}
     for key, value in changes.items():
-        if values.get(key) != _expected(key, value, keys):
+        if values.get(key) != _expected(value):
             raise SettingsError(
                 f"{path}: {key}: the saved file reads {values.get(key)!r}, "
-                f"not {_expected(key, value, keys)!r}; it was put back as it was"
+                f"not {_expected(value)!r}; it was put back as it was"
             )
 
 

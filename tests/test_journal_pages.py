@@ -106,8 +106,10 @@ class PageTests(TestCase):
             record(2, type="object-instantiated", description="Upload POST"),
             record(3, type="connection-closed", error="Integrity-Mismatch"),
             record(4, run="r2", connection=1, user="Alice"),
+            record(5, run="r22", connection=1),
         ])
         page = lambda **f: descriptions(journal_page(path, before=None, limit=10, **f)[0])
+        self.assertEqual(page(connections=["r22:1"]), ["record 5"])
         self.assertEqual(page(types=["connection-opened", "connection-closed"]),
                          ["record 3", "record 1"])
         self.assertEqual(page(text="upload post"), ["Upload POST"])

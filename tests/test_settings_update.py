@@ -10,17 +10,13 @@ import stat
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
+from epop.relay.saved_settings import relay_keys, save_settings
 from epop.relay.settings import SettingsError, read_settings_file
-from epop.settings_update import (
-    _relay_keys,
-    remove_password_file,
-    update_settings_file,
-    write_password_file,
-)
+from epop.settings_update import remove_password_file, update_settings_file, write_password_file
 
-KEYS = _relay_keys()
+KEYS = relay_keys()
 
 
 class UpdateTests(TestCase):
@@ -50,7 +46,7 @@ class UpdateTests(TestCase):
             "  10.1.0.0/16\n"
             "idle-timeout   =   30\n"
         )
-        update_settings_file(
+        save_settings(
             path, {"listen": ["tcp:4000:interface=127.0.0.1"], "allow": ["10.9.9.9"],
                    "require-tls": True}
         )
@@ -73,13 +69,13 @@ class UpdateTests(TestCase):
     def test_removes_key_not_comment(self) -> None:
         """None removes the key's own lines; the comment above it stays."""
         path = self.write("[epop]\n# the proxy's user\nproxy-user = alice\nno-check = yes\n")
-        update_settings_file(path, {"proxy-user": None, "no-check": False})
+        save_settings(path, {"proxy-user": None, "no-check": False})
         self.assertEqual(self.read(path), b"[epop]\n# the proxy's user\nno-check = no\n")
 
     def test_added_before_trailing_comments(self) -> None:
         """A new key goes after the section's last key, before comments that end the file."""
         path = self.write("[epop]\nallow = 10.0.0.1\n\n# allow = 10.0.0.2\n")
-        update_settings_file(path, {"proxy-user": "bob"})
+        save_settings(path, {"proxy-user": "bob"})
         self.assertEqual(
             self.read(path), b"[epop]\nallow = 10.0.0.1\nproxy-user = bob\n\n# allow = 10.0.0.2\n"
         )
@@ -87,7 +83,7 @@ class UpdateTests(TestCase):
     def test_keeps_crlf_bom_and_mode(self) -> None:
         """A Notepad file keeps its byte order mark, CRLF line ends and mode."""
         path = self.write(b"\xef\xbb\xbf[epop]\r\n# note\r\nallow = 10.0.0.1", 0o640)
-        update_settings_file(path, {"allow": ["10.0.0.2", "10.0.0.3"], "proxy-user": "bob"})
+        save_settings(path, {"allow": ["10.0.0.2", "10.0.0.3"], "proxy-user": "bob"})
         self.assertEqual(
             self.read(path),
             b"\xef\xbb\xbf[epop]\r\n# note\r\nallow =\r\n    10.0.0.2\r\n    10.0.0.3\r\n"
@@ -95,10 +91,30 @@ class UpdateTests(TestCase):
         )
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
 
+    def test_keeps_owner(self) -> None:
+        """Rewritten by root, a file keeps its owner and group (the relay's group reads it)."""
+        if os.geteuid() != 0:
+            raise SkipTest("only root can give a file to another user")
+        path = self.write(b"[epop]\n", 0o640)
+        os.chown(path, 4321, 8765)
+        save_settings(path, {"no-check": True})
+        found = os.stat(path)
+        self.assertEqual((found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)),
+                         (4321, 8765, 0o640))
+
+    def test_symbolic_link_stays(self) -> None:
+        """A settings file reached by a symbolic link: the file it names changes, the link stays."""
+        target = self.write(b"[epop]\n")
+        link = self.mktemp()
+        os.symlink(os.path.abspath(target), link)
+        save_settings(link, {"no-check": True})
+        self.assertTrue(os.path.islink(link))
+        self.assertEqual(self.read(target), b"[epop]\nno-check = yes\n")
+
     def test_creates_missing_file(self) -> None:
         """A missing file is made with the header as comments, the section and the keys, 0644."""
         path = self.mktemp()
-        update_settings_file(path, {"allow": ["10.0.0.1"]}, header="Saved by the console\nof e-POP")
+        save_settings(path, {"allow": ["10.0.0.1"]}, header="Saved by the console\nof e-POP")
         self.assertEqual(
             self.read(path),
             b"# Saved by the console\n# of e-POP\n[epop]\nallow =\n    10.0.0.1\n",
@@ -109,7 +125,7 @@ class UpdateTests(TestCase):
     def test_file_without_section(self) -> None:
         """A file without the section does not read as the relay's: refused, left alone."""
         path = self.write("# nothing yet\n")
-        error = self.assertRaises(SettingsError, update_settings_file, path, {"no-check": True})
+        error = self.assertRaises(SettingsError, save_settings, path, {"no-check": True})
         self.assertIn("no [epop] section", str(error))
         self.assertEqual(self.read(path), b"# nothing yet\n")
 
@@ -117,7 +133,7 @@ class UpdateTests(TestCase):
         """A file the relay cannot read is refused with the reader's message and left alone."""
         text = b"[epop]\nallow = 10.0.0.1\nthis is not a setting\n"
         path = self.write(text)
-        error = self.assertRaises(SettingsError, update_settings_file, path, {"no-check": True})
+        error = self.assertRaises(SettingsError, save_settings, path, {"no-check": True})
         self.assertIn("line 3", str(error))
         self.assertEqual(self.read(path), text)
 
@@ -126,12 +142,12 @@ class UpdateTests(TestCase):
         text = b"[epop]\n# keep me\nidle-timeout = 30\n"
         path = self.write(text)
         error = self.assertRaises(
-            SettingsError, update_settings_file, path, {"idle-timeout": "soon"}
+            SettingsError, save_settings, path, {"idle-timeout": "soon"}
         )
         self.assertIn("idle-timeout", str(error))
         self.assertEqual(self.read(path), text)
         missing = self.mktemp()
-        self.assertRaises(SettingsError, update_settings_file, missing, {"listen": ["nonsense:x"]})
+        self.assertRaises(SettingsError, save_settings, missing, {"listen": ["nonsense:x"]})
         self.assertFalse(os.path.exists(missing))
 
     def test_unsafe_values(self) -> None:
@@ -148,7 +164,7 @@ class UpdateTests(TestCase):
             ({"Bad Key": "1"}, "Bad Key"),
             ({"colour": "blue"}, "colour"),
         ]:
-            error = self.assertRaises(ValueError, update_settings_file, path, changes)
+            error = self.assertRaises(ValueError, save_settings, path, changes)
             self.assertIn(word, str(error))
         self.assertEqual(self.read(path), b"[epop]\n")
 
@@ -204,6 +220,33 @@ def _changes(draw):  # type: ignore[no-untyped-def]
     return {key: draw(st.one_of(st.none(), _VALUES[key])) for key in keys}
 
 
+class SyntaxOnlyTests(TestCase):
+    def test_any_keys(self) -> None:
+        """Without a program's reader, any key of the shared syntax is kept and changed."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[epop]\n# the workstation's\nrelay = 10.0.0.1:3358\nlang = fr\n")
+        update_settings_file(path, {"relay": "10.0.0.2:3358", "colours": ["red", "blue"],
+                                    "lang": None, "quiet": True})
+        with open(path, "rb") as f:
+            self.assertEqual(
+                f.read(),
+                b"[epop]\n# the workstation's\nrelay = 10.0.0.2:3358\ncolours =\n    red\n"
+                b"    blue\nquiet = yes\n",
+            )
+
+    def test_syntax_error_refused(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[epop]\nnot a line\n")
+        error = self.assertRaises(SettingsError, update_settings_file, path, {"quiet": True})
+        self.assertIn("line 2", str(error))
+        for changes, word in [({"Bad Key": "1"}, "Bad Key"), ({"x": "a\nb"}, "line break"),
+                              ({"x": 3}, "not a text")]:
+            error = self.assertRaises(ValueError, update_settings_file, path, changes)
+            self.assertIn(word, str(error))
+
+
 class RandomUpdateTests(TestCase):
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(_files(), _changes())
@@ -213,7 +256,7 @@ class RandomUpdateTests(TestCase):
         with open(path, "wb") as f:
             f.write(text.encode("utf-8"))
         before = read_settings_file(path, KEYS).values
-        update_settings_file(path, changes)
+        save_settings(path, changes)
         after = read_settings_file(path, KEYS).values
         expected = dict(before)
         for key, value in changes.items():

@@ -138,11 +138,12 @@ def _records_backwards(
                     yield _Cursor(info.st_dev, info.st_ino, offset), oldest, record
 
 
-def _connection(text: str) -> tuple[str, int]:
+def _connection(text: str) -> str:
+    """C{RUN:N} checked, as L{record_id} writes it."""
     match = _CONNECTION.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"{text[:80]!r} is not a connection: expected RUN:NUMBER")
-    return match[1].lower(), int(match[2])
+    return f"{match[1]}:{int(match[2])}"
 
 
 def _has_text(record: dict[str, Any], needle: str) -> bool:
@@ -175,14 +176,17 @@ def journal_page(
     if limit < 1:
         raise ValueError(f"the page size must be at least 1, not {limit}")
     start = _Cursor.parse(before) if before is not None else None
-    wanted = JournalFilter(connections=[_connection(c) for c in connections], types=tuple(types))
+    wanted = JournalFilter(types=tuple(types))
+    idents = {_connection(c) for c in connections}
     needle = text.casefold()
     records: list[dict[str, Any]] = []
     try:
         for cursor, oldest, record in _records_backwards(path, start):
+            ident = record_id(record)
+            if idents and ident not in idents:
+                continue
             if not wanted.matches(record) or (needle and not _has_text(record, needle)):
                 continue
-            ident = record_id(record)
             records.append({**record, "id": ident} if ident is not None else record)
             if len(records) == limit:
                 end = oldest and cursor.offset == 0
