@@ -36,7 +36,8 @@ from epop.relay.network_interfaces import local_addresses
 from epop.relay.service import RelayListening, RelayService, StartRefused
 from epop.relay.settings import RelaySettingsError
 from epop.relay.start_with_machine import set_enabled, unit_name, unit_state
-from epop.settings_update import remove_password_file, update_settings_file, write_password_file
+from epop.relay.saved_settings import save_settings
+from epop.settings_update import remove_password_file, write_password_file
 
 __all__ = ["ConsoleFiles", "RelayConsoleBackend", "listen_address_and_port"]
 
@@ -481,7 +482,7 @@ class RelayConsoleBackend:
             elif proxy is not None and proxy.user and proxy.password and not os.path.exists(self._files.password_file):
                 # A password that came from EPOP_PROXY_PASSWORD: the saved settings need it in a file.
                 write_password_file(self._files.password_file, proxy.password)
-            update_settings_file(self._files.config, changes, header=_HEADER)
+            save_settings(self._files.config, changes, header=_HEADER)
         except (OSError, ValueError) as e:
             raise ConsoleRefusal(
                 500,
