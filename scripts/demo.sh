@@ -8,10 +8,13 @@
 # Starts a local e-PMSI sandbox and a relay trusting its CA, tests the
 # connection, uploads a sample zip through the relay, then again with curl
 # using the relay as its HTTPS proxy, checks each of the sandbox's receipts
-# against the file's SHA-256, prints the relay's journal, then stops
-# everything.  Exit status 0 only if every step succeeded.
+# against the file's SHA-256, prints the relay's journal and its console's
+# address, then stops everything (in a terminal, once you press Enter, so
+# that you can look at the console first).  Exit status 0 only if every
+# step succeeded.
 #
-# Environment: BIN=folder holding python, epop and twistd (default .venv/bin).
+# Environment: BIN=folder holding python, epop and twistd (default .venv/bin);
+# EPOP_DEMO_WAIT=0 stops at once even in a terminal.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -103,6 +106,8 @@ mkdir -p "$DEMO"
 SANDBOX_PORT=$(free_port)
 RELAY_PORT=$(free_port)
 while [ "$RELAY_PORT" = "$SANDBOX_PORT" ]; do RELAY_PORT=$(free_port); done
+CONSOLE_PORT=$(free_port)
+while [ "$CONSOLE_PORT" = "$SANDBOX_PORT" ] || [ "$CONSOLE_PORT" = "$RELAY_PORT" ]; do CONSOLE_PORT=$(free_port); done
 RELAY=127.0.0.1:$RELAY_PORT
 SANDBOX_URL=https://127.0.0.1:$SANDBOX_PORT
 CA=$DEMO/sandbox/tls/ca.pem
@@ -118,9 +123,12 @@ wait_for "sandbox port $SANDBOX_PORT" "$SANDBOX_PID" "$DEMO/sandbox.log" port_op
 echo "ready; its CA certificate is .demo/sandbox/tls/ca.pem"
 
 heading "Starting the relay on $RELAY, forwarding to $SANDBOX_URL (log: .demo/relay.log)"
+# The settings file the console saves to (the command line's options win over it).
+printf '# The demo relay'"'"'s settings: its console saves its changes here.\n[epop]\n' >"$DEMO/relay.ini"
 "$BIN/twistd" --nodaemon --pidfile= --logfile="$DEMO/relay.log" epop \
     --listen "tcp:$RELAY_PORT:interface=127.0.0.1" \
-    --epmsi "$SANDBOX_URL" --ca-file "$CA" --journal "$JOURNAL" --console none \
+    --epmsi "$SANDBOX_URL" --ca-file "$CA" --journal "$JOURNAL" \
+    --config "$DEMO/relay.ini" --console "tcp:$CONSOLE_PORT:interface=127.0.0.1" \
     >>"$DEMO/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
@@ -128,6 +136,10 @@ PIDS+=("$RELAY_PID")
 wait_for "relay on $RELAY" "$RELAY_PID" "$DEMO/relay.log" \
     grep -q '"listening-opened"' "$JOURNAL"
 echo "ready"
+wait_for "the relay's console on 127.0.0.1:$CONSOLE_PORT" "$RELAY_PID" "$DEMO/relay.log" \
+    grep -q "Console: open http" "$DEMO/relay.log"
+console_url() { grep -o "Console: open http[^ ]*" "$DEMO/relay.log" | tail -n 1 | cut -d' ' -f3; }
+echo "The relay's console (a browser on this machine): $(console_url)"
 
 heading "Making a sample PMSI archive (.demo/sample.zip)"
 SAMPLE=$DEMO/sample.zip
@@ -190,3 +202,9 @@ PY
 [ -s "$JOURNAL" ] || fail "the journal $JOURNAL is empty"
 
 heading "Demo finished: sandbox -> relay -> upload (epop, and curl through the proxy) -> receipt all OK"
+if [ -t 0 ] && [ -t 1 ] && [ "${EPOP_DEMO_WAIT:-1}" != 0 ]; then
+    echo "The relay and its console are still running. Open this address in a browser"
+    echo "on this machine (it works once; the relay's log has the next one):"
+    echo "    $(console_url)"
+    read -r -p "Press Enter to stop the relay and the sandbox. " _ || true
+fi

@@ -3,13 +3,13 @@ What the console's web layer asks of the relay (L{IConsoleBackend}), and
 how a command the relay refuses travels to the page (L{ConsoleRefusal}).
 
 The web layer only ever talks to an L{IConsoleBackend}: the relay's own
-(L{RelayConsoleBackend}) under C{twistd epop}, an in-memory one in tests.
+(L{epop.console.relay_backend.RelayConsoleBackend}) under C{twistd epop}, an in-memory one in tests.
 """
 
 from __future__ import annotations
 from typing import Any, Callable
 from twisted.internet.defer import Deferred
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 from epop.messages import Text
 
 class ConsoleRefusal(Exception):
@@ -53,26 +53,3 @@ class IConsoleBackend(Interface):
         """The newest `limit` connections, newest first: CONNECTION rows."""
     def watch(listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         """Call listener(kind, data) for each live change: kind "journal" (data: RECORD) or "state" (data: STATE). Returns a function that stops it."""
-
-
-# PLACEHOLDER, replaced by the real backend: only here so that twistd epop
-# can build the console; every method says it is not written yet.
-@implementer(IConsoleBackend)
-class RelayConsoleBackend:
-    """The relay's own backend (placeholder: not written yet)."""
-
-    def __init__(self, relay: Any, options: Any) -> None:
-        self.relay = relay
-        self.options = options
-
-    def _missing(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("RelayConsoleBackend is a placeholder")
-
-    state = interfaces = start_listening = stop_listening = _missing
-    change_settings = import_proxy = test_epmsi = set_start_with_machine = _missing
-    journal_page = connections = _missing
-
-    def watch(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
-        # The console subscribes at start: a placeholder that refused would
-        # stop twistd epop from starting.
-        return lambda: None

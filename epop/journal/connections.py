@@ -40,6 +40,9 @@ class ConnectionSummary:
 
     C{user} is the user an HTTP client named (C{--tunnel-users}), from any
     of its records: an open tunnel's is known before it closes.
+
+    C{kind} is C{tunnel} once one of its operations is an HTTPS tunnel
+    (C{object-instantiated} of kind C{tunnel}), else C{e-pop}.
     """
 
     run: str
@@ -54,6 +57,7 @@ class ConnectionSummary:
     operations: int = 0
     state: str = "open"
     user: str | None = None
+    kind: str = "e-pop"
 
     def ident(self, with_run: bool) -> str:
         return f"{self.run}:{self.connection}" if with_run else str(self.connection)
@@ -121,6 +125,8 @@ def connection_summaries(
             summary.opened = when
         elif kind == "object-instantiated":
             summary.operations += 1
+            if record.get("kind") == "tunnel":
+                summary.kind = "tunnel"
         elif kind == "connection-closed":
             summary.state = "closed"
             summary.closed = when

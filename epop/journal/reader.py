@@ -42,6 +42,7 @@ __all__ = [
     "check_journal_path",
     "journal_files",
     "open_journal",
+    "parse_line",
     "read_file",
     "read_journal",
     "record_time",
@@ -192,7 +193,8 @@ class _Lines:
         return found
 
 
-def _parse_line(raw: bytes) -> dict[str, Any] | None:
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """The record a line holds, or None if it is not one (not JSON, no type or time)."""
     try:
         record = json.loads(raw)
     except ValueError:
@@ -240,7 +242,7 @@ def read_file(path: str, on_problem: ProblemHandler = _ignore) -> Iterator[dict[
                 yield from _checked(path, number, raw, on_problem)
             else:
                 # The last line, whole: a record, or skipped as torn.
-                record = _parse_line(raw)
+                record = parse_line(raw)
                 if record is not None:
                     yield record
         if torn is not None and torn[1]:
@@ -254,7 +256,7 @@ def _checked(
     if raw is None:
         on_problem(Problem(path, number, too_long=True))
         return
-    record = _parse_line(raw)
+    record = parse_line(raw)
     if record is not None:
         yield record
     elif raw.strip():
@@ -426,7 +428,7 @@ class JournalFollower:
         while chunk := self._file.read(_READ_SIZE):
             self._position += len(chunk)
             for number, raw in self._lines.feed(chunk):
-                record = _parse_line(raw) if raw is not None else None
+                record = parse_line(raw) if raw is not None else None
                 if record is not None:
                     self._on_record(record)
                 elif raw is None:

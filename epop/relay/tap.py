@@ -20,14 +20,13 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
-from epop.console.backend import RelayConsoleBackend
 from epop.console.service import DEFAULT_CONSOLE, NO_CONSOLE, ConsoleSettings, make_console_service
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
@@ -58,6 +57,9 @@ from epop.relay.settings import (
     read_settings_file,
 )
 from epop.tuning import keep_buffers_on_heap
+
+if TYPE_CHECKING:
+    from epop.console.relay_backend import ConsoleFiles
 
 
 class _NamedParameter(usage.CoerceParameter):
@@ -429,6 +431,26 @@ class _TwistdRelay(MultiService):
         return maybeDeferred(super().stopService).addBoth(restore)
 
 
+def console_files(options: Options) -> "ConsoleFiles":
+    """
+    Where the console saves: the C{--config} file, or, without one, a file
+    beside the journal that a relay started with C{--config} would read.
+    """
+    from epop.console.relay_backend import ConsoleFiles
+
+    if options.settings_file is not None:
+        config, in_use = options.settings_file.path, True
+    else:
+        folder = os.path.dirname(os.path.abspath(options["journal"]))
+        config, in_use = os.path.join(folder, "epop-relay.ini"), False
+    return ConsoleFiles(
+        config,
+        config_in_use=in_use,
+        overridden=options.given,
+        proxy_password_file=options["proxy-password-file"],
+    )
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -441,6 +463,9 @@ def makeService(options: Options) -> IService:
     top = _TwistdRelay(reload)
     relay.setServiceParent(top)
     if options.console.endpoint is not None:
-        backend = RelayConsoleBackend(relay, options)
+        # Imported here: the console's backend saves settings with this module's options.
+        from epop.console.relay_backend import RelayConsoleBackend
+
+        backend = RelayConsoleBackend(reactor, relay, console_files(options), globalLogPublisher)
         make_console_service(reactor, backend, options.console).setServiceParent(top)
     return top

@@ -291,6 +291,8 @@
     $('config-path').hidden = !config.path;
     $('config-path-value').textContent = config.path || '';
     $('config-will-be-created').hidden = config.exists !== false;
+    $('config-not-in-use').hidden = config.in_use !== false;
+    $('config-not-in-use-command').textContent = config.path ? `twistd epop --config ${config.path}` : '';
     renderProxyFields();
   }
 
