@@ -32,7 +32,7 @@ from epop.console.backend import IConsoleBackend
 from epop.console.events import EventHub
 from epop.console.resource import ConsoleResource
 from epop.local_tls import RelayTLS, server_options
-from epop.relay.service import ListenError
+from epop.relay.service import ListenError, listen_at_once
 
 #: Where the console listens unless told otherwise.
 DEFAULT_CONSOLE = "tcp:3359:interface=127.0.0.1"
@@ -180,16 +180,7 @@ class ConsoleService(Service):
             endpoint = console_endpoint(self.reactor, description)
         except ValueError as e:
             raise ListenError(description, str(e)) from None
-        outcome: list[Any] = []
-        endpoint.listen(self._factory()).addBoth(outcome.append)
-        if not outcome:
-            raise ListenError(description, "listening did not complete at once")
-        if not IListeningPort.providedBy(outcome[0]):
-            reason = outcome[0].value
-            socket_error = getattr(reason, "socketError", None)
-            why = getattr(socket_error, "strerror", None) or str(socket_error or reason)
-            raise ListenError(f"{description} (the console)", why)
-        self.port = outcome[0]
+        self.port = listen_at_once(endpoint, self._factory(), f"{description} (the console)")
 
     def startService(self) -> None:
         self._bind()

@@ -59,6 +59,7 @@ __all__ = [
     "RelayListening",
     "StartRefused",
     "ListeningService",
+    "listen_at_once",
     "ReloadRefused",
     "make_relay_service",
 ]
@@ -85,6 +86,28 @@ class ListenError(CannotListenError):
         if "in use" in self.why.lower():
             hint = " (is another relay or program already listening there?)"
         return f"cannot listen on {self.description}: {self.why}{hint}"
+
+
+def listen_at_once(endpoint: IStreamServerEndpoint, factory: Factory, description: str) -> IListeningPort:
+    """
+    Listen on C{endpoint} now: a service that must not start without its
+    port (twistd then exits with the reason) cannot wait for a Deferred.
+
+    @raise ListenError: naming C{description} and the system's reason.
+    """
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise ListenError(description, "listening did not complete at once")
+    if isinstance(outcome[0], Failure):
+        reason = outcome[0].value
+        if isinstance(reason, CannotListenError) and reason.socketError is not None:
+            why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
+        else:
+            why = str(reason)
+        raise ListenError(description, why)
+    port: IListeningPort = outcome[0]
+    return port
 
 
 class ListeningService(Service):
@@ -119,18 +142,7 @@ class ListeningService(Service):
         """Open the port (if not open yet); journaled only once started."""
         if self.port is not None:
             return
-        outcome: list[Any] = []
-        self.endpoint.listen(self.served).addBoth(outcome.append)
-        if not outcome:
-            raise ListenError(self.description, "listening did not complete at once")
-        if isinstance(outcome[0], Failure):
-            reason = outcome[0].value
-            if isinstance(reason, CannotListenError) and reason.socketError is not None:
-                why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
-            else:
-                why = str(reason)
-            raise ListenError(self.description, why)
-        self.port = outcome[0]
+        self.port = listen_at_once(self.endpoint, self.served, self.description)
 
     def unbind(self) -> Deferred[None] | None:
         """Close a port opened by L{bind} whose listening never started: nothing to journal."""
