@@ -166,6 +166,21 @@ class ConsoleInBrowserTests(TestCase):
             _wait(driver, lambda d: d.find_element(By.ID, "port").is_enabled(), "the settings unlocked")
             _wait(driver, _title_shows("stopped"), "the title saying stopped")
             self.shot(driver, "stopped")
+            # Allowed clients: a bad address is refused next to the field; a good one is listed.
+            driver.find_element(By.ID, "allow-listed").click()
+            entry = driver.find_element(By.ID, "allow-entry")
+            entry.send_keys("10.1.2.300")
+            driver.find_element(By.ID, "allow-add").click()
+            _wait(driver, lambda d: "10.1.2.300" in _text(d, '[data-field-error="allow"]'), "the bad address refused")
+            entry.send_keys(Keys.CONTROL, "a")
+            entry.send_keys("127.0.0.1")
+            driver.find_element(By.ID, "allow-add").click()
+            _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#allow-list li[data-address="127.0.0.1"]'),
+                  "127.0.0.1 listed")
+            # Test e-PMSI: the address reached and the time taken.
+            driver.find_element(By.ID, "test-epmsi").click()
+            _wait(driver, lambda d: "reached at 127.0.0.1:" in _text(d, "#test-result"), "the e-PMSI test's result")
+            self.shot(driver, "settings")
             field = driver.find_element(By.ID, "port")
             field.send_keys(Keys.CONTROL, "a")
             field.send_keys(str(new_port))
@@ -184,6 +199,8 @@ class ConsoleInBrowserTests(TestCase):
         await self.assert_refused(self.port)
         saved = read_settings_file(self.config, SettingKeys.of(Options())).values
         self.assertEqual(saved["listen"], (f"tcp:{new_port}:interface=127.0.0.1",))
+        self.assertEqual(saved["allow"], ("127.0.0.1",))
+        self.assertEqual(self.relay.service.settings.allow, ("127.0.0.1",))
         self.assertTrue(await poll_until(reactor, lambda: self.relay.service.listening))
 
         # In French, as the original: the title and why the settings are locked.

@@ -460,7 +460,8 @@
       entry.value = '';
       return;
     }
-    const saved = await postSettings({ allow: [...allowed, address] }, () => { entry.value = ''; });
+    // Adding one means "only those listed", whatever was saved before.
+    const saved = await postSettings({ allow_all: false, allow: [...allowed, address] }, () => { entry.value = ''; });
     if (!saved) entry.focus();
   }
 
@@ -468,7 +469,7 @@
     clearFieldErrors();
     if (!window.confirm(`${t('allow-remove-confirm')}\n${address}`)) return;
     const allowed = ((page.state.settings && page.state.settings.allow) || []).filter((a) => a !== address);
-    await postSettings({ allow: allowed }, () => {});
+    await postSettings({ allow_all: $('allow-all').checked, allow: allowed }, () => {});
   }
 
   async function importProxy() {
