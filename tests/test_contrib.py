@@ -144,7 +144,7 @@ class UnitTests(SynchronousTestCase):
         self.assertNotIn("DynamicUser", self.service)
         self.assertEqual(self.one("WorkingDirectory"), "/var/lib/epop")
         self.assertEqual(self.one("StateDirectory"), "epop")
-        self.assertEqual(self.one("ReadWritePaths"), "/var/lib/epop")
+        self.assertEqual(self.one("ReadWritePaths").split(), ["/var/lib/epop", "/etc/epop"])
         self.assertEqual(self.one("EnvironmentFile"), "-/etc/epop/environment")
 
     def test_hardening(self) -> None:
