@@ -118,6 +118,18 @@ class ConsoleBackendTests(TestCase):
             f"Settings changed from the console and saved to {self.config}: listen",
         )
 
+    async def test_listen_at_start_saved_as_a_flag(self) -> None:
+        """The original's "Lancer l'écoute à l'exécution": saved as no-listen-at-start, the default leaves no key."""
+        await self.backend.stop_listening()
+        state = await self.backend.change_settings({"listen_at_start": False})
+        self.assertFalse(state["settings"]["listen_at_start"])
+        self.assertFalse(self.relay.service.settings.listen_at_start)
+        self.assertIs(self.saved()["no-listen-at-start"], True)
+        await self.backend.change_settings({"listen_at_start": True})
+        self.assertNotIn("no-listen-at-start", self.saved())
+        refused = await self.refusal(self.backend.change_settings({"listen_at_start": "no"}))
+        self.assertEqual(list(refused.fields), ["listen_at_start"])
+
     async def test_invalid_values_name_their_field_and_change_nothing(self) -> None:
         await self.backend.stop_listening()
         with open(self.config, "rb") as f:

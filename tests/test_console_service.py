@@ -123,6 +123,18 @@ class OptionsTests(SynchronousTestCase):
             self.parse("--console-password-file", missing)
         self.assertIn(f"--console-password-file: cannot read the console password file {missing}", str(raised.exception))
 
+    def test_no_listen_at_start_needs_the_console(self) -> None:
+        """Without a console nothing could start listening: refused, saying why."""
+        self.assertFalse(self.parse("--no-listen-at-start").settings().listen_at_start)
+        self.assertTrue(self.parse().settings().listen_at_start)
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse("--no-listen-at-start", "--console", "none")
+        self.assertEqual(
+            str(raised.exception),
+            "--no-listen-at-start needs the console (not --console none): only the console can "
+            "start listening then",
+        )
+
     def test_settings_file(self) -> None:
         """Both are settings-file keys; a mistake there names the file and line."""
         import os

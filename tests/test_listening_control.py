@@ -198,3 +198,24 @@ class ListeningControlTests(TestCase):
         bad = replace(before, tls=RelayTLS(missing, missing))
         self.assertRaises(ValueError, self.service.change_settings, bad)
         self.assertIs(self.service.settings, before)
+
+
+class ListenAtStartTests(TestCase):
+    """A relay set not to listen at start (the original's "Lancer l'écoute à l'exécution" unticked)."""
+
+    async def test_waits_for_start_listening(self) -> None:
+        sandbox = make_trustme_sandbox(self, reactor)
+        port = free_port()
+        relay = start_relay(
+            self, reactor, sandbox.url, sandbox.ca_path,
+            listen=(f"tcp:{port}:interface=127.0.0.1",), listen_at_start=False, check_at_start=True,
+        )
+        self.assertFalse(relay.service.listening)
+        self.assertIsNone(relay.service.startup_check)
+        self.assertNotIn("listening-opened", relay.types())
+        with self.assertRaises(ConnectionRefusedError):
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
+        await relay.service.start_listening()
+        report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", port))
+        self.assertTrue(report.ok, report.describe())
+

@@ -45,7 +45,7 @@ class KeysTests(SynchronousTestCase):
         expected = (expected - {"config"}) | {"listen", "allow", "tunnel-to"}
         self.assertEqual(set(keys.names()), expected)
         self.assertEqual(keys.repeatable, {"listen", "allow", "tunnel-to"})
-        self.assertEqual(keys.flags, {"no-check", "require-tls", "no-tunnel"})
+        self.assertEqual(keys.flags, {"no-check", "require-tls", "no-tunnel", "no-listen-at-start"})
         self.assertEqual(keys.parameters["idle-timeout"]("2.5"), 2.5)
         self.assertIn("drain-seconds", keys.names())
         self.assertNotIn("proxy-password", keys.names())

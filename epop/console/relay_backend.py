@@ -42,7 +42,7 @@ from epop.settings_update import remove_password_file, write_password_file
 __all__ = ["ConsoleFiles", "RelayConsoleBackend", "listen_address_and_port"]
 
 #: The settings the console edits, by settings-file key.
-EDITED_KEYS = ("listen", "allow", "proxy", "proxy-user", "proxy-password-file")
+EDITED_KEYS = ("listen", "no-listen-at-start", "allow", "proxy", "proxy-user", "proxy-password-file")
 
 _HEADER = (
     "e-POP relay settings (twistd epop --config THIS_FILE), written by the relay's console.\n"
@@ -211,6 +211,7 @@ class RelayConsoleBackend:
         proxy = settings.proxy
         return {
             "listen": list(settings.listen),
+            "listen_at_start": settings.listen_at_start,
             "listen_address": address,
             "port": port,
             "allow_all": not settings.allow,
@@ -355,6 +356,13 @@ class RelayConsoleBackend:
         if listen is not None:
             settings = self._replace(settings, fields, "port", listen=(listen,))
             file_changes["listen"] = [listen]
+        if "listen_at_start" in changes:
+            at_start = changes["listen_at_start"]
+            if not isinstance(at_start, bool):
+                fields["listen_at_start"] = Text("Listening at start is on or off, not {value}.", value=at_start)
+            elif at_start != settings.listen_at_start:
+                settings = replace(settings, listen_at_start=at_start)
+                file_changes["no-listen-at-start"] = None if at_start else True
         if {"allow_all", "allow"} & set(changes):
             allow = self._allow(wanted, fields)
             if allow is not None:

@@ -66,6 +66,7 @@ PAGE_TEXTS: dict[str, Text] = {
     "nothing-to-save": Text("Nothing has changed: nothing to save."),
     "config-saved-to": Text("Saved to"),
     "config-will-be-created": Text("(will be created)"),
+    "listen-at-start": Text("Start listening when the relay starts"),
     "config-not-in-use": Text("The relay was started without this file: it reads it at its next start only if started so:"),
     "overridden": Text("Given on the command line, which wins over the saved file at the next start:"),
     "connections-heading": Text("Connections"),

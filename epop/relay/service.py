@@ -350,12 +350,17 @@ class RelayService(MultiService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if not self.settings.listen_at_start:
+            return
         # Bound here, so that a relay started as root binds before dropping privileges.
         for listener in self.listeners:
             listener.privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        if not self.settings.listen_at_start:
+            self.log.info("Not listening yet (listen_at_start off): start listening from the console")
+            return
         for listener in self.listeners:
             listener.startService()
         proxy = self.upstream.proxy

@@ -262,6 +262,9 @@ class RelaySettings:
     proxy: ProxyConfig | None = None
     tls: RelayTLS | None = None
     check_at_start: bool = True
+    #: Listen as soon as the service starts (the original's "Lancer l'écoute
+    #: à l'exécution"); if not, until L{RelayService.start_listening}.
+    listen_at_start: bool = True
     check_path: str = "/"
     #: Seconds the operations in flight get to finish when the relay stops.
     drain_seconds: float = 30.0
@@ -288,6 +291,7 @@ class RelaySettings:
         _check_type("journal", self.journal, str, "the path of the journal")
         _check_type("journal_rotate", self.journal_rotate, (str, type(None)), "'daily', a size such as '100M', or None")
         _check_type("check_at_start", self.check_at_start, bool, "True or False")
+        _check_type("listen_at_start", self.listen_at_start, bool, "True or False")
         _check_type("check_path", self.check_path, str, "a path starting with /")
         _check_type("tls", self.tls, (RelayTLS, type(None)), "a RelayTLS or None")
         _check_strings("tunnel_to", self.tunnel_to, "destination", "www.example.org:443")

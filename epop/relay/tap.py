@@ -122,6 +122,7 @@ class Options(usage.Options):
         ["no-check", None, "Do not check at start-up that e-PMSI can be reached."],
         ["require-tls", None, "Refuse unencrypted sessions (needs --tls-cert)."],
         ["no-tunnel", None, "Do not act as an HTTPS proxy (CONNECT) for e-PMSI: HTTP requests are refused."],
+        ["no-listen-at-start", None, "Start with listening stopped, until the console's 'Start listening' (needs the console)."],
     ]
     compData = usage.Completions(
         optActions={"ca-file": usage.CompleteFiles("*.pem"), "journal": usage.CompleteFiles()}
@@ -248,6 +249,11 @@ class Options(usage.Options):
         except RelaySettingsError as e:
             raise self._refuse(e.key, e.problem, command_line=e.command_line) from None
         self.console = self._console()
+        if self["no-listen-at-start"] and self.console.endpoint is None:
+            raise self._refuse(
+                "no-listen-at-start",
+                "needs the console (not --console none): only the console can start listening then",
+            )
 
     def _console(self) -> ConsoleSettings:
         """The console's settings, refused here when they cannot work."""
@@ -315,6 +321,7 @@ class Options(usage.Options):
             proxy=self.proxy,
             tls=self.tls,
             check_at_start=not self["no-check"],
+            listen_at_start=not self["no-listen-at-start"],
             drain_seconds=self["drain-seconds"],
             max_connections=self["max-connections"],
             max_connections_per_client=self["max-connections-per-client"],

@@ -250,6 +250,7 @@
   const FIELDS = {
     listen_address: { id: 'listen-address', read: (e) => e.value, write: (e, v) => { e.value = v; } },
     port: { id: 'port', read: (e) => e.value.trim(), write: (e, v) => { e.value = v == null ? '' : String(v); } },
+    listen_at_start: { id: 'listen-at-start', read: (e) => e.checked, write: (e, v) => { e.checked = Boolean(v); } },
     allow_all: {
       id: 'allow-all', read: () => $('allow-all').checked,
       write: (e, v) => { $('allow-all').checked = Boolean(v); $('allow-listed').checked = !v; },
