@@ -110,7 +110,7 @@ class ConsoleInBrowserTests(TestCase):
         from selenium.webdriver.common.keys import Keys
 
         reactor = self.reactor
-        browser = await Browser.start(self, reactor, [], ["--window-size=1280,900"])
+        browser = await Browser.start(self, reactor, [], ["--window-size=1280,1250"])
         driver = browser.driver
 
         def open_console() -> None:
