@@ -45,6 +45,11 @@ class TokenTests(TestCase):
         again = await console.client.get(first, allow_redirects=False)
         self.assertEqual(again.code, 403)
         self.assertNotIn(b"Set-Cookie", dict(again.headers.getAllRawHeaders()))
+        self.assertIn(b"already used, or is wrong", await again.content())
+        # The same old address in the browser that used it: the console, no error.
+        cookie = used.headers.getRawHeaders(b"Set-Cookie")[0].split(b";")[0]
+        signed_in = await console.client.get(first, headers={b"Cookie": [cookie]}, allow_redirects=False)
+        self.assertEqual((signed_in.code, signed_in.headers.getRawHeaders(b"Location")), (303, [b"/"]))
         newest = console.logged_urls()[-1]
         self.assertNotEqual(newest, first)
         fresh = await console.client.get(newest, allow_redirects=False)

@@ -72,19 +72,25 @@ class ConsoleInBrowserTests(TestCase):
             journal=os.path.join(self.folder, "journal.jsonl"),
             listen=(f"tcp:{self.port}:interface=127.0.0.1",),
         )
+        _console, logged = self.start_console()
+        urls = [e["url"] for e in logged if "url" in e and "token=" in str(e.get("url"))]
+        self.assertTrue(urls, "the console logged no URL with a token")
+        self.url = urls[-1]
+
+    def start_console(self, password_file: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
+        """A console for the relay on a free loopback port, and the log events it wrote."""
         backend = RelayConsoleBackend(
-            reactor, self.relay.service, ConsoleFiles(self.config, config_in_use=True), globalLogPublisher
+            self.reactor, self.relay.service, ConsoleFiles(self.config, config_in_use=True), globalLogPublisher
         )
         logged: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        console = make_console_service(reactor, backend, ConsoleSettings("tcp:0:interface=127.0.0.1", None, None))
+        settings = ConsoleSettings("tcp:0:interface=127.0.0.1", password_file, None)
+        console = make_console_service(self.reactor, backend, settings)
         console.privilegedStartService()
         console.startService()
         self.addCleanup(console.stopService)
-        urls = [e["url"] for e in logged if "url" in e and "token=" in str(e.get("url"))]
-        self.assertTrue(urls, "the console logged no URL with a token")
-        self.url = urls[-1]
+        return console, logged
 
     def shot(self, driver: Any, name: str) -> None:
         path = os.path.join(self.folder, f"console-{name}.png")
@@ -212,3 +218,36 @@ class ConsoleInBrowserTests(TestCase):
             return _text(driver, "#listen-toggle")
 
         self.assertEqual(await browser.call(in_french), "Arrêter l'écoute")
+
+    async def test_password_sign_in(self) -> None:
+        """
+        With --console-password-file, the console's address without a token
+        asks for the password (the form a browser really posts, Origin and
+        all); a wrong one is refused, the right one opens the console.
+        """
+        from selenium.webdriver.common.by import By
+
+        password_file = os.path.join(self.folder, "console-password")
+        with open(password_file, "w", encoding="utf-8") as f:
+            f.write("a long passphrase\n")
+        console, _logged = self.start_console(password_file)
+        base = f"http://127.0.0.1:{console.port.getHost().port}/"
+        browser = await Browser.start(self, self.reactor, [], ["--window-size=1280,1250"])
+        driver = browser.driver
+
+        def sign_in(password: str) -> str:
+            driver.get(base)
+            field = driver.find_element(By.CSS_SELECTOR, 'input[type="password"]')
+            field.send_keys(password)
+            field.submit()
+            return str(driver.page_source)
+
+        refused = await browser.call(sign_in, "wrong")
+        self.assertIn("Forbidden", refused)
+
+        def signed_in() -> None:
+            sign_in("a long passphrase")
+            _wait(driver, _title_shows(f"127.0.0.1:{self.port}"), "the console after signing in")
+
+        await browser.call(signed_in)
+

@@ -32,6 +32,9 @@ def _tls(testcase: TestCase | SynchronousTestCase) -> tuple[RelayTLS, bytes]:
     server.private_key_pem.write_to_path(key)
     return RelayTLS(cert, key), ca.cert_pem.bytes()
 
+#: How every refusal of a console open to the network ends.
+ELSE = "or keep it on this machine (e.g. --console tcp:3359:interface=127.0.0.1) and reach it through SSH"
+
 
 class LoopbackRuleTests(SynchronousTestCase):
     def test_local(self) -> None:
@@ -51,10 +54,10 @@ class LoopbackRuleTests(SynchronousTestCase):
         tls = RelayTLS("cert.pem", "key.pem")
         cases = [
             (ConsoleSettings("tcp:3359:interface=10.1.2.3"),
-             "the console listens on 10.1.2.3, not only on this machine: it needs --tls-cert "
+             "the console listens on 10.1.2.3, not only on this machine: it needs --tls-cert and --tls-key "
              "(the console is then served over HTTPS) and --console-password-file"),
             (ConsoleSettings("tcp:3359", password_file="pw"),
-             "the console listens on all addresses, not only on this machine: it needs --tls-cert "
+             "the console listens on all addresses, not only on this machine: it needs --tls-cert and --tls-key "
              "(the console is then served over HTTPS)"),
             (ConsoleSettings("tcp6:3359:interface=\\:\\:", tls=tls),
              "the console listens on all addresses, not only on this machine: it needs --console-password-file"),
@@ -64,7 +67,7 @@ class LoopbackRuleTests(SynchronousTestCase):
         for settings, message in cases:
             with self.assertRaises(ValueError) as raised:
                 settings.check()
-            self.assertEqual(str(raised.exception), message)
+            self.assertEqual(str(raised.exception), message + "; " + ELSE)
         ConsoleSettings("tcp:3359:interface=10.1.2.3", "pw", tls).check()
 
     def test_endpoint_kinds(self) -> None:
@@ -103,7 +106,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             str(raised.exception),
             "--console: the console listens on 10.1.2.3, not only on this machine: it needs "
-            "--tls-cert (the console is then served over HTTPS) and --console-password-file",
+            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file; "
+            + ELSE,
         )
 
     def test_network_with_tls_and_password(self) -> None:
@@ -122,6 +126,34 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as raised:
             self.parse("--console-password-file", missing)
         self.assertIn(f"--console-password-file: cannot read the console password file {missing}", str(raised.exception))
+
+    def test_where_the_console_saves(self) -> None:
+        """
+        With --config, that file, and once the console saved it, SIGHUP's
+        comparison starts from what it saved; without, a file beside the
+        journal, not read at start.
+        """
+        import os
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[epop]\nallow = 127.0.0.1\n")
+        options = self.parse("--config", path, "--listen", "tcp:0")
+        files = tap.console_files(options)
+        self.assertEqual((files.config, files.config_in_use), (path, True))
+        self.assertIn("listen", files.overridden)
+        with open(path, "a") as f:
+            f.write("idle-timeout = 60\n")
+        assert files.saved is not None
+        files.saved()
+        assert options.settings_file is not None
+        self.assertEqual(options.settings_file.values["idle-timeout"], 60.0)
+
+        journal = os.path.abspath(self.mktemp())
+        files = tap.console_files(self.parse("--journal", journal))
+        self.assertEqual(files.config, os.path.join(os.path.dirname(journal), "epop-relay.ini"))
+        self.assertFalse(files.config_in_use)
+        self.assertIsNone(files.saved)
 
     def test_no_listen_at_start_needs_the_console(self) -> None:
         """Without a console nothing could start listening: refused, saying why."""
@@ -265,7 +297,7 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(
             "--console: the console listens on all addresses, not only on this machine: it needs "
-            "--tls-cert (the console is then served over HTTPS) and --console-password-file",
+            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file",
             text,
         )
         self.assertNotIn("Traceback", text)

@@ -71,6 +71,9 @@ class ListeningControlTests(TestCase):
         self.assertEqual([r["connection"] for r in opened], [1, 2])
         self.assertEqual(self.relay.types().count("listening-opened"), 2)
         self.assertEqual(self.changes, [False, False, True])
+        # A new allowlist (SIGHUP) reaches the watchers too: an open console shows it.
+        self.service.set_allowlist(["127.0.0.1"], source="a test")
+        self.assertEqual(self.changes, [False, False, True, True])
 
     async def test_stopping_twice_and_stopping_the_service(self) -> None:
         """A second stop does nothing; the service then stops without journaling a second close."""

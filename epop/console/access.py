@@ -139,6 +139,8 @@ class ConsoleAccess:
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.secure = False
         self.port = 0
+        #: Whether only this machine can reach the console (loopback, a Unix socket).
+        self.local = True
         self._names: list[str] = []
         #: The console's base URL once listening (C{http://127.0.0.1:3359}).
         self.base_url: str | None = None
@@ -152,6 +154,10 @@ class ConsoleAccess:
         self.secure = secure
         self.port = port
         self._names = host_names(host)
+        try:
+            self.local = host == "" or ipaddress.ip_address(host.partition("%")[0]).is_loopback
+        except ValueError:
+            self.local = False
         scheme = "https" if secure else "http"
         first = self._names[0]
         if host and ipaddress.ip_address(host.partition("%")[0]).is_unspecified:
@@ -163,9 +169,10 @@ class ConsoleAccess:
         return f"{self.base_url}/?token={self.token}"
 
     def log_url(self) -> None:
-        self.log.info(
-            "Console: open {url} in a browser on this machine", url=self.url()
-        )
+        if self.local:
+            self.log.info("Console: open {url} in a browser on this machine", url=self.url())
+        else:
+            self.log.info("Console: open {url} in a browser", url=self.url())
 
     # Host and Origin
 

@@ -68,6 +68,8 @@ class ConsoleFiles:
     config_in_use: bool
     overridden: frozenset[str] = frozenset()
     proxy_password_file: str | None = None
+    #: Called once a change is saved (twistd's SIGHUP then compares the file with it).
+    saved: Callable[[], None] | None = None
 
     @property
     def password_file(self) -> str:
@@ -291,6 +293,7 @@ class RelayConsoleBackend:
                     "Listening not started: the test of e-PMSI failed: {reason}",
                     reason=e.check.text(),
                 )
+            self.log.warn("Console: listening not started: {why}", why=str(message))
             raise ConsoleRefusal(502, "start-failed", message) from None
         return {"check": check_json(check)}
 
@@ -309,16 +312,12 @@ class RelayConsoleBackend:
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), discover_proxy, url)
 
         def found(discovery: Any) -> dict[str, Any]:
-            if discovery.proxy is None:
-                return {"found": False, "host": None, "port": None, "user": None, "source": discovery.describe()}
-            parsed = parse_proxy_url(discovery.proxy, credentials="the console's password field")
-            return {
-                "found": True,
-                "host": parsed.host,
-                "port": parsed.port,
-                "user": discovery.user,
-                "source": discovery.describe(),
-            }
+            found = {"found": False, "host": None, "port": None, "user": None}
+            if discovery.proxy is not None:
+                parsed = parse_proxy_url(discovery.proxy, credentials="the console's password field")
+                found = {"found": True, "host": parsed.host, "port": parsed.port, "user": discovery.user}
+            # Where it was found, and the whole answer (English: as epop proxy-settings says it).
+            return {**found, "source": discovery.source, "message": discovery.describe()}
 
         return d.addCallback(found)
 
@@ -492,12 +491,21 @@ class RelayConsoleBackend:
                 write_password_file(self._files.password_file, proxy.password)
             save_settings(self._files.config, changes, header=_HEADER)
         except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            self.log.warn("Console: settings not saved to {path}: {reason}", path=self._files.config, reason=reason)
             raise ConsoleRefusal(
                 500,
                 "not-saved",
-                Text("The settings were not saved to {path}: {reason}. Nothing was changed.",
-                     path=self._files.config, reason=getattr(e, "strerror", None) or str(e)),
+                Text(
+                    "The settings were not saved to {path}: {reason}. Nothing was changed. (The relay "
+                    "writes the file beside it, then renames it: its user must be able to write the "
+                    "file and its folder.)",
+                    path=self._files.config,
+                    reason=reason,
+                ),
             ) from None
         if proxy is None or not proxy.user:
             if not self._files.proxy_password_file:
                 remove_password_file(self._files.password_file)
+        if self._files.saved is not None:
+            self._files.saved()

@@ -46,7 +46,9 @@ SECURITY_HEADERS = {
     b"Cache-Control": b"no-store",
     b"X-Content-Type-Options": b"nosniff",
     b"X-Frame-Options": b"DENY",
-    b"Referrer-Policy": b"no-referrer",
+    # Not no-referrer: a browser then sends "Origin: null" with the sign-in
+    # form, which the Origin check must refuse.  No page links elsewhere.
+    b"Referrer-Policy": b"same-origin",
     b"Content-Security-Policy": b"default-src 'self'; frame-ancestors 'none'",
 }
 
@@ -169,10 +171,21 @@ class ConsoleResource(Resource):
         token = request.args.get(b"token", [None])[0]
         if token is not None:
             session = self.access.exchange_token(token)
-            if session is None:
-                self.log.warn("Console: a wrong or used token was refused")
-                return self._forbidden(request)
-            return self._signed_in(request, session)
+            if session is not None:
+                return self._signed_in(request, session)
+            if self._session(request) is not None:
+                # An old address, in a browser already signed in: just the console.
+                request.setResponseCode(303)
+                request.setHeader(b"Location", b"/")
+                return b""
+            self.log.warn("Console: a wrong or used token was refused")
+            language = request_language(request)
+            text = Text(
+                "This address was already used, or is wrong: each address opens the console "
+                "once. The relay's log has a new one (its last line starting with "
+                "\"Console: open\")."
+            ).render(language)
+            return self._page(request, 403, _simple_page(language, text).encode("utf-8"), b"text/html")
         if self._session(request) is not None:
             return self._static(request, "index.html")
         if self.access.has_password:

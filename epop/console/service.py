@@ -94,6 +94,10 @@ class _ConsoleSite(Site):
         pass
 
 
+#: A console on this machine only, as the refusal of any other suggests.
+ONLY_HERE = "e.g. --console tcp:3359:interface=127.0.0.1"
+
+
 @dataclass(frozen=True)
 class ConsoleSettings:
     """
@@ -119,13 +123,14 @@ class ConsoleSettings:
             return
         missing = []
         if self.tls is None:
-            missing.append("--tls-cert (the console is then served over HTTPS)")
+            missing.append("--tls-cert and --tls-key (the console is then served over HTTPS)")
         if self.password_file is None:
             missing.append("--console-password-file")
         if missing:
             raise ValueError(
                 f"the console listens on {where}, not only on this machine: "
-                f"it needs {' and '.join(missing)}"
+                f"it needs {' and '.join(missing)}; or keep it on this machine "
+                f"({ONLY_HERE}) and reach it through SSH"
             )
 
     def password(self) -> str | None:

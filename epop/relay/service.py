@@ -554,6 +554,7 @@ class RelayService(MultiService):
             allow=list(allowlist.entries),
             outcome="completed",
         )
+        self._changed()
         return allowlist
 
     def reload_allowlist(self, load: Callable[[], Iterable[str]], *, source: str) -> bool:

@@ -455,7 +455,21 @@ def console_files(options: Options) -> "ConsoleFiles":
         config_in_use=in_use,
         overridden=options.given,
         proxy_password_file=options["proxy-password-file"],
+        saved=partial(_saved_by_console, options) if in_use else None,
     )
+
+
+def _saved_by_console(options: Options) -> None:
+    """
+    The console saved the settings file, and the relay already uses what it
+    saved: a later C{SIGHUP} compares the file with this, not with the file
+    read at start, so it does not warn of the console's own changes.
+    """
+    assert options.settings_file is not None
+    try:
+        options.settings_file = read_settings_file(options.settings_file.path, SettingKeys.of(options))
+    except SettingsError as e:
+        _TwistdRelay.log.warn("{problem}", problem=str(e))
 
 
 def makeService(options: Options) -> IService:

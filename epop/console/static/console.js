@@ -488,7 +488,7 @@
         renderProxyFields();
         showMessage(result, `${t('proxy-imported')} ${found.source || ''}`);
       } else {
-        showMessage(result, `${t('proxy-import-none')} ${found.source || ''}`);
+        showMessage(result, String(found.message || ''));
       }
     } catch (error) {
       showMessage(result, '');
@@ -505,12 +505,6 @@
     area.replaceChildren();
     area.classList.toggle('ok', Boolean(check.ok));
     area.classList.toggle('failed', !check.ok);
-    if (!check.ok && check.step) {
-      const step = document.createElement('span');
-      step.className = 'step';
-      step.textContent = `${t('test-failed-at')} ${check.step}. `;
-      area.append(step);
-    }
     area.append(document.createTextNode(String(check.message || '')));
     area.hidden = false;
   }
@@ -540,6 +534,8 @@
     const button = $('start-with-machine');
     button.textContent = swm.enabled ? t('swm-disable') : t('swm-enable');
     button.disabled = page.signedOut;
+    // Without systemd (or for a unit the box cannot change) there is nothing to click.
+    button.hidden = !swm.available || swm.enabled == null;
     if (answer) {
       const showCommand = answer.changed === false && Boolean(answer.command);
       $('swm-command').textContent = showCommand ? answer.command : '';
@@ -665,12 +661,20 @@
       updateConnectionRow(row);
       return;
     }
-    if (!row || (record.type !== 'connection-closed' && record.type !== 'object-released')) return;
-    if (record.type === 'connection-closed') {
+    if (!row) return;
+    if (record.type === 'object-instantiated') {
+      // A tunnel is known as one once its CONNECT is read, as on reload.
+      if (record.kind !== 'tunnel' || row.kind === 'tunnel') return;
+      row.kind = 'tunnel';
+    } else if (record.type === 'connection-closed') {
       row.closed = record.time;
       row.state = 'closed';
+      // The outcome is why the connection closed, as the list reloaded from the journal says.
+      if (record.reason != null) row.outcome = record.reason;
+    } else if (record.type !== 'object-released') {
+      return;
     }
-    for (const key of ['bytes_in', 'bytes_out', 'outcome', 'user']) {
+    for (const key of ['bytes_in', 'bytes_out', 'user']) {
       if (record[key] != null) row[key] = record[key];
     }
     updateConnectionRow(row);
