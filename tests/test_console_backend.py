@@ -150,6 +150,11 @@ class ConsoleBackendTests(TestCase):
             refused = await self.refusal(self.backend.change_settings(changes))
             self.assertEqual((refused.status, refused.code), (400, "invalid"), changes)
             self.assertEqual(list(refused.fields), [field], changes)
+        refused = await self.refusal(self.backend.change_settings({"allow_all": False, "allow": ["10.1.2.300"]}))
+        self.assertEqual(
+            refused.fields["allow"].render("fr"),
+            "10.1.2.300 n'est ni une adresse ni un réseau (par ex. 10.1.2.3, 10.1.0.0/16, fd00::/8).",
+        )
         refused = await self.refusal(self.backend.change_settings({"proxy_password_set": True}))
         self.assertEqual(refused.status, 400)
         self.assertIn("proxy_password_set", str(refused.message))

@@ -440,6 +440,14 @@ class RelayConsoleBackend:
             return None
         for entry in entries:
             try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                fields["allow"] = Text(
+                    "{entry} is not an address or a network (e.g. 10.1.2.3, 10.1.0.0/16, fd00::/8).",
+                    entry=entry,
+                )
+                return None
+            try:
                 Allowlist([entry])
             except ValueError as e:
                 fields["allow"] = Text.literal(str(e))
