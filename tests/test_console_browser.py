@@ -235,15 +235,20 @@ class ConsoleInBrowserTests(TestCase):
         browser = await Browser.start(self, self.reactor, [], ["--window-size=1280,1250"])
         driver = browser.driver
 
-        def sign_in(password: str) -> str:
+        def sign_in(password: str) -> None:
+            from selenium.webdriver.support import expected_conditions
+
             driver.get(base)
             field = driver.find_element(By.CSS_SELECTOR, 'input[type="password"]')
             field.send_keys(password)
             field.submit()
-            return str(driver.page_source)
+            _wait(driver, expected_conditions.staleness_of(field), "the answer to the sign-in")
 
-        refused = await browser.call(sign_in, "wrong")
-        self.assertIn("Forbidden", refused)
+        def refused() -> str:
+            sign_in("wrong")
+            return _text(driver, ".error")
+
+        self.assertEqual(await browser.call(refused), "Wrong password.")
 
         def signed_in() -> None:
             sign_in("a long passphrase")

@@ -202,11 +202,12 @@ class ConsoleResource(Resource):
         request.setHeader(b"Location", b"/")
         return b""
 
-    def _sign_in_form(self, language: str) -> bytes:
+    def _sign_in_form(self, language: str, problem: Text | None = None) -> bytes:
         label = Text("Console password").render(language)
         button = Text("Sign in").render(language)
+        said = "" if problem is None else f'<p class="error">{_escape(problem.render(language))}</p>'
         form = (
-            '<form method="post" action="/sign-in">'
+            f'{said}<form method="post" action="/sign-in">'
             f'<label>{_escape(label)} <input type="password" name="password" autofocus></label> '
             f'<button type="submit">{_escape(button)}</button></form>'
         )
@@ -229,7 +230,8 @@ class ConsoleResource(Resource):
         session = self.access.sign_in(password)
         if session is None:
             self.log.warn("Console: a wrong password was refused")
-            return self._forbidden(request)
+            page = self._sign_in_form(request_language(request), Text("Wrong password."))
+            return self._page(request, 403, page, b"text/html")
         return self._signed_in(request, session)
 
     def _static(self, request: Request, name: str) -> bytes:
