@@ -277,13 +277,13 @@ class ConsoleBackendTests(TestCase):
         report = await test_connection(reactor, relay=RelayAddress("127.0.0.1", self.port))
         self.assertTrue(report.ok)
         self.assertTrue(await poll_until(reactor, lambda: bool(self.relay.records("connection-closed"))))
-        [row] = self.backend.connections(10)
+        [row] = await self.backend.connections(10)
         self.assertEqual(row["state"], "closed")
         self.assertEqual(row["kind"], "e-pop")
-        page = self.backend.journal_page(None, 100, [], "", [row["id"]])
+        page = await self.backend.journal_page(None, 100, [], "", [row["id"]])
         self.assertEqual(page["records"][0]["type"], "connection-closed")
         self.assertEqual({r["id"] for r in page["records"]}, {row["id"]})
-        refused = self.assertRaises(ConsoleRefusal, self.backend.journal_page, "not a cursor", 10, [], "", [])
+        refused = await self.refusal(self.backend.journal_page("not a cursor", 10, [], "", []))
         self.assertEqual(refused.status, 400)
 
 

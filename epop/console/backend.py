@@ -47,9 +47,9 @@ class IConsoleBackend(Interface):
         """Reach e-PMSI once with the settings in force. -> CHECK (never fails)."""
     def set_start_with_machine(enabled: bool) -> "Deferred[dict[str, Any]]":
         """Enable/disable the systemd unit. -> START_WITH_MACHINE (with "changed": bool; when the relay cannot, "changed": false and "command" says what to type)."""
-    def journal_page(before: str | None, limit: int, types: list[str], text: str, connections: list[str]) -> dict[str, Any]:
+    def journal_page(before: str | None, limit: int, types: list[str], text: str, connections: list[str]) -> "dict[str, Any] | Deferred[dict[str, Any]]":
         """{"records": [RECORD...newest first], "next": cursor-or-null}. `connections` are "RUN:N" strings (empty: all)."""
-    def connections(limit: int) -> list[dict[str, Any]]:
+    def connections(limit: int) -> "list[dict[str, Any]] | Deferred[list[dict[str, Any]]]":
         """The newest `limit` connections, newest first: CONNECTION rows."""
     def watch(listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         """Call listener(kind, data) for each live change: kind "journal" (data: RECORD) or "state" (data: STATE). Returns a function that stops it."""

@@ -235,24 +235,32 @@ class RelayConsoleBackend:
             )
         return found
 
+    def _in_thread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Read the journal's files in the reactor's thread pool: a search through
+        a large journal must not hold up the transfers the reactor relays."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args, **kwargs)
+
     def journal_page(
         self, before: str | None, limit: int, types: list[str], text: str, connections: list[str]
-    ) -> dict[str, Any]:
-        try:
-            records, cursor = journal_page(
-                self._relay.settings.journal,
-                before=before,
-                limit=limit,
-                types=types,
-                text=text,
-                connections=connections,
-            )
-        except ValueError as e:
-            raise ConsoleRefusal(400, "invalid", Text.literal(str(e))) from None
-        return {"records": records, "next": cursor}
+    ) -> Deferred[dict[str, Any]]:
+        d = self._in_thread(
+            journal_page,
+            self._relay.settings.journal,
+            before=before,
+            limit=limit,
+            types=types,
+            text=text,
+            connections=connections,
+        )
 
-    def connections(self, limit: int) -> list[dict[str, Any]]:
-        return connection_rows(self._relay.settings.journal, limit)
+        def refused(failure: Any) -> None:
+            failure.trap(ValueError)
+            raise ConsoleRefusal(400, "invalid", Text.literal(str(failure.value)))
+
+        return d.addCallbacks(lambda found: {"records": found[0], "next": found[1]}, refused)
+
+    def connections(self, limit: int) -> Deferred[list[dict[str, Any]]]:
+        return self._in_thread(connection_rows, self._relay.settings.journal, limit)
 
     def watch(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         observer = JournalObserver(
