@@ -268,3 +268,19 @@ class BenchmarkHelperTests(SynchronousTestCase):
             + '{"type": "object-inst'
         )
         self.assertEqual(uploads_in_flight_peak(journal), 3)
+
+
+class JournalPagesBenchmarkTests(SynchronousTestCase):
+    """benchmarks.journal_pages runs, on a small journal, and says what it timed."""
+
+    def test_small_journal(self) -> None:
+        import contextlib
+        import io
+
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            self.assertEqual(_suite("journal_pages").main(["400"]), 0)
+        text = output.getvalue()
+        self.assertIn("journal: 400 lines", text)
+        self.assertIn("a text found nowhere (0 records)", text)
+        self.assertIn("the whole journal read (400 records)", text)
