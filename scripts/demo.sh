@@ -207,4 +207,6 @@ if [ -t 0 ] && [ -t 1 ] && [ "${EPOP_DEMO_WAIT:-1}" != 0 ]; then
     echo "on this machine (it works once; the relay's log has the next one):"
     echo "    $(console_url)"
     read -r -p "Press Enter to stop the relay and the sandbox. " _ || true
+else
+    echo "The relay and its console stop with the demo (run make demo in a terminal to keep them open)."
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from epop.console.resource import FOREIGN_HOST
 from epop.console.access import (
     MAX_SESSIONS,
     SESSION_IDLE,
@@ -93,19 +94,25 @@ class HostTests(TestCase):
             headers = {**headers, "Host": f"evil.example:{console.port}"}
             response = await console.request("GET", path, headers=headers)
             self.assertEqual(response.code, 403, path)
-            self.assertEqual(await response.content(), b"Forbidden.\n")
+            self.assertEqual(await response.content(), FOREIGN_HOST)
             self.assertEqual(response.headers.getRawHeaders(b"X-Frame-Options"), [b"DENY"])
         # The token was not used up by the refused request.
         self.assertEqual(len(console.logged_urls()), 2)
 
     async def test_own_names(self) -> None:
-        """localhost:PORT and 127.0.0.1:PORT are the console's; another port is not."""
+        """
+        localhost and 127.0.0.1 are the loopback console's, on any port (an
+        SSH tunnel may bring it to another local port); other names are not.
+        """
         console = LiveConsole(self)
         for host, code in [
             (f"localhost:{console.port}", 200),
             (f"127.0.0.1:{console.port}", 200),
-            (f"127.0.0.1:{console.port + 1}", 403),
+            (f"127.0.0.1:{console.port + 1}", 200),
+            ("localhost:8080", 200),
             ("127.0.0.1", 403),
+            (f"relay-machine:{console.port}", 403),
+            ("127.0.0.1.evil.example:8080", 403),
         ]:
             response = await console.request("GET", "/static/console.css", headers={"Host": host})
             self.assertEqual(response.code, code, host)
@@ -122,6 +129,15 @@ class HostTests(TestCase):
         everything = host_names("0.0.0.0")
         self.assertIn(socket.gethostname().lower(), everything)
         self.assertIn("localhost", everything)
+
+    def test_network_console_on_its_own_port_only(self) -> None:
+        """A console on a network address answers on its port only, and not to loopback names."""
+        access = ConsoleAccess(Clock())
+        access.listening_on("10.1.2.3", 3359, secure=True)
+        self.assertTrue(access.host_allowed(b"10.1.2.3:3359"))
+        self.assertFalse(access.host_allowed(b"10.1.2.3:8080"))
+        self.assertFalse(access.host_allowed(b"localhost:3359"))
+        self.assertFalse(access.host_allowed(b"127.0.0.1:8080"))
 
     def test_allowed_hosts(self) -> None:
         access = ConsoleAccess(Clock())

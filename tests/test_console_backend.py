@@ -228,7 +228,7 @@ class ConsoleBackendTests(TestCase):
         await self.backend.change_settings({"port": taken.getsockname()[1]})
         refused = await self.refusal(self.backend.start_listening())
         self.assertEqual((refused.status, refused.code), (502, "start-failed"))
-        self.assertIn("Cannot listen on tcp:", str(refused.message))
+        self.assertIn("Listening not started: cannot listen on tcp:", str(refused.message))
         self.assertIn("in use", str(refused.message))
         self.assertFalse(self.backend.state()["listening"])
 

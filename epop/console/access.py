@@ -43,6 +43,10 @@ MAX_WRONG_PASSWORDS = 10
 GUESS_WINDOW = 60.0
 
 
+#: The names of this machine a browser gives for a loopback console, through an SSH tunnel too.
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
 def load_console_password(path: str) -> str:
     """
     The console's password: the first line of C{path}, without its line
@@ -193,7 +197,12 @@ class ConsoleAccess:
             text = host.decode("ascii").lower()
         except UnicodeDecodeError:
             return False
-        return text in self.allowed_hosts()
+        if text in self.allowed_hosts():
+            return True
+        # On loopback, any port: an SSH tunnel may bring the console to
+        # another local port.  A rebinding attack names its own host, never these.
+        name, _, port = text.rpartition(":")
+        return self.local and name in _LOOPBACK_NAMES and port.isdigit()
 
     def origin_allowed(self, origin: bytes | None, host: bytes | None) -> bool:
         """

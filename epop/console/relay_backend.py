@@ -290,8 +290,8 @@ class RelayConsoleBackend:
         except StartRefused as e:
             if e.listen_error is not None:
                 message = Text(
-                    "Cannot listen on {endpoint}: {why}. Is another program using this port? "
-                    "Choose another port or address.",
+                    "Listening not started: cannot listen on {endpoint}: {why}. Is another program "
+                    "using this port? Choose another port or address.",
                     endpoint=e.listen_error.description,
                     why=e.listen_error.why,
                 )
@@ -301,7 +301,7 @@ class RelayConsoleBackend:
                     "Listening not started: the test of e-PMSI failed: {reason}",
                     reason=e.check.text(),
                 )
-            self.log.warn("Console: listening not started: {why}", why=str(message))
+            self.log.warn("Console: {why}", why=str(message))
             raise ConsoleRefusal(502, "start-failed", message) from None
         return {"check": check_json(check)}
 

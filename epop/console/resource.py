@@ -52,6 +52,13 @@ SECURITY_HEADERS = {
     b"Content-Security-Policy": b"default-src 'self'; frame-ancestors 'none'",
 }
 
+#: The answer to a request naming another host than the console's (DNS
+#: rebinding, or a browser given another name for the relay machine).
+FOREIGN_HOST = (
+    b"Forbidden: the console answers only at its own address, the one the relay's log gives "
+    b"(or 127.0.0.1 / localhost on any port, through an SSH tunnel).\n"
+)
+
 #: Limits of the list routes: (default, maximum).
 JOURNAL_LIMIT = (100, 500)
 CONNECTIONS_LIMIT = (200, 1000)
@@ -142,7 +149,7 @@ class ConsoleResource(Resource):
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
         if not self.access.host_allowed(_header(request, b"Host")):
-            return self._forbidden(request)
+            return self._page(request, 403, FOREIGN_HOST)
         path = request.path.decode("ascii", "replace")
         method = request.method
         if path == "/" and method in (b"GET", b"HEAD"):
@@ -225,7 +232,8 @@ class ConsoleResource(Resource):
             return self._page(request, 413, b"Too large.\n")
         if self.access.guessing_blocked():
             self.log.warn("Console: too many wrong passwords; sign-in refused for a minute")
-            return self._page(request, 429, b"Too many wrong passwords: try again in a minute.\n")
+            return self._page(request, 429, b"Too many wrong passwords: try again in a minute, or open the console with the "
+                b"address in the relay's log, which still works.\n")
         password = parse_qs(body, keep_blank_values=True).get(b"password", [None])[0]
         session = self.access.sign_in(password)
         if session is None:

@@ -55,7 +55,10 @@ PAGE_TEXTS: dict[str, Text] = {
     "start-with-machine": Text("Start with the machine"),
     "swm-enabled": Text("The relay starts with the machine."),
     "swm-disabled": Text("The relay does not start with the machine."),
-    "swm-unavailable": Text("This machine has no systemd: the relay cannot start with it by itself."),
+    "swm-unavailable": Text(
+        "This machine has no systemd: to start the relay with it, use the machine's own means "
+        "(docs/install.md; on Windows, docs/windows.md)."
+    ),
     "swm-enable": Text("Start with the machine"),
     "swm-disable": Text("Do not start with the machine"),
     "swm-command": Text("The relay could not change this itself: an administrator can type this command:"),

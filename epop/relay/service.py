@@ -359,7 +359,7 @@ class RelayService(MultiService):
     def startService(self) -> None:
         super().startService()
         if not self.settings.listen_at_start:
-            self.log.info("Not listening yet (listen_at_start off): start listening from the console")
+            self.log.info("Not listening yet (--no-listen-at-start): start listening from the console")
             return
         for listener in self.listeners:
             listener.startService()

@@ -439,6 +439,8 @@
       onSaved();
       adoptState(answer.state);
       showMessage($('settings-status'), t('settings-saved'));
+      // A refused start's reason is stale once the settings changed.
+      showMessage($('listen-error'), '');
       return true;
     } catch (error) {
       showSettingsRefusal(error);
