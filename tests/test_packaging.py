@@ -82,7 +82,8 @@ class _Built:
         # Build from a copy: setuptools writes build/ and *.egg-info into the
         # tree it builds, which would race with a developer's work.
         shutil.copytree(ROOT, source, ignore=_IGNORED, symlinks=True)
-        _run([sys.executable, "-m", "build", "--wheel", "--outdir", dist, source], self.scratch)
+        #: What building printed (setuptools' warnings included).
+        self.build_output = _run([sys.executable, "-m", "build", "--wheel", "--outdir", dist, source], self.scratch)
         wheels = sorted(Path(dist).glob("epop-*.whl"))
         if len(wheels) != 1:
             raise AssertionError(f"expected one epop wheel in {dist}, found {wheels}")
@@ -134,6 +135,14 @@ class PackagingTests(SynchronousTestCase):
         self.assertIn("epop/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
+        # The data folders: the French catalog and the console's page.
+        self.assertIn("epop/locale/fr/LC_MESSAGES/epop.mo", names)
+        for name in ("index.html", "console.js", "console.css"):
+            self.assertIn(f"epop/console/static/{name}", names)
+
+    def test_build_warns_of_no_undeclared_package(self) -> None:
+        """The data folders are declared: setuptools builds without its "absent from packages" warning."""
+        self.assertNotIn("absent from the `packages` configuration", built().build_output)
 
     def test_fresh_install_commands(self) -> None:
         """In a fresh virtualenv, twistd lists the epop plugin and the epop command runs."""
