@@ -32,6 +32,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
 )
 
+from epop.sandbox.retention import Keep, parse_keep
 from epop.sandbox.ca import ensure_certificates
 from epop.sandbox.service import SandboxService
 from epop.sandbox.uploads import MAX_FIELD_SIZE, sanitize_filename
@@ -638,3 +639,59 @@ class SandboxServiceIPv6Tests(TestCase):
         body = await treq.content(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["status"], "ok")
+
+
+class RetentionTests(TestCase):
+    """--keep: the newest uploads stay, the oldest go; the one just received always stays."""
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.sandbox: TestSandbox = make_trustme_sandbox(self, self.reactor)
+        self.client = self.sandbox.client(self.reactor)
+
+    async def upload(self, data: bytes) -> str:
+        answer = await self.client.post(self.sandbox.url + "/syriusUpload.do", data=data)
+        self.assertEqual(answer.code, 200)
+        return str((await answer.json())["upload"])
+
+    def stored(self) -> list[str]:
+        return sorted(child.basename() for child in self.sandbox.upload_directory.children())
+
+    async def test_a_number_of_uploads(self) -> None:
+        self.sandbox.site.keep = parse_keep("2")
+        ids = [await self.upload(b"upload %d" % i) for i in range(4)]
+        self.assertEqual(self.stored(), ids[2:])
+
+    async def test_a_total_size(self) -> None:
+        """1 KiB kept: two 400-byte uploads fit, a third pushes the oldest out; a big one stays alone."""
+        self.sandbox.site.keep = parse_keep("1K")
+        ids = [await self.upload(bytes(400)) for _ in range(3)]
+        self.assertEqual(self.stored(), ids[1:])
+        big = await self.upload(bytes(5000))
+        self.assertEqual(self.stored(), [big])
+
+    async def test_all_by_default(self) -> None:
+        ids = [await self.upload(b"x") for _ in range(3)]
+        self.assertEqual(self.stored(), ids)
+
+    def test_parse_keep(self) -> None:
+        self.assertEqual(parse_keep("20"), Keep(uploads=20))
+        self.assertEqual(parse_keep("500M"), Keep(size=500 << 20))
+        self.assertEqual(parse_keep("2g"), Keep(size=2 << 30))
+        self.assertEqual(parse_keep("all"), Keep())
+        for bad in ("0", "-1", "0M", "5T", "lots", ""):
+            with self.assertRaises(ValueError) as raised:
+                parse_keep(bad)
+            self.assertIn("expected a number of uploads (20), a size (500M, 2G) or 'all'", str(raised.exception))
+
+    def test_command_line(self) -> None:
+        from twisted.python import usage
+
+        from epop.sandbox.commands import SandboxOptions
+
+        options = SandboxOptions()
+        options.parseOptions([])
+        self.assertEqual(options["keep"], Keep(size=500 << 20))
+        with self.assertRaises(usage.UsageError) as raised:
+            SandboxOptions().parseOptions(["--keep", "lots"])
+        self.assertTrue(str(raised.exception).startswith("--keep: expected a number of uploads"))

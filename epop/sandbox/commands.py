@@ -14,12 +14,13 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from epop.command import Command, CommandOptions
+from epop.sandbox.retention import DEFAULT_KEEP, parse_keep
 
 __all__ = ["SandboxOptions", "sandbox"]
 
 
 class SandboxOptions(CommandOptions):
-    synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH]"
+    synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH] [--keep N|SIZE|all]"
     longdesc = (
         "Run the e-PMSI sandbox: a local HTTPS server that stands in for e-PMSI "
         "and answers each upload with a JSON receipt."
@@ -28,6 +29,7 @@ class SandboxOptions(CommandOptions):
         ["port", "p", 8443, "TCP port to listen on (0: any free port)."],
         ["interface", None, "127.0.0.1", "Address to listen on."],
         ["directory", "d", "epop-sandbox", "Folder for the sandbox's certificates and uploads."],
+        ["keep", None, DEFAULT_KEEP, "Uploads kept, the oldest deleted first: a number (20), a total size (500M, 2G) or 'all'."],
     ]
 
     def postOptions(self) -> None:
@@ -35,6 +37,10 @@ class SandboxOptions(CommandOptions):
         if not text.isdigit() or int(text) > 65535:
             raise usage.UsageError(f"--port: expected a port number from 0 to 65535, not {text!r}")
         self["port"] = int(text)
+        try:
+            self["keep"] = parse_keep(self["keep"])
+        except ValueError as e:
+            raise usage.UsageError(f"--keep: {e}") from None
 
 
 def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
@@ -48,6 +54,7 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         FilePath(os.path.abspath(options["directory"])),
         port=options["port"],
         interface=options["interface"],
+        keep=options["keep"],
     )
     service.startService()
     command.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

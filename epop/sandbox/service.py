@@ -32,6 +32,7 @@ from epop.sandbox.ca import (
     parse_host,
     server_tls_options,
 )
+from epop.sandbox.retention import Keep
 from epop.sandbox.site import DEFAULT_UPLOAD_PATH, SandboxSite, make_sandbox_site
 
 __all__ = ["SandboxService"]
@@ -65,9 +66,11 @@ class SandboxService(Service):
         interface: str = "127.0.0.1",
         hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
         upload_path: str = DEFAULT_UPLOAD_PATH,
+        keep: Keep = Keep(),
     ) -> None:
         self._reactor = reactor
         self.upload_path = upload_path
+        self.keep = keep
         self.directory = directory
         self.port_number = port
         self.interface = interface
@@ -86,7 +89,7 @@ class SandboxService(Service):
             hostnames.append(host)
         certificates = ensure_certificates(self.directory.child("tls"), hostnames)
         site = make_sandbox_site(
-            self.directory.child("uploads"), self._reactor, self.upload_path
+            self.directory.child("uploads"), self._reactor, self.upload_path, self.keep
         )
         options = server_tls_options(
             certificates.cert_path.getContent(), certificates.key_path.getContent()
@@ -99,9 +102,10 @@ class SandboxService(Service):
         self.url = f"https://{host_port(host, port.getHost().port)}"
         self.log.info(
             "e-PMSI sandbox listening on {url}; uploads are stored in "
-            "{upload_directory}; its CA certificate is {ca_path} "
+            "{upload_directory} (keeping {keep}); its CA certificate is {ca_path} "
             "(pass it to --ca-file)",
             url=self.url,
+            keep=self.keep.describe(),
             ca_path=certificates.ca_path.path,
             upload_directory=site.upload_directory.path,
         )

@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
     PARTIAL_SUFFIX,
     Body,
@@ -258,9 +259,12 @@ class SandboxSite(Site):
         upload_directory: FilePath,
         reactor: Any = None,
         upload_path: str = DEFAULT_UPLOAD_PATH,
+        keep: Keep = Keep(),
     ) -> None:
         super().__init__(_SandboxResource(upload_path), reactor=reactor)
         self.upload_directory = upload_directory
+        #: Which uploads stay once a new one is stored (by default, all).
+        self.keep = keep
         self._counter = 0
         self._channels: set[_SandboxChannel] = set()
         self._idle_waiters: list[Deferred[None]] = []
@@ -319,6 +323,7 @@ def make_sandbox_site(
     upload_directory: FilePath,
     reactor: Any = None,
     upload_path: str = DEFAULT_UPLOAD_PATH,
+    keep: Keep = Keep(),
 ) -> SandboxSite:
     """
     Build the sandbox web site storing uploads under C{upload_directory}.
@@ -327,6 +332,7 @@ def make_sandbox_site(
         reactor when L{None}.
     @param upload_path: where the form at C{/} posts (uploads are accepted
         on every path all the same).
+    @param keep: which uploads stay once a new one is stored.
     """
     upload_directory.makedirs(ignoreExistingDirectory=True)
-    return SandboxSite(upload_directory, reactor, upload_path)
+    return SandboxSite(upload_directory, reactor, upload_path, keep)

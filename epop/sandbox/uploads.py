@@ -219,6 +219,7 @@ class PendingUpload:
         # _allocate_upload made sure the final name was free.
         os.rename(folder.path, self._site.upload_directory.child(self.upload_id).path)
         self.finished = True
+        self._site.keep.prune(self._site.upload_directory)
         return self.upload_id, [incoming.receipt() for incoming in self._files]
 
     def discard(self) -> None:
