@@ -695,3 +695,42 @@ class RetentionTests(TestCase):
         with self.assertRaises(usage.UsageError) as raised:
             SandboxOptions().parseOptions(["--keep", "lots"])
         self.assertTrue(str(raised.exception).startswith("--keep: expected a number of uploads"))
+
+
+class RejectTests(TestCase):
+    """--reject PATH=STATUS: uploads there are refused, to rehearse e-PMSI saying no."""
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.sandbox: TestSandbox = make_trustme_sandbox(self, self.reactor)
+        self.sandbox.site.reject = {"/syriusUpload.do": 403}
+        self.client = self.sandbox.client(self.reactor)
+
+    async def test_refused_and_nothing_stored(self) -> None:
+        answer = await self.client.post(self.sandbox.url + "/syriusUpload.do?x=1", data=b"a file")
+        self.assertEqual(answer.code, 403)
+        body = await answer.json()
+        self.assertEqual(body["status"], "error")
+        self.assertIn("refuses uploads to /syriusUpload.do with 403", body["error"])
+        self.assertIn("nothing was stored", body["error"])
+        self.assertEqual(self.sandbox.upload_directory.children(), [])
+        # Another path, and a GET, are served as usual.
+        other = await self.client.post(self.sandbox.url + "/elsewhere", data=b"a file")
+        self.assertEqual(other.code, 200)
+        await other.content()
+        page = await self.client.get(self.sandbox.url + "/syriusUpload.do")
+        self.assertEqual(page.code, 200)
+        await page.content()
+
+    def test_command_line(self) -> None:
+        from twisted.python import usage
+
+        from epop.sandbox.commands import SandboxOptions
+
+        options = SandboxOptions()
+        options.parseOptions(["--reject", "/syriusUpload.do=403", "--reject", "/other=500"])
+        self.assertEqual(options["reject"], {"/syriusUpload.do": 403, "/other": 500})
+        for bad in ("/syriusUpload.do", "syriusUpload.do=403", "/x=200", "/x=abc", "/x=600"):
+            with self.assertRaises(usage.UsageError) as raised:
+                SandboxOptions().parseOptions(["--reject", bad])
+            self.assertIn("expected PATH=STATUS", str(raised.exception))

@@ -20,7 +20,7 @@ __all__ = ["SandboxOptions", "sandbox"]
 
 
 class SandboxOptions(CommandOptions):
-    synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH] [--keep N|SIZE|all]"
+    synopsis = "[--port PORT] [--interface ADDRESS] [--directory PATH] [--keep N|SIZE|all] [--reject PATH=STATUS]"
     longdesc = (
         "Run the e-PMSI sandbox: a local HTTPS server that stands in for e-PMSI "
         "and answers each upload with a JSON receipt."
@@ -31,6 +31,20 @@ class SandboxOptions(CommandOptions):
         ["directory", "d", "epop-sandbox", "Folder for the sandbox's certificates and uploads."],
         ["keep", None, DEFAULT_KEEP, "Uploads kept, the oldest deleted first: a number (20), a total size (500M, 2G) or 'all'."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["reject"] = {}
+
+    def opt_reject(self, value: str) -> None:
+        """Refuse uploads to PATH with an HTTP STATUS (400 to 599), to rehearse a refusal: PATH=STATUS (repeatable)."""
+        path, equals, status = value.rpartition("=")
+        if not equals or not path.startswith("/") or not status.isdigit() or not 400 <= int(status) <= 599:
+            raise usage.UsageError(
+                f"--reject: expected PATH=STATUS, a path starting with / and a status from 400 to 599 "
+                f"(e.g. /syriusUpload.do=403), not {value!r}"
+            )
+        self["reject"][path] = int(status)
 
     def postOptions(self) -> None:
         text = str(self["port"])
@@ -55,6 +69,7 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         port=options["port"],
         interface=options["interface"],
         keep=options["keep"],
+        reject=options["reject"],
     )
     service.startService()
     command.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

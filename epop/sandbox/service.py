@@ -15,7 +15,7 @@ the site (L{epop.sandbox.site}) and its upload handling
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -67,10 +67,12 @@ class SandboxService(Service):
         hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
         upload_path: str = DEFAULT_UPLOAD_PATH,
         keep: Keep = Keep(),
+        reject: Mapping[str, int] | None = None,
     ) -> None:
         self._reactor = reactor
         self.upload_path = upload_path
         self.keep = keep
+        self.reject = dict(reject or {})
         self.directory = directory
         self.port_number = port
         self.interface = interface
@@ -89,7 +91,7 @@ class SandboxService(Service):
             hostnames.append(host)
         certificates = ensure_certificates(self.directory.child("tls"), hostnames)
         site = make_sandbox_site(
-            self.directory.child("uploads"), self._reactor, self.upload_path, self.keep
+            self.directory.child("uploads"), self._reactor, self.upload_path, self.keep, self.reject
         )
         options = server_tls_options(
             certificates.cert_path.getContent(), certificates.key_path.getContent()

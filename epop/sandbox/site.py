@@ -12,6 +12,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -126,6 +127,11 @@ class SandboxRequest(Request):
             if self._body is None:
                 self._body = self._open_body(0)
             try:
+                refusal = self._site.refusal_for(path.split(b"?", 1)[0].decode("latin-1"))
+                if refusal is not None:
+                    # A rehearsal of e-PMSI refusing: nothing is kept.
+                    self._body.abort()
+                    raise refusal
                 self.upload_outcome = self._body.finish()
             except UploadRejected as rejection:
                 self.upload_outcome = rejection
@@ -260,14 +266,28 @@ class SandboxSite(Site):
         reactor: Any = None,
         upload_path: str = DEFAULT_UPLOAD_PATH,
         keep: Keep = Keep(),
+        reject: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(_SandboxResource(upload_path), reactor=reactor)
         self.upload_directory = upload_directory
         #: Which uploads stay once a new one is stored (by default, all).
         self.keep = keep
+        #: Paths whose uploads are refused with a status, to rehearse a refusal.
+        self.reject: dict[str, int] = dict(reject or {})
         self._counter = 0
         self._channels: set[_SandboxChannel] = set()
         self._idle_waiters: list[Deferred[None]] = []
+
+    def refusal_for(self, path: str) -> UploadRejected | None:
+        """The refusal L{reject} asks for uploads to C{path}, if any."""
+        status = self.reject.get(path)
+        if status is None:
+            return None
+        return UploadRejected(
+            status,
+            f"the e-PMSI sandbox refuses uploads to {path} with {status}, as it was told "
+            f"(--reject {path}={status}): a rehearsal of a refusal; nothing was stored",
+        )
 
     def acceptableProtocols(self) -> list[bytes]:
         """Only HTTP/1.1: body streaming is implemented for it alone."""
@@ -324,6 +344,7 @@ def make_sandbox_site(
     reactor: Any = None,
     upload_path: str = DEFAULT_UPLOAD_PATH,
     keep: Keep = Keep(),
+    reject: Mapping[str, int] | None = None,
 ) -> SandboxSite:
     """
     Build the sandbox web site storing uploads under C{upload_directory}.
@@ -333,6 +354,7 @@ def make_sandbox_site(
     @param upload_path: where the form at C{/} posts (uploads are accepted
         on every path all the same).
     @param keep: which uploads stay once a new one is stored.
+    @param reject: paths whose uploads are refused, with the HTTP status.
     """
     upload_directory.makedirs(ignoreExistingDirectory=True)
-    return SandboxSite(upload_directory, reactor, upload_path, keep)
+    return SandboxSite(upload_directory, reactor, upload_path, keep, reject)
