@@ -30,7 +30,7 @@ $(VENV_STAMP): setup.cfg pyproject.toml | $(VENV_BIN)/python
 	touch $@
 
 run: venv
-	$(VENV_BIN)/twistd -n epop $(RELAY_ARGS)
+	$(VENV_BIN)/twistd -n --pidfile= epop $(RELAY_ARGS)
 
 test: venv
 	$(TRIAL) tests

@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from epop._version import __version__
 from epop.messages import Text
+from epop.secret_options import refuse_abbreviated_secrets
 
 if TYPE_CHECKING:
     from epop.cli import Interruption
@@ -79,6 +80,9 @@ def output_lost(error: BaseException, stderr: TextIO) -> int | None:
 class CommandOptions(usage.Options):
     """Our version, and file arguments before or after the options."""
 
+    #: Options whose value is a secret or the file of one: never abbreviated.
+    secret_options: tuple[str, ...] = ()
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"epop {__version__}")
@@ -88,6 +92,7 @@ class CommandOptions(usage.Options):
         # usage.Options stops at the first argument, but people type
         # "epop send FILE --relay HOST" as the synopsis shows it.
         argv = sys.argv[1:] if options is None else options
+        refuse_abbreviated_secrets(argv, self, self.secret_options, anywhere=True)
         try:
             found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:

@@ -256,7 +256,7 @@ class PasswordTests(TestCase):
         missing = self.mktemp()
         with self.assertRaises(ValueError) as raised:
             load_console_password(missing)
-        self.assertIn(f"cannot read the console password file {missing}", str(raised.exception))
+        self.assertIn("cannot read the console password file given", str(raised.exception))
         empty = self.mktemp()
         with open(empty, "w") as f:
             f.write("\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
@@ -21,7 +22,8 @@ from epop.relay.allowlist import AllowlistFactory
 from epop.relay.limits import LimitsFactory
 from epop.relay.session import SessionChoiceFactory
 from epop.relay.protocol import RelayFactory
-from epop.relay.service import ListenError, RelaySettings, make_relay_service
+from epop.relay.network_interfaces import LocalAddress, local_addresses
+from epop.relay.service import ListenError, RelaySettings, listen_at_once, make_relay_service
 
 
 class WiringTests(SynchronousTestCase):
@@ -115,6 +117,58 @@ class PortInUseTests(TestCase):
         self.assertIsInstance(error, Exception)
         self.assertEqual(error.code, 1)
         self.assertTrue(str(error).startswith(f"cannot listen on {self.listen}"))
+
+
+class AddressNotHereTests(TestCase):
+    """
+    C{--listen} on an address this machine does not have (192.0.2.77, of
+    TEST-NET-1, is nobody's): the error lists the addresses it does have.
+    """
+
+    listen = "tcp:0:interface=192.0.2.77"
+
+    def test_lists_given_addresses(self) -> None:
+        """The addresses, as epop interfaces names them, on the same line."""
+        loopback = LocalAddress("lo", "127.0.0.1", 4, loopback=True, link_local=False)
+        error = self.assertRaises(
+            ListenError,
+            listen_at_once,
+            serverFromString(reactor, self.listen),
+            Factory.forProtocol(Protocol),
+            self.listen,
+            lambda: [loopback],
+        )
+        self.assertEqual(
+            str(error),
+            f"cannot listen on {self.listen}: {error.why}; "
+            "this machine's addresses are: 127.0.0.1 (lo); see epop interfaces",
+        )
+
+    def test_no_addresses(self) -> None:
+        """A machine without any address says so rather than an empty list."""
+        error = ListenError(self.listen, "Cannot assign requested address", [])
+        self.assertIn("this machine's addresses are: none; see epop interfaces", str(error))
+
+    def test_relay_lists_this_machines_addresses(self) -> None:
+        """The relay's own port: this machine's real addresses, one line."""
+        service = make_relay_service(
+            reactor,
+            RelaySettings(listen=(self.listen,), check_at_start=False),
+            journal_writer=MemoryJournalWriter,
+        )
+        error = self.assertRaises(ListenError, service.privilegedStartService)
+        message = str(error)
+        self.assertNotIn("\n", message)
+        self.assertIn(f"cannot listen on {self.listen}: ", message)
+        for address in local_addresses():
+            self.assertIn(f"{address.address} ({address.interface})", message)
+        self.assertIn("127.0.0.1 (", message)
+        self.assertTrue(message.endswith("; see epop interfaces"), message)
+
+    def test_other_errors_list_nothing(self) -> None:
+        """Only an address the machine lacks lists addresses: a taken port does not."""
+        error = ListenError(self.listen, "Address already in use")
+        self.assertNotIn("addresses are", str(error))
 
 
 class OptionsTests(SynchronousTestCase):

@@ -60,7 +60,8 @@ def load_console_password(path: str) -> str:
             line = f.readline()
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or str(e)
-        raise ValueError(f"cannot read the console password file {path}: {why}") from None
+        # Not the path: it may be the password itself, typed by mistake.
+        raise ValueError(f"cannot read the console password file given: {why}") from None
     password = line.rstrip("\r\n")
     if not password:
         raise ValueError(f"the console password file {path} has an empty first line")

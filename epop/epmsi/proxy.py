@@ -116,7 +116,8 @@ def load_proxy_password(
             with open(path, encoding="utf-8") as f:
                 line = f.readline()
         except OSError as e:
-            raise ValueError(f"cannot read the proxy password file {path}: {e.strerror}") from None
+            # Not the path: it may be the password itself, typed by mistake.
+            raise ValueError(f"cannot read the proxy password file given: {e.strerror}") from None
         return line.rstrip("\r\n")
     environ = os.environ if environ is None else environ
     return environ.get(PASSWORD_VARIABLE) or None

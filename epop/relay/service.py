@@ -14,9 +14,10 @@ e.g. when twistd gets C{SIGHUP}; the change is journaled.
 
 from __future__ import annotations
 
+import errno
 import uuid
 from dataclasses import dataclass
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -46,7 +47,11 @@ from epop.relay.limits import (
 )
 from epop.relay.http_proxy import HttpProxyFactory
 from epop.relay.tunnel_users import TunnelUsers
-from epop.relay.network_interfaces import addresses_for_listen_host
+from epop.relay.network_interfaces import (
+    LocalAddress,
+    addresses_for_listen_host,
+    local_addresses,
+)
 from epop.relay.protocol import RelayFactory
 from epop.relay.session import SessionChoiceFactory
 from epop.relay.settings import DEFAULT_LISTEN, RelaySettings, listen_endpoint
@@ -74,25 +79,44 @@ class ReloadRefused(ValueError):
 
 
 class ListenError(CannotListenError):
-    """A listen endpoint could not be opened; says which and why."""
+    """
+    A listen endpoint could not be opened; says which and why, in one line.
 
-    def __init__(self, description: str, why: str) -> None:
+    @ivar addresses: this machine's addresses, when the endpoint named one it
+        does not have (C{EADDRNOTAVAIL}): the system's "Cannot assign
+        requested address" alone does not say which ones would do.
+    """
+
+    def __init__(
+        self, description: str, why: str, addresses: Sequence[LocalAddress] | None = None
+    ) -> None:
         super().__init__(None, description, why)
         self.description = description
         self.why = why
+        self.addresses = addresses
 
     def __str__(self) -> str:
         hint = ""
         if "in use" in self.why.lower():
             hint = " (is another relay or program already listening there?)"
+        elif self.addresses is not None:
+            listed = ", ".join(f"{a.address} ({a.interface})" for a in self.addresses)
+            hint = f"; this machine's addresses are: {listed or 'none'}; see epop interfaces"
         return f"cannot listen on {self.description}: {self.why}{hint}"
 
 
-def listen_at_once(endpoint: IStreamServerEndpoint, factory: Factory, description: str) -> IListeningPort:
+def listen_at_once(
+    endpoint: IStreamServerEndpoint,
+    factory: Factory,
+    description: str,
+    machine_addresses: Callable[[], Sequence[LocalAddress]] | None = None,
+) -> IListeningPort:
     """
     Listen on C{endpoint} now: a service that must not start without its
     port (twistd then exits with the reason) cannot wait for a Deferred.
 
+    @param machine_addresses: lists this machine's addresses for the error
+        when the endpoint names another one (default L{local_addresses}).
     @raise ListenError: naming C{description} and the system's reason.
     """
     outcome: list[Any] = []
@@ -101,11 +125,14 @@ def listen_at_once(endpoint: IStreamServerEndpoint, factory: Factory, descriptio
         raise ListenError(description, "listening did not complete at once")
     if isinstance(outcome[0], Failure):
         reason = outcome[0].value
+        addresses = None
         if isinstance(reason, CannotListenError) and reason.socketError is not None:
             why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
+            if getattr(reason.socketError, "errno", None) == errno.EADDRNOTAVAIL:
+                addresses = local_addresses() if machine_addresses is None else machine_addresses()
         else:
             why = str(reason)
-        raise ListenError(description, why)
+        raise ListenError(description, why, addresses)
     port: IListeningPort = outcome[0]
     return port
 

@@ -56,6 +56,7 @@ from epop.relay.settings import (
     prefixed,
     read_settings_file,
 )
+from epop.secret_options import refuse_abbreviated_secrets
 from epop.tuning import keep_buffers_on_heap
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ class _NamedParameter(usage.CoerceParameter):
             self.options.opts[parameterName] = self.coerce(value)
         except ValueError as e:
             raise usage.UsageError(f"--{parameterName}: {e}") from None
+
+
+#: Options whose value is a secret or the file of one: never abbreviated.
+SECRET_OPTIONS = ("proxy-password-file", "console-password-file", "tunnel-users", "tls-key")
 
 
 class Options(usage.Options):
@@ -146,6 +151,7 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
+        refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
         self.given = command_line_keys(self, arguments)
         super().parseOptions(options)
 

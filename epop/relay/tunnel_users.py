@@ -75,7 +75,8 @@ def read_users(path: str) -> dict[str, bytes]:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as e:
-        raise ValueError(f"cannot read the users file {path}: {e.strerror}") from None
+        # Not the path: it may be a password, typed by mistake.
+        raise ValueError(f"cannot read the users file given: {e.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -258,7 +259,8 @@ class TunnelUsers:
             users = read_users(self.path)
         except ValueError as e:
             self.log.error(
-                "--tunnel-users: {problem}; the relay keeps the {count} user(s) it had",
+                "--tunnel-users {path}: {problem}; the relay keeps the {count} user(s) it had",
+                path=self.path,
                 problem=str(e),
                 count=len(self._users),
             )

@@ -60,6 +60,8 @@ class TargetOptions(CommandOptions):
     a proxy).  Flags win over the saved settings, which win over defaults.
     """
 
+    secret_options = ("proxy-password-file", "tls-client-key")
+
     optFlags = [
         ["direct", None, "Send straight to e-PMSI (this workstation has Internet access)."],
         ["tls", None, "Encrypt the connection to the relay (TLS), checking its certificate."],
