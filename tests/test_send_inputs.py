@@ -201,6 +201,8 @@ class SendInputTests(TestCase):
             (("-F", "userPwd=<-", "-F", "userId=<-"), io.StringIO(SECRET + "\n"),
              "-F userPwd, userId: standard input can give only one value (NAME=<-)"),
             (("-F", "userPwd=<"), None, "-F userPwd=<: give the file to read the value from, or - for standard input"),
+            (("-F", "userPwd="), None,
+             "-F userPwd=: the value is empty; to read it from a file, quote it: -F 'userPwd=<FILE'"),
             (("-F", "=" + SECRET), None, "-F =...: the form field has no name (expected NAME=VALUE)"),
         ]
         for flags, stdin, message in cases:

@@ -180,8 +180,9 @@ class SendOptions(TargetOptions):
         "(see 'epop config'). The defaults fit e-PMSI's upload form "
         f"({DEFAULT_UPLOAD_PATH}, file in the field {DEFAULT_FIELD}). For the "
         "password, use -F userPwd=<FILE (the first line of FILE) or "
-        "-F userPwd=<- (standard input): -F userPwd=VALUE would stay in the "
-        "shell's history and show in the process list."
+        "-F userPwd=<- (standard input), quoted for the shell "
+        "(-F 'userPwd=<FILE'): -F userPwd=VALUE would stay in the shell's "
+        "history and show in the process list."
     )
     optFlags = [
         ["allow-empty", None, "Send FILE even if it is empty (0 bytes); refused otherwise."],

@@ -41,6 +41,12 @@ class FormField:
             raise usage.UsageError(Text("-F {text}: expected NAME=VALUE or NAME=<FILE", text=repr(text)))
         if not name:
             raise usage.UsageError(Text("-F =...: the form field has no name (expected NAME=VALUE)"))
+        if not value:
+            # Most likely -F userPwd=<FILE unquoted: the shell took "<FILE" as a redirection.
+            raise usage.UsageError(
+                Text("-F {name}=: the value is empty; to read it from a file, quote it: "
+                     "-F '{name}=<FILE' (unquoted, the shell takes < as a redirection)", name=name)
+            )
         if not value.startswith("<"):
             return cls(name, value)
         if value == "<":
