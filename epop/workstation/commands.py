@@ -33,8 +33,8 @@ from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 from epop.local_tls import ClientTLS
 from epop.messages import Text
 from epop.workstation.client import DEFAULT_FIELD, RelayAddress, send_file, test_connection
-from epop.workstation.form_fields import FormField, read_form_fields
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
+from epop.workstation.form_fields import FormField, read_form_fields
 from epop.workstation.outcomes import Reply, TestReport, UploadFailed
 from epop.workstation.settings import ClientSettings
 
