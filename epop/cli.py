@@ -46,7 +46,7 @@ from epop.command import (
 )
 from epop.errors import EpopError
 from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
-from epop.messages import LANGUAGES, choose_language
+from epop.messages import LANGUAGES, Text, choose_language
 from epop.relay.commands import InterfacesOptions, interfaces
 from epop.sandbox.commands import SandboxOptions, sandbox
 from epop.workstation.commands import SendOptions, TestOptions, send, test
@@ -244,7 +244,11 @@ def run(
         outcome = subcommand.handler(command, options.subOptions)
     except (usage.UsageError, SettingsError) as e:
         name = options.subCommand or ""
-        stderr.write(f"epop: {e}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
+        reason = str(e)
+        if e.args and isinstance(e.args[0], Text):  # in the reader's language
+            asked = options["lang"] if options["lang"] in LANGUAGES else None
+            reason = e.args[0].render(choose_language(environ, asked))
+        stderr.write(f"epop: {reason}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
         return succeed(EXIT_USAGE)
     except OSError as e:  # --help, config show... when standard output takes no more
         status = output_lost(e, stderr)

@@ -42,6 +42,8 @@ from epop.workstation.protocol import RelayClientProtocol
 from epop.workstation.upload import Upload
 
 DEFAULT_RELAY_PORT = DEFAULT_PORT
+# e-PMSI's upload form (/syriusUpload.do) carries the file in this field.
+DEFAULT_FIELD = "theFile"
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def send_file(
     path: str,
     *,
     to: str,
-    field: str = "file",
+    field: str = DEFAULT_FIELD,
     fields: Sequence[tuple[str, str]] = (),
     relay: RelayAddress | None = None,
     epmsi: str | None = None,

@@ -32,15 +32,15 @@ from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 from epop.local_tls import ClientTLS
 from epop.messages import Text
-from epop.workstation.client import RelayAddress, send_file, test_connection
+from epop.workstation.client import DEFAULT_FIELD, RelayAddress, send_file, test_connection
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
+from epop.workstation.form_fields import FormField, read_form_fields
 from epop.workstation.outcomes import Reply, TestReport, UploadFailed
 from epop.workstation.settings import ClientSettings
 
 __all__ = ["SendOptions", "TargetOptions", "TestOptions", "send", "test"]
 
 DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
-DEFAULT_FIELD = "file"
 
 
 def _positive_seconds(name: str, value: object) -> float:
@@ -179,8 +179,16 @@ class SendOptions(TargetOptions):
         "e-PMSI before sending again), 130 or 143 when interrupted (SIGINT, "
         "SIGTERM: the upload is stopped before e-PMSI gets the whole file). "
         "Without --relay or --direct, the saved settings say where to send "
-        "(see 'epop config')."
+        "(see 'epop config'). The defaults fit e-PMSI's upload form "
+        f"({DEFAULT_UPLOAD_PATH}, file in the field {DEFAULT_FIELD}). For the "
+        "password, use -F userPwd=<FILE (the first line of FILE) or "
+        "-F userPwd=<- (standard input), quoted for the shell "
+        "(-F 'userPwd=<FILE'): -F userPwd=VALUE would stay in the shell's "
+        "history and show in the process list."
     )
+    optFlags = [
+        ["allow-empty", None, "Send FILE even if it is empty (0 bytes); refused otherwise."],
+    ]
     optParameters = [
         ["to", None, None, f"Path on e-PMSI to post the form to [default: {DEFAULT_UPLOAD_PATH}]."],
         ["field", None, None, f"Form field that carries the file [default: {DEFAULT_FIELD}]."],
@@ -188,14 +196,11 @@ class SendOptions(TargetOptions):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fields: list[tuple[str, str]] = []
+        self.fields: list[FormField] = []
 
     def opt_F(self, text: str) -> None:
-        """Extra form field NAME=VALUE (repeatable), e.g. -F year=2026."""
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            raise usage.UsageError(f"-F {text!r}: expected NAME=VALUE")
-        self.fields.append((name, value))
+        """Extra form field NAME=VALUE (repeatable), e.g. -F year=2026; NAME=<FILE takes the value from FILE's first line, NAME=<- from standard input (asked without echo on a terminal): for a password, use -F userPwd=<FILE."""
+        self.fields.append(FormField.parse(text))
 
     opt_form = opt_F
 
@@ -205,11 +210,16 @@ class SendOptions(TargetOptions):
     def postOptions(self) -> None:
         path = self["file"]
         if os.path.isdir(path):
-            raise usage.UsageError(f"{path} is a folder: give the file to send")
+            raise usage.UsageError(Text("{path} is a folder: give the file to send", path=path))
         if not os.path.isfile(path):
             raise usage.UsageError(f"{path}: no such file")
         if not os.access(path, os.R_OK):
             raise usage.UsageError(f"{path}: not readable by this user")
+        if os.path.getsize(path) == 0 and not self["allow-empty"]:
+            raise usage.UsageError(
+                Text("{path} is empty (0 bytes): check it is the right file, "
+                     "or send it anyway with --allow-empty", path=path)
+            )
 
     def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
         super().resolve(saved, environ)
@@ -250,6 +260,10 @@ def _how(options: TargetOptions) -> Text:
 def send(command: Command, options: SendOptions) -> Deferred[int]:
     """C{epop send}: upload the file, pass e-PMSI's answer on, say how it went."""
     options.resolve(command.saved, command.environ)
+    fields = read_form_fields(options.fields, command.stdin)
+    if os.path.getsize(options["file"]) == 0:
+        command.complain(Text("warning: {path} is empty (0 bytes); sending it as --allow-empty asks.",
+                              path=options["file"]))
     reactor, interruption = command.reactor, command.interruption
     started = reactor.seconds()
     d = send_file(
@@ -257,7 +271,7 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
         options["file"],
         to=options.to,
         field=options.field,
-        fields=options.fields,
+        fields=fields,
         output=command.stdout,
         **options.route(command.language),
     )
