@@ -138,3 +138,37 @@ class TwistdCannotListenTests(TestCase):
         for line in lines:
             line = line.replace(f"tcp:{self.port}:interface=127.0.0.1", "tcp:3358")
             self.assertIn(line, guide)
+
+
+class UsageErrorTests(TestCase):
+    """A mistake on twistd epop's command line: the reason, not a page of every option."""
+
+    def test_one_line_of_usage_then_the_reason(self) -> None:
+        folder = FilePath(self.mktemp())
+        folder.makedirs()
+        done = subprocess.run(
+            [
+                sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "epop", "--console=none", "--ca-file", "nothere.pem",
+            ],
+            capture_output=True,
+            timeout=60,
+            cwd=folder.path,
+        )
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        self.assertEqual(done.returncode, 1, output)
+        self.assertIn("cannot read CA file nothere.pem: No such file or directory", output)
+        self.assertIn("'twistd epop --help' lists every option", output)
+        self.assertNotIn("--allow=", output)
+        self.assertLessEqual(len(output.strip().splitlines()), 4, output)
+
+    def test_help_still_lists_every_option(self) -> None:
+        from twisted.python import usage
+
+        from epop.relay import tap
+
+        self.assertIn("--allow=", tap.Options().getUsage())
+        options = tap.Options()
+        with self.assertRaises(usage.UsageError):
+            options.parseOptions(["--idle-timeout", "soon"])
+        self.assertNotIn("--allow=", options.getUsage())

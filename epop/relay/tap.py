@@ -148,12 +148,27 @@ class Options(usage.Options):
         self.settings_file: SettingsFile | None = None
         #: Options given on the command line: they win over the file.
         self.given: frozenset[str] = frozenset()
+        #: Parsing failed: the usage twistd prints before the reason is one line.
+        self.refused = False
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
-        refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
-        self.given = command_line_keys(self, arguments)
-        super().parseOptions(options)
+        try:
+            refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
+            self.given = command_line_keys(self, arguments)
+            super().parseOptions(options)
+        except usage.UsageError:
+            self.refused = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        After a usage error, one line instead of every option: twistd prints
+        the usage, then the reason, and the reason is what matters.
+        """
+        if self.refused:
+            return "The reason follows; 'twistd epop --help' lists every option.\n"
+        return super().getUsage(width)
 
     def _refuse(
         self, key: str, problem: str, *others: str, command_line: str | None = None
