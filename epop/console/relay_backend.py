@@ -32,7 +32,7 @@ from epop.journal.observer import JournalObserver
 from epop.journal.pages import connection_rows, journal_page, record_id
 from epop.messages import Text
 from epop.relay.allowlist import Allowlist
-from epop.relay.network_interfaces import local_addresses
+from epop.relay.network_interfaces import listen_string, local_addresses
 from epop.relay.service import RelayListening, RelayService, StartRefused
 from epop.relay.settings import RelaySettingsError
 from epop.relay.start_with_machine import set_enabled, unit_name, unit_state
@@ -115,12 +115,6 @@ def listen_address_and_port(description: str) -> tuple[str, int] | None:
         elif name == "interface":
             interface = value
     return None if port is None else (interface, port)
-
-
-def _listen_string(address: str, port: int) -> str:
-    version = ipaddress.ip_address(address.partition("%")[0]).version
-    escaped = address.replace(":", "\\:")
-    return f"{'tcp6' if version == 6 else 'tcp'}:{port}:interface={escaped}"
 
 
 def check_json(check: CheckResult) -> dict[str, Any]:
@@ -432,7 +426,7 @@ class RelayConsoleBackend:
             return None
         if address == current["listen_address"] and port == current["port"]:
             return None
-        return _listen_string(address, port)
+        return listen_string(address, port)
 
     def _allow(self, wanted: dict[str, Any], fields: dict[str, Text]) -> tuple[str, ...] | None:
         entries = wanted["allow"]

@@ -39,6 +39,7 @@ from epop.addressing import DEFAULT_PORT, host_port
 __all__ = [
     "LocalAddress",
     "addresses_for_listen_host",
+    "listen_string",
     "local_addresses",
 ]
 
@@ -49,6 +50,16 @@ _IPV6_ANY = ("::",)
 def _escape(value: str) -> str:
     """Escape a value for a Twisted endpoint string (C{\\}, C{:} and C{=})."""
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def listen_string(address: str, port: int = DEFAULT_PORT) -> str:
+    """
+    The C{--listen} value that listens on C{address} only, e.g.
+    C{tcp:3358:interface=10.1.2.3} or C{tcp6:3358:interface=fd00\\:\\:3}
+    (colons in an endpoint string's values are escaped with a backslash).
+    """
+    kind = "tcp6" if ipaddress.ip_address(address.partition("%")[0]).version == 6 else "tcp"
+    return f"{kind}:{port}:interface={_escape(address)}"
 
 
 @dataclass(frozen=True)
@@ -78,14 +89,8 @@ class LocalAddress:
         return self.address.partition("%")[0]
 
     def listen_string(self, port: int = DEFAULT_PORT) -> str:
-        """
-        The C{--listen} value that listens on this address only, e.g.
-        C{tcp:3358:interface=10.1.2.3} or C{tcp6:3358:interface=fd00\\:\\:3}
-        (colons in an endpoint string's values are escaped with a
-        backslash).
-        """
-        kind = "tcp6" if self.version == 6 else "tcp"
-        return f"{kind}:{port}:interface={_escape(self.address)}"
+        """The C{--listen} value that listens on this address only (L{listen_string})."""
+        return listen_string(self.address, port)
 
     def client_address(self, port: int = DEFAULT_PORT) -> str:
         """What workstations type: C{10.1.2.3:3358} or C{[fd00::3]:3358}."""
