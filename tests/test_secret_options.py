@@ -7,8 +7,6 @@ read as C{--proxy-password-file s3cret} and then printed back.
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 from twisted.internet import reactor
 from twisted.python import usage
@@ -17,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop import cli
 from epop.relay import tap
+from tests.test_twistd_start import run_foreground_twistd
 
 SECRET = "s3cret-Hunter2"
 
@@ -114,15 +113,8 @@ class TwistdAbbreviationTests(SynchronousTestCase):
     def test_twistd_does_not_print_the_password(self) -> None:
         folder = FilePath(self.mktemp())
         folder.makedirs()
-        done = subprocess.run(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "epop", "--no-check", "--console=none", "--proxy-password", SECRET],
-            capture_output=True,
-            timeout=60,
-            cwd=folder.path,
-        )
-        output = (done.stdout + done.stderr).decode(errors="replace")
-        self.assertNotEqual(done.returncode, 0, output)
+        code, output = run_foreground_twistd(folder, "--no-check", "--console=none", "--proxy-password", SECRET)
+        self.assertNotEqual(code, 0, output)
         self.assertIn("--proxy-password is not an option: write --proxy-password-file in full", output)
         self.assertNotIn(SECRET, output)
         self.assertFalse(folder.child("twistd.pid").exists())

@@ -140,23 +140,26 @@ class TwistdCannotListenTests(TestCase):
             self.assertIn(line, guide)
 
 
+def run_foreground_twistd(folder: FilePath, *epop_options: str) -> tuple[int, str]:
+    """C{twistd -n --pidfile= epop OPTIONS} in C{folder}: its exit code and all it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "epop", *epop_options],
+        capture_output=True,
+        timeout=60,
+        cwd=folder.path,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
+
+
 class UsageErrorTests(TestCase):
     """A mistake on twistd epop's command line: the reason, not a page of every option."""
 
     def test_one_line_of_usage_then_the_reason(self) -> None:
         folder = FilePath(self.mktemp())
         folder.makedirs()
-        done = subprocess.run(
-            [
-                sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "epop", "--console=none", "--ca-file", "nothere.pem",
-            ],
-            capture_output=True,
-            timeout=60,
-            cwd=folder.path,
-        )
-        output = (done.stdout + done.stderr).decode(errors="replace")
-        self.assertEqual(done.returncode, 1, output)
+        code, output = run_foreground_twistd(folder, "--console=none", "--ca-file", "nothere.pem")
+        self.assertEqual(code, 1, output)
         self.assertIn("cannot read CA file nothere.pem: No such file or directory", output)
         self.assertIn("'twistd epop --help' lists every option", output)
         self.assertNotIn("--allow=", output)
