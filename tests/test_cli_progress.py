@@ -90,10 +90,10 @@ class ProgressTests(TestCase):
     def through_relay(self, *options: str) -> list[str]:
         return ["send", self.path, "--relay", str(self.relay.endpoint), *options]
 
-    async def on_terminal(self, argv: list[str]) -> tuple[int | None, bytes, str]:
-        """Run C{argv} with a 120-column terminal as standard error: status, output, what the terminal got."""
+    async def on_terminal(self, argv: list[str], columns: int = 120) -> tuple[int | None, bytes, str]:
+        """Run C{argv} with a terminal as standard error: status, output, what the terminal got."""
         master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
         terminal = TerminalReader(master)
         self.addCleanup(terminal.close)
         reactor.addReader(terminal)
@@ -126,6 +126,15 @@ class ProgressTests(TestCase):
         self.assertRegex(shown.replace("\r\n", "\n"), ANSWERED)
         self.assertIn("e-PMSI answered 200 OK.", shown)
         self.assertNotIn("sha256", shown)
+
+    async def test_bar_on_a_terminal_of_unknown_width(self) -> None:
+        """A terminal that says it has 0 columns (some remote shells) still gets an 80-column bar."""
+        code, out, shown = await self.on_terminal(self.through_relay(), columns=0)
+        self.assertEqual(code, 0, shown)
+        self.receipt_of_the_file(out)
+        bars = re.findall(r"100% \|[^|\r\n]*\| 8\.39MB of 8\.39MB, [^\r\n]*", shown)
+        self.assertTrue(bars, shown)
+        self.assertEqual(len(bars[-1]), 80)
 
     async def test_plain_lines_in_a_log(self) -> None:
         """In a log: at most eleven plain lines with percentages, no carriage return, then e-PMSI's delay."""

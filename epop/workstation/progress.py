@@ -17,6 +17,7 @@ only when a terminal shows the bar.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
@@ -283,6 +284,13 @@ class TerminalProgress(Progress):
             rate="{rate_fmt}",
             left="{remaining}",
         )
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        # A terminal that does not say its width (0 columns: some serial
+        # consoles, some remote shells) gets 80, rather than tqdm's nothing.
+        width: dict[str, Any] = {"dynamic_ncols": True} if columns > 0 else {"ncols": 80, "nrows": 24}
         return Bar(
             total=total,
             unit=unit,
@@ -290,8 +298,8 @@ class TerminalProgress(Progress):
             unit_divisor=1000,
             file=self.stream,
             bar_format=layout.render(self.language),
-            dynamic_ncols=True,
             leave=True,
+            **width,
         )
 
     def _all_sent(self) -> None:
