@@ -204,31 +204,22 @@ class PlainProgress(Progress):
         """The line for where the upload is now; the next tick 30 s from now."""
         count, total = self._count, self._total
         percent = count * 100 // total if total else 100
-        sent, whole = readable_size(count, self.language), readable_size(total, self.language)
+        where = {
+            "percent": percent,
+            "sent": readable_size(count, self.language),
+            "total": readable_size(total, self.language),
+        }
         rate = self.rate(count)
         if rate is None:
-            self.say(Text("Sent: {percent}% ({sent} of {total}).", percent=percent, sent=sent, total=whole))
+            line = Text("Sent: {percent}% ({sent} of {total}).", **where)
         elif count >= total:
-            self.say(
-                Text(
-                    "Sent: {percent}% ({sent} of {total}), {rate}/s.",
-                    percent=percent,
-                    sent=sent,
-                    total=whole,
-                    rate=readable_size(rate, self.language),
-                )
-            )
+            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s.",
+                        rate=readable_size(rate, self.language), **where)
         else:
-            self.say(
-                Text(
-                    "Sent: {percent}% ({sent} of {total}), {rate}/s, about {left} left.",
-                    percent=percent,
-                    sent=sent,
-                    total=whole,
-                    rate=readable_size(rate, self.language),
-                    left=readable_duration((total - count) / rate),
-                )
-            )
+            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s, about {left} left.",
+                        rate=readable_size(rate, self.language),
+                        left=readable_duration((total - count) / rate), **where)
+        self.say(line)
         if self._tick is not None and self._tick.active():
             self._tick.reset(TICK_SECONDS)
 
