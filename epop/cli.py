@@ -1,7 +1,7 @@
 """
-The C{epop} command: C{send}, C{test}, C{config}, C{trust}, C{proxy-settings},
-C{interfaces}, C{sandbox}, and C{journal} and C{connections} to read a
-relay's journal.
+The C{epop} command: C{send}, C{test}, C{config}, C{trust},
+C{proxy-settings}, C{interfaces}, C{sandbox}, and C{journal} and
+C{connections} to read a relay's journal.
 
 Each subcommand lives with its role, its options next to its handler
 (L{COMMANDS} lists them); this module holds what they all share: the

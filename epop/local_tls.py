@@ -128,10 +128,11 @@ class ClientTLS:
 
     def untrusted(self, creator: WatchedCreator, failure: Failure, where: str) -> EpopError | None:
         """
-        When the relay's certificate did not verify against the saved
-        C{relay_ca} (a relay reinstalled, or someone in between), the hard
-        error that names both fingerprints and says what to check; C{None}
-        for any other failure, which is described as before.
+        When the relay's certificate does not come from C{relay_ca} (saved
+        by C{epop trust}, or given): a relay reinstalled, or someone in
+        between.  The hard error names both fingerprints and says what to
+        check; C{None} for any other failure (an expired certificate from
+        the right authority, another name...), described as before.
         """
         if not self.relay_ca or not _tls_failed(failure):
             return None

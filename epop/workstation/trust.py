@@ -20,7 +20,7 @@ from cryptography import x509
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -97,7 +97,7 @@ class _ChainReader(Protocol):
         if not self.chain.called:
             self.chain.callback(list(presented))
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.chain.called:
             return
         error = describe_relay_tls_failure(reason, self.where)
