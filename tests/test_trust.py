@@ -241,7 +241,10 @@ class TrustTests(TestCase):
         self.assertNothingSaved()
 
     async def test_which_relay(self) -> None:
-        """Without RELAY, the saved relay; with neither, a usage error; a bad fingerprint too."""
+        """
+        Without RELAY, the saved relay; with neither, a usage error; a bad
+        fingerprint too. Another RELAY than the saved one leaves it saved.
+        """
         code, _, err = await self.epop("trust")
         self.assertEqual(code, 2)
         self.assertIn("say which relay", err)
@@ -252,6 +255,12 @@ class TrustTests(TestCase):
         self.assertEqual((await self.epop("config", "set", "relay", str(relay.endpoint)))[0], 0)
         code, _, err = await self.epop("trust", "--fingerprint", self.ca_fingerprint)
         self.assertEqual(code, 0, err)
+        self.assertNotIn("saved relay", err)
+        # Another relay than the saved one: trusted, and the saved relay is left as it is.
+        code, _, err = await self.epop("trust", f"localhost:{relay.port}", "--fingerprint", self.ca_fingerprint)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"The saved relay is still {relay.endpoint}", err)
+        self.assertIn(f"relay = {relay.endpoint}\n", (await self.epop("config", "show"))[1])
 
 
 class SavedTLSSettingsTests(TestCase):

@@ -252,7 +252,8 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
         path = saved.write_beside(TRUSTED_FILE, to_pem(authority))
         saved.set("relay-ca", str(path))
         saved.set("tls", "yes")
-        if saved.get("relay") is None:
+        kept = saved.get("relay")
+        if kept is None:
             saved.set("relay", text)
         saved.save()
         command.tell(Text("Trusted: {fingerprint}, saved in {path}.", fingerprint=found, path=str(path)))
@@ -264,6 +265,14 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
                 ca=str(path),
             )
         )
+        if kept is not None and RelayAddress.parse(kept) != relay:
+            command.tell(
+                Text(
+                    "The saved relay is still {saved}: to send to {relay}, epop config set relay {relay}.",
+                    saved=kept,
+                    relay=text,
+                )
+            )
         return EXIT_OK
 
     def interrupted(failure: Failure) -> int | Failure:
