@@ -271,6 +271,17 @@ class SandboxPageTests(TestCase):
             ],
         )
 
+    async def test_unreadable_receipt(self) -> None:
+        """A damaged receipt is named as such, and the folder's files are listed instead."""
+        folder: FilePath = self.sandbox.upload_directory.child("20260101T000000-000001")
+        folder.makedirs()
+        folder.child("rss.zip").setContent(b"12345")
+        folder.child(RECEIPT_NAME).setContent(b'{"files": [')
+        _, page = await self.page()
+        [row] = page.rows
+        self.assertEqual(row[1], "20260101T000000-000001\nits receipt is not valid JSON")
+        self.assertEqual(row[3:5], ["rss.zip", "5"])
+
     async def test_rules(self) -> None:
         """The page says which paths it refuses (--reject) and what it keeps (--keep)."""
         _, page = await self.page()

@@ -21,6 +21,7 @@ from epop.sandbox.uploads import RECEIPT_NAME, is_secret_field
 
 __all__ = [
     "FILES_SHOWN",
+    "MASK",
     "MAX_RECEIPT_BYTES",
     "RECEIPTS_SHOWN",
     "LatestUploads",
