@@ -140,6 +140,13 @@ class TestSandbox:
         return make_trusting_client(reactor, self.ca.cert_pem.bytes())
 
 
+def running_reactor() -> Any:
+    """The running reactor, imported late so trial's --reactor choice holds."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def make_trusting_client(reactor: Any, ca_pem: bytes) -> HTTPClient:
     """
     A treq client that trusts only C{ca_pem} and does not keep connections

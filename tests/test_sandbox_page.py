@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from epop.sandbox.receipts import FILES_SHOWN, MASK, RECEIPTS_SHOWN
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import MAX_KEPT_VALUE, RECEIPT_NAME
-from tests.support import TestSandbox, make_trustme_sandbox
+from tests.support import TestSandbox, make_trustme_sandbox, running_reactor
 
 #: The fields of e-PMSI's form, with a password among them.
 FIELDS = {
@@ -28,13 +28,6 @@ FIELDS = {
     "period": "M10",
     "finess": "123456789",
 }
-
-
-def _reactor() -> Any:
-    """The running reactor, imported late so trial's --reactor choice holds."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class _PageReader(HTMLParser):
@@ -102,7 +95,7 @@ class SandboxPageTests(TestCase):
     """GET / shows the form, the sandbox's rules, and its newest receipts first."""
 
     def setUp(self) -> None:
-        self.reactor = _reactor()
+        self.reactor = running_reactor()
         self.sandbox: TestSandbox = make_trustme_sandbox(self, self.reactor)
 
     async def upload(
