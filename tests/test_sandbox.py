@@ -35,7 +35,7 @@ from twisted.web.client import (
 from epop.sandbox.retention import Keep, parse_keep
 from epop.sandbox.ca import ensure_certificates
 from epop.sandbox.service import SandboxService
-from epop.sandbox.uploads import MAX_FIELD_SIZE, sanitize_filename
+from epop.sandbox.uploads import MAX_FIELD_SIZE, RECEIPT_NAME, sanitize_filename
 from tests.support import (
     InMemoryBody,
     TestSandbox,
@@ -296,7 +296,7 @@ class SandboxUploadTests(TestCase):
         folder = self.sandbox.upload_directory.child(receipt["upload"])
         self.assertEqual(
             sorted(child.basename() for child in folder.children()),
-            ["passwd", "passwd-2", "profile"],
+            [RECEIPT_NAME, "passwd", "passwd-2", "profile"],
         )
         contents = {"theFile": b"one", "other": b"two", "hidden": b"three"}
         for entry in receipt["files"]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from epop.sandbox.uploads import RECEIPT_NAME
+
 __all__ = ["DEFAULT_KEEP", "Keep", "parse_keep"]
 
 #: What the sandbox keeps unless told otherwise.
@@ -77,8 +79,11 @@ class Keep:
 
 
 def _size(upload: FilePath) -> int:
+    """The bytes uploaded into C{upload}: its files, not the sandbox's receipt."""
     total = 0
     for entry in os.scandir(upload.path):
+        if entry.name == RECEIPT_NAME:
+            continue
         try:
             total += entry.stat(follow_symlinks=False).st_size
         except OSError:
