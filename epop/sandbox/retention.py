@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text
+
 __all__ = ["DEFAULT_KEEP", "Keep", "parse_keep"]
 
 #: What the sandbox keeps unless told otherwise.
@@ -101,6 +103,6 @@ def parse_keep(text: str) -> Keep:
     match = re.fullmatch(r"(\d+)([KMG])", value, re.IGNORECASE)
     if match is None or int(match[1]) == 0:
         raise ValueError(
-            f"expected a number of uploads (20), a size (500M, 2G) or 'all', not {text!r}"
+            Text("expected a number of uploads (20), a size (500M, 2G) or 'all', not {value}", value=repr(text))
         )
     return Keep(size=int(match[1]) * _UNITS[match[2].upper()])
