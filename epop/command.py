@@ -128,7 +128,7 @@ class CommandOptions(usage.Options):
         try:
             found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(usage_reason(e)) from None
         reordered: list[str] = []
         for name, value in found:
             takes_value = (

@@ -62,7 +62,7 @@ class EpmsiOrigin:
     def url_for(self, path: str) -> str:
         """The absolute URL of C{path}, which must start with a slash."""
         if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
+            raise ValueError(Text("path must start with '/': {path}", path=repr(path)))
         return self.url + path
 
 

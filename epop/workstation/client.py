@@ -157,7 +157,7 @@ def send_file(
 
         return upload.follow(d.addCallback(connected))
     if epmsi is None:
-        return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
+        return fail(ValueError(Text("give a relay, or an e-PMSI URL to send directly")))
     return send_direct(
         reactor, body, path, to=to, headers=headers, epmsi=epmsi, ca_file=ca_file,
         proxy=proxy, output=output, timeout=timeout, stall_timeout=stall_timeout,
@@ -189,7 +189,7 @@ def test_connection(
     """
     if relay is None:
         if epmsi is None:
-            return fail(ValueError("give a relay, or an e-PMSI URL to test directly"))
+            return fail(ValueError(Text("give a relay, or an e-PMSI URL to test directly")))
         return test_direct(reactor, epmsi=epmsi, ca_file=ca_file, proxy=proxy, timeout=timeout)
 
     started = reactor.seconds()

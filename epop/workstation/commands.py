@@ -238,12 +238,18 @@ class TestOptions(TargetOptions):
     )
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+_SIZE_UNITS = (Text("{size} KiB"), Text("{size} MiB"), Text("{size} GiB"))
+
+
+def _size(n: float) -> Text:
+    """A file's size for people, in their language (octets, Kio... in French)."""
+    if n < 1024:
+        return Text("{size} bytes", size=f"{n:.0f}")
+    for unit in _SIZE_UNITS:
         n /= 1024
-    raise AssertionError
+        if n < 1024 or unit is _SIZE_UNITS[-1]:
+            break
+    return Text(unit.template, size=f"{n:.1f}")
 
 
 def _how(options: TargetOptions) -> Text:
