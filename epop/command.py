@@ -81,7 +81,7 @@ def output_lost(error: BaseException, stderr: TextIO, language: str = "en") -> i
 
 
 #: The usage errors of getopt and of Twisted's usage.Options, which speak
-#: English only: each pattern's group is the template's {name}.
+#: English only: a pattern's group, if it has one, is the template's {name}.
 _PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
     (re.compile(r"option (-\S+) not recognized"), Text("option {name} not recognized")),
     (re.compile(r"option (-\S+) requires argument"), Text("option {name} requires argument")),
@@ -90,7 +90,7 @@ _PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
     (re.compile(r"No such option '(.*)'"), Text("No such option '{name}'")),
     (re.compile(r"Unknown command: (.*)"), Text("Unknown command: {name}")),
     (re.compile(r"Parameter '(.*)' requires an argument\."), Text("Parameter '{name}' requires an argument.")),
-    (re.compile(r"Wrong number of arguments\.()"), Text("Wrong number of arguments.")),
+    (re.compile(r"Wrong number of arguments\."), Text("Wrong number of arguments.")),
 )
 
 
@@ -105,7 +105,7 @@ def usage_reason(error: BaseException) -> Text:
     for pattern, text in _PARSER_WORDS:
         found = pattern.fullmatch(words)
         if found:
-            return Text(text.template, name=found.group(1)) if found.group(1) else text
+            return Text(text.template, name=found.group(1)) if pattern.groups else text
     return Text.literal(words)
 
 

@@ -214,11 +214,10 @@ class _Reader:
             self.lines.pop()
         try:
             value = self.check(key, "\n".join(self.lines))
-        except ValueLineError as e:
-            line = self.numbers[e.index] if 0 <= e.index < len(self.numbers) else self.key_line
-            raise SettingsError(Text("{where}: {reason}", where=where_text(self.path, line), reason=reason_of(e))) from None
         except ValueError as e:
-            raise SettingsError(
-                Text("{where}: {reason}", where=where_text(self.path, self.key_line), reason=reason_of(e))
-            ) from None
+            line = self.key_line
+            if isinstance(e, ValueLineError) and 0 <= e.index < len(self.numbers):
+                line = self.numbers[e.index]
+            where = where_text(self.path, line)
+            raise SettingsError(Text("{where}: {reason}", where=where, reason=reason_of(e))) from None
         self.found.append(Setting(key, self.key_line, value))
