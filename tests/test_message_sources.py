@@ -28,6 +28,7 @@ SCANNED = (
     "workstation/form_fields.py",
     "workstation/settings.py",
     "workstation/settings_commands.py",
+    "workstation/trust.py",
     "epmsi/origin.py",
     "epmsi/proxy.py",
     "epmsi/proxy_setting.py",
