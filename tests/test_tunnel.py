@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from epop.epmsi.proxy import ProxyConfig
 from epop.journal.connections import connection_summaries
-from epop.journal.table import journal_table
+from epop.journal.table import journal_table, outcome_label
 from epop.workstation.client import send_file
 from tests.relaying import exchange, start_relay
 from tests.squid import start_squid
@@ -161,7 +161,8 @@ class RefusalTests(TestCase):
             return closed
         self.assertIn(f" to {destination} closed: {closed['reason']}", closed["description"])
         self.assertIn(f"Connection id: {closed['connection']}, to {destination}, {closed['reason']}; ", english)
-        self.assertIn(f"Id de connexion : {closed['connection']}, vers {destination}, {closed['reason']} ; ", french)
+        label = outcome_label(closed["reason"]).render("fr")
+        self.assertIn(f"Id de connexion : {closed['connection']}, vers {destination}, {label} ; ", french)
         return closed
 
     async def test_host_not_listed(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text
 from epop.sandbox.uploads import RECEIPT_NAME
 
 __all__ = ["DEFAULT_KEEP", "Keep", "parse_keep"]
@@ -106,6 +107,6 @@ def parse_keep(text: str) -> Keep:
     match = re.fullmatch(r"(\d+)([KMG])", value, re.IGNORECASE)
     if match is None or int(match[1]) == 0:
         raise ValueError(
-            f"expected a number of uploads (20), a size (500M, 2G) or 'all', not {text!r}"
+            Text("expected a number of uploads (20), a size (500M, 2G) or 'all', not {value}", value=repr(text))
         )
     return Keep(size=int(match[1]) * _UNITS[match[2].upper()])
