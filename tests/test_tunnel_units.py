@@ -6,9 +6,13 @@ not timing).
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -143,6 +147,35 @@ def _tunnel(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession
     return relay, session, client, far
 
 
+class _SlowReader(FileDescriptor):
+    """
+    The far side of a tunnel as a real file descriptor, in memory: its
+    socket takes only what L{take} lets through.
+    """
+
+    connected = True
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self._allowed = 0
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.9", 443)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.2", 40000)
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = min(len(data), self._allowed)
+        self._allowed -= taken
+        return taken
+
+    def take(self, size: int) -> None:
+        """The reader reads C{size} bytes; the reactor finds the socket writable."""
+        self._allowed += size
+        self.doWrite()
+
+
 class DestinationFailureTests(SynchronousTestCase):
     """A tunnel that cannot connect names the destination it tried, not e-PMSI."""
 
@@ -188,12 +221,12 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(far.value(), b"hello")
         self.assertEqual(client.producerState, "producing")
         # The far side's buffer full: it pauses its producer, the client's socket.
-        self.assertIs(far.producer, client)
+        self.assertIs(far.producer.transport, client)
         self.assertTrue(far.streaming)
         far.producer.pauseProducing()
         self.assertEqual(client.producerState, "paused")
         # And the other way round.
-        self.assertIs(client.producer, far)
+        self.assertIs(client.producer.transport, far)
         client.producer.pauseProducing()
         self.assertEqual(far.producerState, "paused")
         client.producer.resumeProducing()
@@ -248,3 +281,34 @@ class DrainTests(SynchronousTestCase):
         reactor.advance(1)
         self.assertTrue(client.disconnecting)
         self.assertTrue(far.disconnecting)
+
+    def test_slow_reader_is_not_idle(self) -> None:
+        """
+        A tunnel held back by a slow reader moves bytes one way: not idle,
+        however long the reader takes; closed once the reader takes nothing
+        for the idle timeout.
+        """
+        reactor = MemoryReactorClock()
+        relay, session, client = _session(reactor)
+        session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n\r\n")
+        [(_host, _port, connecting, _timeout, _bind)] = reactor.tcpClients
+        far = _SlowReader(reactor)
+        events: list[dict[str, Any]] = []
+        session.log = Logger(observer=events.append)
+        connecting.buildProtocol(None).makeConnection(far)
+        # More than the far side's buffer: the client is held back, and
+        # nothing more arrives from either side.
+        session.dataReceived(b"x" * (far.bufferSize + 1))
+        self.assertEqual(client.producerState, "paused")
+        for _ in range(3):
+            reactor.advance(250)
+            far.take(1000)  # the reader takes a little, far less than a read
+            reactor.advance(50)
+            self.assertFalse(client.disconnecting)
+        self.assertEqual(client.producerState, "paused")
+        # The reader stops reading: nothing moves either way.
+        reactor.advance(300)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(far.disconnecting)
+        [released] = [event for event in events if event.get("epop_event") == "object-released"]
+        self.assertEqual((released["outcome"], released["reason"]), ("aborted", "tunnel-idle"))

@@ -48,7 +48,7 @@ from epop.relay.info_page import page_for
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
 from epop.relay.proxy_pac import reached_address
-from epop.relay.tunnel import FarSide, connect_destination, describe_failure, resolve, splice
+from epop.relay.tunnel import FarSide, HeldBack, connect_destination, describe_failure, resolve, splice
 from epop.relay.tunnel_users import TunnelUsers, basic_credentials
 from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
@@ -137,6 +137,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._early: list[bytes] = []
         self._far: FarSide | None = None
         self._hello: ServerNameCheck | None = None
+        self._sides: tuple[HeldBack, ...] = ()
         self._state = _Stage.HEAD
         self._head_timer: Any = None
         self._idle_timer: Any = None
@@ -346,7 +347,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
         self.bytes_out += len(answer)
         self.transport.write(answer)
-        splice(self.transport, far.transport)
+        self._sides = splice(self.transport, far.transport, self._drained)
         # A tunnel costs per read and per send, not per byte: large pieces
         # (a new connection reads small ones; see epop.tuning).
         tune(self.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
@@ -407,8 +408,19 @@ class HttpProxySession(JournaledConnection, Protocol):
         if self._state is _Stage.TUNNEL:
             self._end("closed-by-destination", "completed")
 
+    def _drained(self) -> None:
+        """A slow reader's buffer has drained: bytes moved."""
+        self._last_activity = self.clock.seconds()
+
     def _idle_check(self) -> None:
+        """
+        Close the tunnel once nothing moved either way for the idle timeout.
+        A side held back by a slow reader is not idle while the reader
+        still takes some of its bytes.
+        """
         self._idle_timer = None
+        if any([side.moved() for side in self._sides]):
+            self._last_activity = self.clock.seconds()
         left = self._last_activity + self.factory.idle_timeout - self.clock.seconds()
         if left > 0:
             self._idle_timer = self.clock.callLater(left, self._idle_check)
