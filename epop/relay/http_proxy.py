@@ -14,8 +14,10 @@ and it is journaled the same way: the connection opened and closed, and
 the tunnel as its operation.
 
 A refusal decided by a wrapper before the head was read (a client outside
-C{--allow}) waits for the head, so that it is written in the client's
-language (C{Accept-Language}, French or English).
+C{--allow}, one connection over a cap) waits for the head, so that it is
+written in the client's language (C{Accept-Language}, French or English).
+The relay stopping does not wait: a client that has not sent its whole
+head yet is told at once, in English.
 
 With C{--tunnel-users}, a CONNECT to an allowed destination must also carry
 C{Proxy-Authorization: Basic} for one of its users
@@ -58,6 +60,9 @@ __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"
 DEFAULT_TUNNEL_IDLE_TIMEOUT = 300.0
 #: Time a closing connection gets to flush its refusal.
 CLOSE_GRACE = 5.0
+#: Refusals decided by a wrapper on the first bytes, answered once the
+#: head (and its Accept-Language) is in.
+_SAID_AFTER_THE_HEAD = frozenset({"not-authorized", "too-many-connections", "too-many-connections-from-client"})
 
 class _Tunnel:
     """The session's operation: one tunnel, journaled as an object."""
@@ -149,7 +154,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         """Refuse, or (during a tunnel) close: the connection cannot go on."""
         if self._state is _Stage.CLOSING:
             return
-        if self._state is _Stage.HEAD and self._head is None and error.code == "not-authorized":
+        if self._state is _Stage.HEAD and self._head is None and error.code in _SAID_AFTER_THE_HEAD:
             # Said once the head is in, in the client's language.
             self._pending = error
             return
