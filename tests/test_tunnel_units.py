@@ -128,9 +128,13 @@ class HeadTests(SynchronousTestCase):
             self.assertEqual(url_destination(target), expected, target)
 
 
-def _session(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession, StringTransport]:
+def _session(
+    reactor: MemoryReactorClock, destinations: Destinations | None = None
+) -> tuple[RelayFactory, HttpProxySession, StringTransport]:
     relay = RelayFactory(reactor, None, "run")  # type: ignore[arg-type]
-    factory = HttpProxyFactory(relay, Destinations(None, extra=["10.0.0.9:443"]))
+    if destinations is None:
+        destinations = Destinations(None, extra=["10.0.0.9:443"])
+    factory = HttpProxyFactory(relay, destinations)
     session = factory.buildProtocol(IPv4Address("TCP", "10.1.1.1", 5000))
     client = StringTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5000))
     session.makeConnection(client)
@@ -174,6 +178,58 @@ class _SlowReader(FileDescriptor):
         """The reader reads C{size} bytes; the reactor finds the socket writable."""
         self._allowed += size
         self.doWrite()
+
+
+class _Resolver:
+    """A name resolver that answers one address for every name, and counts the lookups."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, *args: Any, **kwargs: Any) -> Any:
+        self.asked.append(hostName)
+        receiver.resolutionBegan(None)
+        receiver.addressResolved(IPv4Address("TCP", self.address, portNumber))
+        receiver.resolutionComplete()
+        return None
+
+
+class ResolveOnceTests(SynchronousTestCase):
+    """A tunnel's name is resolved once, and the relay connects to that address or refuses it."""
+
+    def connect(self, address: str, request: bytes) -> tuple[MemoryReactorClock, HttpProxySession, StringTransport, _Resolver]:
+        reactor = MemoryReactorClock()
+        resolver = reactor.nameResolver = _Resolver(address)
+        _relay, session, client = _session(reactor, Destinations(("www.epmsi.atih.sante.fr", 443), True))
+        session.dataReceived(request)
+        return reactor, session, client, resolver
+
+    def test_connects_to_the_address_it_got(self) -> None:
+        reactor, session, client, resolver = self.connect(
+            "193.49.157.14", b"CONNECT www.epmsi.atih.sante.fr:443 HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(resolver.asked, ["www.epmsi.atih.sante.fr"])
+        [(host, port, connecting, _timeout, _bind)] = reactor.tcpClients
+        self.assertEqual((host, port), ("193.49.157.14", 443))
+        far = StringTransport(peerAddress=IPv4Address("TCP", "193.49.157.14", 443))
+        connecting.buildProtocol(None).makeConnection(far)
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertEqual(resolver.asked, ["www.epmsi.atih.sante.fr"])
+        assert session.operation is not None
+        self.assertEqual(session.operation.address, "193.49.157.14")
+
+    def test_builtin_name_resolving_to_this_machine(self) -> None:
+        """e-PMSI's default name answered with a loopback or link-local address: 502, nothing connected."""
+        for address in ("127.0.0.1", "169.254.169.254"):
+            reactor, session, client, _resolver = self.connect(
+                address, b"CONNECT www.epmsi.atih.sante.fr:443 HTTP/1.1\r\nAccept-Language: fr\r\n\r\n"
+            )
+            self.assertEqual(reactor.tcpClients, [])
+            answer = client.value().decode("utf-8")
+            self.assertTrue(answer.startswith("HTTP/1.1 502 "), answer)
+            self.assertIn(f"www.epmsi.atih.sante.fr:443 correspond à l'adresse {address}, une adresse de cette machine", answer)
+            self.assertEqual(session._close_reason, "destination-resolves-locally")
 
 
 class DestinationFailureTests(SynchronousTestCase):
