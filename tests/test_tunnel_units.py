@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -253,6 +253,19 @@ class DestinationFailureTests(SynchronousTestCase):
             error.render("fr"), "Impossible de joindre files.example.org:443 par le proxy 10.0.0.1:3128 : it said no."
         )
         self.assertEqual(error.cause, "proxy-error")
+
+    def test_destination_silent(self) -> None:
+        """No answer to the relay's connection within --connect-timeout: 504, in the client's language."""
+        reactor = MemoryReactorClock()
+        _relay, session, client = _session(reactor)
+        session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\nAccept-Language: fr\r\n\r\n")
+        [(_host, _port, connecting, timeout, _bind)] = reactor.tcpClients
+        self.assertEqual(timeout, 30.0)
+        connecting.clientConnectionFailed(None, Failure(TimeoutError()))
+        answer = client.value().decode("utf-8")
+        self.assertTrue(answer.startswith("HTTP/1.1 504 "), answer)
+        self.assertIn("Impossible de joindre 10.0.0.9:443 : ", answer)
+        self.assertEqual((session._close_reason, session._close_error), ("tunnel-timeout", "timeout"))
 
     def test_epmsi_side_unchanged(self) -> None:
         """The e-POP side still speaks of e-PMSI."""
