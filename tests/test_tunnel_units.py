@@ -304,6 +304,24 @@ class FlowControlTests(SynchronousTestCase):
         self.assertTrue(far.disconnecting)
 
 
+class QuietLogTests(SynchronousTestCase):
+    def test_no_factory_lines_per_tunnel(self) -> None:
+        """A tunnel's connection to its destination adds no "Starting factory" lines to twistd's log."""
+        from twisted.logger import globalLogPublisher
+
+        from epop.relay.tunnel import FarSide, connect_destination
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor = MemoryReactorClock()
+        connect_destination(reactor, FarSide(None), "10.0.0.9", 443, "10.0.0.9", timeout=30)  # type: ignore[arg-type]
+        [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
+        factory.doStart()
+        factory.doStop()
+        self.assertEqual([e for e in events if "factory" in str(e.get("log_format", "")).lower()], [])
+
+
 class DrainTests(SynchronousTestCase):
     """On stop, a tunnel gets the drain an e-POP operation gets."""
 

@@ -86,6 +86,10 @@ class FarSide(Protocol):
 
 
 class _OneProtocol(Factory):
+    """Hands the connection its one protocol; one per tunnel, so silent in the log."""
+
+    noisy = False
+
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 
