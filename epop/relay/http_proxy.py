@@ -424,6 +424,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         still takes some of its bytes.
         """
         self._idle_timer = None
+        # A list, not a generator: each side notes what its reader holds now.
         if any([side.moved() for side in self._sides]):
             self._last_activity = self.clock.seconds()
         left = self._last_activity + self.factory.idle_timeout - self.clock.seconds()

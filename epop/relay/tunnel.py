@@ -9,8 +9,8 @@ L{splice} registers each transport as the other's producer, as
 L{twisted.protocols.portforward} does: a side that reads slowly pauses the
 other, so the relay holds at most a socket buffer each way, whatever the
 size of the transfer.  It also says whether a side held back that way
-still moves (L{HeldBack}): such a tunnel is slow, not idle.  The bytes are TLS the relay
-never decrypts.
+still moves (L{HeldBack}): such a tunnel is slow, not idle.  The bytes are
+TLS the relay never decrypts.
 """
 
 from __future__ import annotations
