@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -305,21 +306,41 @@ class FlowControlTests(SynchronousTestCase):
 
 
 class QuietLogTests(SynchronousTestCase):
-    def test_no_factory_lines_per_tunnel(self) -> None:
-        """A tunnel's connection to its destination adds no "Starting factory" lines to twistd's log."""
-        from twisted.logger import globalLogPublisher
+    """A tunnel, or an upload through the hospital's proxy, adds no "Starting factory" lines to twistd's log."""
 
-        from epop.relay.tunnel import FarSide, connect_destination
+    def factory_lines(self, connect: Any) -> list[dict[str, Any]]:
+        from twisted.logger import globalLogPublisher
 
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         reactor = MemoryReactorClock()
-        connect_destination(reactor, FarSide(None), "10.0.0.9", 443, "10.0.0.9", timeout=30)  # type: ignore[arg-type]
+        connect(reactor)
         [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
         factory.doStart()
         factory.doStop()
-        self.assertEqual([e for e in events if "factory" in str(e.get("log_format", "")).lower()], [])
+        return [e for e in events if "factory" in str(e.get("log_format", "")).lower()]
+
+    def test_direct(self) -> None:
+        from epop.relay.tunnel import FarSide, connect_destination
+
+        def connect(reactor: MemoryReactorClock) -> None:
+            connect_destination(reactor, FarSide(None), "10.0.0.9", 443, "10.0.0.9", timeout=30)  # type: ignore[arg-type]
+
+        self.assertEqual(self.factory_lines(connect), [])
+
+    def test_through_the_proxy(self) -> None:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        from epop.epmsi.tunnel import TunnelEndpoint
+
+        def connect(reactor: MemoryReactorClock) -> None:
+            proxy = TCP4ClientEndpoint(reactor, "10.0.0.1", 3128)
+            endpoint = TunnelEndpoint(reactor, ProxyConfig("10.0.0.1", 3128), "10.0.0.9", 443, proxy_endpoint=proxy)
+            endpoint.connect(Factory.forProtocol(Protocol)).addErrback(lambda _: None)
+            reactor.advance(60)  # the handshake's deadline, so that no call is left pending
+
+        self.assertEqual(self.factory_lines(connect), [])
 
 
 class DrainTests(SynchronousTestCase):

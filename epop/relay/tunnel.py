@@ -21,13 +21,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IPushProducer, IResolutionReceiver
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from epop.addressing import ip_of
 from epop.epmsi.proxy import ProxyConfig, ProxyError
-from epop.epmsi.tunnel import TunnelEndpoint
+from epop.epmsi.tunnel import OneProtocolFactory, TunnelEndpoint
 from epop.errors import UpstreamError, describe_destination_failure
 from epop.messages import Text
 from epop.tuning import unsent
@@ -85,18 +85,6 @@ class FarSide(Protocol):
         self.session.far_lost(reason)
 
 
-class _OneProtocol(Factory):
-    """Hands the connection its one protocol; one per tunnel, so silent in the log."""
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
-
-
 def connect_destination(
     reactor: Any,
     far: FarSide,
@@ -112,10 +100,10 @@ def connect_destination(
     directly, or to C{host} through C{proxy}, which resolves it itself.
     """
     if proxy is not None:
-        return TunnelEndpoint(reactor, proxy, host, port, timeout).connect(_OneProtocol(far))
+        return TunnelEndpoint(reactor, proxy, host, port, timeout).connect(OneProtocolFactory(far))
     assert address is not None
     kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-    return kind(reactor, address, port, timeout=timeout).connect(_OneProtocol(far))
+    return kind(reactor, address, port, timeout=timeout).connect(OneProtocolFactory(far))
 
 
 @implementer(IPushProducer)
