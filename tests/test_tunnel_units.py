@@ -343,6 +343,23 @@ class QuietLogTests(SynchronousTestCase):
         self.assertEqual(self.factory_lines(connect), [])
 
 
+class CapTests(SynchronousTestCase):
+    def test_over_a_cap_told_in_its_language(self) -> None:
+        """A connection over a cap waits for its whole head, then is told 503 in the head's language."""
+        from epop.relay.limits import too_many_from
+
+        reactor = MemoryReactorClock()
+        _relay, session, client = _session(reactor)
+        session.fail(too_many_from("10.1.1.1", 2))
+        session.count_refused(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n")
+        self.assertEqual(client.value(), b"")
+        session.count_refused(b"Accept-Language: fr\r\n\r\n")
+        answer = client.value().decode("utf-8")
+        self.assertTrue(answer.startswith("HTTP/1.1 503 "), answer)
+        self.assertIn("Le relais sert déjà 2 connexions venant de 10.1.1.1", answer)
+        self.assertEqual(reactor.tcpClients, [])
+
+
 class DrainTests(SynchronousTestCase):
     """On stop, a tunnel gets the drain an e-POP operation gets."""
 
