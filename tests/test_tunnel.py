@@ -299,6 +299,13 @@ class RefusalTests(TestCase):
         self.assertEqual(len(self.far.accepted), 1)
         closed = relay.records("connection-closed")
         self.assertEqual([r["reason"] for r in closed], ["too-many-connections"])
+        # In the client's language, as every refusal the head can ask for.
+        answer = await exchange(
+            reactor, relay.port, f"CONNECT 127.0.0.1:{self.far.port} HTTP/1.1\r\nAccept-Language: fr\r\n\r\n".encode()
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+        self.assertIn("Le relais sert déjà 1 connexions", body_of(answer))
+        self.assertEqual(len(self.far.accepted), 1)
 
     async def test_epop_still_served(self) -> None:
         """A first byte that is not a letter is still e-POP's."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from epop.command import Command, CommandOptions
+from epop.errors import EpopError
 from epop.messages import Text, reason_of
 from epop.sandbox.retention import DEFAULT_KEEP, parse_keep
 
@@ -72,6 +74,22 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         keep=options["keep"],
         reject=options["reject"],
     )
-    service.startService()
+    try:
+        service.startService()
+    except CannotListenError as e:
+        # Most often another sandbox, or the relay's test run, on that port.
+        reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+        return fail(
+            EpopError(
+                "sandbox-cannot-listen",
+                Text(
+                    "The sandbox cannot listen on {interface} port {port}: {reason}. "
+                    "Choose another --port (0: any free port).",
+                    interface=options["interface"],
+                    port=options["port"],
+                    reason=reason,
+                ),
+            )
+        )
     command.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     return Deferred()  # runs until the reactor stops
