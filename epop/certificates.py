@@ -10,12 +10,16 @@ was meant to hold.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
-__all__ = ["read_file", "read_certificates", "trust_root_from_pem"]
+__all__ = ["fingerprint", "read_file", "read_certificates", "trust_root_from_pem"]
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -68,3 +72,25 @@ def trust_root_from_pem(path: str) -> Any:
         return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
     except Exception as e:
         raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+
+
+def fingerprint(cert: x509.Certificate | crypto.X509 | Certificate | bytes) -> str:
+    """
+    C{SHA256 AB:CD:...}: SHA-256 over the certificate's DER, in upper-case
+    colon-separated hex, as C{openssl x509 -fingerprint -sha256} prints it,
+    so that the relay's log, C{epop trust} and OpenSSL show the same words
+    and a person can compare them by eye.
+
+    @param cert: a C{cryptography} or pyOpenSSL certificate, Twisted's
+        L{Certificate}, or DER bytes.
+    """
+    if isinstance(cert, x509.Certificate):
+        der = cert.public_bytes(Encoding.DER)
+    elif isinstance(cert, Certificate):
+        der = cert.dump(crypto.FILETYPE_ASN1)
+    elif isinstance(cert, crypto.X509):
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+    else:
+        der = bytes(cert)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "SHA256 " + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
