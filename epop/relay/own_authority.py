@@ -447,8 +447,8 @@ def own_authority_tls(
         authority, authority_key = _make_authority(moment)
         place.write(CA_CERT, authority, CA_KEY, authority_key)
         log.info(
-            "{message}",
-            message=Text("Made the relay's certificate authority {path}", path=place.file(CA_CERT)),
+            "{text}",
+            text=Text("Made the relay's certificate authority {path}", path=place.file(CA_CERT)),
             path=place.file(CA_CERT),
         )
     elif authority_key is None or not _same_key(authority, authority_key):
@@ -477,8 +477,8 @@ def own_authority_tls(
         cert, key = _issue(authority, authority_key, coverage, moment)
         place.write(CERT, cert, KEY, key)
         log.info(
-            "{message}",
-            message=Text(
+            "{text}",
+            text=Text(
                 "Issued a new certificate for the relay from its authority ({why}); "
                 "workstations that trust the authority need nothing new",
                 why=why,
@@ -488,8 +488,8 @@ def own_authority_tls(
     assert cert is not None
     names = ", ".join(str(n.value) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     log.info(
-        "{message}",
-        message=Text(
+        "{text}",
+        text=Text(
             "Encryption of the local hop: the relay's certificate authority {authority} has the "
             "fingerprint {authority_fingerprint}; this is the one workstations confirm (epop trust). "
             "The relay's certificate {cert} ({cert_fingerprint}) is valid until {until} for {names}",
