@@ -91,14 +91,17 @@ class OptionsTests(SynchronousTestCase):
         return os.path.join(self.tls_dir, name)
 
     def test_first_start_makes_the_files(self) -> None:
-        """The folder at 0700, keys at 0600, the chain is the authority, both fingerprints logged."""
+        """The folder at 0700, keys at 0600, the chain is the authority, both fingerprints logged; --require-tls and --tls-client-ca apply."""
+        workstations_ca = self.folder.child("workstations-ca.pem")
+        workstations_ca.setContent(trustme.CA().cert_pem.bytes())
         with capturedLogs() as events:
-            tls = self.parse("--require-tls").settings().tls
+            tls = self.parse("--require-tls", "--tls-client-ca", workstations_ca.path).settings().tls
         assert tls is not None
         self.assertEqual(
-            (tls.cert, tls.key, tls.chain, tls.require),
-            (self.file(CERT), self.file(KEY), self.file(CA_CERT), True),
+            (tls.cert, tls.key, tls.chain, tls.client_ca, tls.require),
+            (self.file(CERT), self.file(KEY), self.file(CA_CERT), workstations_ca.path, True),
         )
+        tls.options()  # the files make a server context, client CA included
         self.assertEqual(_mode(self.tls_dir), 0o700)
         self.assertEqual(_mode(self.file(CA_KEY)), 0o600)
         self.assertEqual(_mode(self.file(KEY)), 0o600)

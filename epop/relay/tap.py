@@ -114,7 +114,7 @@ class Options(usage.Options):
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
-        ["tls-cert", None, None, "PEM certificate of the relay: workstations may then encrypt the local hop (same port)."],
+        ["tls-cert", None, None, "PEM certificate of the relay, or 'auto' for the relay's own authority and certificate (see --tls-dir): workstations may then encrypt the local hop (same port)."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
         ["tls-dir", None, None, "With --tls-cert auto: the folder of the relay's own certificate authority and certificate (default: a tls folder beside the journal)."],
