@@ -163,6 +163,21 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse)
         self.assertIn("has no usable private key beside it", str(error))
 
+    def test_damaged_files(self) -> None:
+        """A damaged authority is refused and left alone; a damaged relay certificate is made again."""
+        self.parse()
+        authority = _load(self.file(CA_CERT))
+        FilePath(self.file(CERT)).setContent(b"not a certificate")
+        self.parse()
+        _load(self.file(CERT)).verify_directly_issued_by(authority)
+        FilePath(self.file(CA_CERT)).setContent(b"not a certificate")
+        error = self.assertRaises(usage.UsageError, self.parse)
+        self.assertIn(
+            f"cannot read the relay's certificate authority {self.file(CA_CERT)}: it is not a PEM certificate",
+            str(error),
+        )
+        self.assertEqual(FilePath(self.file(CA_CERT)).getContent(), b"not a certificate")
+
     def test_options_that_do_not_go_with_auto(self) -> None:
         """--tls-key and --tls-chain with auto, and --tls-dir without it, are usage errors."""
         for args, text in [

@@ -274,13 +274,32 @@ class _Folder:
                 )
             )
 
-    def read_cert(self, name: str) -> x509.Certificate | None:
+    def read_cert(self, name: str, *, keep: bool = False) -> x509.Certificate | None:
+        """
+        The certificate C{name}; C{None} when missing, or when damaged and
+        not C{keep} (it is then made again).
+
+        @raise OwnAuthorityError: C{keep} (the authority) and it cannot be
+            read: the relay never replaces an authority by itself.
+        """
         path = self.file(name)
         try:
             with open(path, "rb") as f:
                 return x509.load_pem_x509_certificate(f.read())
-        except (OSError, ValueError):  # missing or damaged: made again
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:
+            if not keep:
+                return None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else Text("it is not a PEM certificate")
+            raise OwnAuthorityError(
+                Text(
+                    "cannot read the relay's certificate authority {cert}: {why}; put it back, or "
+                    "delete it and its key to make a new one (every workstation must then trust it again)",
+                    cert=path,
+                    why=why,
+                )
+            ) from None
 
     def read_key(self, name: str) -> ec.EllipticCurvePrivateKey | None:
         """The key C{name}, refused when others can read it; C{None} when missing or unusable."""
@@ -318,6 +337,14 @@ def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
     return cert.public_key() == key.public_key()
 
 
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates, encipher_only=False, decipher_only=False,
+    )
+
+
 def _make_authority(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
@@ -336,14 +363,7 @@ def _make_authority(now: datetime.datetime) -> tuple[x509.Certificate, ec.Ellipt
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now - BACKDATE + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -369,14 +389,7 @@ def _issue(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(coverage.general_names()), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
@@ -441,7 +454,7 @@ def own_authority_tls(
     moment = (now or (lambda: datetime.datetime.now(datetime.timezone.utc)))()
     place = _Folder(os.path.abspath(folder))
     place.prepare()
-    authority = place.read_cert(CA_CERT)
+    authority = place.read_cert(CA_CERT, keep=True)
     authority_key = place.read_key(CA_KEY)
     if authority is None:
         authority, authority_key = _make_authority(moment)
