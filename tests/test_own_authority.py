@@ -179,7 +179,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(FilePath(self.file(CA_CERT)).getContent(), b"not a certificate")
 
     def test_options_that_do_not_go_with_auto(self) -> None:
-        """--tls-key and --tls-chain with auto, and --tls-dir without it, are usage errors."""
+        """--tls-key and --tls-chain with auto, an unreadable --tls-client-ca, and --tls-dir without auto are usage errors."""
         for args, text in [
             (["--tls-key", "k.pem"], "--tls-key: cannot be given with --tls-cert auto"),
             (["--tls-chain", "c.pem"], "--tls-chain: cannot be given with --tls-cert auto"),
@@ -190,6 +190,8 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, options.parseOptions, ["--tls-dir", self.tls_dir])
         self.assertIn("--tls-dir: is the folder of --tls-cert auto", str(error))
         self.assertFalse(os.path.exists(self.tls_dir))
+        error = self.assertRaises(usage.UsageError, self.parse, "--tls-client-ca", "nothere.pem")
+        self.assertIn("--tls-client-ca: cannot read the client CA file nothere.pem", str(error))
 
     def test_settings_file_and_default_folder(self) -> None:
         """tls-cert = auto in the settings file; without tls-dir, a tls folder beside the journal."""

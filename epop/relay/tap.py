@@ -338,7 +338,7 @@ class Options(usage.Options):
         if self["console"].strip().lower() != NO_CONSOLE:
             listen.append(self["console"])
         try:
-            return own_authority_tls(
+            tls = own_authority_tls(
                 folder,
                 coverage_for(listen),
                 client_ca=self["tls-client-ca"],
@@ -346,6 +346,11 @@ class Options(usage.Options):
             )
         except OwnAuthorityError as e:
             raise self._refuse("tls-dir" if self["tls-dir"] else "tls-cert", str(e)) from None
+        try:
+            tls.options()
+        except ValueError as e:  # the files above are fine: the client CA is not
+            raise self._refuse("tls-client-ca", str(e)) from None
+        return tls
 
     def settings(self) -> RelaySettings:
         """The relay's settings, as checked when the options were parsed."""
