@@ -26,18 +26,19 @@ import ipaddress
 import os
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
 
+from epop.authority import issue_server_certificate, make_authority, pem_private_key, subject_alternative_names
 from epop.certificates import fingerprint
+from epop.files import write_atomically
 from epop.local_tls import RelayTLS
 from epop.messages import Text
 from epop.relay.network_interfaces import LocalAddress, local_addresses
@@ -63,8 +64,6 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 #: What browsers and TLS libraries accept at most for a server certificate.
 CERT_LIFETIME = datetime.timedelta(days=825)
 RENEW_BEFORE = datetime.timedelta(days=30)
-#: Certificates start a little in the past, for workstations whose clock is behind.
-BACKDATE = datetime.timedelta(hours=1)
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 
@@ -88,12 +87,7 @@ class Coverage:
 
     def missing_from(self, cert: x509.Certificate) -> list[str]:
         """What C{cert}'s subject alternative names leave out, in words."""
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            return [str(a) for a in self.addresses] + list(self.names)
-        have_ips = set(san.get_values_for_type(x509.IPAddress))
-        have_names = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
+        have_ips, have_names = subject_alternative_names(cert)
         return [str(a) for a in self.addresses if a not in have_ips] + [
             n for n in self.names if n.lower() not in have_names
         ]
@@ -201,38 +195,6 @@ def _check_private(path: str) -> None:
         )
 
 
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
-    """
-    Write C{data} to C{path} through a temporary file created at 0600 (a
-    key is never readable by others, not even for a moment) then renamed,
-    so that a crash leaves the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            if mode != 0o600 and os.name == "posix":
-                os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -321,8 +283,8 @@ class _Folder:
     def write(self, cert_name: str, cert: x509.Certificate, key_name: str, key: ec.EllipticCurvePrivateKey) -> None:
         """The key first: a certificate on disk always has its key beside it."""
         try:
-            _write_atomically(self.file(key_name), _pem_key(key), 0o600)
-            _write_atomically(self.file(cert_name), _pem_cert(cert), 0o644)
+            write_atomically(self.file(key_name), pem_private_key(key), 0o600)
+            write_atomically(self.file(cert_name), _pem_cert(cert), 0o644)
         except OSError as e:
             raise OwnAuthorityError(
                 Text(
@@ -337,68 +299,24 @@ def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
     return cert.public_key() == key.public_key()
 
 
-def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=signs_certificates,
-        crl_sign=signs_certificates, encipher_only=False, decipher_only=False,
-    )
-
-
-def _make_authority(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _make_authority(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "epop relay"),
             x509.NameAttribute(NameOID.COMMON_NAME, f"epop relay authority {_host_label()}"),
         ]
     )
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now - BACKDATE + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(signs_certificates=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return make_authority(name, now, CA_LIFETIME)
 
 
 def _issue(
-    authority: x509.Certificate,
     authority_key: ec.EllipticCurvePrivateKey,
+    authority: x509.Certificate,
     coverage: Coverage,
     now: datetime.datetime,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key()
-    start = now - BACKDATE
-    end = min(start + CERT_LIFETIME, authority.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"epop relay {_host_label()}")]))
-        .issuer_name(authority.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(signs_certificates=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(coverage.general_names()), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority_key.public_key()), critical=False
-        )
-        .sign(authority_key, hashes.SHA256())
-    )
-    return cert, key
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"epop relay {_host_label()}")])
+    return issue_server_certificate(authority_key, authority, subject, coverage.general_names(), now, CERT_LIFETIME)
 
 
 def _signed_by(cert: x509.Certificate, authority: x509.Certificate) -> bool:
@@ -457,7 +375,7 @@ def own_authority_tls(
     authority = place.read_cert(CA_CERT, keep=True)
     authority_key = place.read_key(CA_KEY)
     if authority is None:
-        authority, authority_key = _make_authority(moment)
+        authority_key, authority = _make_authority(moment)
         place.write(CA_CERT, authority, CA_KEY, authority_key)
         log.info(
             "{text}",
@@ -487,7 +405,7 @@ def own_authority_tls(
     key = place.read_key(KEY)
     why = _why_renew(cert, key, authority, coverage, moment)
     if why is not None:
-        cert, key = _issue(authority, authority_key, coverage, moment)
+        key, cert = _issue(authority_key, authority, coverage, moment)
         place.write(CERT, cert, KEY, key)
         log.info(
             "{text}",
