@@ -1,7 +1,7 @@
 """
-The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings},
-C{interfaces}, C{sandbox}, and C{journal} and C{connections} to read a
-relay's journal.
+The C{epop} command: C{send}, C{test}, C{config}, C{trust},
+C{proxy-settings}, C{interfaces}, C{sandbox}, and C{journal} and
+C{connections} to read a relay's journal.
 
 Each subcommand lives with its role, its options next to its handler
 (L{COMMANDS} lists them); this module holds what they all share: the
@@ -51,6 +51,7 @@ from epop.relay.commands import InterfacesOptions, interfaces
 from epop.sandbox.commands import SandboxOptions, sandbox
 from epop.workstation.commands import SendOptions, TestOptions, send, test
 from epop.workstation.settings import ClientSettings, SettingsError, settings_path
+from epop.workstation.trust import TrustOptions, trust
 from epop.workstation.settings_commands import (
     ConfigOptions,
     ProxySettingsOptions,
@@ -93,6 +94,7 @@ COMMANDS: dict[str, Subcommand] = {
     "send": Subcommand(SendOptions, send, "Send a file to e-PMSI."),
     "test": Subcommand(TestOptions, test, "Test the connection to e-PMSI."),
     "config": Subcommand(ConfigOptions, config, "Show or change the saved settings."),
+    "trust": Subcommand(TrustOptions, trust, "Trust a relay's certificate on first use (TLS)."),
     "proxy-settings": Subcommand(ProxySettingsOptions, proxy_settings, "Find this machine's proxy for e-PMSI."),
     "interfaces": Subcommand(InterfacesOptions, interfaces, "List the addresses the relay can listen on."),
     "sandbox": Subcommand(SandboxOptions, sandbox, "Run the local e-PMSI sandbox.", logs=True),

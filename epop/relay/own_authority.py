@@ -37,7 +37,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, U
 from twisted.logger import Logger
 
 from epop.authority import issue_server_certificate, make_authority, pem_private_key, subject_alternative_names
-from epop.certificates import fingerprint
+from epop.certificates import fingerprint, issued_by
 from epop.files import write_atomically
 from epop.local_tls import RelayTLS
 from epop.messages import Text
@@ -319,14 +319,6 @@ def _issue(
     return issue_server_certificate(authority_key, authority, subject, coverage.general_names(), now, CERT_LIFETIME)
 
 
-def _signed_by(cert: x509.Certificate, authority: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(authority)
-    except Exception:  # InvalidSignature, or ValueError/TypeError for another issuer or key type
-        return False
-    return True
-
-
 def _why_renew(
     cert: x509.Certificate | None,
     key: ec.EllipticCurvePrivateKey | None,
@@ -337,7 +329,7 @@ def _why_renew(
     """Why the relay's certificate must be issued again; C{None} to keep it."""
     if cert is None or key is None or not _same_key(cert, key):
         return Text("there was none")
-    if not _signed_by(cert, authority):
+    if cert == authority or not issued_by(cert, authority):
         return Text("the one there was signed by another authority")
     missing = coverage.missing_from(cert)
     if missing:

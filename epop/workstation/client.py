@@ -32,7 +32,7 @@ from epop.addressing import DEFAULT_PORT, host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, describe_connect_failure
-from epop.local_tls import ClientTLS
+from epop.local_tls import ClientTLS, tls_version
 from epop.messages import Text
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
@@ -90,17 +90,23 @@ def connect_to_relay(
     authorized, certificate...).
     """
     endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=timeout)
+    creator = None
     if tls is not None:
         try:
-            endpoint = wrapClientTLS(tls.creator(relay.host), endpoint)
+            creator = tls.creator(relay.host)
         except ValueError as e:
             return fail(EpopError("bad-settings", str(e)))
+        endpoint = wrapClientTLS(creator, endpoint)
     d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout, stall_timeout))
     d.addCallback(lambda protocol: protocol.welcomed)
 
     def failed(failure: Failure) -> Failure:
         if failure.check(CancelledError, ConnectingCancelledError):
             return Failure(CancelledError())
+        if tls is not None and creator is not None:
+            untrusted = tls.untrusted(creator, failure, str(relay))
+            if untrusted is not None:
+                return Failure(untrusted)
         return Failure(describe_connect_failure(failure, str(relay), timeout=timeout))
 
     return d.addErrback(failed)
@@ -198,6 +204,7 @@ def test_connection(
     def connected(protocol: RelayClientProtocol) -> Deferred[TestReport]:
         report.relay_elapsed = reactor.seconds() - started
         report.protocol_version = protocol.version
+        report.tls_version = tls_version(protocol.transport)
 
         def checked(result: CheckResult) -> TestReport:
             report.epmsi = result

@@ -130,12 +130,15 @@ class TargetOptions(CommandOptions):
         }
 
     def _resolve_relay(self, saved: ClientSettings) -> None:
-        if not self["tls"] and any(self[flag] for flag in self._TLS_FLAGS):
+        # Saved with "epop config set tls yes" (or by "epop trust"), as --tls.
+        encrypted = self["tls"] or saved.get("tls") == "yes"
+        if not encrypted and any(self[flag] for flag in self._TLS_FLAGS):
             raise usage.UsageError("--relay-ca and --tls-client-* need --tls")
-        if self["tls"]:
+        if encrypted:
             if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
                 raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
-            self.tls = ClientTLS(self["relay-ca"], self["tls-client-cert"], self["tls-client-key"])
+            relay_ca = self["relay-ca"] or saved.get("relay-ca")
+            self.tls = ClientTLS(relay_ca, self["tls-client-cert"], self["tls-client-key"])
         for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
             if self[flag] is not None:
                 raise usage.UsageError(

@@ -21,12 +21,15 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from cryptography import x509
+
 from epop.addressing import RELAY_ADDRESS_HELP
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
+from epop.messages import Text
 from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
 SETTING_KEYS: tuple[str, ...] = (
     "mode",
     "relay",
+    "tls",
+    "relay-ca",
     "epmsi",
     "ca-file",
     "proxy",
@@ -54,6 +59,8 @@ SETTING_KEYS: tuple[str, ...] = (
 SETTING_DESCRIPTIONS: Mapping[str, str] = {
     "mode": "how to send: 'relay' (through the e-POP relay) or 'direct'",
     "relay": f"the relay's address, {RELAY_ADDRESS_HELP}",
+    "tls": "'yes' to encrypt the connection to the relay (TLS), 'no' not to",
+    "relay-ca": "PEM file of the authority that signs the relay's certificate (epop trust saves one)",
     "epmsi": "e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr",
     "ca-file": "PEM file of CA certificates trusted for e-PMSI (direct mode)",
     "proxy": "the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's",
@@ -170,7 +177,8 @@ class ClientSettings:
         try:
             self._values[key] = _check(key, value, on_set=True)
         except ValueError as e:
-            raise SettingsError(str(e)) from None
+            said = e.args[0] if e.args and isinstance(e.args[0], Text) else str(e)
+            raise SettingsError(said) from None
 
     def unset(self, key: str) -> None:
         """Forget C{key}, so its default applies again; unset keys are fine."""
@@ -192,6 +200,21 @@ class ClientSettings:
             raise SettingsError(
                 f"cannot write settings file {self.path}: {e.strerror or e}"
             ) from None
+
+    def write_beside(self, name: str, data: bytes, mode: int = 0o644) -> Path:
+        """
+        Write a file that goes with the settings (the relay's authority that
+        C{epop trust} saves) in their folder, creating it as L{save} does;
+        its path, absolute, as a setting names it.
+        """
+        folder = self.path.parent
+        _make_private_folders(folder)
+        path = (folder / name).absolute()
+        try:
+            write_atomically(str(path), data, mode)
+        except OSError as e:
+            raise SettingsError(f"cannot write {path}: {e.strerror or e}") from None
+        return path
 
     def _write(self, folder: Path, lines: list[str]) -> None:
         write_atomically(str(self.path), "".join(lines).encode("utf-8"), 0o600)
@@ -278,6 +301,46 @@ def _check_ca_file(value: str, on_set: bool) -> str:
     return path
 
 
+_YES = ("yes", "oui", "true", "on", "1")
+_NO = ("no", "non", "false", "off", "0")
+
+
+def _check_tls(value: str, on_set: bool) -> str:
+    answer = value.lower()
+    if answer in _YES:
+        return "yes"
+    if answer in _NO:
+        return "no"
+    raise ValueError(Text("tls must be 'yes' or 'no' (got {value})", value=repr(value)))
+
+
+def _check_relay_ca(value: str, on_set: bool) -> str:
+    """
+    An absolute path to a readable PEM certificate, checked when set so
+    that a wrong file is refused now, not at the next upload.
+    """
+    if not on_set:  # a moved file is reported when a connection needs it
+        return value
+    path = os.path.abspath(os.path.expanduser(value))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(
+            Text("relay-ca: cannot read {path}: {why}", path=path, why=e.strerror or str(e))
+        ) from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(
+            Text(
+                "relay-ca: {path} is not a PEM certificate (expected a file that begins "
+                "with -----BEGIN CERTIFICATE-----, such as the one epop trust saves)",
+                path=path,
+            )
+        ) from None
+    return path
+
+
 def _check_proxy(value: str, on_set: bool) -> str:
     if is_system(value):
         return SYSTEM
@@ -300,6 +363,8 @@ def _check_to(value: str, on_set: bool) -> str:
 _CHECKS: Mapping[str, Callable[[str, bool], str]] = {
     "mode": _check_mode,
     "relay": _check_relay,
+    "tls": _check_tls,
+    "relay-ca": _check_relay_ca,
     "epmsi": _check_epmsi,
     "ca-file": _check_ca_file,
     "proxy": _check_proxy,
