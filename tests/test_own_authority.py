@@ -296,6 +296,35 @@ class OverTheWireTests(TestCase):
         )
 
 
+    async def test_trust_on_first_use(self) -> None:
+        """
+        The fingerprint the relay logs is the one epop trust takes: trusted
+        once, a bare epop test goes encrypted to a relay that requires it.
+        """
+        options = tap.Options()
+        with capturedLogs() as events:
+            options.parseOptions(
+                ["--tls-cert", "auto", "--require-tls", "--console", "none", "--no-check",
+                 "--listen", "tcp:0:interface=127.0.0.1", "--journal", self.folder.child("j.jsonl").path]
+            )
+        [logged] = [e["authority_fingerprint"] for e in events if "authority_fingerprint" in e]
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, tls=options.settings().tls)
+        environ = {"EPOP_CONFIG": os.path.abspath(self.mktemp()), "LANG": "C"}
+
+        async def epop(*argv: str) -> tuple[int, str]:
+            stdout, stderr = io.BytesIO(), io.StringIO()
+            code = await cli.run(
+                reactor, list(argv), stdout=stdout, stderr=stderr, environ=environ, stdin=io.StringIO("")
+            )
+            return code, stdout.getvalue().decode() + stderr.getvalue()
+
+        code, said = await epop("trust", f"127.0.0.1:{relay.port}", "--fingerprint", str(logged))
+        self.assertEqual(code, 0, said)
+        code, said = await epop("test")
+        self.assertEqual(code, 0, said)
+        self.assertIn("Encrypted (TLSv1.", said)
+
+
 class TwistdTests(SynchronousTestCase):
     def test_tls_key_with_auto_refused(self) -> None:
         """The real twistd epop refuses --tls-key beside --tls-cert auto, in one clear line."""
