@@ -25,7 +25,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from epop import cli
 from epop.certificates import fingerprint
 from epop.relay import tap
-from epop.relay.own_authority import CA_CERT, CA_KEY, CERT, KEY, coverage_for, own_authority_tls
+from epop.relay.own_authority import (
+    CA_CERT,
+    CA_KEY,
+    CERT,
+    KEY,
+    OwnAuthorityError,
+    coverage_for,
+    own_authority_tls,
+)
 from tests.relaying import start_relay
 from tests.support import free_port, make_trustme_sandbox
 from tests.test_twistd_start import run_foreground_twistd
@@ -236,6 +244,20 @@ class RenewalTests(SynchronousTestCase):
         self.assertNotEqual(fingerprint(renewed), fingerprint(first))
         renewed.verify_directly_issued_by(_load(os.path.join(folder, CA_CERT)))
         self.assertIn("expires on", " ".join(_messages(events)))
+
+    def test_expiring_authority_refused(self) -> None:
+        """An authority near its end stops the start: only the administrator may replace it."""
+        folder = self.mktemp()
+        coverage = coverage_for(["tcp:3358:interface=127.0.0.1"])
+        start = datetime.datetime.now(datetime.timezone.utc)
+        own_authority_tls(folder, coverage, now=lambda: start)
+        before = FilePath(os.path.join(folder, CA_CERT)).getContent()
+        error = self.assertRaises(
+            OwnAuthorityError, own_authority_tls, folder, coverage,
+            now=lambda: start + datetime.timedelta(days=3630),
+        )
+        self.assertIn(f"the relay's certificate authority {os.path.join(os.path.abspath(folder), CA_CERT)} expires on", str(error))
+        self.assertEqual(FilePath(os.path.join(folder, CA_CERT)).getContent(), before)
 
     def test_wildcard_covers_this_machine(self) -> None:
         """tcp:3358 covers every address of this machine, its names, and loopback."""

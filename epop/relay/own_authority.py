@@ -220,13 +220,7 @@ class _Folder:
                 if os.name == "posix":
                     os.chmod(self.path, 0o700)
         except OSError as e:
-            raise OwnAuthorityError(
-                Text(
-                    "cannot create {folder}, the folder of the relay's certificates: {why}",
-                    folder=self.path,
-                    why=e.strerror or str(e),
-                )
-            ) from None
+            raise self._refusal(e, creating=True) from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise OwnAuthorityError(
                 Text(
@@ -286,13 +280,16 @@ class _Folder:
             write_atomically(self.file(key_name), pem_private_key(key), 0o600)
             write_atomically(self.file(cert_name), _pem_cert(cert), 0o644)
         except OSError as e:
-            raise OwnAuthorityError(
-                Text(
-                    "cannot write in {folder}, the folder of the relay's certificates: {why}",
-                    folder=self.path,
-                    why=e.strerror or str(e),
-                )
-            ) from None
+            raise self._refusal(e, creating=False) from None
+
+    def _refusal(self, error: OSError, *, creating: bool) -> OwnAuthorityError:
+        """The folder could not be created, or written in: why, naming it."""
+        why = error.strerror or str(error)
+        if creating:
+            text = Text("cannot create {folder}, the folder of the relay's certificates: {why}", folder=self.path, why=why)
+        else:
+            text = Text("cannot write in {folder}, the folder of the relay's certificates: {why}", folder=self.path, why=why)
+        return OwnAuthorityError(text)
 
 
 def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
