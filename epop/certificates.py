@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import crypto
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
+from epop.messages import Text
+
 __all__ = [
     "fingerprint",
     "is_self_signed",
@@ -38,7 +40,7 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
-def read_file(path: str, what: str) -> bytes:
+def read_file(path: str, what: Text | str) -> bytes:
     """
     The bytes of C{path}; C{what} names it in the error ("private key").
 
@@ -48,14 +50,14 @@ def read_file(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
+        raise ValueError(Text("cannot read the {what} {path}: {why}", what=what, path=path, why=e.strerror)) from None
 
 
 def _pem_certificates(data: bytes) -> list[bytes]:
     return _PEM_CERTIFICATE.findall(data)
 
 
-def read_certificates(path: str, what: str) -> list[Certificate]:
+def read_certificates(path: str, what: Text | str) -> list[Certificate]:
     """
     Every certificate in the PEM file C{path}, in order.
 
@@ -63,7 +65,7 @@ def read_certificates(path: str, what: str) -> list[Certificate]:
     """
     found = _pem_certificates(read_file(path, what))
     if not found:
-        raise ValueError(f"the {what} {path} holds no PEM certificate")
+        raise ValueError(Text("the {what} {path} holds no PEM certificate", what=what, path=path))
     return [Certificate.loadPEM(pem) for pem in found]
 
 
@@ -76,14 +78,14 @@ def trust_root_from_pem(path: str) -> Any:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
+        raise ValueError(Text("cannot read CA file {path}: {why}", path=path, why=e.strerror)) from None
     found = _pem_certificates(data)
     if not found:
-        raise ValueError(f"CA file {path} holds no PEM certificate")
+        raise ValueError(Text("CA file {path} holds no PEM certificate", path=path))
     try:
         return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
     except Exception as e:
-        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+        raise ValueError(Text("CA file {path} holds an invalid certificate: {why}", path=path, why=str(e))) from None
 
 
 #: The certificate types met here: cryptography's, pyOpenSSL's, Twisted's.
@@ -125,8 +127,8 @@ def normalize_fingerprint(text: str) -> str:
     digits = re.sub(r"[\s:\-]", "", digits).upper()
     if not re.fullmatch(r"[0-9A-F]{64}", digits):
         raise ValueError(
-            f"{text!r} is not a SHA-256 fingerprint: expected 64 hexadecimal digits, "
-            "e.g. SHA256 AB:CD:...:EF"
+            Text("{text} is not a SHA-256 fingerprint: expected 64 hexadecimal digits, "
+                 "e.g. SHA256 AB:CD:...:EF", text=repr(text))
         )
     return FINGERPRINT_PREFIX + ":".join(digits[i : i + 2] for i in range(0, 64, 2))
 

@@ -51,15 +51,17 @@ __all__ = [
 
 
 def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
-    certificate = read_certificates(cert_path, "certificate")[0]
+    certificate = read_certificates(cert_path, Text("certificate"))[0]
     try:
-        key = KeyPair.load(read_file(key_path, "private key"), crypto.FILETYPE_PEM)
+        key = KeyPair.load(read_file(key_path, Text("private key")), crypto.FILETYPE_PEM)
     except crypto.Error:
-        raise ValueError(f"the private key {key_path} is not a PEM private key") from None
+        raise ValueError(Text("the private key {path} is not a PEM private key", path=key_path)) from None
     try:
         return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
     except Exception as e:
-        raise ValueError(f"cannot use {cert_path} with {key_path}: {e}") from None
+        raise ValueError(
+            Text("cannot use {certificate} with {key}: {why}", certificate=cert_path, key=key_path, why=str(e))
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,13 @@ def server_options(
     cert: str, key: str, chain: str | None = None, client_ca: str | None = None
 ) -> CertificateOptions:
     private = _private_certificate(cert, key)
-    extra = [c.original for c in read_certificates(chain, "certificate chain")] if chain else []
+    extra = [c.original for c in read_certificates(chain, Text("certificate chain"))] if chain else []
     verify: dict[str, Any] = {}
     if client_ca:
         verify = {
             "verify": True,
             "requireCertificate": True,
-            "caCerts": [c.original for c in read_certificates(client_ca, "client CA file")],
+            "caCerts": [c.original for c in read_certificates(client_ca, Text("client CA file"))],
         }
     return CertificateOptions(
         privateKey=private.privateKey.original,
@@ -122,7 +124,7 @@ class ClientTLS:
         mine = None
         if self.client_cert or self.client_key:
             if not (self.client_cert and self.client_key):
-                raise ValueError("a client certificate needs both its certificate and its key")
+                raise ValueError(Text("a client certificate needs both its certificate and its key"))
             mine = _private_certificate(self.client_cert, self.client_key)
         return WatchedCreator(optionsForClientTLS(host, trustRoot=root, clientCertificate=mine))
 
@@ -138,7 +140,7 @@ class ClientTLS:
             return None
         presented = creator.presented_chain()
         try:
-            authorities = read_certificates(self.relay_ca, "relay CA file")
+            authorities = read_certificates(self.relay_ca, Text("relay CA file"))
         except ValueError:
             return None  # an unreadable file is described as before
         if not presented or any(issued_by(c, a) for c in presented for a in authorities):

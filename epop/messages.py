@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LANGUAGES", "Text", "choose_language", "translations"]
+__all__ = ["LANGUAGES", "Text", "choose_language", "reason_of", "translations"]
 
 LANGUAGES = ("en", "fr")
 _LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
@@ -115,3 +115,17 @@ class Text:
             return text
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             return cls.literal(fallback)
+
+
+def reason_of(error: BaseException) -> Text:
+    """
+    What an exception says to a person: the L{Text} it was raised with (a
+    C{ValueError(Text(...))}, an L{epop.errors.EpopError}), so that it can
+    still be rendered in French; else its English words as they are.
+    """
+    text = getattr(error, "text", None)
+    if isinstance(text, Text):
+        return text
+    if error.args and isinstance(error.args[0], Text):
+        return error.args[0]
+    return Text.literal(str(error))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epop.messages import Text, reason_of
+
 __all__ = [
     "SECTION",
     "Setting",
@@ -28,6 +30,7 @@ __all__ = [
     "Wording",
     "read_section",
     "where",
+    "where_text",
 ]
 
 SECTION = "epop"
@@ -56,7 +59,9 @@ class ValueLineError(ValueError):
 @dataclass(frozen=True)
 class Wording:
     """
-    The messages of one kind of settings file, as C{str.format} templates.
+    The messages of one kind of settings file, as C{str.format} templates,
+    or as L{Text} templates (without parameters) to be told in the reader's
+    language.
 
     Every template may use C{{path}}; those about one line also C{{where}}
     (the path and line), C{{text}} (the line, stripped) and C{{name}} (a
@@ -65,16 +70,16 @@ class Wording:
     """
 
     #: The file cannot be read: C{{reason}} says why.
-    unreadable: str
+    unreadable: str | Text
     #: The file is not UTF-8: C{{byte}} is where.
-    not_utf8: str
-    before_section: str
-    other_section: str
-    section_twice: str
-    not_key_value: str
-    key_twice: str
+    not_utf8: str | Text
+    before_section: str | Text
+    other_section: str | Text
+    section_twice: str | Text
+    not_key_value: str | Text
+    key_twice: str | Text
     #: A file without the section; C{None}: it holds no settings, and that is fine.
-    no_section: str | None
+    no_section: str | Text | None
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,18 @@ class Setting:
 def where(path: str | Path, line: int | None) -> str:
     """The file and line, for messages."""
     return f"{path}, line {line}" if line else str(path)
+
+
+def where_text(path: str | Path, line: int | None) -> Text:
+    """The file and line, for messages in the reader's language."""
+    return Text("{path}, line {line}", path=str(path), line=line) if line else Text.literal(str(path))
+
+
+def _message(template: str | Text, path: str | Path, line: int | None = None, **fields: Any) -> str | Text:
+    """One of a L{Wording}'s messages: a L{Text} when its template is one."""
+    if isinstance(template, Text):
+        return Text(template.template, path=str(path), where=where_text(path, line), **fields)
+    return template.format(path=path, where=where(path, line), **fields)
 
 
 def read_section(
@@ -113,15 +130,13 @@ def read_section(
     except FileNotFoundError as e:
         if missing_ok:
             return None
-        raise SettingsError(wording.unreadable.format(path=path, reason=e.strerror)) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=e.strerror)) from None
     except OSError as e:
-        raise SettingsError(
-            wording.unreadable.format(path=path, reason=e.strerror or e)
-        ) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=e.strerror or e)) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise SettingsError(wording.not_utf8.format(path=path, byte=e.start)) from None
+        raise SettingsError(_message(wording.not_utf8, path, byte=e.start)) from None
     return _Reader(str(path), wording, check).read(text)
 
 
@@ -142,10 +157,8 @@ class _Reader:
         self.lines: list[str] = []
         self.numbers: list[int] = []
 
-    def fail(self, template: str, number: int, **fields: Any) -> SettingsError:
-        return SettingsError(
-            template.format(path=self.path, where=where(self.path, number), **fields)
-        )
+    def fail(self, template: str | Text, number: int, **fields: Any) -> SettingsError:
+        return SettingsError(_message(template, self.path, number, **fields))
 
     def read(self, text: str) -> list[Setting]:
         in_section = seen_section = False
@@ -189,7 +202,7 @@ class _Reader:
             self.lines, self.numbers = [value.strip()], [number]
         self.finish()
         if not seen_section and self.wording.no_section is not None:
-            raise SettingsError(self.wording.no_section.format(path=self.path))
+            raise SettingsError(_message(self.wording.no_section, self.path))
         return self.found
 
     def finish(self) -> None:
@@ -201,9 +214,10 @@ class _Reader:
             self.lines.pop()
         try:
             value = self.check(key, "\n".join(self.lines))
-        except ValueLineError as e:
-            line = self.numbers[e.index] if 0 <= e.index < len(self.numbers) else self.key_line
-            raise SettingsError(f"{where(self.path, line)}: {e}") from None
         except ValueError as e:
-            raise SettingsError(f"{where(self.path, self.key_line)}: {e}") from None
+            line = self.key_line
+            if isinstance(e, ValueLineError) and 0 <= e.index < len(self.numbers):
+                line = self.numbers[e.index]
+            where = where_text(self.path, line)
+            raise SettingsError(Text("{where}: {reason}", where=where, reason=reason_of(e))) from None
         self.found.append(Setting(key, self.key_line, value))

@@ -89,7 +89,7 @@ class PlainLinesTests(SynchronousTestCase):
         self.clock.advance(29.9)
         self.assertEqual(self.lines(), [])
         self.clock.advance(0.1)
-        self.assertEqual(self.lines(), ["Sent: 1% (10 B of 1.00 kB)."])
+        self.assertEqual(self.lines(), ["Sent: 1% (10 bytes of 1.00 kB)."])
         self.clock.advance(29.9)
         self.assertEqual(len(self.lines()), 1)
         self.clock.advance(0.1)
@@ -215,12 +215,12 @@ class OtherDisplaysTests(SynchronousTestCase):
         self.assertIsInstance(make_progress(clock, TerminalStream(), "en", quiet=True), QuietProgress)
 
     def test_sizes_and_durations(self) -> None:
-        """Three significant digits in SI units; durations in s, min, h."""
+        """Bytes in words, then three significant digits in SI units (Mo in French); durations in s, min, h."""
         self.assertEqual(
             [readable_size(n) for n in (0, 999, 1000, 12_345, 123_456_789, 5 * 10**9, 10**15)],
-            ["0 B", "999 B", "1.00 kB", "12.3 kB", "123 MB", "5.00 GB", "1000 TB"],
+            ["0 bytes", "999 bytes", "1.00 kB", "12.3 kB", "123 MB", "5.00 GB", "1000 TB"],
         )
-        self.assertEqual(readable_size(12_345_678, "fr"), "12.3 Mo")
+        self.assertEqual([readable_size(100, "fr"), readable_size(12_345_678, "fr")], ["100 octets", "12.3 Mo"])
         self.assertEqual(
             [readable_duration(s) for s in (0, 44.6, 185, 3720)],
             ["0 s", "45 s", "3 min 05 s", "1 h 02 min"],

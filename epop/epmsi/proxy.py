@@ -18,7 +18,7 @@ from epop.addressing import host_port
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.epmsi.system_proxy import discover_proxy
 from epop.errors import UpstreamError
-from epop.messages import Text
+from epop.messages import Text, reason_of
 
 __all__ = [
     "PASSWORD_VARIABLE",
@@ -34,7 +34,7 @@ __all__ = [
 PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
 
 #: Where the password goes instead of a proxy URL, on a command line.
-_CREDENTIALS = f"use a password file or the {PASSWORD_VARIABLE} environment variable"
+_CREDENTIALS = Text("use a password file or the {variable} environment variable", variable=PASSWORD_VARIABLE)
 
 
 class ProxyAccountError(ValueError):
@@ -80,13 +80,14 @@ class ProxyConfig:
         port out of range, a user without a password (L{ProxyAccountError}).
         """
         if not isinstance(self.host, str) or not self.host.strip():
-            raise ValueError(f"proxy host {self.host!r} is not a host name")
+            raise ValueError(Text("proxy host {host} is not a host name", host=repr(self.host)))
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(
-                f"proxy 'http://{self.host}:{self.port}' has an invalid port: expected 1 to 65535"
+                Text("proxy {proxy} has an invalid port: expected 1 to 65535",
+                     proxy=repr(f"http://{self.host}:{self.port}"))
             )
         if self.user is not None and self.password is None:
-            raise ProxyAccountError(f"the proxy user {self.user!r} needs a password")
+            raise ProxyAccountError(Text("the proxy user {user} needs a password", user=repr(self.user)))
 
     @property
     def address(self) -> str:
@@ -117,7 +118,7 @@ def load_proxy_password(
                 line = f.readline()
         except OSError as e:
             # Not the path: it may be the password itself, typed by mistake.
-            raise ValueError(f"cannot read the proxy password file given: {e.strerror}") from None
+            raise ValueError(Text("cannot read the proxy password file given: {why}", why=e.strerror)) from None
         return line.rstrip("\r\n")
     environ = os.environ if environ is None else environ
     return environ.get(PASSWORD_VARIABLE) or None
@@ -140,7 +141,7 @@ def resolve_proxy(
     """
     if not setting:
         if user is not None:
-            raise ProxyAccountError("a proxy user was given without a proxy")
+            raise ProxyAccountError(Text("a proxy user was given without a proxy"))
         return None, "no proxy set"
     if not is_system(setting):
         proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
@@ -148,7 +149,7 @@ def resolve_proxy(
         found = discover_proxy(target_url, environ=environ)
         if found.proxy is None:
             if found.unresolved:
-                raise ValueError(found.describe())
+                raise ValueError(found.text())
             return None, found.describe()
         proxy = ProxyConfig.from_url(found.proxy, user or found.user, password)
         source = found.source
@@ -156,7 +157,8 @@ def resolve_proxy(
         proxy.check()
     except ProxyAccountError as e:
         raise ProxyAccountError(
-            f"{e}: put it in a password file, or in the {PASSWORD_VARIABLE} environment variable"
+            Text("{problem}: put it in a password file, or in the {variable} environment variable",
+                 problem=reason_of(e), variable=PASSWORD_VARIABLE)
         ) from None
     return proxy, source
 

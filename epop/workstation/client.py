@@ -33,7 +33,7 @@ from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, describe_connect_failure
 from epop.local_tls import ClientTLS, tls_version
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.direct import send_direct, test_direct
@@ -60,16 +60,16 @@ class RelayAddress:
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(f"invalid relay address {text!r}: expected [IPv6]:PORT")
+                raise ValueError(Text("invalid relay address {text}: expected [IPv6]:PORT", text=repr(text)))
             port = rest[1:] if rest else None
         elif text.count(":") == 1:
             host, port = text.split(":")
         if not host:
-            raise ValueError(f"invalid relay address {text!r}: no host")
+            raise ValueError(Text("invalid relay address {text}: no host", text=repr(text)))
         if port is None:
             return cls(host)
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"invalid relay port {port!r}: expected a number from 1 to 65535")
+            raise ValueError(Text("invalid relay port {port}: expected a number from 1 to 65535", port=repr(port)))
         return cls(host, int(port))
 
     def __str__(self) -> str:
@@ -95,7 +95,7 @@ def connect_to_relay(
         try:
             creator = tls.creator(relay.host)
         except ValueError as e:
-            return fail(EpopError("bad-settings", str(e)))
+            return fail(EpopError("bad-settings", reason_of(e)))
         endpoint = wrapClientTLS(creator, endpoint)
     d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout, stall_timeout))
     d.addCallback(lambda protocol: protocol.welcomed)
@@ -166,7 +166,7 @@ def send_file(
 
         return upload.follow(d.addCallback(connected))
     if epmsi is None:
-        return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
+        return fail(ValueError(Text("give a relay, or an e-PMSI URL to send directly")))
     return send_direct(
         reactor, body, path, to=to, headers=headers, epmsi=epmsi, ca_file=ca_file,
         proxy=proxy, output=output, timeout=timeout, stall_timeout=stall_timeout,
@@ -199,7 +199,7 @@ def test_connection(
     """
     if relay is None:
         if epmsi is None:
-            return fail(ValueError("give a relay, or an e-PMSI URL to test directly"))
+            return fail(ValueError(Text("give a relay, or an e-PMSI URL to test directly")))
         return test_direct(reactor, epmsi=epmsi, ca_file=ca_file, proxy=proxy, timeout=timeout)
 
     started = reactor.seconds()

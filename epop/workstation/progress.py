@@ -48,15 +48,15 @@ def _unit(language: str, prefix: str = "") -> str:
 
 
 def readable_size(count: float, language: str = "en") -> str:
-    """C{count} bytes with three significant digits, as tqdm shows them: 950 B, 8.39 MB, 123 MB."""
+    """C{count} bytes with three significant digits, as tqdm shows them: 950 bytes, 8.39 MB, 123 MB."""
     prefix = ""
     for prefix in ("", "k", "M", "G", "T"):
         if count < 999.5 or prefix == "T":
             break
         count /= 1000
     if not prefix:
-        number = f"{count:.0f}"
-    elif count < 9.995:
+        return Text("{size} bytes", size=f"{count:.0f}").render(language)
+    if count < 9.995:
         number = f"{count:.2f}"
     elif count < 99.95:
         number = f"{count:.1f}"

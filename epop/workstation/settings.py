@@ -29,7 +29,7 @@ from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
@@ -56,35 +56,35 @@ SETTING_KEYS: tuple[str, ...] = (
 )
 
 #: One line per key, for help texts and error messages.
-SETTING_DESCRIPTIONS: Mapping[str, str] = {
-    "mode": "how to send: 'relay' (through the e-POP relay) or 'direct'",
-    "relay": f"the relay's address, {RELAY_ADDRESS_HELP}",
-    "tls": "'yes' to encrypt the connection to the relay (TLS), 'no' not to",
-    "relay-ca": "PEM file of the authority that signs the relay's certificate (epop trust saves one)",
-    "epmsi": "e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr",
-    "ca-file": "PEM file of CA certificates trusted for e-PMSI (direct mode)",
-    "proxy": "the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's",
-    "proxy-user": "user name for the proxy",
-    "proxy-password": "password for the proxy (stored in the file, never displayed)",
-    "to": "default path on e-PMSI to post uploads to, e.g. /syriusUpload.do",
-    "field": "default form field that carries the file",
+SETTING_DESCRIPTIONS: Mapping[str, Text | str] = {
+    "mode": Text("how to send: 'relay' (through the e-POP relay) or 'direct'"),
+    "relay": Text("the relay's address, {how}", how=RELAY_ADDRESS_HELP),
+    "tls": Text("'yes' to encrypt the connection to the relay (TLS), 'no' not to"),
+    "relay-ca": Text("PEM file of the authority that signs the relay's certificate (epop trust saves one)"),
+    "epmsi": Text("e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr"),
+    "ca-file": Text("PEM file of CA certificates trusted for e-PMSI (direct mode)"),
+    "proxy": Text("the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's"),
+    "proxy-user": Text("user name for the proxy"),
+    "proxy-password": Text("password for the proxy (stored in the file, never displayed)"),
+    "to": Text("default path on e-PMSI to post uploads to, e.g. /syriusUpload.do"),
+    "field": Text("default form field that carries the file"),
 }
 
 #: Where the proxy's account goes instead of its URL.
-_CREDENTIALS = (
+_CREDENTIALS = Text(
     "the user name and password have settings of their own; set them with proxy-user "
     "and proxy-password"
 )
 
 #: How the workstation's settings file words each mistake (L{epop.settings_file}).
 _WORDING = Wording(
-    unreadable="cannot read settings file {path}: {reason}",
-    not_utf8="{path}: not UTF-8 text (byte {byte}); save it as UTF-8",
-    before_section="{where}: {text!r} comes before the [" + SECTION + "] header",
-    other_section="{where}: unexpected {text!r}: the only section is [" + SECTION + "]",
-    section_twice="{where}: [" + SECTION + "] appears twice",
-    not_key_value="{where}: expected 'key = value', got {text!r}",
-    key_twice="{where}: {key} is set twice (first on line {first})",
+    unreadable=Text("cannot read settings file {path}: {reason}"),
+    not_utf8=Text("{path}: not UTF-8 text (byte {byte}); save it as UTF-8"),
+    before_section=Text("{where}: {text!r} comes before the [epop] header"),
+    other_section=Text("{where}: unexpected {text!r}: the only section is [epop]"),
+    section_twice=Text("{where}: [epop] appears twice"),
+    not_key_value=Text("{where}: expected 'key = value', got {text!r}"),
+    key_twice=Text("{where}: {key} is set twice (first on line {first})"),
     no_section=None,
 )
 _HIDDEN = "(set)"
@@ -152,8 +152,8 @@ class ClientSettings:
             key = _known(key)
             if "\n" in value:
                 raise ValueError(
-                    f"{key} takes one line: an indented line continues the value above it, "
-                    "so start each setting at the beginning of its line"
+                    Text("{key} takes one line: an indented line continues the value above it, "
+                         "so start each setting at the beginning of its line", key=key)
                 )
             return _check(key, value, on_set=False)
 
@@ -177,8 +177,7 @@ class ClientSettings:
         try:
             self._values[key] = _check(key, value, on_set=True)
         except ValueError as e:
-            said = e.args[0] if e.args and isinstance(e.args[0], Text) else str(e)
-            raise SettingsError(said) from None
+            raise SettingsError(reason_of(e)) from None
 
     def unset(self, key: str) -> None:
         """Forget C{key}, so its default applies again; unset keys are fine."""
@@ -198,7 +197,7 @@ class ClientSettings:
             self._write(folder, lines)
         except OSError as e:
             raise SettingsError(
-                f"cannot write settings file {self.path}: {e.strerror or e}"
+                Text("cannot write settings file {path}: {why}", path=str(self.path), why=e.strerror or str(e))
             ) from None
 
     def write_beside(self, name: str, data: bytes, mode: int = 0o644) -> Path:
@@ -213,7 +212,7 @@ class ClientSettings:
         try:
             write_atomically(str(path), data, mode)
         except OSError as e:
-            raise SettingsError(f"cannot write {path}: {e.strerror or e}") from None
+            raise SettingsError(Text("cannot write {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
         return path
 
     def _write(self, folder: Path, lines: list[str]) -> None:
@@ -245,7 +244,7 @@ def _make_private_folders(folder: Path) -> None:
         except FileExistsError:
             continue
         except OSError as e:
-            raise SettingsError(f"cannot create folder {path}: {e.strerror or e}") from None
+            raise SettingsError(Text("cannot create folder {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
         if os.name == "posix":
             os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not widened
 
@@ -253,7 +252,9 @@ def _make_private_folders(folder: Path) -> None:
 def _known(key: str) -> str:
     """C{key} if it is a setting's name, else a L{SettingsError} listing them."""
     if key not in SETTING_KEYS:
-        raise SettingsError(f"unknown setting {key!r}: expected one of {', '.join(SETTING_KEYS)}")
+        raise SettingsError(
+            Text("unknown setting {key}: expected one of {keys}", key=repr(key), keys=", ".join(SETTING_KEYS))
+        )
     return key
 
 
@@ -265,19 +266,19 @@ def _check(key: str, value: str, *, on_set: bool) -> str:
     @param on_set: also check what may change later (the CA file exists).
     """
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{key} must be on one line, without control characters")
+        raise ValueError(Text("{key} must be on one line, without control characters", key=key))
     stripped = value.strip()
     if not stripped:
-        raise ValueError(f"{key} is empty: give a value ({SETTING_DESCRIPTIONS[key]})")
+        raise ValueError(Text("{key} is empty: give a value ({description})", key=key, description=SETTING_DESCRIPTIONS[key]))
     if stripped != value and key == "proxy-password" and on_set:
-        raise ValueError("proxy-password cannot start or end with a space in the settings file")
+        raise ValueError(Text("proxy-password cannot start or end with a space in the settings file"))
     return _CHECKS[key](stripped, on_set)
 
 
 def _check_mode(value: str, on_set: bool) -> str:
     mode = value.lower()
     if mode not in ("relay", "direct"):
-        raise ValueError(f"mode must be 'relay' or 'direct' (got {value!r})")
+        raise ValueError(Text("mode must be 'relay' or 'direct' (got {value})", value=repr(value)))
     return mode
 
 
@@ -296,7 +297,7 @@ def _check_ca_file(value: str, on_set: bool) -> str:
     path = os.path.abspath(os.path.expanduser(value))
     if not os.path.isfile(path):
         raise ValueError(
-            f"ca-file {value!r}: no such file (expected a PEM file of CA certificates)"
+            Text("ca-file {value}: no such file (expected a PEM file of CA certificates)", value=repr(value))
         )
     return path
 
@@ -354,8 +355,8 @@ def _check_text(value: str, on_set: bool) -> str:
 def _check_to(value: str, on_set: bool) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value):
         raise ValueError(
-            f"to must be a path starting with '/', without spaces, e.g. /syriusUpload.do "
-            f"(got {value!r})"
+            Text("to must be a path starting with '/', without spaces, e.g. /syriusUpload.do "
+                 "(got {value})", value=repr(value))
         )
     return value
 

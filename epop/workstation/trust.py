@@ -29,7 +29,7 @@ from zope.interface import implementer
 from epop.certificates import fingerprint, is_self_signed, issued_by, normalize_fingerprint, to_pem
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal
 from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.workstation.client import RelayAddress
 from epop.workstation.commands import _positive_seconds
 from epop.workstation.deadlines import DEFAULT_TIMEOUT
@@ -230,7 +230,7 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
     try:
         relay = RelayAddress.parse(text)
     except ValueError as e:
-        raise usage.UsageError(str(e)) from None
+        raise usage.UsageError(reason_of(e)) from None
     where = str(relay)
     d = presented_chain(command.reactor, relay, timeout=options["timeout"])
     command.interruption.watch(d)
