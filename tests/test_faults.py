@@ -155,14 +155,17 @@ class EpmsiResetTests(_FaultCase):
         await self.upload_succeeds(relay)
 
     async def _epop_send_through_reset(self) -> tuple[EpopProcess, str, str]:
-        """Run `epop send` of 16 MiB through a relay whose e-PMSI resets after CUT_AFTER bytes."""
+        """
+        Run `epop send --quiet` (no progress, errors only) of 16 MiB through a
+        relay whose e-PMSI resets after CUT_AFTER bytes.
+        """
         link = start_faulty_link(self, reactor, self.sandbox_port, after=CUT_AFTER, fault="reset")
         relay = self.relay_to(link)
         path = self.mktemp()
         write_random_file(path, 16 * MiB, seed=2)
         child = spawn_epop(
             self, reactor, "send", path, "--relay", str(relay.endpoint),
-            "--to", "/syriusUpload.do", "--field", "theFile", "-F", "year=2026",
+            "--to", "/syriusUpload.do", "--field", "theFile", "-F", "year=2026", "--quiet",
         )
         self.assertEqual(await child.finished(reactor, BOUND), (1, None), child.stderr)
         released, closed = await self.journal(relay)

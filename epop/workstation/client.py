@@ -39,7 +39,7 @@ from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.direct import send_direct, test_direct
 from epop.workstation.outcomes import Reply, TestReport
 from epop.workstation.protocol import RelayClientProtocol
-from epop.workstation.upload import Upload
+from epop.workstation.upload import ProgressCallback, Upload
 
 DEFAULT_RELAY_PORT = DEFAULT_PORT
 # e-PMSI's upload form (/syriusUpload.do) carries the file in this field.
@@ -127,6 +127,7 @@ def send_file(
     output: Any = None,
     timeout: float = DEFAULT_TIMEOUT,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    progress: ProgressCallback | None = None,
 ) -> Deferred[Reply]:
     """
     Upload C{path} as a multipart/form-data POST to C{to} on e-PMSI, through
@@ -134,7 +135,9 @@ def send_file(
     directly to C{epmsi} (through C{proxy} if given).
 
     e-PMSI's answer body goes to C{output} as it arrives; without one it is
-    collected in L{Reply.body}.
+    collected in L{Reply.body}.  C{progress}, if given, is told at each
+    write how many bytes of the form have left and how many there are;
+    L{Reply.answered_at} says when e-PMSI's answer came.
 
     The Deferred always fires: C{timeout} bounds connecting (and the relay's
     WELCOME), C{stall_timeout} any silence after that (nothing of the file
@@ -153,7 +156,7 @@ def send_file(
         )
     headers = [("Content-Type", body.content_type)]
     if relay is not None:
-        upload = Upload(body, path, via_relay=True, watchdog=None)
+        upload = Upload(body, path, via_relay=True, watchdog=None, progress=progress)
         d = connect_to_relay(reactor, relay, timeout=timeout, tls=tls, stall_timeout=stall_timeout)
 
         def connected(protocol: RelayClientProtocol) -> Deferred[Reply]:
@@ -167,6 +170,7 @@ def send_file(
     return send_direct(
         reactor, body, path, to=to, headers=headers, epmsi=epmsi, ca_file=ca_file,
         proxy=proxy, output=output, timeout=timeout, stall_timeout=stall_timeout,
+        progress=progress,
     )
 
 

@@ -36,6 +36,7 @@ from epop.workstation.client import DEFAULT_FIELD, RelayAddress, send_file, test
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.form_fields import FormField, read_form_fields
 from epop.workstation.outcomes import Reply, TestReport, UploadFailed
+from epop.workstation.progress import make_progress, readable_size
 from epop.workstation.settings import ClientSettings
 
 __all__ = ["SendOptions", "TargetOptions", "TestOptions", "send", "test"]
@@ -191,6 +192,8 @@ class SendOptions(TargetOptions):
     )
     optFlags = [
         ["allow-empty", None, "Send FILE even if it is empty (0 bytes); refused otherwise."],
+        ["quiet", "q", "Show no progress (on a terminal a bar, elsewhere a line every 10 % or 30 s); "
+                       "errors and the closing line are still written to standard error."],
     ]
     optParameters = [
         ["to", None, None, f"Path on e-PMSI to post the form to [default: {DEFAULT_UPLOAD_PATH}]."],
@@ -241,20 +244,6 @@ class TestOptions(TargetOptions):
     )
 
 
-_SIZE_UNITS = (Text("{size} KiB"), Text("{size} MiB"), Text("{size} GiB"))
-
-
-def _size(n: float) -> Text:
-    """A file's size for people, in their language (octets, Kio... in French)."""
-    if n < 1024:
-        return Text("{size} bytes", size=f"{n:.0f}")
-    for unit in _SIZE_UNITS:
-        n /= 1024
-        if n < 1024 or unit is _SIZE_UNITS[-1]:
-            break
-    return Text(unit.template, size=f"{n:.1f}")
-
-
 def _how(options: TargetOptions) -> Text:
     """How the file went, for the closing line."""
     if options.relay and options.tls:
@@ -275,6 +264,7 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
                               path=options["file"]))
     reactor, interruption = command.reactor, command.interruption
     started = reactor.seconds()
+    progress = make_progress(reactor, command.stderr, command.language, quiet=options["quiet"])
     d = send_file(
         reactor,
         options["file"],
@@ -282,22 +272,25 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
         field=options.field,
         fields=fields,
         output=command.stdout,
+        progress=progress.sent,
         **options.route(command.language),
     )
     interruption.watch(d)
+    d.addBoth(lambda result: (progress.stop(), result)[1])
 
     def answered(reply: Reply) -> int:
         command.stdout.flush()
         summary = Text(
             "Sent {file} ({size}) {how} in {seconds} s: e-PMSI answered {status} {reason}.",
             file=options["file"],
-            size=_size(os.path.getsize(options["file"])),
+            size=readable_size(os.path.getsize(options["file"]), command.language),
             how=_how(options),
             seconds=f"{reactor.seconds() - started:.1f}",
             status=reply.status,
             reason=reply.reason,
         )
         command.stderr.write("\n")
+        progress.answered(reply.answered_at)
         command.tell(summary)
         return EXIT_OK if reply.ok else EXIT_FAILED
 

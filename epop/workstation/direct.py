@@ -25,7 +25,7 @@ from epop.messages import Text, reason_of
 from epop.multipart import MultipartFileBody
 from epop.workstation.deadlines import Watchdog
 from epop.workstation.outcomes import Reply, TestReport
-from epop.workstation.upload import Upload
+from epop.workstation.upload import ProgressCallback, Upload
 
 
 class _Collector(Protocol):
@@ -88,6 +88,7 @@ def send_direct(
     output: Any,
     timeout: float,
     stall_timeout: float,
+    progress: ProgressCallback | None = None,
 ) -> Deferred[Reply]:
     """L{epop.workstation.send_file} without a relay: POST C{body} to e-PMSI."""
     try:
@@ -96,7 +97,7 @@ def send_direct(
         return fail(EpopError("bad-settings", reason_of(e)))
     sink = output if output is not None else io.BytesIO()
 
-    upload = Upload(body, path, via_relay=False, watchdog=None)
+    upload = Upload(body, path, via_relay=False, watchdog=None, progress=progress)
     upload.watchdog = Watchdog(reactor, stall_timeout, upload.stall)
 
     def answered(response: IResponse) -> Deferred[Reply]:
@@ -105,6 +106,7 @@ def send_direct(
             response.phrase.decode("latin-1"),
             response_headers(response),
             sent=body.length,
+            answered_at=reactor.seconds(),
         )
         assert upload.watchdog is not None
         upload.watchdog.progress()

@@ -15,7 +15,12 @@ from epop.messages import Text
 
 @dataclass
 class Reply:
-    """e-PMSI's answer: its status line, headers and body (if collected)."""
+    """
+    e-PMSI's answer: its status line, headers and body (if collected).
+
+    @ivar answered_at: when its status line arrived, on the reactor's clock,
+        to say how long e-PMSI took after the last byte.
+    """
 
     status: int
     reason: str
@@ -23,6 +28,7 @@ class Reply:
     length: int = 0
     body: bytes | None = None
     sent: int = 0
+    answered_at: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -246,6 +246,7 @@ class RelayClientProtocol(Protocol):
             int(message["status"]),
             str(message.get("reason", "")),
             [(str(n), str(v)) for n, v in message.get("headers", [])],
+            answered_at=self._reactor.seconds(),
         )
         self._enter(State.RESPONSE_END)
 

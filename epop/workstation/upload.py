@@ -1,12 +1,14 @@
 """
 One upload as the workstation follows it: the bytes counted as they leave
-(each write is progress for the stall watchdog), and the outcome explained
+(each write is progress for the stall watchdog, and for whoever shows the
+upload's progress: L{ProgressCallback}), and the outcome explained
 as an L{UploadFailed} that says at which step it failed and whether e-PMSI
 may have the file.  Through a relay or directly, the same account.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -18,6 +20,13 @@ from epop.errors import EpopError
 from epop.messages import Text
 from epop.workstation.deadlines import Watchdog
 from epop.workstation.outcomes import Reply, UploadFailed
+
+
+#: Told, at each write, how many bytes of the upload have left the
+#: workstation and how many there are in all.  A write happens when the
+#: connection takes it: while the relay or e-PMSI is slower, flow control
+#: pauses the body, so the count never runs ahead of the connection.
+ProgressCallback = Callable[[int, int], None]
 
 
 class CountingConsumer:
@@ -34,11 +43,18 @@ class CountingConsumer:
 
 @implementer(IBodyProducer)
 class WatchedBody:
-    """A body producer whose writes are counted, for the stall watchdog."""
+    """
+    A body producer whose writes are counted, for the stall watchdog and
+    the progress shown: the one place where the upload's bytes leave, through
+    a relay or directly.
+    """
 
-    def __init__(self, body: IBodyProducer, on_write: Any, path: str) -> None:
+    def __init__(
+        self, body: IBodyProducer, on_write: Any, path: str, progress: ProgressCallback | None = None
+    ) -> None:
         self._body = body
         self._on_write = on_write
+        self._progress = progress
         self.path = path
         self.length = body.length
         self.sent = 0
@@ -46,6 +62,8 @@ class WatchedBody:
     def _wrote(self, data: bytes) -> None:
         self.sent += len(data)
         self._on_write()
+        if self._progress is not None:
+            self._progress(self.sent, self.length)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         return self._body.startProducing(CountingConsumer(consumer, self._wrote))
@@ -67,9 +85,14 @@ class Upload:
     """
 
     def __init__(
-        self, body: IBodyProducer, path: str, via_relay: bool, watchdog: Watchdog | None
+        self,
+        body: IBodyProducer,
+        path: str,
+        via_relay: bool,
+        watchdog: Watchdog | None,
+        progress: ProgressCallback | None = None,
     ) -> None:
-        self.body = WatchedBody(body, self._progress, path)
+        self.body = WatchedBody(body, self._progress, path, progress)
         self.via_relay = via_relay
         self.started = False
         self.stalled = False
