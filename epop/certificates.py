@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
+from epop.messages import Text, system_reason
+
 __all__ = ["read_file", "read_certificates", "trust_root_from_pem"]
 
 _PEM_CERTIFICATE = re.compile(
@@ -22,7 +24,7 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
-def read_file(path: str, what: str) -> bytes:
+def read_file(path: str, what: str | Text) -> bytes:
     """
     The bytes of C{path}; C{what} names it in the error ("private key").
 
@@ -32,14 +34,14 @@ def read_file(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
+        raise ValueError(Text("cannot read the {what} {path}: {why}", what=what, path=path, why=system_reason(e))) from None
 
 
 def _pem_certificates(data: bytes) -> list[bytes]:
     return _PEM_CERTIFICATE.findall(data)
 
 
-def read_certificates(path: str, what: str) -> list[Certificate]:
+def read_certificates(path: str, what: str | Text) -> list[Certificate]:
     """
     Every certificate in the PEM file C{path}, in order.
 
@@ -47,7 +49,7 @@ def read_certificates(path: str, what: str) -> list[Certificate]:
     """
     found = _pem_certificates(read_file(path, what))
     if not found:
-        raise ValueError(f"the {what} {path} holds no PEM certificate")
+        raise ValueError(Text("the {what} {path} holds no PEM certificate", what=what, path=path))
     return [Certificate.loadPEM(pem) for pem in found]
 
 
@@ -60,11 +62,11 @@ def trust_root_from_pem(path: str) -> Any:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read CA file {path}: {e.strerror}") from None
+        raise ValueError(Text("cannot read CA file {path}: {why}", path=path, why=system_reason(e))) from None
     found = _pem_certificates(data)
     if not found:
-        raise ValueError(f"CA file {path} holds no PEM certificate")
+        raise ValueError(Text("CA file {path} holds no PEM certificate", path=path))
     try:
         return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
     except Exception as e:
-        raise ValueError(f"CA file {path} holds an invalid certificate: {e}") from None
+        raise ValueError(Text("CA file {path} holds an invalid certificate: {why}", path=path, why=str(e))) from None

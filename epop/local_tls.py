@@ -29,20 +29,21 @@ from twisted.internet.ssl import (
 from twisted.python.failure import Failure
 
 from epop.certificates import read_certificates, read_file, trust_root_from_pem
+from epop.messages import Text
 
 __all__ = ["RelayTLS", "ClientTLS", "openssl_words", "server_options"]
 
 
 def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
-    certificate = read_certificates(cert_path, "certificate")[0]
+    certificate = read_certificates(cert_path, Text("certificate"))[0]
     try:
-        key = KeyPair.load(read_file(key_path, "private key"), crypto.FILETYPE_PEM)
+        key = KeyPair.load(read_file(key_path, Text("private key")), crypto.FILETYPE_PEM)
     except crypto.Error:
-        raise ValueError(f"the private key {key_path} is not a PEM private key") from None
+        raise ValueError(Text("the private key {path} is not a PEM private key", path=key_path)) from None
     try:
         return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
     except Exception as e:
-        raise ValueError(f"cannot use {cert_path} with {key_path}: {e}") from None
+        raise ValueError(Text("cannot use {cert} with {key}: {why}", cert=cert_path, key=key_path, why=str(e))) from None
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,13 @@ def server_options(
     cert: str, key: str, chain: str | None = None, client_ca: str | None = None
 ) -> CertificateOptions:
     private = _private_certificate(cert, key)
-    extra = [c.original for c in read_certificates(chain, "certificate chain")] if chain else []
+    extra = [c.original for c in read_certificates(chain, Text("certificate chain"))] if chain else []
     verify: dict[str, Any] = {}
     if client_ca:
         verify = {
             "verify": True,
             "requireCertificate": True,
-            "caCerts": [c.original for c in read_certificates(client_ca, "client CA file")],
+            "caCerts": [c.original for c in read_certificates(client_ca, Text("client CA file"))],
         }
     return CertificateOptions(
         privateKey=private.privateKey.original,

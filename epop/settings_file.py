@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epop.messages import Text, reason_of, system_reason
+
 __all__ = [
     "SECTION",
     "Setting",
@@ -36,7 +38,10 @@ _COMMENT = ("#", ";")
 
 
 class SettingsError(ValueError):
-    """A setting or settings file that cannot be used; the message says where and why."""
+    """
+    A setting or settings file that cannot be used; the message says where
+    and why, as a L{Text} (C{args[0]}) or plain English.
+    """
 
 
 class ValueLineError(ValueError):
@@ -48,7 +53,7 @@ class ValueLineError(ValueError):
         the check was given.
     """
 
-    def __init__(self, message: str, index: int) -> None:
+    def __init__(self, message: str | Text, index: int) -> None:
         super().__init__(message)
         self.index = index
 
@@ -56,7 +61,9 @@ class ValueLineError(ValueError):
 @dataclass(frozen=True)
 class Wording:
     """
-    The messages of one kind of settings file, as C{str.format} templates.
+    The messages of one kind of settings file, as L{Text}s without their
+    parameters (or C{str.format} templates, shown as translated if they are
+    in the catalog).
 
     Every template may use C{{path}}; those about one line also C{{where}}
     (the path and line), C{{text}} (the line, stripped) and C{{name}} (a
@@ -65,16 +72,16 @@ class Wording:
     """
 
     #: The file cannot be read: C{{reason}} says why.
-    unreadable: str
+    unreadable: Text | str
     #: The file is not UTF-8: C{{byte}} is where.
-    not_utf8: str
-    before_section: str
-    other_section: str
-    section_twice: str
-    not_key_value: str
-    key_twice: str
+    not_utf8: Text | str
+    before_section: Text | str
+    other_section: Text | str
+    section_twice: Text | str
+    not_key_value: Text | str
+    key_twice: Text | str
     #: A file without the section; C{None}: it holds no settings, and that is fine.
-    no_section: str | None
+    no_section: Text | str | None
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,14 @@ class Setting:
     value: Any
 
 
-def where(path: str | Path, line: int | None) -> str:
-    """The file and line, for messages."""
-    return f"{path}, line {line}" if line else str(path)
+def where(path: str | Path, line: int | None) -> Text:
+    """The file and line, for messages (C{str()} of it is the English)."""
+    return Text("{path}, line {line}", path=str(path), line=line) if line else Text.literal(str(path))
+
+
+def _message(template: Text | str, **fields: Any) -> Text:
+    """One of a L{Wording}'s messages, with its parameters."""
+    return Text(template.template if isinstance(template, Text) else template, **fields)
 
 
 def read_section(
@@ -113,15 +125,15 @@ def read_section(
     except FileNotFoundError as e:
         if missing_ok:
             return None
-        raise SettingsError(wording.unreadable.format(path=path, reason=e.strerror)) from None
+        raise SettingsError(_message(wording.unreadable, path=str(path), reason=system_reason(e))) from None
     except OSError as e:
         raise SettingsError(
-            wording.unreadable.format(path=path, reason=e.strerror or e)
+            _message(wording.unreadable, path=str(path), reason=system_reason(e))
         ) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise SettingsError(wording.not_utf8.format(path=path, byte=e.start)) from None
+        raise SettingsError(_message(wording.not_utf8, path=str(path), byte=e.start)) from None
     return _Reader(str(path), wording, check).read(text)
 
 
@@ -142,9 +154,9 @@ class _Reader:
         self.lines: list[str] = []
         self.numbers: list[int] = []
 
-    def fail(self, template: str, number: int, **fields: Any) -> SettingsError:
+    def fail(self, template: Text | str, number: int, **fields: Any) -> SettingsError:
         return SettingsError(
-            template.format(path=self.path, where=where(self.path, number), **fields)
+            _message(template, path=self.path, where=where(self.path, number), **fields)
         )
 
     def read(self, text: str) -> list[Setting]:
@@ -189,7 +201,7 @@ class _Reader:
             self.lines, self.numbers = [value.strip()], [number]
         self.finish()
         if not seen_section and self.wording.no_section is not None:
-            raise SettingsError(self.wording.no_section.format(path=self.path))
+            raise SettingsError(_message(self.wording.no_section, path=self.path))
         return self.found
 
     def finish(self) -> None:
@@ -203,7 +215,9 @@ class _Reader:
             value = self.check(key, "\n".join(self.lines))
         except ValueLineError as e:
             line = self.numbers[e.index] if 0 <= e.index < len(self.numbers) else self.key_line
-            raise SettingsError(f"{where(self.path, line)}: {e}") from None
+            raise SettingsError(Text("{where}: {problem}", where=where(self.path, line), problem=reason_of(e))) from None
         except ValueError as e:
-            raise SettingsError(f"{where(self.path, self.key_line)}: {e}") from None
+            raise SettingsError(
+                Text("{where}: {problem}", where=where(self.path, self.key_line), problem=reason_of(e))
+            ) from None
         self.found.append(Setting(key, self.key_line, value))

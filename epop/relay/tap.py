@@ -16,6 +16,7 @@ re-reads the file and applies its C{allow} entries to new connections
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from epop.epmsi.proxy import (
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
+from epop.messages import LANGUAGES, Text, choose_language, reason_of
 from epop.relay.service import (
     DEFAULT_LISTEN,
     ListenError,
@@ -77,7 +79,70 @@ class _NamedParameter(usage.CoerceParameter):
         try:
             self.options.opts[parameterName] = self.coerce(value)
         except ValueError as e:
-            raise usage.UsageError(f"--{parameterName}: {e}") from None
+            option = "--" + parameterName
+            raise usage.UsageError(Text("{name}: {problem}", name=option, problem=reason_of(e))) from None
+
+
+def _language(value: str) -> str:
+    """C{--lang}: one of L{LANGUAGES}."""
+    if value not in LANGUAGES:
+        raise ValueError(Text("expected fr or en, not {value!r}", value=value))
+    return value
+
+
+def _language_asked(arguments: list[str]) -> str | None:
+    """The valid C{--lang} of the command line, looked for before it is parsed."""
+    for index, argument in enumerate(arguments):
+        if argument == "--lang" and index + 1 < len(arguments):
+            value = arguments[index + 1]
+        elif argument.startswith("--lang="):
+            value = argument[len("--lang=") :]
+        else:
+            continue
+        return value if value in LANGUAGES else None
+    return None
+
+
+#: The option parser's words (getopt's, usage.Options'), which are English
+#: only: each pattern's group is the template's C{{name}}.
+_PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
+    (re.compile(r"option (-\S+) not recognized"), Text("option {name} not recognized")),
+    (re.compile(r"option (-\S+) requires argument"), Text("option {name} requires argument")),
+    (re.compile(r"option (-\S+) must not have an argument"), Text("option {name} must not have an argument")),
+    (re.compile(r"option (-\S+) not a unique prefix"), Text("option {name} not a unique prefix")),
+    (re.compile(r"Parameter '(.*)' requires an argument\."), Text("Parameter '{name}' requires an argument.")),
+    (re.compile(r"Wrong number of arguments\.()"), Text("Wrong number of arguments.")),
+)
+
+
+def _parser_reason(error: usage.UsageError) -> Text:
+    """A usage error as a L{Text}, the option parser's English words included."""
+    reason = reason_of(error)
+    if reason.params.keys() != {"text"} or reason.template != "{text}":
+        return reason
+    for pattern, text in _PARSER_WORDS:
+        found = pattern.fullmatch(str(error))
+        if found:
+            return Text(text.template, name=found.group(1)) if found.group(1) else text
+    return reason
+
+
+class Refused(usage.UsageError):
+    """
+    A usage error of C{twistd epop}: twistd prints C{str()} of it, so that is
+    the reason in the administrator's language; C{args[0]} is its L{Text}.
+    """
+
+    def __init__(self, reason: Text, language: str) -> None:
+        super().__init__(reason)
+        self.language = language
+
+    def __str__(self) -> str:
+        return self.args[0].render(self.language)
+
+
+#: The names of the options a refusal's template mentions (L{Options._refuse}).
+_OTHERS = ("option", "other")
 
 
 #: Options whose value is a secret or the file of one: never abbreviated.
@@ -93,6 +158,7 @@ class Options(usage.Options):
         "PMSI files to it, and it forwards them to e-PMSI over HTTPS."
     )
     optParameters = [
+        ["lang", None, None, "Language of the messages for people: fr or en (default: the locale's, from LC_ALL, LC_MESSAGES or LANG).", _language],
         ["config", None, None, "Settings file (INI, one [epop] section, keys named like these options); the command line overrides it, and SIGHUP reloads its allow entries."],
         ["epmsi", None, RelaySettings.epmsi, "e-PMSI's HTTPS origin."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
@@ -150,16 +216,19 @@ class Options(usage.Options):
         self.given: frozenset[str] = frozenset()
         #: Parsing failed: the usage twistd prints before the reason is one line.
         self.refused = False
+        #: The language of the messages for people: C{--lang}, else the locale's.
+        self.language = choose_language()
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
+        self.language = choose_language(override=_language_asked(list(arguments)))
         try:
             refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
             self.given = command_line_keys(self, arguments)
             super().parseOptions(options)
-        except usage.UsageError:
+        except usage.UsageError as e:
             self.refused = True
-            raise
+            raise Refused(_parser_reason(e), self.language) from None
 
     def getUsage(self, width: int | None = None) -> str:
         """
@@ -167,29 +236,35 @@ class Options(usage.Options):
         the usage, then the reason, and the reason is what matters.
         """
         if self.refused:
-            return "The reason follows; 'twistd epop --help' lists every option.\n"
+            return Text("The reason follows; 'twistd epop --help' lists every option.").render(self.language) + "\n"
         return super().getUsage(width)
 
     def _refuse(
-        self, key: str, problem: str, *others: str, command_line: str | None = None
+        self, key: str, problem: Text | str, *others: str, command_line: Text | str | None = None
     ) -> usage.UsageError:
         """
         The usage error for the value of option C{key}, worded where the
         administrator typed it: C{--KEY: problem} on the command line,
         C{FILE, line N: KEY: problem} when it came from the settings file.
 
-        @param others: options C{problem} names with C{{}} (then a template),
-            written C{--name} on the command line and C{name} in the file.
+        @param others: options C{problem} names, written C{--name} on the
+            command line and C{name} in the file: in a L{Text}, its
+            C{{option}} and C{{other}} (in a C{str}, its C{{}}s).
         @param command_line: the whole command-line message, when it says
             more than C{--KEY: problem} (e.g. the value).
         """
 
-        def spelled(prefix: str) -> str:
-            return problem.format(*[prefix + o for o in others]) if others else problem
+        def spelled(prefix: str) -> Text:
+            if isinstance(problem, str):
+                return Text.literal(problem.format(*[prefix + o for o in others]) if others else problem)
+            named = {name: prefix + option for name, option in zip(_OTHERS, others)}
+            return Text(problem.template, **{**problem.params, **named})
 
         found = self.settings_file
         if found is not None and key in found.values and key not in self.given:
-            return usage.UsageError(f"{found.where(key)}: {key}: {spelled('')}")
+            return usage.UsageError(
+                Text("{where}: {key}: {problem}", where=found.where(key), key=key, problem=spelled(""))
+            )
         if command_line is not None:
             return usage.UsageError(command_line)
         return usage.UsageError(prefixed(f"--{key}", spelled("--")))
@@ -213,7 +288,7 @@ class Options(usage.Options):
         try:
             found = read_settings_file(path, keys)
         except SettingsError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(reason_of(e)) from None
         self.settings_file = found
         for name, value in found.values.items():
             if name in self.given:
@@ -230,28 +305,32 @@ class Options(usage.Options):
                 try:
                     method(value)
                 except usage.UsageError as e:
-                    raise usage.UsageError(f"{found.where(name)}: {name}: {e}") from None
+                    raise usage.UsageError(
+                        Text("{where}: {key}: {problem}", where=found.where(name), key=name, problem=reason_of(e))
+                    ) from None
             else:
                 self[name] = value
 
     def postOptions(self) -> None:
         if self["config"]:
             self._apply_settings_file()
+        if self["lang"]:
+            self.language = self["lang"]
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         try:
             password = load_proxy_password(self["proxy-password-file"])
         except ValueError as e:
-            raise self._refuse("proxy-password-file", str(e)) from None
+            raise self._refuse("proxy-password-file", reason_of(e)) from None
         try:
             self.proxy, source = resolve_proxy(
                 self["proxy"], self["epmsi"], user=self["proxy-user"], password=password
             )
         except ProxyAccountError as e:
             # The user's setting, when there is one; else the URL named the user.
-            raise self._refuse("proxy-user" if self["proxy-user"] else "proxy", str(e)) from None
+            raise self._refuse("proxy-user" if self["proxy-user"] else "proxy", reason_of(e)) from None
         except ValueError as e:
-            raise self._refuse("proxy", str(e)) from None
+            raise self._refuse("proxy", reason_of(e)) from None
         if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
                 "--proxy system: {found}",
@@ -262,8 +341,8 @@ class Options(usage.Options):
         if not os.access(folder, os.W_OK):
             raise self._refuse(
                 "journal",
-                f"cannot write in {folder}",
-                command_line=f"--journal {self['journal']}: cannot write in {folder}",
+                Text("cannot write in {folder}", folder=folder),
+                command_line=Text("--journal {journal}: cannot write in {folder}", journal=self["journal"], folder=folder),
             )
         try:
             self._settings = self._make_settings()
@@ -273,7 +352,7 @@ class Options(usage.Options):
         if self["no-listen-at-start"] and self.console.endpoint is None:
             raise self._refuse(
                 "no-listen-at-start",
-                "needs the console (not --console none): only the console can start listening then",
+                Text("needs the console (not --console none): only the console can start listening then"),
             )
 
     def _console(self) -> ConsoleSettings:
@@ -287,23 +366,23 @@ class Options(usage.Options):
         try:
             console.check()
         except ValueError as e:
-            raise self._refuse("console", str(e)) from None
+            raise self._refuse("console", reason_of(e)) from None
         try:
             console.password()
         except ValueError as e:
-            raise self._refuse("console-password-file", str(e)) from None
+            raise self._refuse("console-password-file", reason_of(e)) from None
         return console
 
     def _tls(self) -> RelayTLS | None:
         if not self["tls-cert"]:
             for name in ("tls-key", "tls-chain", "tls-client-ca"):
                 if self[name]:
-                    raise self._refuse(name, "needs {}", "tls-cert")
+                    raise self._refuse(name, Text("needs {option}"), "tls-cert")
             if self["require-tls"]:
-                raise self._refuse("require-tls", "needs {} and {}", "tls-cert", "tls-key")
+                raise self._refuse("require-tls", Text("needs {option} and {other}"), "tls-cert", "tls-key")
             return None
         if not self["tls-key"]:
-            raise self._refuse("tls-cert", "needs {}", "tls-key")
+            raise self._refuse("tls-cert", Text("needs {option}"), "tls-key")
         tls = RelayTLS(
             self["tls-cert"],
             self["tls-key"],
@@ -314,7 +393,7 @@ class Options(usage.Options):
         try:
             tls.options()
         except ValueError as e:
-            raise self._refuse("tls-cert", str(e)) from None
+            raise self._refuse("tls-cert", reason_of(e)) from None
         return tls
 
     def settings(self) -> RelaySettings:
@@ -376,7 +455,7 @@ def _allow_from_file(options: Options) -> tuple[str, ...]:
     found = read_settings_file(path, SettingKeys.of(options))
     if "allow" in options.given:
         raise ReloadRefused(
-            "--allow is given on the command line, which overrides the settings file",
+            Text("--allow is given on the command line, which overrides the settings file"),
             error="allow-on-command-line",
         )
     later = [
@@ -403,9 +482,10 @@ class _TwistdRelay(MultiService):
 
     log = Logger()
 
-    def __init__(self, reload: Callable[[], object] | None = None) -> None:
+    def __init__(self, reload: Callable[[], object] | None = None, language: str = "en") -> None:
         super().__init__()
         self._reload = reload
+        self._language = language
         self._previous_hangup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -413,18 +493,20 @@ class _TwistdRelay(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            self.log.critical("epop: {reason}", reason=str(e))
+            reason = e.text.render(self._language)
+            self.log.critical("epop: {reason}", reason=reason)
             # In the foreground twistd sends stderr to its log: say it where
             # the relay was started too (a daemon's own stderr is /dev/null,
             # its parent prints the exception's text instead).
             terminal = sys.__stderr__
             if terminal is not None:
                 try:
-                    terminal.write(f"epop: {e}\n")
+                    terminal.write(f"epop: {reason}\n")
                     terminal.flush()
                 except (OSError, ValueError):
                     pass
-            raise RelayCannotStart(f"cannot listen on {e.description}: {e.why}") from None
+            short = Text("cannot listen on {description}: {why}", description=e.description, why=e.why_text)
+            raise RelayCannotStart(short.render(self._language)) from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP
@@ -499,10 +581,11 @@ def makeService(options: Options) -> IService:
     # twistd epop owns this process, so it may tune the allocator for it.
     keep_buffers_on_heap()
     relay = make_relay_service(reactor, options.settings())
+    relay.language = options.language
     reload = None
     if options.settings_file is not None:
         reload = partial(reload_allowlist, relay, options)
-    top = _TwistdRelay(reload)
+    top = _TwistdRelay(reload, options.language)
     relay.setServiceParent(top)
     if options.console.endpoint is not None:
         # Imported here: the console's backend saves settings with this module's options.
