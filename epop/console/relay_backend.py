@@ -384,9 +384,11 @@ class RelayConsoleBackend:
             self.log,
             relay.relay_id,
             "settings-reloaded",
-            "Settings changed from the console and saved to {source}: {changed}",
-            source=self._files.config,
-            changed=", ".join(sorted(file_changes)),
+            Text(
+                "Settings changed from the console and saved to {source}: {changed}",
+                source=self._files.config,
+                changed=", ".join(sorted(file_changes)),
+            ),
             allow=list(settings.allow),
             outcome="completed",
         )
