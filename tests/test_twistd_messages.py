@@ -140,6 +140,28 @@ class OptionsLanguageTests(SynchronousTestCase):
         error = self.refused("--lang", "de")
         self.assertEqual(reason_of(error).render("en"), "--lang: expected fr or en, not 'de'")
 
+    def test_checks_of_other_modules(self) -> None:
+        """Values checked outside tap.py (files, proxy, allowlist, journal, console) are refused in French too."""
+        journal = ["--journal", self.mktemp()]
+        cases = [
+            (
+                ["--tunnel-users", "/nonexistent/users"],
+                "--tunnel-users : impossible de lire le fichier des utilisateurs donné : "
+                "Aucun fichier ou dossier de ce nom",
+            ),
+            (
+                ["--proxy", "ftp://proxy.example:3128"],
+                "--proxy : proxy 'ftp://proxy.example:3128' : seuls les proxys http:// sont pris en charge",
+            ),
+            (["--allow", "10.1.2.300"], "--allow : '10.1.2.300' n'est ni une adresse IP ni un réseau"),
+            (["--journal-rotate", "weekly"], "--journal-rotate : attendu 'daily' ou une taille"),
+            (["--epmsi", "http://e-pmsi.example"], "l'URL d'e-PMSI doit commencer par https:// (reçu 'http://e-pmsi.example')"),
+            (["--console", "tcp:3359"], "--console : la console écoute sur"),
+        ]
+        for arguments, french in cases:
+            error = self.refused("--lang", "fr", *journal, *arguments)
+            self.assertTrue(str(error).startswith(french), str(error))
+
     def test_usage_line(self) -> None:
         """The one line of usage twistd prints before the reason follows the language too."""
         options = tap.Options()
@@ -214,6 +236,15 @@ MODULES = (
     "settings_file.py",
     "secret_options.py",
     "certificates.py",
+    "relay/tunnel_users.py",
+    "relay/allowlist.py",
+    "relay/destinations.py",
+    "journal/writer.py",
+    "console/access.py",
+    "console/service.py",
+    "epmsi/origin.py",
+    "epmsi/proxy.py",
+    "epmsi/proxy_setting.py",
 )
 
 #: Callables whose argument is a message for a person, and which argument
@@ -224,6 +255,7 @@ MESSAGE_ARGUMENT = {
     "SettingsError": 0,
     "ValueLineError": 0,
     "ValueError": 0,
+    "ProxyAccountError": 0,
     "ReloadRefused": 0,
     "RelayCannotStart": 0,
     "RelaySettingsError": 1,

@@ -17,6 +17,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from epop.addressing import url_host
 from epop.certificates import trust_root_from_pem
+from epop.messages import Text
 
 __all__ = [
     "DEFAULT_EPMSI_URL",
@@ -38,20 +39,19 @@ class EpmsiOrigin:
     def from_url(cls, url: str) -> "EpmsiOrigin":
         parts = urlsplit(url)
         if parts.scheme != "https":
-            raise ValueError(f"e-PMSI URL must start with https:// (got {url!r})")
+            raise ValueError(Text("e-PMSI URL must start with https:// (got {url!r})", url=url))
         if not parts.hostname:
-            raise ValueError(f"e-PMSI URL has no host name: {url!r}")
+            raise ValueError(Text("e-PMSI URL has no host name: {url!r}", url=url))
         if parts.username or parts.password:
-            raise ValueError("e-PMSI URL must not hold a user name or password")
+            raise ValueError(Text("e-PMSI URL must not hold a user name or password"))
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(
-                f"e-PMSI URL must be an origin such as {DEFAULT_EPMSI_URL}, "
-                f"without a path (got {url!r})"
+                Text("e-PMSI URL must be an origin such as {example}, without a path (got {url!r})", example=DEFAULT_EPMSI_URL, url=url)
             )
         try:
             port = parts.port or 443
         except ValueError:
-            raise ValueError(f"e-PMSI URL has an invalid port: {url!r}") from None
+            raise ValueError(Text("e-PMSI URL has an invalid port: {url!r}", url=url)) from None
         return cls(parts.hostname, port)
 
     @property
@@ -61,7 +61,7 @@ class EpmsiOrigin:
     def url_for(self, path: str) -> str:
         """The absolute URL of C{path}, which must start with a slash."""
         if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
+            raise ValueError(Text("path must start with '/': {path!r}", path=path))
         return self.url + path
 
 

@@ -18,7 +18,7 @@ from epop.addressing import host_port
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.epmsi.system_proxy import discover_proxy
 from epop.errors import UpstreamError
-from epop.messages import Text
+from epop.messages import Text, reason_of, system_reason
 
 __all__ = [
     "PASSWORD_VARIABLE",
@@ -34,7 +34,7 @@ __all__ = [
 PASSWORD_VARIABLE = "EPOP_PROXY_PASSWORD"
 
 #: Where the password goes instead of a proxy URL, on a command line.
-_CREDENTIALS = f"use a password file or the {PASSWORD_VARIABLE} environment variable"
+_CREDENTIALS = Text("use a password file or the {variable} environment variable", variable=PASSWORD_VARIABLE)
 
 
 class ProxyAccountError(ValueError):
@@ -80,13 +80,13 @@ class ProxyConfig:
         port out of range, a user without a password (L{ProxyAccountError}).
         """
         if not isinstance(self.host, str) or not self.host.strip():
-            raise ValueError(f"proxy host {self.host!r} is not a host name")
+            raise ValueError(Text("proxy host {host!r} is not a host name", host=self.host))
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(
-                f"proxy 'http://{self.host}:{self.port}' has an invalid port: expected 1 to 65535"
+                Text("proxy 'http://{host}:{port}' has an invalid port: expected 1 to 65535", host=self.host, port=self.port)
             )
         if self.user is not None and self.password is None:
-            raise ProxyAccountError(f"the proxy user {self.user!r} needs a password")
+            raise ProxyAccountError(Text("the proxy user {user!r} needs a password", user=self.user))
 
     @property
     def address(self) -> str:
@@ -117,7 +117,7 @@ def load_proxy_password(
                 line = f.readline()
         except OSError as e:
             # Not the path: it may be the password itself, typed by mistake.
-            raise ValueError(f"cannot read the proxy password file given: {e.strerror}") from None
+            raise ValueError(Text("cannot read the proxy password file given: {why}", why=system_reason(e))) from None
         return line.rstrip("\r\n")
     environ = os.environ if environ is None else environ
     return environ.get(PASSWORD_VARIABLE) or None
@@ -140,7 +140,7 @@ def resolve_proxy(
     """
     if not setting:
         if user is not None:
-            raise ProxyAccountError("a proxy user was given without a proxy")
+            raise ProxyAccountError(Text("a proxy user was given without a proxy"))
         return None, "no proxy set"
     if not is_system(setting):
         proxy, source = ProxyConfig.from_url(setting, user, password), "settings"
@@ -156,7 +156,11 @@ def resolve_proxy(
         proxy.check()
     except ProxyAccountError as e:
         raise ProxyAccountError(
-            f"{e}: put it in a password file, or in the {PASSWORD_VARIABLE} environment variable"
+            Text(
+                "{problem}: put it in a password file, or in the {variable} environment variable",
+                problem=reason_of(e),
+                variable=PASSWORD_VARIABLE,
+            )
         ) from None
     return proxy, source
 

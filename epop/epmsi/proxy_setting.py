@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from epop.addressing import host_port
+from epop.messages import Text
 
 __all__ = ["SYSTEM", "ProxyURL", "is_system", "parse_proxy_url"]
 
 #: The proxy setting that means "whatever this machine is set to use".
 SYSTEM = "system"
 
-_EXPECTED = f"expected http://HOST:PORT, or '{SYSTEM}' to use this machine's proxy"
+_EXPECTED = Text("expected http://HOST:PORT, or '{system}' to use this machine's proxy", system=SYSTEM)
 
 
 def is_system(setting: str) -> bool:
@@ -49,7 +50,7 @@ class ProxyURL:
         return f"http://{account}{host_port(self.host, self.port)}"
 
 
-def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
+def parse_proxy_url(text: str, *, credentials: str | Text) -> ProxyURL:
     """
     Read a proxy URL; C{system} is the caller's to recognize (L{is_system}).
 
@@ -62,30 +63,42 @@ def parse_proxy_url(text: str, *, credentials: str) -> ProxyURL:
     value = text.strip()
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(
-            f"proxy {_shown(value)!r} must not contain spaces or control characters: {_EXPECTED}"
+            Text(
+                "proxy {value!r} must not contain spaces or control characters: {expected}",
+                value=_shown(value),
+                expected=_EXPECTED,
+            )
         )
     try:
         parts = urlsplit(value if "://" in value else "http://" + value)
         port = parts.port
     except ValueError:
-        raise ValueError(f"proxy {_shown(value)!r} has an invalid port: {_EXPECTED}") from None
+        raise ValueError(Text("proxy {value!r} has an invalid port: {expected}", value=_shown(value), expected=_EXPECTED)) from None
     if parts.scheme.lower() != "http":
         raise ValueError(
-            f"proxy {_shown(value)!r}: only http:// proxies are supported (the tunnel to "
-            f"e-PMSI is encrypted end to end inside it); {_EXPECTED}"
+            Text(
+                "proxy {value!r}: only http:// proxies are supported (the tunnel to e-PMSI is "
+                "encrypted end to end inside it); {expected}",
+                value=_shown(value),
+                expected=_EXPECTED,
+            )
         )
     if parts.password is not None:
-        raise ValueError(f"do not put the proxy password in the URL: {credentials}")
+        raise ValueError(Text("do not put the proxy password in the URL: {credentials}", credentials=credentials))
     if not parts.hostname:
-        raise ValueError(f"proxy {value!r} has no host name: {_EXPECTED}")
+        raise ValueError(Text("proxy {value!r} has no host name: {expected}", value=value, expected=_EXPECTED))
     if port is None:
-        raise ValueError(f"proxy {value!r} has no port: {_EXPECTED}")
+        raise ValueError(Text("proxy {value!r} has no port: {expected}", value=value, expected=_EXPECTED))
     if port == 0:
-        raise ValueError(f"proxy {value!r} has an invalid port: {_EXPECTED}")
+        raise ValueError(Text("proxy {value!r} has an invalid port: {expected}", value=value, expected=_EXPECTED))
     if parts.path not in ("", "/") or parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError(
-            f"proxy {value!r} must not have a path, query or fragment: expected "
-            f"http://HOST:PORT, without a path, or '{SYSTEM}' to use this machine's proxy"
+            Text(
+                "proxy {value!r} must not have a path, query or fragment: expected "
+                "http://HOST:PORT, without a path, or '{system}' to use this machine's proxy",
+                value=value,
+                system=SYSTEM,
+            )
         )
     return ProxyURL(parts.hostname, port, parts.username or None)
 
