@@ -16,11 +16,13 @@ import socket
 import textwrap
 from pathlib import Path
 
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from epop.errors import RelayCannotStart
 from epop.messages import Text, reason_of
 from epop.relay import tap
 from epop.relay.service import ListenError, ReloadRefused
@@ -184,6 +186,19 @@ class ListenErrorTests(SynchronousTestCase):
             "cannot listen on tcp:3358:interface=10.9.9.9: Cannot assign requested address; "
             "this machine's addresses are: none; see epop interfaces",
         )
+
+
+    def test_daemon_reason_unaccented(self) -> None:
+        """The reason a detaching twistd passes to its parent (printed as bytes) is French without accents."""
+
+        class Taken(Service):
+            def privilegedStartService(self) -> None:
+                raise ListenError("tcp:3358", Text("Address already in use"))
+
+        top = tap._TwistdRelay(None, "fr")
+        Taken().setServiceParent(top)
+        error = self.assertRaises(RelayCannotStart, top.privilegedStartService)
+        self.assertEqual(str(error), "impossible d'ecouter sur tcp:3358 : Adresse deja utilisee")
 
 
 class SettingsReloadedTests(TestCase):

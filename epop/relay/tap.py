@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import unicodedata
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from epop.epmsi.proxy import (
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
-from epop.messages import LANGUAGES, Text, choose_language, reason_of
+from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
 from epop.relay.service import (
     DEFAULT_LISTEN,
     ListenError,
@@ -464,13 +465,22 @@ def _allow_from_file(options: Options) -> tuple[str, ...]:
         if name != "allow" and name not in options.given
     ]
     if later:
+        said = translations(options.language).gettext
         _TwistdRelay.log.warn(
-            "{path}: {names} changed; only allow is applied on reload, the rest when "
-            "the relay restarts",
+            said(Text("{path}: {names} changed; only allow is applied on reload, the rest when the relay restarts").template),
             path=path,
             names=", ".join(later),
         )
     return found.allow
+
+
+def _unaccented(text: str) -> str:
+    """
+    C{text} without its accents: a detaching twistd hands its parent the
+    reason's first 100 bytes and prints them as a bytes literal, where
+    "déjà" would read C{d\\xe9j\\xe0}; "deja" stays readable.
+    """
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 class _TwistdRelay(MultiService):
@@ -506,7 +516,7 @@ class _TwistdRelay(MultiService):
                 except (OSError, ValueError):
                     pass
             short = Text("cannot listen on {description}: {why}", description=e.description, why=e.why_text)
-            raise RelayCannotStart(short.render(self._language)) from None
+            raise RelayCannotStart(_unaccented(short.render(self._language))) from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP
@@ -572,7 +582,7 @@ def _saved_by_console(options: Options) -> None:
     try:
         options.settings_file = read_settings_file(options.settings_file.path, SettingKeys.of(options))
     except SettingsError as e:
-        _TwistdRelay.log.warn("{problem}", problem=str(e))
+        _TwistdRelay.log.warn("{problem}", problem=reason_of(e).render(options.language))
 
 
 def makeService(options: Options) -> IService:
