@@ -32,7 +32,7 @@ from epop.console.backend import IConsoleBackend
 from epop.console.events import EventHub
 from epop.console.resource import ConsoleResource
 from epop.local_tls import RelayTLS, server_options
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.relay.service import ListenError, listen_at_once
 
 #: Where the console listens unless told otherwise.
@@ -193,7 +193,7 @@ class ConsoleService(Service):
         try:
             endpoint = console_endpoint(self.reactor, description)
         except ValueError as e:
-            raise ListenError(description, str(e)) from None
+            raise ListenError(description, reason_of(e)) from None
         self.port = listen_at_once(endpoint, self._factory(), f"{description} (the console)")
 
     def startService(self) -> None:

@@ -210,7 +210,7 @@ _UNKNOWN_TYPE = re.compile(r"Unknown endpoint type: (?P<value>.*)")
 _UNKNOWN_PARAMETER = re.compile(r".*got an unexpected keyword argument (?P<value>.*)")
 _MISSING = re.compile(r".*missing \d+ required positional arguments?: (?P<value>.*)")
 _TOO_MANY = re.compile(r".*takes .* positional arguments? but \d+ (were|was) given")
-_TYPES = "tcp:PORT, tcp6:PORT, unix:PATH or ssl:PORT, optionally after haproxy:"
+_TYPES = Text("tcp:PORT, tcp6:PORT, unix:PATH or ssl:PORT, optionally after haproxy:")
 
 
 def _endpoint_problem(description: str, error: Exception) -> Text:

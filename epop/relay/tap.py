@@ -119,8 +119,8 @@ _PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
 def _parser_reason(error: usage.UsageError) -> Text:
     """A usage error as a L{Text}, the option parser's English words included."""
     reason = reason_of(error)
-    if reason.params.keys() != {"text"} or reason.template != "{text}":
-        return reason
+    if reason.template != "{text}":
+        return reason  # ours, already a Text
     for pattern, text in _PARSER_WORDS:
         found = pattern.fullmatch(str(error))
         if found:
