@@ -22,11 +22,12 @@ venv: $(VENV_STAMP)
 $(VENV_BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# compat mode is required: a "strict"/default editable install hides
-# twisted/plugins/epop_plugin.py from twistd's plugin discovery.
+# An editable install: setup.cfg's package_dir makes setuptools put the
+# project folder on sys.path, where twistd finds twisted/plugins/epop_plugin.py
+# (tests/test_packaging.py runs this very command in a fresh virtualenv).
 $(VENV_STAMP): setup.cfg pyproject.toml | $(VENV_BIN)/python
 	$(VENV_BIN)/python -m pip install --upgrade pip
-	$(VENV_BIN)/python -m pip install --config-settings editable_mode=compat -e '.[test,pac]'
+	$(VENV_BIN)/python -m pip install -e '.[test,pac]'
 	touch $@
 
 run: venv

@@ -1,7 +1,7 @@
 """
-The C{epop} command: C{send}, C{test}, C{config}, C{proxy-settings},
-C{interfaces}, C{sandbox}, and C{journal} and C{connections} to read a
-relay's journal.
+The C{epop} command: C{send}, C{test}, C{config}, C{trust},
+C{proxy-settings}, C{interfaces}, C{sandbox}, and C{journal} and
+C{connections} to read a relay's journal.
 
 Each subcommand lives with its role, its options next to its handler
 (L{COMMANDS} lists them); this module holds what they all share: the
@@ -43,6 +43,7 @@ from epop.command import (
     CommandOptions,
     exit_status_for_signal,
     output_lost,
+    usage_reason,
 )
 from epop.errors import EpopError
 from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
@@ -51,6 +52,7 @@ from epop.relay.commands import InterfacesOptions, interfaces
 from epop.sandbox.commands import SandboxOptions, sandbox
 from epop.workstation.commands import SendOptions, TestOptions, send, test
 from epop.workstation.settings import ClientSettings, SettingsError, settings_path
+from epop.workstation.trust import TrustOptions, trust
 from epop.workstation.settings_commands import (
     ConfigOptions,
     ProxySettingsOptions,
@@ -93,6 +95,7 @@ COMMANDS: dict[str, Subcommand] = {
     "send": Subcommand(SendOptions, send, "Send a file to e-PMSI."),
     "test": Subcommand(TestOptions, test, "Test the connection to e-PMSI."),
     "config": Subcommand(ConfigOptions, config, "Show or change the saved settings."),
+    "trust": Subcommand(TrustOptions, trust, "Trust a relay's certificate on first use (TLS)."),
     "proxy-settings": Subcommand(ProxySettingsOptions, proxy_settings, "Find this machine's proxy for e-PMSI."),
     "interfaces": Subcommand(InterfacesOptions, interfaces, "List the addresses the relay can listen on."),
     "sandbox": Subcommand(SandboxOptions, sandbox, "Run the local e-PMSI sandbox.", logs=True),
@@ -115,9 +118,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["lang"] not in (None, *LANGUAGES):
-            raise usage.UsageError(f"--lang must be one of {', '.join(LANGUAGES)}")
+            raise usage.UsageError(Text("--lang must be one of {languages}", languages=", ".join(LANGUAGES)))
         if self.subCommand is None:
-            raise usage.UsageError("give a command: " + ", ".join(c[0] for c in self.subCommands))
+            raise usage.UsageError(
+                Text("give a command: {commands}", commands=", ".join(c[0] for c in self.subCommands))
+            )
 
 
 class Interruption:
@@ -224,6 +229,12 @@ def run(
     environ = os.environ if environ is None else environ
     interruption = interruption if interruption is not None else Interruption()
     options = Options()
+
+    def reader_language() -> str:
+        """The language asked for, even when parsing stopped half-way."""
+        asked = options["lang"] if options["lang"] in LANGUAGES else None
+        return choose_language(environ, asked)
+
     try:
         options.parseOptions(argv)
         language = choose_language(environ, options["lang"])
@@ -244,26 +255,26 @@ def run(
         outcome = subcommand.handler(command, options.subOptions)
     except (usage.UsageError, SettingsError) as e:
         name = options.subCommand or ""
-        reason = str(e)
-        if e.args and isinstance(e.args[0], Text):  # in the reader's language
-            asked = options["lang"] if options["lang"] in LANGUAGES else None
-            reason = e.args[0].render(choose_language(environ, asked))
-        stderr.write(f"epop: {reason}\nTry 'epop {name + ' ' if name else ''}--help'.\n")
+        language = reader_language()
+        reason = usage_reason(e).render(language)
+        see = Text("Try '{command}'.", command=f"epop {name + ' ' if name else ''}--help")
+        stderr.write(f"epop: {reason}\n{see.render(language)}\n")
         return succeed(EXIT_USAGE)
     except OSError as e:  # --help, config show... when standard output takes no more
-        status = output_lost(e, stderr)
+        status = output_lost(e, stderr, reader_language())
         if status is None:
             raise
         return succeed(status)
 
     def failed(failure: Failure) -> int:
-        status = output_lost(failure.value, stderr)
+        status = output_lost(failure.value, stderr, language)
         if status is not None:
             return status
         if failure.check(EpopError):
             stderr.write(f"epop: {failure.value.render(language)}\n")
         else:
-            stderr.write(f"epop: unexpected error: {failure.getErrorMessage()}\n")
+            unexpected = Text("unexpected error: {why}", why=failure.getErrorMessage())
+            stderr.write(f"epop: {unexpected.render(language)}\n")
             stderr.write(failure.getTraceback())
         return EXIT_FAILED
 
@@ -303,7 +314,18 @@ class ProcessSignals:
             signal.signal(number, signal.SIG_IGN)
 
 
-def _quiet_if_stdout_closed(status: int) -> int:
+def _language_of(args: list[str]) -> str:
+    """The reader's language from C{--lang} in C{args} or the locale, for what is said after L{run}."""
+    asked = None
+    for before, arg in zip(["", *args], args):
+        if before == "--lang":
+            asked = arg
+        elif arg.startswith("--lang="):
+            asked = arg[len("--lang="):]
+    return choose_language(os.environ, asked if asked in LANGUAGES else None)
+
+
+def _quiet_if_stdout_closed(status: int, language: str = "en") -> int:
     """
     Flush standard output now, while a closed pipe can still be told apart:
     when the reader went away (C{epop journal | head}), say nothing and
@@ -316,7 +338,7 @@ def _quiet_if_stdout_closed(status: int) -> int:
     try:
         sys.stdout.flush()
     except OSError as e:
-        found = output_lost(e, sys.stderr)
+        found = output_lost(e, sys.stderr, language)
         if found is None:
             raise
         status = status or found
@@ -365,4 +387,4 @@ def main(
     except SystemExit as leaving:
         status = interruption.exit_status(leaving.code)
     signals.leaving()
-    raise SystemExit(_quiet_if_stdout_closed(status)) from None
+    raise SystemExit(_quiet_if_stdout_closed(status, _language_of(args))) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import getopt
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
@@ -36,6 +37,7 @@ __all__ = [
     "CommandOptions",
     "exit_status_for_signal",
     "output_lost",
+    "usage_reason",
 ]
 
 #: The exit statuses of C{epop}; docs/exit-status.md has the whole table.
@@ -62,19 +64,49 @@ def exit_status_for_signal(number: int) -> int:
 _OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
-def output_lost(error: BaseException, stderr: TextIO) -> int | None:
+def output_lost(error: BaseException, stderr: TextIO, language: str = "en") -> int | None:
     """
     The exit status when C{error} means standard output takes no more:
     141, quietly, when its reader went away (C{epop journal | head}), as a
-    tool killed by SIGPIPE would; 1, said in one line, when its disk is
-    full.  C{None} for any other error.
+    tool killed by SIGPIPE would; 1, said in one line (in C{language}),
+    when its disk is full.  C{None} for any other error.
     """
     if isinstance(error, BrokenPipeError):
         return EXIT_BROKEN_PIPE
     if isinstance(error, OSError) and error.errno in _OUTPUT_FULL:
-        stderr.write(f"epop: cannot write to standard output: {error.strerror}\n")
+        reason = Text("cannot write to standard output: {why}", why=error.strerror)
+        stderr.write(f"epop: {reason.render(language)}\n")
         return EXIT_FAILED
     return None
+
+
+#: The usage errors of getopt and of Twisted's usage.Options, which speak
+#: English only: a pattern's group, if it has one, is the template's {name}.
+_PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
+    (re.compile(r"option (-\S+) not recognized"), Text("option {name} not recognized")),
+    (re.compile(r"option (-\S+) requires argument"), Text("option {name} requires argument")),
+    (re.compile(r"option (-\S+) must not have an argument"), Text("option {name} must not have an argument")),
+    (re.compile(r"option (-\S+) not a unique prefix"), Text("option {name} not a unique prefix")),
+    (re.compile(r"No such option '(.*)'"), Text("No such option '{name}'")),
+    (re.compile(r"Unknown command: (.*)"), Text("Unknown command: {name}")),
+    (re.compile(r"Parameter '(.*)' requires an argument\."), Text("Parameter '{name}' requires an argument.")),
+    (re.compile(r"Wrong number of arguments\."), Text("Wrong number of arguments.")),
+)
+
+
+def usage_reason(error: BaseException) -> Text:
+    """
+    A usage or settings error for a person: its L{Text}, or the parser's
+    known English words made a L{Text}, so that all of them can be French.
+    """
+    if error.args and isinstance(error.args[0], Text):
+        return error.args[0]
+    words = str(error)
+    for pattern, text in _PARSER_WORDS:
+        found = pattern.fullmatch(words)
+        if found:
+            return Text(text.template, name=found.group(1)) if pattern.groups else text
+    return Text.literal(words)
 
 
 class CommandOptions(usage.Options):
@@ -96,7 +128,7 @@ class CommandOptions(usage.Options):
         try:
             found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(usage_reason(e)) from None
         reordered: list[str] = []
         for name, value in found:
             takes_value = (

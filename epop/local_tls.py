@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     CertificateOptions,
     KeyPair,
@@ -27,11 +28,26 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from epop.certificates import read_certificates, read_file, trust_root_from_pem
+from epop.certificates import (
+    fingerprint,
+    issued_by,
+    read_certificates,
+    read_file,
+    trust_root_from_pem,
+)
+from epop.errors import EpopError
 from epop.messages import Text
 
-__all__ = ["RelayTLS", "ClientTLS", "openssl_words", "server_options"]
+__all__ = [
+    "RelayTLS",
+    "ClientTLS",
+    "WatchedCreator",
+    "openssl_words",
+    "server_options",
+    "tls_version",
+]
 
 
 def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
@@ -43,7 +59,9 @@ def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
     try:
         return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
     except Exception as e:
-        raise ValueError(Text("cannot use {cert} with {key}: {why}", cert=cert_path, key=key_path, why=str(e))) from None
+        raise ValueError(
+            Text("cannot use {certificate} with {key}: {why}", certificate=cert_path, key=key_path, why=str(e))
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -96,15 +114,93 @@ class ClientTLS:
     client_cert: str | None = None
     client_key: str | None = None
 
-    def creator(self, host: str) -> Any:
-        """Client TLS settings for a relay reached as C{host}."""
+    def creator(self, host: str) -> WatchedCreator:
+        """
+        Client TLS settings for a relay reached as C{host}, for one
+        connection: it keeps that connection, so that a certificate that
+        does not verify can be described (L{untrusted}).
+        """
         root = trust_root_from_pem(self.relay_ca) if self.relay_ca else None
         mine = None
         if self.client_cert or self.client_key:
             if not (self.client_cert and self.client_key):
-                raise ValueError("a client certificate needs both its certificate and its key")
+                raise ValueError(Text("a client certificate needs both its certificate and its key"))
             mine = _private_certificate(self.client_cert, self.client_key)
-        return optionsForClientTLS(host, trustRoot=root, clientCertificate=mine)
+        return WatchedCreator(optionsForClientTLS(host, trustRoot=root, clientCertificate=mine))
+
+    def untrusted(self, creator: WatchedCreator, failure: Failure, where: str) -> EpopError | None:
+        """
+        When the relay's certificate does not come from C{relay_ca} (saved
+        by C{epop trust}, or given): a relay reinstalled, or someone in
+        between.  The hard error names both fingerprints and says what to
+        check; C{None} for any other failure (an expired certificate from
+        the right authority, another name...), described as before.
+        """
+        if not self.relay_ca or not _tls_failed(failure):
+            return None
+        presented = creator.presented_chain()
+        try:
+            authorities = read_certificates(self.relay_ca, Text("relay CA file"))
+        except ValueError:
+            return None  # an unreadable file is described as before
+        if not presented or any(issued_by(c, a) for c in presented for a in authorities):
+            return None  # the authority is the one trusted: expired, another name...
+        trusted = ", ".join(fingerprint(c) for c in authorities)
+        return EpopError(
+            "relay-tls",
+            Text(
+                "The relay at {where} presented a certificate that this workstation does not "
+                "trust: trusted authority {trusted} (in {file}), presented {presented}. The relay "
+                "may have been reinstalled or someone may be in between: check the fingerprint "
+                "with the relay's administrator (it is in the relay's log at start), then run "
+                "epop trust again (with a hospital's own CA file, check that relay-ca names the "
+                "right one).",
+                where=where,
+                file=self.relay_ca,
+                trusted=trusted,
+                presented=fingerprint(presented[-1]),
+            ),
+            "tls",
+        )
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class WatchedCreator:
+    """
+    Another creator's TLS connection, kept for afterwards: the chain the
+    relay presented is still there when its verification failed.
+    """
+
+    def __init__(self, creator: Any) -> None:
+        self._creator = creator
+        self.connection: SSL.Connection | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        self.connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        return self.connection
+
+    def presented_chain(self) -> list[crypto.X509]:
+        """The certificates the relay sent, its own first; empty if none came."""
+        if self.connection is None:
+            return []
+        return list(self.connection.get_peer_cert_chain() or [])
+
+
+def _tls_failed(failure: Failure) -> bool:
+    """Whether the connection failed in its TLS handshake."""
+    value = failure.value
+    return isinstance(value, SSL.Error) or (isinstance(value, EpopError) and value.cause == "tls")
+
+
+def tls_version(transport: Any) -> str | None:
+    """
+    The TLS version of an established connection (C{"TLSv1.3"}), or
+    C{None} when C{transport} is not encrypted.
+    """
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if isinstance(handle, SSL.Connection):
+        return handle.get_protocol_version_name()
+    return None
 
 
 def openssl_words(failure: Failure) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "Wording",
     "read_section",
     "where",
+    "where_text",
 ]
 
 SECTION = "epop"
@@ -38,10 +39,7 @@ _COMMENT = ("#", ";")
 
 
 class SettingsError(ValueError):
-    """
-    A setting or settings file that cannot be used; the message says where
-    and why, as a L{Text} (C{args[0]}) or plain English.
-    """
+    """A setting or settings file that cannot be used; the message says where and why."""
 
 
 class ValueLineError(ValueError):
@@ -53,7 +51,7 @@ class ValueLineError(ValueError):
         the check was given.
     """
 
-    def __init__(self, message: str | Text, index: int) -> None:
+    def __init__(self, message: str, index: int) -> None:
         super().__init__(message)
         self.index = index
 
@@ -61,9 +59,9 @@ class ValueLineError(ValueError):
 @dataclass(frozen=True)
 class Wording:
     """
-    The messages of one kind of settings file, as L{Text}s without their
-    parameters (or C{str.format} templates, shown as translated if they are
-    in the catalog).
+    The messages of one kind of settings file, as C{str.format} templates,
+    or as L{Text} templates (without parameters) to be told in the reader's
+    language.
 
     Every template may use C{{path}}; those about one line also C{{where}}
     (the path and line), C{{text}} (the line, stripped) and C{{name}} (a
@@ -72,16 +70,16 @@ class Wording:
     """
 
     #: The file cannot be read: C{{reason}} says why.
-    unreadable: Text | str
+    unreadable: str | Text
     #: The file is not UTF-8: C{{byte}} is where.
-    not_utf8: Text | str
-    before_section: Text | str
-    other_section: Text | str
-    section_twice: Text | str
-    not_key_value: Text | str
-    key_twice: Text | str
+    not_utf8: str | Text
+    before_section: str | Text
+    other_section: str | Text
+    section_twice: str | Text
+    not_key_value: str | Text
+    key_twice: str | Text
     #: A file without the section; C{None}: it holds no settings, and that is fine.
-    no_section: Text | str | None
+    no_section: str | Text | None
 
 
 @dataclass(frozen=True)
@@ -93,14 +91,21 @@ class Setting:
     value: Any
 
 
-def where(path: str | Path, line: int | None) -> Text:
-    """The file and line, for messages (C{str()} of it is the English)."""
+def where(path: str | Path, line: int | None) -> str:
+    """The file and line, for messages."""
+    return f"{path}, line {line}" if line else str(path)
+
+
+def where_text(path: str | Path, line: int | None) -> Text:
+    """The file and line, for messages in the reader's language."""
     return Text("{path}, line {line}", path=str(path), line=line) if line else Text.literal(str(path))
 
 
-def _message(template: Text | str, **fields: Any) -> Text:
-    """One of a L{Wording}'s messages, with its parameters."""
-    return Text(template.template if isinstance(template, Text) else template, **fields)
+def _message(template: str | Text, path: str | Path, line: int | None = None, **fields: Any) -> str | Text:
+    """One of a L{Wording}'s messages: a L{Text} when its template is one."""
+    if isinstance(template, Text):
+        return Text(template.template, path=str(path), where=where_text(path, line), **fields)
+    return template.format(path=path, where=where(path, line), **fields)
 
 
 def read_section(
@@ -125,15 +130,13 @@ def read_section(
     except FileNotFoundError as e:
         if missing_ok:
             return None
-        raise SettingsError(_message(wording.unreadable, path=str(path), reason=system_reason(e))) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=system_reason(e))) from None
     except OSError as e:
-        raise SettingsError(
-            _message(wording.unreadable, path=str(path), reason=system_reason(e))
-        ) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=system_reason(e))) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise SettingsError(_message(wording.not_utf8, path=str(path), byte=e.start)) from None
+        raise SettingsError(_message(wording.not_utf8, path, byte=e.start)) from None
     return _Reader(str(path), wording, check).read(text)
 
 
@@ -154,10 +157,8 @@ class _Reader:
         self.lines: list[str] = []
         self.numbers: list[int] = []
 
-    def fail(self, template: Text | str, number: int, **fields: Any) -> SettingsError:
-        return SettingsError(
-            _message(template, path=self.path, where=where(self.path, number), **fields)
-        )
+    def fail(self, template: str | Text, number: int, **fields: Any) -> SettingsError:
+        return SettingsError(_message(template, self.path, number, **fields))
 
     def read(self, text: str) -> list[Setting]:
         in_section = seen_section = False
@@ -201,7 +202,7 @@ class _Reader:
             self.lines, self.numbers = [value.strip()], [number]
         self.finish()
         if not seen_section and self.wording.no_section is not None:
-            raise SettingsError(_message(self.wording.no_section, path=self.path))
+            raise SettingsError(_message(self.wording.no_section, self.path))
         return self.found
 
     def finish(self) -> None:
@@ -213,11 +214,10 @@ class _Reader:
             self.lines.pop()
         try:
             value = self.check(key, "\n".join(self.lines))
-        except ValueLineError as e:
-            line = self.numbers[e.index] if 0 <= e.index < len(self.numbers) else self.key_line
-            raise SettingsError(Text("{where}: {problem}", where=where(self.path, line), problem=reason_of(e))) from None
         except ValueError as e:
-            raise SettingsError(
-                Text("{where}: {problem}", where=where(self.path, self.key_line), problem=reason_of(e))
-            ) from None
+            line = self.key_line
+            if isinstance(e, ValueLineError) and 0 <= e.index < len(self.numbers):
+                line = self.numbers[e.index]
+            where = where_text(self.path, line)
+            raise SettingsError(Text("{where}: {reason}", where=where, reason=reason_of(e))) from None
         self.found.append(Setting(key, self.key_line, value))

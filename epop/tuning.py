@@ -44,6 +44,7 @@ __all__ = [
     "ReadBudget",
     "keep_buffers_on_heap",
     "tune",
+    "unsent",
 ]
 
 #: Bytes read from a workstation's socket per call, with few uploads in flight.
@@ -76,22 +77,43 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def _descriptor(transport: Any) -> FileDescriptor | None:
+    """The file descriptor under C{transport}, looking through wrappers (TLS, PROXY protocol)."""
+    for _ in range(8):
+        if transport is None or isinstance(transport, FileDescriptor):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 def tune(transport: Any, *, read_size: int | None = None, send_limit: int | None = None) -> None:
     """
     Set how much the socket under C{transport} reads per call and sends per
     call, looking through wrappers (TLS, PROXY protocol) to the file
     descriptor.
     """
-    for _ in range(8):
-        if transport is None:
-            return
-        if isinstance(transport, FileDescriptor):
-            if read_size is not None:
-                transport.bufferSize = read_size
-            if send_limit is not None:
-                transport.SEND_LIMIT = send_limit
-            return
-        transport = getattr(transport, "transport", None)
+    descriptor = _descriptor(transport)
+    if descriptor is None:
+        return
+    if read_size is not None:
+        descriptor.bufferSize = read_size
+    if send_limit is not None:
+        descriptor.SEND_LIMIT = send_limit
+
+
+def unsent(transport: Any) -> int | None:
+    """
+    Bytes written to C{transport} that its socket has not taken yet; C{None}
+    when the transport keeps no such buffer the relay can see.  (Twisted's
+    own bookkeeping, as L{FileDescriptor.doWrite} keeps it.)
+    """
+    descriptor = _descriptor(transport)
+    if descriptor is None:
+        return None
+    try:
+        return len(descriptor.dataBuffer) - descriptor.offset + descriptor._tempDataLen
+    except AttributeError:
+        return None
 
 
 class ReadBudget:

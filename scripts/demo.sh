@@ -14,14 +14,16 @@
 # step succeeded.
 #
 # Environment: BIN=folder holding python, epop and twistd (default .venv/bin);
-# EPOP_DEMO_WAIT=0 stops at once even in a terminal.
+# EPOP_DEMO_WAIT=0 stops at once even in a terminal; EPOP_DEMO_DIR=folder
+# for the scratch files instead of .demo/ (emptied first).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=${BIN:-$ROOT/.venv/bin}
 PY=$BIN/python
-DEMO=$ROOT/.demo
+DEMO=${EPOP_DEMO_DIR:-$ROOT/.demo}
+SHOWN=${DEMO#"$ROOT"/}  # as the messages name it: .demo, or the folder given
 
 for tool in python epop twistd; do
     if [ ! -x "$BIN/$tool" ]; then
@@ -113,16 +115,16 @@ SANDBOX_URL=https://127.0.0.1:$SANDBOX_PORT
 CA=$DEMO/sandbox/tls/ca.pem
 JOURNAL=$DEMO/journal.jsonl
 
-heading "Starting the e-PMSI sandbox on $SANDBOX_URL (log: .demo/sandbox.log)"
+heading "Starting the e-PMSI sandbox on $SANDBOX_URL (log: $SHOWN/sandbox.log)"
 "$BIN/epop" sandbox --port "$SANDBOX_PORT" --interface 127.0.0.1 \
     --directory "$DEMO/sandbox" >"$DEMO/sandbox.log" 2>&1 &
 SANDBOX_PID=$!
 PIDS+=("$SANDBOX_PID")
 wait_for "sandbox CA file $CA" "$SANDBOX_PID" "$DEMO/sandbox.log" test -s "$CA"
 wait_for "sandbox port $SANDBOX_PORT" "$SANDBOX_PID" "$DEMO/sandbox.log" port_open "$SANDBOX_PORT"
-echo "ready; its CA certificate is .demo/sandbox/tls/ca.pem"
+echo "ready; its CA certificate is $SHOWN/sandbox/tls/ca.pem"
 
-heading "Starting the relay on $RELAY, forwarding to $SANDBOX_URL (log: .demo/relay.log)"
+heading "Starting the relay on $RELAY, forwarding to $SANDBOX_URL (log: $SHOWN/relay.log)"
 # The settings file the console saves to (the command line's options win over it).
 printf '# The demo relay'"'"'s settings: its console saves its changes here.\n[epop]\n' >"$DEMO/relay.ini"
 "$BIN/twistd" --nodaemon --pidfile= --logfile="$DEMO/relay.log" epop \
@@ -141,7 +143,7 @@ wait_for "the relay's console on 127.0.0.1:$CONSOLE_PORT" "$RELAY_PID" "$DEMO/re
 console_url() { grep -o "Console: open http[^ ]*" "$DEMO/relay.log" | tail -n 1 | cut -d' ' -f3; }
 echo "The relay's console (a browser on this machine): $(console_url)"
 
-heading "Making a sample PMSI archive (.demo/sample.zip)"
+heading "Making a sample PMSI archive ($SHOWN/sample.zip)"
 SAMPLE=$DEMO/sample.zip
 "$PY" - "$SAMPLE" <<'PY'
 import os, sys, zipfile
@@ -173,7 +175,7 @@ heading "Sending the archive with curl, through the relay as its HTTPS proxy (CO
 if command -v curl >/dev/null 2>&1; then
     # What ATIH's applications and browsers do: the relay only opens a
     # tunnel to e-PMSI; TLS runs end to end between curl and the sandbox.
-    echo "curl -x http://$RELAY --cacert .demo/sandbox/tls/ca.pem -F theFile=@.demo/sample.zip ... $SANDBOX_URL/syriusUpload.do"
+    echo "curl -x http://$RELAY --cacert $SHOWN/sandbox/tls/ca.pem -F theFile=@$SHOWN/sample.zip ... $SANDBOX_URL/syriusUpload.do"
     # --noproxy "": a NO_PROXY naming 127.0.0.1 must not send curl around the relay.
     HTTP_STATUS=$(curl -sS --max-time 60 -x "http://$RELAY" --noproxy "" --cacert "$CA" \
         -F userId=demo -F year=2026 -F period=M11 -F finess=123456789 \
@@ -189,7 +191,7 @@ else
     echo "SKIPPED: curl is not installed (apt-get install curl)"
 fi
 
-heading "The relay's journal (.demo/journal.jsonl): time, event, client, description"
+heading "The relay's journal ($SHOWN/journal.jsonl): time, event, client, description"
 "$PY" - "$JOURNAL" <<'PY'
 import json, sys
 with open(sys.argv[1]) as journal:

@@ -140,6 +140,13 @@ class TestSandbox:
         return make_trusting_client(reactor, self.ca.cert_pem.bytes())
 
 
+def running_reactor() -> Any:
+    """The running reactor, imported late so trial's --reactor choice holds."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def make_trusting_client(reactor: Any, ca_pem: bytes) -> HTTPClient:
     """
     A treq client that trusts only C{ca_pem} and does not keep connections
@@ -151,7 +158,10 @@ def make_trusting_client(reactor: Any, ca_pem: bytes) -> HTTPClient:
 
 
 def make_trustme_sandbox(
-    testcase: TestCase, reactor: Any, upload_path: str = DEFAULT_UPLOAD_PATH
+    testcase: TestCase,
+    reactor: Any,
+    upload_path: str = DEFAULT_UPLOAD_PATH,
+    upload_directory: FilePath | None = None,
 ) -> TestSandbox:
     """
     Start a sandbox over TLS on C{127.0.0.1}, port 0, for one test.
@@ -161,7 +171,9 @@ def make_trustme_sandbox(
     C{localhost}) comes from a fresh C{trustme} CA whose PEM is written to
     C{ca_path}.  Cleanups stop listening and abort any connection still
     open on the server side, so trial never sees a dirty reactor.
-    C{upload_path} is where the sandbox's upload form posts.
+    C{upload_path} is where the sandbox's upload form posts;
+    C{upload_directory}, where it stores uploads (another sandbox's, to
+    restart it; by default a fresh folder).
     """
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
@@ -169,7 +181,8 @@ def make_trustme_sandbox(
     base.makedirs()
     ca_file = base.child("ca.pem")
     ca.cert_pem.write_to_path(ca_file.path)
-    upload_directory = base.child("uploads")
+    if upload_directory is None:
+        upload_directory = base.child("uploads")
 
     site = make_sandbox_site(upload_directory, reactor, upload_path)
     options = server_tls_options(

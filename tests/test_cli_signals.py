@@ -111,7 +111,7 @@ class SignalRaceTests(SynchronousTestCase):
         self.patch(sys, "stderr", self.stderr)
         self.patch(os, "environ", {"EPOP_CONFIG": os.path.abspath(self.mktemp()), "LANG": "C"})
         # The real standard output is trial's: leave it alone.
-        self.patch(cli, "_quiet_if_stdout_closed", lambda status: status)
+        self.patch(cli, "_quiet_if_stdout_closed", lambda status, language="en": status)
 
     def signal_handler(self, number: int) -> Callable[[], None]:
         """A step: SIGINT's handler's call, as the reactor runs it."""

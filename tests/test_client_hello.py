@@ -609,7 +609,7 @@ class RealClientTests(TestCase):
         english = "\n".join(journal_table(self.relay.journal.records, "en"))
         french = "\n".join(journal_table(self.relay.journal.records, "fr"))
         self.assertIn(f"tunnel to {tunnel} (127.0.0.1): refused (asked for other.example), tunnel-sni-mismatch; ", english)
-        self.assertIn(f"tunnel vers {tunnel} (127.0.0.1) : refused (nom demandé : other.example), tunnel-sni-mismatch ; ", french)
+        self.assertIn(f"tunnel vers {tunnel} (127.0.0.1) : refusée (nom demandé : other.example), nom de serveur TLS (SNI) différent ; ", french)
         self.assertIn(f", to {tunnel}, tunnel-sni-mismatch; ", english)
 
     async def test_python_ssl_same_name(self) -> None:

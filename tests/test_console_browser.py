@@ -45,10 +45,18 @@ def _text(driver: Any, selector: str) -> str:
 
 
 def _wait(driver: Any, condition: Any, what: str) -> Any:
-    """Wait (bounded) until C{condition(driver)} is true, in the browser's thread."""
+    """
+    Wait (bounded) until C{condition(driver)} is true, in the browser's
+    thread.  An element the live page replaced while the condition read it
+    is asked again at the next poll.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.1).until(condition, what)
+    wait = WebDriverWait(
+        driver, SHOWN_WITHIN, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(condition, what)
 
 
 def _title_shows(text: str) -> Any:

@@ -200,7 +200,7 @@ class ReadTests(SynchronousTestCase):
             "10.1.4.27        25/11/2026 13:00:59  Ouverture de connexion           Id de connexion : 2, depuis 10.1.4.27:51234",
         )
         self.assertIn("Type de l'objet instancié : upload POST /syriusUpload.do (309 octets)", french[4])
-        self.assertIn("Libération d'objet               Type de l'objet libéré : upload POST /syriusUpload.do : completed, e-PMSI a répondu 200", french[5])
+        self.assertIn("Libération d'objet               Type de l'objet libéré : upload POST /syriusUpload.do : terminée, e-PMSI a répondu 200", french[5])
         self.assertIn("Fermeture de connexion", french[6])
         english = journal_table(records, "en", PARIS_WINTER)
         self.assertEqual(english[0].split(), ["Client", "IP", "Date", "Type", "Description"])
@@ -238,6 +238,7 @@ class ReadTests(SynchronousTestCase):
         french = connections_table(summaries[:1], "fr", timezone.utc)
         self.assertEqual(french[0].split()[:4], ["Connexion", "Client", "Ouverte", "le"])
         self.assertRegex(french[2], r"^1 +10\.1\.4\.27:51234 +25/11/2026 12:00:01 +25/11/2026 12:00:01 ")
+        self.assertTrue(french[2].endswith("fermée par le client"), french[2])
 
 
     def test_tunnel_users_in_the_views(self) -> None:

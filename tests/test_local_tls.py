@@ -113,17 +113,23 @@ class LocalTLSTests(TestCase):
         self.assertGreater(closed["bytes_in"], 0)  # the ClientHello, unread but counted
 
     async def test_unknown_authority(self) -> None:
-        """A relay certificate from another authority is an error, never plain text."""
+        """
+        A relay certificate from another authority than --relay-ca is an
+        error, never plain text; from none the system trusts, too.
+        """
         relay = self.relay()
         other = self.write(trustme.CA().cert_pem.bytes())
         report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(other))
         self.assertEqual(report.error.code, "relay-tls")
-        self.assertIn("could not be verified", report.error.message)
+        self.assertIn("does not trust", report.error.message)
+        unknown = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS())
+        self.assertEqual(unknown.error.code, "relay-tls")
+        self.assertIn("could not be verified", unknown.error.message)
         # The relay's journal says the handshake failed, in OpenSSL's words.
-        self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
-        [closed] = relay.records("connection-closed")
-        self.assertEqual(closed["reason"], "tls-failed")
-        self.assertIn("unknown ca", closed["error"])
+        self.assertTrue(await poll_until(reactor, lambda: len(relay.records("connection-closed")) == 2))
+        for closed in relay.records("connection-closed"):
+            self.assertEqual(closed["reason"], "tls-failed")
+            self.assertIn("unknown ca", closed["error"])
 
     async def test_name_mismatch(self) -> None:
         """A relay certificate for another name fails the host name check."""

@@ -136,7 +136,7 @@ class ProvokedTests(TestCase):
         self.assertEqual(report.step.render("fr"), "l'autorisation par le relais")
 
     async def test_tls_failures(self) -> None:
-        """Unknown authority, relay without TLS, relay requiring TLS: each named in both languages."""
+        """Unknown or untrusted authority, relay without TLS, relay requiring TLS: each named in both languages."""
         ca = trustme.CA()
         issued = ca.issue_cert("127.0.0.1")
         paths = {}
@@ -149,8 +149,10 @@ class ProvokedTests(TestCase):
             self, reactor, self.sandbox.url, self.sandbox.ca_path,
             tls=RelayTLS(paths["cert"], paths["key"], require=True),
         )
-        unknown = await test_connection(reactor, relay=secure.endpoint, tls=ClientTLS(other))
+        unknown = await test_connection(reactor, relay=secure.endpoint, tls=ClientTLS())
         self.assertBoth(unknown.error, "signed by an unknown authority", "signé par une autorité inconnue")
+        untrusted = await test_connection(reactor, relay=secure.endpoint, tls=ClientTLS(other))
+        self.assertBoth(untrusted.error, "does not trust", "ne fait pas confiance")
         required = await test_connection(reactor, relay=secure.endpoint)
         self.assertBoth(required.error, "accepts encrypted connections only", "n'accepte que les connexions chiffrées")
         plain = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)

@@ -10,6 +10,10 @@ can tell, so these tests run C{python -m build} on a copy of the project and
 C{pip install} the wheel (dependencies come from the package index; pip's
 cache makes that quick after the first run).
 
+The developer's editable install (the Makefile's command) is tested too,
+in a fresh virtualenv that reuses the packages of the one running the tests
+(C{--no-build-isolation --no-deps}): it needs no network.
+
 Set C{EPOP_SKIP_PACKAGING=1} to skip them, e.g. offline.
 """
 
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -110,7 +116,78 @@ class _Built:
         return _run([self.bin(args[0]), *args[1:]], self.scratch)
 
 
+def makefile_install_command() -> list[str]:
+    """The Makefile's editable install, as arguments after C{python -m pip}."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    prefix = "$(VENV_BIN)/python -m pip install "
+    commands = [
+        line.strip()
+        for line in makefile.splitlines()
+        if line.strip().startswith(prefix) and " -e " in line
+    ]
+    if len(commands) != 1:
+        raise AssertionError(f"expected one editable pip install in the Makefile, found {commands}")
+    return shlex.split(commands[0])[3:]
+
+
+class _Editable:
+    """
+    The Makefile's editable install, in a fresh virtualenv, made once.
+
+    The virtualenv has no packages of its own: a C{.pth} line puts the
+    running environment's site-packages after its own, so the install needs
+    neither network nor build isolation.  That folder's own C{.pth} files
+    (such as the developer's editable epop) are not read, so the plugin can
+    only come from this install.
+    """
+
+    def __init__(self) -> None:
+        self.scratch = tempfile.mkdtemp(prefix="epop-editable-")
+        atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)
+        self.source = os.path.join(self.scratch, "source")
+        shutil.copytree(ROOT, self.source, ignore=_IGNORED, symlinks=True)
+        venv = os.path.join(self.scratch, "fresh")
+        _run([sys.executable, "-m", "venv", "--without-pip", venv], self.scratch)
+        self.python = os.path.join(venv, "bin", "python")
+        purelib = _run(
+            [self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            self.scratch,
+        ).strip()
+        with open(os.path.join(purelib, "reuse_test_environment.pth"), "w", encoding="utf-8") as pth:
+            pth.write(sysconfig.get_paths()["purelib"] + "\n")
+        #: What pip and setuptools printed (verbose, so setuptools' own
+        #: warnings show).
+        self.install_output = _run(
+            [
+                self.python,
+                "-m",
+                "pip",
+                *makefile_install_command(),
+                "--no-build-isolation",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--verbose",
+            ],
+            self.source,
+        )
+
+    def twistd(self, *args: str) -> str:
+        """Run twistd with the fresh virtualenv's Python, away from the source tree."""
+        return _run(
+            [self.python, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())", *args],
+            self.scratch,
+        )
+
+
 _built: _Built | None = None
+_editable: _Editable | None = None
+
+
+def editable() -> _Editable:
+    global _editable
+    if _editable is None:
+        _editable = _Editable()
+    return _editable
 
 
 def built() -> _Built:
@@ -144,9 +221,71 @@ class PackagingTests(SynchronousTestCase):
         """The data folders are declared: setuptools builds without its "absent from packages" warning."""
         self.assertNotIn("absent from the `packages` configuration", built().build_output)
 
+    def test_build_warns_of_nothing_deprecated(self) -> None:
+        """setuptools builds the wheel without a deprecation warning about the project's configuration."""
+        output = built().build_output
+        warnings = [line for line in output.splitlines() if "deprecat" in line.lower()]
+        self.assertEqual(warnings, [], output)
+
+    def test_wheel_ships_only_the_packages(self) -> None:
+        """The project folder is the package root, yet the wheel holds only epop/ and the plugin."""
+        with zipfile.ZipFile(built().wheel) as wheel:
+            tops = {name.split("/")[0] for name in wheel.namelist()}
+        self.assertEqual(
+            {top for top in tops if not top.endswith(".dist-info")},
+            {"epop", "twisted"},
+        )
+
     def test_fresh_install_commands(self) -> None:
         """In a fresh virtualenv, twistd lists the epop plugin and the epop command runs."""
         fresh = built()
         self.assertIn("epop", fresh.run("twistd", "--help").split())
         self.assertIn("--listen", fresh.run("twistd", "epop", "--help"))
         self.assertIn("sandbox", fresh.run("epop", "--help"))
+
+
+class EditableInstallTests(SynchronousTestCase):
+    """The Makefile's C{pip install -e}: quiet, and twistd finds the plugin."""
+
+    timeout = 2 * STEP_TIMEOUT
+
+    if os.environ.get("EPOP_SKIP_PACKAGING") == "1":
+        skip = "EPOP_SKIP_PACKAGING=1: not installing the checkout"
+
+    def test_no_build_warning(self) -> None:
+        """
+        setuptools builds the editable install without a warning.
+
+        pip shows the build's Python warnings as C{...Warning: ...} lines
+        (compat mode's C{SetuptoolsDeprecationWarning} as a
+        C{BuildBackendWarning}); pip's own notices are C{WARNING:} lines
+        about this machine's package indexes, not about the project.
+        """
+        output = editable().install_output
+        self.assertIn("Successfully installed epop", output)
+        warnings = [
+            line
+            for line in output.splitlines()
+            if "Warning:" in line or "deprecat" in line.lower()
+        ]
+        self.assertEqual(warnings, [], output)
+
+    def test_plugin_visible(self) -> None:
+        """twistd, run outside the checkout, lists the epop plugin and its options."""
+        fresh = editable()
+        self.assertIn("epop", fresh.twistd("--help").split())
+        self.assertIn("--listen", fresh.twistd("epop", "--help"))
+
+    def test_plugin_from_checkout(self) -> None:
+        """The plugin twistd loads is the checkout's file, so edits show without reinstalling."""
+        fresh = editable()
+        found = fresh.twistd("--help")
+        self.assertIn("epop", found.split())
+        self.assertTrue(
+            os.path.exists(os.path.join(fresh.source, "twisted", "plugins", "dropin.cache")),
+            "twistd cached no plugin list in the checkout's twisted/plugins/",
+        )
+
+    def test_plugin_cache_ignored(self) -> None:
+        """The plugin cache twistd writes into the checkout is ignored by git."""
+        self.assertIn("dropin.cache", (ROOT / ".gitignore").read_text(encoding="utf-8").split())

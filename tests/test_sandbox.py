@@ -35,7 +35,7 @@ from twisted.web.client import (
 from epop.sandbox.retention import Keep, parse_keep
 from epop.sandbox.ca import ensure_certificates
 from epop.sandbox.service import SandboxService
-from epop.sandbox.uploads import MAX_FIELD_SIZE, sanitize_filename
+from epop.sandbox.uploads import MAX_FIELD_SIZE, RECEIPT_NAME, sanitize_filename
 from tests.support import (
     InMemoryBody,
     TestSandbox,
@@ -296,7 +296,7 @@ class SandboxUploadTests(TestCase):
         folder = self.sandbox.upload_directory.child(receipt["upload"])
         self.assertEqual(
             sorted(child.basename() for child in folder.children()),
-            ["passwd", "passwd-2", "profile"],
+            [RECEIPT_NAME, "passwd", "passwd-2", "profile"],
         )
         contents = {"theFile": b"one", "other": b"two", "hidden": b"three"}
         for entry in receipt["files"]:
@@ -596,6 +596,31 @@ class SandboxServiceTests(TestCase):
             .getContent(),
             b"payload",
         )
+
+    async def test_port_taken(self) -> None:
+        """epop sandbox on a port already taken: a line saying so and what to do, no traceback."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.test_cli_interrupt import epop_command
+
+        assert self.service.port is not None
+        taken = self.service.port.getHost().port
+        for language, expected in (
+            ("C", f"epop: The sandbox cannot listen on 127.0.0.1 port {taken}: "),
+            ("fr_FR.UTF-8", f"epop: Le bac à sable ne peut pas écouter sur 127.0.0.1 port {taken} : "),
+        ):
+            [program, *first] = epop_command()
+            out, err, status = await getProcessOutputAndValue(
+                program,
+                [*first, "sandbox", "--port", str(taken), "--directory", self.mktemp()],
+                env=dict(os.environ, LANG=language, LC_ALL=language),
+                reactor=self.reactor,
+            )
+            said = err.decode("utf-8")
+            self.assertEqual(status, 1, said)
+            self.assertIn(expected, said)
+            self.assertIn("--port (0", said)
+            self.assertNotIn("Traceback", said)
 
     async def test_untrusted_ca_refused(self) -> None:
         """A client trusting another CA refuses the sandbox's certificate."""

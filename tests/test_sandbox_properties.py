@@ -28,7 +28,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from epop.sandbox.site import make_sandbox_site
-from epop.sandbox.uploads import MAX_FIELD_SIZE, MAX_PARTS
+from epop.sandbox.uploads import MAX_FIELD_SIZE, MAX_PARTS, RECEIPT_NAME
 
 #: Boundary characters RFC 2046 allows (a space, but not as the last one).
 _BCHARS = string.ascii_letters + string.digits + "'()+_,-./:=?"
@@ -140,6 +140,8 @@ class Outcome:
     document: dict[str, Any] | None
     entries: list[str]
     stored: dict[str, bytes]
+    #: The receipts the sandbox kept, by upload.
+    receipts: dict[str, Any]
 
 
 class SandboxExchange:
@@ -195,7 +197,7 @@ class SandboxExchange:
             status_line, _, rest = answer.partition(b"\r\n")
             status = int(status_line.split()[1])
             document = json.loads(rest.partition(b"\r\n\r\n")[2])
-        return Outcome(status, document, self._entries(), self._stored())
+        return Outcome(status, document, self._entries(), self._stored(), self._receipts())
 
     def _entries(self) -> list[str]:
         return sorted(child.basename() for child in self.folder.children())
@@ -205,8 +207,16 @@ class SandboxExchange:
         for upload in self.folder.children():
             if upload.isdir():
                 for item in upload.children():
-                    stored[f"{upload.basename()}/{item.basename()}"] = item.getContent()
+                    if item.basename() != RECEIPT_NAME:
+                        stored[f"{upload.basename()}/{item.basename()}"] = item.getContent()
         return stored
+
+    def _receipts(self) -> dict[str, Any]:
+        return {
+            upload.basename(): json.loads(upload.child(RECEIPT_NAME).getContent())
+            for upload in self.folder.children()
+            if upload.child(RECEIPT_NAME).exists()
+        }
 
 
 class SandboxParsingProperties(SynchronousTestCase):
@@ -245,6 +255,10 @@ class SandboxParsingProperties(SynchronousTestCase):
             return
         upload = outcome.document["upload"]
         self.assertEqual(outcome.entries, [upload])
+        # The receipt kept for the sandbox's page says what the answer said.
+        kept = outcome.receipts[upload]
+        self.assertEqual(kept["files"], outcome.document["files"])
+        self.assertEqual([f["name"] for f in kept["fields"]], outcome.document["fields"])
         for name in outcome.stored:
             stored_name = name.partition("/")[2]
             self.assertFalse(

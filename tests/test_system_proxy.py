@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from epop.messages import Text
 from epop.epmsi import system_proxy
 from epop.epmsi.system_proxy import (
     DEFAULT_EPMSI_URL,
@@ -87,7 +88,7 @@ class EnvironmentTests(SynchronousTestCase):
     def test_nothing_found(self) -> None:
         """No proxy variable: direct, said plainly."""
         found = discover({"PATH": "/usr/bin"})
-        self.assertEqual(found, ProxyDiscovery(None, None, "nothing found"))
+        self.assertEqual(found, ProxyDiscovery(None, None, Text("nothing found")))
         self.assertTrue(found.direct)
         self.assertEqual(
             found.describe(),

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from epop.epmsi.proxy import ProxyConfig
 from epop.journal.connections import connection_summaries
-from epop.journal.table import journal_table
+from epop.journal.table import journal_table, outcome_label
 from epop.workstation.client import send_file
 from tests.relaying import exchange, start_relay
 from tests.squid import start_squid
@@ -161,7 +161,8 @@ class RefusalTests(TestCase):
             return closed
         self.assertIn(f" to {destination} closed: {closed['reason']}", closed["description"])
         self.assertIn(f"Connection id: {closed['connection']}, to {destination}, {closed['reason']}; ", english)
-        self.assertIn(f"Id de connexion : {closed['connection']}, vers {destination}, {closed['reason']} ; ", french)
+        label = outcome_label(closed["reason"]).render("fr")
+        self.assertIn(f"Id de connexion : {closed['connection']}, vers {destination}, {label} ; ", french)
         return closed
 
     async def test_host_not_listed(self) -> None:
@@ -298,6 +299,13 @@ class RefusalTests(TestCase):
         self.assertEqual(len(self.far.accepted), 1)
         closed = relay.records("connection-closed")
         self.assertEqual([r["reason"] for r in closed], ["too-many-connections"])
+        # In the client's language, as every refusal the head can ask for.
+        answer = await exchange(
+            reactor, relay.port, f"CONNECT 127.0.0.1:{self.far.port} HTTP/1.1\r\nAccept-Language: fr\r\n\r\n".encode()
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+        self.assertIn("Le relais sert déjà 1 connexions", body_of(answer))
+        self.assertEqual(len(self.far.accepted), 1)
 
     async def test_epop_still_served(self) -> None:
         """A first byte that is not a letter is still e-POP's."""

@@ -6,9 +6,14 @@ not timing).
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -124,9 +129,13 @@ class HeadTests(SynchronousTestCase):
             self.assertEqual(url_destination(target), expected, target)
 
 
-def _session(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession, StringTransport]:
+def _session(
+    reactor: MemoryReactorClock, destinations: Destinations | None = None
+) -> tuple[RelayFactory, HttpProxySession, StringTransport]:
     relay = RelayFactory(reactor, None, "run")  # type: ignore[arg-type]
-    factory = HttpProxyFactory(relay, Destinations(None, extra=["10.0.0.9:443"]))
+    if destinations is None:
+        destinations = Destinations(None, extra=["10.0.0.9:443"])
+    factory = HttpProxyFactory(relay, destinations)
     session = factory.buildProtocol(IPv4Address("TCP", "10.1.1.1", 5000))
     client = StringTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 5000))
     session.makeConnection(client)
@@ -141,6 +150,87 @@ def _tunnel(reactor: MemoryReactorClock) -> tuple[RelayFactory, HttpProxySession
     far = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 443))
     connecting.buildProtocol(None).makeConnection(far)
     return relay, session, client, far
+
+
+class _SlowReader(FileDescriptor):
+    """
+    The far side of a tunnel as a real file descriptor, in memory: its
+    socket takes only what L{take} lets through.
+    """
+
+    connected = True
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self._allowed = 0
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.9", 443)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "10.0.0.2", 40000)
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = min(len(data), self._allowed)
+        self._allowed -= taken
+        return taken
+
+    def take(self, size: int) -> None:
+        """The reader reads C{size} bytes; the reactor finds the socket writable."""
+        self._allowed += size
+        self.doWrite()
+
+
+class _Resolver:
+    """A name resolver that answers one address for every name, and counts the lookups."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, *args: Any, **kwargs: Any) -> Any:
+        self.asked.append(hostName)
+        receiver.resolutionBegan(None)
+        receiver.addressResolved(IPv4Address("TCP", self.address, portNumber))
+        receiver.resolutionComplete()
+        return None
+
+
+class ResolveOnceTests(SynchronousTestCase):
+    """A tunnel's name is resolved once, and the relay connects to that address or refuses it."""
+
+    def connect(self, address: str, request: bytes) -> tuple[MemoryReactorClock, HttpProxySession, StringTransport, _Resolver]:
+        reactor = MemoryReactorClock()
+        resolver = reactor.nameResolver = _Resolver(address)
+        _relay, session, client = _session(reactor, Destinations(("www.epmsi.atih.sante.fr", 443), True))
+        session.dataReceived(request)
+        return reactor, session, client, resolver
+
+    def test_connects_to_the_address_it_got(self) -> None:
+        reactor, session, client, resolver = self.connect(
+            "193.49.157.14", b"CONNECT www.epmsi.atih.sante.fr:443 HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(resolver.asked, ["www.epmsi.atih.sante.fr"])
+        [(host, port, connecting, _timeout, _bind)] = reactor.tcpClients
+        self.assertEqual((host, port), ("193.49.157.14", 443))
+        far = StringTransport(peerAddress=IPv4Address("TCP", "193.49.157.14", 443))
+        connecting.buildProtocol(None).makeConnection(far)
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertEqual(resolver.asked, ["www.epmsi.atih.sante.fr"])
+        assert session.operation is not None
+        self.assertEqual(session.operation.address, "193.49.157.14")
+
+    def test_builtin_name_resolving_to_this_machine(self) -> None:
+        """e-PMSI's default name answered with a loopback or link-local address: 502, nothing connected."""
+        for address in ("127.0.0.1", "169.254.169.254"):
+            reactor, session, client, _resolver = self.connect(
+                address, b"CONNECT www.epmsi.atih.sante.fr:443 HTTP/1.1\r\nAccept-Language: fr\r\n\r\n"
+            )
+            self.assertEqual(reactor.tcpClients, [])
+            answer = client.value().decode("utf-8")
+            self.assertTrue(answer.startswith("HTTP/1.1 502 "), answer)
+            self.assertIn(f"www.epmsi.atih.sante.fr:443 correspond à l'adresse {address}, une adresse de cette machine", answer)
+            self.assertEqual(session._close_reason, "destination-resolves-locally")
 
 
 class DestinationFailureTests(SynchronousTestCase):
@@ -165,6 +255,19 @@ class DestinationFailureTests(SynchronousTestCase):
         )
         self.assertEqual(error.cause, "proxy-error")
 
+    def test_destination_silent(self) -> None:
+        """No answer to the relay's connection within --connect-timeout: 504, in the client's language."""
+        reactor = MemoryReactorClock()
+        _relay, session, client = _session(reactor)
+        session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\nAccept-Language: fr\r\n\r\n")
+        [(_host, _port, connecting, timeout, _bind)] = reactor.tcpClients
+        self.assertEqual(timeout, 30.0)
+        connecting.clientConnectionFailed(None, Failure(TimeoutError()))
+        answer = client.value().decode("utf-8")
+        self.assertTrue(answer.startswith("HTTP/1.1 504 "), answer)
+        self.assertIn("Impossible de joindre 10.0.0.9:443 : ", answer)
+        self.assertEqual((session._close_reason, session._close_error), ("tunnel-timeout", "timeout"))
+
     def test_epmsi_side_unchanged(self) -> None:
         """The e-POP side still speaks of e-PMSI."""
         error = describe_upstream_failure(Failure(ConnectionRefusedError()), "https://www.epmsi.atih.sante.fr")
@@ -188,18 +291,73 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(far.value(), b"hello")
         self.assertEqual(client.producerState, "producing")
         # The far side's buffer full: it pauses its producer, the client's socket.
-        self.assertIs(far.producer, client)
+        self.assertIs(far.producer.transport, client)
         self.assertTrue(far.streaming)
         far.producer.pauseProducing()
         self.assertEqual(client.producerState, "paused")
         # And the other way round.
-        self.assertIs(client.producer, far)
+        self.assertIs(client.producer.transport, far)
         client.producer.pauseProducing()
         self.assertEqual(far.producerState, "paused")
         client.producer.resumeProducing()
         self.assertEqual(far.producerState, "producing")
         session.connectionLost(None)  # type: ignore[arg-type]
         self.assertTrue(far.disconnecting)
+
+
+class QuietLogTests(SynchronousTestCase):
+    """A tunnel, or an upload through the hospital's proxy, adds no "Starting factory" lines to twistd's log."""
+
+    def factory_lines(self, connect: Any) -> list[dict[str, Any]]:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor = MemoryReactorClock()
+        connect(reactor)
+        [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
+        factory.doStart()
+        factory.doStop()
+        return [e for e in events if "factory" in str(e.get("log_format", "")).lower()]
+
+    def test_direct(self) -> None:
+        from epop.relay.tunnel import FarSide, connect_destination
+
+        def connect(reactor: MemoryReactorClock) -> None:
+            connect_destination(reactor, FarSide(None), "10.0.0.9", 443, "10.0.0.9", timeout=30)  # type: ignore[arg-type]
+
+        self.assertEqual(self.factory_lines(connect), [])
+
+    def test_through_the_proxy(self) -> None:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        from epop.epmsi.tunnel import TunnelEndpoint
+
+        def connect(reactor: MemoryReactorClock) -> None:
+            proxy = TCP4ClientEndpoint(reactor, "10.0.0.1", 3128)
+            endpoint = TunnelEndpoint(reactor, ProxyConfig("10.0.0.1", 3128), "10.0.0.9", 443, proxy_endpoint=proxy)
+            endpoint.connect(Factory.forProtocol(Protocol)).addErrback(lambda _: None)
+            reactor.advance(60)  # the handshake's deadline, so that no call is left pending
+
+        self.assertEqual(self.factory_lines(connect), [])
+
+
+class CapTests(SynchronousTestCase):
+    def test_over_a_cap_told_in_its_language(self) -> None:
+        """A connection over a cap waits for its whole head, then is told 503 in the head's language."""
+        from epop.relay.limits import too_many_from
+
+        reactor = MemoryReactorClock()
+        _relay, session, client = _session(reactor)
+        session.fail(too_many_from("10.1.1.1", 2))
+        session.count_refused(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n")
+        self.assertEqual(client.value(), b"")
+        session.count_refused(b"Accept-Language: fr\r\n\r\n")
+        answer = client.value().decode("utf-8")
+        self.assertTrue(answer.startswith("HTTP/1.1 503 "), answer)
+        self.assertIn("Le relais sert déjà 2 connexions venant de 10.1.1.1", answer)
+        self.assertEqual(reactor.tcpClients, [])
 
 
 class DrainTests(SynchronousTestCase):
@@ -248,3 +406,34 @@ class DrainTests(SynchronousTestCase):
         reactor.advance(1)
         self.assertTrue(client.disconnecting)
         self.assertTrue(far.disconnecting)
+
+    def test_slow_reader_is_not_idle(self) -> None:
+        """
+        A tunnel held back by a slow reader moves bytes one way: not idle,
+        however long the reader takes; closed once the reader takes nothing
+        for the idle timeout.
+        """
+        reactor = MemoryReactorClock()
+        relay, session, client = _session(reactor)
+        session.dataReceived(b"CONNECT 10.0.0.9:443 HTTP/1.1\r\n\r\n")
+        [(_host, _port, connecting, _timeout, _bind)] = reactor.tcpClients
+        far = _SlowReader(reactor)
+        events: list[dict[str, Any]] = []
+        session.log = Logger(observer=events.append)
+        connecting.buildProtocol(None).makeConnection(far)
+        # More than the far side's buffer: the client is held back, and
+        # nothing more arrives from either side.
+        session.dataReceived(b"x" * (far.bufferSize + 1))
+        self.assertEqual(client.producerState, "paused")
+        for _ in range(3):
+            reactor.advance(250)
+            far.take(1000)  # the reader takes a little, far less than a read
+            reactor.advance(50)
+            self.assertFalse(client.disconnecting)
+        self.assertEqual(client.producerState, "paused")
+        # The reader stops reading: nothing moves either way.
+        reactor.advance(300)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(far.disconnecting)
+        [released] = [event for event in events if event.get("epop_event") == "object-released"]
+        self.assertEqual((released["outcome"], released["reason"]), ("aborted", "tunnel-idle"))

@@ -30,6 +30,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from epop.epmsi.proxy import ProxyConfig
+from epop.journal.table import outcome_label
 from epop.relay import tap, tunnel_users
 from epop.relay.destinations import Destinations
 from epop.relay.http_proxy import HttpProxyFactory, HttpProxySession
@@ -505,7 +506,8 @@ class ThroughRelayTests(TestCase):
         self.assertEqual(header_fr.split()[:3], ["Connexion", "Client", "Utilisateur"])
         self.assertEqual(row.split()[2], user)
         self.assertIn(f"Connection id: 1, user {user}, to {self.target}, {reason}; ", english.decode())
-        self.assertIn(f"Id de connexion : 1, utilisateur {user}, vers {self.target}, {reason} ; ", french.decode())
+        label = outcome_label(reason).render("fr")
+        self.assertIn(f"Id de connexion : 1, utilisateur {user}, vers {self.target}, {label} ; ", french.decode())
         if self.relay.records("object-instantiated"):
             self.assertIn(f"Instantiated object: tunnel to {self.target}, user {user}\n", english.decode())
             self.assertIn(f"Type de l'objet instancié : tunnel vers {self.target}, utilisateur {user}\n", french.decode())

@@ -39,19 +39,20 @@ class EpmsiOrigin:
     def from_url(cls, url: str) -> "EpmsiOrigin":
         parts = urlsplit(url)
         if parts.scheme != "https":
-            raise ValueError(Text("e-PMSI URL must start with https:// (got {url!r})", url=url))
+            raise ValueError(Text("e-PMSI URL must start with https:// (got {url})", url=repr(url)))
         if not parts.hostname:
-            raise ValueError(Text("e-PMSI URL has no host name: {url!r}", url=url))
+            raise ValueError(Text("e-PMSI URL has no host name: {url}", url=repr(url)))
         if parts.username or parts.password:
             raise ValueError(Text("e-PMSI URL must not hold a user name or password"))
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(
-                Text("e-PMSI URL must be an origin such as {example}, without a path (got {url!r})", example=DEFAULT_EPMSI_URL, url=url)
+                Text("e-PMSI URL must be an origin such as {example}, without a path (got {url})",
+                     example=DEFAULT_EPMSI_URL, url=repr(url))
             )
         try:
             port = parts.port or 443
         except ValueError:
-            raise ValueError(Text("e-PMSI URL has an invalid port: {url!r}", url=url)) from None
+            raise ValueError(Text("e-PMSI URL has an invalid port: {url}", url=repr(url))) from None
         return cls(parts.hostname, port)
 
     @property
@@ -61,7 +62,7 @@ class EpmsiOrigin:
     def url_for(self, path: str) -> str:
         """The absolute URL of C{path}, which must start with a slash."""
         if not path.startswith("/"):
-            raise ValueError(Text("path must start with '/': {path!r}", path=path))
+            raise ValueError(Text("path must start with '/': {path}", path=repr(path)))
         return self.url + path
 
 

@@ -80,13 +80,14 @@ class ProxyConfig:
         port out of range, a user without a password (L{ProxyAccountError}).
         """
         if not isinstance(self.host, str) or not self.host.strip():
-            raise ValueError(Text("proxy host {host!r} is not a host name", host=self.host))
+            raise ValueError(Text("proxy host {host} is not a host name", host=repr(self.host)))
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(
-                Text("proxy 'http://{host}:{port}' has an invalid port: expected 1 to 65535", host=self.host, port=self.port)
+                Text("proxy {proxy} has an invalid port: expected 1 to 65535",
+                     proxy=repr(f"http://{self.host}:{self.port}"))
             )
         if self.user is not None and self.password is None:
-            raise ProxyAccountError(Text("the proxy user {user!r} needs a password", user=self.user))
+            raise ProxyAccountError(Text("the proxy user {user} needs a password", user=repr(self.user)))
 
     @property
     def address(self) -> str:
@@ -148,7 +149,7 @@ def resolve_proxy(
         found = discover_proxy(target_url, environ=environ)
         if found.proxy is None:
             if found.unresolved:
-                raise ValueError(found.describe())
+                raise ValueError(found.text())
             return None, found.describe()
         proxy = ProxyConfig.from_url(found.proxy, user or found.user, password)
         source = found.source
@@ -156,11 +157,8 @@ def resolve_proxy(
         proxy.check()
     except ProxyAccountError as e:
         raise ProxyAccountError(
-            Text(
-                "{problem}: put it in a password file, or in the {variable} environment variable",
-                problem=reason_of(e),
-                variable=PASSWORD_VARIABLE,
-            )
+            Text("{problem}: put it in a password file, or in the {variable} environment variable",
+                 problem=reason_of(e), variable=PASSWORD_VARIABLE)
         ) from None
     return proxy, source
 

@@ -63,42 +63,35 @@ def parse_proxy_url(text: str, *, credentials: str | Text) -> ProxyURL:
     value = text.strip()
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(
-            Text(
-                "proxy {value!r} must not contain spaces or control characters: {expected}",
-                value=_shown(value),
-                expected=_EXPECTED,
-            )
+            Text("proxy {proxy} must not contain spaces or control characters: {expected}",
+                 proxy=repr(_shown(value)), expected=_EXPECTED)
         )
     try:
         parts = urlsplit(value if "://" in value else "http://" + value)
         port = parts.port
     except ValueError:
-        raise ValueError(Text("proxy {value!r} has an invalid port: {expected}", value=_shown(value), expected=_EXPECTED)) from None
+        raise ValueError(
+            Text("proxy {proxy} has an invalid port: {expected}", proxy=repr(_shown(value)), expected=_EXPECTED)
+        ) from None
     if parts.scheme.lower() != "http":
         raise ValueError(
-            Text(
-                "proxy {value!r}: only http:// proxies are supported (the tunnel to e-PMSI is "
-                "encrypted end to end inside it); {expected}",
-                value=_shown(value),
-                expected=_EXPECTED,
-            )
+            Text("proxy {proxy}: only http:// proxies are supported (the tunnel to "
+                 "e-PMSI is encrypted end to end inside it); {expected}",
+                 proxy=repr(_shown(value)), expected=_EXPECTED)
         )
     if parts.password is not None:
         raise ValueError(Text("do not put the proxy password in the URL: {credentials}", credentials=credentials))
     if not parts.hostname:
-        raise ValueError(Text("proxy {value!r} has no host name: {expected}", value=value, expected=_EXPECTED))
+        raise ValueError(Text("proxy {proxy} has no host name: {expected}", proxy=repr(value), expected=_EXPECTED))
     if port is None:
-        raise ValueError(Text("proxy {value!r} has no port: {expected}", value=value, expected=_EXPECTED))
+        raise ValueError(Text("proxy {proxy} has no port: {expected}", proxy=repr(value), expected=_EXPECTED))
     if port == 0:
-        raise ValueError(Text("proxy {value!r} has an invalid port: {expected}", value=value, expected=_EXPECTED))
+        raise ValueError(Text("proxy {proxy} has an invalid port: {expected}", proxy=repr(value), expected=_EXPECTED))
     if parts.path not in ("", "/") or parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError(
-            Text(
-                "proxy {value!r} must not have a path, query or fragment: expected "
-                "http://HOST:PORT, without a path, or '{system}' to use this machine's proxy",
-                value=value,
-                system=SYSTEM,
-            )
+            Text("proxy {proxy} must not have a path, query or fragment: expected "
+                 "http://HOST:PORT, without a path, or '{system}' to use this machine's proxy",
+                 proxy=repr(value), system=SYSTEM)
         )
     return ProxyURL(parts.hostname, port, parts.username or None)
 

@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 from epop.addressing import host_port
 from epop.epmsi.origin import DEFAULT_EPMSI_URL
+from epop.messages import Text
 
 __all__ = [
     "PAC_INSTALL_HINT",
@@ -49,8 +50,8 @@ __all__ = [
 PAC_INSTALL_HINT = "pip install 'epop[pac]'"
 
 _DEFAULT_PROXY_PORT = 80
-_WINDOWS_LABEL = "Windows registry (Internet Settings)"
-_MACOS_LABEL = "macOS network settings"
+_WINDOWS_LABEL = Text("Windows registry (Internet Settings)")
+_MACOS_LABEL = Text("macOS network settings")
 _INTERNET_SETTINGS_KEY = r"Software\Microsoft\Windows\CurrentVersion\Internet Settings"
 
 # Documented and present on every platform, but typeshed declares it only on some.
@@ -68,7 +69,7 @@ class ProxyDiscovery:
         the target would be reached directly, or when L{unresolved}.
     @ivar user: the user name the setting carried, if any (its password is
         dropped: it belongs in the settings' C{proxy-password}).
-    @ivar source: where the answer came from, for people.
+    @ivar found_in: where the answer came from, for people (L{source} in English).
     @ivar bypassed: a proxy is configured but excludes the target
         (C{NO_PROXY}, registry C{ProxyOverride}, macOS exceptions).
     @ivar unresolved: a setting exists but could not be used (unsupported
@@ -79,7 +80,7 @@ class ProxyDiscovery:
 
     proxy: str | None
     user: str | None
-    source: str
+    found_in: Text
     bypassed: bool = False
     unresolved: bool = False
     url: str = DEFAULT_EPMSI_URL
@@ -89,32 +90,49 @@ class ProxyDiscovery:
         """True when the target would be reached without a proxy, for sure."""
         return self.proxy is None and not self.unresolved
 
-    def describe(self) -> str:
+    @property
+    def source(self) -> str:
+        """Where the answer came from, in English."""
+        return str(self.found_in)
+
+    def describe(self, language: str = "en") -> str:
         """One or two plain sentences for the person who asked."""
+        return self.text().render(language)
+
+    def text(self) -> Text:
+        """L{describe}'s sentences, to be rendered in the reader's language."""
+        source = self.found_in
         if self.proxy is not None:
-            user = f" as user {self.user}" if self.user else ""
-            return (
-                f"This machine would reach {self.url} through the proxy "
-                f"{self.proxy}{user} (from {self.source})."
+            if self.user:
+                return Text(
+                    "This machine would reach {url} through the proxy {proxy} as user {user} (from {source}).",
+                    url=self.url, proxy=self.proxy, user=self.user, source=source,
+                )
+            return Text(
+                "This machine would reach {url} through the proxy {proxy} (from {source}).",
+                url=self.url, proxy=self.proxy, source=source,
             )
         if self.unresolved:
-            return (
-                f"Could not tell which proxy this machine would use for {self.url}: "
-                f"{self.source}."
+            return Text(
+                "Could not tell which proxy this machine would use for {url}: {source}.",
+                url=self.url, source=source,
             )
         if self.bypassed:
-            return (
-                f"A proxy is configured, but {self.source}: this machine would "
-                f"reach {self.url} directly."
+            return Text(
+                "A proxy is configured, but {source}: this machine would reach {url} directly.",
+                url=self.url, source=source,
             )
-        if self.source.startswith("nothing found"):
-            note = self.source[len("nothing found") :].strip(" ;()")
-            sentence = (
-                f"No proxy setting found on this machine: {_target_label(self.url)} "
-                f"would be reached directly."
+        if source.template == _NOTHING_FOUND.template:
+            return Text(
+                "No proxy setting found on this machine: {target} would be reached directly.",
+                target=_target_label(self.url),
             )
-            return f"{sentence} Note: {note}." if note else sentence
-        return f"This machine would reach {self.url} directly (from {self.source})."
+        if source.template == _NOTHING_FOUND_BUT.template:
+            return Text(
+                "No proxy setting found on this machine: {target} would be reached directly. Note: {note}.",
+                target=_target_label(self.url), note=source.params["note"],
+            )
+        return Text("This machine would reach {url} directly (from {source}).", url=self.url, source=source)
 
 
 def discover_proxy(
@@ -190,24 +208,34 @@ def _from_environment(url: str, proxies: Mapping[str, tuple[str, str]]) -> Proxy
         return ProxyDiscovery(
             None,
             None,
-            f"environment variable {no_proxy[0]} excludes {_target_label(url)}",
+            Text("environment variable {name} excludes {target}", name=no_proxy[0], target=_target_label(url)),
             bypassed=True,
             url=url,
         )
-    return _from_proxy_url(url, value, f"environment variable {name}")
+    return _from_proxy_url(url, value, Text("environment variable {name}", name=name))
 
 
-def _nothing_found(proxies: Mapping[str, tuple[str, str]]) -> str:
+_NOTHING_FOUND = Text("nothing found")
+_NOTHING_FOUND_BUT = Text("nothing found ({note})")
+
+
+def _nothing_found(proxies: Mapping[str, tuple[str, str]]) -> Text:
     """The "nothing found" source, naming variables Python's rules ignore for https."""
     ignored = sorted(name for key, (name, _) in proxies.items() if key in ("http", "all"))
     if not ignored:
-        return "nothing found"
-    variables = " and ".join(ignored)
-    verb = "is" if len(ignored) == 1 else "are"
-    return (
-        f"nothing found ({variables} {verb} set, but like Python's urllib, "
-        f"e-POP only reads HTTPS_PROXY for https:// addresses)"
-    )
+        return _NOTHING_FOUND
+    if len(ignored) == 1:
+        note = Text(
+            "{variable} is set, but like Python's urllib, e-POP only reads HTTPS_PROXY for https:// addresses",
+            variable=ignored[0],
+        )
+    else:
+        note = Text(
+            "{first} and {second} are set, but like Python's urllib, e-POP only reads HTTPS_PROXY "
+            "for https:// addresses",
+            first=ignored[0], second=ignored[1],
+        )
+    return Text(_NOTHING_FOUND_BUT.template, note=note)
 
 
 def _request_host(url: str) -> str:
@@ -226,7 +254,7 @@ def _target_label(url: str) -> str:
 
 
 def _from_proxy_url(
-    url: str, value: str, source: str, *, tls_means_http: bool = False
+    url: str, value: str, source: Text, *, tls_means_http: bool = False
 ) -> ProxyDiscovery:
     """
     Normalize one proxy setting to C{http://host:port}, keeping the user name
@@ -241,35 +269,40 @@ def _from_proxy_url(
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        return _unresolved(url, f"{source}: {_redacted(value)} is not a valid proxy address")
+        return _unresolved(
+            url, Text("{source}: {proxy} is not a valid proxy address", source=source, proxy=_redacted(value))
+        )
     scheme = parts.scheme.lower()
     if scheme == "https" and tls_means_http:
         scheme = "http"
     if scheme != "http":
-        return _unresolved(url, f"{source}: {_unsupported(scheme, _redacted(value))}")
+        return _unresolved(url, Text("{source}: {why}", source=source, why=_unsupported(scheme, _redacted(value))))
     host = parts.hostname
     if not host:
-        return _unresolved(url, f"{source}: {_redacted(value)} has no host name")
+        return _unresolved(url, Text("{source}: {proxy} has no host name", source=source, proxy=_redacted(value)))
     if port is None:
         port = _DEFAULT_PROXY_PORT
-        source = f"{source}; no port given, port {port} assumed"
+        source = Text("{source}; no port given, port {port} assumed", source=source, port=port)
     user = unquote(parts.username) if parts.username else None
     return ProxyDiscovery(f"http://{host_port(host, port)}", user, source, url=url)
 
 
-def _unsupported(scheme: str, shown: str) -> str:
+def _unsupported(scheme: str, shown: str) -> Text:
     """Why a proxy kind cannot be used, and what would work instead."""
     if scheme.startswith("socks"):
-        kind = "a SOCKS proxy"
+        kind = Text("a SOCKS proxy")
     elif scheme == "https":
-        kind = "a proxy reached over TLS (https://)"
+        kind = Text("a proxy reached over TLS (https://)")
     else:
-        kind = f"a {scheme}:// proxy"
-    advice = ""
+        kind = Text("a {scheme}:// proxy", scheme=scheme)
+    advice: Text | str = ""
     if scheme == "https":
         plain = "http://" + shown.split("://", 1)[1]
-        advice = f"; if this proxy speaks plain HTTP, write it as {plain}"
-    return f"{shown} is {kind}, which e-POP does not support (only http:// proxies){advice}"
+        advice = Text("; if this proxy speaks plain HTTP, write it as {plain}", plain=plain)
+    return Text(
+        "{proxy} is {kind}, which e-POP does not support (only http:// proxies){advice}",
+        proxy=shown, kind=kind, advice=advice,
+    )
 
 
 def _redacted(value: str) -> str:
@@ -283,44 +316,46 @@ def _redacted(value: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-def _unresolved(url: str, source: str) -> ProxyDiscovery:
+def _unresolved(url: str, source: Text) -> ProxyDiscovery:
     return ProxyDiscovery(None, None, source, unresolved=True, url=url)
 
 
 # -- PAC files -----------------------------------------------------------------
 
 
-def _from_pac(url: str, host: str, pac: str, where: str) -> ProxyDiscovery:
+def _from_pac(url: str, host: str, pac: str, where: Text | str) -> ProxyDiscovery:
     """
     Evaluate a local PAC file; report why when that is not possible.
 
     @param where: the PAC's location for people, with who named it if not
         the person.
     """
-    label = f"PAC file {where}"
+    label = Text("PAC file {where}", where=where)
     path = _pac_path(pac)
     if path is None:
         return _unresolved(
             url,
-            f"a PAC file is configured ({where}) but it is not a local file, and "
-            f"e-POP does not download PAC files: save a copy and name that file",
+            Text("a PAC file is configured ({where}) but it is not a local file, and "
+                 "e-POP does not download PAC files: save a copy and name that file", where=where),
         )
     try:
         from pypac.parser import PACFile  # type: ignore[import-untyped]
     except ImportError:
         return _unresolved(
             url,
-            f"a PAC file is configured ({where}) but pypac is not installed: "
-            f"{PAC_INSTALL_HINT}",
+            Text("a PAC file is configured ({where}) but pypac is not installed: {hint}",
+                 where=where, hint=PAC_INSTALL_HINT),
         )
     try:
         script = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as e:
-        return _unresolved(url, f"{label} cannot be read: {e.strerror or e}")
+        return _unresolved(url, Text("{label} cannot be read: {why}", label=label, why=e.strerror or str(e)))
     try:
         answer = PACFile(script).find_proxy_for_url(url, host)
     except Exception as e:  # noqa: BLE001 -- dukpy's and pypac's errors share no base
-        return _unresolved(url, f"{label} could not be evaluated: {' '.join(str(e).split())}")
+        return _unresolved(
+            url, Text("{label} could not be evaluated: {why}", label=label, why=" ".join(str(e).split()))
+        )
     return _from_pac_answer(url, answer, label)
 
 
@@ -335,7 +370,7 @@ def _pac_path(pac: str) -> Path | None:
     return None
 
 
-def _from_pac_answer(url: str, answer: object, label: str) -> ProxyDiscovery:
+def _from_pac_answer(url: str, answer: object, label: Text) -> ProxyDiscovery:
     """
     Read C{FindProxyForURL}'s answer: the first C{PROXY}/C{HTTP} or C{DIRECT}
     entry wins; entries e-POP cannot use are skipped but reported if nothing
@@ -343,7 +378,7 @@ def _from_pac_answer(url: str, answer: object, label: str) -> ProxyDiscovery:
     """
     if not isinstance(answer, str) or not answer.strip():
         return _unresolved(
-            url, f"{label} gave no answer for {url} (expected PROXY host:port or DIRECT)"
+            url, Text("{label} gave no answer for {url} (expected PROXY host:port or DIRECT)", label=label, url=url)
         )
     for entry in answer.split(";"):
         words = entry.split()
@@ -351,15 +386,15 @@ def _from_pac_answer(url: str, answer: object, label: str) -> ProxyDiscovery:
             continue
         keyword = words[0].upper()
         if keyword == "DIRECT" and len(words) == 1:
-            return ProxyDiscovery(None, None, f"{label}, which answers DIRECT", url=url)
+            return ProxyDiscovery(None, None, Text("{label}, which answers DIRECT", label=label), url=url)
         if keyword in ("PROXY", "HTTP") and len(words) == 2:
             found = _from_proxy_url(url, "http://" + words[1], label)
             if not found.unresolved:
                 return found
     return _unresolved(
         url,
-        f"{label} answers {answer.strip()!r}: e-POP only supports PROXY host:port "
-        f"(plain HTTP proxies) and DIRECT",
+        Text("{label} answers {answer}: e-POP only supports PROXY host:port (plain HTTP proxies) and DIRECT",
+             label=label, answer=repr(answer.strip())),
     )
 
 
@@ -370,7 +405,7 @@ def _from_pac_answer(url: str, answer: object, label: str) -> ProxyDiscovery:
 class _SystemSettings:
     """One operating system's proxy settings, as urllib reads them."""
 
-    label: str
+    label: Text
     proxies: Mapping[str, str]
     bypass: Callable[[str], bool]
     pac: str | None = None
@@ -426,11 +461,14 @@ def _from_system(url: str, system: _SystemSettings) -> ProxyDiscovery | None:
     scheme = urlsplit(url).scheme.lower()
     manual = system.proxies.get(scheme)
     if system.pac:
-        where = f"{system.pac}, named in {system.label}"
+        where = Text("{pac}, named in {settings}", pac=system.pac, settings=system.label)
         found = _from_pac(url, urlsplit(url).hostname or "", system.pac, where)
         if found.unresolved and manual:
-            note = f"; {system.label} also names the proxy {_redacted(manual)}"
-            return _unresolved(url, found.source + note)
+            return _unresolved(
+                url,
+                Text("{source}; {settings} also names the proxy {proxy}",
+                     source=found.found_in, settings=system.label, proxy=_redacted(manual)),
+            )
         return found
     if not manual:
         return None
@@ -438,7 +476,7 @@ def _from_system(url: str, system: _SystemSettings) -> ProxyDiscovery | None:
         return ProxyDiscovery(
             None,
             None,
-            f"the exclusions in {system.label} cover {_target_label(url)}",
+            Text("the exclusions in {settings} cover {target}", settings=system.label, target=_target_label(url)),
             bypassed=True,
             url=url,
         )

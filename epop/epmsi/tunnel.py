@@ -24,9 +24,9 @@ from typing import Any
 
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,7 +36,7 @@ from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, ProxyError
 from epop.epmsi.proxy_words import body_to_read, proxy_words
 from epop.messages import LANGUAGES, Text
 
-__all__ = ["MAX_ANSWER_HEAD", "TunnelEndpoint"]
+__all__ = ["MAX_ANSWER_HEAD", "OneProtocolFactory", "TunnelEndpoint"]
 
 #: Largest CONNECT answer head we read before calling it garbage.
 MAX_ANSWER_HEAD = 64 * 1024
@@ -230,6 +230,22 @@ class _TunnelProtocol(Protocol):
             )
 
 
+class OneProtocolFactory(Factory):
+    """
+    Hands a connection the one protocol made for it (as
+    L{twisted.internet.endpoints.connectProtocol} does), without a
+    "Starting factory" line in twistd's log for every connection.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
 @implementer(IStreamClientEndpoint)
 class TunnelEndpoint:
     """
@@ -292,7 +308,7 @@ class TunnelEndpoint:
             )
 
         deadline = self.reactor.callLater(self.timeout, timed_out)
-        connecting = connectProtocol(self._proxy_endpoint, tunnel)
+        connecting = self._proxy_endpoint.connect(OneProtocolFactory(tunnel))
 
         def unreachable(failure: Failure) -> Failure:
             if state["reason"] is not None:

@@ -27,7 +27,7 @@ from epop.journal.reader import (
     read_journal,
 )
 from epop.journal.table import journal_header, journal_row, journal_table
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.printable import safe_json
 
 __all__ = ["ConnectionsOptions", "JournalOptions", "connections", "journal"]
@@ -44,7 +44,7 @@ class _ReadingOptions(CommandOptions):
             try:
                 parse_since(self["since"], 0.0)
             except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+                raise usage.UsageError(reason_of(e)) from None
 
 
 class JournalOptions(_ReadingOptions):
@@ -73,12 +73,14 @@ class JournalOptions(_ReadingOptions):
         try:
             self["connections"].append(parse_connection(value))
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(reason_of(e)) from None
 
     def opt_type(self, value: str) -> None:
         """Only the events of this type, e.g. connection-closed (repeatable; the types are in docs/journal.md)."""
         if value not in EVENT_TYPES:
-            raise usage.UsageError(f"--type {value}: expected one of {', '.join(EVENT_TYPES)}")
+            raise usage.UsageError(
+                Text("--type {value}: expected one of {types}", value=value, types=", ".join(EVENT_TYPES))
+            )
         self["types"].append(value)
 
 
@@ -158,7 +160,7 @@ def _follow(command: Command, path: str, wanted: JournalFilter, as_json: bool) -
                 command.say(journal_row(record, command.language))
             command.stdout.flush()
         except OSError as e:
-            status = output_lost(e, command.stderr)
+            status = output_lost(e, command.stderr, command.language)
             if status is None:
                 raise
             if follower is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from epop.journal.process import GONE, process_state
 from epop.journal.reader import read_file, record_time
-from epop.journal.table import duration_text, local_time, table_line
+from epop.journal.table import duration_text, local_time, outcome_label, table_line
 from epop.journal.writer import rotated_files
 from epop.messages import Text
 from epop.printable import printable
@@ -235,9 +235,9 @@ def connections_table(
             closed = "?"
         else:
             closed = local_time(s.closed, language, tz)
-        outcome = "" if s.reason is None else str(s.reason)
+        outcome = "" if s.reason is None else outcome_label(s.reason).render(language)
         if s.state == "lost":
-            outcome = _LOST.get(outcome, _LOST[RELAY_RESTARTED]).render(language)
+            outcome = _LOST.get(str(s.reason), _LOST[RELAY_RESTARTED]).render(language)
         row = [
             s.ident(with_run),
             s.client,

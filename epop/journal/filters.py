@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from epop.journal.reader import record_time
+from epop.messages import Text
 
 __all__ = ["JournalFilter", "parse_connection", "parse_since"]
 
@@ -20,7 +21,7 @@ def parse_connection(text: str) -> tuple[str | None, int]:
     """C{ID} or C{RUN:ID} (RUN may be abbreviated) from C{--connection}."""
     run, sep, number = text.strip().rpartition(":")
     if not number.isdigit() or (sep and not run):
-        raise ValueError(f"--connection {text}: expected a connection number, or RUN:NUMBER")
+        raise ValueError(Text("--connection {text}: expected a connection number, or RUN:NUMBER", text=text))
     return (run.lower() if sep else None), int(number)
 
 
@@ -39,11 +40,11 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
     try:
         return _since(text.strip(), now, tz)
     except OverflowError:
-        raise ValueError(f"--since {text}: too far back for a date") from None
+        raise ValueError(Text("--since {text}: too far back for a date", text=text)) from None
     except ValueError:
         raise ValueError(
-            f"--since {text}: expected a date or time (2026-11-25, 2026-11-25T08:30), "
-            "today, yesterday, or a duration such as 30m, 1h, 2d"
+            Text("--since {text}: expected a date or time (2026-11-25, 2026-11-25T08:30), "
+                 "today, yesterday, or a duration such as 30m, 1h, 2d", text=text)
         ) from None
 
 

@@ -16,12 +16,14 @@ from epop.messages import Text
 from epop.printable import printable
 
 __all__ = [
+    "OUTCOME_LABELS",
     "describe_record",
     "duration_text",
     "journal_header",
     "journal_row",
     "journal_table",
     "local_time",
+    "outcome_label",
     "table_line",
     "type_name",
 ]
@@ -37,6 +39,72 @@ _TYPE_NAMES = {
     "object-released": Text("Object released"),
     "settings-reloaded": Text("Settings reloaded"),
 }
+
+
+#: The journal's outcome and reason codes (docs/journal.md, C{outcome} and
+#: C{reason}) as a person reads them in a table.  The English label is the
+#: code itself, as the journal file and C{--json} keep it.
+OUTCOME_LABELS: dict[str, Text] = {
+    # outcome
+    "completed": Text("completed"),
+    "short-body": Text("short-body"),
+    "client-disconnected": Text("client-disconnected"),
+    "epmsi-unreachable": Text("epmsi-unreachable"),
+    "integrity-mismatch": Text("integrity-mismatch"),
+    "stalled": Text("stalled"),
+    "idle-timeout": Text("idle-timeout"),
+    "upload-too-slow": Text("upload-too-slow"),
+    "frame-timeout": Text("frame-timeout"),
+    "relay-stopping": Text("relay-stopping"),
+    "internal-error": Text("internal-error"),
+    "unexpected-frame": Text("unexpected-frame"),
+    "bad-frame": Text("bad-frame"),
+    "frame-too-large": Text("frame-too-large"),
+    "aborted": Text("aborted"),
+    "refused": Text("refused"),
+    "failed": Text("failed"),
+    # reason
+    "closed-by-client": Text("closed-by-client"),
+    "tls-failed": Text("tls-failed"),
+    "no-proxy-header": Text("no-proxy-header"),
+    "bad-proxy-header": Text("bad-proxy-header"),
+    "truncated-frame": Text("truncated-frame"),
+    "not-authorized": Text("not-authorized"),
+    "tls-required": Text("tls-required"),
+    "tls-not-configured": Text("tls-not-configured"),
+    "too-many-connections": Text("too-many-connections"),
+    "too-many-connections-from-client": Text("too-many-connections-from-client"),
+    "too-many-silent-connections": Text("too-many-silent-connections"),
+    "closed-by-destination": Text("closed-by-destination"),
+    "tunnel-idle": Text("tunnel-idle"),
+    "destination-not-allowed": Text("destination-not-allowed"),
+    "not-a-tunnel": Text("not-a-tunnel"),
+    "http-method-not-allowed": Text("http-method-not-allowed"),
+    "served-pac": Text("served-pac"),
+    "served-page": Text("served-page"),
+    "http-bad-request": Text("http-bad-request"),
+    "http-head-too-large": Text("http-head-too-large"),
+    "tunnels-disabled": Text("tunnels-disabled"),
+    "tunnel-credentials-missing": Text("tunnel-credentials-missing"),
+    "tunnel-credentials-wrong": Text("tunnel-credentials-wrong"),
+    "tunnel-credentials-unchecked": Text("tunnel-credentials-unchecked"),
+    "destination-resolves-locally": Text("destination-resolves-locally"),
+    "tunnel-sni-mismatch": Text("tunnel-sni-mismatch"),
+    "tunnel-bad-client-hello": Text("tunnel-bad-client-hello"),
+    "tunnel-unreachable": Text("tunnel-unreachable"),
+    "tunnel-timeout": Text("tunnel-timeout"),
+    "hello-timeout": Text("hello-timeout"),
+    "too-many-checks": Text("too-many-checks"),
+    "unsupported-version": Text("unsupported-version"),
+    "bad-request": Text("bad-request"),
+    "epmsi-answer-too-large": Text("epmsi-answer-too-large"),
+}
+
+
+def outcome_label(code: object) -> Text:
+    """An outcome or reason code as a table shows it; an unknown one as it is."""
+    label = OUTCOME_LABELS.get(code) if isinstance(code, str) else None
+    return label if label is not None else Text.literal(str(code))
 
 
 def type_name(event_type: str, language: str) -> str:
@@ -55,14 +123,14 @@ def _client_ip(client: Any) -> str:
     return client
 
 
-def _outcome(record: dict[str, Any]) -> Text | str:
-    outcome = str(record.get("outcome"))
+def _outcome(record: dict[str, Any]) -> Text:
+    outcome = outcome_label(record.get("outcome"))
     if not record.get("error"):
         return outcome
     if record.get("reason") == "tunnel-sni-mismatch":
         # The name is the client's, not the tunnel's destination: say so.
         return Text("{outcome} (asked for {name})", outcome=outcome, name=record["error"])
-    return f"{outcome} ({record['error']})"
+    return Text("{outcome} ({error})", outcome=outcome, error=record["error"])
 
 
 def _user(record: dict[str, Any]) -> Text | str:
@@ -91,7 +159,7 @@ def _description(record: dict[str, Any], language: str) -> Text:
             connection=record["connection"],
             user=_user(record),
             destination=Text(", to {destination}", destination=destination) if destination else "",
-            reason=record["reason"],
+            reason=outcome_label(record["reason"]),
             bytes_in=record["bytes_in"],
             bytes_out=record["bytes_out"],
             duration=duration_text(record["duration"], language),
@@ -129,7 +197,7 @@ def _description(record: dict[str, Any], language: str) -> Text:
                     f" ({record['destination_address']})" if record.get("destination_address") else ""
                 ),
                 outcome=_outcome(record),
-                reason=record.get("reason", ""),
+                reason=outcome_label(record.get("reason", "")),
                 bytes_in=record.get("bytes_in", 0),
                 bytes_out=record.get("bytes_out", 0),
                 duration=duration_text(record.get("duration", 0), language),

@@ -14,8 +14,10 @@ and it is journaled the same way: the connection opened and closed, and
 the tunnel as its operation.
 
 A refusal decided by a wrapper before the head was read (a client outside
-C{--allow}) waits for the head, so that it is written in the client's
-language (C{Accept-Language}, French or English).
+C{--allow}, one connection over a cap) waits for the head, so that it is
+written in the client's language (C{Accept-Language}, French or English).
+The relay stopping does not wait: a client that has not sent its whole
+head yet is told at once, in English.
 
 With C{--tunnel-users}, a CONNECT to an allowed destination must also carry
 C{Proxy-Authorization: Basic} for one of its users
@@ -48,7 +50,7 @@ from epop.relay.info_page import page_for
 from epop.relay.interfaces import IRelaySession
 from epop.relay.journaled import JournaledConnection
 from epop.relay.proxy_pac import reached_address
-from epop.relay.tunnel import FarSide, connect_destination, describe_failure, resolve, splice
+from epop.relay.tunnel import FarSide, HeldBack, connect_destination, describe_failure, resolve, splice
 from epop.relay.tunnel_users import TunnelUsers, basic_credentials
 from epop.tuning import READ_SIZE, SEND_LIMIT, tune
 
@@ -58,6 +60,9 @@ __all__ = ["DEFAULT_TUNNEL_IDLE_TIMEOUT", "HttpProxyFactory", "HttpProxySession"
 DEFAULT_TUNNEL_IDLE_TIMEOUT = 300.0
 #: Time a closing connection gets to flush its refusal.
 CLOSE_GRACE = 5.0
+#: Refusals decided by a wrapper on the first bytes, answered once the
+#: head (and its Accept-Language) is in.
+_SAID_AFTER_THE_HEAD = frozenset({"not-authorized", "too-many-connections", "too-many-connections-from-client"})
 
 class _Tunnel:
     """The session's operation: one tunnel, journaled as an object."""
@@ -137,6 +142,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         self._early: list[bytes] = []
         self._far: FarSide | None = None
         self._hello: ServerNameCheck | None = None
+        self._sides: tuple[HeldBack, ...] = ()
         self._state = _Stage.HEAD
         self._head_timer: Any = None
         self._idle_timer: Any = None
@@ -148,7 +154,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         """Refuse, or (during a tunnel) close: the connection cannot go on."""
         if self._state is _Stage.CLOSING:
             return
-        if self._state is _Stage.HEAD and self._head is None and error.code == "not-authorized":
+        if self._state is _Stage.HEAD and self._head is None and error.code in _SAID_AFTER_THE_HEAD:
             # Said once the head is in, in the client's language.
             self._pending = error
             return
@@ -346,7 +352,7 @@ class HttpProxySession(JournaledConnection, Protocol):
         answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
         self.bytes_out += len(answer)
         self.transport.write(answer)
-        splice(self.transport, far.transport)
+        self._sides = splice(self.transport, far.transport, self._drained)
         # A tunnel costs per read and per send, not per byte: large pieces
         # (a new connection reads small ones; see epop.tuning).
         tune(self.transport, read_size=READ_SIZE, send_limit=SEND_LIMIT)
@@ -407,8 +413,20 @@ class HttpProxySession(JournaledConnection, Protocol):
         if self._state is _Stage.TUNNEL:
             self._end("closed-by-destination", "completed")
 
+    def _drained(self) -> None:
+        """A slow reader's buffer has drained: bytes moved."""
+        self._last_activity = self.clock.seconds()
+
     def _idle_check(self) -> None:
+        """
+        Close the tunnel once nothing moved either way for the idle timeout.
+        A side held back by a slow reader is not idle while the reader
+        still takes some of its bytes.
+        """
         self._idle_timer = None
+        # A list, not a generator: each side notes what its reader holds now.
+        if any([side.moved() for side in self._sides]):
+            self._last_activity = self.clock.seconds()
         left = self._last_activity + self.factory.idle_timeout - self.clock.seconds()
         if left > 0:
             self._idle_timer = self.clock.callLater(left, self._idle_check)

@@ -59,7 +59,7 @@ from epop.settings_file import (
     ValueLineError,
     Wording,
     read_section,
-    where,
+    where_text,
 )
 
 __all__ = [
@@ -544,7 +544,7 @@ class SettingsFile:
 
     def where(self, key: str) -> Text:
         """The file and line of C{key}, for messages."""
-        return where(self.path, self.lines.get(key))
+        return where_text(self.path, self.lines.get(key))
 
     def changed(self, other: SettingsFile) -> list[str]:
         """Keys whose value differs in C{other}, sorted."""

@@ -16,7 +16,6 @@ re-reads the file and applies its C{allow} entries to new connections
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import unicodedata
@@ -29,6 +28,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
+from epop.command import usage_reason
 from epop.console.service import DEFAULT_CONSOLE, NO_CONSOLE, ConsoleSettings, make_console_service
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
@@ -102,30 +102,6 @@ def _language_asked(arguments: list[str]) -> str | None:
             continue
         return value if value in LANGUAGES else None
     return None
-
-
-#: The option parser's words (getopt's, usage.Options'), which are English
-#: only: each pattern's group is the template's C{{name}}.
-_PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
-    (re.compile(r"option (-\S+) not recognized"), Text("option {name} not recognized")),
-    (re.compile(r"option (-\S+) requires argument"), Text("option {name} requires argument")),
-    (re.compile(r"option (-\S+) must not have an argument"), Text("option {name} must not have an argument")),
-    (re.compile(r"option (-\S+) not a unique prefix"), Text("option {name} not a unique prefix")),
-    (re.compile(r"Parameter '(.*)' requires an argument\."), Text("Parameter '{name}' requires an argument.")),
-    (re.compile(r"Wrong number of arguments\.()"), Text("Wrong number of arguments.")),
-)
-
-
-def _parser_reason(error: usage.UsageError) -> Text:
-    """A usage error as a L{Text}, the option parser's English words included."""
-    reason = reason_of(error)
-    if reason.template != "{text}":
-        return reason  # ours, already a Text
-    for pattern, text in _PARSER_WORDS:
-        found = pattern.fullmatch(str(error))
-        if found:
-            return Text(text.template, name=found.group(1)) if found.group(1) else text
-    return reason
 
 
 class Refused(usage.UsageError):
@@ -229,7 +205,7 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as e:
             self.refused = True
-            raise Refused(_parser_reason(e), self.language) from None
+            raise Refused(usage_reason(e), self.language) from None
 
     def getUsage(self, width: int | None = None) -> str:
         """

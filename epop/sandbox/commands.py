@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from epop.command import Command, CommandOptions
+from epop.errors import EpopError
+from epop.messages import Text, reason_of
 from epop.sandbox.retention import DEFAULT_KEEP, parse_keep
 
 __all__ = ["SandboxOptions", "sandbox"]
@@ -41,20 +44,20 @@ class SandboxOptions(CommandOptions):
         path, equals, status = value.rpartition("=")
         if not equals or not path.startswith("/") or not status.isdigit() or not 400 <= int(status) <= 599:
             raise usage.UsageError(
-                f"--reject: expected PATH=STATUS, a path starting with / and a status from 400 to 599 "
-                f"(e.g. /syriusUpload.do=403), not {value!r}"
+                Text("--reject: expected PATH=STATUS, a path starting with / and a status from 400 to 599 "
+                     "(e.g. /syriusUpload.do=403), not {value}", value=repr(value))
             )
         self["reject"][path] = int(status)
 
     def postOptions(self) -> None:
         text = str(self["port"])
         if not text.isdigit() or int(text) > 65535:
-            raise usage.UsageError(f"--port: expected a port number from 0 to 65535, not {text!r}")
+            raise usage.UsageError(Text("--port: expected a port number from 0 to 65535, not {value}", value=repr(text)))
         self["port"] = int(text)
         try:
             self["keep"] = parse_keep(self["keep"])
         except ValueError as e:
-            raise usage.UsageError(f"--keep: {e}") from None
+            raise usage.UsageError(Text("--keep: {reason}", reason=reason_of(e))) from None
 
 
 def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
@@ -71,6 +74,22 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         keep=options["keep"],
         reject=options["reject"],
     )
-    service.startService()
+    try:
+        service.startService()
+    except CannotListenError as e:
+        # Most often another sandbox, or the relay's test run, on that port.
+        reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+        return fail(
+            EpopError(
+                "sandbox-cannot-listen",
+                Text(
+                    "The sandbox cannot listen on {interface} port {port}: {reason}. "
+                    "Choose another --port (0: any free port).",
+                    interface=options["interface"],
+                    port=options["port"],
+                    reason=reason,
+                ),
+            )
+        )
     command.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     return Deferred()  # runs until the reactor stops

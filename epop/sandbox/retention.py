@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text
+from epop.sandbox.uploads import RECEIPT_NAME
+
 __all__ = ["DEFAULT_KEEP", "Keep", "parse_keep"]
 
 #: What the sandbox keeps unless told otherwise.
@@ -77,8 +80,11 @@ class Keep:
 
 
 def _size(upload: FilePath) -> int:
+    """The bytes uploaded into C{upload}: its files, not the sandbox's receipt."""
     total = 0
     for entry in os.scandir(upload.path):
+        if entry.name == RECEIPT_NAME:
+            continue
         try:
             total += entry.stat(follow_symlinks=False).st_size
         except OSError:
@@ -101,6 +107,6 @@ def parse_keep(text: str) -> Keep:
     match = re.fullmatch(r"(\d+)([KMG])", value, re.IGNORECASE)
     if match is None or int(match[1]) == 0:
         raise ValueError(
-            f"expected a number of uploads (20), a size (500M, 2G) or 'all', not {text!r}"
+            Text("expected a number of uploads (20), a size (500M, 2G) or 'all', not {value}", value=repr(text))
         )
     return Keep(size=int(match[1]) * _UNITS[match[2].upper()])

@@ -1,6 +1,7 @@
 """
 The sandbox's web site: one resource that answers every path (its upload
-form at C{/}, a health document, an upload's receipt, or 405), over
+form and latest receipts at C{/}, a health document, an upload's receipt,
+or 405), over
 requests whose bodies go straight to L{epop.sandbox.uploads} instead of
 being spooled by twisted.web, and connections it can close all at once.
 """
@@ -23,6 +24,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from epop.sandbox.receipts import latest_uploads, render_latest, render_rules
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
     PARTIAL_SUFFIX,
@@ -50,10 +52,11 @@ def _json_body(request: Request, status: int, document: dict[str, Any]) -> bytes
     return body
 
 
-def _upload_form(upload_path: str) -> bytes:
+def _upload_form(upload_path: str, after: str = "") -> bytes:
     """
     The sandbox's own upload page (not an imitation of e-PMSI's site): one
-    form posting e-PMSI's documented fields, for browsers and demos.
+    form posting e-PMSI's documented fields, for browsers and demos, then
+    C{after} (HTML, already escaped).
     """
     action = html.escape(upload_path, quote=True)
     text_fields = "".join(
@@ -77,7 +80,9 @@ def _upload_form(upload_path: str) -> bytes:
         f"{text_fields}"
         '<p><label>File <input type="file" name="theFile"></label></p>\n'
         '<p><button type="submit">Send</button></p>\n'
-        "</form>\n</body></html>\n"
+        "</form>\n"
+        f"{after}"
+        "</body></html>\n"
     ).encode("utf-8")
 
 
@@ -132,7 +137,9 @@ class SandboxRequest(Request):
                     # A rehearsal of e-PMSI refusing: nothing is kept.
                     self._body.abort()
                     raise refusal
-                self.upload_outcome = self._body.finish()
+                self.upload_outcome = self._body.finish(
+                    command.decode("latin-1"), path.split(b"?", 1)[0].decode("latin-1")
+                )
             except UploadRejected as rejection:
                 self.upload_outcome = rejection
                 self._site.logger.warn(
@@ -186,13 +193,21 @@ class _SandboxResource(Resource):
 
     def __init__(self, upload_path: str) -> None:
         super().__init__()
-        self._form = _upload_form(upload_path)
+        self._upload_path = upload_path
+
+    def _page(self, site: SandboxSite) -> bytes:
+        """The form, what the sandbox was told, and its latest receipts, as they are now."""
+        return _upload_form(
+            self._upload_path,
+            render_rules(site.reject, site.keep)
+            + render_latest(latest_uploads(site.upload_directory)),
+        )
 
     def render(self, request: SandboxRequest) -> bytes:  # type: ignore[override]
         method = request.method
         if method in (b"GET", b"HEAD"):
             if request.path == b"/":
-                body = _html_body(request, self._form)
+                body = _html_body(request, self._page(request._site))
             else:
                 body = _json_body(
                     request, 200, {"service": "e-PMSI sandbox", "status": "ok"}

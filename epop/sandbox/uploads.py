@@ -7,8 +7,10 @@ nothing half-written is ever visible.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -35,10 +37,13 @@ __all__ = [
     "MAX_FIELD_SIZE",
     "MAX_NAME_BYTES",
     "MAX_PARTS",
+    "MAX_KEPT_VALUE",
     "PARTIAL_SUFFIX",
     "PendingUpload",
+    "RECEIPT_NAME",
     "UploadRejected",
     "UploadResult",
+    "is_secret_field",
     "open_body",
     "sanitize_filename",
 ]
@@ -58,6 +63,18 @@ DEFAULT_FILENAME = "upload.bin"
 
 #: Suffix of what is still being written: never a stored file's name.
 PARTIAL_SUFFIX = ".partial"
+
+#: Each upload's receipt, kept in its folder for the sandbox's page (so a
+#: restart still lists it).  Hidden, so never a client's file name: those
+#: lose their leading dots.
+RECEIPT_NAME = ".receipt.json"
+
+#: Characters of a form field's value the receipt keeps: e-PMSI's fields
+#: are short identifiers; a longer value is cut, not kept whole.
+MAX_KEPT_VALUE = 200
+
+#: Form field names whose values may be secrets: never kept, only masked.
+_SECRET_FIELD = re.compile(r"pwd|pass|secret|token|key|mdp|credential|auth", re.IGNORECASE)
 
 _FORBIDDEN_CHARACTERS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
@@ -111,6 +128,22 @@ def sanitize_filename(name: str | None) -> str:
     if not base or base.endswith(PARTIAL_SUFFIX):
         return DEFAULT_FILENAME if not base else _fit_name(base, ".bin")
     return base
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a form field's name says its value may be a password (C{userPwd})."""
+    return _SECRET_FIELD.search(name) is not None
+
+
+def _kept_field(name: str, value: bytes | None, size: int) -> dict[str, Any]:
+    """A form field as its receipt keeps it: a secret masked, a long value cut."""
+    if value is None:
+        return {"name": name, "secret": True}
+    text = value.decode("utf-8", "replace")
+    kept: dict[str, Any] = {"name": name, "value": text[:MAX_KEPT_VALUE]}
+    if len(text) > MAX_KEPT_VALUE or size > len(value):
+        kept["truncated"] = True
+    return kept
 
 
 class UploadRejected(Exception):
@@ -207,20 +240,38 @@ class PendingUpload:
         self._files.append(incoming)
         return incoming
 
-    def commit(self) -> tuple[str, list[dict[str, Any]]]:
-        """Give every file its final name and publish the folder."""
+    def commit(
+        self, method: str = "", path: str = "", fields: list[dict[str, Any]] | None = None
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Give every file its final name, write the receipt and publish the folder."""
         folder = self._ensure_folder()
         assert self.upload_id is not None
         for incoming in self._files:
             incoming.close()
         for incoming in self._files:
             os.rename(incoming.partial.path, folder.child(incoming.stored_name).path)
+        files = [incoming.receipt() for incoming in self._files]
+        received = datetime.datetime.fromtimestamp(
+            self._site.reactor.seconds(), datetime.timezone.utc
+        )
+        with open(folder.child(RECEIPT_NAME).path, "x", encoding="utf-8") as receipt:
+            json.dump(
+                {
+                    "upload": self.upload_id,
+                    "received": received.isoformat(timespec="seconds"),
+                    "method": method,
+                    "path": path,
+                    "files": files,
+                    "fields": fields or [],
+                },
+                receipt,
+            )
         # os.rename refuses to replace a non-empty directory, and
         # _allocate_upload made sure the final name was free.
         os.rename(folder.path, self._site.upload_directory.child(self.upload_id).path)
         self.finished = True
         self._site.keep.prune(self._site.upload_directory)
-        return self.upload_id, [incoming.receipt() for incoming in self._files]
+        return self.upload_id, files
 
     def discard(self) -> None:
         """Delete everything written so far (idempotent)."""
@@ -258,6 +309,8 @@ class Body:
         self.rejection: UploadRejected | None = None
         self.received = 0
         self.field_names: list[str] = []
+        #: The form fields as the receipt keeps them (L{_kept_field}).
+        self.fields: list[dict[str, Any]] = []
 
     @property
     def done(self) -> bool:
@@ -273,16 +326,17 @@ class Body:
         except Exception:
             self._reject(Failure())
 
-    def finish(self) -> UploadResult:
+    def finish(self, method: str = "", path: str = "") -> UploadResult:
         """
-        End of body: check it was complete and publish the files.
+        End of body: check it was complete and publish the files, with a
+        receipt saying they came by C{method} to C{path}.
 
         @raise UploadRejected: if the body was unacceptable.
         """
         if self.rejection is None:
             try:
                 self._finish()
-                upload_id, files = self._upload.commit()
+                upload_id, files = self._upload.commit(method, path, self.fields)
             except Exception:
                 self._reject(Failure())
             else:
@@ -364,6 +418,8 @@ class _MultipartBody(Body):
         )
         self._file: _IncomingFile | None = None
         self._field_size = 0
+        #: The start of the current field's value; None for a secret one.
+        self._value: bytearray | None = None
 
     def _feed(self, data: bytes) -> None:
         for event in self._parser.parse(data):
@@ -371,17 +427,27 @@ class _MultipartBody(Body):
                 if event.filename is not None:
                     self._file = self._upload.new_file(event.name, event.filename)
                 else:
-                    # Only the name: values may be passwords (userPwd).
+                    # The answer names the fields only; the receipt also
+                    # keeps the start of values, but never a password's.
                     self.field_names.append(event.name or "")
                     self._field_size = 0
+                    self._value = None if is_secret_field(event.name or "") else bytearray()
             elif event is None:
                 if self._file is not None:
                     self._file.close()
                     self._file = None
+                else:
+                    self.fields.append(
+                        _kept_field(self.field_names[-1], self._value, self._field_size)
+                    )
             elif self._file is not None:
                 self._file.write(event)
             else:
                 self._field_size += len(event)
+                if self._value is not None:
+                    # Four UTF-8 bytes at most per character kept.
+                    room = 4 * MAX_KEPT_VALUE - len(self._value)
+                    self._value += event[: max(room, 0)]
                 if self._field_size > MAX_FIELD_SIZE:
                     raise UploadRejected(
                         413,

@@ -32,8 +32,8 @@ from epop.addressing import DEFAULT_PORT, host_port
 from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, describe_connect_failure
-from epop.local_tls import ClientTLS
-from epop.messages import Text
+from epop.local_tls import ClientTLS, tls_version
+from epop.messages import Text, reason_of
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.direct import send_direct, test_direct
@@ -60,16 +60,16 @@ class RelayAddress:
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(f"invalid relay address {text!r}: expected [IPv6]:PORT")
+                raise ValueError(Text("invalid relay address {text}: expected [IPv6]:PORT", text=repr(text)))
             port = rest[1:] if rest else None
         elif text.count(":") == 1:
             host, port = text.split(":")
         if not host:
-            raise ValueError(f"invalid relay address {text!r}: no host")
+            raise ValueError(Text("invalid relay address {text}: no host", text=repr(text)))
         if port is None:
             return cls(host)
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"invalid relay port {port!r}: expected a number from 1 to 65535")
+            raise ValueError(Text("invalid relay port {port}: expected a number from 1 to 65535", port=repr(port)))
         return cls(host, int(port))
 
     def __str__(self) -> str:
@@ -90,17 +90,23 @@ def connect_to_relay(
     authorized, certificate...).
     """
     endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=timeout)
+    creator = None
     if tls is not None:
         try:
-            endpoint = wrapClientTLS(tls.creator(relay.host), endpoint)
+            creator = tls.creator(relay.host)
         except ValueError as e:
-            return fail(EpopError("bad-settings", str(e)))
+            return fail(EpopError("bad-settings", reason_of(e)))
+        endpoint = wrapClientTLS(creator, endpoint)
     d = connectProtocol(endpoint, RelayClientProtocol(reactor, timeout, stall_timeout))
     d.addCallback(lambda protocol: protocol.welcomed)
 
     def failed(failure: Failure) -> Failure:
         if failure.check(CancelledError, ConnectingCancelledError):
             return Failure(CancelledError())
+        if tls is not None and creator is not None:
+            untrusted = tls.untrusted(creator, failure, str(relay))
+            if untrusted is not None:
+                return Failure(untrusted)
         return Failure(describe_connect_failure(failure, str(relay), timeout=timeout))
 
     return d.addErrback(failed)
@@ -157,7 +163,7 @@ def send_file(
 
         return upload.follow(d.addCallback(connected))
     if epmsi is None:
-        return fail(ValueError("give a relay, or an e-PMSI URL to send directly"))
+        return fail(ValueError(Text("give a relay, or an e-PMSI URL to send directly")))
     return send_direct(
         reactor, body, path, to=to, headers=headers, epmsi=epmsi, ca_file=ca_file,
         proxy=proxy, output=output, timeout=timeout, stall_timeout=stall_timeout,
@@ -189,7 +195,7 @@ def test_connection(
     """
     if relay is None:
         if epmsi is None:
-            return fail(ValueError("give a relay, or an e-PMSI URL to test directly"))
+            return fail(ValueError(Text("give a relay, or an e-PMSI URL to test directly")))
         return test_direct(reactor, epmsi=epmsi, ca_file=ca_file, proxy=proxy, timeout=timeout)
 
     started = reactor.seconds()
@@ -198,6 +204,7 @@ def test_connection(
     def connected(protocol: RelayClientProtocol) -> Deferred[TestReport]:
         report.relay_elapsed = reactor.seconds() - started
         report.protocol_version = protocol.version
+        report.tls_version = tls_version(protocol.transport)
 
         def checked(result: CheckResult) -> TestReport:
             report.epmsi = result

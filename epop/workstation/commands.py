@@ -31,7 +31,7 @@ from epop.command import (
 from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 from epop.local_tls import ClientTLS
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.workstation.client import DEFAULT_FIELD, RelayAddress, send_file, test_connection
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.form_fields import FormField, read_form_fields
@@ -50,7 +50,7 @@ def _positive_seconds(name: str, value: object) -> float:
     except (TypeError, ValueError):
         seconds = math.nan
     if not 0 < seconds < math.inf:
-        raise usage.UsageError(f"--{name}: expected a positive number of seconds, not {value!r}")
+        raise usage.UsageError(Text("--{name}: expected a positive number of seconds, not {value}", name=name, value=repr(value)))
     return seconds
 
 
@@ -91,7 +91,7 @@ class TargetOptions(CommandOptions):
     def resolve(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
         """Combine flags, saved settings and defaults; check they can work."""
         if self["direct"] and self["relay"] is not None:
-            raise usage.UsageError("choose one: --relay HOST[:PORT] or --direct, not both")
+            raise usage.UsageError(Text("choose one: --relay HOST[:PORT] or --direct, not both"))
         if self["direct"]:
             mode = "direct"
         elif self["relay"] is not None:
@@ -100,8 +100,8 @@ class TargetOptions(CommandOptions):
             mode = saved.get("mode") or ("relay" if saved.get("relay") else "")
         if not mode:
             raise usage.UsageError(
-                "say where to send: --relay HOST[:PORT], or --direct "
-                "(or save it once: epop config set relay HOST)"
+                Text("say where to send: --relay HOST[:PORT], or --direct "
+                     "(or save it once: epop config set relay HOST)")
             )
         for name in ("timeout", "stall-timeout"):
             self[name] = _positive_seconds(name, self[name])
@@ -130,29 +130,32 @@ class TargetOptions(CommandOptions):
         }
 
     def _resolve_relay(self, saved: ClientSettings) -> None:
-        if not self["tls"] and any(self[flag] for flag in self._TLS_FLAGS):
-            raise usage.UsageError("--relay-ca and --tls-client-* need --tls")
-        if self["tls"]:
+        # Saved with "epop config set tls yes" (or by "epop trust"), as --tls.
+        encrypted = self["tls"] or saved.get("tls") == "yes"
+        if not encrypted and any(self[flag] for flag in self._TLS_FLAGS):
+            raise usage.UsageError(Text("--relay-ca and --tls-client-* need --tls"))
+        if encrypted:
             if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
-                raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
-            self.tls = ClientTLS(self["relay-ca"], self["tls-client-cert"], self["tls-client-key"])
+                raise usage.UsageError(Text("--tls-client-cert and --tls-client-key go together"))
+            relay_ca = self["relay-ca"] or saved.get("relay-ca")
+            self.tls = ClientTLS(relay_ca, self["tls-client-cert"], self["tls-client-key"])
         for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
             if self[flag] is not None:
                 raise usage.UsageError(
-                    f"--{flag} applies to --direct only: through a relay, the relay "
-                    "reaches e-PMSI with its own settings"
+                    Text("--{flag} applies to --direct only: through a relay, the relay "
+                         "reaches e-PMSI with its own settings", flag=flag)
                 )
         text = self["relay"] or saved.get("relay")
         if not text:
-            raise usage.UsageError("the saved mode is 'relay' but no relay is saved: give --relay HOST")
+            raise usage.UsageError(Text("the saved mode is 'relay' but no relay is saved: give --relay HOST"))
         try:
             self.relay = RelayAddress.parse(text)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(reason_of(e)) from None
 
     def _resolve_direct(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
         if self["tls"] or any(self[flag] for flag in self._TLS_FLAGS):
-            raise usage.UsageError("--tls and its options apply to --relay: with --direct, e-PMSI is always reached over TLS")
+            raise usage.UsageError(Text("--tls and its options apply to --relay: with --direct, e-PMSI is always reached over TLS"))
         self.epmsi = self["epmsi"] or saved.get("epmsi") or DEFAULT_EPMSI_URL
         self.ca_file = self["ca-file"] or saved.get("ca-file")
         try:
@@ -166,7 +169,7 @@ class TargetOptions(CommandOptions):
                 environ=environ,
             )
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(reason_of(e)) from None
 
 
 class SendOptions(TargetOptions):
@@ -212,9 +215,9 @@ class SendOptions(TargetOptions):
         if os.path.isdir(path):
             raise usage.UsageError(Text("{path} is a folder: give the file to send", path=path))
         if not os.path.isfile(path):
-            raise usage.UsageError(f"{path}: no such file")
+            raise usage.UsageError(Text("{path}: no such file", path=path))
         if not os.access(path, os.R_OK):
-            raise usage.UsageError(f"{path}: not readable by this user")
+            raise usage.UsageError(Text("{path}: not readable by this user", path=path))
         if os.path.getsize(path) == 0 and not self["allow-empty"]:
             raise usage.UsageError(
                 Text("{path} is empty (0 bytes): check it is the right file, "
@@ -226,7 +229,7 @@ class SendOptions(TargetOptions):
         self.to = self["to"] or saved.get("to") or DEFAULT_UPLOAD_PATH
         self.field = self["field"] or saved.get("field") or DEFAULT_FIELD
         if not self.to.startswith("/"):
-            raise usage.UsageError("--to must be a path starting with '/', e.g. /syriusUpload.do")
+            raise usage.UsageError(Text("--to must be a path starting with '/', e.g. /syriusUpload.do"))
 
 
 class TestOptions(TargetOptions):
@@ -238,12 +241,18 @@ class TestOptions(TargetOptions):
     )
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+_SIZE_UNITS = (Text("{size} KiB"), Text("{size} MiB"), Text("{size} GiB"))
+
+
+def _size(n: float) -> Text:
+    """A file's size for people, in their language (octets, Kio... in French)."""
+    if n < 1024:
+        return Text("{size} bytes", size=f"{n:.0f}")
+    for unit in _SIZE_UNITS:
         n /= 1024
-    raise AssertionError
+        if n < 1024 or unit is _SIZE_UNITS[-1]:
+            break
+    return Text(unit.template, size=f"{n:.1f}")
 
 
 def _how(options: TargetOptions) -> Text:

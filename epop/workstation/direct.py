@@ -21,7 +21,7 @@ from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import CheckResult, Upstream, response_headers
 from epop.errors import EpopError, describe_upstream_failure
-from epop.messages import Text
+from epop.messages import Text, reason_of
 from epop.multipart import MultipartFileBody
 from epop.workstation.deadlines import Watchdog
 from epop.workstation.outcomes import Reply, TestReport
@@ -93,7 +93,7 @@ def send_direct(
     try:
         upstream = _upstream(reactor, epmsi, ca_file, timeout, proxy)
     except ValueError as e:
-        return fail(EpopError("bad-settings", str(e)))
+        return fail(EpopError("bad-settings", reason_of(e)))
     sink = output if output is not None else io.BytesIO()
 
     upload = Upload(body, path, via_relay=False, watchdog=None)
@@ -143,7 +143,7 @@ def test_direct(
     try:
         upstream = _upstream(reactor, epmsi, ca_file, timeout, proxy)
     except ValueError as e:
-        return succeed(TestReport(None, error=EpopError("bad-settings", str(e)),
+        return succeed(TestReport(None, error=EpopError("bad-settings", reason_of(e)),
                                   failed_step="settings"))
 
     def checked(result: CheckResult) -> Deferred[TestReport]:

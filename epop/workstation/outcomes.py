@@ -57,6 +57,8 @@ class TestReport:
     relay: str | None
     relay_elapsed: float | None = None
     protocol_version: int | None = None
+    #: The TLS version of the session with the relay ("TLSv1.3"), if encrypted.
+    tls_version: str | None = None
     epmsi: CheckResult | None = None
     error: EpopError | None = None
     failed_step: str | None = None
@@ -76,6 +78,8 @@ class TestReport:
                     version=self.protocol_version,
                 )
             )
+            if self.tls_version is not None:
+                lines.append(Text("Encrypted ({version}).", version=self.tls_version))
         if self.epmsi is not None:
             text = _check_text(self.epmsi)
             lines.append(Text("Through the relay: {check}", check=text) if self.relay else text)

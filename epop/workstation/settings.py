@@ -21,12 +21,15 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from cryptography import x509
+
 from epop.addressing import RELAY_ADDRESS_HELP
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
+from epop.messages import Text, reason_of
 from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
 SETTING_KEYS: tuple[str, ...] = (
     "mode",
     "relay",
+    "tls",
+    "relay-ca",
     "epmsi",
     "ca-file",
     "proxy",
@@ -51,33 +56,35 @@ SETTING_KEYS: tuple[str, ...] = (
 )
 
 #: One line per key, for help texts and error messages.
-SETTING_DESCRIPTIONS: Mapping[str, str] = {
-    "mode": "how to send: 'relay' (through the e-POP relay) or 'direct'",
-    "relay": f"the relay's address, {RELAY_ADDRESS_HELP}",
-    "epmsi": "e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr",
-    "ca-file": "PEM file of CA certificates trusted for e-PMSI (direct mode)",
-    "proxy": "the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's",
-    "proxy-user": "user name for the proxy",
-    "proxy-password": "password for the proxy (stored in the file, never displayed)",
-    "to": "default path on e-PMSI to post uploads to, e.g. /syriusUpload.do",
-    "field": "default form field that carries the file",
+SETTING_DESCRIPTIONS: Mapping[str, Text | str] = {
+    "mode": Text("how to send: 'relay' (through the e-POP relay) or 'direct'"),
+    "relay": Text("the relay's address, {how}", how=RELAY_ADDRESS_HELP),
+    "tls": Text("'yes' to encrypt the connection to the relay (TLS), 'no' not to"),
+    "relay-ca": Text("PEM file of the authority that signs the relay's certificate (epop trust saves one)"),
+    "epmsi": Text("e-PMSI's HTTPS origin, e.g. https://www.epmsi.atih.sante.fr"),
+    "ca-file": Text("PEM file of CA certificates trusted for e-PMSI (direct mode)"),
+    "proxy": Text("the proxy for direct mode: http://HOST:PORT, or 'system' to use this machine's"),
+    "proxy-user": Text("user name for the proxy"),
+    "proxy-password": Text("password for the proxy (stored in the file, never displayed)"),
+    "to": Text("default path on e-PMSI to post uploads to, e.g. /syriusUpload.do"),
+    "field": Text("default form field that carries the file"),
 }
 
 #: Where the proxy's account goes instead of its URL.
-_CREDENTIALS = (
+_CREDENTIALS = Text(
     "the user name and password have settings of their own; set them with proxy-user "
     "and proxy-password"
 )
 
 #: How the workstation's settings file words each mistake (L{epop.settings_file}).
 _WORDING = Wording(
-    unreadable="cannot read settings file {path}: {reason}",
-    not_utf8="{path}: not UTF-8 text (byte {byte}); save it as UTF-8",
-    before_section="{where}: {text!r} comes before the [" + SECTION + "] header",
-    other_section="{where}: unexpected {text!r}: the only section is [" + SECTION + "]",
-    section_twice="{where}: [" + SECTION + "] appears twice",
-    not_key_value="{where}: expected 'key = value', got {text!r}",
-    key_twice="{where}: {key} is set twice (first on line {first})",
+    unreadable=Text("cannot read settings file {path}: {reason}"),
+    not_utf8=Text("{path}: not UTF-8 text (byte {byte}); save it as UTF-8"),
+    before_section=Text("{where}: {text!r} comes before the [epop] header"),
+    other_section=Text("{where}: unexpected {text!r}: the only section is [epop]"),
+    section_twice=Text("{where}: [epop] appears twice"),
+    not_key_value=Text("{where}: expected 'key = value', got {text!r}"),
+    key_twice=Text("{where}: {key} is set twice (first on line {first})"),
     no_section=None,
 )
 _HIDDEN = "(set)"
@@ -145,8 +152,8 @@ class ClientSettings:
             key = _known(key)
             if "\n" in value:
                 raise ValueError(
-                    f"{key} takes one line: an indented line continues the value above it, "
-                    "so start each setting at the beginning of its line"
+                    Text("{key} takes one line: an indented line continues the value above it, "
+                         "so start each setting at the beginning of its line", key=key)
                 )
             return _check(key, value, on_set=False)
 
@@ -170,7 +177,7 @@ class ClientSettings:
         try:
             self._values[key] = _check(key, value, on_set=True)
         except ValueError as e:
-            raise SettingsError(str(e)) from None
+            raise SettingsError(reason_of(e)) from None
 
     def unset(self, key: str) -> None:
         """Forget C{key}, so its default applies again; unset keys are fine."""
@@ -190,8 +197,23 @@ class ClientSettings:
             self._write(folder, lines)
         except OSError as e:
             raise SettingsError(
-                f"cannot write settings file {self.path}: {e.strerror or e}"
+                Text("cannot write settings file {path}: {why}", path=str(self.path), why=e.strerror or str(e))
             ) from None
+
+    def write_beside(self, name: str, data: bytes, mode: int = 0o644) -> Path:
+        """
+        Write a file that goes with the settings (the relay's authority that
+        C{epop trust} saves) in their folder, creating it as L{save} does;
+        its path, absolute, as a setting names it.
+        """
+        folder = self.path.parent
+        _make_private_folders(folder)
+        path = (folder / name).absolute()
+        try:
+            write_atomically(str(path), data, mode)
+        except OSError as e:
+            raise SettingsError(Text("cannot write {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
+        return path
 
     def _write(self, folder: Path, lines: list[str]) -> None:
         write_atomically(str(self.path), "".join(lines).encode("utf-8"), 0o600)
@@ -222,7 +244,7 @@ def _make_private_folders(folder: Path) -> None:
         except FileExistsError:
             continue
         except OSError as e:
-            raise SettingsError(f"cannot create folder {path}: {e.strerror or e}") from None
+            raise SettingsError(Text("cannot create folder {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
         if os.name == "posix":
             os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not widened
 
@@ -230,7 +252,9 @@ def _make_private_folders(folder: Path) -> None:
 def _known(key: str) -> str:
     """C{key} if it is a setting's name, else a L{SettingsError} listing them."""
     if key not in SETTING_KEYS:
-        raise SettingsError(f"unknown setting {key!r}: expected one of {', '.join(SETTING_KEYS)}")
+        raise SettingsError(
+            Text("unknown setting {key}: expected one of {keys}", key=repr(key), keys=", ".join(SETTING_KEYS))
+        )
     return key
 
 
@@ -242,19 +266,19 @@ def _check(key: str, value: str, *, on_set: bool) -> str:
     @param on_set: also check what may change later (the CA file exists).
     """
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{key} must be on one line, without control characters")
+        raise ValueError(Text("{key} must be on one line, without control characters", key=key))
     stripped = value.strip()
     if not stripped:
-        raise ValueError(f"{key} is empty: give a value ({SETTING_DESCRIPTIONS[key]})")
+        raise ValueError(Text("{key} is empty: give a value ({description})", key=key, description=SETTING_DESCRIPTIONS[key]))
     if stripped != value and key == "proxy-password" and on_set:
-        raise ValueError("proxy-password cannot start or end with a space in the settings file")
+        raise ValueError(Text("proxy-password cannot start or end with a space in the settings file"))
     return _CHECKS[key](stripped, on_set)
 
 
 def _check_mode(value: str, on_set: bool) -> str:
     mode = value.lower()
     if mode not in ("relay", "direct"):
-        raise ValueError(f"mode must be 'relay' or 'direct' (got {value!r})")
+        raise ValueError(Text("mode must be 'relay' or 'direct' (got {value})", value=repr(value)))
     return mode
 
 
@@ -273,8 +297,48 @@ def _check_ca_file(value: str, on_set: bool) -> str:
     path = os.path.abspath(os.path.expanduser(value))
     if not os.path.isfile(path):
         raise ValueError(
-            f"ca-file {value!r}: no such file (expected a PEM file of CA certificates)"
+            Text("ca-file {value}: no such file (expected a PEM file of CA certificates)", value=repr(value))
         )
+    return path
+
+
+_YES = ("yes", "oui", "true", "on", "1")
+_NO = ("no", "non", "false", "off", "0")
+
+
+def _check_tls(value: str, on_set: bool) -> str:
+    answer = value.lower()
+    if answer in _YES:
+        return "yes"
+    if answer in _NO:
+        return "no"
+    raise ValueError(Text("tls must be 'yes' or 'no' (got {value})", value=repr(value)))
+
+
+def _check_relay_ca(value: str, on_set: bool) -> str:
+    """
+    An absolute path to a readable PEM certificate, checked when set so
+    that a wrong file is refused now, not at the next upload.
+    """
+    if not on_set:  # a moved file is reported when a connection needs it
+        return value
+    path = os.path.abspath(os.path.expanduser(value))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(
+            Text("relay-ca: cannot read {path}: {why}", path=path, why=e.strerror or str(e))
+        ) from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(
+            Text(
+                "relay-ca: {path} is not a PEM certificate (expected a file that begins "
+                "with -----BEGIN CERTIFICATE-----, such as the one epop trust saves)",
+                path=path,
+            )
+        ) from None
     return path
 
 
@@ -291,8 +355,8 @@ def _check_text(value: str, on_set: bool) -> str:
 def _check_to(value: str, on_set: bool) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value):
         raise ValueError(
-            f"to must be a path starting with '/', without spaces, e.g. /syriusUpload.do "
-            f"(got {value!r})"
+            Text("to must be a path starting with '/', without spaces, e.g. /syriusUpload.do "
+                 "(got {value})", value=repr(value))
         )
     return value
 
@@ -300,6 +364,8 @@ def _check_to(value: str, on_set: bool) -> str:
 _CHECKS: Mapping[str, Callable[[str, bool], str]] = {
     "mode": _check_mode,
     "relay": _check_relay,
+    "tls": _check_tls,
+    "relay-ca": _check_relay_ca,
     "epmsi": _check_epmsi,
     "ca-file": _check_ca_file,
     "proxy": _check_proxy,

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions
 from epop.epmsi.origin import DEFAULT_EPMSI_URL
+from epop.messages import Text
 from epop.workstation.settings import SETTING_DESCRIPTIONS, ClientSettings
 
 __all__ = ["ConfigOptions", "ProxySettingsOptions", "config", "proxy_settings"]
@@ -68,21 +69,21 @@ class ProxySettingsOptions(CommandOptions):
     ]
 
 
-def read_password(stdin: TextIO | None) -> str:
+def read_password(stdin: TextIO | None, language: str = "en") -> str:
     """
     The proxy password from standard input: asked for without echo on a
     terminal, else its first line (C{printf '%s\\n' "$PW" | epop config set
     proxy-password -}).  Nothing at all reads as an empty password.
     """
     if stdin is not None and stdin.isatty():
-        return getpass.getpass("Proxy password: ")
+        return getpass.getpass(Text("Proxy password: ").render(language))
     line = stdin.readline() if stdin is not None else ""
     return line.rstrip("\r\n")
 
 
 def _save(command: Command, saved: ClientSettings) -> int:
     saved.save()
-    command.tell(f"Saved in {saved.path}.")
+    command.tell(Text("Saved in {path}.", path=str(saved.path)))
     return EXIT_OK
 
 
@@ -96,7 +97,7 @@ def config(command: Command, options: ConfigOptions) -> int:
         items = saved.items_for_display()
         command.say(f"# {saved.path}")
         if not items:
-            command.say("# no settings saved yet: epop config set KEY VALUE")
+            command.say(Text("# no settings saved yet: epop config set KEY VALUE"))
         for key, value in items:
             command.say(f"{key} = {value}")
         return EXIT_OK
@@ -104,7 +105,7 @@ def config(command: Command, options: ConfigOptions) -> int:
     if action == "set":
         value = sub["value"]
         if key == "proxy-password" and value == "-":
-            value = read_password(command.stdin)
+            value = read_password(command.stdin, command.language)
         saved.set(key, value)
     else:
         saved.unset(key)
@@ -117,11 +118,11 @@ def proxy_settings(command: Command, options: ProxySettingsOptions) -> int:
 
     saved = command.saved
     found = discover_proxy(options["epmsi"], environ=command.environ, pac=options["pac"])
-    command.say(found.describe())
+    command.say(found.text())
     if not options["save"]:
         return EXIT_OK if not found.unresolved else EXIT_FAILED
     if found.unresolved:
-        command.tell("Nothing saved: the proxy could not be determined.")
+        command.tell(Text("Nothing saved: the proxy could not be determined."))
         return EXIT_FAILED
     if found.proxy is None:
         saved.unset("proxy")

@@ -1,0 +1,146 @@
+"""
+No English-only message for a person is left in the modules that speak to
+one: every error and every line written for a person is a Text, so that it
+can be told in French.  (That every Text has its French is
+tests.test_messages' check.)
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+PACKAGE = Path(__file__).resolve().parent.parent / "epop"
+
+#: The modules scanned, explicitly: add a module here once its messages are Texts.
+SCANNED = (
+    "cli.py",
+    "command.py",
+    "settings_file.py",
+    "certificates.py",
+    "local_tls.py",
+    "workstation/client.py",
+    "workstation/commands.py",
+    "workstation/direct.py",
+    "workstation/form_fields.py",
+    "workstation/settings.py",
+    "workstation/settings_commands.py",
+    "workstation/trust.py",
+    "epmsi/origin.py",
+    "epmsi/proxy.py",
+    "epmsi/proxy_setting.py",
+    "epmsi/system_proxy.py",
+    "journal/commands.py",
+    "journal/connections.py",
+    "journal/filters.py",
+    "journal/table.py",
+    "sandbox/commands.py",
+    "sandbox/retention.py",
+    # twistd epop's
+    "secret_options.py",
+    "relay/tap.py",
+    "relay/settings.py",
+    "relay/service.py",
+    "relay/tunnel_users.py",
+    "relay/allowlist.py",
+    "relay/destinations.py",
+    "journal/writer.py",
+    "console/access.py",
+    "console/service.py",
+)
+
+#: Errors whose first argument is a message for a person.
+_MESSAGE_FIRST = re.compile(r"(Usage|Settings|Value|ValueLine|ProxyAccount)Error|Refused|ReloadRefused|RelayCannotStart")
+#: Errors whose first argument is a stable code (or the setting, or the
+#: endpoint, it is about) and the second the message.
+_CODE_FIRST = {
+    "EpopError",
+    "ProtocolError",
+    "RelayError",
+    "UpstreamError",
+    "RelaySettingsError",
+    "ListenError",
+    "_refuse",
+}
+#: Calls that write their argument for a person to read.
+_OUTPUT = {"write", "say", "tell", "complain", "_unresolved"}
+
+
+def _name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def _words(node: ast.expr) -> str:
+    """The literal text of a string expression (f-strings: their fixed parts)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_words(part) for part in node.values if isinstance(part, ast.Constant))
+    if isinstance(node, ast.BinOp):
+        return _words(node.left) + _words(node.right)
+    return ""
+
+
+def _is_plain(node: ast.expr, *, error: bool) -> bool:
+    """
+    Whether C{node} is English for a person rather than a Text: a literal
+    or f-string with words in it (C{"epop: {x}"} and punctuation are
+    layout), or, for an error, C{str(...)} of something.
+    """
+    if error and isinstance(node, ast.Call) and _name(node.func) in ("str", "format"):
+        return True
+    text = _words(node).replace("epop", "")
+    return any(c.isalpha() for c in text)
+
+
+def plain_messages(source: str) -> list[tuple[int, str]]:
+    """Each call in C{source} that gives a person a plain string: its line and call."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _name(node.func)
+        if name in _CODE_FIRST:
+            message, error = node.args[1:2], True
+        elif _MESSAGE_FIRST.fullmatch(name):
+            message, error = node.args[:1], True
+        elif name in _OUTPUT:
+            message, error = node.args[-1:], False
+        else:
+            continue
+        if message and _is_plain(message[0], error=error):
+            found.append((node.lineno, ast.unparse(node)[:100]))
+    return found
+
+
+class SourceTests(SynchronousTestCase):
+    def test_no_plain_message(self) -> None:
+        """No error nor line for a person in the scanned modules is a plain (English-only) string."""
+        plain = [
+            f"epop/{name}:{line}: {call}"
+            for name in SCANNED
+            for line, call in plain_messages((PACKAGE / name).read_text(encoding="utf-8"))
+        ]
+        self.assertEqual(plain, [], "make these Text(...) and translate them in epop.po")
+
+    def test_finds_plain_messages(self) -> None:
+        """The scan catches each kind of plain message, and lets Texts and layout pass."""
+        source = (
+            'raise usage.UsageError(f"{path}: no such file")\n'
+            'raise usage.UsageError(str(e))\n'
+            'raise SettingsError("unknown setting " + key)\n'
+            'raise EpopError("bad-settings", f"cannot read {path}")\n'
+            'command.tell(f"Saved in {path}.")\n'
+            'stderr.write("epop: unexpected error\\n")\n'
+            'raise usage.UsageError(Text("{path}: no such file", path=path))\n'
+            'raise EpopError("bad-settings", reason_of(e))\n'
+            'command.tell(Text("Saved in {path}.", path=path))\n'
+            'stderr.write(f"epop: {reason}\\n")\n'
+            'command.say(f"{key} = {value}")\n'
+        )
+        self.assertEqual([line for line, _ in plain_messages(source)], [1, 2, 3, 4, 5, 6])
