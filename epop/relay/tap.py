@@ -41,6 +41,7 @@ from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
 from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
+from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
 from epop.relay.service import (
     DEFAULT_LISTEN,
     ListenError,
@@ -155,9 +156,10 @@ class Options(usage.Options):
         ["proxy", None, None, "HTTP proxy to reach e-PMSI through: http://HOST:PORT, or 'system' for this machine's settings."],
         ["proxy-user", None, None, "User name for the proxy (Basic authentication)."],
         ["proxy-password-file", None, None, f"File whose first line is the proxy password (or set {PASSWORD_VARIABLE}; never on the command line)."],
-        ["tls-cert", None, None, "PEM certificate of the relay: workstations may then encrypt the local hop (same port)."],
+        ["tls-cert", None, None, "PEM certificate of the relay, or 'auto' for the relay's own authority and certificate (see --tls-dir): workstations may then encrypt the local hop (same port)."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-chain", None, None, "PEM intermediate certificates sent with --tls-cert."],
+        ["tls-dir", None, None, "With --tls-cert auto: the folder of the relay's own certificate authority and certificate (default: a tls folder beside the journal)."],
         ["tls-client-ca", None, None, "Require workstations to present a certificate signed by this PEM CA (mutual TLS)."],
         ["max-connections", None, RelaySettings.max_connections, "Connections served at once, in all; more are refused with an error (0: no limit).", NUMBERS["max_connections"]],
         ["max-connections-per-client", None, RelaySettings.max_connections_per_client, "Connections served at once from one client address (0: no limit).", NUMBERS["max_connections_per_client"]],
@@ -351,6 +353,10 @@ class Options(usage.Options):
         return console
 
     def _tls(self) -> RelayTLS | None:
+        if self["tls-cert"] == AUTO:
+            return self._own_authority_tls()
+        if self["tls-dir"]:
+            raise self._refuse("tls-dir", _needs_auto(), "tls-cert")
         if not self["tls-cert"]:
             for name in ("tls-key", "tls-chain", "tls-client-ca"):
                 if self[name]:
@@ -371,6 +377,34 @@ class Options(usage.Options):
             tls.options()
         except ValueError as e:
             raise self._refuse("tls-cert", reason_of(e)) from None
+        return tls
+
+    def _own_authority_tls(self) -> RelayTLS:
+        """
+        C{--tls-cert auto}: the relay's own authority and a certificate for
+        every address it listens on, the console's included
+        (L{epop.relay.own_authority}).
+        """
+        for name in ("tls-key", "tls-chain"):
+            if self[name]:
+                raise self._refuse(name, _not_with_auto(), "tls-cert")
+        folder = self["tls-dir"] or os.path.join(os.path.dirname(os.path.abspath(self["journal"])), "tls")
+        listen = list(self["listen"])
+        if self["console"].strip().lower() != NO_CONSOLE:
+            listen.append(self["console"])
+        try:
+            tls = own_authority_tls(
+                folder,
+                coverage_for(listen),
+                client_ca=self["tls-client-ca"],
+                require=bool(self["require-tls"]),
+            )
+        except OwnAuthorityError as e:
+            raise self._refuse("tls-dir" if self["tls-dir"] else "tls-cert", reason_of(e)) from None
+        try:
+            tls.options()
+        except ValueError as e:  # the files above are fine: the client CA is not
+            raise self._refuse("tls-client-ca", reason_of(e)) from None
         return tls
 
     def settings(self) -> RelaySettings:
@@ -407,6 +441,22 @@ class Options(usage.Options):
             tunnel_idle_timeout=self["tunnel-idle-timeout"],
             tunnel_users=self["tunnel-users"],
         )
+
+
+def _not_with_auto() -> Text:
+    """
+    The refusal of --tls-key or --tls-chain beside --tls-cert auto, with
+    C{{option}} where L{Options._refuse} names the option as the person wrote it.
+    """
+    return Text(
+        "cannot be given with {option} auto, which makes the relay's own key "
+        "and sends its authority's certificate as the chain"
+    )
+
+
+def _needs_auto() -> Text:
+    """The refusal of --tls-dir without --tls-cert auto (C{{option}} as in L{_not_with_auto})."""
+    return Text("is the folder of {option} auto: give that too, or leave it out")
 
 
 def reload_allowlist(relay: RelayService, options: Options) -> bool:

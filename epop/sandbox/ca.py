@@ -17,14 +17,20 @@ from typing import Any, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 import OpenSSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.python.filepath import FilePath
 
+from epop.authority import (
+    issue_server_certificate,
+    make_authority,
+    pem_private_key,
+    subject_alternative_names,
+)
 from epop.files import write_atomically
 
 __all__ = [
@@ -84,14 +90,6 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _public_bytes(key: Any) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER,
@@ -101,7 +99,6 @@ def _public_bytes(key: Any) -> bytes:
 
 def _issue_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Create a fresh self-signed CA only able to sign leaf certificates."""
-    key = ec.generate_private_key(ec.SECP256R1())
     now = _utcnow()
     name = x509.Name(
         [
@@ -112,34 +109,7 @@ def _issue_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             ),
         ]
     )
-    public = key.public_key()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + _CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, certificate
+    return make_authority(name, now, _CA_LIFETIME)
 
 
 def _issue_server(
@@ -148,61 +118,19 @@ def _issue_server(
     hosts: Sequence[Host],
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Create a server key and a certificate for C{hosts} signed by the CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _utcnow()
     names: list[x509.GeneralName] = []
     for host in hosts:
         if isinstance(host, str):
             names.append(x509.DNSName(host))
         else:
             names.append(x509.IPAddress(host))
-    public = key.public_key()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "epop sandbox"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, str(hosts[0])[:64]),
-                ]
-            )
-        )
-        .issuer_name(ca_certificate.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(
-            min(now + _SERVER_LIFETIME, ca_certificate.not_valid_after_utc)
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_certificate.public_key()  # type: ignore[arg-type]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "epop sandbox"),
+            x509.NameAttribute(NameOID.COMMON_NAME, str(hosts[0])[:64]),
+        ]
     )
-    return key, certificate
+    return issue_server_certificate(ca_key, ca_certificate, subject, names, _utcnow(), _SERVER_LIFETIME)
 
 
 def _load_pair(
@@ -231,14 +159,7 @@ def _load_pair(
 
 def _covers(certificate: x509.Certificate, hosts: Sequence[Host]) -> bool:
     """Tell whether the certificate's SANs name every one of C{hosts}."""
-    try:
-        sans = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value
-    except x509.ExtensionNotFound:
-        return False
-    dns = {name.lower() for name in sans.get_values_for_type(x509.DNSName)}
-    ips = set(sans.get_values_for_type(x509.IPAddress))
+    ips, dns = subject_alternative_names(certificate)
     return all((host in dns) if isinstance(host, str) else (host in ips) for host in hosts)
 
 
@@ -276,7 +197,7 @@ def ensure_certificates(
     ca = _load_pair(ca_path, ca_key_path)
     if ca is None:
         ca_key, ca_certificate = _issue_ca()
-        write_atomically(ca_key_path.path, _pem_key(ca_key), 0o600)
+        write_atomically(ca_key_path.path, pem_private_key(ca_key), 0o600)
         write_atomically(
             ca_path.path, ca_certificate.public_bytes(serialization.Encoding.PEM), 0o644
         )
@@ -294,7 +215,7 @@ def ensure_certificates(
                     return result
 
     key, certificate = _issue_server(ca_key, ca_certificate, hosts)
-    write_atomically(key_path.path, _pem_key(key), 0o600)
+    write_atomically(key_path.path, pem_private_key(key), 0o600)
     write_atomically(cert_path.path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return result
 
