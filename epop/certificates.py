@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import crypto
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
-from epop.messages import Text
+from epop.messages import Text, system_reason
 
 __all__ = [
     "fingerprint",
@@ -50,7 +50,7 @@ def read_file(path: str, what: Text | str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ValueError(Text("cannot read the {what} {path}: {why}", what=what, path=path, why=e.strerror)) from None
+        raise ValueError(Text("cannot read the {what} {path}: {why}", what=what, path=path, why=system_reason(e))) from None
 
 
 def _pem_certificates(data: bytes) -> list[bytes]:
@@ -78,7 +78,7 @@ def trust_root_from_pem(path: str) -> Any:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(Text("cannot read CA file {path}: {why}", path=path, why=e.strerror)) from None
+        raise ValueError(Text("cannot read CA file {path}: {why}", path=path, why=system_reason(e))) from None
     found = _pem_certificates(data)
     if not found:
         raise ValueError(Text("CA file {path} holds no PEM certificate", path=path))

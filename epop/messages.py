@@ -16,13 +16,14 @@ overrides it.
 
 from __future__ import annotations
 
+import errno
 import gettext
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LANGUAGES", "Text", "choose_language", "reason_of", "translations"]
+__all__ = ["LANGUAGES", "Text", "choose_language", "reason_of", "system_reason", "translations"]
 
 LANGUAGES = ("en", "fr")
 _LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
@@ -129,3 +130,22 @@ def reason_of(error: BaseException) -> Text:
     if error.args and isinstance(error.args[0], Text):
         return error.args[0]
     return Text.literal(str(error))
+
+
+#: The system's most common refusals, in C{os.strerror}'s English words
+#: (which Python never translates).
+_SYSTEM_REASONS = {
+    errno.ENOENT: Text("No such file or directory"),
+    errno.EACCES: Text("Permission denied"),
+    errno.EPERM: Text("Operation not permitted"),
+    errno.EISDIR: Text("Is a directory"),
+    errno.ENOTDIR: Text("Not a directory"),
+    errno.EADDRINUSE: Text("Address already in use"),
+    errno.EADDRNOTAVAIL: Text("Cannot assign requested address"),
+}
+
+
+def system_reason(error: OSError) -> Text:
+    """Why the system refused, in words that translate; else its own words."""
+    known = _SYSTEM_REASONS.get(error.errno) if error.errno is not None else None
+    return known if known is not None else Text.literal(error.strerror or str(error))

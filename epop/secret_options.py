@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 
 from twisted.python import usage
 
+from epop.messages import Text
+
 __all__ = ["refuse_abbreviated_secrets"]
 
 
@@ -67,9 +69,13 @@ def refuse_abbreviated_secrets(
         if meant:
             full = " or ".join(f"--{secret}" for secret in meant)
             raise usage.UsageError(
-                f"--{name} is not an option: write {full} in full (an option that takes a "
-                "password, a key or the file of one is never abbreviated; its value is not "
-                "repeated here)"
+                Text(
+                    "--{name} is not an option: write {full} in full (an option that takes a "
+                    "password, a key or the file of one is never abbreviated; its value is not "
+                    "repeated here)",
+                    name=name,
+                    full=full,
+                )
             )
         found = [known for known in takes_value if name and known.startswith(name)]
         if len(found) == 1:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from epop.messages import Text, reason_of
+from epop.messages import Text, reason_of, system_reason
 
 __all__ = [
     "SECTION",
@@ -130,9 +130,9 @@ def read_section(
     except FileNotFoundError as e:
         if missing_ok:
             return None
-        raise SettingsError(_message(wording.unreadable, path, reason=e.strerror)) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=system_reason(e))) from None
     except OSError as e:
-        raise SettingsError(_message(wording.unreadable, path, reason=e.strerror or e)) from None
+        raise SettingsError(_message(wording.unreadable, path, reason=system_reason(e))) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

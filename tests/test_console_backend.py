@@ -117,6 +117,12 @@ class ConsoleBackendTests(TestCase):
             changed[-1]["description"],
             f"Settings changed from the console and saved to {self.config}: listen",
         )
+        # The console's journal shows it in the reader's language.
+        page = await self.backend.journal_page(None, 10, ["settings-reloaded"], "", [])
+        self.assertEqual(
+            page["records"][0]["description"].render("fr"),
+            f"Paramètres modifiés depuis la console et enregistrés dans {self.config} : listen",
+        )
 
     async def test_listen_at_start_saved_as_a_flag(self) -> None:
         """The original's "Lancer l'écoute à l'exécution": saved as no-listen-at-start, the default leaves no key."""

@@ -39,12 +39,32 @@ SCANNED = (
     "journal/table.py",
     "sandbox/commands.py",
     "sandbox/retention.py",
+    # twistd epop's
+    "secret_options.py",
+    "relay/tap.py",
+    "relay/settings.py",
+    "relay/service.py",
+    "relay/tunnel_users.py",
+    "relay/allowlist.py",
+    "relay/destinations.py",
+    "journal/writer.py",
+    "console/access.py",
+    "console/service.py",
 )
 
 #: Errors whose first argument is a message for a person.
-_MESSAGE_FIRST = re.compile(r"(Usage|Settings|Value|ProxyAccount)Error")
-#: Errors whose first argument is a stable code and the second the message.
-_CODE_FIRST = {"EpopError", "ProtocolError", "RelayError", "UpstreamError", "RelaySettingsError"}
+_MESSAGE_FIRST = re.compile(r"(Usage|Settings|Value|ValueLine|ProxyAccount)Error|Refused|ReloadRefused|RelayCannotStart")
+#: Errors whose first argument is a stable code (or the setting, or the
+#: endpoint, it is about) and the second the message.
+_CODE_FIRST = {
+    "EpopError",
+    "ProtocolError",
+    "RelayError",
+    "UpstreamError",
+    "RelaySettingsError",
+    "ListenError",
+    "_refuse",
+}
 #: Calls that write their argument for a person to read.
 _OUTPUT = {"write", "say", "tell", "complain", "_unresolved"}
 

@@ -7,10 +7,12 @@ started it, and leave no pid file and no process behind.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +142,20 @@ class TwistdCannotListenTests(TestCase):
             self.assertIn(line, guide)
 
 
-def run_foreground_twistd(folder: FilePath, *epop_options: str) -> tuple[int, str]:
-    """C{twistd -n --pidfile= epop OPTIONS} in C{folder}: its exit code and all it printed."""
+def run_foreground_twistd(
+    folder: FilePath, *epop_options: str, environ: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """
+    C{twistd -n --pidfile= epop OPTIONS} in C{folder}: its exit code and all
+    it printed.  C{environ} is added to this process's environment.
+    """
     done = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
          "-n", "--pidfile=", "epop", *epop_options],
         capture_output=True,
         timeout=60,
         cwd=folder.path,
+        env={**os.environ, **(environ or {})},
     )
     return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from epop.messages import Text, system_reason
 from epop.relay.network_interfaces import local_addresses
 
 #: The session cookie's name.
@@ -59,12 +60,12 @@ def load_console_password(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             line = f.readline()
     except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or str(e)
+        why = system_reason(e) if isinstance(e, OSError) else Text("it is not UTF-8 text")
         # Not the path: it may be the password itself, typed by mistake.
-        raise ValueError(f"cannot read the console password file given: {why}") from None
+        raise ValueError(Text("cannot read the console password file given: {why}", why=why)) from None
     password = line.rstrip("\r\n")
     if not password:
-        raise ValueError(f"the console password file {path} has an empty first line")
+        raise ValueError(Text("the console password file {path} has an empty first line", path=path))
     return password
 
 

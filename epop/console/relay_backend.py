@@ -251,14 +251,14 @@ class RelayConsoleBackend:
             failure.trap(ValueError)
             raise ConsoleRefusal(400, "invalid", Text.literal(str(failure.value)))
 
-        return d.addCallbacks(lambda found: {"records": found[0], "next": found[1]}, refused)
+        return d.addCallbacks(lambda found: {"records": [journal.readable(r) for r in found[0]], "next": found[1]}, refused)
 
     def connections(self, limit: int) -> Deferred[list[dict[str, Any]]]:
         return self._in_thread(connection_rows, self._relay.settings.journal, limit)
 
     def watch(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         observer = JournalObserver(
-            _Forward(lambda record: listener("journal", record)), self._relay.relay_id, self._reactor
+            _Forward(lambda record: listener("journal", journal.readable(record))), self._relay.relay_id, self._reactor
         )
         self._publisher.addObserver(observer)
         unwatch_relay = self._relay.watch(lambda: listener("state", self.state()))
@@ -384,9 +384,11 @@ class RelayConsoleBackend:
             self.log,
             relay.relay_id,
             "settings-reloaded",
-            "Settings changed from the console and saved to {source}: {changed}",
-            source=self._files.config,
-            changed=", ".join(sorted(file_changes)),
+            Text(
+                "Settings changed from the console and saved to {source}: {changed}",
+                source=self._files.config,
+                changed=", ".join(sorted(file_changes)),
+            ),
             allow=list(settings.allow),
             outcome="completed",
         )

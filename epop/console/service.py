@@ -32,6 +32,7 @@ from epop.console.backend import IConsoleBackend
 from epop.console.events import EventHub
 from epop.console.resource import ConsoleResource
 from epop.local_tls import RelayTLS, server_options
+from epop.messages import Text, reason_of
 from epop.relay.service import ListenError, listen_at_once
 
 #: Where the console listens unless told otherwise.
@@ -50,13 +51,16 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     if description.partition(":")[0].lower() not in ("tcp", "tcp6", "unix"):
         raise ValueError(
-            f"{description}: the console listens on tcp:PORT:interface=ADDRESS or "
-            "unix:PATH (with --tls-cert it is served over HTTPS by itself)"
+            Text(
+                "{description}: the console listens on tcp:PORT:interface=ADDRESS or "
+                "unix:PATH (with --tls-cert it is served over HTTPS by itself)",
+                description=description,
+            )
         )
     try:
         endpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{description}: invalid endpoint ({e})") from None
+        raise ValueError(Text("{description}: invalid endpoint ({reason})", description=description, reason=str(e))) from None
     assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint))
     return endpoint
 
@@ -121,16 +125,21 @@ class ConsoleSettings:
         local, where = listens_locally(self.endpoint)
         if local:
             return
-        missing = []
+        missing: list[Text | str] = []
         if self.tls is None:
-            missing.append("--tls-cert and --tls-key (the console is then served over HTTPS)")
+            missing.append(Text("--tls-cert and --tls-key (the console is then served over HTTPS)"))
         if self.password_file is None:
             missing.append("--console-password-file")
         if missing:
+            needed = missing[0] if len(missing) == 1 else Text("{first} and {second}", first=missing[0], second=missing[1])
             raise ValueError(
-                f"the console listens on {where}, not only on this machine: "
-                f"it needs {' and '.join(missing)}; or keep it on this machine "
-                f"({ONLY_HERE}) and reach it through SSH"
+                Text(
+                    "the console listens on {where}, not only on this machine: it needs {needed}; "
+                    "or keep it on this machine ({example}) and reach it through SSH",
+                    where=where,
+                    needed=needed,
+                    example=ONLY_HERE,
+                )
             )
 
     def password(self) -> str | None:
@@ -184,7 +193,7 @@ class ConsoleService(Service):
         try:
             endpoint = console_endpoint(self.reactor, description)
         except ValueError as e:
-            raise ListenError(description, str(e)) from None
+            raise ListenError(description, reason_of(e)) from None
         self.port = listen_at_once(endpoint, self._factory(), f"{description} (the console)")
 
     def startService(self) -> None:

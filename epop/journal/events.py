@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.logger import LogLevel, formatEvent
 
+from epop.messages import Text
 from epop.printable import printable
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "journal_record",
     "printable_format",
     "strip_query",
+    "described",
+    "readable",
 ]
 
 EVENT_TYPES = (
@@ -63,6 +66,7 @@ RECORD_FIELDS = (
     "destination",
     "destination_address",
     "allow",
+    "description_text",
 )
 
 
@@ -145,11 +149,47 @@ def printable_format(format: str, fields: dict[str, Any]) -> tuple[str, list[str
     return "".join(parts), shown
 
 
+def _printable_text(text: Text) -> Text:
+    """C{text} with every parameter that is not a number made printable."""
+    return Text(
+        text.template,
+        **{
+            name: _printable_text(value)
+            if isinstance(value, Text)
+            else value
+            if isinstance(value, _PLAIN)
+            else printable(str(value))
+            for name, value in text.params.items()
+        },
+    )
+
+
+def described(record: dict[str, Any]) -> Text:
+    """
+    The description of a record that keeps it as a template and its
+    parameters (C{description_text}), to show in the reader's language.
+
+    @raise KeyError: the record has none (its C{description} is English only).
+    """
+    return _printable_text(Text.from_wire(record["description_text"], str(record.get("description", ""))))
+
+
+def readable(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    C{record} with its C{description} as a L{Text} when it keeps one (see
+    L{described}), for a reader that renders each L{Text} in its own
+    language (the console).
+    """
+    if "description_text" not in record:
+        return record
+    return {**record, "description": described(record)}
+
+
 def emit(
     log: Any,
     relay_id: str,
     event_type: str,
-    format: str,
+    format: str | Text,
     *,
     level: LogLevel = LogLevel.info,
     **fields: Any,
@@ -158,8 +198,15 @@ def emit(
     Log one journal event; the text also reaches the ordinary twistd log.
     Its values may come from the workstation (a PROXY header, a path): the
     text shows them through L{printable_format}.
+
+    A L{Text} C{format} is journaled in English as C{description}, and as
+    C{description_text} too, so that a reader can show it in French
+    (L{described}); its parameters are also the event's fields.
     """
     assert event_type in EVENT_TYPES, event_type
+    if isinstance(format, Text):
+        fields = {**format.params, **fields, "description_text": _printable_text(format).to_wire()}
+        format = format.template
     if isinstance(fields.get("path"), str):
         # Cut here too, so that neither the twistd log nor the journal can
         # get what the caller forgot to cut.

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
+from epop.journal.events import described
 from epop.journal.reader import record_time
 from epop.messages import Text
 from epop.printable import printable
@@ -216,6 +217,8 @@ def _description(record: dict[str, Any], language: str) -> Text:
             outcome=_outcome(record),
             status=status,
         )
+    if kind == "settings-reloaded":
+        return described(record)
     raise KeyError(kind)
 
 

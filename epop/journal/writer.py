@@ -21,6 +21,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from epop.messages import Text
 from epop.printable import safe_json
 
 __all__ = [
@@ -237,7 +238,7 @@ def check_keep(value: object) -> None:
     rotated file.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a whole number of rotated files, not {value!r} (0: keep all)")
+        raise ValueError(Text("expected a whole number of rotated files, not {value!r} (0: keep all)", value=value))
 
 
 def parse_rotate(text: str) -> str | int:
@@ -252,10 +253,10 @@ def parse_rotate(text: str) -> str | int:
         return DAILY
     match = re.fullmatch(r"(\d+)([KMG]?)", value, re.IGNORECASE)
     if match is None:
-        raise ValueError(f"expected 'daily' or a size such as 500K, 100M or 1G, not {text!r}")
+        raise ValueError(Text("expected 'daily' or a size such as 500K, 100M or 1G, not {value!r}", value=text))
     size = int(match[1]) * _SIZE_UNITS[match[2].upper()]
     if size <= 0:
-        raise ValueError("the size must be more than 0")
+        raise ValueError(Text("the size must be more than 0"))
     return size
 
 

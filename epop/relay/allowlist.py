@@ -60,8 +60,7 @@ class Allowlist:
                 networks.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
                 raise ValueError(
-                    f"{entry!r} is not an IP address or network (e.g. 10.1.2.3, "
-                    "10.1.0.0/16, fd00::/8)"
+                    Text("{entry!r} is not an IP address or network (e.g. 10.1.2.3, 10.1.0.0/16, fd00::/8)", entry=entry)
                 ) from None
             kept.append(entry.strip())
         object.__setattr__(self, "entries", tuple(kept))

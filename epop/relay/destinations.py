@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from epop.addressing import host_port, ip_of
+from epop.messages import Text
 
 __all__ = [
     "ATIH_SIGN_IN",
@@ -101,26 +102,26 @@ def parse_destination(text: str, default_port: int = TUNNEL_PORT) -> tuple[str, 
     if entry.startswith("["):
         end = entry.find("]")
         if end < 0:
-            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. [fd00::1]:443")
+            raise ValueError(Text("{text!r}: an IPv6 address goes in brackets, e.g. [fd00::1]:443", text=text))
         host, rest = entry[: end + 1], entry[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise ValueError(f"{text!r} is not HOST[:PORT]")
+                raise ValueError(Text("{text!r} is not HOST[:PORT]", text=text))
             port = _port(text, rest[1:])
     elif entry.count(":") == 1:
         host, number = entry.split(":")
         port = _port(text, number)
     elif ":" in entry and ip_of(entry) is None:
-        raise ValueError(f"{text!r} is not HOST[:PORT]")
+        raise ValueError(Text("{text!r} is not HOST[:PORT]", text=text))
     host = _normal(host)
     if not host or any(c.isspace() or c in "/@?#" for c in host):
-        raise ValueError(f"{text!r} is not HOST[:PORT] (e.g. www.epmsi.atih.sante.fr:443)")
+        raise ValueError(Text("{text!r} is not HOST[:PORT] (e.g. www.epmsi.atih.sante.fr:443)", text=text))
     return host, port
 
 
 def _port(text: str, number: str) -> int:
     if not number.isdigit() or not 0 < int(number) < 65536:
-        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        raise ValueError(Text("{text!r}: the port must be a number from 1 to 65535", text=text))
     return int(number)
 
 

@@ -33,6 +33,7 @@ from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import CheckResult, Upstream
 from epop.journal import events as journal
 from epop.journal.observer import JournalService
+from epop.messages import Text, reason_of, system_reason, translations
 from epop.journal.writer import (
     FileJournalWriter,
     IJournalWriter,
@@ -73,7 +74,7 @@ __all__ = [
 class ReloadRefused(ValueError):
     """A reload that must change nothing; C{error} is the journal's code for why."""
 
-    def __init__(self, problem: str, error: str) -> None:
+    def __init__(self, problem: str | Text, error: str) -> None:
         super().__init__(problem)
         self.error = error
 
@@ -88,21 +89,37 @@ class ListenError(CannotListenError):
     """
 
     def __init__(
-        self, description: str, why: str, addresses: Sequence[LocalAddress] | None = None
+        self, description: str, why: str | Text, addresses: Sequence[LocalAddress] | None = None
     ) -> None:
-        super().__init__(None, description, why)
+        super().__init__(None, description, str(why))
         self.description = description
-        self.why = why
+        #: The system's reason, in English; C{why_text} is its L{Text}.
+        self.why = str(why)
+        self.why_text = why
         self.addresses = addresses
 
-    def __str__(self) -> str:
-        hint = ""
+    @property
+    def text(self) -> Text:
+        """The whole message, to render in the administrator's language."""
         if "in use" in self.why.lower():
-            hint = " (is another relay or program already listening there?)"
-        elif self.addresses is not None:
+            return Text(
+                "cannot listen on {description}: {why} (is another relay or program already listening there?)",
+                description=self.description,
+                why=self.why_text,
+            )
+        if self.addresses is not None:
             listed = ", ".join(f"{a.address} ({a.interface})" for a in self.addresses)
-            hint = f"; this machine's addresses are: {listed or 'none'}; see epop interfaces"
-        return f"cannot listen on {self.description}: {self.why}{hint}"
+            return Text(
+                "cannot listen on {description}: {why}; this machine's addresses are: {listed}; "
+                "see epop interfaces",
+                description=self.description,
+                why=self.why_text,
+                listed=listed or Text("none"),
+            )
+        return Text("cannot listen on {description}: {why}", description=self.description, why=self.why_text)
+
+    def __str__(self) -> str:
+        return str(self.text)
 
 
 def listen_at_once(
@@ -122,16 +139,17 @@ def listen_at_once(
     outcome: list[Any] = []
     endpoint.listen(factory).addBoth(outcome.append)
     if not outcome:
-        raise ListenError(description, "listening did not complete at once")
+        raise ListenError(description, Text("listening did not complete at once"))
     if isinstance(outcome[0], Failure):
         reason = outcome[0].value
         addresses = None
         if isinstance(reason, CannotListenError) and reason.socketError is not None:
-            why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
+            error = reason.socketError
+            why: str | Text = system_reason(error) if isinstance(error, OSError) else str(error)
             if getattr(reason.socketError, "errno", None) == errno.EADDRNOTAVAIL:
                 addresses = local_addresses() if machine_addresses is None else machine_addresses()
         else:
-            why = str(reason)
+            why = reason_of(reason)
         raise ListenError(description, why, addresses)
     port: IListeningPort = outcome[0]
     return port
@@ -325,6 +343,9 @@ class RelayService(MultiService):
     """
 
     log = Logger()
+    #: The language of the log's texts for people (C{twistd epop --lang});
+    #: the events' fields are the same in every language.
+    language = "en"
 
     def __init__(
         self,
@@ -447,12 +468,13 @@ class RelayService(MultiService):
         return found
 
     def _checked(self, result: CheckResult) -> CheckResult:
+        said = translations(self.language).gettext
         if result.ok:
-            self.log.info("e-PMSI check: {text}", text=result.describe(), check=result)
+            self.log.info(said(Text("e-PMSI check: {text}").template), text=result.describe(self.language), check=result)
         else:
             self.log.warn(
-                "e-PMSI check failed; the relay keeps listening: {text}",
-                text=result.describe(),
+                said(Text("e-PMSI check failed; the relay keeps listening: {text}").template),
+                text=result.describe(self.language),
                 check=result,
             )
         return result
@@ -575,9 +597,7 @@ class RelayService(MultiService):
             self.log,
             self.factory.relay_id,
             "settings-reloaded",
-            "Settings reloaded from {source}: clients allowed: {allowed}",
-            source=source,
-            allowed=allowlist.describe(),
+            Text("Settings reloaded from {source}: clients allowed: {allowed}", source=source, allowed=_allowed(allowlist)),
             allow=list(allowlist.entries),
             outcome="completed",
         )
@@ -594,25 +614,26 @@ class RelayService(MultiService):
         try:
             self.set_allowlist(list(load()), source=source)
         except ReloadRefused as e:
-            self.reload_failed(str(e), source=source, error=e.error)
+            self.reload_failed(reason_of(e), source=source, error=e.error)
             return False
         except ValueError as e:
-            self.reload_failed(str(e), source=source)
+            self.reload_failed(reason_of(e), source=source)
             return False
         return True
 
-    def reload_failed(self, problem: str, *, source: str, error: str = "bad-settings") -> None:
+    def reload_failed(self, problem: str | Text, *, source: str, error: str = "bad-settings") -> None:
         """Journal a reload that changed nothing, and why: the old list stays."""
         journal.emit(
             self.log,
             self.factory.relay_id,
             "settings-reloaded",
-            "Settings not reloaded from {source}: {problem}; clients allowed are "
-            "still: {allowed}",
+            Text(
+                "Settings not reloaded from {source}: {problem}; clients allowed are still: {allowed}",
+                source=source,
+                problem=problem,
+                allowed=_allowed(self.allowlist),
+            ),
             level=LogLevel.warn,
-            source=source,
-            problem=problem,
-            allowed=self.allowlist.describe(),
             allow=list(self.allowlist.entries),
             outcome="failed",
             error=error,
@@ -624,6 +645,11 @@ class RelayService(MultiService):
         d = self._close_listening()
         d.addCallback(lambda _: super(RelayService, self).stopService())
         return d
+
+
+def _allowed(allowlist: Allowlist) -> Text:
+    """The clients an allowlist lets in, for the journal's text."""
+    return Text.literal(allowlist.describe()) if allowlist.entries else Text("everyone")
 
 
 def make_relay_service(

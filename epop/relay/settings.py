@@ -45,6 +45,7 @@ from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin, trust_root_from_pe
 from epop.epmsi.proxy import ProxyConfig
 from epop.journal.writer import parse_rotate
 from epop.local_tls import RelayTLS
+from epop.messages import Text, reason_of, system_reason
 from epop.relay import pacing
 from epop.relay.allowlist import Allowlist
 from epop.relay.destinations import Destinations, parse_destination
@@ -58,7 +59,7 @@ from epop.settings_file import (
     ValueLineError,
     Wording,
     read_section,
-    where,
+    where_text,
 )
 
 __all__ = [
@@ -86,13 +87,15 @@ class RelaySettingsError(SettingsError):
 
     @ivar field: the L{RelaySettings} field, e.g. C{idle_timeout}.
     @ivar problem: what is wrong, naming the value, e.g. "expected a positive
-        number of seconds, not 0".
+        number of seconds, not 0" (C{str()} of it is the English).
     """
 
-    def __init__(self, field: str, problem: str, *, command_line: str | None = None) -> None:
-        super().__init__(prefixed(field, problem))
+    def __init__(
+        self, field: str, problem: Text | str, *, command_line: Text | str | None = None
+    ) -> None:
+        self.problem = problem if isinstance(problem, Text) else Text.literal(problem)
+        super().__init__(prefixed(field, self.problem))
         self.field = field
-        self.problem = problem
         self._command_line = command_line
 
     @property
@@ -101,14 +104,19 @@ class RelaySettingsError(SettingsError):
         return self.field.replace("_", "-")
 
     @property
-    def command_line(self) -> str:
+    def command_line(self) -> Text:
         """The message for C{twistd epop}: C{--OPTION: problem}."""
-        return self._command_line or prefixed(f"--{self.key}", self.problem)
+        if self._command_line is None:
+            return prefixed(f"--{self.key}", self.problem)
+        return self._command_line if isinstance(self._command_line, Text) else Text.literal(self._command_line)
 
 
-def prefixed(name: str, problem: str) -> str:
+def prefixed(name: str, problem: Text | str) -> Text:
     """C{name: problem}, or C{name must...} (C{needs...}) when the problem ends a sentence."""
-    return f"{name} {problem}" if problem.startswith(("must ", "needs ")) else f"{name}: {problem}"
+    problem = problem if isinstance(problem, Text) else Text.literal(problem)
+    if str(problem).startswith(("must ", "needs ")):
+        return Text("{name} {problem}", name=name, problem=problem)
+    return Text("{name}: {problem}", name=name, problem=problem)
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,9 @@ class Number:
 
     kind: type[int] | type[float]
     #: What a valid value is, e.g. "a positive number of seconds".
-    expected: str
+    expected: Text
     #: What 0 means, if 0 is allowed (e.g. "no limit").
-    zero: str | None = None
+    zero: Text | None = None
 
     def __call__(self, text: str) -> int | float:
         """Read C{text}; the C{ValueError} names no option (the caller does)."""
@@ -144,14 +152,17 @@ class Number:
     def _allows(self, number: float) -> bool:
         return 0 <= number < math.inf and (number != 0 or self.zero is not None)
 
-    def _problem(self, shown: str) -> str:
-        hint = f" (0: {self.zero})" if self.zero is not None else ""
-        return f"expected {self.expected}, not {shown}{hint}"
+    def _problem(self, shown: str) -> Text:
+        if self.zero is None:
+            return Text("expected {expected}, not {shown}", expected=self.expected, shown=shown)
+        return Text(
+            "expected {expected}, not {shown} (0: {zero})", expected=self.expected, shown=shown, zero=self.zero
+        )
 
 
-_SECONDS = Number(float, "a positive number of seconds")
-_CHECKS = Number(int, "a whole number of checks a minute", zero="no limit")
-_CONNECTIONS = Number(int, "a whole number of connections", zero="no limit")
+_SECONDS = Number(float, Text("a positive number of seconds"))
+_CHECKS = Number(int, Text("a whole number of checks a minute"), zero=Text("no limit"))
+_CONNECTIONS = Number(int, Text("a whole number of connections"), zero=Text("no limit"))
 
 #: Every numeric field of L{RelaySettings}, with what it may be.
 NUMBERS: Mapping[str, Number] = {
@@ -160,12 +171,12 @@ NUMBERS: Mapping[str, Number] = {
     "connect_timeout": _SECONDS,
     "hello_timeout": _SECONDS,
     "frame_timeout": _SECONDS,
-    "upload_min_rate": Number(float, "a number of bytes per second", zero="no minimum"),
+    "upload_min_rate": Number(float, Text("a number of bytes per second"), zero=Text("no minimum")),
     "upload_grace": _SECONDS,
     "checks_per_connection": _CHECKS,
     "checks_per_client": _CHECKS,
-    "drain_seconds": Number(float, "a number of seconds", zero="abort at once"),
-    "journal_keep": Number(int, "a whole number of rotated files", zero="keep all"),
+    "drain_seconds": Number(float, Text("a number of seconds"), zero=Text("abort at once")),
+    "journal_keep": Number(int, Text("a whole number of rotated files"), zero=Text("keep all")),
     "max_connections": _CONNECTIONS,
     "max_connections_per_client": _CONNECTIONS,
     "tunnel_idle_timeout": _SECONDS,
@@ -187,7 +198,9 @@ def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(_endpoint_problem(inner, e)) from None
     except OSError as e:  # ssl: reads its certificate when parsed
-        raise ValueError(f"cannot read {e.filename or 'its certificate'}: {e.strerror}") from None
+        raise ValueError(
+            Text("cannot read {file}: {why}", file=e.filename or Text("its certificate"), why=system_reason(e))
+        ) from None
     return ProxyHeaderEndpoint(endpoint) if inner is not description else endpoint
 
 
@@ -197,27 +210,27 @@ _UNKNOWN_TYPE = re.compile(r"Unknown endpoint type: (?P<value>.*)")
 _UNKNOWN_PARAMETER = re.compile(r".*got an unexpected keyword argument (?P<value>.*)")
 _MISSING = re.compile(r".*missing \d+ required positional arguments?: (?P<value>.*)")
 _TOO_MANY = re.compile(r".*takes .* positional arguments? but \d+ (were|was) given")
-_TYPES = "tcp:PORT, tcp6:PORT, unix:PATH or ssl:PORT, optionally after haproxy:"
+_TYPES = Text("tcp:PORT, tcp6:PORT, unix:PATH or ssl:PORT, optionally after haproxy:")
 
 
-def _endpoint_problem(description: str, error: Exception) -> str:
+def _endpoint_problem(description: str, error: Exception) -> Text:
     """What is wrong with an endpoint string, from Twisted's parser's C{error}."""
     text = str(error)
     if match := _NOT_A_NUMBER.fullmatch(text):
         value = _literal(match["value"])
         fields = description.split(":")
         if fields[1:2] == [value] or f"port={value}" in fields:
-            return f"the port {value!r} is not a number"
-        return f"{value!r} is not a number"
+            return Text("the port {value!r} is not a number", value=value)
+        return Text("{value!r} is not a number", value=value)
     if match := _UNKNOWN_TYPE.fullmatch(text):
-        return f"unknown endpoint type {_literal(match['value'])!r}: expected {_TYPES}"
+        return Text("unknown endpoint type {value!r}: expected {types}", value=_literal(match["value"]), types=_TYPES)
     if match := _UNKNOWN_PARAMETER.fullmatch(text):
-        return f"unknown parameter {_literal(match['value'])!r}"
+        return Text("unknown parameter {value!r}", value=_literal(match["value"]))
     if match := _MISSING.fullmatch(text):
-        return f"no {match['value'].replace(chr(39), '')} given"
+        return Text("no {value} given", value=match["value"].replace(chr(39), ""))
     if _TOO_MANY.fullmatch(text):
-        return "too many fields separated by ':'"
-    return text
+        return Text("too many fields separated by ':'")
+    return Text.literal(text)
 
 
 def _literal(text: str) -> str:
@@ -306,7 +319,7 @@ class RelaySettings:
         if self.ca_file is not None:
             _check("ca_file", trust_root_from_pem, self.ca_file, named=True)
         if not self.journal.strip():
-            raise RelaySettingsError("journal", "expected the path of the journal, not ''")
+            raise RelaySettingsError("journal", Text("expected the path of the journal, not ''"))
         if self.journal_rotate is not None:
             _check("journal_rotate", parse_rotate, self.journal_rotate)
         check_allow(self.allow)
@@ -317,7 +330,7 @@ class RelaySettings:
             _check("tunnel_users", read_users, self.tunnel_users)
         if not self.check_path.startswith("/"):
             raise RelaySettingsError(
-                "check_path", f"expected a path starting with /, not {self.check_path!r}"
+                "check_path", Text("expected a path starting with /, not {value!r}", value=self.check_path)
             )
 
     def destinations(self) -> Destinations:
@@ -340,13 +353,13 @@ def _check(field: str, check: Callable[[Any], object], value: Any, *, named: boo
     try:
         check(value)
     except ValueError as e:
-        raise RelaySettingsError(field, str(e), command_line=str(e) if named else None) from None
+        raise RelaySettingsError(field, reason_of(e), command_line=reason_of(e) if named else None) from None
 
 
 def _check_type(field: str, value: object, kinds: type | tuple[type, ...], expected: str) -> None:
     """Refuse a value of the wrong type, which only the Python API can give."""
     if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
-        raise RelaySettingsError(field, f"expected {expected}, not {value!r}")
+        raise RelaySettingsError(field, Text("expected {expected}, not {value!r}", expected=expected, value=value))
 
 
 def _check_strings(field: str, values: object, item: str, example: str) -> None:
@@ -354,12 +367,16 @@ def _check_strings(field: str, values: object, item: str, example: str) -> None:
     if isinstance(values, str):
         raise RelaySettingsError(
             field,
-            f"expected a list of strings, not the string {values!r}: "
-            f"write [{values!r}] for a single {item}",
+            Text(
+                "expected a list of strings, not the string {values!r}: write [{values!r}] for a single {item}",
+                values=values,
+                item=item,
+            ),
         )
     if not isinstance(values, Sequence) or not all(isinstance(v, str) for v in values):
         raise RelaySettingsError(
-            field, f"expected a list of strings such as [{example!r}], not {values!r}"
+            field,
+            Text("expected a list of strings such as [{example!r}], not {values!r}", example=example, values=values),
         )
 
 
@@ -376,15 +393,20 @@ def check_proxy(proxy: object) -> None:
         # Never the value itself: a URL may hold a password.
         raise RelaySettingsError(
             "proxy",
-            f"expected a ProxyConfig or None, not a {type(proxy).__name__}: for a URL or "
-            "'system', give the ProxyConfig that epop.epmsi.proxy.resolve_proxy returns "
-            "first",
+            Text(
+                "expected a ProxyConfig or None, not a {kind}: for a URL or 'system', give the "
+                "ProxyConfig that epop.epmsi.proxy.resolve_proxy returns first",
+                kind=type(proxy).__name__,
+            ),
         )
     try:
         proxy.check()
     except ValueError as e:
-        hint = ": give the ProxyConfig its password" if proxy.user and proxy.password is None else ""
-        raise RelaySettingsError("proxy", f"{e}{hint}") from None
+        if proxy.user and proxy.password is None:
+            raise RelaySettingsError(
+                "proxy", Text("{problem}: give the ProxyConfig its password", problem=reason_of(e))
+            ) from None
+        raise RelaySettingsError("proxy", reason_of(e)) from None
 
 
 def check_listen(description: str) -> None:
@@ -392,8 +414,10 @@ def check_listen(description: str) -> None:
     try:
         listen_endpoint(None, description)  # its syntax only: no reactor is used
     except ValueError as e:
-        problem = f"{description}: invalid endpoint ({e})"
-        raise RelaySettingsError("listen", problem, command_line=f"--listen {problem}") from None
+        problem = Text("{description}: invalid endpoint ({reason})", description=description, reason=reason_of(e))
+        raise RelaySettingsError(
+            "listen", problem, command_line=Text("--listen {problem}", problem=problem)
+        ) from None
 
 
 def check_tunnel_to(entry: str) -> None:
@@ -401,7 +425,7 @@ def check_tunnel_to(entry: str) -> None:
     try:
         parse_destination(entry)
     except ValueError as e:
-        raise RelaySettingsError("tunnel_to", str(e)) from None
+        raise RelaySettingsError("tunnel_to", reason_of(e)) from None
 
 
 def check_allow(entries: Sequence[str]) -> Allowlist:
@@ -409,7 +433,7 @@ def check_allow(entries: Sequence[str]) -> Allowlist:
     try:
         return Allowlist(entries)
     except ValueError as e:
-        raise RelaySettingsError("allow", str(e)) from None
+        raise RelaySettingsError("allow", reason_of(e)) from None
 
 
 _FLAG_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
@@ -417,29 +441,27 @@ _FLAG_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": Fals
 #: Options that cannot be set from the file: the file itself.
 _NOT_IN_FILE = frozenset({"config"})
 
-_PASSWORD_HINT = (
+_PASSWORD_HINT = Text(
     "passwords are never read from the settings file; put the proxy password "
     "in the file named by proxy-password-file, or in EPOP_PROXY_PASSWORD"
 )
 
 #: How the relay's settings file words each mistake (L{epop.settings_file}).
 _WORDING = Wording(
-    unreadable="cannot read the settings file {path}: {reason}",
-    not_utf8="cannot read the settings file {path}: it is not UTF-8 text",
-    before_section="{where}: the settings must come after an [" + SECTION + "] header",
-    other_section=(
-        "{path}: unknown section [{name}]; the settings file has a single [" + SECTION + "] section"
-    ),
-    section_twice="{where}: the section [{name}] is given twice",
-    not_key_value=(
+    unreadable=Text("cannot read the settings file {path}: {reason}"),
+    not_utf8=Text("cannot read the settings file {path}: it is not UTF-8 text"),
+    before_section=Text("{where}: the settings must come after an [epop] header"),
+    other_section=Text("{path}: unknown section [{name}]; the settings file has a single [epop] section"),
+    section_twice=Text("{where}: the section [{name}] is given twice"),
+    not_key_value=Text(
         "{where}: cannot read {text!r}: expected 'key = value', an indented continuation "
         "line, a [section] header or a # comment"
     ),
-    key_twice=(
+    key_twice=Text(
         "{where}: {key}: the key is given twice; give a repeatable key's values one per "
         "line, indented, under a single key"
     ),
-    no_section="{path}: no [" + SECTION + "] section; the settings go under an [" + SECTION + "] header",
+    no_section=Text("{path}: no [epop] section; the settings go under an [epop] header"),
 )
 
 
@@ -520,9 +542,9 @@ class SettingsFile:
         """The file's allowlist; empty (everyone) when the key is absent."""
         return tuple(self.values.get("allow", ()))
 
-    def where(self, key: str) -> str:
+    def where(self, key: str) -> Text:
         """The file and line of C{key}, for messages."""
-        return where(self.path, self.lines.get(key))
+        return where_text(self.path, self.lines.get(key))
 
     def changed(self, other: SettingsFile) -> list[str]:
         """Keys whose value differs in C{other}, sorted."""
@@ -534,9 +556,9 @@ def _number(value: str, coerce: Callable[[str], Any]) -> Any:
     try:
         number = coerce(value)
     except (ValueError, TypeError):
-        raise ValueError(f"{value!r} is not a number") from None
+        raise ValueError(Text("{value!r} is not a number", value=value)) from None
     if isinstance(number, float) and not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(Text("{value!r} is not a number", value=value))
     return number
 
 
@@ -565,16 +587,16 @@ def _value(key: str, lines: list[tuple[int, str]], keys: SettingKeys) -> Any:
                 raise ValueLineError(e.problem, index) from None
         return tuple(items)
     if len(items) > 1:
-        raise ValueError(f"takes one value, not {len(items)} lines")
+        raise ValueError(Text("takes one value, not {count} lines", count=len(items)))
     if not items:
-        raise ValueError("has no value; leave the key out to get the default")
+        raise ValueError(Text("has no value; leave the key out to get the default"))
     [value] = items
     if key in keys.flags:
         try:
             return _FLAG_VALUES[value.lower()]
         except KeyError:
             raise ValueError(
-                f"{value!r} is not yes or no (yes, no, true, false, 1 or 0)"
+                Text("{value!r} is not yes or no (yes, no, true, false, 1 or 0)", value=value)
             ) from None
     coerce = keys.parameters.get(key)
     if coerce in (float, int):
@@ -595,16 +617,18 @@ def read_settings_file(path: str, keys: SettingKeys) -> SettingsFile:
 
     def check(key: str, raw: str) -> Any:
         if "password" in key and key not in valid:
-            raise ValueError(f"{key}: {_PASSWORD_HINT}")
+            raise ValueError(Text("{key}: {problem}", key=key, problem=_PASSWORD_HINT))
         if key not in valid:
-            raise ValueError(f"unknown key {key!r}; valid keys are: {', '.join(keys.names())}")
+            raise ValueError(
+                Text("unknown key {key!r}; valid keys are: {keys}", key=key, keys=", ".join(keys.names()))
+            )
         lines = [(i, line.strip()) for i, line in enumerate(raw.split("\n")) if line.strip()]
         try:
             return _value(key, lines, keys)
         except ValueLineError as e:
-            raise ValueLineError(f"{key}: {e}", e.index) from None
+            raise ValueLineError(Text("{key}: {problem}", key=key, problem=reason_of(e)), e.index) from None
         except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
+            raise ValueError(Text("{key}: {problem}", key=key, problem=reason_of(e))) from None
 
     found = read_section(path, _WORDING, check)
     assert found is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import unicodedata
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
+from epop.command import usage_reason
 from epop.console.service import DEFAULT_CONSOLE, NO_CONSOLE, ConsoleSettings, make_console_service
 from epop.epmsi.proxy import (
     PASSWORD_VARIABLE,
@@ -38,7 +40,7 @@ from epop.epmsi.proxy import (
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.local_tls import RelayTLS
-from epop.messages import Text
+from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
 from epop.relay.service import (
     DEFAULT_LISTEN,
@@ -79,7 +81,46 @@ class _NamedParameter(usage.CoerceParameter):
         try:
             self.options.opts[parameterName] = self.coerce(value)
         except ValueError as e:
-            raise usage.UsageError(f"--{parameterName}: {e}") from None
+            option = "--" + parameterName
+            raise usage.UsageError(Text("{name}: {problem}", name=option, problem=reason_of(e))) from None
+
+
+def _language(value: str) -> str:
+    """C{--lang}: one of L{LANGUAGES}."""
+    if value not in LANGUAGES:
+        raise ValueError(Text("expected fr or en, not {value!r}", value=value))
+    return value
+
+
+def _language_asked(arguments: list[str]) -> str | None:
+    """The valid C{--lang} of the command line, looked for before it is parsed."""
+    for index, argument in enumerate(arguments):
+        if argument == "--lang" and index + 1 < len(arguments):
+            value = arguments[index + 1]
+        elif argument.startswith("--lang="):
+            value = argument[len("--lang=") :]
+        else:
+            continue
+        return value if value in LANGUAGES else None
+    return None
+
+
+class Refused(usage.UsageError):
+    """
+    A usage error of C{twistd epop}: twistd prints C{str()} of it, so that is
+    the reason in the administrator's language; C{args[0]} is its L{Text}.
+    """
+
+    def __init__(self, reason: Text, language: str) -> None:
+        super().__init__(reason)
+        self.language = language
+
+    def __str__(self) -> str:
+        return self.args[0].render(self.language)
+
+
+#: The names of the options a refusal's template mentions (L{Options._refuse}).
+_OTHERS = ("option", "other")
 
 
 #: Options whose value is a secret or the file of one: never abbreviated.
@@ -95,6 +136,7 @@ class Options(usage.Options):
         "PMSI files to it, and it forwards them to e-PMSI over HTTPS."
     )
     optParameters = [
+        ["lang", None, None, "Language of the messages for people: fr or en (default: the locale's, from LC_ALL, LC_MESSAGES or LANG).", _language],
         ["config", None, None, "Settings file (INI, one [epop] section, keys named like these options); the command line overrides it, and SIGHUP reloads its allow entries."],
         ["epmsi", None, RelaySettings.epmsi, "e-PMSI's HTTPS origin."],
         ["ca-file", None, None, "PEM file of CA certificates trusted for e-PMSI (default: the system's)."],
@@ -153,16 +195,19 @@ class Options(usage.Options):
         self.given: frozenset[str] = frozenset()
         #: Parsing failed: the usage twistd prints before the reason is one line.
         self.refused = False
+        #: The language of the messages for people: C{--lang}, else the locale's.
+        self.language = choose_language()
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
+        self.language = choose_language(override=_language_asked(list(arguments)))
         try:
             refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
             self.given = command_line_keys(self, arguments)
             super().parseOptions(options)
-        except usage.UsageError:
+        except usage.UsageError as e:
             self.refused = True
-            raise
+            raise Refused(usage_reason(e), self.language) from None
 
     def getUsage(self, width: int | None = None) -> str:
         """
@@ -170,29 +215,35 @@ class Options(usage.Options):
         the usage, then the reason, and the reason is what matters.
         """
         if self.refused:
-            return "The reason follows; 'twistd epop --help' lists every option.\n"
+            return Text("The reason follows; 'twistd epop --help' lists every option.").render(self.language) + "\n"
         return super().getUsage(width)
 
     def _refuse(
-        self, key: str, problem: str, *others: str, command_line: str | None = None
+        self, key: str, problem: Text | str, *others: str, command_line: Text | str | None = None
     ) -> usage.UsageError:
         """
         The usage error for the value of option C{key}, worded where the
         administrator typed it: C{--KEY: problem} on the command line,
         C{FILE, line N: KEY: problem} when it came from the settings file.
 
-        @param others: options C{problem} names with C{{}} (then a template),
-            written C{--name} on the command line and C{name} in the file.
+        @param others: options C{problem} names, written C{--name} on the
+            command line and C{name} in the file: in a L{Text}, its
+            C{{option}} and C{{other}} (in a C{str}, its C{{}}s).
         @param command_line: the whole command-line message, when it says
             more than C{--KEY: problem} (e.g. the value).
         """
 
-        def spelled(prefix: str) -> str:
-            return problem.format(*[prefix + o for o in others]) if others else problem
+        def spelled(prefix: str) -> Text:
+            if isinstance(problem, str):
+                return Text.literal(problem.format(*[prefix + o for o in others]) if others else problem)
+            named = {name: prefix + option for name, option in zip(_OTHERS, others)}
+            return Text(problem.template, **{**problem.params, **named})
 
         found = self.settings_file
         if found is not None and key in found.values and key not in self.given:
-            return usage.UsageError(f"{found.where(key)}: {key}: {spelled('')}")
+            return usage.UsageError(
+                Text("{where}: {key}: {problem}", where=found.where(key), key=key, problem=spelled(""))
+            )
         if command_line is not None:
             return usage.UsageError(command_line)
         return usage.UsageError(prefixed(f"--{key}", spelled("--")))
@@ -216,7 +267,7 @@ class Options(usage.Options):
         try:
             found = read_settings_file(path, keys)
         except SettingsError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(reason_of(e)) from None
         self.settings_file = found
         for name, value in found.values.items():
             if name in self.given:
@@ -233,28 +284,32 @@ class Options(usage.Options):
                 try:
                     method(value)
                 except usage.UsageError as e:
-                    raise usage.UsageError(f"{found.where(name)}: {name}: {e}") from None
+                    raise usage.UsageError(
+                        Text("{where}: {key}: {problem}", where=found.where(name), key=name, problem=reason_of(e))
+                    ) from None
             else:
                 self[name] = value
 
     def postOptions(self) -> None:
         if self["config"]:
             self._apply_settings_file()
+        if self["lang"]:
+            self.language = self["lang"]
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         try:
             password = load_proxy_password(self["proxy-password-file"])
         except ValueError as e:
-            raise self._refuse("proxy-password-file", str(e)) from None
+            raise self._refuse("proxy-password-file", reason_of(e)) from None
         try:
             self.proxy, source = resolve_proxy(
                 self["proxy"], self["epmsi"], user=self["proxy-user"], password=password
             )
         except ProxyAccountError as e:
             # The user's setting, when there is one; else the URL named the user.
-            raise self._refuse("proxy-user" if self["proxy-user"] else "proxy", str(e)) from None
+            raise self._refuse("proxy-user" if self["proxy-user"] else "proxy", reason_of(e)) from None
         except ValueError as e:
-            raise self._refuse("proxy", str(e)) from None
+            raise self._refuse("proxy", reason_of(e)) from None
         if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
                 "--proxy system: {found}",
@@ -265,8 +320,8 @@ class Options(usage.Options):
         if not os.access(folder, os.W_OK):
             raise self._refuse(
                 "journal",
-                f"cannot write in {folder}",
-                command_line=f"--journal {self['journal']}: cannot write in {folder}",
+                Text("cannot write in {folder}", folder=folder),
+                command_line=Text("--journal {journal}: cannot write in {folder}", journal=self["journal"], folder=folder),
             )
         try:
             self._settings = self._make_settings()
@@ -276,7 +331,7 @@ class Options(usage.Options):
         if self["no-listen-at-start"] and self.console.endpoint is None:
             raise self._refuse(
                 "no-listen-at-start",
-                "needs the console (not --console none): only the console can start listening then",
+                Text("needs the console (not --console none): only the console can start listening then"),
             )
 
     def _console(self) -> ConsoleSettings:
@@ -290,11 +345,11 @@ class Options(usage.Options):
         try:
             console.check()
         except ValueError as e:
-            raise self._refuse("console", str(e)) from None
+            raise self._refuse("console", reason_of(e)) from None
         try:
             console.password()
         except ValueError as e:
-            raise self._refuse("console-password-file", str(e)) from None
+            raise self._refuse("console-password-file", reason_of(e)) from None
         return console
 
     def _tls(self) -> RelayTLS | None:
@@ -305,12 +360,12 @@ class Options(usage.Options):
         if not self["tls-cert"]:
             for name in ("tls-key", "tls-chain", "tls-client-ca"):
                 if self[name]:
-                    raise self._refuse(name, "needs {}", "tls-cert")
+                    raise self._refuse(name, Text("needs {option}"), "tls-cert")
             if self["require-tls"]:
-                raise self._refuse("require-tls", "needs {} and {}", "tls-cert", "tls-key")
+                raise self._refuse("require-tls", Text("needs {option} and {other}"), "tls-cert", "tls-key")
             return None
         if not self["tls-key"]:
-            raise self._refuse("tls-cert", "needs {}", "tls-key")
+            raise self._refuse("tls-cert", Text("needs {option}"), "tls-key")
         tls = RelayTLS(
             self["tls-cert"],
             self["tls-key"],
@@ -321,7 +376,7 @@ class Options(usage.Options):
         try:
             tls.options()
         except ValueError as e:
-            raise self._refuse("tls-cert", str(e)) from None
+            raise self._refuse("tls-cert", reason_of(e)) from None
         return tls
 
     def _own_authority_tls(self) -> RelayTLS:
@@ -345,11 +400,11 @@ class Options(usage.Options):
                 require=bool(self["require-tls"]),
             )
         except OwnAuthorityError as e:
-            raise self._refuse("tls-dir" if self["tls-dir"] else "tls-cert", str(e)) from None
+            raise self._refuse("tls-dir" if self["tls-dir"] else "tls-cert", reason_of(e)) from None
         try:
             tls.options()
         except ValueError as e:  # the files above are fine: the client CA is not
-            raise self._refuse("tls-client-ca", str(e)) from None
+            raise self._refuse("tls-client-ca", reason_of(e)) from None
         return tls
 
     def settings(self) -> RelaySettings:
@@ -388,23 +443,20 @@ class Options(usage.Options):
         )
 
 
-def _not_with_auto() -> str:
+def _not_with_auto() -> Text:
     """
     The refusal of --tls-key or --tls-chain beside --tls-cert auto, with
-    C{{}} where L{Options._refuse} names the option as the person wrote it.
+    C{{option}} where L{Options._refuse} names the option as the person wrote it.
     """
-    return str(
-        Text(
-            "cannot be given with {option} auto, which makes the relay's own key "
-            "and sends its authority's certificate as the chain",
-            option="{}",
-        )
+    return Text(
+        "cannot be given with {option} auto, which makes the relay's own key "
+        "and sends its authority's certificate as the chain"
     )
 
 
-def _needs_auto() -> str:
-    """The refusal of --tls-dir without --tls-cert auto (C{{}} as in L{_not_with_auto})."""
-    return str(Text("is the folder of {option} auto: give that too, or leave it out", option="{}"))
+def _needs_auto() -> Text:
+    """The refusal of --tls-dir without --tls-cert auto (C{{option}} as in L{_not_with_auto})."""
+    return Text("is the folder of {option} auto: give that too, or leave it out")
 
 
 def reload_allowlist(relay: RelayService, options: Options) -> bool:
@@ -430,7 +482,7 @@ def _allow_from_file(options: Options) -> tuple[str, ...]:
     found = read_settings_file(path, SettingKeys.of(options))
     if "allow" in options.given:
         raise ReloadRefused(
-            "--allow is given on the command line, which overrides the settings file",
+            Text("--allow is given on the command line, which overrides the settings file"),
             error="allow-on-command-line",
         )
     later = [
@@ -439,13 +491,22 @@ def _allow_from_file(options: Options) -> tuple[str, ...]:
         if name != "allow" and name not in options.given
     ]
     if later:
+        said = translations(options.language).gettext
         _TwistdRelay.log.warn(
-            "{path}: {names} changed; only allow is applied on reload, the rest when "
-            "the relay restarts",
+            said(Text("{path}: {names} changed; only allow is applied on reload, the rest when the relay restarts").template),
             path=path,
             names=", ".join(later),
         )
     return found.allow
+
+
+def _unaccented(text: str) -> str:
+    """
+    C{text} without its accents: a detaching twistd hands its parent the
+    reason's first 100 bytes and prints them as a bytes literal, where
+    "déjà" would read C{d\\xe9j\\xe0}; "deja" stays readable.
+    """
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 class _TwistdRelay(MultiService):
@@ -457,9 +518,10 @@ class _TwistdRelay(MultiService):
 
     log = Logger()
 
-    def __init__(self, reload: Callable[[], object] | None = None) -> None:
+    def __init__(self, reload: Callable[[], object] | None = None, language: str = "en") -> None:
         super().__init__()
         self._reload = reload
+        self._language = language
         self._previous_hangup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -467,18 +529,20 @@ class _TwistdRelay(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            self.log.critical("epop: {reason}", reason=str(e))
+            reason = e.text.render(self._language)
+            self.log.critical("epop: {reason}", reason=reason)
             # In the foreground twistd sends stderr to its log: say it where
             # the relay was started too (a daemon's own stderr is /dev/null,
             # its parent prints the exception's text instead).
             terminal = sys.__stderr__
             if terminal is not None:
                 try:
-                    terminal.write(f"epop: {e}\n")
+                    terminal.write(f"epop: {reason}\n")
                     terminal.flush()
                 except (OSError, ValueError):
                     pass
-            raise RelayCannotStart(f"cannot listen on {e.description}: {e.why}") from None
+            short = Text("cannot listen on {description}: {why}", description=e.description, why=e.why_text)
+            raise RelayCannotStart(_unaccented(short.render(self._language))) from None
 
     def startService(self) -> None:
         # Before the relay journals that it listens: from then on, a SIGHUP
@@ -544,7 +608,7 @@ def _saved_by_console(options: Options) -> None:
     try:
         options.settings_file = read_settings_file(options.settings_file.path, SettingKeys.of(options))
     except SettingsError as e:
-        _TwistdRelay.log.warn("{problem}", problem=str(e))
+        _TwistdRelay.log.warn("{problem}", problem=reason_of(e).render(options.language))
 
 
 def makeService(options: Options) -> IService:
@@ -553,10 +617,11 @@ def makeService(options: Options) -> IService:
     # twistd epop owns this process, so it may tune the allocator for it.
     keep_buffers_on_heap()
     relay = make_relay_service(reactor, options.settings())
+    relay.language = options.language
     reload = None
     if options.settings_file is not None:
         reload = partial(reload_allowlist, relay, options)
-    top = _TwistdRelay(reload)
+    top = _TwistdRelay(reload, options.language)
     relay.setServiceParent(top)
     if options.console.endpoint is not None:
         # Imported here: the console's backend saves settings with this module's options.

@@ -38,6 +38,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from epop.messages import Text, system_reason
+
 __all__ = [
     "REMEMBER_ENTRIES",
     "REMEMBER_SECONDS",
@@ -76,39 +78,43 @@ def read_users(path: str) -> dict[str, bytes]:
             data = file.read()
     except OSError as e:
         # Not the path: it may be a password, typed by mistake.
-        raise ValueError(f"cannot read the users file given: {e.strerror}") from None
+        raise ValueError(Text("cannot read the users file given: {why}", why=system_reason(e))) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: the users file is not UTF-8 text") from None
+        raise ValueError(Text("{path}: the users file is not UTF-8 text", path=path)) from None
     users: dict[str, bytes] = {}
     lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        where = f"{path}, line {number}"
+        where = Text("{path}, line {line}", path=path, line=number)
         user, colon, hashed = line.partition(":")
         # The line itself is never quoted: it may hold a plain password.
         if not colon or not user or not hashed:
             raise ValueError(
-                f"{where}: expected USER:HASH, as htpasswd -B writes it "
-                f"(htpasswd -B {path} USER)"
+                Text("{where}: expected USER:HASH, as htpasswd -B writes it (htpasswd -B {path} USER)", where=where, path=path)
             )
         if user in lines:
-            raise ValueError(f"{where}: user {user!r} is already on line {lines[user]}")
+            raise ValueError(Text("{where}: user {user!r} is already on line {first}", where=where, user=user, first=lines[user]))
         if not hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            raise ValueError(f"{where}: user {user!r}: only bcrypt entries are accepted (htpasswd -B)")
+            raise ValueError(Text("{where}: user {user!r}: only bcrypt entries are accepted (htpasswd -B)", where=where, user=user))
         if _BCRYPT.fullmatch(hashed) is None:
             raise ValueError(
-                f"{where}: user {user!r}: the bcrypt entry is damaged (expected 60 characters "
-                f"such as $2y$05$ followed by 53 of [./A-Za-z0-9]); set the password again "
-                f"with htpasswd -B {path} {user}"
+                Text(
+                    "{where}: user {user!r}: the bcrypt entry is damaged (expected 60 characters "
+                    "such as $2y$05$ followed by 53 of [./A-Za-z0-9]); set the password again "
+                    "with htpasswd -B {path} {user}",
+                    where=where,
+                    user=user,
+                    path=path,
+                )
             )
         users[user] = hashed.encode("ascii")
         lines[user] = number
     if not users:
-        raise ValueError(f"{path}: the users file has no users; add one with htpasswd -B {path} USER")
+        raise ValueError(Text("{path}: the users file has no users; add one with htpasswd -B {path} USER", path=path))
     return users
 
 
