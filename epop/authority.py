@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 __all__ = [
+    "AUTHORITY_LIFETIME",
     "BACKDATE",
+    "SERVER_LIFETIME",
     "issue_server_certificate",
     "make_authority",
     "pem_private_key",
@@ -30,6 +32,10 @@ __all__ = [
 
 #: Certificates start this long before they are made.
 BACKDATE = datetime.timedelta(hours=1)
+#: An authority's lifetime: long, since workstations keep trusting it.
+AUTHORITY_LIFETIME = datetime.timedelta(days=3650)
+#: The longest lifetime some TLS clients accept for a server certificate.
+SERVER_LIFETIME = datetime.timedelta(days=825)
 
 
 def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:

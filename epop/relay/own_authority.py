@@ -36,7 +36,14 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
 
-from epop.authority import issue_server_certificate, make_authority, pem_private_key, subject_alternative_names
+from epop.authority import (
+    AUTHORITY_LIFETIME,
+    SERVER_LIFETIME,
+    issue_server_certificate,
+    make_authority,
+    pem_private_key,
+    subject_alternative_names,
+)
 from epop.certificates import fingerprint, issued_by
 from epop.files import write_atomically
 from epop.local_tls import RelayTLS
@@ -60,9 +67,6 @@ CA_KEY = "epop-relay-ca-key.pem"
 CERT = "epop-relay.pem"
 KEY = "epop-relay-key.pem"
 
-CA_LIFETIME = datetime.timedelta(days=3650)
-#: What browsers and TLS libraries accept at most for a server certificate.
-CERT_LIFETIME = datetime.timedelta(days=825)
 RENEW_BEFORE = datetime.timedelta(days=30)
 
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -303,7 +307,7 @@ def _make_authority(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey,
             x509.NameAttribute(NameOID.COMMON_NAME, f"epop relay authority {_host_label()}"),
         ]
     )
-    return make_authority(name, now, CA_LIFETIME)
+    return make_authority(name, now, AUTHORITY_LIFETIME)
 
 
 def _issue(
@@ -313,7 +317,7 @@ def _issue(
     now: datetime.datetime,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"epop relay {_host_label()}")])
-    return issue_server_certificate(authority_key, authority, subject, coverage.general_names(), now, CERT_LIFETIME)
+    return issue_server_certificate(authority_key, authority, subject, coverage.general_names(), now, SERVER_LIFETIME)
 
 
 def _why_renew(

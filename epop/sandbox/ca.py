@@ -26,6 +26,8 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.python.filepath import FilePath
 
 from epop.authority import (
+    AUTHORITY_LIFETIME,
+    SERVER_LIFETIME,
     issue_server_certificate,
     make_authority,
     pem_private_key,
@@ -50,9 +52,6 @@ _CA_KEY_NAME = "ca-key.pem"
 _CERT_NAME = "server.pem"
 _KEY_NAME = "server-key.pem"
 
-_CA_LIFETIME = datetime.timedelta(days=3650)
-# 825 days is the longest lifetime some TLS clients accept for a leaf.
-_SERVER_LIFETIME = datetime.timedelta(days=825)
 # Regenerate a little before expiry so a long demo does not cross it.
 _EXPIRY_MARGIN = datetime.timedelta(days=7)
 
@@ -109,7 +108,7 @@ def _issue_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             ),
         ]
     )
-    return make_authority(name, now, _CA_LIFETIME)
+    return make_authority(name, now, AUTHORITY_LIFETIME)
 
 
 def _issue_server(
@@ -130,7 +129,7 @@ def _issue_server(
             x509.NameAttribute(NameOID.COMMON_NAME, str(hosts[0])[:64]),
         ]
     )
-    return issue_server_certificate(ca_key, ca_certificate, subject, names, _utcnow(), _SERVER_LIFETIME)
+    return issue_server_certificate(ca_key, ca_certificate, subject, names, _utcnow(), SERVER_LIFETIME)
 
 
 def _load_pair(
