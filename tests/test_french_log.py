@@ -73,3 +73,33 @@ class StartLinesTests(TestCase):
             text,
         )
         self.assertNotIn("Relais e-POP", text)
+
+
+class SandboxStartTests(TestCase):
+    async def start(self, environ: dict[str, str]) -> tuple[str, int]:
+        """C{epop sandbox} on a free port: what it printed once it said where its CA is; then stopped."""
+        from tests.test_cli_interrupt import epop_command
+
+        port = free_port()
+        folder = os.path.abspath(self.mktemp())
+        sandbox = RelayProcess(os.path.join(folder, "no-journal"))
+        [program, *first] = epop_command()
+        sandbox.process = reactor.spawnProcess(
+            sandbox, program, [program, *first, "sandbox", "--port", str(port), "--directory", folder],
+            env={**os.environ, **environ},
+        )
+        self.addCleanup(sandbox.stop)
+        said = await poll_until(reactor, lambda: sandbox.ended.called or "--ca-file" in sandbox.text(), 300, 0.1)
+        self.assertTrue(said and not sandbox.ended.called, sandbox.text())
+        return sandbox.text(), port
+
+    async def test_french(self) -> None:
+        text, port = await self.start(FRENCH)
+        self.assertIn(f"Bac à sable e-PMSI à l'écoute sur https://127.0.0.1:{port} ; les envois sont rangés dans ", text)
+        self.assertIn("(en gardant au plus 524288000 octets d'envois) ; son certificat d'autorité est ", text)
+        self.assertIn("(à donner à --ca-file)", text)
+
+    async def test_english_unchanged(self) -> None:
+        text, port = await self.start(ENGLISH)
+        self.assertIn(f"e-PMSI sandbox listening on https://127.0.0.1:{port}; uploads are stored in ", text)
+        self.assertIn("(keeping at most 524288000 bytes of uploads); its CA certificate is ", text)

@@ -203,16 +203,17 @@ def emit(
     A L{Text} C{format} is journaled in English as C{description}, and as
     C{description_text} too, so that a reader can show it in French
     (L{described}); its parameters are also the event's fields.  In
-    another C{language}, only the twistd log's line is translated: the
-    journal keeps its English C{description}.
+    another C{language}, only the twistd log's line is translated (C{format}
+    is a template of the catalog): the journal keeps its English
+    C{description}.
     """
     assert event_type in EVENT_TYPES, event_type
-    english: str | None = None
     if isinstance(format, Text):
         fields = {**format.params, **fields, "description_text": _printable_text(format).to_wire()}
-        if language != "en":
-            english = format.template
-        format = translations(language).gettext(format.template)
+        format = format.template
+    english: str | None = None
+    if language != "en":
+        english, format = format, translations(language).gettext(format)
     if isinstance(fields.get("path"), str):
         # Cut here too, so that neither the twistd log nor the journal can
         # get what the caller forgot to cut.
