@@ -116,8 +116,16 @@ class SandboxPageTests(TestCase):
         return dict(await response.json())
 
     async def page(self, sandbox: TestSandbox | None = None) -> tuple[str, _PageReader]:
+        text, reader, _ = await self.page_in(None, sandbox)
+        return text, reader
+
+    async def page_in(
+        self, accept_language: str | None, sandbox: TestSandbox | None = None
+    ) -> tuple[str, _PageReader, list[bytes]]:
+        """The page asked for with C{Accept-Language} (none: no such header), and its C{Vary}."""
         sandbox = sandbox or self.sandbox
-        response = await sandbox.client(self.reactor).get(sandbox.url + "/")
+        headers = {} if accept_language is None else {b"Accept-Language": [accept_language.encode()]}
+        response = await sandbox.client(self.reactor).get(sandbox.url + "/", headers=headers)
         self.assertEqual(response.code, 200)
         text = (await response.content()).decode("utf-8")
         reader = _PageReader()
@@ -125,17 +133,6 @@ class SandboxPageTests(TestCase):
         reader.close()
         self.assertEqual(reader.forms, 1)
         self.assertEqual(reader.active, [], "the page loads or runs something")
-        return text, reader
-
-    async def page_in(self, accept_language: str | None) -> tuple[str, _PageReader, list[bytes]]:
-        """The page asked for with C{Accept-Language} (none: no such header), and its C{Vary}."""
-        headers = {} if accept_language is None else {b"Accept-Language": [accept_language.encode()]}
-        response = await self.sandbox.client(self.reactor).get(self.sandbox.url + "/", headers=headers)
-        self.assertEqual(response.code, 200)
-        text = (await response.content()).decode("utf-8")
-        reader = _PageReader()
-        reader.feed(text)
-        reader.close()
         return text, reader, response.headers.getRawHeaders(b"Vary", [])
 
     async def test_french_when_the_browser_prefers_it(self) -> None:
