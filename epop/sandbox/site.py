@@ -24,8 +24,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from epop.messages import Text
-from epop.relay.http_head import language_of
+from epop.messages import Text, language_of
 from epop.sandbox.receipts import latest_uploads, render_latest, render_rules
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
