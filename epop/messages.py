@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LANGUAGES", "Text", "choose_language", "reason_of", "system_reason", "translations"]
+__all__ = ["LANGUAGES", "Text", "choose_language", "language_of", "reason_of", "system_reason", "translations"]
 
 LANGUAGES = ("en", "fr")
 _LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
@@ -47,6 +47,27 @@ def choose_language(environ: Mapping[str, str] | None = None, override: str | No
         if value:
             return "fr" if value.lower().startswith("fr") else "en"
     return "en"
+
+
+def language_of(accept_language: str) -> str:
+    """The one of L{LANGUAGES} that C{Accept-Language} prefers (English by default)."""
+    best, best_q = "en", -1.0
+    for part in accept_language.split(","):
+        tag, _, params = part.strip().partition(";")
+        primary = tag.strip().lower().split("-")[0]
+        if primary not in LANGUAGES:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q:
+            best, best_q = primary, q
+    return best
 
 
 class Text:

@@ -198,11 +198,12 @@ class RelayProcess(ProcessProtocol):
 
 
 async def start_relay_process(
-    testcase: TestCase, port: int, *arguments: str
+    testcase: TestCase, port: int, *arguments: str, environ: dict[str, str] | None = None
 ) -> RelayProcess:
     """
     Run C{twistd --nodaemon --pidfile= epop --listen tcp:PORT... ARGUMENTS}
     and wait until its journal says it listens; the test's cleanup stops it.
+    C{environ} is added to this process's environment.
     """
     folder = os.path.abspath(testcase.mktemp())
     os.makedirs(folder)
@@ -212,7 +213,7 @@ async def start_relay_process(
         "--listen", f"tcp:{port}:interface=127.0.0.1",
         "--journal", relay.journal, "--no-check", "--console", "none", *arguments,
     ]
-    relay.process = reactor.spawnProcess(relay, sys.executable, argv, env=dict(os.environ), path=folder)
+    relay.process = reactor.spawnProcess(relay, sys.executable, argv, env={**os.environ, **(environ or {})}, path=folder)
     testcase.addCleanup(relay.stop)
     listening = await poll_until(
         reactor, lambda: relay.ended.called or "listening-opened" in relay.types(), 300, 0.1

@@ -116,8 +116,16 @@ class SandboxPageTests(TestCase):
         return dict(await response.json())
 
     async def page(self, sandbox: TestSandbox | None = None) -> tuple[str, _PageReader]:
+        text, reader, _ = await self.page_in(None, sandbox)
+        return text, reader
+
+    async def page_in(
+        self, accept_language: str | None, sandbox: TestSandbox | None = None
+    ) -> tuple[str, _PageReader, list[bytes]]:
+        """The page asked for with C{Accept-Language} (none: no such header), and its C{Vary}."""
         sandbox = sandbox or self.sandbox
-        response = await sandbox.client(self.reactor).get(sandbox.url + "/")
+        headers = {} if accept_language is None else {b"Accept-Language": [accept_language.encode()]}
+        response = await sandbox.client(self.reactor).get(sandbox.url + "/", headers=headers)
         self.assertEqual(response.code, 200)
         text = (await response.content()).decode("utf-8")
         reader = _PageReader()
@@ -125,7 +133,34 @@ class SandboxPageTests(TestCase):
         reader.close()
         self.assertEqual(reader.forms, 1)
         self.assertEqual(reader.active, [], "the page loads or runs something")
-        return text, reader
+        return text, reader, response.headers.getRawHeaders(b"Vary", [])
+
+    async def test_french_when_the_browser_prefers_it(self) -> None:
+        """The page speaks French to a browser preferring French, and says it varies with the language."""
+        await self.upload("rss.zip", b"PK")
+        text, page, vary = await self.page_in("fr-FR,fr;q=0.9")
+        self.assertIn(b"Accept-Language", vary)
+        self.assertIn('<html lang="fr">', text)
+        self.assertIn("<title>Bac à sable e-PMSI : envoi</title>", text)
+        self.assertIn("<h2>Comment il répond</h2>", text)
+        self.assertIn("<h2>Derniers accusés de réception</h2>", text)
+        self.assertIn("<th>Taille (octets)</th>", text)
+        self.assertIn(">Envoyer</button>", text)
+        self.assertIn("Les 1 plus récents des 1 envoi(s) gardés, le plus récent d&#x27;abord.", text)
+        self.assertIn("Chaque envoi complet est rangé et reçoit un accusé de réception (pas de --reject).", page.rules)
+        self.assertNotIn("Latest receipts", text)
+
+    async def test_english_otherwise(self) -> None:
+        """Without French first (or no Accept-Language at all), the page is English as before."""
+        for accept_language in (None, "en-GB,en;q=0.9,fr;q=0.8", "de-DE"):
+            text, page, vary = await self.page_in(accept_language)
+            self.assertIn(b"Accept-Language", vary)
+            self.assertIn('<html lang="en">', text)
+            self.assertIn("<title>e-PMSI sandbox: upload</title>", text)
+            self.assertIn("No upload yet.", page.summary)
+            self.assertIn(
+                "Every complete upload is stored and answered with a receipt (no --reject).", page.rules
+            )
 
     async def test_no_upload_yet(self) -> None:
         """Before any upload the page says so, and lists no receipt."""

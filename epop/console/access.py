@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from epop.messages import Text, system_reason
+from epop.messages import Text, system_reason, translations
 from epop.relay.network_interfaces import local_addresses
 
 #: The session cookie's name.
@@ -137,8 +137,10 @@ class ConsoleAccess:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, password: str | None = None) -> None:
+    def __init__(self, clock: IReactorTime, password: str | None = None, *, language: str = "en") -> None:
         self._clock = clock
+        #: The language of the lines logged for the administrator.
+        self.language = language
         self._password = None if password is None else _digest(password)
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
         self._wrong: list[float] = []
@@ -176,9 +178,10 @@ class ConsoleAccess:
 
     def log_url(self) -> None:
         if self.local:
-            self.log.info("Console: open {url} in a browser on this machine", url=self.url())
+            template = Text("Console: open {url} in a browser on this machine").template
         else:
-            self.log.info("Console: open {url} in a browser", url=self.url())
+            template = Text("Console: open {url} in a browser").template
+        self.log.info(translations(self.language).gettext(template), url=self.url())
 
     # Host and Origin
 

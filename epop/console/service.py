@@ -106,12 +106,14 @@ ONLY_HERE = "e.g. --console tcp:3359:interface=127.0.0.1"
 class ConsoleSettings:
     """
     Where the console listens (C{None}: no console), its password file,
-    and the relay's TLS settings it is served with.
+    the relay's TLS settings it is served with, and the language of the
+    lines it logs for the administrator.
     """
 
     endpoint: str | None = DEFAULT_CONSOLE
     password_file: str | None = None
     tls: RelayTLS | None = None
+    language: str = "en"
 
     def check(self) -> None:
         """
@@ -167,7 +169,7 @@ class ConsoleService(Service):
         self.reactor = reactor
         self.backend = backend
         self.settings = settings
-        self.access = ConsoleAccess(reactor, settings.password())
+        self.access = ConsoleAccess(reactor, settings.password(), language=settings.language)
         self.hub = EventHub(reactor)
         self.site = _ConsoleSite(ConsoleResource(backend, self.access, self.hub))
         self.port: IListeningPort | None = None

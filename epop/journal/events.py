@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.logger import LogLevel, formatEvent
 
-from epop.messages import Text
+from epop.messages import Text, translations
 from epop.printable import printable
 
 __all__ = [
@@ -109,7 +109,7 @@ def journal_record(
         record["path"] = strip_query(record["path"])
     # emit() made the text printable already; an event logged some other
     # way gets the same treatment here.
-    record["description"] = printable(formatEvent(event))
+    record["description"] = printable(event.get("epop_description") or formatEvent(event))
     return record
 
 
@@ -192,6 +192,7 @@ def emit(
     format: str | Text,
     *,
     level: LogLevel = LogLevel.info,
+    language: str = "en",
     **fields: Any,
 ) -> None:
     """
@@ -201,16 +202,25 @@ def emit(
 
     A L{Text} C{format} is journaled in English as C{description}, and as
     C{description_text} too, so that a reader can show it in French
-    (L{described}); its parameters are also the event's fields.
+    (L{described}); its parameters are also the event's fields.  In
+    another C{language}, only the twistd log's line is translated (C{format}
+    is a template of the catalog): the journal keeps its English
+    C{description}.
     """
     assert event_type in EVENT_TYPES, event_type
     if isinstance(format, Text):
         fields = {**format.params, **fields, "description_text": _printable_text(format).to_wire()}
         format = format.template
+    english: str | None = None
+    if language != "en":
+        english, format = format, translations(language).gettext(format)
     if isinstance(fields.get("path"), str):
         # Cut here too, so that neither the twistd log nor the journal can
         # get what the caller forgot to cut.
         fields["path"] = strip_query(fields["path"])
+    if english is not None:
+        english_format, english_shown = printable_format(english, fields)
+        fields["epop_description"] = formatEvent({**fields, "log_format": english_format, "epop_shown": english_shown})
     shown_format, shown = printable_format(format, fields)
     log.emit(
         level,

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from epop.messages import LANGUAGES
+from epop.messages import language_of
 
 __all__ = ["MAX_HEAD", "BadHead", "HeadReader", "RequestHead", "language_of", "url_destination"]
 
@@ -90,27 +90,6 @@ def parse_head(head: bytes) -> RequestHead:
         value = found.group(2).decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return RequestHead(match.group(1).decode("ascii"), match.group(2).decode("latin-1"), headers)
-
-
-def language_of(accept_language: str) -> str:
-    """The one of L{LANGUAGES} that C{Accept-Language} prefers (English by default)."""
-    best, best_q = "en", -1.0
-    for part in accept_language.split(","):
-        tag, _, params = part.strip().partition(";")
-        primary = tag.strip().lower().split("-")[0]
-        if primary not in LANGUAGES:
-            continue
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > best_q:
-            best, best_q = primary, q
-    return best
 
 
 def url_destination(target: str) -> tuple[str, int] | None:

@@ -351,6 +351,7 @@ def own_authority_tls(
     client_ca: str | None = None,
     require: bool = False,
     now: Callable[[], datetime.datetime] | None = None,
+    language: str = "en",
 ) -> RelayTLS:
     """
     The relay's TLS settings from its own authority in C{folder}: made on
@@ -359,6 +360,7 @@ def own_authority_tls(
     before the reactor (at option time), so a problem is a start-up error.
 
     @param now: the current UTC time, for tests; by default the system's.
+    @param language: the language of the lines logged for the administrator.
     @raise OwnAuthorityError: the folder cannot be used, a key is open to
         other users, or the authority is unusable; saying what to do.
     """
@@ -372,7 +374,7 @@ def own_authority_tls(
         place.write(CA_CERT, authority, CA_KEY, authority_key)
         log.info(
             "{text}",
-            text=Text("Made the relay's certificate authority {path}", path=place.file(CA_CERT)),
+            text=Text("Made the relay's certificate authority {path}", path=place.file(CA_CERT)).render(language),
             path=place.file(CA_CERT),
         )
     elif authority_key is None or not _same_key(authority, authority_key):
@@ -406,7 +408,7 @@ def own_authority_tls(
                 "Issued a new certificate for the relay from its authority ({why}); "
                 "workstations that trust the authority need nothing new",
                 why=why,
-            ),
+            ).render(language),
             path=place.file(CERT),
         )
     assert cert is not None
@@ -423,7 +425,7 @@ def own_authority_tls(
             cert_fingerprint=fingerprint(cert),
             until=_day(cert.not_valid_after_utc),
             names=names,
-        ),
+        ).render(language),
         authority_fingerprint=fingerprint(authority),
         cert_fingerprint=fingerprint(cert),
     )

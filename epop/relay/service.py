@@ -165,6 +165,8 @@ class ListeningService(Service):
     """
 
     log = Logger()
+    #: The language of the lines logged for the administrator (set by the relay).
+    language = "en"
 
     def __init__(
         self,
@@ -199,18 +201,19 @@ class ListeningService(Service):
         super().startService()
         assert self.port is not None
         host = self.port.getHost()
-        hint = "workstations use this address and port"
+        line = Text("e-POP relay listening on {address} (endpoint {endpoint}); workstations use this address and port")
         addresses = ""
         if getattr(host, "host", None) in ("0.0.0.0", "::"):
             # The manual showed IP:port in the title bar: say what to type.
             found = addresses_for_listen_host(host.host, host.port)
-            addresses = ", ".join(found) or "none: this machine has no network address"
-            hint = "workstations type one of: {addresses}"
+            addresses = ", ".join(found) or Text("none: this machine has no network address").render(self.language)
+            line = Text("e-POP relay listening on {address} (endpoint {endpoint}); workstations type one of: {addresses}")
         journal.emit(
             self.log,
             self.factory.relay_id,
             "listening-opened",
-            "e-POP relay listening on {address} (endpoint {endpoint}); " + hint,
+            line.template,
+            language=self.language,
             address=format_peer(host),
             port=getattr(host, "port", None),
             endpoint=self.description,
@@ -229,7 +232,8 @@ class ListeningService(Service):
                 self.log,
                 self.factory.relay_id,
                 "listening-closed",
-                "e-POP relay stopped listening on {address}",
+                Text("e-POP relay stopped listening on {address}").template,
+                language=self.language,
                 address=format_peer(host),
                 port=getattr(host, "port", None),
             )
@@ -378,7 +382,9 @@ class RelayService(MultiService):
 
     @property
     def listeners(self) -> list[ListeningService]:
-        """One per C{listen} endpoint of the settings in force."""
+        """One per C{listen} endpoint of the settings in force, logging in the relay's language."""
+        for listener in self._serving.listeners:
+            listener.language = self.language
         return self._serving.listeners
 
     @property
@@ -407,17 +413,17 @@ class RelayService(MultiService):
     def startService(self) -> None:
         super().startService()
         if not self.settings.listen_at_start:
-            self.log.info("Not listening yet (--no-listen-at-start): start listening from the console")
+            self.log.info(self._said(Text("Not listening yet (--no-listen-at-start): start listening from the console")))
             return
         for listener in self.listeners:
             listener.startService()
         proxy = self.upstream.proxy
         if proxy is not None:
-            self.log.info(
-                "Reaching e-PMSI through the proxy {proxy}{account}",
-                proxy=proxy.address,
-                account=f" as {proxy.user}" if proxy.user else "",
-            )
+            if proxy.user:
+                line = Text("Reaching e-PMSI through the proxy {proxy} as {user}")
+            else:
+                line = Text("Reaching e-PMSI through the proxy {proxy}")
+            self.log.info(self._said(line), proxy=proxy.address, user=proxy.user)
         self._say_https_proxy()
         if self.settings.check_at_start:
             self.startup_check = self.upstream.check()
@@ -443,17 +449,30 @@ class RelayService(MultiService):
         """The HTTPS proxy mode in a line, for the admin reading twistd's log."""
         destinations = self.settings.destinations()
         if not destinations:
-            self.log.info("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
+            self.log.info(self._said(Text("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")))
             return
         users = self.settings.tunnel_users
         pac = [f"http://{address}/proxy.pac" for address in self.listening_addresses()]
+        if users:
+            line = Text(
+                "Also an HTTPS proxy on the same port(s), tunnelling only to {destinations}, for the users of "
+                "{users}; browsers take their settings from {pac} (or /wpad.dat)"
+            )
+        else:
+            line = Text(
+                "Also an HTTPS proxy on the same port(s), tunnelling only to {destinations}, for every allowed "
+                "client; browsers take their settings from {pac} (or /wpad.dat)"
+            )
         self.log.info(
-            "Also an HTTPS proxy on the same port(s), tunnelling only to {destinations}{users}; "
-            "browsers take their settings from {pac} (or /wpad.dat)",
+            self._said(line),
             destinations=destinations.describe(),
-            users=f", for the users of {users}" if users else ", for every allowed client",
-            pac=", ".join(pac) or "/proxy.pac on the relay's address and port",
+            users=users,
+            pac=", ".join(pac) or Text("/proxy.pac on the relay's address and port").render(self.language),
         )
+
+    def _said(self, line: Text) -> str:
+        """A log line's format string in the relay's language; its fields stay as they are."""
+        return translations(self.language).gettext(line.template)
 
     def listening_addresses(self) -> list[str]:
         """
@@ -468,12 +487,12 @@ class RelayService(MultiService):
         return found
 
     def _checked(self, result: CheckResult) -> CheckResult:
-        said = translations(self.language).gettext
+        said = self._said
         if result.ok:
-            self.log.info(said(Text("e-PMSI check: {text}").template), text=result.describe(self.language), check=result)
+            self.log.info(said(Text("e-PMSI check: {text}")), text=result.describe(self.language), check=result)
         else:
             self.log.warn(
-                said(Text("e-PMSI check failed; the relay keeps listening: {text}").template),
+                said(Text("e-PMSI check failed; the relay keeps listening: {text}")),
                 text=result.describe(self.language),
                 check=result,
             )

@@ -312,7 +312,7 @@ class Options(usage.Options):
             raise self._refuse("proxy", reason_of(e)) from None
         if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
-                "--proxy system: {found}",
+                translations(self.language).gettext(Text("--proxy system: {found}").template),
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,
             )
         self.tls = self._tls()
@@ -341,6 +341,7 @@ class Options(usage.Options):
             None if endpoint.strip().lower() == NO_CONSOLE else endpoint,
             self["console-password-file"],
             self.tls,
+            self.language,
         )
         try:
             console.check()
@@ -398,6 +399,7 @@ class Options(usage.Options):
                 coverage_for(listen),
                 client_ca=self["tls-client-ca"],
                 require=bool(self["require-tls"]),
+                language=self.language,
             )
         except OwnAuthorityError as e:
             raise self._refuse("tls-dir" if self["tls-dir"] else "tls-cert", reason_of(e)) from None

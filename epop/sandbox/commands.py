@@ -73,6 +73,7 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         interface=options["interface"],
         keep=options["keep"],
         reject=options["reject"],
+        language=command.language,
     )
     try:
         service.startService()

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text, translations
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import RECEIPT_NAME, is_secret_field
 
@@ -132,6 +133,14 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _say(text: Text, language: str, **markup: str) -> str:
+    """C{text} in C{language}, HTML-escaped; C{markup}: parameters that are HTML already."""
+    values = {
+        name: _e(value.render(language) if isinstance(value, Text) else value) for name, value in text.params.items()
+    }
+    return _e(translations(language).gettext(text.template)).format(**values, **markup)
+
+
 def _when(upload: StoredUpload) -> str:
     """The upload's arrival, in UTC, from its receipt or else from its id."""
     received = upload.receipt.get("received") if upload.receipt else None
@@ -147,9 +156,9 @@ def _when(upload: StoredUpload) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _fields(upload: StoredUpload) -> str:
+def _fields(upload: StoredUpload, language: str) -> str:
     if upload.receipt is None:
-        return "not recorded"
+        return _say(Text("not recorded"), language)
     shown = []
     for kept in upload.receipt.get("fields") or []:
         if not isinstance(kept, dict):
@@ -162,23 +171,22 @@ def _fields(upload: StoredUpload) -> str:
             if kept.get("truncated"):
                 value += "…"
         shown.append(f"<code>{_e(name)}</code> = {value}")
-    return "<br>".join(shown) or "none"
+    return "<br>".join(shown) or _say(Text("none"), language)
 
 
-def _file_cells(entry: Mapping[str, Any] | None) -> str:
+def _file_cells(entry: Mapping[str, Any] | None, language: str) -> str:
     if entry is None:
-        return '<td colspan="3">no file</td>'
-    name = entry.get("filename") or "(no name: upload.bin)"
+        no_file = _say(Text("no file"), language)
+        return f'<td colspan="3">{no_file}</td>'
+    name = _e(entry.get("filename") or "") or _say(Text("(no name: upload.bin)"), language)
     size = entry.get("size")
     digest = entry.get("sha256")
-    return (
-        f"<td>{_e(name)}</td>"
-        f"<td>{_e(f'{size:,}') if isinstance(size, int) else 'unknown'}</td>"
-        f"<td>{f'<code>{_e(digest)}</code>' if digest else 'not recorded'}</td>"
-    )
+    shown_size = _e(f"{size:,}") if isinstance(size, int) else _say(Text("unknown"), language)
+    shown_digest = f"<code>{_e(digest)}</code>" if digest else _say(Text("not recorded"), language)
+    return f"<td>{name}</td><td>{shown_size}</td><td>{shown_digest}</td>"
 
 
-def _rows(upload: StoredUpload) -> str:
+def _rows(upload: StoredUpload, language: str) -> str:
     """One row per file shown; the upload's own cells span them."""
     files: list[Mapping[str, Any] | None] = list(upload.files) or [None]
     more = upload.file_count - len(upload.files)
@@ -186,50 +194,67 @@ def _rows(upload: StoredUpload) -> str:
     receipt = upload.receipt or {}
     request = " ".join(str(receipt.get(key, "")) for key in ("method", "path")).strip()
     note = f"<br>{_e(upload.problem)}" if upload.problem else ""
+    request = _e(request) or _say(Text("not recorded"), language)
     first = (
         f'<tr><td rowspan="{span}">{_e(_when(upload))}</td>'
         f'<td rowspan="{span}"><code>{_e(upload.upload_id)}</code>{note}</td>'
-        f'<td rowspan="{span}">{_e(request) or "not recorded"}</td>'
+        f'<td rowspan="{span}">{request}</td>'
     )
     rows = [
-        (first if index == 0 else "<tr>") + _file_cells(entry)
-        + (f'<td rowspan="{span}">{_fields(upload)}</td>' if index == 0 else "")
+        (first if index == 0 else "<tr>") + _file_cells(entry, language)
+        + (f'<td rowspan="{span}">{_fields(upload, language)}</td>' if index == 0 else "")
         + "</tr>\n"
         for index, entry in enumerate(files)
     ]
     if more > 0:
-        rows.append(f'<tr><td colspan="3">and {more} more file(s)</td></tr>\n')
+        and_more = _say(Text("and {count} more file(s)", count=more), language)
+        rows.append(f'<tr><td colspan="3">{and_more}</td></tr>\n')
     return "".join(rows)
 
 
-def render_latest(latest: LatestUploads) -> str:
-    """The page's list of receipts, HTML-escaped throughout."""
+def render_latest(latest: LatestUploads, language: str = "en") -> str:
+    """The page's list of receipts in C{language}, HTML-escaped throughout."""
+    title = "<h2>" + _say(Text("Latest receipts"), language) + "</h2>\n"
     if not latest.uploads:
-        return "<h2>Latest receipts</h2>\n<p>No upload yet.</p>\n"
+        return title + "<p>" + _say(Text("No upload yet."), language) + "</p>\n"
     count = len(latest.uploads)
+    headings = "".join(
+        f"<th>{_say(heading, language)}</th>"
+        for heading in (
+            Text("Received"), Text("Upload"), Text("Request"), Text("File"), Text("Size (bytes)"),
+            Text("SHA-256"), Text("Form fields"),
+        )
+    )
+    newest = Text("The {count} newest of {total} upload(s) kept, newest first.", count=count, total=latest.total)
     return (
-        "<h2>Latest receipts</h2>\n"
-        f"<p>The {count} newest of {latest.total} upload(s) kept, newest first.</p>\n"
-        '<table id="receipts" border="1">\n<thead><tr><th>Received</th><th>Upload</th>'
-        "<th>Request</th><th>File</th><th>Size (bytes)</th><th>SHA-256</th>"
-        "<th>Form fields</th></tr></thead>\n<tbody>\n"
-        + "".join(_rows(upload) for upload in latest.uploads)
+        title
+        + f"<p>{_say(newest, language)}</p>\n"
+        + f'<table id="receipts" border="1">\n<thead><tr>{headings}</tr></thead>\n<tbody>\n'
+        + "".join(_rows(upload, language) for upload in latest.uploads)
         + "</tbody>\n</table>\n"
     )
 
 
-def render_rules(reject: Mapping[str, int], keep: Keep) -> str:
-    """What the sandbox was told to do: refusals (C{--reject}) and retention (C{--keep})."""
+def render_rules(reject: Mapping[str, int], keep: Keep, language: str = "en") -> str:
+    """What the sandbox was told to do, in C{language}: refusals (C{--reject}) and retention (C{--keep})."""
     refusals = "".join(
-        f"<li>Uploads to <code>{_e(path)}</code> are refused with {status} "
-        f"(<code>--reject {_e(path)}={status}</code>); nothing is stored.</li>\n"
+        "<li>"
+        + _say(
+            Text("Uploads to {path} are refused with {status} ({option}); nothing is stored.", status=status),
+            language,
+            path=f"<code>{_e(path)}</code>",
+            option=f"<code>--reject {_e(path)}={status}</code>",
+        )
+        + "</li>\n"
         for path, status in sorted(reject.items())
     )
     if not refusals:
-        refusals = "<li>Every complete upload is stored and answered with a receipt (no <code>--reject</code>).</li>\n"
+        every = Text("Every complete upload is stored and answered with a receipt (no {option}).")
+        refusals = f"<li>{_say(every, language, option='<code>--reject</code>')}</li>\n"
+    keeps = Text("It keeps {keep}, deleting the oldest first ({option}).", keep=keep.describe(language))
     return (
-        '<h2>How it answers</h2>\n<ul id="rules">\n'
+        "<h2>" + _say(Text("How it answers"), language) + '</h2>\n<ul id="rules">\n'
         + refusals
-        + f"<li>It keeps {_e(keep.describe())}, deleting the oldest first (<code>--keep</code>).</li>\n"
+        + f"<li>{_say(keeps, language, option='<code>--keep</code>')}</li>\n"
         + "</ul>\n"
     )

@@ -71,12 +71,13 @@ class Keep:
             self.size is not None and size > self.size
         )
 
-    def describe(self) -> str:
+    def describe(self, language: str = "en") -> str:
+        """What is kept, for people, in C{language}."""
         if self.uploads is not None:
-            return f"the newest {self.uploads} upload(s)"
+            return Text("the newest {count} upload(s)", count=self.uploads).render(language)
         if self.size is not None:
-            return f"at most {self.size} bytes of uploads"
-        return "every upload"
+            return Text("at most {size} bytes of uploads", size=self.size).render(language)
+        return Text("every upload").render(language)
 
 
 def _size(upload: FilePath) -> int:

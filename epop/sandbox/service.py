@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from epop.addressing import host_port
+from epop.messages import Text, translations
 from epop.sandbox.ca import (
     DEFAULT_HOSTNAMES,
     SandboxCertificates,
@@ -68,8 +69,11 @@ class SandboxService(Service):
         upload_path: str = DEFAULT_UPLOAD_PATH,
         keep: Keep = Keep(),
         reject: Mapping[str, int] | None = None,
+        language: str = "en",
     ) -> None:
         self._reactor = reactor
+        #: The language of the lines logged for the person who started it.
+        self.language = language
         self.upload_path = upload_path
         self.keep = keep
         self.reject = dict(reject or {})
@@ -103,11 +107,15 @@ class SandboxService(Service):
         self.certificates, self.site, self.port = certificates, site, port
         self.url = f"https://{host_port(host, port.getHost().port)}"
         self.log.info(
-            "e-PMSI sandbox listening on {url}; uploads are stored in "
-            "{upload_directory} (keeping {keep}); its CA certificate is {ca_path} "
-            "(pass it to --ca-file)",
+            translations(self.language).gettext(
+                Text(
+                    "e-PMSI sandbox listening on {url}; uploads are stored in "
+                    "{upload_directory} (keeping {keep}); its CA certificate is {ca_path} "
+                    "(pass it to --ca-file)"
+                ).template
+            ),
             url=self.url,
-            keep=self.keep.describe(),
+            keep=self.keep.describe(self.language),
             ca_path=certificates.ca_path.path,
             upload_directory=site.upload_directory.path,
         )

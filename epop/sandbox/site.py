@@ -24,6 +24,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from epop.messages import Text, language_of
 from epop.sandbox.receipts import latest_uploads, render_latest, render_rules
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
@@ -52,34 +53,40 @@ def _json_body(request: Request, status: int, document: dict[str, Any]) -> bytes
     return body
 
 
-def _upload_form(upload_path: str, after: str = "") -> bytes:
+def _upload_form(upload_path: str, after: str = "", language: str = "en") -> bytes:
     """
-    The sandbox's own upload page (not an imitation of e-PMSI's site): one
-    form posting e-PMSI's documented fields, for browsers and demos, then
-    C{after} (HTML, already escaped).
+    The sandbox's own upload page (not an imitation of e-PMSI's site), in
+    C{language}: one form posting e-PMSI's documented fields, for browsers
+    and demos, then C{after} (HTML, already escaped).
     """
+
+    def say(text: Text) -> str:
+        return html.escape(text.render(language), quote=True)
+
+    title, heading = say(Text("e-PMSI sandbox: upload")), say(Text("e-PMSI sandbox"))
+    about = say(Text("A local stand-in for e-PMSI: the file is stored and a JSON receipt is shown."))
+    file, send = say(Text("File")), say(Text("Send"))
     action = html.escape(upload_path, quote=True)
     text_fields = "".join(
-        f'<p><label>{label} <input type="{kind}" name="{name}"></label></p>\n'
+        f'<p><label>{say(label)} <input type="{kind}" name="{name}"></label></p>\n'
         for label, kind, name in (
-            ("User", "text", "userId"),
-            ("Password", "password", "userPwd"),
-            ("Year", "text", "year"),
-            ("Period", "text", "period"),
-            ("FINESS", "text", "finess"),
+            (Text("User"), "text", "userId"),
+            (Text("Password"), "password", "userPwd"),
+            (Text("Year"), "text", "year"),
+            (Text("Period"), "text", "period"),
+            (Text("FINESS"), "text", "finess"),
         )
     )
     return (
         "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        "<title>e-PMSI sandbox: upload</title></head>\n<body>\n"
-        "<h1>e-PMSI sandbox</h1>\n"
-        "<p>A local stand-in for e-PMSI: the file is stored and a JSON receipt "
-        "is shown.</p>\n"
+        f'<html lang="{language}"><head><meta charset="utf-8">'
+        f"<title>{title}</title></head>\n<body>\n"
+        f"<h1>{heading}</h1>\n"
+        f"<p>{about}</p>\n"
         f'<form method="post" action="{action}" enctype="multipart/form-data">\n'
         f"{text_fields}"
-        '<p><label>File <input type="file" name="theFile"></label></p>\n'
-        '<p><button type="submit">Send</button></p>\n'
+        f'<p><label>{file} <input type="file" name="theFile"></label></p>\n'
+        f'<p><button type="submit">{send}</button></p>\n'
         "</form>\n"
         f"{after}"
         "</body></html>\n"
@@ -195,19 +202,23 @@ class _SandboxResource(Resource):
         super().__init__()
         self._upload_path = upload_path
 
-    def _page(self, site: SandboxSite) -> bytes:
-        """The form, what the sandbox was told, and its latest receipts, as they are now."""
+    def _page(self, site: SandboxSite, language: str) -> bytes:
+        """The form, what the sandbox was told, and its latest receipts, as they are now, in C{language}."""
         return _upload_form(
             self._upload_path,
-            render_rules(site.reject, site.keep)
-            + render_latest(latest_uploads(site.upload_directory)),
+            render_rules(site.reject, site.keep, language)
+            + render_latest(latest_uploads(site.upload_directory), language),
+            language,
         )
 
     def render(self, request: SandboxRequest) -> bytes:  # type: ignore[override]
         method = request.method
         if method in (b"GET", b"HEAD"):
             if request.path == b"/":
-                body = _html_body(request, self._page(request._site))
+                # In the browser's language, as the relay's own page.
+                language = language_of(_header(request, b"Accept-Language"))
+                request.setHeader(b"Vary", b"Accept-Language")
+                body = _html_body(request, self._page(request._site, language))
             else:
                 body = _json_body(
                     request, 200, {"service": "e-PMSI sandbox", "status": "ok"}
