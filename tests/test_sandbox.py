@@ -704,6 +704,10 @@ class RetentionTests(TestCase):
         self.assertEqual(parse_keep("500M"), Keep(size=500 << 20))
         self.assertEqual(parse_keep("2g"), Keep(size=2 << 30))
         self.assertEqual(parse_keep("all"), Keep())
+        for given, described in [("500M", "at most 500 MiB of uploads"), ("2g", "at most 2 GiB of uploads"),
+                                 ("1536K", "at most 1536 KiB of uploads"), ("20", "the newest 20 upload(s)")]:
+            self.assertEqual(parse_keep(given).describe(), described)
+        self.assertEqual(Keep(size=1000).describe(), "at most 1000 bytes of uploads")
         for bad in ("0", "-1", "0M", "5T", "lots", ""):
             with self.assertRaises(ValueError) as raised:
                 parse_keep(bad)

@@ -75,8 +75,16 @@ class Keep:
         if self.uploads is not None:
             return f"the newest {self.uploads} upload(s)"
         if self.size is not None:
-            return f"at most {self.size} bytes of uploads"
+            return f"at most {_binary_size(self.size)} of uploads"
         return "every upload"
+
+
+def _binary_size(size: int) -> str:
+    """C{size} as C{--keep} took it, 500 MiB rather than 524288000 bytes."""
+    for suffix, unit in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if suffix and size % unit == 0:
+            return f"{size // unit} {suffix}iB"
+    return f"{size} bytes"
 
 
 def _size(upload: FilePath) -> int:
