@@ -62,7 +62,10 @@ class FormField:
         if self.source == STANDARD_INPUT:
             where = Text("standard input")
             if stdin is not None and stdin.isatty():
-                line = getpass.getpass(f"{self.name}: ")
+                try:
+                    line = getpass.getpass(f"{self.name}: ")
+                except EOFError:  # Ctrl-D at the prompt: nothing typed
+                    line = ""
             else:
                 line = stdin.readline() if stdin is not None else ""
         else:
