@@ -204,6 +204,25 @@ class SendInputTests(TestCase):
         self.assertIn("-F userPwd=<-: the first line of standard input is empty", err)
         self.assertNotIn("Traceback", err)
 
+    async def test_ctrl_c_at_the_password_prompt(self) -> None:
+        """Ctrl-C at the terminal's prompt for -F userPwd=<-: status 130 and one line, in French too, no traceback."""
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        def ctrl_c(prompt: str) -> str:
+            raise KeyboardInterrupt()
+
+        self.patch(form_fields.getpass, "getpass", ctrl_c)
+        relay = ("--relay", str(self.relay.endpoint))
+        for lang, message in [("en", "epop: Interrupted (SIGINT): nothing was done."),
+                              ("fr", "epop: Interrompu (SIGINT) : rien n'a été fait.")]:
+            code, out, err = await self.send("--lang", lang, "send", self.path, *relay, "-F", "userPwd=<-",
+                                             stdin=Terminal())
+            self.assertEqual((code, out), (130, b""), err)
+            self.assertIn(message, err)
+            self.assertNotIn("Traceback", err)
+
     async def test_unusable_values_are_refused_without_echoing_them(self) -> None:
         """A missing file, an empty first line, a value without name: status 2, a clear message, no secret."""
         missing = os.path.abspath(self.mktemp())
