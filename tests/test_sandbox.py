@@ -606,8 +606,9 @@ class SandboxServiceTests(TestCase):
         assert self.service.port is not None
         taken = self.service.port.getHost().port
         for language, expected in (
-            ("C", f"epop: The sandbox cannot listen on 127.0.0.1 port {taken}: "),
-            ("fr_FR.UTF-8", f"epop: Le bac à sable ne peut pas écouter sur 127.0.0.1 port {taken} : "),
+            ("C", f"epop: The sandbox cannot listen on 127.0.0.1 port {taken}: Address already in use. "),
+            ("fr_FR.UTF-8", f"epop: Le bac à sable ne peut pas écouter sur 127.0.0.1 port {taken} : "
+                            "Adresse déjà utilisée. "),
         ):
             [program, *first] = epop_command()
             out, err, status = await getProcessOutputAndValue(
