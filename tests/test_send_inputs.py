@@ -188,40 +188,34 @@ class SendInputTests(TestCase):
             self.assertIn(b'name="theFile"', body)
         self.assertIn(b'name="userId"\r\n\r\ndim\r\n', epmsi.bodies[0])
 
-    async def test_end_of_input_at_the_password_prompt(self) -> None:
-        """Ctrl-D at the terminal's prompt for -F userPwd=<-: the empty-value error, not a traceback."""
+    async def at_the_password_prompt(self, key: type[BaseException], *argv: str) -> tuple[int, bytes, str]:
+        """C{epop ARGV send ... -F userPwd=<-} on a terminal where the person presses C{key} at the prompt."""
         class Terminal(io.StringIO):
             def isatty(self) -> bool:
                 return True
 
-        def ctrl_d(prompt: str) -> str:
-            raise EOFError()
+        def pressed(prompt: str) -> str:
+            raise key()
 
-        self.patch(form_fields.getpass, "getpass", ctrl_d)
-        code, out, err = await self.send("send", self.path, "--relay", str(self.relay.endpoint),
+        self.patch(form_fields.getpass, "getpass", pressed)
+        code, out, err = await self.send(*argv, "send", self.path, "--relay", str(self.relay.endpoint),
                                          "-F", "userPwd=<-", stdin=Terminal())
+        self.assertNotIn("Traceback", err)
+        return code, out, err
+
+    async def test_end_of_input_at_the_password_prompt(self) -> None:
+        """Ctrl-D at the terminal's prompt for -F userPwd=<-: the empty-value error, not a traceback."""
+        code, out, err = await self.at_the_password_prompt(EOFError)
         self.assertEqual((code, out), (2, b""), err)
         self.assertIn("-F userPwd=<-: the first line of standard input is empty", err)
-        self.assertNotIn("Traceback", err)
 
     async def test_ctrl_c_at_the_password_prompt(self) -> None:
         """Ctrl-C at the terminal's prompt for -F userPwd=<-: status 130 and one line, in French too, no traceback."""
-        class Terminal(io.StringIO):
-            def isatty(self) -> bool:
-                return True
-
-        def ctrl_c(prompt: str) -> str:
-            raise KeyboardInterrupt()
-
-        self.patch(form_fields.getpass, "getpass", ctrl_c)
-        relay = ("--relay", str(self.relay.endpoint))
         for lang, message in [("en", "epop: Interrupted (SIGINT): nothing was done."),
                               ("fr", "epop: Interrompu (SIGINT) : rien n'a été fait.")]:
-            code, out, err = await self.send("--lang", lang, "send", self.path, *relay, "-F", "userPwd=<-",
-                                             stdin=Terminal())
+            code, out, err = await self.at_the_password_prompt(KeyboardInterrupt, "--lang", lang)
             self.assertEqual((code, out), (130, b""), err)
             self.assertIn(message, err)
-            self.assertNotIn("Traceback", err)
 
     async def test_unusable_values_are_refused_without_echoing_them(self) -> None:
         """A missing file, an empty first line, a value without name: status 2, a clear message, no secret."""
