@@ -260,6 +260,10 @@ def run(
         see = Text("Try '{command}'.", command=f"epop {name + ' ' if name else ''}--help")
         stderr.write(f"epop: {reason}\n{see.render(language)}\n")
         return succeed(EXIT_USAGE)
+    except KeyboardInterrupt:  # Ctrl-C at a prompt (-F userPwd=<-), before the reactor runs
+        stopped = Text("Interrupted ({signal}): nothing was done.", signal="SIGINT")
+        stderr.write(f"\nepop: {stopped.render(reader_language())}\n")
+        return succeed(exit_status_for_signal(signal.SIGINT))
     except OSError as e:  # --help, config show... when standard output takes no more
         status = output_lost(e, stderr, reader_language())
         if status is None:

@@ -63,6 +63,23 @@ class FrenchTests(TestCase):
             self.assertEqual(code, 2)
             self.assertIn(f"epop: {self.config_path}, ligne 2 : attendu 'clé = valeur', reçu 'relay 10.1.2.3'\n", err)
 
+    async def test_system_refusals(self) -> None:
+        """A file that is not there, for the journal, a setting or a form field: the system's words in French too."""
+        missing = os.path.abspath(self.mktemp())
+        cases = [
+            (("journal", missing), 1, f"Impossible de lire {missing} : Aucun fichier ou dossier de ce nom."),
+            (("connections", missing), 1, f"Impossible de lire {missing} : Aucun fichier ou dossier de ce nom."),
+            (("config", "set", "relay-ca", missing), 2,
+             f"relay-ca : impossible de lire {missing} : Aucun fichier ou dossier de ce nom"),
+            (("send", __file__, "--relay", "127.0.0.1", "-F", f"userPwd=<{missing}"), 2,
+             f"impossible de lire {missing} : Aucun fichier ou dossier de ce nom"),
+        ]
+        for argv, status, said in cases:
+            for code, _, err in await self.in_french(*argv):
+                self.assertEqual(code, status, (argv, err))
+                self.assertIn(said, err)
+                self.assertNotIn("No such file", err)
+
     async def test_journal_and_connections(self) -> None:
         """The journal's outcomes and reasons are French labels in the tables; --json keeps the codes."""
         journal = os.path.abspath(self.mktemp())

@@ -149,6 +149,15 @@ class ProgressTests(TestCase):
         self.assertTrue(lines[-1].startswith("Sent: 100% (8.39 MB of 8.39 MB), "), err)
         self.assertRegex(err, ANSWERED)
 
+    async def test_no_blank_line_in_a_log(self) -> None:
+        """e-PMSI's receipt ends its own line: the log gets no blank line after it, even with --quiet."""
+        for options in [(), ("--quiet",)]:
+            code, out, err = await self.in_a_log(self.through_relay(*options))
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.endswith(b"\n"), out)
+            self.assertNotIn("\n\n", err)
+            self.assertFalse(err.startswith("\n"), err)
+
     async def test_plain_lines_in_french_direct(self) -> None:
         """Sent directly, in French: the lines, their units and e-PMSI's delay."""
         code, out, err = await self.in_a_log([

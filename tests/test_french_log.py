@@ -96,10 +96,10 @@ class SandboxStartTests(TestCase):
     async def test_french(self) -> None:
         text, port = await self.start(FRENCH)
         self.assertIn(f"Bac à sable e-PMSI à l'écoute sur https://127.0.0.1:{port} ; les envois sont rangés dans ", text)
-        self.assertIn("(en gardant au plus 524288000 octets d'envois) ; son certificat d'autorité est ", text)
+        self.assertIn("(en gardant au plus 500 Mio d'envois) ; son certificat d'autorité est ", text)
         self.assertIn("(à donner à --ca-file)", text)
 
     async def test_english_unchanged(self) -> None:
         text, port = await self.start(ENGLISH)
         self.assertIn(f"e-PMSI sandbox listening on https://127.0.0.1:{port}; uploads are stored in ", text)
-        self.assertIn("(keeping at most 524288000 bytes of uploads); its CA certificate is ", text)
+        self.assertIn("(keeping at most 500 MiB of uploads); its CA certificate is ", text)

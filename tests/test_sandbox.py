@@ -606,8 +606,9 @@ class SandboxServiceTests(TestCase):
         assert self.service.port is not None
         taken = self.service.port.getHost().port
         for language, expected in (
-            ("C", f"epop: The sandbox cannot listen on 127.0.0.1 port {taken}: "),
-            ("fr_FR.UTF-8", f"epop: Le bac à sable ne peut pas écouter sur 127.0.0.1 port {taken} : "),
+            ("C", f"epop: The sandbox cannot listen on 127.0.0.1 port {taken}: Address already in use. "),
+            ("fr_FR.UTF-8", f"epop: Le bac à sable ne peut pas écouter sur 127.0.0.1 port {taken} : "
+                            "Adresse déjà utilisée. "),
         ):
             [program, *first] = epop_command()
             out, err, status = await getProcessOutputAndValue(
@@ -704,6 +705,12 @@ class RetentionTests(TestCase):
         self.assertEqual(parse_keep("500M"), Keep(size=500 << 20))
         self.assertEqual(parse_keep("2g"), Keep(size=2 << 30))
         self.assertEqual(parse_keep("all"), Keep())
+        for given, described in [("500M", "at most 500 MiB of uploads"), ("2g", "at most 2 GiB of uploads"),
+                                 ("1536K", "at most 1536 KiB of uploads"), ("20", "the newest 20 upload(s)")]:
+            self.assertEqual(parse_keep(given).describe(), described)
+        self.assertEqual(Keep(size=1000).describe(), "at most 1000 bytes of uploads")
+        self.assertEqual(parse_keep("500M").describe("fr"), "au plus 500 Mio d'envois")
+        self.assertEqual(Keep(size=1000).describe("fr"), "au plus 1000 octets d'envois")
         for bad in ("0", "-1", "0M", "5T", "lots", ""):
             with self.assertRaises(ValueError) as raised:
                 parse_keep(bad)

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from epop.sandbox.ca import server_tls_options
+from epop.workstation import form_fields
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 from tests.test_cli import run_epop
@@ -186,6 +187,35 @@ class SendInputTests(TestCase):
             self.assertNotIn(b"not this", body)
             self.assertIn(b'name="theFile"', body)
         self.assertIn(b'name="userId"\r\n\r\ndim\r\n', epmsi.bodies[0])
+
+    async def at_the_password_prompt(self, key: type[BaseException], *argv: str) -> tuple[int, bytes, str]:
+        """C{epop ARGV send ... -F userPwd=<-} on a terminal where the person presses C{key} at the prompt."""
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        def pressed(prompt: str) -> str:
+            raise key()
+
+        self.patch(form_fields.getpass, "getpass", pressed)
+        code, out, err = await self.send(*argv, "send", self.path, "--relay", str(self.relay.endpoint),
+                                         "-F", "userPwd=<-", stdin=Terminal())
+        self.assertNotIn("Traceback", err)
+        return code, out, err
+
+    async def test_end_of_input_at_the_password_prompt(self) -> None:
+        """Ctrl-D at the terminal's prompt for -F userPwd=<-: the empty-value error, not a traceback."""
+        code, out, err = await self.at_the_password_prompt(EOFError)
+        self.assertEqual((code, out), (2, b""), err)
+        self.assertIn("-F userPwd=<-: the first line of standard input is empty", err)
+
+    async def test_ctrl_c_at_the_password_prompt(self) -> None:
+        """Ctrl-C at the terminal's prompt for -F userPwd=<-: status 130 and one line, in French too, no traceback."""
+        for lang, message in [("en", "epop: Interrupted (SIGINT): nothing was done."),
+                              ("fr", "epop: Interrompu (SIGINT) : rien n'a été fait.")]:
+            code, out, err = await self.at_the_password_prompt(KeyboardInterrupt, "--lang", lang)
+            self.assertEqual((code, out), (130, b""), err)
+            self.assertIn(message, err)
 
     async def test_unusable_values_are_refused_without_echoing_them(self) -> None:
         """A missing file, an empty first line, a value without name: status 2, a clear message, no secret."""

@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 from epop.addressing import host_port
 from epop.epmsi.origin import DEFAULT_EPMSI_URL
-from epop.messages import Text
+from epop.messages import Text, system_reason
 
 __all__ = [
     "PAC_INSTALL_HINT",
@@ -349,7 +349,7 @@ def _from_pac(url: str, host: str, pac: str, where: Text | str) -> ProxyDiscover
     try:
         script = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as e:
-        return _unresolved(url, Text("{label} cannot be read: {why}", label=label, why=e.strerror or str(e)))
+        return _unresolved(url, Text("{label} cannot be read: {why}", label=label, why=system_reason(e)))
     try:
         answer = PACFile(script).find_proxy_for_url(url, host)
     except Exception as e:  # noqa: BLE001 -- dukpy's and pypac's errors share no base

@@ -27,7 +27,7 @@ from epop.journal.reader import (
     read_journal,
 )
 from epop.journal.table import journal_header, journal_row, journal_table
-from epop.messages import Text, reason_of
+from epop.messages import Text, reason_of, system_reason
 from epop.printable import safe_json
 
 __all__ = ["ConnectionsOptions", "JournalOptions", "connections", "journal"]
@@ -114,7 +114,7 @@ def _unreadable(command: Command, path: str, error: OSError) -> Deferred[int]:
     else:
         # The file that failed: the journal, or one of its rotated files.
         named = error.filename if isinstance(error.filename, str) else path
-        message = Text("Cannot read {path}: {why}.", path=named, why=error.strerror or str(error))
+        message = Text("Cannot read {path}: {why}.", path=named, why=system_reason(error))
     command.tell(message)
     return succeed(EXIT_FAILED)
 

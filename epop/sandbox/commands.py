@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from epop.command import Command, CommandOptions
 from epop.errors import EpopError
-from epop.messages import Text, reason_of
+from epop.messages import Text, reason_of, system_reason
 from epop.sandbox.retention import DEFAULT_KEEP, parse_keep
 
 __all__ = ["SandboxOptions", "sandbox"]
@@ -79,7 +79,8 @@ def sandbox(command: Command, options: SandboxOptions) -> Deferred[int]:
         service.startService()
     except CannotListenError as e:
         # Most often another sandbox, or the relay's test run, on that port.
-        reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+        error = e.socketError
+        reason = system_reason(error) if isinstance(error, OSError) else Text.literal(str(error))
         return fail(
             EpopError(
                 "sandbox-cannot-listen",

@@ -76,8 +76,16 @@ class Keep:
         if self.uploads is not None:
             return Text("the newest {count} upload(s)", count=self.uploads).render(language)
         if self.size is not None:
-            return Text("at most {size} bytes of uploads", size=self.size).render(language)
+            return Text("at most {size} of uploads", size=_binary_size(self.size, language)).render(language)
         return Text("every upload").render(language)
+
+
+def _binary_size(size: int, language: str) -> str:
+    """C{size} as C{--keep} took it, 500 MiB rather than 524288000 bytes."""
+    for suffix, unit in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if suffix and size % unit == 0:
+            return Text("{count} {prefix}iB", count=size // unit, prefix=suffix).render(language)
+    return Text("{size} bytes", size=size).render(language)
 
 
 def _size(upload: FilePath) -> int:

@@ -33,7 +33,7 @@ from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, describe_connect_failure
 from epop.local_tls import ClientTLS, tls_version
-from epop.messages import Text, reason_of
+from epop.messages import Text, reason_of, system_reason
 from epop.multipart import MultipartFileBody, make_cooperator
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.direct import send_direct, test_direct
@@ -152,7 +152,7 @@ def send_file(
         )
     except OSError as e:
         return fail(
-            EpopError("file-unreadable", Text("Cannot read {path}: {why}.", path=path, why=e.strerror))
+            EpopError("file-unreadable", Text("Cannot read {path}: {why}.", path=path, why=system_reason(e)))
         )
     headers = [("Content-Type", body.content_type)]
     if relay is not None:

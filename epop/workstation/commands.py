@@ -255,6 +255,26 @@ def _how(options: TargetOptions) -> Text:
     return Text("directly")
 
 
+class _LineEnd:
+    """
+    Standard output, noting whether e-PMSI's answer ended its last line:
+    only then may the closing lines follow without a blank one between
+    (a log would otherwise get one after every send).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.at_line_start = True
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.at_line_start = data.endswith(b"\n")
+        self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def send(command: Command, options: SendOptions) -> Deferred[int]:
     """C{epop send}: upload the file, pass e-PMSI's answer on, say how it went."""
     options.resolve(command.saved, command.environ)
@@ -265,13 +285,14 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
     reactor, interruption = command.reactor, command.interruption
     started = reactor.seconds()
     progress = make_progress(reactor, command.stderr, command.language, quiet=options["quiet"])
+    output = _LineEnd(command.stdout)
     d = send_file(
         reactor,
         options["file"],
         to=options.to,
         field=options.field,
         fields=fields,
-        output=command.stdout,
+        output=output,
         progress=progress.sent,
         **options.route(command.language),
     )
@@ -289,7 +310,8 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
             status=reply.status,
             reason=reply.reason,
         )
-        command.stderr.write("\n")
+        if not output.at_line_start:
+            command.stderr.write("\n")
         progress.answered(reply.answered_at)
         command.tell(summary)
         return EXIT_OK if reply.ok else EXIT_FAILED

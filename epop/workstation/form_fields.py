@@ -18,7 +18,7 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from epop.messages import Text
+from epop.messages import Text, system_reason
 
 __all__ = ["FormField", "read_form_fields"]
 
@@ -62,7 +62,10 @@ class FormField:
         if self.source == STANDARD_INPUT:
             where = Text("standard input")
             if stdin is not None and stdin.isatty():
-                line = getpass.getpass(f"{self.name}: ")
+                try:
+                    line = getpass.getpass(f"{self.name}: ")
+                except EOFError:  # Ctrl-D at the prompt: nothing typed
+                    line = ""
             else:
                 line = stdin.readline() if stdin is not None else ""
         else:
@@ -82,7 +85,7 @@ class FormField:
             with open(self.source, encoding="utf-8") as f:
                 return f.readline()
         except OSError as e:
-            why: str | Text = e.strerror or str(e)
+            why: Text = system_reason(e)
         except UnicodeDecodeError:
             why = Text("it is not UTF-8 text")
         raise usage.UsageError(

@@ -29,7 +29,7 @@ from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
 
 from epop.files import write_atomically
-from epop.messages import Text, reason_of
+from epop.messages import Text, reason_of, system_reason
 from epop.settings_file import SECTION, SettingsError, Wording, read_section
 
 __all__ = [
@@ -197,7 +197,7 @@ class ClientSettings:
             self._write(folder, lines)
         except OSError as e:
             raise SettingsError(
-                Text("cannot write settings file {path}: {why}", path=str(self.path), why=e.strerror or str(e))
+                Text("cannot write settings file {path}: {why}", path=str(self.path), why=system_reason(e))
             ) from None
 
     def write_beside(self, name: str, data: bytes, mode: int = 0o644) -> Path:
@@ -212,7 +212,7 @@ class ClientSettings:
         try:
             write_atomically(str(path), data, mode)
         except OSError as e:
-            raise SettingsError(Text("cannot write {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
+            raise SettingsError(Text("cannot write {path}: {why}", path=str(path), why=system_reason(e))) from None
         return path
 
     def _write(self, folder: Path, lines: list[str]) -> None:
@@ -244,7 +244,7 @@ def _make_private_folders(folder: Path) -> None:
         except FileExistsError:
             continue
         except OSError as e:
-            raise SettingsError(Text("cannot create folder {path}: {why}", path=str(path), why=e.strerror or str(e))) from None
+            raise SettingsError(Text("cannot create folder {path}: {why}", path=str(path), why=system_reason(e))) from None
         if os.name == "posix":
             os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not widened
 
@@ -327,7 +327,7 @@ def _check_relay_ca(value: str, on_set: bool) -> str:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(
-            Text("relay-ca: cannot read {path}: {why}", path=path, why=e.strerror or str(e))
+            Text("relay-ca: cannot read {path}: {why}", path=path, why=system_reason(e))
         ) from None
     try:
         x509.load_pem_x509_certificates(data)
