@@ -145,6 +145,8 @@ class CommandTests(TestCase):
         )
         self.assertEqual(code, 1)
         self.assertIn("e-PMSI answered 413", err)
+        self.assertIn("Not accepted: ", err)
+        self.assertNotIn("Sent ", err)
         self.assertEqual(json.loads(out)["status"], "error")
 
     async def test_test_command(self) -> None:

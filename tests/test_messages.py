@@ -204,6 +204,7 @@ class ProvokedTests(TestCase):
         code, _, err = await epop("send", path, "--relay", str(relay.endpoint), "-F", "big=" + "x" * 70000)
         self.assertEqual(code, 1)
         self.assertIn("e-PMSI a répondu 413", err)
+        self.assertIn("Non accepté : ", err)
         code, _, err = await epop("--lang", "en", "test", "--relay", f"127.0.0.1:{free_port()}")
         self.assertIn("Test failed at this step: reaching the relay.", err)
         code, _, err = await epop("test", "--relay", f"127.0.0.1:{free_port()}")

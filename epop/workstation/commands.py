@@ -301,8 +301,7 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
 
     def answered(reply: Reply) -> int:
         command.stdout.flush()
-        summary = Text(
-            "Sent {file} ({size}) {how} in {seconds} s: e-PMSI answered {status} {reason}.",
+        details = dict(
             file=options["file"],
             size=readable_size(os.path.getsize(options["file"]), command.language),
             how=_how(options),
@@ -310,6 +309,13 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
             status=reply.status,
             reason=reply.reason,
         )
+        if reply.ok:
+            summary = Text("Sent {file} ({size}) {how} in {seconds} s: e-PMSI answered {status} {reason}.", **details)
+        else:
+            summary = Text(
+                "Not accepted: {file} ({size}) went {how} in {seconds} s, but e-PMSI answered {status} {reason}.",
+                **details,
+            )
         if not output.at_line_start:
             command.stderr.write("\n")
         progress.answered(reply.answered_at)
