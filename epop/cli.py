@@ -46,8 +46,8 @@ from epop.command import (
     usage_reason,
 )
 from epop.errors import EpopError
-from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
 from epop.help import TranslatedHelp
+from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.relay.commands import InterfacesOptions, interfaces
 from epop.sandbox.commands import SandboxOptions, sandbox

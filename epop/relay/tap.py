@@ -39,8 +39,8 @@ from epop.epmsi.proxy import (
 )
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
-from epop.local_tls import RelayTLS
 from epop.help import TranslatedHelp
+from epop.local_tls import RelayTLS
 from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
 from epop.relay.service import (
