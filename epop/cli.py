@@ -46,6 +46,7 @@ from epop.command import (
     usage_reason,
 )
 from epop.errors import EpopError
+from epop.help import TranslatedHelp
 from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
 from epop.messages import LANGUAGES, Text, choose_language
 from epop.relay.commands import InterfacesOptions, interfaces
@@ -104,13 +105,15 @@ COMMANDS: dict[str, Subcommand] = {
 }
 
 
-class Options(usage.Options):
+class Options(TranslatedHelp):
     synopsis = "Usage: epop"
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
     optParameters = [
         ["lang", None, None, "Language of messages: fr or en (default: from LC_ALL, LC_MESSAGES or LANG)."],
     ]
     subCommands = [[name, None, entry.options, entry.summary] for name, entry in COMMANDS.items()]
+    #: Whose locale chooses the language of C{--help} (L{run} gives its own).
+    environ: Mapping[str, str] | None = None
 
     # Not a CommandOptions: its arguments after the subcommand are the
     # subcommand's, never to be reordered.
@@ -229,6 +232,7 @@ def run(
     environ = os.environ if environ is None else environ
     interruption = interruption if interruption is not None else Interruption()
     options = Options()
+    options.environ = environ
 
     def reader_language() -> str:
         """The language asked for, even when parsing stopped half-way."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from twisted.python import usage
 
 from epop._version import __version__
+from epop.help import TranslatedHelp
 from epop.messages import Text
 from epop.secret_options import refuse_abbreviated_secrets
 
@@ -109,8 +110,8 @@ def usage_reason(error: BaseException) -> Text:
     return Text.literal(words)
 
 
-class CommandOptions(usage.Options):
-    """Our version, and file arguments before or after the options."""
+class CommandOptions(TranslatedHelp):
+    """Our version, file arguments before or after the options, help in the reader's language."""
 
     #: Options whose value is a secret or the file of one: never abbreviated.
     secret_options: tuple[str, ...] = ()

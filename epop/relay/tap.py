@@ -39,6 +39,7 @@ from epop.epmsi.proxy import (
 )
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
+from epop.help import TranslatedHelp
 from epop.local_tls import RelayTLS
 from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
@@ -127,7 +128,7 @@ _OTHERS = ("option", "other")
 SECRET_OPTIONS = ("proxy-password-file", "console-password-file", "tunnel-users", "tls-key")
 
 
-class Options(usage.Options):
+class Options(TranslatedHelp):
     log = Logger()
 
     synopsis = "[options]"

@@ -1,0 +1,122 @@
+"""
+C{--help} in the reader's language.
+
+Twisted's L{usage.Options} builds its help from the English strings where
+the options are declared (C{optParameters}, C{optFlags}, C{opt_} docstrings,
+C{synopsis}, C{longdesc}, C{subCommands}); L{TranslatedHelp} renders the
+same help with each of them looked up in the catalog, so that the option
+tables stay as they read in the code.  A help string's catalog key is its
+words joined by single spaces (a docstring's line breaks do not count);
+L{help_strings} lists them all, for the test that each has a translation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.python import usage
+
+from epop.messages import LANGUAGES, Text, choose_language, translations
+
+__all__ = ["TranslatedHelp", "catalog_key", "help_strings"]
+
+#: Twisted's own words in a help page.
+_USAGE = Text("Usage:")
+_OPTIONS = Text("Options:")
+_COMMANDS = Text("Commands:")
+_NO_OPTIONS = Text("Options: None")
+
+
+def catalog_key(text: str) -> str:
+    """The catalog key of a help string: its words, single-spaced."""
+    return " ".join(text.split())
+
+
+def _translated(text: str | None, language: str) -> str | None:
+    if not text:
+        return text
+    key = catalog_key(text)
+    found = translations(language).gettext(key)
+    return text if found == key else found
+
+
+def help_strings(options: usage.Options) -> Iterator[str]:
+    """
+    Every help string of C{options} and of its subcommands, recursively,
+    as catalog keys.
+    """
+    for text in (getattr(options, "synopsis", None), getattr(options, "longdesc", None), *options.docs.values()):
+        if text:
+            yield catalog_key(text)
+    for _name, _short, parser, description in getattr(options, "subCommands", ()):
+        if description:
+            yield catalog_key(description)
+        yield from help_strings(parser())
+
+
+class TranslatedHelp(usage.Options):
+    """
+    Options whose C{--help} is in the reader's language: C{--lang} of these
+    options or of the command they belong to, else the locale's.
+    """
+
+    def help_language(self) -> str:
+        """The language of this help: the nearest C{language} or C{--lang} up the parents, else the locale's."""
+        options: Any = self
+        while True:
+            language = getattr(options, "language", None)
+            if language in LANGUAGES:
+                return language
+            asked = options.get("lang")
+            if asked in LANGUAGES:
+                return asked
+            if options.parent is None:
+                return choose_language(getattr(options, "environ", None))
+            options = options.parent
+
+    def _in(self, language: str) -> TranslatedHelp:
+        """A copy of these options whose help strings are in C{language}."""
+        view = copy.copy(self)
+        view.docs = {name: _translated(doc, language) for name, doc in self.docs.items()}
+        # usage.docMakeChunks words a parameter's default in English: say it here.
+        view.defaults = dict(self.defaults)
+        for name, default in self.defaults.items():
+            if default is not None and name + "=" in self.longOpt:
+                said = Text("[default: {value}]", value=default).render(language)
+                view.docs[name] = f"{(view.docs.get(name) or '').strip()} {said}"
+                view.defaults[name] = None
+        for name in ("synopsis", "longdesc"):
+            if getattr(self, name, None):
+                setattr(view, name, _translated(getattr(self, name), language))
+        if hasattr(self, "subCommands"):
+            view.subCommands = [
+                [name, short, parser, _translated(description, language)]
+                for name, short, parser, description in self.subCommands
+            ]
+        return view
+
+    def getSynopsis(self) -> str:
+        language = self.help_language()
+        if language == "en":
+            return super().getSynopsis()
+        synopsis = usage.Options.getSynopsis(self._in(language))
+        english = _USAGE.template
+        if synopsis.startswith(english):
+            synopsis = _USAGE.render(language) + synopsis[len(english):]
+        return synopsis
+
+    def getUsage(self, width: int | None = None) -> str:
+        language = self.help_language()
+        if language == "en" or hasattr(self, "subOptions"):
+            return super().getUsage(width)
+        text = usage.Options.getUsage(self._in(language), width)
+        lines = []
+        for line in text.split("\n"):
+            for word in (_NO_OPTIONS, _OPTIONS, _COMMANDS):
+                if line == word.template:
+                    line = word.render(language)
+                    break
+            lines.append(line)
+        return "\n".join(lines)
