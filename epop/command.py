@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import getopt
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ __all__ = [
     "CommandOptions",
     "exit_status_for_signal",
     "output_lost",
+    "positive_seconds",
     "usage_reason",
 ]
 
@@ -93,6 +95,17 @@ _PARSER_WORDS: tuple[tuple[re.Pattern[str], Text], ...] = (
     (re.compile(r"Parameter '(.*)' requires an argument\."), Text("Parameter '{name}' requires an argument.")),
     (re.compile(r"Wrong number of arguments\."), Text("Wrong number of arguments.")),
 )
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """An option's value as a finite, positive number of seconds, or a usage error naming it."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise usage.UsageError(Text("--{name}: expected a positive number of seconds, not {value}", name=name, value=repr(value)))
+    return seconds
 
 
 def usage_reason(error: BaseException) -> Text:

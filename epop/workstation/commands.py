@@ -10,7 +10,6 @@ same combinations with the same words.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -27,6 +26,7 @@ from epop.command import (
     Command,
     CommandOptions,
     exit_status_for_signal,
+    positive_seconds,
 )
 from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
@@ -42,17 +42,6 @@ from epop.workstation.settings import ClientSettings
 __all__ = ["SendOptions", "TargetOptions", "TestOptions", "send", "test"]
 
 DEFAULT_UPLOAD_PATH = "/syriusUpload.do"
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    """An option's value as a finite, positive number of seconds, or a usage error naming it."""
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise usage.UsageError(Text("--{name}: expected a positive number of seconds, not {value}", name=name, value=repr(value)))
-    return seconds
 
 
 class TargetOptions(CommandOptions):
@@ -105,7 +94,7 @@ class TargetOptions(CommandOptions):
                      "(or save it once: epop config set relay HOST)")
             )
         for name in ("timeout", "stall-timeout"):
-            self[name] = _positive_seconds(name, self[name])
+            self[name] = positive_seconds(name, self[name])
         if mode == "relay":
             self._resolve_relay(saved)
         else:

@@ -27,11 +27,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from epop.certificates import fingerprint, is_self_signed, issued_by, normalize_fingerprint, to_pem
-from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal
+from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal, positive_seconds
 from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure
 from epop.messages import Text, reason_of
 from epop.workstation.client import RelayAddress
-from epop.workstation.commands import _positive_seconds
 from epop.workstation.deadlines import DEFAULT_TIMEOUT
 
 __all__ = ["TRUSTED_FILE", "TrustOptions", "presented_chain", "trust"]
@@ -65,7 +64,7 @@ class TrustOptions(CommandOptions):
         self["relay"] = relay
 
     def postOptions(self) -> None:
-        self["timeout"] = _positive_seconds("timeout", self["timeout"])
+        self["timeout"] = positive_seconds("timeout", self["timeout"])
         if self["fingerprint"] is not None:
             try:
                 self["fingerprint"] = normalize_fingerprint(self["fingerprint"])
