@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LANGUAGES", "Text", "choose_language", "language_of", "reason_of", "system_reason", "translations"]
+__all__ = ["LANGUAGES", "Text", "choose_language", "decimal", "decimal_mark", "language_of", "reason_of", "system_reason", "translations"]
 
 LANGUAGES = ("en", "fr")
 _LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")
@@ -47,6 +47,16 @@ def choose_language(environ: Mapping[str, str] | None = None, override: str | No
         if value:
             return "fr" if value.lower().startswith("fr") else "en"
     return "en"
+
+
+def decimal_mark(language: str) -> str:
+    """What separates a number's decimals in C{language}: a comma in French."""
+    return "," if language == "fr" else "."
+
+
+def decimal(value: float, places: int, language: str = "en") -> str:
+    """C{value} with C{places} decimals as C{language} writes it: 2.8 in English, 2,8 in French."""
+    return f"{value:.{places}f}".replace(".", decimal_mark(language))
 
 
 def language_of(accept_language: str) -> str:

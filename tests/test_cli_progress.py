@@ -166,9 +166,9 @@ class ProgressTests(TestCase):
         ])
         self.assertEqual(code, 0, err)
         self.receipt_of_the_file(out)
-        self.assertIn("Envoyé : 100 % (8.39 Mo sur 8.39 Mo), ", err)
+        self.assertIn("Envoyé : 100 % (8,39 Mo sur 8,39 Mo), ", err)
         self.assertIn("Fichier entièrement envoyé ; en attente de la réponse d'e-PMSI.", err)
-        self.assertRegex(err, r"(?m)^e-PMSI a répondu \d+\.\d s après le dernier octet\.$")
+        self.assertRegex(err, r"(?m)^e-PMSI a répondu \d+,\d s après le dernier octet\.$")
 
     async def test_quiet(self) -> None:
         """--quiet on a terminal: no bar, no line about progress; the receipt and the closing line remain."""

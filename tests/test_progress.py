@@ -151,7 +151,7 @@ class PlainLinesTests(SynchronousTestCase):
             self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_french(self) -> None:
-        """The lines, sizes (Mo) and closing line in French."""
+        """The lines, sizes (Mo, with a decimal comma) and closing line in French."""
         progress = PlainProgress(self.clock, self.stream, "fr")
         progress.sent(1, 2_000_000)
         self.clock.advance(1)
@@ -163,10 +163,10 @@ class PlainLinesTests(SynchronousTestCase):
         self.assertEqual(
             self.lines(),
             [
-                "Envoyé : 50 % (1.00 Mo sur 2.00 Mo), 1.00 Mo/s, reste environ 1 s.",
-                "Envoyé : 100 % (2.00 Mo sur 2.00 Mo), 1.00 Mo/s.",
+                "Envoyé : 50 % (1,00 Mo sur 2,00 Mo), 1,00 Mo/s, reste environ 1 s.",
+                "Envoyé : 100 % (2,00 Mo sur 2,00 Mo), 1,00 Mo/s.",
                 "Fichier entièrement envoyé ; en attente de la réponse d'e-PMSI.",
-                "e-PMSI a répondu 1.5 s après le dernier octet.",
+                "e-PMSI a répondu 1,5 s après le dernier octet.",
             ],
         )
 
@@ -200,12 +200,13 @@ class OtherDisplaysTests(SynchronousTestCase):
         ), text)
 
     def test_bar_in_french(self) -> None:
-        """The bar's words and units in French: Mo, sur, reste."""
+        """The bar's words, units and numbers in French: Mo, sur, reste, a decimal comma."""
         stream = TerminalStream()
         progress = TerminalProgress(Clock(), stream, "fr")
-        progress.sent(3_000_000, 6_000_000)
+        progress.sent(4_500_000, 6_000_000)
         progress.stop()
-        self.assertRegex(stream.getvalue(), r" 50% \|[^|\n]*\| 3\.00Mo sur 6\.00Mo, [^,]+o/s, reste ")
+        self.assertRegex(stream.getvalue(), r" 75% \|[^|\n]*\| 4,50Mo sur 6,00Mo, \S+o/s, reste ")
+        self.assertNotRegex(stream.getvalue(), r"\d\.\d")
 
     def test_chosen_by_the_stream(self) -> None:
         """A bar on a terminal, plain lines elsewhere, nothing with --quiet."""
@@ -220,7 +221,7 @@ class OtherDisplaysTests(SynchronousTestCase):
             [readable_size(n) for n in (0, 999, 1000, 12_345, 123_456_789, 5 * 10**9, 10**15)],
             ["0 bytes", "999 bytes", "1.00 kB", "12.3 kB", "123 MB", "5.00 GB", "1000 TB"],
         )
-        self.assertEqual([readable_size(100, "fr"), readable_size(12_345_678, "fr")], ["100 octets", "12.3 Mo"])
+        self.assertEqual([readable_size(100, "fr"), readable_size(12_345_678, "fr")], ["100 octets", "12,3 Mo"])
         self.assertEqual(
             [readable_duration(s) for s in (0, 44.6, 185, 3720)],
             ["0 s", "45 s", "3 min 05 s", "1 h 02 min"],

@@ -12,7 +12,7 @@ from typing import Any
 
 from epop.journal.events import described
 from epop.journal.reader import record_time
-from epop.messages import Text
+from epop.messages import Text, decimal
 from epop.printable import printable
 
 __all__ = [
@@ -238,8 +238,7 @@ def duration_text(seconds: float | None, language: str = "en") -> str:
     if seconds is None:
         return "?"
     if seconds < 60:
-        text = f"{seconds:.3f} s" if seconds < 1 else f"{seconds:.1f} s"
-        return text.replace(".", ",") if language == "fr" else text
+        return f"{decimal(seconds, 3 if seconds < 1 else 1, language)} s"
     whole = int(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 

@@ -31,7 +31,7 @@ from epop.command import (
 from epop.epmsi.proxy import PASSWORD_VARIABLE, ProxyConfig, load_proxy_password, resolve_proxy
 from epop.epmsi.origin import DEFAULT_EPMSI_URL, EpmsiOrigin
 from epop.local_tls import ClientTLS
-from epop.messages import Text, reason_of
+from epop.messages import Text, decimal, reason_of
 from epop.workstation.client import DEFAULT_FIELD, RelayAddress, send_file, test_connection
 from epop.workstation.deadlines import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT
 from epop.workstation.form_fields import FormField, read_form_fields
@@ -294,7 +294,7 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
             file=options["file"],
             size=readable_size(os.path.getsize(options["file"]), command.language),
             how=_how(options),
-            seconds=f"{reactor.seconds() - started:.1f}",
+            seconds=decimal(reactor.seconds() - started, 1, command.language),
             status=reply.status,
             reason=reply.reason,
         )

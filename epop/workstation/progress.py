@@ -18,13 +18,14 @@ only when a terminal shows the bar.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from epop.messages import Text
+from epop.messages import Text, decimal, decimal_mark
 
 __all__ = [
     "PlainProgress",
@@ -35,6 +36,9 @@ __all__ = [
     "readable_duration",
     "readable_size",
 ]
+
+#: A decimal point between two digits, in tqdm's numbers.
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 
 #: A plain line each time the upload crosses another multiple of this.
 STEP_PERCENT = 10
@@ -56,13 +60,8 @@ def readable_size(count: float, language: str = "en") -> str:
         count /= 1000
     if not prefix:
         return Text("{size} bytes", size=f"{count:.0f}").render(language)
-    if count < 9.995:
-        number = f"{count:.2f}"
-    elif count < 99.95:
-        number = f"{count:.1f}"
-    else:
-        number = f"{count:.0f}"
-    return f"{number} {_unit(language, prefix)}"
+    places = 2 if count < 9.995 else 1 if count < 99.95 else 0
+    return f"{decimal(count, places, language)} {_unit(language, prefix)}"
 
 
 def readable_duration(seconds: float) -> str:
@@ -133,7 +132,7 @@ class Progress:
             self.say(
                 Text(
                     "e-PMSI answered {seconds} s after the last byte.",
-                    seconds=f"{answered_at - self.last_byte_at:.1f}",
+                    seconds=decimal(answered_at - self.last_byte_at, 1, self.language),
                 )
             )
 
@@ -260,9 +259,16 @@ class TerminalProgress(Progress):
     def _make_bar(self, total: int) -> Any:
         from tqdm import tqdm
 
+        mark = decimal_mark(self.language)
+
         class Bar(tqdm):  # type: ignore[misc, type-arg]
             # No monitor thread in a Twisted program: the reactor's writes drive the bar.
             monitor_interval = 0
+
+            @staticmethod
+            def format_meter(*args: Any, **kwargs: Any) -> str:
+                # tqdm writes its numbers (sizes, rate) with a point, whatever the language.
+                return _DECIMAL_POINT.sub(mark, tqdm.format_meter(*args, **kwargs))
 
         unit = _unit(self.language)
         # tqdm's own fields, placed by a translated template.
