@@ -195,6 +195,15 @@ class Interruption:
             return str(self.signal)
 
 
+def _subcommands(options: usage.Options) -> list[str]:
+    """The subcommands chosen so far (C{config}, C{set}): where the help for a usage error is."""
+    names = []
+    while getattr(options, "subCommand", None):
+        names.append(options.subCommand)
+        options = options.subOptions
+    return names
+
+
 def _start_logging(stderr: TextIO) -> None:
     from twisted.logger import (
         FilteringLogObserver,
@@ -258,10 +267,9 @@ def run(
         # Usage and settings errors are raised before anything is done.
         outcome = subcommand.handler(command, options.subOptions)
     except (usage.UsageError, SettingsError) as e:
-        name = options.subCommand or ""
         language = reader_language()
         reason = usage_reason(e).render(language)
-        see = Text("Try '{command}'.", command=f"epop {name + ' ' if name else ''}--help")
+        see = Text("Try '{command}'.", command=" ".join(["epop", *_subcommands(options), "--help"]))
         stderr.write(f"epop: {reason}\n{see.render(language)}\n")
         return succeed(EXIT_USAGE)
     except KeyboardInterrupt:  # Ctrl-C at a prompt (-F userPwd=<-), before the reactor runs

@@ -139,8 +139,10 @@ class CommandOptions(TranslatedHelp):
         # "epop send FILE --relay HOST" as the synopsis shows it.
         argv = sys.argv[1:] if options is None else options
         refuse_abbreviated_secrets(argv, self, self.secret_options, anywhere=True)
+        # With subcommands, the options end at the subcommand's name: the rest are its own.
+        stop_at_argument = "+" if getattr(self, "subCommands", None) else ""
         try:
-            found, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+            found, args = getopt.gnu_getopt(argv, stop_at_argument + self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
             raise usage.UsageError(usage_reason(e)) from None
         reordered: list[str] = []

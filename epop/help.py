@@ -98,6 +98,9 @@ class TranslatedHelp(usage.Options):
         return view
 
     def getSynopsis(self) -> str:
+        if getattr(self, "subCommand", None) is not None and self.parent is not None:
+            # The start of a nested subcommand's synopsis: this command's name, not its own arguments.
+            return f"{self.parent.getSynopsis()} {self.parent.subCommand}"
         language = self.help_language()
         if language == "en":
             return super().getSynopsis()

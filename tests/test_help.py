@@ -112,6 +112,24 @@ class EpopHelpTests(SynchronousTestCase):
         self.assertIn("Enregistrer un paramètre.", text)
 
 
+    def test_help_of_a_nested_command(self) -> None:
+        """`epop config set --help`: the help of set (its keys), not of config, its synopsis from the command's name."""
+        text = _epop("config", "set", "--help", environ=ENGLISH)
+        self.assertTrue(text.startswith("Usage: epop config set KEY VALUE\n"), text)
+        self.assertIn("Save one setting. Keys:", " ".join(text.split()))
+        text = _epop("config", "unset", "--help", environ=FRENCH)
+        self.assertTrue(text.startswith("Utilisation : epop config unset CLÉ\n"), text)
+
+    def test_usage_error_of_a_nested_command(self) -> None:
+        """`epop config set relay`: the help to read is that of `epop config set`."""
+        done = subprocess.run(
+            [*epop_command(), "config", "set", "relay"],
+            capture_output=True, timeout=60, env={**os.environ, **ENGLISH, "EPOP_CONFIG": self.mktemp()},
+        )
+        self.assertEqual((done.returncode, done.stdout), (2, b""))
+        self.assertEqual(done.stderr.decode(), "epop: Wrong number of arguments.\nTry 'epop config set --help'.\n")
+
+
 class TwistdHelpTests(SynchronousTestCase):
     """`twistd epop --help`, run for real."""
 
