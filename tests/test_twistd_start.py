@@ -142,6 +142,40 @@ class TwistdCannotListenTests(TestCase):
             self.assertIn(line, guide)
 
 
+class ForegroundReasonOnceTests(TestCase):
+    """C{twistd -n epop} without a log file logs to standard output: the reason is said once where the person looks."""
+
+    def setUp(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.listen = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        self.folder = FilePath(self.mktemp())
+        self.folder.makedirs()
+
+    def run_twistd(self, stderr: int) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "epop",
+             f"--listen={self.listen}", "--no-check", "--console=none",
+             f"--journal={self.folder.child('journal.jsonl').path}"],
+            stdout=subprocess.PIPE, stderr=stderr, timeout=60, cwd=self.folder.path,
+        )
+
+    def test_one_terminal(self) -> None:
+        """Standard output and error the same terminal (or file): the reason once, as the log's line."""
+        done = self.run_twistd(subprocess.STDOUT)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout.decode().count(f"cannot listen on {self.listen}"), 1, done.stdout)
+
+    def test_log_elsewhere(self) -> None:
+        """The log sent elsewhere than standard error (twistd -n epop > relay.log): the reason on each."""
+        done = self.run_twistd(subprocess.PIPE)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout.decode().count(f"cannot listen on {self.listen}"), 1, done.stdout)
+        self.assertEqual(done.stderr.decode().count(f"cannot listen on {self.listen}"), 1, done.stderr)
+
+
 def run_foreground_twistd(
     folder: FilePath, *epop_options: str, environ: Mapping[str, str] | None = None
 ) -> tuple[int, str]:

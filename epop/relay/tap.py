@@ -521,10 +521,13 @@ class _TwistdRelay(MultiService):
 
     log = Logger()
 
-    def __init__(self, reload: Callable[[], object] | None = None, language: str = "en") -> None:
+    def __init__(
+        self, reload: Callable[[], object] | None = None, language: str = "en", log_on_stderr: bool = False
+    ) -> None:
         super().__init__()
         self._reload = reload
         self._language = language
+        self._log_on_stderr = log_on_stderr
         self._previous_hangup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -536,9 +539,10 @@ class _TwistdRelay(MultiService):
             self.log.critical("epop: {reason}", reason=reason)
             # In the foreground twistd sends stderr to its log: say it where
             # the relay was started too (a daemon's own stderr is /dev/null,
-            # its parent prints the exception's text instead).
+            # its parent prints the exception's text instead), unless the log
+            # line just written is already there.
             terminal = sys.__stderr__
-            if terminal is not None:
+            if terminal is not None and not self._log_on_stderr:
                 try:
                     terminal.write(f"epop: {reason}\n")
                     terminal.flush()
@@ -614,6 +618,22 @@ def _saved_by_console(options: Options) -> None:
         _TwistdRelay.log.warn("{problem}", problem=reason_of(e).render(options.language))
 
 
+def _log_on_stderr(twistd_options: Any) -> bool:
+    """
+    Whether twistd's log reaches standard error's file: C{twistd -n} without
+    C{--logfile} nor C{--syslog} logs to standard output, often the same terminal.
+    """
+    if twistd_options is None or not twistd_options.get("nodaemon") or twistd_options.get("syslog"):
+        return False
+    if twistd_options.get("logfile") not in (None, "-"):
+        return False
+    try:
+        out, err = os.fstat(sys.__stdout__.fileno()), os.fstat(sys.__stderr__.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -624,7 +644,7 @@ def makeService(options: Options) -> IService:
     reload = None
     if options.settings_file is not None:
         reload = partial(reload_allowlist, relay, options)
-    top = _TwistdRelay(reload, options.language)
+    top = _TwistdRelay(reload, options.language, _log_on_stderr(options.parent))
     relay.setServiceParent(top)
     if options.console.endpoint is not None:
         # Imported here: the console's backend saves settings with this module's options.
