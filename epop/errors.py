@@ -37,6 +37,7 @@ __all__ = [
     "describe_connect_failure",
     "describe_relay_tls_failure",
     "excerpt",
+    "relay_speaks_no_tls",
 ]
 
 #: Characters of a client's input that a message may echo back.
@@ -236,6 +237,17 @@ def _unreachable(
     return UpstreamError("epmsi-unreachable", saying(found.text), found.cause)
 
 
+def _speaks_no_tls(error: BaseException) -> bool:
+    """OpenSSL's words for plain bytes where a TLS record was due: the relay has no certificate."""
+    lowered = _openssl_words(error).lower()
+    return any(s in lowered for s in ("wrong version number", "packet length too long", "record layer failure"))
+
+
+def relay_speaks_no_tls(failure: Failure) -> bool:
+    """The relay answered a TLS handshake in plain: it runs without a certificate."""
+    return any(isinstance(reason.value, SSL.Error) and _speaks_no_tls(reason.value) for reason in _reasons(failure))
+
+
 def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None:
     """
     When a connection to the relay broke during TLS, say why in words:
@@ -249,10 +261,10 @@ def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None
         if not isinstance(value, (SSL.Error, VerificationError)):
             continue
         lowered = _openssl_words(value).lower()
-        if any(s in lowered for s in ("wrong version number", "packet length too long", "record layer failure")):
+        if _speaks_no_tls(value):
             message = Text(
                 "The relay at {where} does not speak TLS: connect without --tls, "
-                "or ask for the relay's certificate to be set up.",
+                "or ask its administrator to turn encryption on (twistd epop --tls-cert auto).",
                 where=where,
             )
         elif "certificate required" in lowered or "handshake failure" in lowered:

@@ -106,7 +106,7 @@ class LocalTLSTests(TestCase):
         relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
         report = await test_connection(reactor, relay=relay.endpoint, tls=ClientTLS(self.ca_path))
         self.assertEqual((report.failed_step, report.error.cause), ("relay", "tls"))
-        self.assertIn("does not speak TLS", report.error.message)
+        self.assertIn("does not speak TLS: connect without --tls, or ask its administrator to turn encryption on (twistd epop --tls-cert auto).", report.error.message)
         self.assertTrue(await poll_until(reactor, lambda: "connection-closed" in relay.types()))
         [closed] = relay.records("connection-closed")
         self.assertEqual(closed["reason"], "tls-not-configured")

@@ -233,11 +233,13 @@ class TrustTests(TestCase):
         self.assertIn("Encrypted (TLS", out)
 
     async def test_no_tls_on_the_relay(self) -> None:
-        """A relay without a certificate: said so, nothing saved."""
+        """A relay without a certificate: said so, with how its administrator turns TLS on; nothing saved."""
         relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
         code, _, err = await self.epop("trust", str(relay.endpoint), "--fingerprint", self.ca_fingerprint)
         self.assertEqual(code, 1)
-        self.assertIn("does not speak TLS", err)
+        self.assertIn(f"The relay at {relay.endpoint} does not speak TLS, so there is nothing to trust yet", err)
+        self.assertIn("twistd epop --tls-cert auto", err)
+        self.assertNotIn("--tls,", err)
         self.assertNothingSaved()
 
     async def test_which_relay(self) -> None:

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from epop.certificates import fingerprint, is_self_signed, issued_by, normalize_fingerprint, to_pem
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal, positive_seconds
-from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure
+from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure, relay_speaks_no_tls
 from epop.messages import Text, reason_of
 from epop.workstation.client import RelayAddress
 from epop.workstation.deadlines import DEFAULT_TIMEOUT
@@ -99,7 +99,19 @@ class _ChainReader(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.chain.called:
             return
-        error = describe_relay_tls_failure(reason, self.where)
+        if relay_speaks_no_tls(reason):
+            error: EpopError | None = EpopError(
+                "relay-tls",
+                Text(
+                    "The relay at {where} does not speak TLS, so there is nothing to trust yet: its "
+                    "administrator turns encryption on with twistd epop --tls-cert auto "
+                    "(docs/encryption.md); then run epop trust again.",
+                    where=self.where,
+                ),
+                "tls",
+            )
+        else:
+            error = describe_relay_tls_failure(reason, self.where)
         if error is None:
             error = describe_connect_failure(reason, self.where)
         self.chain.errback(Failure(error))
