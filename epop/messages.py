@@ -23,7 +23,17 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["LANGUAGES", "Text", "choose_language", "decimal", "decimal_mark", "language_of", "reason_of", "system_reason", "translations"]
+__all__ = [
+    "LANGUAGES",
+    "Text",
+    "choose_language",
+    "decimal",
+    "decimal_mark",
+    "language_of",
+    "reason_of",
+    "system_reason",
+    "translations",
+]
 
 LANGUAGES = ("en", "fr")
 _LOCALE_DIR = os.path.join(os.path.dirname(__file__), "locale")

@@ -300,7 +300,7 @@ class SandboxPageTests(TestCase):
         )
 
     async def test_unreadable_receipt(self) -> None:
-        """A damaged receipt is named as such, and the folder's files are listed instead."""
+        """A damaged receipt is named as such (in the reader's language), and the folder's files are listed instead."""
         folder: FilePath = self.sandbox.upload_directory.child("20260101T000000-000001")
         folder.makedirs()
         folder.child("rss.zip").setContent(b"12345")
@@ -309,6 +309,12 @@ class SandboxPageTests(TestCase):
         [row] = page.rows
         self.assertEqual(row[1], "20260101T000000-000001\nits receipt is not valid JSON")
         self.assertEqual(row[3:5], ["rss.zip", "5"])
+        _, page, _ = await self.page_in("fr")
+        [row] = page.rows
+        self.assertEqual(row[1], "20260101T000000-000001\nson accusé de réception n'est pas du JSON valide")
+        folder.child(RECEIPT_NAME).setContent(b'{"files": null}')
+        _, page, _ = await self.page_in("fr")
+        self.assertEqual(page.rows[0][1], "20260101T000000-000001\nson accusé de réception ne liste aucun fichier")
 
     async def test_rules(self) -> None:
         """The page says which paths it refuses (--reject) and what it keeps (--keep)."""

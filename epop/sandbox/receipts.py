@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python.filepath import FilePath
 
-from epop.messages import Text, translations
+from epop.messages import Text, system_reason, translations
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import RECEIPT_NAME, is_secret_field
 
@@ -55,7 +55,7 @@ class StoredUpload:
     #: How many files it holds in all.
     file_count: int = 0
     #: Why its receipt could not be read, if it could not.
-    problem: str | None = None
+    problem: Text | None = None
 
 
 @dataclass(frozen=True)
@@ -94,16 +94,16 @@ def _read_upload(folder: FilePath) -> StoredUpload:
     except FileNotFoundError:
         return _from_folder(folder, None)
     except OSError as error:
-        return _from_folder(folder, f"its receipt could not be read: {error.strerror or error}")
+        return _from_folder(folder, Text("its receipt could not be read: {why}", why=system_reason(error)))
     if len(raw) > MAX_RECEIPT_BYTES:
-        return _from_folder(folder, f"its receipt is larger than {MAX_RECEIPT_BYTES} bytes")
+        return _from_folder(folder, Text("its receipt is larger than {size} bytes", size=MAX_RECEIPT_BYTES))
     try:
         receipt = json.loads(raw)
     except ValueError:
-        return _from_folder(folder, "its receipt is not valid JSON")
+        return _from_folder(folder, Text("its receipt is not valid JSON"))
     files = receipt.get("files") if isinstance(receipt, dict) else None
     if not isinstance(files, list):
-        return _from_folder(folder, "its receipt lists no files")
+        return _from_folder(folder, Text("its receipt lists no files"))
     return StoredUpload(
         upload_id,
         receipt,
@@ -112,7 +112,7 @@ def _read_upload(folder: FilePath) -> StoredUpload:
     )
 
 
-def _from_folder(folder: FilePath, problem: str | None) -> StoredUpload:
+def _from_folder(folder: FilePath, problem: Text | None) -> StoredUpload:
     """An upload without a usable receipt: its files' names and sizes, from the folder."""
     try:
         with os.scandir(folder.path) as entries:
@@ -193,7 +193,7 @@ def _rows(upload: StoredUpload, language: str) -> str:
     span = len(files) + (1 if more > 0 else 0)
     receipt = upload.receipt or {}
     request = " ".join(str(receipt.get(key, "")) for key in ("method", "path")).strip()
-    note = f"<br>{_e(upload.problem)}" if upload.problem else ""
+    note = f"<br>{_say(upload.problem, language)}" if upload.problem else ""
     request = _e(request) or _say(Text("not recorded"), language)
     first = (
         f'<tr><td rowspan="{span}">{_e(_when(upload))}</td>'
