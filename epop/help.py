@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from epop.messages import LANGUAGES, Text, choose_language, translations
 
-__all__ = ["TranslatedHelp", "catalog_key", "help_strings"]
+__all__ = ["TranslatedHelp", "catalog_key", "help_strings", "usage_line"]
 
 #: Twisted's own words in a help page.
 _USAGE = Text("Usage:")
@@ -54,6 +54,14 @@ def help_strings(options: usage.Options) -> Iterator[str]:
         if description:
             yield catalog_key(description)
         yield from help_strings(parser())
+
+
+def usage_line(synopsis: str, language: str) -> str:
+    """A synopsis whose leading "Usage:" is in C{language} (twistd's own too)."""
+    english = _USAGE.template
+    if synopsis.startswith(english):
+        return _USAGE.render(language) + synopsis[len(english):]
+    return synopsis
 
 
 class TranslatedHelp(usage.Options):
@@ -104,11 +112,7 @@ class TranslatedHelp(usage.Options):
         language = self.help_language()
         if language == "en":
             return super().getSynopsis()
-        synopsis = usage.Options.getSynopsis(self._in(language))
-        english = _USAGE.template
-        if synopsis.startswith(english):
-            synopsis = _USAGE.render(language) + synopsis[len(english):]
-        return synopsis
+        return usage_line(usage.Options.getSynopsis(self._in(language)), language)
 
     def getUsage(self, width: int | None = None) -> str:
         language = self.help_language()

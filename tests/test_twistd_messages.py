@@ -77,6 +77,7 @@ class TwistdUsageErrorTests(TestCase):
             self.assertIn(french, output)
             self.assertNotIn(english, output)
             self.assertIn("La raison suit ; 'twistd epop --help' liste toutes les options.", output)
+            self.assertTrue(output.startswith("Utilisation : twistd [options]\n"), output)
 
     def test_lang_option(self) -> None:
         """--lang fr in an English locale, and --lang en in a French one."""
@@ -93,6 +94,7 @@ class TwistdUsageErrorTests(TestCase):
             output = self.twistd(*options, environ=ENGLISH)
             self.assertIn(english, output)
             self.assertIn("The reason follows; 'twistd epop --help' lists every option.", output)
+            self.assertTrue(output.startswith("Usage: twistd [options]\n"), output)
 
     def test_port_in_use(self) -> None:
         """A start-up failure, the port taken, is told in French on the terminal."""

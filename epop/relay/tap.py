@@ -39,7 +39,7 @@ from epop.epmsi.proxy import (
 )
 from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
-from epop.help import TranslatedHelp
+from epop.help import TranslatedHelp, usage_line
 from epop.local_tls import RelayTLS
 from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
@@ -208,6 +208,9 @@ class Options(TranslatedHelp):
             super().parseOptions(options)
         except usage.UsageError as e:
             self.refused = True
+            if self.parent is not None:
+                # twistd prints its own synopsis before the reason: in the same language.
+                self.parent.synopsis = usage_line(self.parent.getSynopsis(), self.language)
             raise Refused(usage_reason(e), self.language) from None
 
     def getUsage(self, width: int | None = None) -> str:
