@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from epop.console.backend import ConsoleRefusal, IConsoleBackend
 from epop.console.relay_backend import ConsoleFiles, RelayConsoleBackend, listen_address_and_port
+from epop.console.rendering import rendered
 from epop.epmsi.proxy import ProxyConfig
 from epop.relay.settings import SettingKeys, read_settings_file
 from epop.relay.tap import Options
@@ -271,6 +272,12 @@ class ConsoleBackendTests(TestCase):
         journaled = [d for kind, d in seen if kind == "journal"]
         self.assertEqual(journaled[0]["type"], "connection-opened")
         self.assertEqual(journaled[0]["client"].split(":")[0], "127.0.0.1")
+        # Each reader sees the description and the reason's label in their language; the codes stay.
+        [closed] = [d for d in journaled if d["type"] == "connection-closed"]
+        self.assertEqual(closed["reason"], "closed-by-client")
+        self.assertEqual(rendered(closed["reason_text"], "fr"), "fermée par le client")
+        self.assertRegex(rendered(closed["description"], "fr"), r"^Id de connexion : \d+, fermée par le client ; \d+ octets reçus, \d+ envoyés, en \d+,\d+ s$")
+        self.assertRegex(rendered(closed["description"], "en"), r"^Connection id: \d+, closed-by-client; \d+ bytes received")
         await self.backend.stop_listening()
         states = [d for kind, d in seen if kind == "state"]
         self.assertEqual(states[-1]["listening"], False)
@@ -286,8 +293,10 @@ class ConsoleBackendTests(TestCase):
         [row] = await self.backend.connections(10)
         self.assertEqual(row["state"], "closed")
         self.assertEqual(row["kind"], "e-pop")
+        self.assertEqual(rendered(row["outcome_text"], "fr"), "fermée par le client")
         page = await self.backend.journal_page(None, 100, [], "", [row["id"]])
         self.assertEqual(page["records"][0]["type"], "connection-closed")
+        self.assertIn("fermée par le client", rendered(page["records"][0]["description"], "fr"))
         self.assertEqual({r["id"] for r in page["records"]}, {row["id"]})
         refused = await self.refusal(self.backend.journal_page("not a cursor", 10, [], "", []))
         self.assertEqual(refused.status, 400)

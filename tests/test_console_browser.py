@@ -222,6 +222,9 @@ class ConsoleInBrowserTests(TestCase):
             driver.find_element(By.ID, "lang-fr").click()
             _wait(driver, _title_shows(f"Relais e-POP — 127.0.0.1:{new_port}"), "the title in French")
             _wait(driver, lambda d: "l'écoute est coupée" in _text(d, "#settings-locked"), "the lock's reason in French")
+            # The relay's words in the lists too: a closed connection's outcome, the journal's descriptions.
+            _wait(driver, lambda d: "fermée par le client" in _text(d, "#connections"), "the outcome in French")
+            _wait(driver, lambda d: "Id de connexion" in _text(d, "#journal"), "the journal's descriptions in French")
             self.shot(driver, "french")
             return _text(driver, "#listen-toggle")
 

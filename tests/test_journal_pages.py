@@ -237,7 +237,7 @@ class ConnectionRowsTests(TestCase):
         self.assertEqual(rows[1], {
             "id": "r1:2", "run": "r1", "connection": 2, "client": "10.0.0.2:2",
             "kind": "tunnel", "opened": "2026-11-25T08:00:02.000Z", "closed": None,
-            "bytes_in": None, "bytes_out": None, "outcome": None, "state": "open",
+            "bytes_in": None, "bytes_out": None, "outcome": None, "outcome_text": None, "state": "open",
             "user": "alice",
         })
         rows = connection_rows(path, 10)
@@ -247,4 +247,6 @@ class ConnectionRowsTests(TestCase):
             {"kind": "e-pop", "state": "closed", "outcome": "closed-by-client",
              "closed": "2026-11-25T08:00:04.000Z", "bytes_in": 10},
         )
+        # The outcome's label, for a reader in their language (the console).
+        self.assertEqual(rows[2]["outcome_text"].render("fr"), "fermée par le client")
         self.assertEqual(connection_rows(self.mktemp(), 5), [])

@@ -30,6 +30,7 @@ from epop.epmsi.upstream import CheckResult
 from epop.journal import events as journal
 from epop.journal.observer import JournalObserver
 from epop.journal.pages import connection_rows, journal_page, record_id
+from epop.journal.table import for_readers
 from epop.messages import Text
 from epop.relay.allowlist import Allowlist
 from epop.relay.network_interfaces import listen_string, local_addresses
@@ -251,14 +252,14 @@ class RelayConsoleBackend:
             failure.trap(ValueError)
             raise ConsoleRefusal(400, "invalid", Text.literal(str(failure.value)))
 
-        return d.addCallbacks(lambda found: {"records": [journal.readable(r) for r in found[0]], "next": found[1]}, refused)
+        return d.addCallbacks(lambda found: {"records": [for_readers(r) for r in found[0]], "next": found[1]}, refused)
 
     def connections(self, limit: int) -> Deferred[list[dict[str, Any]]]:
         return self._in_thread(connection_rows, self._relay.settings.journal, limit)
 
     def watch(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
         observer = JournalObserver(
-            _Forward(lambda record: listener("journal", journal.readable(record))), self._relay.relay_id, self._reactor
+            _Forward(lambda record: listener("journal", for_readers(record))), self._relay.relay_id, self._reactor
         )
         self._publisher.addObserver(observer)
         unwatch_relay = self._relay.watch(lambda: listener("state", self.state()))

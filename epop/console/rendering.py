@@ -1,7 +1,8 @@
 """
 JSON for one reader: every L{Text} in a value becomes a string in the
 reader's language, at the last moment (the backend's answers and live
-events carry messages as L{Text}s).
+events carry messages as L{Text}s, journal records their descriptions as
+L{RecordDescription}s).
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from epop.journal.table import RecordDescription
 from epop.messages import Text
 
 
 def rendered(value: Any, language: str) -> Any:
-    """C{value} with every L{Text} inside it rendered in C{language}."""
-    if isinstance(value, Text):
+    """C{value} with every L{Text} (or journal record's description) inside it rendered in C{language}."""
+    if isinstance(value, (Text, RecordDescription)):
         return value.render(language)
     if isinstance(value, dict):
         return {key: rendered(item, language) for key, item in value.items()}

@@ -27,7 +27,6 @@ __all__ = [
     "printable_format",
     "strip_query",
     "described",
-    "readable",
 ]
 
 EVENT_TYPES = (
@@ -172,17 +171,6 @@ def described(record: dict[str, Any]) -> Text:
     @raise KeyError: the record has none (its C{description} is English only).
     """
     return _printable_text(Text.from_wire(record["description_text"], str(record.get("description", ""))))
-
-
-def readable(record: dict[str, Any]) -> dict[str, Any]:
-    """
-    C{record} with its C{description} as a L{Text} when it keeps one (see
-    L{described}), for a reader that renders each L{Text} in its own
-    language (the console).
-    """
-    if "description_text" not in record:
-        return record
-    return {**record, "description": described(record)}
 
 
 def emit(

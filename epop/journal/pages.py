@@ -31,6 +31,7 @@ from typing import IO, Any
 from epop.journal.connections import connection_summaries
 from epop.journal.filters import JournalFilter
 from epop.journal.reader import MAX_LINE, open_journal, parse_line
+from epop.journal.table import outcome_label
 from epop.journal.writer import rotated_files
 
 __all__ = ["BLOCK", "connection_rows", "journal_page", "record_id"]
@@ -237,6 +238,7 @@ def connection_rows(
                 "bytes_in": summary.bytes_in,
                 "bytes_out": summary.bytes_out,
                 "outcome": summary.reason,
+                "outcome_text": outcome_label(summary.reason) if summary.reason else None,
                 "state": summary.state,
                 "user": summary.user,
             }

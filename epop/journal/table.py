@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
+from dataclasses import dataclass
 from typing import Any
 
 from epop.journal.events import described
@@ -17,7 +18,9 @@ from epop.printable import printable
 
 __all__ = [
     "OUTCOME_LABELS",
+    "RecordDescription",
     "describe_record",
+    "for_readers",
     "duration_text",
     "journal_header",
     "journal_row",
@@ -231,6 +234,28 @@ def describe_record(record: dict[str, Any], language: str) -> str:
         return _description(record, language).render(language)
     except (KeyError, TypeError, ValueError):
         return str(record.get("description", ""))
+
+
+@dataclass(frozen=True)
+class RecordDescription:
+    """A record's description, rendered later in each reader's language (L{describe_record})."""
+
+    record: dict[str, Any]
+
+    def render(self, language: str = "en") -> str:
+        return describe_record(self.record, language)
+
+
+def for_readers(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    C{record} for readers who each see it in their own language (the
+    console): its C{description}, and its C{reason} code's label as
+    C{reason_text}, rendered when sent; the codes stay as they are.
+    """
+    shown = {**record, "description": RecordDescription(record)}
+    if isinstance(record.get("reason"), str):
+        shown["reason_text"] = outcome_label(record["reason"])
+    return shown
 
 
 def duration_text(seconds: float | None, language: str = "en") -> str:

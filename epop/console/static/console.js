@@ -586,7 +586,7 @@
   }
 
   function outcomeText(row) {
-    if (row.outcome) return row.outcome;
+    if (row.outcome) return row.outcome_text || row.outcome;
     if (row.state === 'open') return t('connection-open');
     if (row.state === 'lost') return t('connection-lost');
     return '';
@@ -652,7 +652,7 @@
       row = {
         id: record.id, run: record.run, connection: record.connection, client: record.client,
         kind: record.kind === 'tunnel' ? 'tunnel' : 'e-pop', opened: record.time, closed: null,
-        bytes_in: null, bytes_out: null, outcome: null, state: 'open', user: record.user || null,
+        bytes_in: null, bytes_out: null, outcome: null, outcome_text: null, state: 'open', user: record.user || null,
       };
       page.connections.unshift(row);
       if (page.connections.length > CONNECTIONS_KEPT) {
@@ -672,7 +672,10 @@
       row.closed = record.time;
       row.state = 'closed';
       // The outcome is why the connection closed, as the list reloaded from the journal says.
-      if (record.reason != null) row.outcome = record.reason;
+      if (record.reason != null) {
+        row.outcome = record.reason;
+        row.outcome_text = record.reason_text || null;
+      }
     } else if (record.type !== 'object-released') {
       return;
     }
@@ -1010,8 +1013,11 @@
     if (language === page.lang) return;
     try {
       await setLanguage(language, true);
-      // The stream renders its messages in the page's language: reopen it.
-      if (!page.signedOut) connectEvents();
+      // The stream and the lists render the relay's words in the page's language: fetch them again.
+      if (!page.signedOut) {
+        connectEvents();
+        await Promise.all([loadConnections(), loadJournal()]);
+      }
     } catch (error) {
       showMessage($('listen-error'), problem(error));
     }
