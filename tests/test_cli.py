@@ -371,6 +371,9 @@ class ExitStatusTests(TestCase):
             (("journal", "--since", "99999999d", self.path), "--since 99999999d: too far back for a date"),
             (("connections", "--since", "0001-01-01", self.path), "--since 0001-01-01: too far back for a date"),
             (("send", os.path.dirname(self.path), "--relay", "127.0.0.1"), "is a folder: give the file to send"),
+            (("send", "--relay", "127.0.0.1"), "epop: give the file to send: epop send FILE\nTry 'epop send --help'."),
+            (("send", self.path, self.path, "--relay", "127.0.0.1"),
+             "one file at a time: 2 were given (send each with its own epop send)"),
         ]
         for argv, message in cases:
             code, out, err = await run_epop(self.config_path, *argv)

@@ -199,8 +199,15 @@ class SendOptions(TargetOptions):
 
     opt_form = opt_F
 
-    def parseArgs(self, path: str) -> None:
-        self["file"] = path
+    def parseArgs(self, *paths: str) -> None:
+        if len(paths) != 1:
+            # One file a send: e-PMSI answers each upload with its own receipt.
+            raise usage.UsageError(
+                Text("give the file to send: epop send FILE")
+                if not paths
+                else Text("one file at a time: {count} were given (send each with its own epop send)", count=len(paths))
+            )
+        self["file"] = paths[0]
 
     def postOptions(self) -> None:
         path = self["file"]
