@@ -139,7 +139,7 @@ class TargetOptions(CommandOptions):
         if not text:
             raise usage.UsageError(Text("the saved mode is 'relay' but no relay is saved: give --relay HOST"))
         try:
-            self.relay = RelayAddress.parse(text)
+            self.relay = RelayAddress.parse_setting("--relay" if self["relay"] else "relay", text)
         except ValueError as e:
             raise usage.UsageError(reason_of(e)) from None
 

@@ -283,7 +283,7 @@ def _check_mode(value: str, on_set: bool) -> str:
 
 
 def _check_relay(value: str, on_set: bool) -> str:
-    RelayAddress.parse(value)  # its ValueError already says what is expected
+    RelayAddress.parse_setting("relay", value)  # its ValueError already says what is expected
     return value
 
 

@@ -239,7 +239,7 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
             Text("say which relay: epop trust HOST[:PORT] (or save it once: epop config set relay HOST)")
         )
     try:
-        relay = RelayAddress.parse(text)
+        relay = RelayAddress.parse_setting("epop trust" if options["relay"] else "relay", text)
     except ValueError as e:
         raise usage.UsageError(reason_of(e)) from None
     where = str(relay)
