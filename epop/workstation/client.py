@@ -156,9 +156,9 @@ def connect_to_relay(
         if failure.check(CancelledError, ConnectingCancelledError):
             return Failure(CancelledError())
         if tls is not None and creator is not None:
-            untrusted = tls.untrusted(creator, failure, str(relay))
-            if untrusted is not None:
-                return Failure(untrusted)
+            explained = tls.explain(creator, failure, str(relay))
+            if explained is not None:
+                return Failure(explained)
         return Failure(describe_connect_failure(failure, str(relay), timeout=timeout))
 
     return d.addErrback(failed)

@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from epop.addressing import RELAY_ADDRESS_HELP
+from epop.certificates import check_authority_file
 from epop.command import (
     EXIT_ANSWER_LOST,
     EXIT_FAILED,
@@ -121,14 +122,25 @@ class TargetOptions(CommandOptions):
 
     def _resolve_relay(self, saved: ClientSettings) -> None:
         # Saved with "epop config set tls yes" (or by "epop trust"), as --tls.
-        encrypted = self["tls"] or saved.get("tls") == "yes"
+        from_saved = not self["tls"] and saved.get("tls") == "yes"
+        encrypted = self["tls"] or from_saved
         if not encrypted and any(self[flag] for flag in self._TLS_FLAGS):
             raise usage.UsageError(Text("--relay-ca and --tls-client-* need --tls"))
         if encrypted:
             if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
                 raise usage.UsageError(Text("--tls-client-cert and --tls-client-key go together"))
+            if self["relay-ca"]:
+                try:
+                    check_authority_file(self["relay-ca"])
+                except ValueError as e:
+                    raise usage.UsageError(Text("--relay-ca: {why}", why=reason_of(e))) from None
             relay_ca = self["relay-ca"] or saved.get("relay-ca")
-            self.tls = ClientTLS(relay_ca, self["tls-client-cert"], self["tls-client-key"])
+            self.tls = ClientTLS(
+                relay_ca,
+                self["tls-client-cert"],
+                self["tls-client-key"],
+                saved_in=str(saved.path) if from_saved else None,
+            )
         for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
             if self[flag] is not None:
                 raise usage.UsageError(

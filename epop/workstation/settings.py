@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography import x509
 
 from epop.addressing import RELAY_ADDRESS_HELP
+from epop.certificates import check_authority_file
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
@@ -339,6 +340,10 @@ def _check_relay_ca(value: str, on_set: bool) -> str:
                 path=path,
             )
         ) from None
+    try:
+        check_authority_file(path)
+    except ValueError as e:
+        raise ValueError(Text("relay-ca: {why}", why=reason_of(e))) from None
     return path
 
 
