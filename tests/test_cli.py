@@ -495,13 +495,19 @@ class RelayAddressTests(TestCase):
             self.assertEqual(code, 2, err)
             self.assertIn(said, err)
         self.assertFalse(os.path.exists(self.config_path))
-        # A file saved before, by hand or by an older epop, is named with its line.
+        # Saved before, by hand or by an older epop: named with its file when
+        # used, and epop config set can still replace it.
         with open(self.config_path, "w") as f:
             f.write("[epop]\nrelay = a b\n")
-        code, _, err = await run_epop(self.config_path, "test")
-        self.assertEqual(code, 2)
-        self.assertIn("line 2", err)
-        self.assertIn("'a b' is not a host name or an IP address", err)
+        for command in (["test"], ["send", __file__], ["trust"]):
+            code, _, err = await run_epop(self.config_path, *command)
+            self.assertEqual(code, 2, command)
+            self.assertIn(
+                f"epop: {self.config_path}: relay = a b: 'a b' is not a host name or an IP address; "
+                "correct it with epop config set relay HOST[:PORT]\n", err,
+            )
+        code, _, err = await run_epop(self.config_path, "config", "set", "relay", "10.1.2.3")
+        self.assertEqual(code, 0, err)
 
     async def test_ipv6_forms_still_work(self) -> None:
         """[::1]:PORT and a bare ::1 reach a relay as before."""

@@ -147,13 +147,15 @@ class TargetOptions(CommandOptions):
                     Text("--{flag} applies to --direct only: through a relay, the relay "
                          "reaches e-PMSI with its own settings", flag=flag)
                 )
-        text = self["relay"] or saved.get("relay")
-        if not text:
+        if self["relay"] is not None:
+            try:
+                self.relay = RelayAddress.parse_setting("--relay", self["relay"])
+            except ValueError as e:
+                raise usage.UsageError(reason_of(e)) from None
+        else:
+            self.relay = saved.relay_address()
+        if self.relay is None:
             raise usage.UsageError(Text("the saved mode is 'relay' but no relay is saved: give --relay HOST"))
-        try:
-            self.relay = RelayAddress.parse_setting("--relay" if self["relay"] else "relay", text)
-        except ValueError as e:
-            raise usage.UsageError(reason_of(e)) from None
 
     def _resolve_direct(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
         if self["tls"] or any(self[flag] for flag in self._TLS_FLAGS):

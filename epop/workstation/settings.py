@@ -167,6 +167,28 @@ class ClientSettings:
         """The value of C{key}, or C{None} if it is not set."""
         return self._values.get(_known(key))
 
+    def relay_address(self) -> RelayAddress | None:
+        """
+        The saved relay, or C{None} if there is none.
+
+        @raise SettingsError: the saved value is not a relay's address,
+            naming the file and how to correct it.
+        """
+        text = self.get("relay")
+        if text is None:
+            return None
+        try:
+            return RelayAddress.parse(text)
+        except ValueError as e:
+            raise SettingsError(
+                Text(
+                    "{path}: relay = {value}: {why}; correct it with epop config set relay HOST[:PORT]",
+                    path=str(self.path),
+                    value=text,
+                    why=reason_of(e),
+                )
+            ) from None
+
     def set(self, key: str, value: str) -> None:
         """
         Check and store C{value}; it is normalized (e.g. C{ca-file} made
@@ -284,6 +306,11 @@ def _check_mode(value: str, on_set: bool) -> str:
 
 
 def _check_relay(value: str, on_set: bool) -> str:
+    if not on_set:
+        # One saved before (by hand, by an older epop) is reported when it is
+        # used (L{ClientSettings.relay_address}): epop config set must still
+        # be able to replace it.
+        return value
     RelayAddress.parse_setting("relay", value)  # its ValueError already says what is expected
     return value
 

@@ -209,6 +209,14 @@ def _fingerprints_in(path: str | None) -> list[str]:
         return []
 
 
+def _parsed(text: str) -> RelayAddress | None:
+    """The relay C{text} names, or C{None} for one saved wrong (L{ClientSettings.relay_address})."""
+    try:
+        return RelayAddress.parse(text)
+    except ValueError:
+        return None
+
+
 def _confirmed(command: Command, options: TrustOptions, found: str, where: str) -> bool:
     """Whether the person, or --fingerprint, says to trust C{found}; say why not."""
     expected = options["fingerprint"]
@@ -259,10 +267,14 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
         raise usage.UsageError(
             Text("say which relay: epop trust HOST[:PORT] (or save it once: epop config set relay HOST)")
         )
-    try:
-        relay = RelayAddress.parse_setting("epop trust" if options["relay"] else "relay", text)
-    except ValueError as e:
-        raise usage.UsageError(reason_of(e)) from None
+    if options["relay"]:
+        try:
+            relay = RelayAddress.parse_setting("epop trust", text)
+        except ValueError as e:
+            raise usage.UsageError(reason_of(e)) from None
+    else:
+        relay = saved.relay_address()
+        assert relay is not None  # text, the saved relay, is not empty
     where = str(relay)
     d = presented_chain(command.reactor, relay, timeout=options["timeout"])
     command.interruption.watch(d)
@@ -331,7 +343,7 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
                 saved.set("relay", text)
             saved.save()
             command.tell(done)
-        if kept is not None and RelayAddress.parse(kept) != relay:
+        if kept is not None and _parsed(kept) != relay:
             command.tell(
                 Text(
                     "The saved relay is still {saved}: to send to {relay}, epop config set relay {relay}.",
