@@ -112,6 +112,15 @@ class EpopHelpTests(SynchronousTestCase):
         self.assertIn("Enregistrer un paramètre.", text)
 
 
+    def test_trust_says_where_the_fingerprint_is(self) -> None:
+        """`epop trust --help` in French names the place its errors name: the relay's messages at start."""
+        words = " ".join(_epop("trust", "--help", environ=FRENCH).split())
+        self.assertIn(
+            "Comparez l'empreinte avec celle que le relais écrit dans ses messages à son démarrage "
+            "(pas dans le journal des connexions).",
+            words,
+        )
+
     def test_help_of_a_nested_command(self) -> None:
         """`epop config set --help`: the help of set (its keys), not of config, its synopsis from the command's name."""
         text = _epop("config", "set", "--help", environ=ENGLISH)
