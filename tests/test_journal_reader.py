@@ -24,6 +24,7 @@ from epop.journal.connections import connection_summaries, connections_table
 from epop.journal.filters import JournalFilter, parse_connection, parse_since
 from epop.journal.reader import JournalFollower, Problem, journal_files, read_file, read_journal
 from epop.journal.table import describe_record, journal_table, type_name
+from epop.messages import reason_of
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import ShutdownClock, make_trustme_sandbox, poll_until
 
@@ -129,6 +130,9 @@ class ReadTests(SynchronousTestCase):
         tz = PARIS_WINTER
         self.assertEqual(parse_since("today", now, tz), datetime(2026, 11, 25, tzinfo=tz))
         self.assertEqual(parse_since("yesterday", now, tz), datetime(2026, 11, 24, tzinfo=tz))
+        for today in ("aujourd'hui", "Aujourd\u2019hui"):
+            self.assertEqual(parse_since(today, now, tz), datetime(2026, 11, 25, tzinfo=tz))
+        self.assertEqual(parse_since("hier", now, tz), datetime(2026, 11, 24, tzinfo=tz))
         self.assertEqual(parse_since("30m", now, tz).timestamp(), now - 1800)
         self.assertEqual(parse_since("1h", now, tz).timestamp(), now - 3600)
         self.assertEqual(parse_since("2d", now, tz).timestamp(), now - 2 * 86400)
@@ -138,6 +142,8 @@ class ReadTests(SynchronousTestCase):
         for bad in ("", "soon", "1w", "25/11/2026"):
             error = self.assertRaises(ValueError, parse_since, bad, now, tz)
             self.assertIn("--since", str(error))
+        error = self.assertRaises(ValueError, parse_since, "demain", now, tz)
+        self.assertIn("aujourd'hui, hier, ou une durée", reason_of(error).render("fr"))
 
     def test_since_reads_rotated_files_in_order(self) -> None:
         """With --since, the rotated files recent enough are read first, oldest first, then the current file; without it only the current one."""
