@@ -426,17 +426,48 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("--since never", err)
 
     def test_journal_usage_errors(self) -> None:
-        """A bad --type, --connection or --since is a usage error (exit 2); a missing journal exits 1 and says why."""
+        """A bad --type, --connection or --since, or no journal at the path, is a usage error (exit 2)."""
         for args in (["--type", "opened"], ["--connection", "x"], ["--since", "soon"]):
             code, _, err = self.run_epop("journal", self.path, *args)
             self.assertEqual(code, 2, args)
             self.assertIn(args[0], err)
         code, out, err = self.run_epop("journal", self.path)
-        self.assertEqual((code, out), (1, ""))
-        self.assertIn(f"Cannot read {self.path}: No such file or directory.", err)
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(
+            err,
+            f"epop: no journal at {os.path.abspath(self.path)}: give the relay's journal file (its --journal), "
+            "e.g. epop journal /var/lib/epop/journal.jsonl\n",
+        )
         code, out, err = self.run_epop("--lang", "fr", "connections", self.path)
-        self.assertEqual(code, 1)
-        self.assertIn(f"Impossible de lire {self.path}", err)
+        self.assertEqual(code, 2)
+        self.assertIn(f"epop: pas de journal à {os.path.abspath(self.path)} : ", err)
+
+    def test_rotated_files_hinted_without_since(self) -> None:
+        """Without --since only the current file is read: its rotated files are named, with how to read them."""
+        _write(self.path + ".2", [_listening(RUN_A, NOW - 200), *_session(RUN_A, 1, NOW - 199)])
+        _write(self.path + ".1", [*_session(RUN_A, 2, NOW - 100)])
+        _write(self.path, [*_session(RUN_A, 3, NOW - 10)])
+        hint = (f"(older events are in 2 rotated file(s): {os.path.basename(self.path)}.2, "
+                f"{os.path.basename(self.path)}.1; --since reads them too, e.g. epop {{}} {self.path} --since 2d)\n")
+        for command in ("journal", "connections"):
+            code, out, err = self.run_epop(command, self.path)
+            self.assertEqual((code, err), (0, hint.format(command)))
+            code, out, err = self.run_epop(command, self.path, "--since", "1h")
+            self.assertEqual(code, 0)
+            self.assertNotIn("older events", err)
+        code, out, err = self.run_epop("--lang", "fr", "journal", self.path)
+        self.assertIn("(des événements plus anciens sont dans 2 fichier(s) archivé(s) : ", err)
+        for n in range(3, 6):
+            _write(self.path + f".{n}", [*_session(RUN_A, 10 + n, NOW - 100 * n)])
+        code, out, err = self.run_epop("journal", self.path)
+        name = os.path.basename(self.path)
+        self.assertIn(f"in 5 rotated file(s): {name}.5, ..., {name}.1;", err)
+
+    def test_no_hint_without_rotated_files(self) -> None:
+        """A journal that was never rotated gets no hint."""
+        _write(self.path, [_listening(RUN_A, NOW), *_session(RUN_A, 1, NOW + 1)])
+        code, out, err = self.run_epop("journal", self.path)
+        self.assertEqual((code, err), (0, ""))
 
 
 class LiveRelayTests(TestCase):
