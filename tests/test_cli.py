@@ -288,6 +288,16 @@ class CommandTests(TestCase):
         self.assertIn(b"--listen tcp:4000:interface=127.0.0.1", out)
         self.assertIn(b"127.0.0.1:4000", out)
 
+    async def test_interfaces_refuses_a_port_workstations_cannot_use(self) -> None:
+        """`epop interfaces --port 0` (or not a port at all) is a usage error, not "type 192.0.2.2:0"."""
+        for port in ("0", "65536", "x", "-1"):
+            code, out, err = await self.run_epop("interfaces", "--port", port)
+            self.assertEqual((code, out), (2, b""), err)
+            self.assertIn(f"epop: --port: expected the relay's port number, from 1 to 65535, not '{port}'", err)
+        code, out, _ = await self.run_epop("interfaces", "-p", "65535")
+        self.assertEqual(code, 0)
+        self.assertIn(b"127.0.0.1:65535", out)
+
 
 class _SwallowingRelay(Protocol):
     """A relay that takes the whole upload, then hangs up without an answer."""
