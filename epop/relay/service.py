@@ -428,7 +428,8 @@ class RelayService(MultiService):
     def startService(self) -> None:
         super().startService()
         if not self.settings.listen_at_start:
-            self.log.info(log_format(Text("Not listening yet (--no-listen-at-start): start listening from the console"), self.language))
+            line = Text("Not listening yet (--no-listen-at-start): start listening from the console")
+            self.log.info(log_format(line, self.language))
             return
         for listener in self.listeners:
             listener.startService()
@@ -464,7 +465,8 @@ class RelayService(MultiService):
         """The HTTPS proxy mode in a line, for the admin reading twistd's log."""
         destinations = self.settings.destinations()
         if not destinations:
-            self.log.info(log_format(Text("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served"), self.language))
+            line = Text("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
+            self.log.info(log_format(line, self.language))
             return
         users = self.settings.tunnel_users
         pac = [f"http://{address}/proxy.pac" for address in self.listening_addresses()]
@@ -499,7 +501,11 @@ class RelayService(MultiService):
 
     def _checked(self, result: CheckResult) -> CheckResult:
         if result.ok:
-            self.log.info(log_format(Text("e-PMSI check: {text}"), self.language), text=result.describe(self.language), check=result)
+            self.log.info(
+                log_format(Text("e-PMSI check: {text}"), self.language),
+                text=result.describe(self.language),
+                check=result,
+            )
         else:
             self.log.warn(
                 log_format(Text("e-PMSI check failed; the relay keeps listening: {text}"), self.language),
