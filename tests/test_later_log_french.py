@@ -11,6 +11,7 @@ their values.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import shutil
 from dataclasses import replace
@@ -127,7 +128,7 @@ class JournalWriterTests(SynchronousTestCase):
         self.assertEqual(
             [e["log_level"] for e in self.log.mine()], [LogLevel.info, LogLevel.info, LogLevel.critical, LogLevel.warn]
         )
-        self.assertEqual(self.log.mine()[2]["errno"], 2)
+        self.assertEqual(self.log.mine()[2]["errno"], errno.ENOENT)
 
 
 class TunnelUsersTests(SynchronousTestCase):
