@@ -293,9 +293,12 @@ class SandboxSite(Site):
         upload_path: str = DEFAULT_UPLOAD_PATH,
         keep: Keep = Keep(),
         reject: Mapping[str, int] | None = None,
+        language: str = "en",
     ) -> None:
         super().__init__(_SandboxResource(upload_path), reactor=reactor)
         self.upload_directory = upload_directory
+        #: The language of the lines logged for the person who runs the sandbox.
+        self.language = language
         #: Which uploads stay once a new one is stored (by default, all).
         self.keep = keep
         #: Paths whose uploads are refused with a status, to rehearse a refusal.
@@ -371,6 +374,7 @@ def make_sandbox_site(
     upload_path: str = DEFAULT_UPLOAD_PATH,
     keep: Keep = Keep(),
     reject: Mapping[str, int] | None = None,
+    language: str = "en",
 ) -> SandboxSite:
     """
     Build the sandbox web site storing uploads under C{upload_directory}.
@@ -381,6 +385,8 @@ def make_sandbox_site(
         on every path all the same).
     @param keep: which uploads stay once a new one is stored.
     @param reject: paths whose uploads are refused, with the HTTP status.
+    @param language: the language of the lines it logs (its pages follow
+        each browser's).
     """
     upload_directory.makedirs(ignoreExistingDirectory=True)
-    return SandboxSite(upload_directory, reactor, upload_path, keep, reject)
+    return SandboxSite(upload_directory, reactor, upload_path, keep, reject, language)

@@ -270,7 +270,7 @@ class PendingUpload:
         # _allocate_upload made sure the final name was free.
         os.rename(folder.path, self._site.upload_directory.child(self.upload_id).path)
         self.finished = True
-        self._site.keep.prune(self._site.upload_directory)
+        self._site.keep.prune(self._site.upload_directory, self._site.language)
         return self.upload_id, files
 
     def discard(self) -> None:
