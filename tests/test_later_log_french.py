@@ -266,6 +266,30 @@ class SandboxRetentionTests(TestCase):
             log.lines(), [f"1 ancien(s) envoi(s) supprimé(s) pour garder les 1 envoi(s) les plus récents : {ids[0]}"]
         )
 
+    async def test_uploads_received_and_rejected(self) -> None:
+        """Each upload's line in the sandbox's language; a rejection quotes the answer as the client got it."""
+        service = SandboxService(reactor, FilePath(self.mktemp()), port=0, language="fr")
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service.certificates is not None and service.url is not None
+        client = make_trusting_client(reactor, service.certificates.ca_path.getContent())
+        log = _Logged(self, "epop.sandbox.site")
+        answer = await client.post(service.url + "/syriusUpload.do", data=b"12345")
+        self.assertEqual(answer.code, 200)
+        upload = (await answer.json())["upload"]
+        answer = await client.post(
+            service.url + "/syriusUpload.do", data=b"x", headers={b"Content-Type": [b"multipart/form-data"]}
+        )
+        self.assertEqual(answer.code, 400)
+        await answer.content()
+        self.assertEqual(
+            log.lines(),
+            [
+                f"Envoi {upload} reçu : 1 fichier(s), 5 octets",
+                "Envoi refusé avec 400 : multipart/form-data without boundary",
+            ],
+        )
+
 
 class ConsoleTests(TestCase):
     """The console's lines follow the relay's language, not the browser's."""

@@ -67,11 +67,11 @@ _LOG_LEVELS = {"info", "warn", "error", "critical"}
 
 
 def _is_log_call(func: ast.expr) -> bool:
-    """C{log.info(...)}, C{self.log.warn(...)}, C{_log.error(...)}: a Logger's, not another object's."""
+    """C{log.info(...)}, C{self.log.warn(...)}, C{_log.error(...)}, C{site.logger.warn(...)}: a Logger's, not another object's."""
     return (
         isinstance(func, ast.Attribute)
         and func.attr in _LOG_LEVELS
-        and _name(func.value).lower().lstrip("_").endswith("log")
+        and _name(func.value).lower().lstrip("_").endswith(("log", "logger"))
     )
 
 
@@ -168,6 +168,7 @@ class SourceTests(SynchronousTestCase):
             'self.log.info("Console: open {url} in a browser", url=url)\n'
             'log.warn(f"Could not delete {path}")\n'
             '_log.error("Journal {path} moved", path=path)\n'
+            'self._site.logger.warn("Upload abandoned", received=1)\n'
             'self.log.critical("journal: cannot write to {path}", path=path)\n'
             'self.log.info(log_format(Text("Console: open {url} in a browser"), language), url=url)\n'
             'log.info("{text}", text=Text("Made {path}", path=path).render(language))\n'
@@ -181,6 +182,7 @@ class SourceTests(SynchronousTestCase):
                 "Console: open {url} in a browser",
                 "f'Could not delete {path}'",
                 "Journal {path} moved",
+                "Upload abandoned",
                 "journal: cannot write to {path}",
             ],
         )

@@ -24,7 +24,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from epop.messages import Text, language_of
+from epop.messages import Text, language_of, log_format
 from epop.sandbox.receipts import latest_uploads, render_latest, render_rules
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
@@ -150,14 +150,15 @@ class SandboxRequest(Request):
             except UploadRejected as rejection:
                 self.upload_outcome = rejection
                 self._site.logger.warn(
-                    "Upload rejected with {status}: {error}",
+                    # {error} is the answer's text, as the client got it.
+                    log_format(Text("Upload rejected with {status}: {error}"), self._site.language),
                     status=rejection.status,
                     error=rejection.message,
                     method=command.decode("latin-1"),
                 )
             else:
                 self._site.logger.info(
-                    "Upload {upload} received: {count} file(s), {size} bytes",
+                    log_format(Text("Upload {upload} received: {count} file(s), {size} bytes"), self._site.language),
                     upload=self.upload_outcome.upload_id,
                     count=len(self.upload_outcome.files),
                     size=sum(entry["size"] for entry in self.upload_outcome.files),
@@ -173,8 +174,10 @@ class SandboxRequest(Request):
         if body is not None and not body.done:
             body.abort()
             self._site.logger.warn(
-                "Upload abandoned: connection lost after {received} bytes of "
-                "body; partial files deleted",
+                log_format(
+                    Text("Upload abandoned: connection lost after {received} bytes of body; partial files deleted"),
+                    self._site.language,
+                ),
                 received=body.received,
             )
         super().connectionLost(reason)

@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text, log_format
+
 if TYPE_CHECKING:
     from epop.sandbox.site import SandboxSite
 
@@ -284,7 +286,8 @@ class PendingUpload:
                 folder.remove()
             except OSError:
                 self._site.logger.failure(
-                    "Could not delete partial upload {folder}", folder=folder.path
+                    log_format(Text("Could not delete partial upload {folder}"), self._site.language),
+                    folder=folder.path,
                 )
 
 
