@@ -227,7 +227,7 @@ class LiveConsole:
 
     def logged_urls(self) -> list[str]:
         """Every console URL the log gave, oldest first."""
-        return [e["url"] for e in self.events if e.get("log_format", "").startswith("Console: open")]
+        return [e["url"] for e in self.events if e.get("log_format", "").startswith(("Console: open", "Console : ouvrez"))]
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """A request that follows no redirect."""

@@ -187,10 +187,13 @@ class ConsoleResource(Resource):
                 return b""
             self._log_refusal(Text("Console: a wrong or used token was refused"))
             language = request_language(request)
+            # Quoted as the relay's log writes it, in the relay's language.
+            opening = log_format(Text("Console: open {url} in a browser"), self.access.language)
             text = Text(
                 "This address was already used, or is wrong: each address opens the console "
                 "once. The relay's log has a new one (its last line starting with "
-                "\"Console: open\")."
+                "\"{start}\").",
+                start=opening.partition(" {url}")[0],
             ).render(language)
             return self._page(request, 403, _simple_page(language, text).encode("utf-8"), b"text/html")
         if self._session(request) is not None:
