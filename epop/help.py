@@ -158,6 +158,15 @@ class TranslatedHelp(usage.Options):
             return super().getSynopsis()
         return usage_line(usage.Options.getSynopsis(self._in(language)), language)
 
+    def command_synopsis(self) -> str:
+        """The synopsis without its "Usage:" word: C{epop config set KEY VALUE}."""
+        synopsis = self.getSynopsis()
+        for language in {self.help_language(), "en"}:
+            word = _USAGE.render(language)
+            if synopsis.startswith(word):
+                return synopsis[len(word):].strip()
+        return synopsis
+
     def getUsage(self, width: int | None = None) -> str:
         if hasattr(self, "subOptions"):
             return super().getUsage(width)

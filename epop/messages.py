@@ -31,6 +31,7 @@ __all__ = [
     "decimal_mark",
     "grouped",
     "language_of",
+    "log_format",
     "reason_of",
     "system_reason",
     "translations",
@@ -169,6 +170,16 @@ class Text:
             return cls.literal(fallback)
 
 
+def log_format(line: Text, language: str) -> str:
+    """
+    The format string of a log line in C{language}: its template, translated.
+    Its fields stay the event's own, so that observers and the journal find
+    the same keys in every language; a field that is words for a person is
+    the caller's to render in C{language}.
+    """
+    return translations(language).gettext(line.template)
+
+
 def reason_of(error: BaseException) -> Text:
     """
     What an exception says to a person: the L{Text} it was raised with (a
@@ -193,6 +204,9 @@ _SYSTEM_REASONS = {
     errno.ENOTDIR: Text("Not a directory"),
     errno.EADDRINUSE: Text("Address already in use"),
     errno.EADDRNOTAVAIL: Text("Cannot assign requested address"),
+    # What stops the journal on a relay that runs for months.
+    errno.ENOSPC: Text("No space left on device"),
+    errno.EROFS: Text("Read-only file system"),
 }
 
 

@@ -130,13 +130,21 @@ class EpopHelpTests(SynchronousTestCase):
         self.assertTrue(text.startswith("Utilisation : epop config unset CLÉ\n"), text)
 
     def test_usage_error_of_a_nested_command(self) -> None:
-        """`epop config set relay`: the help to read is that of `epop config set`."""
+        """`epop config set relay`: the arguments expected, and the help to read is that of `epop config set`."""
         done = subprocess.run(
             [*epop_command(), "config", "set", "relay"],
             capture_output=True, timeout=60, env={**os.environ, **ENGLISH, "EPOP_CONFIG": self.mktemp()},
         )
         self.assertEqual((done.returncode, done.stdout), (2, b""))
-        self.assertEqual(done.stderr.decode(), "epop: Wrong number of arguments.\nTry 'epop config set --help'.\n")
+        self.assertEqual(
+            done.stderr.decode(),
+            "epop: wrong number of arguments: epop config set KEY VALUE\nTry 'epop config set --help'.\n",
+        )
+        done = subprocess.run(
+            [*epop_command(), "journal", "a", "b"], capture_output=True, timeout=60, env={**os.environ, **FRENCH}
+        )
+        self.assertEqual(done.returncode, 2)
+        self.assertTrue(done.stderr.decode().startswith("epop: nombre d'arguments incorrect : epop journal [CHEMIN]"), done.stderr)
 
 
 class TwistdHelpTests(SynchronousTestCase):
