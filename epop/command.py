@@ -153,7 +153,15 @@ class CommandOptions(TranslatedHelp):
                 else name[1] + ":" in self.shortOpt
             )
             reordered.extend([name, value] if takes_value else [name])
-        super().parseOptions(reordered + ["--"] + args)
+        try:
+            super().parseOptions(reordered + ["--"] + args)
+        except usage.UsageError as e:
+            if str(e) != "Wrong number of arguments.":
+                raise
+            # Twisted's words alone do not say which arguments: the synopsis does.
+            raise usage.UsageError(
+                Text("wrong number of arguments: {synopsis}", synopsis=self.command_synopsis())
+            ) from None
 
 
 class Command:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from OpenSSL import SSL, crypto
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     CertificateOptions,
@@ -58,6 +59,11 @@ def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
         raise ValueError(Text("the private key {path} is not a PEM private key", path=key_path)) from None
     try:
         return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except VerifyError:
+        raise ValueError(
+            Text("the private key {key} is not the key of the certificate {certificate}: "
+                 "give the key that was made with this certificate", certificate=cert_path, key=key_path)
+        ) from None
     except Exception as e:
         raise ValueError(
             Text("cannot use {certificate} with {key}: {why}", certificate=cert_path, key=key_path, why=str(e))

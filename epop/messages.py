@@ -29,7 +29,9 @@ __all__ = [
     "choose_language",
     "decimal",
     "decimal_mark",
+    "grouped",
     "language_of",
+    "log_format",
     "reason_of",
     "system_reason",
     "translations",
@@ -67,6 +69,15 @@ def decimal_mark(language: str) -> str:
 def decimal(value: float, places: int, language: str = "en") -> str:
     """C{value} with C{places} decimals as C{language} writes it: 2.8 in English, 2,8 in French."""
     return f"{value:.{places}f}".replace(".", decimal_mark(language))
+
+
+#: What separates thousands: a narrow no-break space in French ("250 000 000").
+_THOUSANDS = {"en": ",", "fr": "\u202f"}
+
+
+def grouped(number: int, language: str = "en") -> str:
+    """C{number} with its thousands separated as C{language} writes them: 250,000 in English, 250 000 in French."""
+    return f"{number:,}".replace(",", _THOUSANDS.get(language, ","))
 
 
 def language_of(accept_language: str) -> str:
@@ -159,6 +170,16 @@ class Text:
             return cls.literal(fallback)
 
 
+def log_format(line: Text, language: str) -> str:
+    """
+    The format string of a log line in C{language}: its template, translated.
+    Its fields stay the event's own, so that observers and the journal find
+    the same keys in every language; a field that is words for a person is
+    the caller's to render in C{language}.
+    """
+    return translations(language).gettext(line.template)
+
+
 def reason_of(error: BaseException) -> Text:
     """
     What an exception says to a person: the L{Text} it was raised with (a
@@ -183,6 +204,9 @@ _SYSTEM_REASONS = {
     errno.ENOTDIR: Text("Not a directory"),
     errno.EADDRINUSE: Text("Address already in use"),
     errno.EADDRNOTAVAIL: Text("Cannot assign requested address"),
+    # What stops the journal on a relay that runs for months.
+    errno.ENOSPC: Text("No space left on device"),
+    errno.EROFS: Text("Read-only file system"),
 }
 
 

@@ -91,6 +91,8 @@ class MultipartFileBody:
             + b"\r\n\r\n"
         )
         self._preamble = b"".join(parts)
+        #: Where the file's bytes start in the body: what comes before is the form's.
+        self.file_offset = len(self._preamble)
         self._epilogue = b"\r\n" + mark + b"--\r\n"
         self.length = len(self._preamble) + self.file_size + len(self._epilogue)
         self._cooperator = cooperator

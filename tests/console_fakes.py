@@ -182,8 +182,8 @@ class FakeConsoleBackend:
 class LiveConsole:
     """
     A real console listening on C{127.0.0.1}, port 0, over a fake backend,
-    for one test; the log events it writes are kept in C{events}.  Cleanups
-    stop it.
+    for one test; the log events it writes (in the relay's C{language}) are
+    kept in C{events}.  Cleanups stop it.
     """
 
     def __init__(
@@ -195,6 +195,7 @@ class LiveConsole:
         password: str | None = None,
         tls: Any = None,
         ca_pem: bytes | None = None,
+        language: str = "en",
     ) -> None:
         from twisted.internet import reactor
         from twisted.logger import globalLogPublisher
@@ -212,7 +213,7 @@ class LiveConsole:
             with open(password_file, "w", encoding="utf-8") as f:
                 f.write(password + "\n")
         self.service = make_console_service(
-            reactor, self.backend, ConsoleSettings(endpoint, password_file, tls)
+            reactor, self.backend, ConsoleSettings(endpoint, password_file, tls, language)
         )
         self.service.privilegedStartService()
         self.service.startService()
@@ -226,7 +227,7 @@ class LiveConsole:
 
     def logged_urls(self) -> list[str]:
         """Every console URL the log gave, oldest first."""
-        return [e["url"] for e in self.events if e.get("log_format", "").startswith("Console: open")]
+        return [e["url"] for e in self.events if e.get("log_format", "").startswith(("Console: open", "Console : ouvrez"))]
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """A request that follows no redirect."""

@@ -62,11 +62,13 @@ def start_relay(
     ca_file: str | None,
     *,
     file_journal: bool = False,
+    language: str = "en",
     **settings: Any,
 ) -> RunningRelay:
     """
     Start a relay on 127.0.0.1, port 0, stopped by the test's cleanup.  With
-    C{file_journal}, it journals to C{settings["journal"]} as twistd's would.
+    C{file_journal}, it journals to C{settings["journal"]} as twistd's would;
+    it logs for people in C{language}.
     """
     writer = MemoryJournalWriter()
     options: dict[str, Any] = {
@@ -77,9 +79,11 @@ def start_relay(
     }
     options.update(settings)
     if file_journal:
-        service = make_relay_service(reactor, RelaySettings(**options))
+        service = make_relay_service(reactor, RelaySettings(**options), language=language)
     else:
-        service = make_relay_service(reactor, RelaySettings(**options), journal_writer=lambda: writer)
+        service = make_relay_service(
+            reactor, RelaySettings(**options), journal_writer=lambda: writer, language=language
+        )
     service.privilegedStartService()
     service.startService()
     testcase.addCleanup(service.stopService)

@@ -105,6 +105,35 @@ class StandardInputTests(TestCase):
         self.assertEqual(given.tell(), 0)
 
 
+class ConfigUnsetTests(TestCase):
+    """`epop config unset KEY` says what it did, or that there was nothing to do."""
+
+    def setUp(self) -> None:
+        self.config_path = os.path.abspath(self.mktemp())
+
+    async def test_unset_what_was_set(self) -> None:
+        """A saved key is removed, and the file saved."""
+        await run_epop(self.config_path, "config", "set", "relay", "10.1.2.3")
+        code, out, err = await run_epop(self.config_path, "config", "unset", "relay")
+        self.assertEqual((code, out, err), (0, b"", f"Saved in {self.config_path}.\n"))
+        code, out, _ = await run_epop(self.config_path, "config", "show")
+        self.assertNotIn(b"relay =", out)
+
+    async def test_unset_what_was_not_set(self) -> None:
+        """A key that was not saved: said so, in French too, exit 0, no file written."""
+        code, out, err = await run_epop(self.config_path, "config", "unset", "proxy")
+        self.assertEqual((code, out, err), (0, b"", "proxy was not set; nothing changed.\n"))
+        self.assertFalse(os.path.exists(self.config_path))
+        code, _, err = await run_epop(self.config_path, "--lang", "fr", "config", "unset", "proxy")
+        self.assertEqual((code, err), (0, "proxy n'était pas enregistré ; rien n'a changé.\n"))
+
+    async def test_unset_unknown_key(self) -> None:
+        """An unknown key is still a usage error."""
+        code, _, err = await run_epop(self.config_path, "config", "unset", "server")
+        self.assertEqual(code, 2, err)
+        self.assertIn("unknown setting", err)
+
+
 class CommandTests(TestCase):
     def setUp(self) -> None:
         self.sandbox = make_trustme_sandbox(self, reactor)
@@ -258,6 +287,16 @@ class CommandTests(TestCase):
         self.assertIn(b"127.0.0.1 (", out)
         self.assertIn(b"--listen tcp:4000:interface=127.0.0.1", out)
         self.assertIn(b"127.0.0.1:4000", out)
+
+    async def test_interfaces_refuses_a_port_workstations_cannot_use(self) -> None:
+        """`epop interfaces --port 0` (or not a port at all) is a usage error, not "type 192.0.2.2:0"."""
+        for port in ("0", "65536", "x", "-1"):
+            code, out, err = await self.run_epop("interfaces", "--port", port)
+            self.assertEqual((code, out), (2, b""), err)
+            self.assertIn(f"epop: --port: expected the relay's port number, from 1 to 65535, not '{port}'", err)
+        code, out, _ = await self.run_epop("interfaces", "-p", "65535")
+        self.assertEqual(code, 0)
+        self.assertIn(b"127.0.0.1:65535", out)
 
 
 class _SwallowingRelay(Protocol):

@@ -56,6 +56,21 @@ class TokenTests(TestCase):
         fresh = await console.client.get(newest, allow_redirects=False)
         self.assertEqual(fresh.code, 303)
 
+    async def test_used_token_page_quotes_the_log(self) -> None:
+        """The page says where the new address is as the relay's log writes it, in the relay's language."""
+        for relay_language, browser_language, said in (
+            ("en", "fr", "qui commence par « Console: open »"),
+            ("fr", "en", "starting with &quot;Console : ouvrez&quot;"),
+        ):
+            console = LiveConsole(self, language=relay_language)
+            first = console.logged_urls()[0]
+            await (await console.client.get(first, allow_redirects=False)).content()
+            again = await console.client.get(
+                first, headers={b"Accept-Language": [browser_language.encode()]}, allow_redirects=False
+            )
+            self.assertEqual(again.code, 403)
+            self.assertIn(said, (await again.content()).decode())
+
     async def test_wrong_token(self) -> None:
         """A wrong token is 403, sets no cookie, and leaves the logged one working."""
         console = LiveConsole(self)

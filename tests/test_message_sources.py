@@ -63,40 +63,15 @@ _CODE_FIRST = {
 _OUTPUT = {"write", "say", "tell", "complain", "_unresolved"}
 #: A Logger's levels whose lines a person reads in twistd's log: their
 #: first argument is a format string, whose fields are not words.
-_LOG_LEVELS = {"info", "warn", "error"}
-
-#: Log lines still English only, by module and format string: they are
-#: logged where the relay's language is not known yet (the journal's
-#: writer, the console's sign-in, the sandbox's retention...).  The list
-#: may only shrink: a new plain log line fails, and so does one made a
-#: Text but left here.
-LOGS_STILL_ENGLISH = {
-    ('console/relay_backend.py', 'Console: settings not saved to {path}: {reason}'),
-    ('console/relay_backend.py', 'Console: {why}'),
-    ('console/resource.py', 'Console: a wrong or used token was refused'),
-    ('console/resource.py', 'Console: a wrong password was refused'),
-    ('console/resource.py', 'Console: too many wrong passwords; sign-in refused for a minute'),
-    ('journal/writer.py', 'Could not delete the old journal {path}: {why}'),
-    ('journal/writer.py', 'Could not rotate the journal {path}: {why}; writing on in it'),
-    ('journal/writer.py', 'Journal rotated: {path} is now {target}'),
-    ('journal/writer.py', 'Journal {path} moved or deleted while the relay had it open: opening it again, created if need be'),
-    ('journal/writer.py', 'journal: writing to {path} works again; {missed} event(s) could not be written and are missing from it'),
-    ('relay/proxy_header.py', 'Refused a connection from {peer}: {code}: {problem}; it began with "{start}"'),
-    ('relay/start_with_machine.py', 'Start with the machine: could not {verb} {unit}: {reason}'),
-    ('relay/start_with_machine.py', 'Start with the machine: {unit} {verb}d'),
-    ('relay/tunnel_users.py', '--tunnel-users {path}: {problem}; the relay keeps the {count} user(s) it had'),
-    ('relay/tunnel_users.py', '--tunnel-users: {path} read again: {count} user(s)'),
-    ('sandbox/retention.py', 'Could not delete the old upload {path}: {why}'),
-    ('sandbox/retention.py', 'Deleted {count} old upload(s) to keep {limit}: {ids}'),
-}
+_LOG_LEVELS = {"info", "warn", "error", "critical"}
 
 
 def _is_log_call(func: ast.expr) -> bool:
-    """C{log.info(...)}, C{self.log.warn(...)}, C{_log.error(...)}: a Logger's, not another object's."""
+    """C{log.info(...)}, C{self.log.warn(...)}, C{_log.error(...)}, C{site.logger.warn(...)}: a Logger's, not another object's."""
     return (
         isinstance(func, ast.Attribute)
         and func.attr in _LOG_LEVELS
-        and _name(func.value).lower().lstrip("_").endswith("log")
+        and _name(func.value).lower().lstrip("_").endswith(("log", "logger"))
     )
 
 
@@ -176,17 +151,16 @@ class SourceTests(SynchronousTestCase):
 
     def test_no_plain_log_line(self) -> None:
         """
-        Each info, warning or error a Logger logs in the scanned modules is
-        a Text's template (C{said(Text(...))}) or layout (C{"{text}"}), but
-        those still listed in L{LOGS_STILL_ENGLISH}.
+        Each info, warning, error or critical line a Logger logs in the
+        scanned modules is a Text's template in the relay's language
+        (C{log_format(Text(...), language)}) or layout (C{"{text}"}).
         """
-        plain = {
+        plain = sorted(
             (name, format)
             for name in SCANNED
             for format in plain_log_formats((PACKAGE / name).read_text(encoding="utf-8"))
-        }
-        self.assertEqual(sorted(plain - LOGS_STILL_ENGLISH), [], "log a Text's template in the relay's language")
-        self.assertEqual(sorted(LOGS_STILL_ENGLISH - plain), [], "translated or gone: remove it from LOGS_STILL_ENGLISH")
+        )
+        self.assertEqual(plain, [], "log log_format(Text(...), language): the relay's language")
 
     def test_finds_plain_log_lines(self) -> None:
         """The scan catches a Logger's plain lines, and lets translated templates, layout and other calls pass."""
@@ -194,7 +168,9 @@ class SourceTests(SynchronousTestCase):
             'self.log.info("Console: open {url} in a browser", url=url)\n'
             'log.warn(f"Could not delete {path}")\n'
             '_log.error("Journal {path} moved", path=path)\n'
-            'self.log.info(said(Text("Console: open {url} in a browser")), url=url)\n'
+            'self._site.logger.warn("Upload abandoned", received=1)\n'
+            'self.log.critical("journal: cannot write to {path}", path=path)\n'
+            'self.log.info(log_format(Text("Console: open {url} in a browser"), language), url=url)\n'
             'log.info("{text}", text=Text("Made {path}", path=path).render(language))\n'
             'log.info("{problem}: {path}", problem=problem, path=path)\n'
             'self.log.failure("A watcher of the relay failed")\n'
@@ -202,7 +178,13 @@ class SourceTests(SynchronousTestCase):
         )
         self.assertEqual(
             plain_log_formats(source),
-            ["Console: open {url} in a browser", "f'Could not delete {path}'", "Journal {path} moved"],
+            [
+                "Console: open {url} in a browser",
+                "f'Could not delete {path}'",
+                "Journal {path} moved",
+                "Upload abandoned",
+                "journal: cannot write to {path}",
+            ],
         )
 
     def test_exemptions_exist(self) -> None:

@@ -124,6 +124,13 @@ class PlainLinesTests(SynchronousTestCase):
         self.progress.answered(answered_at)
         self.assertEqual(self.lines()[-1], "e-PMSI answered before the whole file had left.")
 
+    def test_an_answer_at_once(self) -> None:
+        """An answer within 0.05 s reads as less than 0.1 s, never as 0.0 s."""
+        self.progress.sent(1000, 1000)
+        self.clock.advance(0.04)
+        self.progress.answered(self.clock.seconds())
+        self.assertEqual(self.lines()[-1], "e-PMSI answered less than 0.1 s after the last byte.")
+
     def test_stop_ends_the_ticks(self) -> None:
         """A failed or interrupted upload leaves no timer behind and prints nothing more."""
         self.progress.sent(50, 1000)
@@ -286,7 +293,9 @@ class CountedAsTheyLeaveTests(TestCase):
         valve.open()
         reply = await sending
         self.assertEqual(reply.status, 200)
-        self.assertEqual(self.reports[-1][1:], (total, total))
+        # The file's own bytes, not the form's around it: the same size the closing line says.
+        self.assertEqual(self.reports[-1][1:], (self.SIZE, self.SIZE))
+        self.assertEqual({total for _, _, total in self.reports}, {self.SIZE})
         counts = [sent for _, sent, _ in self.reports]
         self.assertEqual(counts, sorted(counts))
 

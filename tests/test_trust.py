@@ -60,6 +60,10 @@ class FingerprintTests(SynchronousTestCase):
             self.assertRaises(ValueError, normalize_fingerprint, wrong)
 
 
+#: Where the fingerprint is, as the French errors say it.
+PLACE_IN_FRENCH = "(elle est dans les messages du relais à son démarrage, pas dans le journal des connexions)"
+
+
 class _RelayTLSCase(TestCase):
     """A sandbox, an authority, the workstation's settings file, and relays on TLS to try epop on."""
 
@@ -160,6 +164,9 @@ class TrustTests(_RelayTLSCase):
         self.assertEqual(code, 1)
         self.assertIn(f"presents the authority {self.ca_fingerprint}, not the {other}", err)
         self.assertNothingSaved()
+        code, _, err = await self.epop("--lang", "fr", "trust", str(relay.endpoint), "--fingerprint", other)
+        self.assertEqual(code, 1)
+        self.assertIn(PLACE_IN_FRENCH, " ".join(err.split()))
 
     async def test_confirmed_at_the_terminal(self) -> None:
         """At a terminal, "yes" (or "oui") trusts; the fingerprint is shown before the question."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from epop.messages import Text, system_reason, translations
+from epop.messages import Text, log_format, system_reason
 from epop.relay.network_interfaces import local_addresses
 
 #: The session cookie's name.
@@ -178,10 +178,10 @@ class ConsoleAccess:
 
     def log_url(self) -> None:
         if self.local:
-            template = Text("Console: open {url} in a browser on this machine").template
+            line = Text("Console: open {url} in a browser on this machine")
         else:
-            template = Text("Console: open {url} in a browser").template
-        self.log.info(translations(self.language).gettext(template), url=self.url())
+            line = Text("Console: open {url} in a browser")
+        self.log.info(log_format(line, self.language), url=self.url())
 
     # Host and Origin
 

@@ -31,7 +31,7 @@ from epop.journal import events as journal
 from epop.journal.observer import JournalObserver
 from epop.journal.pages import connection_rows, journal_page, record_id
 from epop.journal.table import for_readers
-from epop.messages import Text
+from epop.messages import Text, log_format, reason_of, system_reason
 from epop.relay.allowlist import Allowlist
 from epop.relay.network_interfaces import listen_string, local_addresses
 from epop.relay.service import RelayListening, RelayService, StartRefused
@@ -296,7 +296,8 @@ class RelayConsoleBackend:
                     "Listening not started: the test of e-PMSI failed: {reason}",
                     reason=e.check.text(),
                 )
-            self.log.warn("Console: {why}", why=str(message))
+            language = self._relay.language
+            self.log.warn(log_format(Text("Console: {why}"), language), why=message.render(language))
             raise ConsoleRefusal(502, "start-failed", message) from None
         return {"check": check_json(check)}
 
@@ -326,7 +327,7 @@ class RelayConsoleBackend:
 
     @inlineCallbacks
     def set_start_with_machine(self, enabled: bool) -> Any:
-        state = yield set_enabled(self._reactor, self._unit, enabled)
+        state = yield set_enabled(self._reactor, self._unit, enabled, language=self._relay.language)
         self._start_with_machine = {k: v for k, v in state.items() if k != "changed"}
         return state
 
@@ -504,8 +505,13 @@ class RelayConsoleBackend:
                 write_password_file(self._files.password_file, proxy.password)
             save_settings(self._files.config, changes, header=_HEADER)
         except (OSError, ValueError) as e:
-            reason = getattr(e, "strerror", None) or str(e)
-            self.log.warn("Console: settings not saved to {path}: {reason}", path=self._files.config, reason=reason)
+            reason = system_reason(e) if isinstance(e, OSError) else reason_of(e)
+            language = self._relay.language
+            self.log.warn(
+                log_format(Text("Console: settings not saved to {path}: {reason}"), language),
+                path=self._files.config,
+                reason=reason.render(language),
+            )
             raise ConsoleRefusal(
                 500,
                 "not-saved",

@@ -28,7 +28,7 @@ from epop.console.access import SESSION_COOKIE, ConsoleAccess, Session
 from epop.console.backend import ConsoleRefusal, IConsoleBackend
 from epop.console.events import EventHub, EventsResource
 from epop.console.rendering import json_bytes
-from epop.messages import LANGUAGES, Text
+from epop.messages import LANGUAGES, Text, log_format
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: The page's files and their types: nothing else is served from there.
@@ -185,12 +185,15 @@ class ConsoleResource(Resource):
                 request.setResponseCode(303)
                 request.setHeader(b"Location", b"/")
                 return b""
-            self.log.warn("Console: a wrong or used token was refused")
+            self._log_refusal(Text("Console: a wrong or used token was refused"))
             language = request_language(request)
+            # Quoted as the relay's log writes it, in the relay's language.
+            opening = log_format(Text("Console: open {url} in a browser"), self.access.language)
             text = Text(
                 "This address was already used, or is wrong: each address opens the console "
                 "once. The relay's log has a new one (its last line starting with "
-                "\"Console: open\")."
+                "\"{start}\").",
+                start=opening.partition(" {url}")[0],
             ).render(language)
             return self._page(request, 403, _simple_page(language, text).encode("utf-8"), b"text/html")
         if self._session(request) is not None:
@@ -202,6 +205,10 @@ class ConsoleResource(Resource):
             "Open the console with the address in the relay's log (it works once).",
         ).render(language)
         return self._page(request, 403, _simple_page(language, text).encode("utf-8"), b"text/html")
+
+    def _log_refusal(self, line: Text) -> None:
+        """A refused sign-in, for the administrator: in the relay's language, not the browser's."""
+        self.log.warn(log_format(line, self.access.language))
 
     def _signed_in(self, request: Request, session: Session) -> bytes:
         request.addCookie(SESSION_COOKIE, session.id.encode("ascii"), **self.access.cookie_attributes())
@@ -231,13 +238,13 @@ class ConsoleResource(Resource):
         if body is None:
             return self._page(request, 413, b"Too large.\n")
         if self.access.guessing_blocked():
-            self.log.warn("Console: too many wrong passwords; sign-in refused for a minute")
+            self._log_refusal(Text("Console: too many wrong passwords; sign-in refused for a minute"))
             return self._page(request, 429, b"Too many wrong passwords: try again in a minute, or open the console with the "
                 b"address in the relay's log, which still works.\n")
         password = parse_qs(body, keep_blank_values=True).get(b"password", [None])[0]
         session = self.access.sign_in(password)
         if session is None:
-            self.log.warn("Console: a wrong password was refused")
+            self._log_refusal(Text("Console: a wrong password was refused"))
             page = self._sign_in_form(request_language(request), Text("Wrong password."))
             return self._page(request, 403, page, b"text/html")
         return self._signed_in(request, session)

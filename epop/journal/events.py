@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.logger import LogLevel, formatEvent
 
-from epop.messages import Text, translations
+from epop.messages import Text, log_format
 from epop.printable import printable
 
 __all__ = [
@@ -201,7 +201,7 @@ def emit(
         format = format.template
     english: str | None = None
     if language != "en":
-        english, format = format, translations(language).gettext(format)
+        english, format = format, log_format(Text(format), language)
     if isinstance(fields.get("path"), str):
         # Cut here too, so that neither the twistd log nor the journal can
         # get what the caller forgot to cut.

@@ -43,14 +43,22 @@ class JournalService(Service):
     """
     Adds the journal observer when the relay starts and removes it when it
     stops; the writer is opened here, not when the service is built.
+
+    @param language: the language of what it logs when the journal cannot
+        be opened.
     """
 
     name = "journal"
 
     def __init__(
-        self, relay_id: str, open_writer: Callable[[], IJournalWriter], clock: IReactorTime
+        self,
+        relay_id: str,
+        open_writer: Callable[[], IJournalWriter],
+        clock: IReactorTime,
+        language: str = "en",
     ) -> None:
         self._relay_id = relay_id
+        self._language = language
         self._open_writer = open_writer
         self._clock = clock
         self._publisher: LogPublisher = globalLogPublisher
@@ -58,7 +66,7 @@ class JournalService(Service):
         self._writer: IJournalWriter | None = None
 
     def startService(self) -> None:
-        self._writer = open_writer(self._open_writer)
+        self._writer = open_writer(self._open_writer, self._language)
         self._observer = JournalObserver(self._writer, self._relay_id, self._clock)
         self._publisher.addObserver(self._observer)
         super().startService()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from epop.messages import Text
+from epop.messages import Text, log_format, system_reason
 from epop.printable import safe_json
 
 __all__ = [
@@ -145,8 +145,9 @@ class _WriteTrouble:
 
     log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, language: str = "en") -> None:
         self.path = path
+        self.language = language
         self.failing: OSError | None = None
         self.missed = 0
 
@@ -155,18 +156,28 @@ class _WriteTrouble:
         if self.failing is None:
             self.failing = error
             self.log.critical(
-                "journal: cannot write to {path}: {why}; the relay goes on without its "
-                "journal until writing works again",
+                log_format(
+                    Text(
+                        "journal: cannot write to {path}: {why}; the relay goes on without its "
+                        "journal until writing works again"
+                    ),
+                    self.language,
+                ),
                 path=self.path,
-                why=error.strerror or str(error),
+                why=system_reason(error).render(self.language),
                 errno=error.errno,
             )
 
     def worked(self) -> None:
         if self.failing is not None:
             self.log.warn(
-                "journal: writing to {path} works again; {missed} event(s) could not be "
-                "written and are missing from it",
+                log_format(
+                    Text(
+                        "journal: writing to {path} works again; {missed} event(s) could not be "
+                        "written and are missing from it"
+                    ),
+                    self.language,
+                ),
                 path=self.path,
                 missed=self.missed,
             )
@@ -177,17 +188,23 @@ class _WriteTrouble:
 _log = Logger(namespace="epop.journal.writer")
 
 
-def _still_named(file: _AppendFile | None) -> _AppendFile | None:
+def _still_named(file: _AppendFile | None, language: str) -> _AppendFile | None:
     """
     C{file} if its path still names it; otherwise None, once it is closed
-    and the twistd log told, so that the caller opens the path again.
+    and the twistd log told (in C{language}), so that the caller opens the
+    path again.
     """
     if file is None or not file.replaced():
         return file
     file.close()
     _log.info(
-        "Journal {path} moved or deleted while the relay had it open: "
-        "opening it again, created if need be",
+        log_format(
+            Text(
+                "Journal {path} moved or deleted while the relay had it open: "
+                "opening it again, created if need be"
+            ),
+            language,
+        ),
         path=file.path,
     )
     return None
@@ -202,16 +219,19 @@ class FileJournalWriter:
     If the file is deleted or moved (with its folder, or by C{logrotate}),
     the next line goes to a new file at the same path; while that cannot be
     created, lines are dropped the same way.
+
+    @param language: the language of the lines it logs for the administrator.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, language: str = "en") -> None:
         self.path = path
+        self.language = language
         self._file: _AppendFile | None = _AppendFile(path)
-        self._trouble = _WriteTrouble(path)
+        self._trouble = _WriteTrouble(path, language)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self._file = _still_named(self._file)
+            self._file = _still_named(self._file, self.language)
             if self._file is None:
                 self._file = _AppendFile(self.path)
             self._file.write_line(encode_record(record))
@@ -331,11 +351,14 @@ class RotatingJournalWriter:
     @param rotate: L{DAILY} or a size in bytes (see L{parse_rotate}).
     @param keep: rotated files to keep; 0 keeps them all.
     @param clock: tells the day (C{seconds()}); the reactor by default.
+    @param language: the language of the lines it logs for the administrator.
     """
 
     log = Logger()
 
-    def __init__(self, path: str, rotate: str | int, keep: int = 30, clock: Any = None) -> None:
+    def __init__(
+        self, path: str, rotate: str | int, keep: int = 30, clock: Any = None, language: str = "en"
+    ) -> None:
         if isinstance(rotate, str):
             rotate = parse_rotate(rotate)
         check_keep(keep)
@@ -344,10 +367,11 @@ class RotatingJournalWriter:
         self.path = path
         self.rotate = rotate
         self.keep = keep
+        self.language = language
         self._clock = clock
         self._day = self._file_day()
         self._file: _AppendFile | None = _AppendFile(path)
-        self._trouble = _WriteTrouble(path)
+        self._trouble = _WriteTrouble(path, language)
         self._rotation_failing = False
 
     def _today(self) -> date:
@@ -375,7 +399,7 @@ class RotatingJournalWriter:
 
     def _write(self, line: bytes) -> None:
         # Deleted or moved by someone else since the last line: start anew.
-        self._file = _still_named(self._file)
+        self._file = _still_named(self._file, self.language)
         if self._file is None:
             # Could not be opened again after a rotation (or after the file
             # was deleted): try once more.
@@ -411,13 +435,17 @@ class RotatingJournalWriter:
             if not self._rotation_failing:
                 # Once, not at every line while it keeps failing.
                 self.log.warn(
-                    "Could not rotate the journal {path}: {why}; writing on in it",
+                    log_format(Text("Could not rotate the journal {path}: {why}; writing on in it"), self.language),
                     path=self.path,
-                    why=e.strerror or str(e),
+                    why=system_reason(e).render(self.language),
                 )
             self._rotation_failing = True
         else:
-            self.log.info("Journal rotated: {path} is now {target}", path=self.path, target=target)
+            self.log.info(
+                log_format(Text("Journal rotated: {path} is now {target}"), self.language),
+                path=self.path,
+                target=target,
+            )
             self._rotation_failing = False
         self._file = _AppendFile(self.path)
         if self.rotate == DAILY:
@@ -452,9 +480,9 @@ class RotatingJournalWriter:
             os.remove(path)
         except OSError as e:
             self.log.warn(
-                "Could not delete the old journal {path}: {why}",
+                log_format(Text("Could not delete the old journal {path}: {why}"), self.language),
                 path=path,
-                why=e.strerror or str(e),
+                why=system_reason(e).render(self.language),
             )
 
     def close(self) -> None:
@@ -470,10 +498,11 @@ class _OpenLater:
     each event, as a failed write would be.
     """
 
-    def __init__(self, open_writer: Callable[[], IJournalWriter], error: OSError) -> None:
+    def __init__(self, open_writer: Callable[[], IJournalWriter], error: OSError, language: str = "en") -> None:
         self._open_writer = open_writer
         self._writer: IJournalWriter | None = None
-        self._trouble = _WriteTrouble(error.filename if isinstance(error.filename, str) else "the journal")
+        path = error.filename if isinstance(error.filename, str) else Text("the journal").render(language)
+        self._trouble = _WriteTrouble(path, language)
         self._trouble.failed(error)
         self._trouble.missed = 0  # the first event is yet to come
 
@@ -492,12 +521,13 @@ class _OpenLater:
             self._writer.close()
 
 
-def open_writer(opener: Callable[[], IJournalWriter]) -> IJournalWriter:
+def open_writer(opener: Callable[[], IJournalWriter], language: str = "en") -> IJournalWriter:
     """
     The writer C{opener} returns; if it cannot open the journal, a writer
-    that tries again at each record, so that the relay starts all the same.
+    that tries again at each record (saying so in C{language}), so that the
+    relay starts all the same.
     """
     try:
         return opener()
     except OSError as e:
-        return _OpenLater(opener, e)
+        return _OpenLater(opener, e, language)

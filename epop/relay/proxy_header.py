@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from epop.addressing import format_peer
 from epop.errors import ProtocolError
-from epop.messages import Text
+from epop.messages import Text, log_format
 from epop.printable import printable
 
 __all__ = [
@@ -184,7 +184,7 @@ def parse_proxy_header(buffer: bytes) -> tuple[tuple[Address, Address] | None, i
 
 
 #: The journal's C{error}, and the log's problem, for a header cut short.
-_ENDED_INSIDE = "the connection ended inside its PROXY header"
+_ENDED_INSIDE = Text("the connection ended inside its PROXY header")
 
 
 def _shown(data: bytes) -> str:
@@ -227,19 +227,20 @@ class _HeaderReader(ProtocolWrapper):
         if rest:
             self.wrappedProtocol.dataReceived(rest)
 
-    def _warn(self, code: str, problem: str, received: bytes) -> None:
-        """One line in the relay's log: who, why, and what the header looked like."""
+    def _warn(self, code: str, problem: Text, received: bytes) -> None:
+        """One line in the relay's log, in the relay's language: who, why, and what the header looked like."""
+        language = self.factory.language
         self.log.warn(
-            "Refused a connection from {peer}: {code}: {problem}; it began with \"{start}\"",
+            log_format(Text('Refused a connection from {peer}: {code}: {problem}; it began with "{start}"'), language),
             peer=format_peer(self.transport.getPeer()),
             code=code,
-            problem=problem.rstrip("."),
+            problem=problem.render(language).rstrip("."),
             start=_shown(received[:_V1_MAX]),
         )
 
     def _refuse(self, bad: BadProxyHeader) -> None:
         received, self._buffer = self._buffer or b"", None
-        self._warn(bad.code, str(bad.problem), received)
+        self._warn(bad.code, bad.problem, received)
         refuse = getattr(self.wrappedProtocol, "refuse", None)
         if refuse is None:
             self.transport.loseConnection()
@@ -268,7 +269,7 @@ class _HeaderReader(ProtocolWrapper):
             self._warn("bad-proxy-header", _ENDED_INSIDE, self._buffer)
             note = getattr(self.wrappedProtocol, "ending", None)
             if note is not None:
-                note("bad-proxy-header", _ENDED_INSIDE, self._buffer)
+                note("bad-proxy-header", str(_ENDED_INSIDE), self._buffer)
         self._buffer = None
         super().connectionLost(reason)
 
@@ -284,10 +285,14 @@ class _HeaderReader(ProtocolWrapper):
 
 
 class ProxyHeaderFactory(WrappingFactory):
-    """Wraps the relay's factory on a C{haproxy:} listener."""
+    """Wraps the relay's factory on a C{haproxy:} listener; logs its refusals in C{language}."""
 
     protocol = _HeaderReader
     noisy = False
+
+    def __init__(self, wrappedFactory: IProtocolFactory, language: str = "en") -> None:
+        super().__init__(wrappedFactory)
+        self.language = language
 
     def logPrefix(self) -> str:
         return f"{type(self.wrappedFactory).__name__} (PROXY)"
@@ -295,10 +300,14 @@ class ProxyHeaderFactory(WrappingFactory):
 
 @implementer(IStreamServerEndpoint)
 class ProxyHeaderEndpoint:
-    """Listens on C{wrapped}, expecting a PROXY header on every connection."""
+    """
+    Listens on C{wrapped}, expecting a PROXY header on every connection;
+    logs its refusals in C{language}.
+    """
 
-    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+    def __init__(self, wrapped: IStreamServerEndpoint, language: str = "en") -> None:
         self.wrapped = wrapped
+        self.language = language
 
     def listen(self, factory: IProtocolFactory) -> Deferred[Any]:
-        return self.wrapped.listen(ProxyHeaderFactory(factory))
+        return self.wrapped.listen(ProxyHeaderFactory(factory, self.language))

@@ -33,7 +33,7 @@ from epop.epmsi.origin import tls_policy
 from epop.epmsi.upstream import CheckResult, Upstream
 from epop.journal import events as journal
 from epop.journal.observer import JournalService
-from epop.messages import Text, reason_of, system_reason, translations
+from epop.messages import Text, log_format, reason_of, system_reason
 from epop.journal.writer import (
     FileJournalWriter,
     IJournalWriter,
@@ -165,8 +165,6 @@ class ListeningService(Service):
     """
 
     log = Logger()
-    #: The language of the lines logged for the administrator (set by the relay).
-    language = "en"
 
     def __init__(
         self,
@@ -174,7 +172,10 @@ class ListeningService(Service):
         endpoint: IStreamServerEndpoint,
         factory: RelayFactory,
         served: Factory | None = None,
+        language: str = "en",
     ) -> None:
+        #: The language of the lines logged for the administrator.
+        self.language = language
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
@@ -271,9 +272,12 @@ class _Serving:
     listeners: list[ListeningService]
 
 
-def _serving(reactor: Any, settings: RelaySettings, relay_id: str, first_connection_id: int) -> _Serving:
+def _serving(
+    reactor: Any, settings: RelaySettings, relay_id: str, first_connection_id: int, language: str
+) -> _Serving:
     """
-    Build the listeners and the factories behind them for C{settings}.
+    Build the listeners and the factories behind them for C{settings}; what
+    they log for the administrator is in C{language}.
 
     @raise ValueError: for an unusable TLS certificate or key.
     """
@@ -312,7 +316,11 @@ def _serving(reactor: Any, settings: RelaySettings, relay_id: str, first_connect
         connect_timeout=settings.connect_timeout,
         hello_timeout=settings.hello_timeout,
         idle_timeout=settings.tunnel_idle_timeout,
-        users=None if settings.tunnel_users is None else TunnelUsers.for_reactor(settings.tunnel_users, reactor),
+        users=(
+            None
+            if settings.tunnel_users is None
+            else TunnelUsers.for_reactor(settings.tunnel_users, reactor, language)
+        ),
     )
     http_checked = AllowlistFactory(LimitsFactory(http, limits, same_as=limited), same_as=checked)
     served = SessionChoiceFactory(
@@ -328,7 +336,7 @@ def _serving(reactor: Any, settings: RelaySettings, relay_id: str, first_connect
         http=http_checked,
     )
     listeners = [
-        ListeningService(description, listen_endpoint(reactor, description), factory, served)
+        ListeningService(description, listen_endpoint(reactor, description, language), factory, served, language)
         for description in settings.listen
     ]
     return _Serving(upstream, factory, checked, limited, listeners)
@@ -347,9 +355,6 @@ class RelayService(MultiService):
     """
 
     log = Logger()
-    #: The language of the log's texts for people (C{twistd epop --lang});
-    #: the events' fields are the same in every language.
-    language = "en"
 
     def __init__(
         self,
@@ -357,18 +362,30 @@ class RelayService(MultiService):
         settings: RelaySettings,
         relay_id: str,
         journal_service: JournalService,
+        language: str = "en",
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.settings = settings
         self.relay_id = relay_id
-        self._serving = _serving(reactor, settings, relay_id, 1)
+        self._language = language
+        self._serving = _serving(reactor, settings, relay_id, 1, language)
         self._watchers: list[Callable[[], None]] = []
         #: A start or stop is under way; a stop asked meanwhile waits in C{_after_change}.
         self._changing = False
         self._after_change: list[Deferred[None]] = []
         self.startup_check: Deferred[CheckResult] | None = None
         journal_service.setServiceParent(self)
+
+    @property
+    def language(self) -> str:
+        """
+        The language of the log's texts for people (C{twistd epop --lang});
+        the events' fields are the same in every language.  Given when the
+        relay is built, as its parts (the journal's writer, the listeners)
+        log in it too.
+        """
+        return self._language
 
     @property
     def factory(self) -> RelayFactory:
@@ -383,8 +400,6 @@ class RelayService(MultiService):
     @property
     def listeners(self) -> list[ListeningService]:
         """One per C{listen} endpoint of the settings in force, logging in the relay's language."""
-        for listener in self._serving.listeners:
-            listener.language = self.language
         return self._serving.listeners
 
     @property
@@ -413,7 +428,8 @@ class RelayService(MultiService):
     def startService(self) -> None:
         super().startService()
         if not self.settings.listen_at_start:
-            self.log.info(self._said(Text("Not listening yet (--no-listen-at-start): start listening from the console")))
+            line = Text("Not listening yet (--no-listen-at-start): start listening from the console")
+            self.log.info(log_format(line, self.language))
             return
         for listener in self.listeners:
             listener.startService()
@@ -423,7 +439,7 @@ class RelayService(MultiService):
                 line = Text("Reaching e-PMSI through the proxy {proxy} as {user}")
             else:
                 line = Text("Reaching e-PMSI through the proxy {proxy}")
-            self.log.info(self._said(line), proxy=proxy.address, user=proxy.user)
+            self.log.info(log_format(line, self.language), proxy=proxy.address, user=proxy.user)
         self._say_https_proxy()
         if self.settings.check_at_start:
             self.startup_check = self.upstream.check()
@@ -449,7 +465,8 @@ class RelayService(MultiService):
         """The HTTPS proxy mode in a line, for the admin reading twistd's log."""
         destinations = self.settings.destinations()
         if not destinations:
-            self.log.info(self._said(Text("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")))
+            line = Text("HTTPS proxy mode off (--no-tunnel): only e-POP clients are served")
+            self.log.info(log_format(line, self.language))
             return
         users = self.settings.tunnel_users
         pac = [f"http://{address}/proxy.pac" for address in self.listening_addresses()]
@@ -464,15 +481,11 @@ class RelayService(MultiService):
                 "client; browsers take their settings from {pac} (or /wpad.dat)"
             )
         self.log.info(
-            self._said(line),
+            log_format(line, self.language),
             destinations=destinations.describe(),
             users=users,
             pac=", ".join(pac) or Text("/proxy.pac on the relay's address and port").render(self.language),
         )
-
-    def _said(self, line: Text) -> str:
-        """A log line's format string in the relay's language; its fields stay as they are."""
-        return translations(self.language).gettext(line.template)
 
     def listening_addresses(self) -> list[str]:
         """
@@ -487,12 +500,15 @@ class RelayService(MultiService):
         return found
 
     def _checked(self, result: CheckResult) -> CheckResult:
-        said = self._said
         if result.ok:
-            self.log.info(said(Text("e-PMSI check: {text}")), text=result.describe(self.language), check=result)
+            self.log.info(
+                log_format(Text("e-PMSI check: {text}"), self.language),
+                text=result.describe(self.language),
+                check=result,
+            )
         else:
             self.log.warn(
-                said(Text("e-PMSI check failed; the relay keeps listening: {text}")),
+                log_format(Text("e-PMSI check failed; the relay keeps listening: {text}"), self.language),
                 text=result.describe(self.language),
                 check=result,
             )
@@ -512,7 +528,7 @@ class RelayService(MultiService):
         """
         if self.listening or self._changing:
             raise RelayListening()
-        serving = _serving(self.reactor, settings, self.relay_id, self.factory.upcoming_connection_id)
+        serving = _serving(self.reactor, settings, self.relay_id, self.factory.upcoming_connection_id, self.language)
         old, self._serving, self.settings = self._serving, serving, settings
         old.upstream.close()
         self._changed()
@@ -529,7 +545,7 @@ class RelayService(MultiService):
         if self.factory.draining:
             # The last stop drained this factory: the next connections get fresh ones.
             self._serving = _serving(
-                self.reactor, self.settings, self.relay_id, self.factory.upcoming_connection_id
+                self.reactor, self.settings, self.relay_id, self.factory.upcoming_connection_id, self.language
             )
         self._changing = True
         d = self.upstream.check()
@@ -676,6 +692,7 @@ def make_relay_service(
     settings: RelaySettings = RelaySettings(),
     *,
     journal_writer: Callable[[], IJournalWriter] | None = None,
+    language: str = "en",
 ) -> RelayService:
     """
     Build a relay that any Twisted application can attach with
@@ -686,6 +703,8 @@ def make_relay_service(
     @param journal_writer: opens the journal's writer when the service
         starts; by default a L{FileJournalWriter} on C{settings.journal},
         or a L{RotatingJournalWriter} if C{settings.journal_rotate} is set.
+    @param language: the language of the lines it logs for the
+        administrator (C{twistd epop --lang}); the journal stays English.
     @raise ValueError: for an unusable TLS certificate or key; every other
         setting was checked when C{settings} was made (L{RelaySettings}).
     """
@@ -694,8 +713,8 @@ def make_relay_service(
         path = settings.journal
         if settings.journal_rotate:
             rotate, keep = settings.journal_rotate, settings.journal_keep
-            journal_writer = lambda: RotatingJournalWriter(path, rotate, keep, reactor)  # noqa: E731
+            journal_writer = lambda: RotatingJournalWriter(path, rotate, keep, reactor, language)  # noqa: E731
         else:
-            journal_writer = lambda: FileJournalWriter(path)  # noqa: E731
-    journal_service = JournalService(relay_id, journal_writer, reactor)
-    return RelayService(reactor, settings, relay_id, journal_service)
+            journal_writer = lambda: FileJournalWriter(path, language)  # noqa: E731
+    journal_service = JournalService(relay_id, journal_writer, reactor, language)
+    return RelayService(reactor, settings, relay_id, journal_service, language)

@@ -183,11 +183,11 @@ NUMBERS: Mapping[str, Number] = {
 }
 
 
-def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def listen_endpoint(reactor: Any, description: str, language: str = "en") -> IStreamServerEndpoint:
     """
     The endpoint for a C{listen} string.  C{haproxy:} strings read the PROXY
     header with L{ProxyHeaderEndpoint}, which checks the addresses it gives,
-    instead of Twisted's reader.
+    instead of Twisted's reader, and logs its refusals in C{language}.
 
     @raise ValueError: for a string that names no endpoint, saying why in
         words for the administrator rather than Twisted's parser's.
@@ -201,7 +201,7 @@ def listen_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
         raise ValueError(
             Text("cannot read {file}: {why}", file=e.filename or Text("its certificate"), why=system_reason(e))
         ) from None
-    return ProxyHeaderEndpoint(endpoint) if inner is not description else endpoint
+    return ProxyHeaderEndpoint(endpoint, language) if inner is not description else endpoint
 
 
 #: Twisted's parser's messages, and what to say instead.

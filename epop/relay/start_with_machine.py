@@ -31,7 +31,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epop.messages import Text
+from epop.messages import Text, log_format
 
 __all__ = ["DEFAULT_UNIT", "TIMEOUT", "set_enabled", "unit_name", "unit_state"]
 
@@ -200,7 +200,13 @@ def unit_state(
 
 @inlineCallbacks
 def set_enabled(
-    reactor: Any, unit: str, enabled: bool, systemctl: str = "systemctl", **options: Any
+    reactor: Any,
+    unit: str,
+    enabled: bool,
+    systemctl: str = "systemctl",
+    *,
+    language: str = "en",
+    **options: Any,
 ) -> Any:
     """
     Enable or disable C{unit}, when this process may (root, or polkit
@@ -208,6 +214,7 @@ def set_enabled(
     not, C{changed} false, the state as it is, the C{command} an
     administrator can type, and the C{reason} systemctl gave.  Never fails.
 
+    @param language: the language of the line logged for the administrator.
     @param options: C{timeout} and C{systemd_root}, as for L{unit_state}.
     """
     timeout = options.get("timeout", TIMEOUT)
@@ -219,7 +226,11 @@ def set_enabled(
     output, code = yield _systemctl(reactor, executable, [verb, unit], timeout)
     state = yield unit_state(reactor, unit, systemctl, **options)
     if not output.timed_out and code == 0:
-        log.info("Start with the machine: {unit} {verb}d", unit=unit, verb=verb)
+        if enabled:
+            done = Text("Start with the machine: {unit} enabled")
+        else:
+            done = Text("Start with the machine: {unit} disabled")
+        log.info(log_format(done, language), unit=unit, verb=verb)
         return {**state, "changed": True}
     if output.timed_out:
         reason: Text | str = _timed_out(timeout)
@@ -227,8 +238,12 @@ def set_enabled(
         reason = _first_line(bytes(output.err)) or _first_line(bytes(output.out)) or Text(
             "systemctl exited with code {code}", code=str(code)
         )
+    if enabled:
+        failed = Text("Start with the machine: could not enable {unit}: {reason}")
+    else:
+        failed = Text("Start with the machine: could not disable {unit}: {reason}")
     log.info(
-        "Start with the machine: could not {verb} {unit}: {reason}",
-        verb=verb, unit=unit, reason=str(reason),
+        log_format(failed, language),
+        verb=verb, unit=unit, reason=reason.render(language) if isinstance(reason, Text) else reason,
     )
     return {**state, "changed": False, "command": _command(unit, enabled), "reason": reason}

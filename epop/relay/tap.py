@@ -41,7 +41,7 @@ from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.help import TranslatedHelp, usage_line
 from epop.local_tls import RelayTLS
-from epop.messages import LANGUAGES, Text, choose_language, reason_of, translations
+from epop.messages import LANGUAGES, Text, choose_language, log_format, reason_of
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
 from epop.relay.service import (
     DEFAULT_LISTEN,
@@ -316,7 +316,7 @@ class Options(TranslatedHelp):
             raise self._refuse("proxy", reason_of(e)) from None
         if self["proxy"] and is_system(self["proxy"]):
             self.log.info(
-                translations(self.language).gettext(Text("--proxy system: {found}").template),
+                log_format(Text("--proxy system: {found}"), self.language),
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,
             )
         self.tls = self._tls()
@@ -497,9 +497,11 @@ def _allow_from_file(options: Options) -> tuple[str, ...]:
         if name != "allow" and name not in options.given
     ]
     if later:
-        said = translations(options.language).gettext
         _TwistdRelay.log.warn(
-            said(Text("{path}: {names} changed; only allow is applied on reload, the rest when the relay restarts").template),
+            log_format(
+                Text("{path}: {names} changed; only allow is applied on reload, the rest when the relay restarts"),
+                options.language,
+            ),
             path=path,
             names=", ".join(later),
         )
@@ -642,8 +644,7 @@ def makeService(options: Options) -> IService:
 
     # twistd epop owns this process, so it may tune the allocator for it.
     keep_buffers_on_heap()
-    relay = make_relay_service(reactor, options.settings())
-    relay.language = options.language
+    relay = make_relay_service(reactor, options.settings(), language=options.language)
     reload = None
     if options.settings_file is not None:
         reload = partial(reload_allowlist, relay, options)

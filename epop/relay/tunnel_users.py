@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from epop.messages import Text, system_reason
+from epop.messages import Text, log_format, reason_of, system_reason
 
 __all__ = [
     "REMEMBER_ENTRIES",
@@ -182,6 +182,8 @@ class TunnelUsers:
     @param clock: times the remembered successes.
     @param in_thread: runs bcrypt off the reactor thread
         (L{for_reactor} gives the reactor's thread pool).
+    @param language: the language of the lines it logs for the
+        administrator when the file is read again.
     """
 
     log = Logger()
@@ -194,11 +196,13 @@ class TunnelUsers:
         *,
         remember_entries: int = REMEMBER_ENTRIES,
         remember_seconds: float = REMEMBER_SECONDS,
+        language: str = "en",
     ) -> None:
         # Absolute: twistd may change directory once the relay runs.
         self.path = os.path.abspath(path)
         self._clock = clock
         self._in_thread = in_thread
+        self.language = language
         self._remember_entries = remember_entries
         self._remember_seconds = remember_seconds
         self._stamp = _Stamp.of(self.path)
@@ -208,13 +212,13 @@ class TunnelUsers:
         self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
 
     @classmethod
-    def for_reactor(cls, path: str, reactor: Any) -> "TunnelUsers":
-        """The users of C{path}, checked in C{reactor}'s thread pool."""
+    def for_reactor(cls, path: str, reactor: Any, language: str = "en") -> "TunnelUsers":
+        """The users of C{path}, checked in C{reactor}'s thread pool; its log lines in C{language}."""
 
         def in_thread(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
             return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-        return cls(path, reactor, in_thread)
+        return cls(path, reactor, in_thread, language=language)
 
     @property
     def users(self) -> list[str]:
@@ -265,13 +269,18 @@ class TunnelUsers:
             users = read_users(self.path)
         except ValueError as e:
             self.log.error(
-                "--tunnel-users {path}: {problem}; the relay keeps the {count} user(s) it had",
+                log_format(
+                    Text("--tunnel-users {path}: {problem}; the relay keeps the {count} user(s) it had"),
+                    self.language,
+                ),
                 path=self.path,
-                problem=str(e),
+                problem=reason_of(e).render(self.language),
                 count=len(self._users),
             )
             return
         self._users = users
         self.log.info(
-            "--tunnel-users: {path} read again: {count} user(s)", path=self.path, count=len(users)
+            log_format(Text("--tunnel-users: {path} read again: {count} user(s)"), self.language),
+            path=self.path,
+            count=len(users),
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from epop.messages import Text
+from epop.messages import Text, log_format, system_reason
 from epop.sandbox.uploads import RECEIPT_NAME
 
 __all__ = ["DEFAULT_KEEP", "Keep", "parse_keep"]
@@ -33,11 +33,12 @@ class Keep:
     uploads: int | None = None
     size: int | None = None
 
-    def prune(self, folder: FilePath) -> list[str]:
+    def prune(self, folder: FilePath, language: str = "en") -> list[str]:
         """
         Delete the oldest complete uploads of C{folder} beyond the limit
         (never the newest); returns the ids deleted, oldest first.  Uploads
         still arriving (hidden C{.ID.partial} folders) are not counted.
+        What it logs is in C{language}, the sandbox's.
         """
         if self.uploads is None and self.size is None:
             return []
@@ -54,14 +55,18 @@ class Keep:
             try:
                 oldest.remove()
             except OSError as e:
-                log.warn("Could not delete the old upload {path}: {why}", path=oldest.path, why=e.strerror)
+                log.warn(
+                    log_format(Text("Could not delete the old upload {path}: {why}"), language),
+                    path=oldest.path,
+                    why=system_reason(e).render(language),
+                )
                 break
             deleted.append(oldest.basename())
         if deleted:
             log.info(
-                "Deleted {count} old upload(s) to keep {limit}: {ids}",
+                log_format(Text("Deleted {count} old upload(s) to keep {limit}: {ids}"), language),
                 count=len(deleted),
-                limit=self.describe(),
+                limit=self.describe(language),
                 ids=", ".join(deleted),
             )
         return deleted

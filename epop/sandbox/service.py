@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from epop.addressing import host_port
-from epop.messages import Text, translations
+from epop.messages import Text, log_format
 from epop.sandbox.ca import (
     DEFAULT_HOSTNAMES,
     SandboxCertificates,
@@ -95,7 +95,7 @@ class SandboxService(Service):
             hostnames.append(host)
         certificates = ensure_certificates(self.directory.child("tls"), hostnames)
         site = make_sandbox_site(
-            self.directory.child("uploads"), self._reactor, self.upload_path, self.keep, self.reject
+            self.directory.child("uploads"), self._reactor, self.upload_path, self.keep, self.reject, self.language
         )
         options = server_tls_options(
             certificates.cert_path.getContent(), certificates.key_path.getContent()
@@ -107,12 +107,13 @@ class SandboxService(Service):
         self.certificates, self.site, self.port = certificates, site, port
         self.url = f"https://{host_port(host, port.getHost().port)}"
         self.log.info(
-            translations(self.language).gettext(
+            log_format(
                 Text(
                     "e-PMSI sandbox listening on {url}; uploads are stored in "
                     "{upload_directory} (keeping {keep}); its CA certificate is {ca_path} "
                     "(pass it to --ca-file)"
-                ).template
+                ),
+                self.language,
             ),
             url=self.url,
             keep=self.keep.describe(self.language),

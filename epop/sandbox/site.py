@@ -24,7 +24,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from epop.messages import Text, language_of
+from epop.messages import Text, language_of, log_format
 from epop.sandbox.receipts import latest_uploads, render_latest, render_rules
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import (
@@ -150,14 +150,15 @@ class SandboxRequest(Request):
             except UploadRejected as rejection:
                 self.upload_outcome = rejection
                 self._site.logger.warn(
-                    "Upload rejected with {status}: {error}",
+                    # {error} is the answer's text, as the client got it.
+                    log_format(Text("Upload rejected with {status}: {error}"), self._site.language),
                     status=rejection.status,
                     error=rejection.message,
                     method=command.decode("latin-1"),
                 )
             else:
                 self._site.logger.info(
-                    "Upload {upload} received: {count} file(s), {size} bytes",
+                    log_format(Text("Upload {upload} received: {count} file(s), {size} bytes"), self._site.language),
                     upload=self.upload_outcome.upload_id,
                     count=len(self.upload_outcome.files),
                     size=sum(entry["size"] for entry in self.upload_outcome.files),
@@ -173,8 +174,10 @@ class SandboxRequest(Request):
         if body is not None and not body.done:
             body.abort()
             self._site.logger.warn(
-                "Upload abandoned: connection lost after {received} bytes of "
-                "body; partial files deleted",
+                log_format(
+                    Text("Upload abandoned: connection lost after {received} bytes of body; partial files deleted"),
+                    self._site.language,
+                ),
                 received=body.received,
             )
         super().connectionLost(reason)
@@ -293,9 +296,12 @@ class SandboxSite(Site):
         upload_path: str = DEFAULT_UPLOAD_PATH,
         keep: Keep = Keep(),
         reject: Mapping[str, int] | None = None,
+        language: str = "en",
     ) -> None:
         super().__init__(_SandboxResource(upload_path), reactor=reactor)
         self.upload_directory = upload_directory
+        #: The language of the lines logged for the person who runs the sandbox.
+        self.language = language
         #: Which uploads stay once a new one is stored (by default, all).
         self.keep = keep
         #: Paths whose uploads are refused with a status, to rehearse a refusal.
@@ -371,6 +377,7 @@ def make_sandbox_site(
     upload_path: str = DEFAULT_UPLOAD_PATH,
     keep: Keep = Keep(),
     reject: Mapping[str, int] | None = None,
+    language: str = "en",
 ) -> SandboxSite:
     """
     Build the sandbox web site storing uploads under C{upload_directory}.
@@ -381,6 +388,8 @@ def make_sandbox_site(
         on every path all the same).
     @param keep: which uploads stay once a new one is stored.
     @param reject: paths whose uploads are refused, with the HTTP status.
+    @param language: the language of the lines it logs (its pages follow
+        each browser's).
     """
     upload_directory.makedirs(ignoreExistingDirectory=True)
-    return SandboxSite(upload_directory, reactor, upload_path, keep, reject)
+    return SandboxSite(upload_directory, reactor, upload_path, keep, reject, language)

@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from epop.messages import Text, log_format
+
 if TYPE_CHECKING:
     from epop.sandbox.site import SandboxSite
 
@@ -270,7 +272,7 @@ class PendingUpload:
         # _allocate_upload made sure the final name was free.
         os.rename(folder.path, self._site.upload_directory.child(self.upload_id).path)
         self.finished = True
-        self._site.keep.prune(self._site.upload_directory)
+        self._site.keep.prune(self._site.upload_directory, self._site.language)
         return self.upload_id, files
 
     def discard(self) -> None:
@@ -284,7 +286,8 @@ class PendingUpload:
                 folder.remove()
             except OSError:
                 self._site.logger.failure(
-                    "Could not delete partial upload {folder}", folder=folder.path
+                    log_format(Text("Could not delete partial upload {folder}"), self._site.language),
+                    folder=folder.path,
                 )
 
 

@@ -288,7 +288,7 @@ class _LineEnd:
 def send(command: Command, options: SendOptions) -> Deferred[int]:
     """C{epop send}: upload the file, pass e-PMSI's answer on, say how it went."""
     options.resolve(command.saved, command.environ)
-    fields = read_form_fields(options.fields, command.stdin)
+    fields = read_form_fields(options.fields, command.stdin, command.language)
     if os.path.getsize(options["file"]) == 0:
         command.complain(Text("warning: {path} is empty (0 bytes); sending it as --allow-empty asks.",
                               path=options["file"]))

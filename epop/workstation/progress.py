@@ -128,6 +128,8 @@ class Progress:
             return
         if answered_at < self.last_byte_at:
             self.say(Text("e-PMSI answered before the whole file had left."))
+        elif answered_at - self.last_byte_at < 0.05:
+            self.say(Text("e-PMSI answered less than 0.1 s after the last byte."))
         else:
             self.say(
                 Text(

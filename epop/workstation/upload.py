@@ -58,12 +58,15 @@ class WatchedBody:
         self.path = path
         self.length = body.length
         self.sent = 0
+        # People follow their file, not the form around it (a multipart body says where it is).
+        self._file_offset: int = getattr(body, "file_offset", 0)
+        self._file_size: int = getattr(body, "file_size", body.length)
 
     def _wrote(self, data: bytes) -> None:
         self.sent += len(data)
         self._on_write()
         if self._progress is not None:
-            self._progress(self.sent, self.length)
+            self._progress(min(max(self.sent - self._file_offset, 0), self._file_size), self._file_size)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         return self._body.startProducing(CountingConsumer(consumer, self._wrote))
