@@ -38,7 +38,6 @@ __all__ = [
     "describe_connect_failure",
     "describe_relay_tls_failure",
     "excerpt",
-    "relay_speaks_no_tls",
     "relay_without_tls",
 ]
 
@@ -243,11 +242,6 @@ def _speaks_no_tls(error: BaseException) -> bool:
     """OpenSSL's words for plain bytes where a TLS record was due: the relay has no certificate."""
     lowered = _openssl_words(error).lower()
     return any(s in lowered for s in ("wrong version number", "packet length too long", "record layer failure"))
-
-
-def relay_speaks_no_tls(failure: Failure) -> bool:
-    """The relay answered a TLS handshake in plain: it runs without a certificate."""
-    return any(isinstance(reason.value, SSL.Error) and _speaks_no_tls(reason.value) for reason in _reasons(failure))
 
 
 def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None:

@@ -35,7 +35,7 @@ from epop.certificates import (
     to_pem,
 )
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal, positive_seconds
-from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure, relay_speaks_no_tls
+from epop.errors import EpopError, RelayTLSFailure, describe_connect_failure, describe_relay_tls_failure
 from epop.messages import Text, reason_of
 from epop.workstation.client import RelayAddress
 from epop.workstation.deadlines import DEFAULT_TIMEOUT
@@ -107,8 +107,9 @@ class _ChainReader(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.chain.called:
             return
-        if relay_speaks_no_tls(reason):
-            error: EpopError | None = EpopError(
+        error = describe_relay_tls_failure(reason, self.where)
+        if isinstance(error, RelayTLSFailure) and error.kind == "no-tls":
+            error = EpopError(
                 "relay-tls",
                 Text(
                     "The relay at {where} does not speak TLS, so there is nothing to trust yet: its "
@@ -118,9 +119,7 @@ class _ChainReader(Protocol):
                 ),
                 "tls",
             )
-        else:
-            error = describe_relay_tls_failure(reason, self.where)
-        if error is None:
+        elif error is None:
             error = describe_connect_failure(reason, self.where)
         self.chain.errback(Failure(error))
 
