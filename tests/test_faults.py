@@ -401,14 +401,25 @@ class WorkstationVanishesTests(_FaultCase):
         await self.assert_nothing_stored(relay)
         self.assertTrue(body.stopped.called, "the body was not told to stop")
 
-    async def _kill_mid_upload(self, link: FaultyLink, **settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Start `epop send` through C{link}, SIGKILL it once e-PMSI has part of the body."""
+    async def _kill_mid_upload(
+        self, link: FaultyLink, held: bool = False, **settings: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        Start `epop send` through C{link}, SIGKILL it once e-PMSI has part of
+        the body (C{held}: and once the relay has stopped reading it).
+        """
         relay = self.relay_to(link, **settings)
         path = self.mktemp()
         write_random_file(path, 32 * MiB, seed=6)
         child = spawn_epop(self, reactor, "send", path, "--relay", str(relay.endpoint), "--to", "/syriusUpload.do")
         arrived = await poll_until(reactor, lambda: link.forwarded >= CUT_AFTER, 200)
         self.assertTrue(arrived, child.stderr)
+        if held:
+            connections = relay.service.factory.connections
+            holding = await poll_until(
+                reactor, lambda: bool(connections) and all(p.holding_client for p in connections.values()), 200
+            )
+            self.assertTrue(holding, "the relay never held the workstation back")
         child.kill()
         self.assertEqual(await child.finished(reactor, BOUND), (None, 9))
         return await self.journal(relay)
@@ -432,7 +443,7 @@ class WorkstationVanishesTests(_FaultCase):
         """
         link = start_faulty_link(self, reactor, self.sandbox_port, after=CUT_AFTER, fault="stall")
         started = reactor.seconds()
-        released, closed = await self._kill_mid_upload(link, epmsi_timeout=3)
+        released, closed = await self._kill_mid_upload(link, held=True, epmsi_timeout=3)
         link.release()
         await self.assert_nothing_stored(relay=None)
         self.assertEqual((released["outcome"], closed["reason"]), ("stalled", "stalled"))

@@ -188,6 +188,11 @@ class RelayProtocol(JournaledConnection, Protocol, TimeoutMixin):
         self._grace = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # flow control for the upload: e-PMSI's side pauses the workstation's
+    @property
+    def holding_client(self) -> bool:
+        """Whether the relay has stopped reading the workstation until e-PMSI takes more."""
+        return self._paused
+
     def pause_client(self) -> None:
         if not self._paused:
             self._held_since = self.clock.seconds()
