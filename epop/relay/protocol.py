@@ -85,7 +85,7 @@ class RelayProtocol(JournaledConnection, Protocol, TimeoutMixin):
     log = Logger()
 
     def __init__(self, factory: "RelayFactory", connection_id: int) -> None:
-        super().__init__(factory.relay_id, connection_id, factory.reactor)
+        super().__init__(factory.relay_id, connection_id, factory.reactor, factory.language)
         self.factory = factory
         self.operation: RelayedRequest | ConnectivityTest | None = None
         self._reader = FrameReader()
@@ -375,6 +375,8 @@ class RelayFactory(Factory):
     protocol = RelayProtocol
     noisy = False  # the journal says when listening opens and closes
     log = Logger()
+    #: The language of the connections' lines in the twistd log (set by the relay).
+    language = "en"
 
     def __init__(
         self,
