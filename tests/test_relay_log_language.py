@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from epop.epmsi.origin import tls_policy
+from epop.epmsi.upstream import Upstream
 from epop.journal.table import outcome_label
 from epop.wire import FrameType, encode_message
 from tests.relaying import HELLO, RunningRelay, exchange, raw_connect, start_relay
@@ -91,3 +94,28 @@ class ConnectionLinesTests(TestCase):
         self.assertTrue(closed[2]["description"].endswith(" closed: not-authorized"), closed[2])
         self.assertIn("Connection 1 opened from 127.0.0.1:", "\n".join(english_lines))
         self.assertIn(" to elsewhere.example:443 closed: destination-not-allowed", "\n".join(english_lines))
+
+
+class QuietFactoriesTests(TestCase):
+    async def test_no_starting_factory(self) -> None:
+        """
+        Neither the sandbox's start nor an e-PMSI check or upload writes
+        "Starting factory <... object at 0x...>" in the log: internal names
+        an administrator cannot use.
+        """
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        sandbox = make_trustme_sandbox(self, reactor)
+        upstream = Upstream(reactor, sandbox.url, tls_policy(sandbox.ca_path))
+        self.addCleanup(upstream.close)
+        result = await upstream.check()
+        self.assertTrue(result.ok, result.describe())
+        response = await upstream.request("GET", "/", [], None)
+        await treq.content(response)
+        self.assertTrue(lines)
+        self.assertEqual([line for line in lines if "Starting factory" in line], [])
