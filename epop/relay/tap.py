@@ -382,6 +382,8 @@ class Options(TranslatedHelp):
             tls.options()
         except ValueError as e:
             raise self._refuse("tls-cert", reason_of(e)) from None
+        # As --tls-cert auto logs its fingerprints: the first line to read when a workstation's TLS fails.
+        self.log.info("{text}", text=tls.described().render(self.language))
         return tls
 
     def _own_authority_tls(self) -> RelayTLS:
