@@ -209,6 +209,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(settings.drain_seconds, 30.0)
         self.assertEqual(settings.allow, ())
 
+    def test_allow_on_one_line(self) -> None:
+        """Several allowed clients on one line, or in one --allow: the error says how lists are written."""
+        hint = "; one address or network per line (indented under allow =), or repeat --allow"
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\nallow = 10.9.9.9, 127.0.0.1\n")
+        self.assertRegex(str(error), r"^.*, line 2: allow: '10\.9\.9\.9, 127\.0\.0\.1' is not an IP address or network ")
+        self.assertTrue(str(error).endswith(hint), str(error))
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n", "--allow", "10.9.9.9 127.0.0.1")
+        self.assertTrue(str(error).endswith(hint), str(error))
+        # One entry that is simply wrong gets no such hint.
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\nallow = 10.9.9.999\n")
+        self.assertNotIn("per line", str(error))
+
     def test_checks_name_the_file(self) -> None:
         """A value from the file that fails the options' own checks points at its line."""
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n\nidle-timeout = 0\n")
