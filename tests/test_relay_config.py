@@ -221,6 +221,26 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\nallow = 10.9.9.999\n")
         self.assertNotIn("per line", str(error))
 
+    def test_journal_folder_missing(self) -> None:
+        """
+        A journal in a folder that does not exist: refused, saying so and
+        that the relay does not create it; --tls-cert auto, whose folder is
+        beside the journal's, makes nothing either.
+        """
+        folder = os.path.abspath(os.path.join(self.mktemp(), "r1"))
+        options = tap.Options()
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--journal", os.path.join(folder, "journal.jsonl"), "--tls-cert", "auto", "--console", "none"],
+        )
+        self.assertEqual(
+            str(error),
+            f"--journal {folder}/journal.jsonl: the folder {folder} does not exist (the relay does not create it): "
+            "create it for the relay's user, or choose another place",
+        )
+        self.assertFalse(os.path.exists(folder))
+
     def test_checks_name_the_file(self) -> None:
         """A value from the file that fails the options' own checks points at its line."""
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n\nidle-timeout = 0\n")
@@ -543,7 +563,7 @@ class OptionsTogetherTests(SynchronousTestCase):
             ("tls-cert = c.pem", ["--tls-cert", "c.pem"], "tls-cert", "needs {}tls-key"),
             ("require-tls = yes", ["--require-tls"], "require-tls", "needs {0}tls-cert and {0}tls-key"),
             ("journal = /nonexistent/dir/j.jsonl", ["--journal", "/nonexistent/dir/j.jsonl"], "journal",
-             "cannot write in /nonexistent/dir"),
+             "the folder /nonexistent/dir does not exist (the relay does not create it)"),
         ]
         for text, arguments, key, problem in cases:
             last = text.count("\n") + 2
