@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from epop.messages import Text, log_format, reason_of, system_reason, unreadable_secret_file
+from epop.messages import Text, log_format, reason_of, unreadable_secret_file
 
 __all__ = [
     "REMEMBER_ENTRIES",
