@@ -71,7 +71,9 @@ class JournaledConnection:
         """
         Journal one of the connection's events; C{format} is an English
         template of the catalog, the twistd log's line is in the relay's
-        language, with its outcome and reason codes as their labels.
+        language, with its outcome and reason codes as their labels.  A
+        template, not a L{Text}: a connection's records carry no
+        C{description_text}, and stay as they were.
         """
         if self.user is not None:
             fields.setdefault("user", self.user)

@@ -302,8 +302,8 @@ def _serving(
         checks_per_connection=settings.checks_per_connection,
         checks_per_client=settings.checks_per_client,
         first_connection_id=first_connection_id,
+        language=language,
     )
-    factory.language = language
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
     # The allowlist first: a client it refuses is neither counted nor told of caps.
     limited = LimitsFactory(factory, limits)
