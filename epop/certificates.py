@@ -16,12 +16,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+# Twisted documents the interface, trustRoot's type, without exporting it.
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from zope.interface import implementer
 
 from epop.messages import Text, system_reason
 
 __all__ = [
+    "check_authority_file",
     "fingerprint",
     "is_self_signed",
     "issued_by",
@@ -34,6 +38,10 @@ __all__ = [
 
 #: How a fingerprint starts, as the relay logs it and the workstation shows it.
 FINGERPRINT_PREFIX = "SHA256 "
+
+#: What may come before a fingerprint's digits: ours (C{SHA256 }), openssl's
+#: (C{sha256 Fingerprint=}), or C{SHA-256}, in any case.
+_FINGERPRINT_WORDS = re.compile(r"\s*sha-?256(?:\s*fingerprint)?\s*[=:]?", re.IGNORECASE)
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -69,10 +77,12 @@ def read_certificates(path: str, what: Text | str) -> list[Certificate]:
     return [Certificate.loadPEM(pem) for pem in found]
 
 
-def trust_root_from_pem(path: str) -> Any:
+def trust_root_from_pem(path: str, *, partial_chain: bool = False) -> Any:
     """
     Trust every certificate in a PEM bundle, so a hospital can pin its own
-    TLS-inspecting proxy's CA or a test can pin the sandbox's.
+    TLS-inspecting proxy's CA or a test can pin the sandbox's.  With
+    C{partial_chain}, each is trusted on its own, an intermediate included,
+    without its root (OpenSSL's C{X509_V_FLAG_PARTIAL_CHAIN}).
     """
     try:
         with open(path, "rb") as f:
@@ -83,9 +93,50 @@ def trust_root_from_pem(path: str) -> Any:
     if not found:
         raise ValueError(Text("CA file {path} holds no PEM certificate", path=path))
     try:
-        return trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
+        root = trustRootFromCertificates([Certificate.loadPEM(pem) for pem in found])
     except Exception as e:
         raise ValueError(Text("CA file {path} holds an invalid certificate: {why}", path=path, why=str(e))) from None
+    return _PartialChain(root) if partial_chain else root
+
+
+@implementer(IOpenSSLTrustRoot)
+class _PartialChain:
+    """Another trust root's certificates, each one a trust anchor on its own."""
+
+    def __init__(self, root: Any) -> None:
+        self._root = root
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        self._root._addCACertsToContext(context)
+        context.get_cert_store().set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+
+
+def check_authority_file(path: str) -> None:
+    """
+    Refuse a server's own certificate where an authority is wanted (as
+    relay-ca): the relay's certificate, copied by mistake, would fail every
+    connection with "unknown authority".  A self-signed certificate is its
+    own authority, whatever its basic constraints say.
+
+    @raise ValueError: C{path} cannot be read, holds no certificate, or
+        holds a certificate that is not an authority's.
+    """
+    for cert in read_certificates(path, Text("relay CA file")):
+        found = _x509(cert)
+        if is_self_signed(found):
+            continue
+        try:
+            constraints = found.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        if not constraints.ca:
+            raise ValueError(
+                Text(
+                    "{path} is a server's certificate, not an authority: give the authority "
+                    "that signs it (for a relay on --tls-cert auto: epop trust)",
+                    path=path,
+                )
+            )
 
 
 #: The certificate types met here: cryptography's, pyOpenSSL's, Twisted's.
@@ -116,14 +167,15 @@ def normalize_fingerprint(text: str) -> str:
     """
     A fingerprint as a person or a roll-out script types it, in the form of
     L{fingerprint}: with or without the C{SHA256} prefix and colons, in any
-    case.
+    case, or as C{openssl x509 -noout -fingerprint -sha256} prints it
+    (C{sha256 Fingerprint=D2:7C:...}, C{SHA256 Fingerprint=} before
+    OpenSSL 3), or C{SHA-256 D2:...}.
 
     @raise ValueError: not 64 hexadecimal digits once the prefix and the
         separators are set aside.
     """
-    digits = text.strip()
-    if digits[:6].upper() == "SHA256":
-        digits = digits[6:].lstrip(" =:")
+    prefix = _FINGERPRINT_WORDS.match(text)
+    digits = text[prefix.end():] if prefix else text
     digits = re.sub(r"[\s:\-]", "", digits).upper()
     if not re.fullmatch(r"[0-9A-F]{64}", digits):
         raise ValueError(

@@ -105,11 +105,22 @@ COMMANDS: dict[str, Subcommand] = {
 }
 
 
+def _language(value: str) -> str:
+    """
+    C{--lang}, checked as soon as it is read: before a C{--help} that follows
+    it, and before the subcommand, so that the error points to C{epop --help}.
+    A L{usage.UsageError}, not a ValueError: Twisted would word that one itself.
+    """
+    if value not in LANGUAGES:
+        raise usage.UsageError(Text("--lang must be one of {languages}", languages=", ".join(LANGUAGES)))
+    return value
+
+
 class Options(TranslatedHelp):
     synopsis = "Usage: epop"
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
     optParameters = [
-        ["lang", None, None, "Language of messages: fr or en (default: from LC_ALL, LC_MESSAGES or LANG)."],
+        ["lang", None, None, "Language of messages: fr or en (default: from LC_ALL, LC_MESSAGES or LANG).", _language],
     ]
     subCommands = [[name, None, entry.options, entry.summary] for name, entry in COMMANDS.items()]
     #: Whose locale chooses the language of C{--help} (L{run} gives its own).
@@ -120,8 +131,6 @@ class Options(TranslatedHelp):
     opt_version = CommandOptions.opt_version
 
     def postOptions(self) -> None:
-        if self["lang"] not in (None, *LANGUAGES):
-            raise usage.UsageError(Text("--lang must be one of {languages}", languages=", ".join(LANGUAGES)))
         if self.subCommand is None:
             raise usage.UsageError(
                 Text("give a command: {commands}", commands=", ".join(c[0] for c in self.subCommands))

@@ -31,6 +31,7 @@ __all__ = [
     "ProtocolError",
     "RelayCannotStart",
     "RelayError",
+    "RelayTLSFailure",
     "UpstreamError",
     "describe_destination_failure",
     "describe_upstream_failure",
@@ -38,6 +39,7 @@ __all__ = [
     "describe_relay_tls_failure",
     "excerpt",
     "relay_speaks_no_tls",
+    "relay_without_tls",
 ]
 
 #: Characters of a client's input that a message may echo back.
@@ -262,23 +264,58 @@ def describe_relay_tls_failure(failure: Failure, where: str) -> EpopError | None
             continue
         lowered = _openssl_words(value).lower()
         if _speaks_no_tls(value):
-            message = Text(
-                "The relay at {where} does not speak TLS: connect without --tls, "
-                "or ask its administrator to turn encryption on (twistd epop --tls-cert auto).",
-                where=where,
-            )
-        elif "certificate required" in lowered or "handshake failure" in lowered:
+            return RelayTLSFailure(where, "no-tls", relay_without_tls(where))
+        if "certificate required" in lowered or "handshake failure" in lowered:
             message = Text(
                 "The relay at {where} refused the TLS session: it requires a client "
                 "certificate signed by its authority (--tls-client-cert and --tls-client-key).",
                 where=where,
             )
-        else:
-            message = Text(
-                "TLS with the relay at {where} failed: {why}.", where=where, why=_tls_text(value)
-            )
-        return EpopError("relay-tls", message, "tls")
+            return RelayTLSFailure(where, "client-certificate", message)
+        message = Text(
+            "TLS with the relay at {where} failed: {why}.", where=where, why=_tls_text(value)
+        )
+        unverified = "certificate verify failed" in lowered
+        return RelayTLSFailure(where, "unverified" if unverified else "other", message)
     return None
+
+
+class RelayTLSFailure(EpopError):
+    """
+    The TLS handshake with the relay failed (code C{relay-tls}, cause
+    C{tls}), and which way: the workstation's settings may then say more
+    (L{epop.local_tls.ClientTLS.explain}).
+
+    @ivar kind: C{"no-tls"} (the relay answered in plain),
+        C{"client-certificate"} (it wants one), C{"unverified"} (its
+        certificate did not verify), or C{"other"}.
+    """
+
+    def __init__(self, where: str, kind: str, message: Text) -> None:
+        super().__init__("relay-tls", message, "tls")
+        self.where = where
+        self.kind = kind
+
+
+def relay_without_tls(where: str, saved_in: str | None = None) -> Text:
+    """
+    What to say of a relay that does not speak TLS, when TLS was asked by
+    C{--tls}, or by C{tls = yes} in the saved settings file C{saved_in}:
+    a person who typed no C{--tls} must learn where it came from.
+    """
+    if saved_in is None:
+        return Text(
+            "The relay at {where} does not speak TLS: connect without --tls, "
+            "or ask its administrator to turn encryption on (twistd epop --tls-cert auto).",
+            where=where,
+        )
+    return Text(
+        "The relay at {where} does not speak TLS: connect without TLS (tls = yes in the saved "
+        "settings {path}: epop config set tls no), or ask its administrator to turn encryption "
+        "on (twistd epop --tls-cert auto).",
+        where=where,
+        path=saved_in,
+    )
 
 
 def describe_connect_failure(

@@ -18,15 +18,53 @@ from typing import Any
 
 from twisted.python import usage
 
-from epop.messages import LANGUAGES, Text, choose_language, translations
+from epop.messages import LANGUAGES, Text, choose_language, decimal_mark, translations
 
-__all__ = ["TranslatedHelp", "catalog_key", "help_strings", "usage_line"]
+__all__ = ["TranslatedHelp", "catalog_key", "help_strings", "shown_default", "usage_line"]
 
 #: Twisted's own words in a help page.
 _USAGE = Text("Usage:")
 _OPTIONS = Text("Options:")
 _COMMANDS = Text("Commands:")
 _NO_OPTIONS = Text("Options: None")
+
+
+#: While Twisted wraps a help page (C{textwrap}), these stand for what must
+#: not start or end a line: a space before French ":", ";", "?", "!" and "»"
+#: or after "«", and every hyphen ("--tls-cert" stays whole, and so does
+#: "e-PMSI").  They are private-use characters, found in no text of ours,
+#: and become plain spaces and hyphens again once the page is wrapped.
+_KEEP_TOGETHER = {" :": "\ue000:", " ;": "\ue000;", " ?": "\ue000?", " !": "\ue000!", " »": "\ue000»",
+                  "« ": "«\ue000", "-": "\ue001"}
+_RESTORED = {"\ue000": " ", "\ue001": "-"}
+
+
+def _unbreakable(text: str | None) -> str | None:
+    """C{text} with the spaces and hyphens a line must not break at held together."""
+    if not text:
+        return text
+    for plain, held in _KEEP_TOGETHER.items():
+        text = text.replace(plain, held)
+    return text
+
+
+def _restored(text: str) -> str:
+    """A wrapped page with L{_unbreakable}'s stand-ins back to what they stood for."""
+    for held, plain in _RESTORED.items():
+        text = text.replace(held, plain)
+    return text
+
+
+def shown_default(value: Any, language: str) -> str:
+    """
+    A default as it was written: 30, not usage's "30.0"; a fraction with the
+    language's decimal mark.
+    """
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))
+        return str(value).replace(".", decimal_mark(language))
+    return str(value)
 
 
 def catalog_key(text: str) -> str:
@@ -84,23 +122,29 @@ class TranslatedHelp(usage.Options):
                 return choose_language(getattr(options, "environ", None))
             options = options.parent
 
-    def _in(self, language: str) -> TranslatedHelp:
-        """A copy of these options whose help strings are in C{language}."""
+    def _in(self, language: str, wrapping: bool = False) -> TranslatedHelp:
+        """
+        A copy of these options whose help strings are in C{language};
+        C{wrapping}: held together where a line must not break (see L{_restored}).
+        """
+        held = _unbreakable if wrapping else (lambda text: text)
         view = copy.copy(self)
         view.docs = {name: _translated(doc, language) for name, doc in self.docs.items()}
-        # usage.docMakeChunks words a parameter's default in English: say it here.
+        # usage.docMakeChunks words a parameter's default in English, and a float's as 30.0: say it here.
         view.defaults = dict(self.defaults)
         for name, default in self.defaults.items():
             if default is not None and name + "=" in self.longOpt:
-                said = Text("[default: {value}]", value=default).render(language)
+                said = Text("[default: {value}]", value=shown_default(default, language)).render(language)
                 view.docs[name] = f"{(view.docs.get(name) or '').strip()} {said}"
                 view.defaults[name] = None
-        for name in ("synopsis", "longdesc"):
-            if getattr(self, name, None):
-                setattr(view, name, _translated(getattr(self, name), language))
+        view.docs = {name: held(doc) for name, doc in view.docs.items()}
+        if getattr(self, "synopsis", None):
+            view.synopsis = _translated(self.synopsis, language)
+        if getattr(self, "longdesc", None):
+            view.longdesc = held(_translated(self.longdesc, language))
         if hasattr(self, "subCommands"):
             view.subCommands = [
-                [name, short, parser, _translated(description, language)]
+                [name, short, parser, held(_translated(description, language))]
                 for name, short, parser, description in self.subCommands
             ]
         return view
@@ -124,10 +168,12 @@ class TranslatedHelp(usage.Options):
         return synopsis
 
     def getUsage(self, width: int | None = None) -> str:
-        language = self.help_language()
-        if language == "en" or hasattr(self, "subOptions"):
+        if hasattr(self, "subOptions"):
             return super().getUsage(width)
-        text = usage.Options.getUsage(self._in(language), width)
+        language = self.help_language()
+        text = _restored(usage.Options.getUsage(self._in(language, wrapping=True), width))
+        if language == "en":
+            return text
         lines = []
         for line in text.split("\n"):
             for word in (_NO_OPTIONS, _OPTIONS, _COMMANDS):

@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     CertificateOptions,
@@ -38,7 +39,7 @@ from epop.certificates import (
     read_file,
     trust_root_from_pem,
 )
-from epop.errors import EpopError
+from epop.errors import EpopError, RelayTLSFailure, relay_without_tls
 from epop.messages import Text
 
 __all__ = [
@@ -59,6 +60,11 @@ def _private_certificate(cert_path: str, key_path: str) -> PrivateCertificate:
         raise ValueError(Text("the private key {path} is not a PEM private key", path=key_path)) from None
     try:
         return PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except VerifyError:
+        raise ValueError(
+            Text("the private key {key} is not the key of the certificate {certificate}: "
+                 "give the key that was made with this certificate", certificate=cert_path, key=key_path)
+        ) from None
     except Exception as e:
         raise ValueError(
             Text("cannot use {certificate} with {key}: {why}", certificate=cert_path, key=key_path, why=str(e))
@@ -138,20 +144,55 @@ class ClientTLS:
     relay_ca: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    #: The saved settings file whose C{tls = yes} asked for TLS, when no
+    #: C{--tls} did: an error then says where to turn it off.
+    saved_in: str | None = None
 
     def creator(self, host: str) -> WatchedCreator:
         """
         Client TLS settings for a relay reached as C{host}, for one
         connection: it keeps that connection, so that a certificate that
-        does not verify can be described (L{untrusted}).
+        does not verify can be described (L{explain}).
+
+        Any certificate of the relay's chain may be C{relay_ca}: the
+        authority that signs its certificate is often a hospital's
+        intermediate, trusted on its own (OpenSSL's partial chain), the
+        host name still checked.
         """
-        root = trust_root_from_pem(self.relay_ca) if self.relay_ca else None
+        root = trust_root_from_pem(self.relay_ca, partial_chain=True) if self.relay_ca else None
         mine = None
         if self.client_cert or self.client_key:
             if not (self.client_cert and self.client_key):
                 raise ValueError(Text("a client certificate needs both its certificate and its key"))
             mine = _private_certificate(self.client_cert, self.client_key)
         return WatchedCreator(optionsForClientTLS(host, trustRoot=root, clientCertificate=mine))
+
+    def explain(self, creator: WatchedCreator, failure: Failure, where: str) -> EpopError | None:
+        """
+        What these settings add to a failed handshake with the relay at
+        C{where}: the saved setting that asked for TLS of a relay without
+        it; C{epop trust} when the relay's authority is unknown and no
+        relay-ca is set; the hard error of L{untrusted}.  C{None} when the
+        failure says it all already.
+        """
+        found = failure.value
+        if isinstance(found, RelayTLSFailure):
+            if found.kind == "no-tls" and self.saved_in is not None:
+                return RelayTLSFailure(where, found.kind, relay_without_tls(where, self.saved_in))
+            presented = creator.presented_chain()
+            if found.kind == "unverified" and not self.relay_ca and presented and not presented[0].has_expired():
+                return RelayTLSFailure(
+                    where,
+                    found.kind,
+                    Text(
+                        "{error} No relay-ca is set, so only this machine's authorities are "
+                        "trusted: run epop trust {relay} to trust this relay's own authority, "
+                        "or set relay-ca to the hospital's authority.",
+                        error=found.text,
+                        relay=where,
+                    ),
+                )
+        return self.untrusted(creator, failure, where)
 
     def untrusted(self, creator: WatchedCreator, failure: Failure, where: str) -> EpopError | None:
         """

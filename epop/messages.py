@@ -29,6 +29,7 @@ __all__ = [
     "choose_language",
     "decimal",
     "decimal_mark",
+    "grouped",
     "language_of",
     "log_format",
     "reason_of",
@@ -69,6 +70,15 @@ def decimal_mark(language: str) -> str:
 def decimal(value: float, places: int, language: str = "en") -> str:
     """C{value} with C{places} decimals as C{language} writes it: 2.8 in English, 2,8 in French."""
     return f"{value:.{places}f}".replace(".", decimal_mark(language))
+
+
+#: What separates thousands: a narrow no-break space in French ("250 000 000").
+_THOUSANDS = {"en": ",", "fr": "\u202f"}
+
+
+def grouped(number: int, language: str = "en") -> str:
+    """C{number} with its thousands separated as C{language} writes them: 250,000 in English, 250 000 in French."""
+    return f"{number:,}".replace(",", _THOUSANDS.get(language, ","))
 
 
 def language_of(accept_language: str) -> str:

@@ -15,7 +15,8 @@
 #
 # Environment: BIN=folder holding python, epop and twistd (default .venv/bin);
 # EPOP_DEMO_WAIT=0 stops at once even in a terminal; EPOP_DEMO_DIR=folder
-# for the scratch files instead of .demo/ (emptied first).
+# for the scratch files instead of .demo/ (emptied first).  epop's saved
+# settings are not read: EPOP_CONFIG points into the scratch folder.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -105,6 +106,9 @@ sys.exit(not any(r.get("type") == "object-released" and r.get("kind") == "tunnel
 heading "Scratch folder $DEMO"
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
+# epop's settings for the demo only: the person's own (a relay trusted with
+# epop trust, tls = yes...) must neither steer the demo nor be changed by it.
+export EPOP_CONFIG=$DEMO/client.ini
 SANDBOX_PORT=$(free_port)
 RELAY_PORT=$(free_port)
 while [ "$RELAY_PORT" = "$SANDBOX_PORT" ]; do RELAY_PORT=$(free_port); done

@@ -105,6 +105,35 @@ class StandardInputTests(TestCase):
         self.assertEqual(given.tell(), 0)
 
 
+class ConfigUnsetTests(TestCase):
+    """`epop config unset KEY` says what it did, or that there was nothing to do."""
+
+    def setUp(self) -> None:
+        self.config_path = os.path.abspath(self.mktemp())
+
+    async def test_unset_what_was_set(self) -> None:
+        """A saved key is removed, and the file saved."""
+        await run_epop(self.config_path, "config", "set", "relay", "10.1.2.3")
+        code, out, err = await run_epop(self.config_path, "config", "unset", "relay")
+        self.assertEqual((code, out, err), (0, b"", f"Saved in {self.config_path}.\n"))
+        code, out, _ = await run_epop(self.config_path, "config", "show")
+        self.assertNotIn(b"relay =", out)
+
+    async def test_unset_what_was_not_set(self) -> None:
+        """A key that was not saved: said so, in French too, exit 0, no file written."""
+        code, out, err = await run_epop(self.config_path, "config", "unset", "proxy")
+        self.assertEqual((code, out, err), (0, b"", "proxy was not set; nothing changed.\n"))
+        self.assertFalse(os.path.exists(self.config_path))
+        code, _, err = await run_epop(self.config_path, "--lang", "fr", "config", "unset", "proxy")
+        self.assertEqual((code, err), (0, "proxy n'était pas enregistré ; rien n'a changé.\n"))
+
+    async def test_unset_unknown_key(self) -> None:
+        """An unknown key is still a usage error."""
+        code, _, err = await run_epop(self.config_path, "config", "unset", "server")
+        self.assertEqual(code, 2, err)
+        self.assertIn("unknown setting", err)
+
+
 class CommandTests(TestCase):
     def setUp(self) -> None:
         self.sandbox = make_trustme_sandbox(self, reactor)
@@ -258,6 +287,16 @@ class CommandTests(TestCase):
         self.assertIn(b"127.0.0.1 (", out)
         self.assertIn(b"--listen tcp:4000:interface=127.0.0.1", out)
         self.assertIn(b"127.0.0.1:4000", out)
+
+    async def test_interfaces_refuses_a_port_workstations_cannot_use(self) -> None:
+        """`epop interfaces --port 0` (or not a port at all) is a usage error, not "type 192.0.2.2:0"."""
+        for port in ("0", "65536", "x", "-1"):
+            code, out, err = await self.run_epop("interfaces", "--port", port)
+            self.assertEqual((code, out), (2, b""), err)
+            self.assertIn(f"epop: --port: expected the relay's port number, from 1 to 65535, not '{port}'", err)
+        code, out, _ = await self.run_epop("interfaces", "-p", "65535")
+        self.assertEqual(code, 0)
+        self.assertIn(b"127.0.0.1:65535", out)
 
 
 class _SwallowingRelay(Protocol):
@@ -458,3 +497,76 @@ class ExitStatusTests(TestCase):
         self.assertEqual(cli.Interruption().exit_status(0), 0)  # the sandbox stopped by Ctrl-C
         cleaning_up.callback(None)
         self.successResultOf(operation)
+
+
+class RelayAddressTests(TestCase):
+    """A relay's address is checked where it is typed or saved, and said wrong in words."""
+
+    def setUp(self) -> None:
+        self.config_path = os.path.abspath(self.mktemp())
+
+    async def test_url_or_bad_name_is_a_usage_error(self) -> None:
+        """A URL or a name no resolver takes is refused with exit 2 before any connection."""
+        port = free_port()
+        cases = [
+            (f"http://127.0.0.1:{port}",
+             f"--relay http://127.0.0.1:{port}: give HOST[:PORT], not a URL (e.g. 127.0.0.1:{port})"),
+            ("https://127.0.0.1", "--relay https://127.0.0.1: give HOST[:PORT], not a URL (e.g. 127.0.0.1)"),
+            ("bad_host", "--relay bad_host: 'bad_host' is not a host name or an IP address"),
+            ("a b", "--relay 'a b': 'a b' is not a host name or an IP address"),
+            ("bad_host:3358", "--relay bad_host:3358: 'bad_host' is not a host name or an IP address"),
+        ]
+        for typed, said in cases:
+            for command in (["test"], ["send", __file__]):
+                code, out, err = await run_epop(self.config_path, *command, "--relay", typed)
+                self.assertEqual((code, out), (2, b""), err)
+                self.assertEqual(err, f"epop: {said}\nTry 'epop {command[0]} --help'.\n")
+        code, _, err = await run_epop(self.config_path, "--lang", "fr", "test", "--relay", "bad_host")
+        self.assertIn("'bad_host' n'est ni un nom d'hôte ni une adresse IP", err)
+
+    async def test_config_set_relay_checked(self) -> None:
+        """`epop config set relay` refuses what --relay refuses, and saves nothing."""
+        for typed, said in [
+            ("a b", "relay 'a b': 'a b' is not a host name or an IP address"),
+            ("http://10.1.2.3:3358", "relay http://10.1.2.3:3358: give HOST[:PORT], not a URL (e.g. 10.1.2.3:3358)"),
+        ]:
+            code, _, err = await run_epop(self.config_path, "config", "set", "relay", typed)
+            self.assertEqual(code, 2, err)
+            self.assertIn(said, err)
+        self.assertFalse(os.path.exists(self.config_path))
+        # Saved before, by hand or by an older epop: named with its file when
+        # used, and epop config set can still replace it.
+        with open(self.config_path, "w") as f:
+            f.write("[epop]\nrelay = a b\n")
+        for command in (["test"], ["send", __file__], ["trust"]):
+            code, _, err = await run_epop(self.config_path, *command)
+            self.assertEqual(code, 2, command)
+            self.assertIn(
+                f"epop: {self.config_path}: relay = a b: 'a b' is not a host name or an IP address; "
+                "correct it with epop config set relay HOST[:PORT]\n", err,
+            )
+        code, _, err = await run_epop(self.config_path, "config", "set", "relay", "10.1.2.3")
+        self.assertEqual(code, 0, err)
+
+    async def test_ipv6_forms_still_work(self) -> None:
+        """[::1]:PORT and a bare ::1 reach a relay as before."""
+        sandbox = make_trustme_sandbox(self, reactor)
+        relay = start_relay(self, reactor, sandbox.url, sandbox.ca_path, listen=("tcp6:0:interface=\\:\\:1",))
+        port = relay.port
+        code, out, err = await run_epop(self.config_path, "test", "--relay", f"[::1]:{port}")
+        self.assertEqual(code, 0, err)
+        self.assertEqual((await run_epop(self.config_path, "config", "set", "relay", "::1"))[0], 0)
+
+
+class LanguageOptionTests(TestCase):
+    async def test_bad_lang_before_help(self) -> None:
+        """`epop --lang xx --help` is refused, not answered in English."""
+        code, out, err = await run_epop(os.path.abspath(self.mktemp()), "--lang", "xx", "--help")
+        self.assertEqual((code, out), (2, b""))
+        self.assertEqual(err, "epop: --lang must be one of en, fr\nTry 'epop --help'.\n")
+
+    async def test_bad_lang_points_to_epop_help(self) -> None:
+        """`epop --lang de send ...`: the help to read is epop's, where --lang is, not send's."""
+        code, _, err = await run_epop(os.path.abspath(self.mktemp()), "--lang", "de", "send", __file__, "--direct")
+        self.assertEqual(code, 2)
+        self.assertEqual(err, "epop: --lang must be one of en, fr\nTry 'epop --help'.\n")

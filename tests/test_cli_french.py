@@ -64,11 +64,13 @@ class FrenchTests(TestCase):
             self.assertIn(f"epop: {self.config_path}, ligne 2 : attendu 'clé = valeur', reçu 'relay 10.1.2.3'\n", err)
 
     async def test_system_refusals(self) -> None:
-        """A file that is not there, for the journal, a setting or a form field: the system's words in French too."""
+        """A file that is not there, for the journal, a setting or a form field: said in French, a usage error."""
         missing = os.path.abspath(self.mktemp())
         cases = [
-            (("journal", missing), 1, f"Impossible de lire {missing} : Aucun fichier ou dossier de ce nom."),
-            (("connections", missing), 1, f"Impossible de lire {missing} : Aucun fichier ou dossier de ce nom."),
+            (("journal", missing), 2, f"epop: pas de journal à {missing} : indiquez le fichier journal du relais "
+                                      "(son --journal), par exemple epop journal /var/lib/epop/journal.jsonl\n"),
+            (("connections", missing), 2, f"epop: pas de journal à {missing} : indiquez le fichier journal du "
+                                          "relais (son --journal), par exemple epop connections /var/lib/epop/journal.jsonl\n"),
             (("config", "set", "relay-ca", missing), 2,
              f"relay-ca : impossible de lire {missing} : Aucun fichier ou dossier de ce nom"),
             (("send", __file__, "--relay", "127.0.0.1", "-F", f"userPwd=<{missing}"), 2,

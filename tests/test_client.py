@@ -30,8 +30,13 @@ class EndpointTests(SynchronousTestCase):
 
     def test_parse_errors(self) -> None:
         """A bad address says what was expected."""
-        for text in ("", "host:", "host:0", "host:70000", "host:abc", "[::1", "[::1]x"):
+        for text in (
+            "", "host:", "host:0", "host:70000", "host:abc", "[::1", "[::1]x",
+            "http://10.1.2.3:3358", "bad_host", "a b", "-host", "a..b", "[relay]:3358", "fe80::1::2",
+        ):
             self.assertRaises(ValueError, RelayAddress.parse, text)
+        for text in ("relay.chu.local.", "fe80::1%eth0", "[fd00::1]:3358", "hôpital.local"):
+            RelayAddress.parse(text)
 
 
 class HandshakeTests(SynchronousTestCase):

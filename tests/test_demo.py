@@ -1,7 +1,8 @@
 """
 C{make demo} (C{scripts/demo.sh}), as a new user runs it: the whole chain
 on loopback, an upload by epop and one by curl through the relay's HTTPS
-proxy mode, each receipt checked, the tunnel in the journal.
+proxy mode, each receipt checked, the tunnel in the journal, whatever the
+person's own saved settings say.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import sys
 
+import trustme
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
@@ -24,8 +26,17 @@ class DemoTests(TestCase):
         if shutil.which("curl") is None:
             raise SkipTest("curl is not installed")
         scratch = os.path.abspath(self.mktemp())
+        # The person's own settings, after an epop trust of another relay:
+        # the demo's relay has no TLS, so they must not apply to it.
+        own = os.path.abspath(self.mktemp())
+        os.makedirs(own)
+        trustme.CA().cert_pem.write_to_path(os.path.join(own, "relay-ca.pem"))
+        settings = f"[epop]\nrelay = 10.1.2.3\ntls = yes\nrelay-ca = {own}/relay-ca.pem\n"
+        with open(os.path.join(own, "client.ini"), "w") as f:
+            f.write(settings)
         env = dict(
             os.environ,
+            EPOP_CONFIG=os.path.join(own, "client.ini"),
             BIN=os.path.dirname(sys.executable),
             EPOP_DEMO_DIR=scratch,
             EPOP_DEMO_WAIT="0",
@@ -47,3 +58,5 @@ class DemoTests(TestCase):
         [tunnel] = [r for r in records if r["type"] == "object-released" and r.get("kind") == "tunnel"]
         self.assertEqual(tunnel["outcome"], "completed")
         self.assertGreater(tunnel["bytes_in"], 1024 * 1024)
+        with open(os.path.join(own, "client.ini")) as f:
+            self.assertEqual(f.read(), settings)

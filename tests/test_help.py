@@ -112,6 +112,15 @@ class EpopHelpTests(SynchronousTestCase):
         self.assertIn("Enregistrer un paramètre.", text)
 
 
+    def test_trust_says_where_the_fingerprint_is(self) -> None:
+        """`epop trust --help` in French names the place its errors name: the relay's messages at start."""
+        words = " ".join(_epop("trust", "--help", environ=FRENCH).split())
+        self.assertIn(
+            "Comparez l'empreinte avec celle que le relais écrit dans ses messages à son démarrage "
+            "(pas dans le journal des connexions).",
+            words,
+        )
+
     def test_help_of_a_nested_command(self) -> None:
         """`epop config set --help`: the help of set (its keys), not of config, its synopsis from the command's name."""
         text = _epop("config", "set", "--help", environ=ENGLISH)
@@ -169,3 +178,46 @@ class TwistdHelpTests(SynchronousTestCase):
         words = " ".join(text.split())
         self.assertIn("--no-check Do not check at start-up that e-PMSI can be reached.", words)
         self.assertIn("[default: epop-journal.jsonl]", words)
+
+
+class WrappingTests(SynchronousTestCase):
+    """How an option table is wrapped and its defaults written, in-process, at several widths."""
+
+    def usage_of(self, options: usage.Options, language: str, width: int) -> str:
+        options["lang"] = language
+        options.language = language  # twistd epop's, from --lang or the locale when parsed
+        return options.getUsage(width=width)
+
+    def pages(self, language: str) -> list[str]:
+        return [
+            self.usage_of(parser, language, width)
+            for width in (60, 80, 100, 120)
+            for parser in (tap.Options(), *(make() for _, _, make, _ in cli.Options.subCommands))
+        ]
+
+    def test_no_line_starts_with_french_punctuation(self) -> None:
+        """French help never leaves ":", ";", "?", "!" or "»" at the start of a line, nor "«" at its end."""
+        for page in self.pages("fr"):
+            for line in page.splitlines():
+                self.assertNotRegex(line, r"^\s*[:;?!»]", page)
+                self.assertNotRegex(line, r"«\s*$", page)
+
+    def test_options_never_cut_at_a_hyphen(self) -> None:
+        """--tls-cert, --tls-client-key and e-PMSI stay whole, in French and in English."""
+        for language in ("fr", "en"):
+            for page in self.pages(language):
+                self.assertNotRegex(page, r"\w-\n", page)
+                self.assertNotIn("\ue000", page)
+                self.assertNotIn("\ue001", page)
+
+    def test_defaults_as_written(self) -> None:
+        """Numbers are shown as they were given: 1024 and 360, not 1024.0 and 360.0."""
+        relay = " ".join(self.usage_of(tap.Options(), "fr", 80).split())
+        self.assertIn("(0 : pas de minimum). [par défaut : 1024]", relay)
+        self.assertIn("[par défaut : 120]", relay)
+        self.assertNotRegex(relay, r"défaut : \d+\.0\]")
+        relay = " ".join(self.usage_of(tap.Options(), "en", 80).split())
+        self.assertIn("(0: no minimum). [default: 1024]", relay)
+        self.assertNotRegex(relay, r"default: \d+\.0\]")
+        send = dict((name, make) for name, _, make, _ in cli.Options.subCommands)["send"]
+        self.assertIn("[par défaut : 360]", " ".join(self.usage_of(send(), "fr", 80).split()))

@@ -24,6 +24,7 @@ from epop.journal.connections import connection_summaries, connections_table
 from epop.journal.filters import JournalFilter, parse_connection, parse_since
 from epop.journal.reader import JournalFollower, Problem, journal_files, read_file, read_journal
 from epop.journal.table import describe_record, journal_table, type_name
+from epop.messages import reason_of
 from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import ShutdownClock, make_trustme_sandbox, poll_until
 
@@ -129,6 +130,9 @@ class ReadTests(SynchronousTestCase):
         tz = PARIS_WINTER
         self.assertEqual(parse_since("today", now, tz), datetime(2026, 11, 25, tzinfo=tz))
         self.assertEqual(parse_since("yesterday", now, tz), datetime(2026, 11, 24, tzinfo=tz))
+        for today in ("aujourd'hui", "Aujourd\u2019hui"):
+            self.assertEqual(parse_since(today, now, tz), datetime(2026, 11, 25, tzinfo=tz))
+        self.assertEqual(parse_since("hier", now, tz), datetime(2026, 11, 24, tzinfo=tz))
         self.assertEqual(parse_since("30m", now, tz).timestamp(), now - 1800)
         self.assertEqual(parse_since("1h", now, tz).timestamp(), now - 3600)
         self.assertEqual(parse_since("2d", now, tz).timestamp(), now - 2 * 86400)
@@ -138,6 +142,8 @@ class ReadTests(SynchronousTestCase):
         for bad in ("", "soon", "1w", "25/11/2026"):
             error = self.assertRaises(ValueError, parse_since, bad, now, tz)
             self.assertIn("--since", str(error))
+        error = self.assertRaises(ValueError, parse_since, "demain", now, tz)
+        self.assertIn("aujourd'hui, hier, ou une durée", reason_of(error).render("fr"))
 
     def test_since_reads_rotated_files_in_order(self) -> None:
         """With --since, the rotated files recent enough are read first, oldest first, then the current file; without it only the current one."""
@@ -420,17 +426,48 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("--since never", err)
 
     def test_journal_usage_errors(self) -> None:
-        """A bad --type, --connection or --since is a usage error (exit 2); a missing journal exits 1 and says why."""
+        """A bad --type, --connection or --since, or no journal at the path, is a usage error (exit 2)."""
         for args in (["--type", "opened"], ["--connection", "x"], ["--since", "soon"]):
             code, _, err = self.run_epop("journal", self.path, *args)
             self.assertEqual(code, 2, args)
             self.assertIn(args[0], err)
         code, out, err = self.run_epop("journal", self.path)
-        self.assertEqual((code, out), (1, ""))
-        self.assertIn(f"Cannot read {self.path}: No such file or directory.", err)
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(
+            err,
+            f"epop: no journal at {os.path.abspath(self.path)}: give the relay's journal file (its --journal), "
+            "e.g. epop journal /var/lib/epop/journal.jsonl\n",
+        )
         code, out, err = self.run_epop("--lang", "fr", "connections", self.path)
-        self.assertEqual(code, 1)
-        self.assertIn(f"Impossible de lire {self.path}", err)
+        self.assertEqual(code, 2)
+        self.assertIn(f"epop: pas de journal à {os.path.abspath(self.path)} : ", err)
+
+    def test_rotated_files_hinted_without_since(self) -> None:
+        """Without --since only the current file is read: its rotated files are named, with how to read them."""
+        _write(self.path + ".2", [_listening(RUN_A, NOW - 200), *_session(RUN_A, 1, NOW - 199)])
+        _write(self.path + ".1", [*_session(RUN_A, 2, NOW - 100)])
+        _write(self.path, [*_session(RUN_A, 3, NOW - 10)])
+        hint = (f"(older events are in 2 rotated file(s): {os.path.basename(self.path)}.2, "
+                f"{os.path.basename(self.path)}.1; --since reads them too, e.g. epop {{}} {self.path} --since 2d)\n")
+        for command in ("journal", "connections"):
+            code, out, err = self.run_epop(command, self.path)
+            self.assertEqual((code, err), (0, hint.format(command)))
+            code, out, err = self.run_epop(command, self.path, "--since", "1h")
+            self.assertEqual(code, 0)
+            self.assertNotIn("older events", err)
+        code, out, err = self.run_epop("--lang", "fr", "journal", self.path)
+        self.assertIn("(des événements plus anciens sont dans 2 fichier(s) archivé(s) : ", err)
+        for n in range(3, 6):
+            _write(self.path + f".{n}", [*_session(RUN_A, 10 + n, NOW - 100 * n)])
+        code, out, err = self.run_epop("journal", self.path)
+        name = os.path.basename(self.path)
+        self.assertIn(f"in 5 rotated file(s): {name}.5, ..., {name}.1;", err)
+
+    def test_no_hint_without_rotated_files(self) -> None:
+        """A journal that was never rotated gets no hint."""
+        _write(self.path, [_listening(RUN_A, NOW), *_session(RUN_A, 1, NOW + 1)])
+        code, out, err = self.run_epop("journal", self.path)
+        self.assertEqual((code, err), (0, ""))
 
 
 class LiveRelayTests(TestCase):

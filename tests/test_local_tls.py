@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from epop.workstation.client import send_file, test_connection
 from epop.local_tls import ClientTLS, RelayTLS
+from epop.messages import reason_of
 from epop.relay.session import SessionChoiceFactory, _RecordBatcher
 from tests.relaying import start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
@@ -190,12 +191,24 @@ class LocalTLSTests(TestCase):
         for tls, text in [
             (RelayTLS("/nonexistent.pem", self.key), "cannot read the certificate"),
             (RelayTLS(self.cert, self.write(b"junk")), "not a PEM private key"),
-            (RelayTLS(self.cert, self.write(trustme.CA().issue_cert("x").private_key_pem.bytes())), "cannot use"),
+            (RelayTLS(self.cert, self.write(trustme.CA().issue_cert("x").private_key_pem.bytes())),
+             "is not the key of the certificate"),
         ]:
             error = self.assertRaises(
                 ValueError, make_relay_service, reactor, RelaySettings(tls=tls, listen=())
             )
             self.assertIn(text, str(error))
+
+    def test_key_of_another_certificate_in_french(self) -> None:
+        """A key that is not the certificate's is said in French too, without the library's English."""
+        other_key = self.write(trustme.CA().issue_cert("x").private_key_pem.bytes())
+        error = self.assertRaises(ValueError, RelayTLS(self.cert, other_key).options)
+        said = reason_of(error).render("fr")
+        self.assertEqual(
+            said,
+            f"la clé privée {other_key} n'est pas celle du certificat {self.cert} : "
+            "indiquez la clé créée avec ce certificat",
+        )
 
     async def test_command_line(self) -> None:
         """`epop test --tls --relay-ca` works, and TLS flags out of place are usage errors."""

@@ -132,7 +132,7 @@ class ProvokedTests(TestCase):
         relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, allow=("10.0.0.0/8",))
         report = await test_connection(reactor, relay=relay.endpoint)
         self.assertRegex(report.error.render("en"), r"^Client 127\.0\.0\.1:\d+ is not allowed to connect to this e-POP relay$")
-        self.assertRegex(report.error.render("fr"), r"^Le client 127\.0\.0\.1:\d+ n'est pas autorisé à se connecter au serveur ePOP$")
+        self.assertRegex(report.error.render("fr"), r"^Le client 127\.0\.0\.1:\d+ n'est pas autorisé à se connecter à ce relais e-POP$")
         self.assertEqual(report.step.render("fr"), "l'autorisation par le relais")
 
     async def test_tls_failures(self) -> None:

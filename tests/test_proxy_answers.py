@@ -66,7 +66,7 @@ class RelayAsProxyTests(TestCase):
         code, err = await self.epop_test(proxy, environ={"LANG": "fr_FR.UTF-8"})
         self.assertEqual(code, _EXIT_FAILED, err)
         self.assertIn("le proxy a refusé le tunnel (403 Forbidden) : « Le client 127.0.0.1:", err)
-        self.assertIn(" n'est pas autorisé à se connecter au serveur ePOP »", err)
+        self.assertIn(" n'est pas autorisé à se connecter à ce relais e-POP »", err)
 
     async def test_epmsi_down(self) -> None:
         """e-PMSI not listening: `epop send` shows the relay's cause, and exits 1."""

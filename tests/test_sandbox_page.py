@@ -255,8 +255,18 @@ class SandboxPageTests(TestCase):
         _, page = await self.page()
         self.assertEqual(len(page.rows), FILES_SHOWN + 1)
         self.assertEqual(page.rows[0][3], "f00.txt")
-        self.assertEqual(page.rows[0][6], "none")
+        self.assertEqual(page.rows[0][6], "no form field")
         self.assertEqual(page.rows[-1], ["and 5 more file(s)"])
+        _, page, _ = await self.page_in("fr")
+        self.assertEqual(page.rows[0][6], "aucun champ")
+
+    async def test_sizes_grouped_in_the_readers_language(self) -> None:
+        """A size's thousands are separated by commas in English, by narrow no-break spaces in French."""
+        await self.upload("rss.zip", b"x" * 1234567)
+        _, page = await self.page()
+        self.assertEqual(page.rows[0][4], "1,234,567")
+        _, page, _ = await self.page_in("fr")
+        self.assertEqual(page.rows[0][4], "1\u202f234\u202f567")
 
     async def test_long_value_cut(self) -> None:
         """A long field value is kept and shown cut, marked as such."""

@@ -203,6 +203,20 @@ class SendInputTests(TestCase):
         self.assertNotIn("Traceback", err)
         return code, out, err
 
+    async def test_password_prompt_says_it_is_not_shown(self) -> None:
+        """The terminal's prompt for -F userPwd=<- names the field and says the typing is not shown, in French too."""
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        asked: list[str] = []
+        self.patch(form_fields.getpass, "getpass", lambda prompt: asked.append(prompt) or SECRET)
+        for lang in ("en", "fr"):
+            code, _, err = await self.send("--lang", lang, "send", self.path, "--relay", str(self.relay.endpoint),
+                                           "-F", "userPwd=<-", stdin=Terminal())
+            self.assertEqual(code, 0, err)
+        self.assertEqual(asked, ["userPwd (not shown): ", "userPwd (non affiché) : "])
+
     async def test_end_of_input_at_the_password_prompt(self) -> None:
         """Ctrl-D at the terminal's prompt for -F userPwd=<-: the empty-value error, not a traceback."""
         code, out, err = await self.at_the_password_prompt(EOFError)

@@ -59,6 +59,11 @@ class EnvironmentTests(SynchronousTestCase):
             "This machine would reach https://www.epmsi.atih.sante.fr through the proxy "
             "http://proxy.chu.local:3128 (from environment variable HTTPS_PROXY).",
         )
+        self.assertEqual(
+            found.describe("fr"),
+            "Ce poste joindrait https://www.epmsi.atih.sante.fr par le proxy "
+            "http://proxy.chu.local:3128 (d'après la variable d'environnement HTTPS_PROXY).",
+        )
 
     def test_lower_case_wins(self) -> None:
         """As in urllib, https_proxy wins over HTTPS_PROXY."""
@@ -218,7 +223,7 @@ class FakeSystemTests(SynchronousTestCase):
         self, proxies: Mapping[str, str], bypass: bool = False, pac: str | None = None
     ) -> _SystemSettings:
         return _SystemSettings(
-            "Windows registry (Internet Settings)",
+            system_proxy._WINDOWS_LABEL,
             proxies,
             lambda host: bypass,
             pac=pac,
@@ -231,6 +236,7 @@ class FakeSystemTests(SynchronousTestCase):
         found = discover_proxy(environ={}, platform="win32")
         self.assertEqual(found.proxy, "http://proxy.chu.local:8080")
         self.assertEqual(found.source, "Windows registry (Internet Settings)")
+        self.assertIn("(d'après le registre Windows (Options Internet))", found.describe("fr"))
 
     def test_registry_https_prefix(self) -> None:
         """A registry proxy read as https:// is still a plain HTTP proxy (WinINet has no other)."""
@@ -403,7 +409,11 @@ class PacFileTests(SynchronousTestCase):
 
     def test_malformed(self) -> None:
         """A PAC file that is not valid JavaScript is unresolved, saying so."""
-        found = discover_proxy(environ={}, pac=str(self.write_pac("function (")), platform="linux")
+        path = self.write_pac("function (")
+        found = discover_proxy(environ={}, pac=str(path), platform="linux")
         self.assertTrue(found.unresolved)
-        self.assertIn("could not be evaluated", found.source)
+        self.assertIn(f"PAC file {path} could not be evaluated: its script has an error (", found.source)
         self.assertNotIn("\n", found.source)
+        french = found.text().render("fr")
+        self.assertIn(f": le fichier PAC {path} n'a pas pu être évalué : son script contient une erreur (", french)
+        self.assertNotIn("Malformed", french)

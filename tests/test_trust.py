@@ -60,7 +60,13 @@ class FingerprintTests(SynchronousTestCase):
             self.assertRaises(ValueError, normalize_fingerprint, wrong)
 
 
-class TrustTests(TestCase):
+#: Where the fingerprint is, as the French errors say it.
+PLACE_IN_FRENCH = "(elle est dans les messages du relais à son démarrage, pas dans le journal des connexions)"
+
+
+class _RelayTLSCase(TestCase):
+    """A sandbox, an authority, the workstation's settings file, and relays on TLS to try epop on."""
+
     def setUp(self) -> None:
         self.sandbox = make_trustme_sandbox(self, reactor)
         self.config = os.path.abspath(self.mktemp())
@@ -73,16 +79,24 @@ class TrustTests(TestCase):
             f.write(data)
         return path
 
-    def relay(self, ca: trustme.CA, *, chain: bytes | None = None, **tls: object) -> RunningRelay:
-        """A relay whose certificate comes from C{ca}, sending C{chain} (the CA's own by default) after it."""
-        issued = ca.issue_cert("127.0.0.1", "localhost")
+    def relay(
+        self, ca: trustme.CA, *, chain: bytes | None = None, names: tuple[str, ...] = (), **tls: object
+    ) -> RunningRelay:
+        """
+        A relay whose certificate comes from C{ca}, for C{names} (the
+        loopback's by default), sending C{chain} (the CA's own by default)
+        after it; its certificate's PEM is kept as C{leaf_pem}.
+        """
+        issued = ca.issue_cert(*(names or ("127.0.0.1", "localhost")))
         settings = RelayTLS(
             self.write(issued.cert_chain_pems[0].bytes()),
             self.write(issued.private_key_pem.bytes()),
             chain=self.write(ca.cert_pem.bytes() if chain is None else chain),
             **tls,  # type: ignore[arg-type]
         )
-        return start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, tls=settings)
+        running = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path, tls=settings)
+        running.leaf_pem = issued.cert_chain_pems[0].bytes()  # type: ignore[attr-defined]
+        return running
 
     async def epop(self, *argv: str, stdin: io.StringIO | None = None) -> tuple[int, str, str]:
         stdout, stderr = io.BytesIO(), io.StringIO()
@@ -101,6 +115,9 @@ class TrustTests(TestCase):
         self.assertFalse(os.path.exists(self.config))
         self.assertFalse(os.path.exists(self.trusted_file))
 
+
+
+class TrustTests(_RelayTLSCase):
     async def test_fingerprint_given(self) -> None:
         """
         --fingerprint that matches saves the authority, tls and relay-ca, with
@@ -112,7 +129,11 @@ class TrustTests(TestCase):
         code, _, err = await self.epop("trust", str(relay.endpoint), "--fingerprint", typed)
         self.assertEqual(code, 0, err)
         self.assertIn(self.ca_fingerprint, err)
-        self.assertIn(f"saved in {self.trusted_file}", err)
+        self.assertIn(
+            f"Trusted the authority of the relay at {relay.endpoint}: {self.ca_fingerprint}, "
+            f"saved in {self.trusted_file}.", err,
+        )
+        self.assertIn(f"Settings saved in {self.config}: relay = {relay.endpoint}, tls = yes,", err)
         with open(self.trusted_file, "rb") as f:
             self.assertEqual(f.read(), self.ca.cert_pem.bytes())
         self.assertEqual(stat.S_IMODE(os.stat(self.trusted_file).st_mode), 0o644)
@@ -143,6 +164,9 @@ class TrustTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(f"presents the authority {self.ca_fingerprint}, not the {other}", err)
         self.assertNothingSaved()
+        code, _, err = await self.epop("--lang", "fr", "trust", str(relay.endpoint), "--fingerprint", other)
+        self.assertEqual(code, 1)
+        self.assertIn(PLACE_IN_FRENCH, " ".join(err.split()))
 
     async def test_confirmed_at_the_terminal(self) -> None:
         """At a terminal, "yes" (or "oui") trusts; the fingerprint is shown before the question."""
@@ -152,6 +176,7 @@ class TrustTests(TestCase):
             self.assertEqual(code, 0, err)
             self.assertLess(err.index(self.ca_fingerprint), err.index("Trust this authority? (yes/no)"))
             self.assertTrue(os.path.exists(self.trusted_file))
+            os.remove(self.config)
 
     async def test_refused_at_the_terminal(self) -> None:
         """Anything but yes/oui, even nothing at all, refuses: exit 1, nothing saved."""
@@ -334,3 +359,144 @@ class SavedTLSSettingsTests(TestCase):
         saved.set("tls", "no")
         self.assertIsNone(resolved().tls)
         self.assertEqual(resolved("--tls").tls.relay_ca, os.path.abspath(ca))
+
+
+class GuidanceTests(_RelayTLSCase):
+    """What a workstation says when its TLS settings and the relay disagree, and how epop trust warns."""
+
+    async def test_saved_tls_named_when_the_relay_has_none(self) -> None:
+        """
+        tls = yes from the saved settings, no --tls typed, a relay without
+        TLS: the error names the setting and its file, not a --tls nobody typed.
+        """
+        relay = start_relay(self, reactor, self.sandbox.url, self.sandbox.ca_path)
+        self.assertEqual((await self.epop("config", "set", "tls", "yes"))[0], 0)
+        where = str(relay.endpoint)
+        code, _, err = await self.epop("test", "--relay", where)
+        self.assertEqual(code, 1)
+        self.assertIn(
+            f"The relay at {where} does not speak TLS: connect without TLS (tls = yes in the saved "
+            f"settings {self.config}: epop config set tls no)", err,
+        )
+        code, _, err = await self.epop("--lang", "fr", "test", "--relay", where)
+        self.assertIn(f"(tls = yes dans les paramètres enregistrés {self.config} : epop config set tls no)", err)
+        # Typed, --tls is what to leave out.
+        code, _, err = await self.epop("test", "--relay", where, "--tls")
+        self.assertIn("does not speak TLS: connect without --tls,", err)
+        self.assertNotIn("saved settings", err)
+
+    async def test_unknown_authority_points_to_trust(self) -> None:
+        """
+        tls = yes without any relay-ca, a relay on its own authority: the
+        error says to run epop trust on that relay, or set relay-ca.
+        """
+        relay = self.relay(self.ca)
+        where = str(relay.endpoint)
+        self.assertEqual((await self.epop("config", "set", "tls", "yes"))[0], 0)
+        hint = f"run epop trust {where} to trust this relay's own authority, or set relay-ca to the hospital's authority"
+        code, _, err = await self.epop("test", "--relay", where)
+        self.assertEqual(code, 1)
+        self.assertIn("signed by an unknown authority", err)
+        self.assertIn(hint, err)
+        code, _, err = await self.epop("--lang", "fr", "test", "--relay", where)
+        self.assertIn(f"lancez epop trust {where}", err)
+        # With a relay-ca, the hard error of another authority instead.
+        other = self.write(trustme.CA().cert_pem.bytes())
+        code, _, err = await self.epop("test", "--relay", where, "--relay-ca", other)
+        self.assertEqual(code, 1)
+        self.assertIn("does not trust", err)
+        self.assertNotIn(hint, err)
+
+    async def test_authority_changed(self) -> None:
+        """
+        As SSH does: another authority than the saved one is announced with
+        a WARNING naming the old one before the question, or with
+        --fingerprint; the same one is already trusted, nothing asked.
+        """
+        first = self.relay(self.ca)
+        where = str(first.endpoint)
+        code, _, err = await self.epop("trust", where, "--fingerprint", self.ca_fingerprint)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("WARNING", err)
+        code, _, err = await self.epop("trust", where, stdin=_Terminal(""))
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"Already trusted: {self.ca_fingerprint}.", err)
+        self.assertNotIn("(yes/no)", err)
+        self.assertNotIn("Settings saved", err)
+        # The relay reinstalled: its tls folder, and so its authority, made anew.
+        other = trustme.CA()
+        other_fingerprint = fingerprint(x509.load_pem_x509_certificate(other.cert_pem.bytes()))
+        second = self.relay(other)
+        where = str(second.endpoint)
+        warning = (
+            f"WARNING: this is not the authority trusted before ({self.ca_fingerprint}, saved in "
+            f"{self.trusted_file}); if the relay was not reinstalled, do not accept."
+        )
+        code, _, err = await self.epop("trust", where, stdin=_Terminal("no\n"))
+        self.assertEqual(code, 1)
+        self.assertLess(err.index(other_fingerprint), err.index(warning))
+        self.assertLess(err.index(warning), err.index("(yes/no)"))
+        code, _, err = await self.epop("--lang", "fr", "trust", where, stdin=_Terminal("non\n"))
+        self.assertIn(f"ATTENTION : ce n'est pas l'autorité approuvée auparavant ({self.ca_fingerprint}", err)
+        with open(self.trusted_file, "rb") as f:
+            self.assertEqual(f.read(), self.ca.cert_pem.bytes())
+        code, _, err = await self.epop("trust", where, "--fingerprint", other_fingerprint)
+        self.assertEqual(code, 0, err)
+        self.assertIn(warning, err)
+        with open(self.trusted_file, "rb") as f:
+            self.assertEqual(f.read(), other.cert_pem.bytes())
+
+    async def test_openssl_fingerprint_output(self) -> None:
+        """--fingerprint takes what openssl prints, its prefix included, and SHA-256 too."""
+        relay = self.relay(self.ca)
+        path = self.write(self.ca.cert_pem.bytes())
+        printed = subprocess.run(
+            ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", path],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        digits = printed.split("=", 1)[1]
+        for typed in (printed, printed.upper(), "SHA-256 " + digits, "sha256 Fingerprint=" + digits.lower()):
+            code, _, err = await self.epop("trust", str(relay.endpoint), "--fingerprint", typed)
+            self.assertEqual(code, 0, (typed, err))
+            os.remove(self.config)
+
+    def intermediate_relay(self, *names: str) -> tuple[RunningRelay, str, str]:
+        """A relay on a root -> intermediate -> leaf chain, sending the intermediate: the relay, the intermediate's and the leaf's files."""
+        intermediate = self.ca.create_child_ca()
+        relay = self.relay(intermediate, chain=intermediate.cert_pem.bytes(), names=names)
+        leaf = self.write(relay.leaf_pem)  # type: ignore[attr-defined]
+        return relay, self.write(intermediate.cert_pem.bytes()), leaf
+
+    async def test_intermediate_as_relay_ca(self) -> None:
+        """
+        The intermediate that signs the relay's certificate is enough as
+        relay-ca, flag or saved; the host name is still checked.
+        """
+        relay, intermediate, _ = self.intermediate_relay()
+        where = str(relay.endpoint)
+        code, out, err = await self.epop("test", "--relay", where, "--tls", "--relay-ca", intermediate)
+        self.assertEqual(code, 0, err)
+        self.assertIn("Encrypted (TLS", out)
+        for key, value in (("relay-ca", intermediate), ("tls", "yes"), ("relay", where)):
+            self.assertEqual((await self.epop("config", "set", key, value))[0], 0)
+        code, out, err = await self.epop("test")
+        self.assertEqual(code, 0, err)
+        elsewhere, intermediate, _ = self.intermediate_relay("relay.chu.local")
+        code, _, err = await self.epop("test", "--relay", str(elsewhere.endpoint), "--tls", "--relay-ca", intermediate)
+        self.assertEqual(code, 1)
+        self.assertIn("does not match the host name", err)
+
+    async def test_server_certificate_refused_as_relay_ca(self) -> None:
+        """The relay's own certificate given as relay-ca is refused when set or typed, saying what to give."""
+        relay, _, leaf = self.intermediate_relay()
+        said = (
+            f"{os.path.abspath(leaf)} is a server's certificate, not an authority: give the authority "
+            "that signs it (for a relay on --tls-cert auto: epop trust)"
+        )
+        code, _, err = await self.epop("config", "set", "relay-ca", leaf)
+        self.assertEqual(code, 2)
+        self.assertIn(f"relay-ca: {said}", err)
+        self.assertFalse(os.path.exists(self.config))
+        code, _, err = await self.epop("test", "--relay", str(relay.endpoint), "--tls", "--relay-ca", os.path.abspath(leaf))
+        self.assertEqual(code, 2)
+        self.assertIn(f"--relay-ca: {said}", err)

@@ -353,8 +353,12 @@ def _from_pac(url: str, host: str, pac: str, where: Text | str) -> ProxyDiscover
     try:
         answer = PACFile(script).find_proxy_for_url(url, host)
     except Exception as e:  # noqa: BLE001 -- dukpy's and pypac's errors share no base
+        # pypac's own words ("Malformed PAC file") are English: only the script's error is kept.
+        detail = getattr(e, "original_exc", None) or e
         return _unresolved(
-            url, Text("{label} could not be evaluated: {why}", label=label, why=" ".join(str(e).split()))
+            url,
+            Text("{label} could not be evaluated: {why}", label=label,
+                 why=Text("its script has an error ({detail})", detail=" ".join(str(detail).split()))),
         )
     return _from_pac_answer(url, answer, label)
 

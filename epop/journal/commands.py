@@ -8,13 +8,14 @@ work on a running relay's journal and on a copy of it alike.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python import usage
 
-from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, output_lost
+from epop.command import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, CommandOptions, output_lost
 from epop.journal.connections import RunChecker, connection_summaries, connections_table
 from epop.journal.events import EVENT_TYPES
 from epop.journal.filters import JournalFilter, parse_connection, parse_since
@@ -27,6 +28,7 @@ from epop.journal.reader import (
     read_journal,
 )
 from epop.journal.table import journal_header, journal_row, journal_table
+from epop.journal.writer import rotated_files
 from epop.messages import Text, reason_of, system_reason
 from epop.printable import safe_json
 
@@ -108,7 +110,39 @@ def _problem(command: Command) -> Callable[[Problem], None]:
     return lambda problem: command.tell(problem.describe())
 
 
-def _unreadable(command: Command, path: str, error: OSError) -> Deferred[int]:
+#: Where the relay's journal is in the installation docs/install.md describes.
+_EXAMPLE_JOURNAL = "/var/lib/epop/journal.jsonl"
+
+#: Rotated files named in full in the hint; more are shortened to the oldest and newest.
+_NAMED_ROTATED = 3
+
+
+def _older_files_hint(command: Command, name: str, path: str) -> None:
+    """
+    Without --since only C{path} itself is read: say so when its rotated
+    files hold older events, and how to read them too.
+    """
+    rotated = rotated_files(path)
+    if not rotated:
+        return
+    names = [os.path.basename(each) for each in rotated]
+    if len(names) > _NAMED_ROTATED:
+        names = [names[0], "...", names[-1]]
+    command.tell(
+        Text("(older events are in {count} rotated file(s): {names}; --since reads them too, "
+             "e.g. epop {command} {path} --since 2d)",
+             count=len(rotated), names=", ".join(names), command=name, path=path)
+    )
+
+
+def _unreadable(command: Command, name: str, path: str, error: OSError) -> Deferred[int]:
+    if isinstance(error, FileNotFoundError) and error.filename in (None, path):
+        # The usual cause: run in a folder other than the relay's, with the default path.
+        command.complain(
+            Text("no journal at {path}: give the relay's journal file (its --journal), e.g. epop {command} {example}",
+                 path=os.path.abspath(path), command=name, example=_EXAMPLE_JOURNAL)
+        )
+        return succeed(EXIT_USAGE)
     if isinstance(error, NotAJournalFile):
         message = error.describe()
     else:
@@ -129,18 +163,20 @@ def journal(command: Command, options: JournalOptions) -> Deferred[int]:
             # now, not waited for.
             check_journal_path(path)
         except OSError as e:
-            return _unreadable(command, path, e)
+            return _unreadable(command, "journal", path, e)
         return _follow(command, path, wanted, options["json"])
     try:
         records = [r for r in read_journal(path, wanted.since, _problem(command)) if wanted.matches(r)]
     except OSError as e:
-        return _unreadable(command, path, e)
+        return _unreadable(command, "journal", path, e)
     if options["json"]:
         for record in records:
             command.say(safe_json(record))
     else:
         for line in journal_table(records, command.language):
             command.say(line)
+    if wanted.since is None:
+        _older_files_hint(command, "journal", path)
     return succeed(EXIT_OK)
 
 
@@ -177,7 +213,9 @@ def _follow(command: Command, path: str, wanted: JournalFilter, as_json: bool) -
                 if done.called:
                     return done
         except OSError as e:
-            return _unreadable(command, path, e)
+            return _unreadable(command, "journal", path, e)
+    else:
+        _older_files_hint(command, "journal", path)
     follower = JournalFollower(path, show, command.reactor, on_problem=_problem(command))
     follower.start()
     if follower.waiting:
@@ -193,7 +231,7 @@ def connections(command: Command, options: ConnectionsOptions) -> Deferred[int]:
     try:
         records = list(read_journal(path, since, _problem(command)))
     except OSError as e:
-        return _unreadable(command, path, e)
+        return _unreadable(command, "connections", path, e)
     summaries = [
         summary
         for summary in connection_summaries(records, command.reactor.seconds(), RunChecker(path, records))
@@ -207,4 +245,6 @@ def connections(command: Command, options: ConnectionsOptions) -> Deferred[int]:
     else:
         for line in connections_table(summaries, command.language):
             command.say(line)
+    if since is None:
+        _older_files_hint(command, "connections", path)
     return succeed(EXIT_OK)

@@ -27,13 +27,15 @@ def parse_connection(text: str) -> tuple[str | None, int]:
 
 _DURATION = re.compile(r"(\d+)\s*([smhd])", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: The days named in words, in English and French (with a typed or a typographic apostrophe).
+_DAYS_BACK = {"today": 0, "aujourd'hui": 0, "yesterday": 1, "hier": 1}
 
 
 def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
     """
     The start of C{--since}: an ISO date or time (local time unless it says
-    otherwise), C{today}, C{yesterday}, or a duration back from C{now} such
-    as C{30m}, C{1h}, C{2d}.
+    otherwise), C{today} or C{aujourd'hui}, C{yesterday} or C{hier}, or a
+    duration back from C{now} such as C{30m}, C{1h}, C{2d}.
 
     @param tz: the local time zone; the system's by default.
     """
@@ -51,9 +53,10 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
 def _since(value: str, now: float, tz: tzinfo | None) -> datetime:
     """L{parse_since}'s reading; dates past what datetime holds raise L{OverflowError}."""
     local_now = datetime.fromtimestamp(now, tz=timezone.utc).astimezone(tz)
-    if value.lower() in ("today", "yesterday"):
+    days_back = _DAYS_BACK.get(value.lower().replace("\u2019", "'"))
+    if days_back is not None:
         midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return midnight - timedelta(days=1) if value.lower() == "yesterday" else midnight
+        return midnight - timedelta(days=days_back)
     match = _DURATION.fullmatch(value)
     if match:
         delta = timedelta(**{_UNITS[match[2].lower()]: int(match[1])})

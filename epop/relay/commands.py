@@ -5,6 +5,8 @@ where it listens (the manual's "Adresse IP" list).
 
 from __future__ import annotations
 
+from twisted.python import usage
+
 from epop.addressing import DEFAULT_PORT
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions
 from epop.messages import Text
@@ -19,7 +21,16 @@ class InterfacesOptions(CommandOptions):
         "'Adresse IP' list), with the --listen option to use for each and the "
         "address workstations then type."
     )
-    optParameters = [["port", "p", DEFAULT_PORT, "The relay's port.", int]]
+    optParameters = [["port", "p", DEFAULT_PORT, "The relay's port."]]
+
+    def postOptions(self) -> None:
+        # Port 0 would be any free port: not one workstations could be told.
+        text = str(self["port"])
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise usage.UsageError(
+                Text("--port: expected the relay's port number, from 1 to 65535, not {value}", value=repr(text))
+            )
+        self["port"] = int(text)
 
 
 def interfaces(command: Command, options: InterfacesOptions) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python.filepath import FilePath
 
-from epop.messages import Text, system_reason, translations
+from epop.messages import Text, grouped, system_reason, translations
 from epop.sandbox.retention import Keep
 from epop.sandbox.uploads import RECEIPT_NAME, is_secret_field
 
@@ -171,7 +171,7 @@ def _fields(upload: StoredUpload, language: str) -> str:
             if kept.get("truncated"):
                 value += "…"
         shown.append(f"<code>{_e(name)}</code> = {value}")
-    return "<br>".join(shown) or _say(Text("none"), language)
+    return "<br>".join(shown) or _say(Text("no form field"), language)
 
 
 def _file_cells(entry: Mapping[str, Any] | None, language: str) -> str:
@@ -181,7 +181,7 @@ def _file_cells(entry: Mapping[str, Any] | None, language: str) -> str:
     name = _e(entry.get("filename") or "") or _say(Text("(no name: upload.bin)"), language)
     size = entry.get("size")
     digest = entry.get("sha256")
-    shown_size = _e(f"{size:,}") if isinstance(size, int) else _say(Text("unknown"), language)
+    shown_size = _e(grouped(size, language)) if isinstance(size, int) else _say(Text("unknown"), language)
     shown_digest = f"<code>{_e(digest)}</code>" if digest else _say(Text("not recorded"), language)
     return f"<td>{name}</td><td>{shown_size}</td><td>{shown_digest}</td>"
 

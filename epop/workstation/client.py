@@ -19,16 +19,19 @@ Everything returns a L{Deferred} and takes the reactor as its first argument::
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError
 from twisted.python.failure import Failure
 
-from epop.addressing import DEFAULT_PORT, host_port
+from epop.addressing import DEFAULT_PORT, host_port, ip_of
 from epop.epmsi.proxy import ProxyConfig
 from epop.epmsi.upstream import CheckResult
 from epop.errors import EpopError, describe_connect_failure
@@ -46,6 +49,20 @@ DEFAULT_RELAY_PORT = DEFAULT_PORT
 DEFAULT_FIELD = "theFile"
 
 
+#: One label of a host name (RFC 1123): letters, digits, inner hyphens.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host_name(host: str) -> bool:
+    """Whether C{host} is a host name a resolver takes (an international one in its IDNA form)."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
 @dataclass(frozen=True)
 class RelayAddress:
     """A relay's address as a person types it: C{HOST}, C{HOST:PORT}, C{[v6]:PORT}."""
@@ -55,22 +72,57 @@ class RelayAddress:
 
     @classmethod
     def parse(cls, text: str) -> "RelayAddress":
+        """
+        C{HOST}, C{HOST:PORT}, C{[IPv6]:PORT} or a bare IPv6 address, the
+        host a name or an IP address: checked here, so that a URL or a typo
+        is refused when typed or saved, not met later as a library's error
+        in the middle of a connection.
+
+        @raise ValueError: saying what is wrong; L{parse_setting} names the
+            flag or setting that holds C{text}.
+        """
         text = text.strip()
+        if "://" in text:
+            netloc = urlsplit(text).netloc.rpartition("@")[2]
+            raise ValueError(
+                Text("give HOST[:PORT], not a URL (e.g. {example})", example=netloc or "10.1.2.3:3358")
+            )
         host, port = text, None
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(Text("invalid relay address {text}: expected [IPv6]:PORT", text=repr(text)))
+                raise ValueError(Text("expected [IPv6]:PORT"))
+            if ip_of(host) is None or ":" not in host:
+                raise ValueError(Text("{host} is not an IPv6 address", host=repr(host)))
             port = rest[1:] if rest else None
         elif text.count(":") == 1:
             host, port = text.split(":")
+        elif ":" in text and ip_of(text) is None:
+            raise ValueError(Text("{host} is not an IPv6 address: write it [IPv6]:PORT", host=repr(text)))
         if not host:
-            raise ValueError(Text("invalid relay address {text}: no host", text=repr(text)))
+            raise ValueError(Text("no host"))
+        if ip_of(host) is None and not _is_host_name(host):
+            raise ValueError(Text("{host} is not a host name or an IP address", host=repr(host)))
         if port is None:
             return cls(host)
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(Text("invalid relay port {port}: expected a number from 1 to 65535", port=repr(port)))
+            raise ValueError(Text("invalid port {port}: expected a number from 1 to 65535", port=repr(port)))
         return cls(host, int(port))
+
+    @classmethod
+    def parse_setting(cls, name: str, text: str) -> "RelayAddress":
+        """
+        L{parse}, its error naming where C{text} came from (C{--relay},
+        C{relay}, C{RELAY}) as the person typed it.
+
+        @raise ValueError: "--relay http://10.1.2.3: give HOST[:PORT], ...".
+        """
+        try:
+            return cls.parse(text)
+        except ValueError as e:
+            raise ValueError(
+                Text("{name} {value}: {why}", name=name, value=shlex.quote(text), why=reason_of(e))
+            ) from None
 
     def __str__(self) -> str:
         return host_port(self.host, self.port)
@@ -104,9 +156,9 @@ def connect_to_relay(
         if failure.check(CancelledError, ConnectingCancelledError):
             return Failure(CancelledError())
         if tls is not None and creator is not None:
-            untrusted = tls.untrusted(creator, failure, str(relay))
-            if untrusted is not None:
-                return Failure(untrusted)
+            explained = tls.explain(creator, failure, str(relay))
+            if explained is not None:
+                return Failure(explained)
         return Failure(describe_connect_failure(failure, str(relay), timeout=timeout))
 
     return d.addErrback(failed)

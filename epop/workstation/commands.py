@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from epop.addressing import RELAY_ADDRESS_HELP
+from epop.certificates import check_authority_file
 from epop.command import (
     EXIT_ANSWER_LOST,
     EXIT_FAILED,
@@ -121,27 +122,40 @@ class TargetOptions(CommandOptions):
 
     def _resolve_relay(self, saved: ClientSettings) -> None:
         # Saved with "epop config set tls yes" (or by "epop trust"), as --tls.
-        encrypted = self["tls"] or saved.get("tls") == "yes"
+        from_saved = not self["tls"] and saved.get("tls") == "yes"
+        encrypted = self["tls"] or from_saved
         if not encrypted and any(self[flag] for flag in self._TLS_FLAGS):
             raise usage.UsageError(Text("--relay-ca and --tls-client-* need --tls"))
         if encrypted:
             if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
                 raise usage.UsageError(Text("--tls-client-cert and --tls-client-key go together"))
+            if self["relay-ca"]:
+                try:
+                    check_authority_file(self["relay-ca"])
+                except ValueError as e:
+                    raise usage.UsageError(Text("--relay-ca: {why}", why=reason_of(e))) from None
             relay_ca = self["relay-ca"] or saved.get("relay-ca")
-            self.tls = ClientTLS(relay_ca, self["tls-client-cert"], self["tls-client-key"])
+            self.tls = ClientTLS(
+                relay_ca,
+                self["tls-client-cert"],
+                self["tls-client-key"],
+                saved_in=str(saved.path) if from_saved else None,
+            )
         for flag in ("ca-file", "proxy", "proxy-user", "proxy-password-file"):
             if self[flag] is not None:
                 raise usage.UsageError(
                     Text("--{flag} applies to --direct only: through a relay, the relay "
                          "reaches e-PMSI with its own settings", flag=flag)
                 )
-        text = self["relay"] or saved.get("relay")
-        if not text:
+        if self["relay"] is not None:
+            try:
+                self.relay = RelayAddress.parse_setting("--relay", self["relay"])
+            except ValueError as e:
+                raise usage.UsageError(reason_of(e)) from None
+        else:
+            self.relay = saved.relay_address()
+        if self.relay is None:
             raise usage.UsageError(Text("the saved mode is 'relay' but no relay is saved: give --relay HOST"))
-        try:
-            self.relay = RelayAddress.parse(text)
-        except ValueError as e:
-            raise usage.UsageError(reason_of(e)) from None
 
     def _resolve_direct(self, saved: ClientSettings, environ: Mapping[str, str]) -> None:
         if self["tls"] or any(self[flag] for flag in self._TLS_FLAGS):
@@ -274,7 +288,7 @@ class _LineEnd:
 def send(command: Command, options: SendOptions) -> Deferred[int]:
     """C{epop send}: upload the file, pass e-PMSI's answer on, say how it went."""
     options.resolve(command.saved, command.environ)
-    fields = read_form_fields(options.fields, command.stdin)
+    fields = read_form_fields(options.fields, command.stdin, command.language)
     if os.path.getsize(options["file"]) == 0:
         command.complain(Text("warning: {path} is empty (0 bytes); sending it as --allow-empty asks.",
                               path=options["file"]))

@@ -55,15 +55,18 @@ class FormField:
             )
         return cls(name, source=value[1:])
 
-    def read(self, stdin: TextIO | None) -> str:
-        """The value: given, or the first line of its file or of standard input."""
+    def read(self, stdin: TextIO | None, language: str = "en") -> str:
+        """
+        The value: given, or the first line of its file or of standard input
+        (asked for in C{language} on a terminal).
+        """
         if self.source is None:
             return self.value
         if self.source == STANDARD_INPUT:
             where = Text("standard input")
             if stdin is not None and stdin.isatty():
                 try:
-                    line = getpass.getpass(f"{self.name}: ")
+                    line = getpass.getpass(Text("{name} (not shown): ", name=self.name).render(language))
                 except EOFError:  # Ctrl-D at the prompt: nothing typed
                     line = ""
             else:
@@ -93,11 +96,13 @@ class FormField:
         )
 
 
-def read_form_fields(fields: Sequence[FormField], stdin: TextIO | None) -> list[tuple[str, str]]:
+def read_form_fields(
+    fields: Sequence[FormField], stdin: TextIO | None, language: str = "en"
+) -> list[tuple[str, str]]:
     """Every field's (name, value), reading files and standard input now."""
     from_stdin = [field.name for field in fields if field.source == STANDARD_INPUT]
     if len(from_stdin) > 1:
         raise usage.UsageError(
             Text("-F {names}: standard input can give only one value (NAME=<-)", names=", ".join(from_stdin))
         )
-    return [(field.name, field.read(stdin)) for field in fields]
+    return [(field.name, field.read(stdin, language)) for field in fields]

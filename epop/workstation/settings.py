@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography import x509
 
 from epop.addressing import RELAY_ADDRESS_HELP
+from epop.certificates import check_authority_file
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.workstation.client import RelayAddress
 from epop.epmsi.origin import EpmsiOrigin
@@ -166,6 +167,28 @@ class ClientSettings:
         """The value of C{key}, or C{None} if it is not set."""
         return self._values.get(_known(key))
 
+    def relay_address(self) -> RelayAddress | None:
+        """
+        The saved relay, or C{None} if there is none.
+
+        @raise SettingsError: the saved value is not a relay's address,
+            naming the file and how to correct it.
+        """
+        text = self.get("relay")
+        if text is None:
+            return None
+        try:
+            return RelayAddress.parse(text)
+        except ValueError as e:
+            raise SettingsError(
+                Text(
+                    "{path}: relay = {value}: {why}; correct it with epop config set relay HOST[:PORT]",
+                    path=str(self.path),
+                    value=text,
+                    why=reason_of(e),
+                )
+            ) from None
+
     def set(self, key: str, value: str) -> None:
         """
         Check and store C{value}; it is normalized (e.g. C{ca-file} made
@@ -283,7 +306,12 @@ def _check_mode(value: str, on_set: bool) -> str:
 
 
 def _check_relay(value: str, on_set: bool) -> str:
-    RelayAddress.parse(value)  # its ValueError already says what is expected
+    if not on_set:
+        # One saved before (by hand, by an older epop) is reported when it is
+        # used (L{ClientSettings.relay_address}): epop config set must still
+        # be able to replace it.
+        return value
+    RelayAddress.parse_setting("relay", value)  # its ValueError already says what is expected
     return value
 
 
@@ -339,6 +367,10 @@ def _check_relay_ca(value: str, on_set: bool) -> str:
                 path=path,
             )
         ) from None
+    try:
+        check_authority_file(path)
+    except ValueError as e:
+        raise ValueError(Text("relay-ca: {why}", why=reason_of(e))) from None
     return path
 
 

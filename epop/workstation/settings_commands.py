@@ -108,6 +108,9 @@ def config(command: Command, options: ConfigOptions) -> int:
             value = read_password(command.stdin, command.language)
         saved.set(key, value)
     else:
+        if saved.get(key) is None:
+            command.tell(Text("{key} was not set; nothing changed.", key=key))
+            return EXIT_OK
         saved.unset(key)
     return _save(command, saved)
 

@@ -26,7 +26,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from epop.certificates import fingerprint, is_self_signed, issued_by, normalize_fingerprint, to_pem
+from epop.certificates import (
+    fingerprint,
+    is_self_signed,
+    issued_by,
+    normalize_fingerprint,
+    read_certificates,
+    to_pem,
+)
 from epop.command import EXIT_FAILED, EXIT_OK, Command, CommandOptions, exit_status_for_signal, positive_seconds
 from epop.errors import EpopError, describe_connect_failure, describe_relay_tls_failure, relay_speaks_no_tls
 from epop.messages import Text, reason_of
@@ -55,8 +62,9 @@ class TrustOptions(CommandOptions):
     )
     optParameters = [
         ["fingerprint", None, None,
-         "The authority's fingerprint, as the relay logs it (SHA256 AB:CD:...; "
-         "prefix, colons and case do not matter): trust it without asking if it matches."],
+         "The authority's fingerprint, as the relay logs it (SHA256 AB:CD:...) or "
+         "openssl x509 -noout -fingerprint -sha256 prints it (prefix, colons and case "
+         "do not matter): trust it without asking if it matches."],
         ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the relay."],
     ]
 
@@ -188,6 +196,27 @@ def _authority(chain: list[x509.Certificate], where: str) -> x509.Certificate:
     return top
 
 
+def _fingerprints_in(path: str | None) -> list[str]:
+    """
+    The fingerprints of the authorities saved in C{path} (the saved
+    relay-ca); none when there is none, or it cannot be read any more.
+    """
+    if not path:
+        return []
+    try:
+        return [fingerprint(c) for c in read_certificates(path, Text("relay CA file"))]
+    except ValueError:
+        return []
+
+
+def _parsed(text: str) -> RelayAddress | None:
+    """The relay C{text} names, or C{None} for one saved wrong (L{ClientSettings.relay_address})."""
+    try:
+        return RelayAddress.parse(text)
+    except ValueError:
+        return None
+
+
 def _confirmed(command: Command, options: TrustOptions, found: str, where: str) -> bool:
     """Whether the person, or --fingerprint, says to trust C{found}; say why not."""
     expected = options["fingerprint"]
@@ -238,10 +267,14 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
         raise usage.UsageError(
             Text("say which relay: epop trust HOST[:PORT] (or save it once: epop config set relay HOST)")
         )
-    try:
-        relay = RelayAddress.parse(text)
-    except ValueError as e:
-        raise usage.UsageError(reason_of(e)) from None
+    if options["relay"]:
+        try:
+            relay = RelayAddress.parse_setting("epop trust", text)
+        except ValueError as e:
+            raise usage.UsageError(reason_of(e)) from None
+    else:
+        relay = saved.relay_address()
+        assert relay is not None  # text, the saved relay, is not empty
     where = str(relay)
     d = presented_chain(command.reactor, relay, timeout=options["timeout"])
     command.interruption.watch(d)
@@ -258,25 +291,59 @@ def trust(command: Command, options: TrustOptions) -> Deferred[int]:
             )
         )
         command.tell(f"  {found}")
-        if not _confirmed(command, options, found, where):
-            return EXIT_FAILED
-        path = saved.write_beside(TRUSTED_FILE, to_pem(authority))
-        saved.set("relay-ca", str(path))
-        saved.set("tls", "yes")
+        before = saved.get("relay-ca")
+        trusted = _fingerprints_in(before)
         kept = saved.get("relay")
-        if kept is None:
-            saved.set("relay", text)
-        saved.save()
-        command.tell(Text("Trusted: {fingerprint}, saved in {path}.", fingerprint=found, path=str(path)))
-        command.tell(
-            Text(
+        if found in trusted and options["fingerprint"] in (None, found):
+            command.tell(Text("Already trusted: {fingerprint}.", fingerprint=found))
+            path = before
+        else:
+            if trusted:
+                # As SSH does when a host's key changed: before anything is asked.
+                command.tell(
+                    Text(
+                        "WARNING: this is not the authority trusted before ({fingerprint}, saved "
+                        "in {path}); if the relay was not reinstalled, do not accept.",
+                        fingerprint=", ".join(trusted),
+                        path=before,
+                    )
+                )
+            if not _confirmed(command, options, found, where):
+                return EXIT_FAILED
+            path = str(saved.write_beside(TRUSTED_FILE, to_pem(authority)))
+            saved.set("relay-ca", path)
+            command.tell(
+                Text(
+                    "Trusted the authority of the relay at {where}: {fingerprint}, saved in {path}.",
+                    where=where,
+                    fingerprint=found,
+                    path=path,
+                )
+            )
+        if path == before and saved.get("tls") == "yes" and kept is not None:
+            done = None  # nothing to change
+        elif kept is None:
+            done = Text(
+                "Settings saved in {path}: relay = {relay}, tls = yes, relay-ca = {ca}. epop send "
+                "and epop test now encrypt the connection to the relay and check its certificate.",
+                path=str(saved.path),
+                relay=text,
+                ca=path,
+            )
+        else:
+            done = Text(
                 "Settings saved in {path}: tls = yes, relay-ca = {ca}. epop send and epop test "
                 "now encrypt the connection to the relay and check its certificate.",
                 path=str(saved.path),
-                ca=str(path),
+                ca=path,
             )
-        )
-        if kept is not None and RelayAddress.parse(kept) != relay:
+        if done is not None:
+            saved.set("tls", "yes")
+            if kept is None:
+                saved.set("relay", text)
+            saved.save()
+            command.tell(done)
+        if kept is not None and _parsed(kept) != relay:
             command.tell(
                 Text(
                     "The saved relay is still {saved}: to send to {relay}, epop config set relay {relay}.",
