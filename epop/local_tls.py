@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -86,6 +87,30 @@ class RelayTLS:
         error that names it.
         """
         return server_options(self.cert, self.key, self.chain, self.client_ca)
+
+    def described(self) -> Text:
+        """
+        The certificate as the relay logs it at start: what an administrator
+        checks (whose it is, until when) and what a workstation is shown
+        when it first connects (its fingerprint).
+        """
+        certificate = read_certificates(self.cert, Text("certificate"))[0]
+        cert = certificate.original.to_cryptography()
+        try:
+            names = ", ".join(
+                str(name.value) for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            )
+        except x509.ExtensionNotFound:
+            names = ""
+        return Text(
+            "Encryption available (TLS): certificate {path}, subject {subject}, for {names}, valid until {date}, "
+            "fingerprint {fingerprint}",
+            path=self.cert,
+            subject=cert.subject.rfc4514_string() or Text("none"),
+            names=names or Text("no name (no subjectAltName)"),
+            date=cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            fingerprint=fingerprint(certificate),
+        )
 
 
 def server_options(

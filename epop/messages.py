@@ -35,6 +35,7 @@ __all__ = [
     "reason_of",
     "system_reason",
     "translations",
+    "unreadable_secret_file",
 ]
 
 LANGUAGES = ("en", "fr")
@@ -214,3 +215,22 @@ def system_reason(error: OSError) -> Text:
     """Why the system refused, in words that translate; else its own words."""
     known = _SYSTEM_REASONS.get(error.errno) if error.errno is not None else None
     return known if known is not None else Text.literal(error.strerror or str(error))
+
+
+def unreadable_secret_file(path: str, error: OSError, named: Text, unnamed: Text) -> Text:
+    """
+    Why a file that holds secrets (a password, the users' hashes) cannot be
+    read.  A file that exists but cannot be read is named (C{named}, with
+    C{{path}} and C{{why}}); a name that is no file may be the secret itself,
+    typed by mistake, so it is not repeated (C{unnamed}, with C{{why}}), but
+    the folder a relative name was looked for in is.
+    """
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        why = Text(
+            "{reason} (a relative name is read from {folder}; the name given is not repeated here, "
+            "in case it is a password typed by mistake)",
+            reason=system_reason(error),
+            folder=os.getcwd(),
+        )
+        return Text(unnamed.template, why=why)
+    return Text(named.template, path=path, why=system_reason(error))

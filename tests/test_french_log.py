@@ -11,6 +11,7 @@ import re
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from tests.relaying import HELLO, raw_connect
 from tests.support import free_port, poll_until
 from tests.test_drain import RelayProcess, start_relay_process
 
@@ -49,6 +50,19 @@ class StartLinesTests(TestCase):
         self.assertIn(f"les navigateurs prennent leurs réglages à http://127.0.0.1:{port}/proxy.pac (ou /wpad.dat)", text)
         self.assertNotIn("e-POP relay listening", text)
         self.assertNotIn("Console: open", text)
+        # A connection's lines too, with its reason's label.
+        client = await raw_connect(self, reactor, port)
+        client.transport.write(HELLO)
+        client.transport.loseConnection()
+        closed = "fermée : fermée par le client"
+        self.assertTrue(await poll_until(reactor, lambda: closed in relay.text(), 200, 0.05), relay.text())
+        self.assertIn("Connexion 1 ouverte depuis 127.0.0.1:", relay.text())
+        self.assertNotIn("Connection 1", relay.text())
+        self.assertNotIn("Starting factory", relay.text())
+        self.assertTrue(await poll_until(reactor, lambda: any(r["type"] == "connection-closed" for r in relay.records())))
+        [record] = [r for r in relay.records() if r["type"] == "connection-closed"]
+        self.assertEqual(record["reason"], "closed-by-client")
+        self.assertEqual(record["description"], f"Connection 1 from {record['client']} closed: closed-by-client")
         # The journal, read by tools and shown by the console in each reader's language, stays English.
         opened = [r for r in relay.records() if r["type"] == "listening-opened"]
         self.assertEqual(len(opened), 1, opened)

@@ -261,6 +261,35 @@ class LocalTLSTests(TestCase):
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(text, str(error))
 
+    def test_relay_logs_its_certificate(self) -> None:
+        """
+        A relay given its certificate file logs, at start and in its
+        language, whose certificate it is, until when, and its fingerprint
+        (as --tls-cert auto logs its own).
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from epop.certificates import fingerprint, read_certificates
+        from epop.relay import tap
+
+        lines: list[str] = []
+        observe = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        cert = read_certificates(self.cert, "certificate")[0]
+        until = cert.original.to_cryptography().not_valid_after_utc.strftime("%Y-%m-%d")
+        for language, said in [
+            ("en", f"Encryption available (TLS): certificate {self.cert}, subject "),
+            ("fr", f"Chiffrement disponible (TLS) : certificat {self.cert}, sujet "),
+        ]:
+            del lines[:]
+            tap.Options().parseOptions(["--lang", language, "--tls-cert", self.cert, "--tls-key", self.key])
+            [line] = [line for line in lines if said in line]
+            self.assertIn(fingerprint(cert), line)
+            self.assertIn(until, line)
+            self.assertIn("O=trustme", line)
+            self.assertIn(" 127.0.0.1, localhost, ", line)
+
 
 class _Recorder(Protocol):
     """Records every call that hands it data."""

@@ -209,6 +209,38 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(settings.drain_seconds, 30.0)
         self.assertEqual(settings.allow, ())
 
+    def test_allow_on_one_line(self) -> None:
+        """Several allowed clients on one line, or in one --allow: the error says how lists are written."""
+        hint = "; one address or network per line (indented under allow =), or repeat --allow"
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\nallow = 10.9.9.9, 127.0.0.1\n")
+        self.assertRegex(str(error), r"^.*, line 2: allow: '10\.9\.9\.9, 127\.0\.0\.1' is not an IP address or network ")
+        self.assertTrue(str(error).endswith(hint), str(error))
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n", "--allow", "10.9.9.9 127.0.0.1")
+        self.assertTrue(str(error).endswith(hint), str(error))
+        # One entry that is simply wrong gets no such hint.
+        error = self.assertRaises(usage.UsageError, self.parse, "[epop]\nallow = 10.9.9.999\n")
+        self.assertNotIn("per line", str(error))
+
+    def test_journal_folder_missing(self) -> None:
+        """
+        A journal in a folder that does not exist: refused, saying so and
+        that the relay does not create it; --tls-cert auto, whose folder is
+        beside the journal's, makes nothing either.
+        """
+        folder = os.path.abspath(os.path.join(self.mktemp(), "r1"))
+        options = tap.Options()
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--journal", os.path.join(folder, "journal.jsonl"), "--tls-cert", "auto", "--console", "none"],
+        )
+        self.assertEqual(
+            str(error),
+            f"--journal {folder}/journal.jsonl: the folder {folder} does not exist (the relay does not create it): "
+            "create it for the relay's user, or choose another place",
+        )
+        self.assertFalse(os.path.exists(folder))
+
     def test_checks_name_the_file(self) -> None:
         """A value from the file that fails the options' own checks points at its line."""
         error = self.assertRaises(usage.UsageError, self.parse, "[epop]\n\nidle-timeout = 0\n")
@@ -531,7 +563,7 @@ class OptionsTogetherTests(SynchronousTestCase):
             ("tls-cert = c.pem", ["--tls-cert", "c.pem"], "tls-cert", "needs {}tls-key"),
             ("require-tls = yes", ["--require-tls"], "require-tls", "needs {0}tls-cert and {0}tls-key"),
             ("journal = /nonexistent/dir/j.jsonl", ["--journal", "/nonexistent/dir/j.jsonl"], "journal",
-             "cannot write in /nonexistent/dir"),
+             "the folder /nonexistent/dir does not exist (the relay does not create it)"),
         ]
         for text, arguments, key, problem in cases:
             last = text.count("\n") + 2

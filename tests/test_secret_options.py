@@ -7,6 +7,7 @@ read as C{--proxy-password-file s3cret} and then printed back.
 from __future__ import annotations
 
 import io
+import os
 
 from twisted.internet import reactor
 from twisted.python import usage
@@ -75,17 +76,38 @@ class RelayAbbreviationTests(SynchronousTestCase):
 
     def test_missing_files_not_repeated(self) -> None:
         """A secret option given in full whose value is no file: the error does not repeat it."""
+        hint = (
+            f" (a relative name is read from {os.getcwd()}; the name given is not repeated here, "
+            "in case it is a password typed by mistake)"
+        )
         for arguments, expected in [
             (["--proxy", "http://proxy.example:3128", "--proxy-user", "dim", "--proxy-password-file", SECRET],
-             "--proxy-password-file: cannot read the proxy password file given: No such file or directory"),
+             "--proxy-password-file: cannot read the proxy password file given: No such file or directory" + hint),
             (["--console-password-file", SECRET],
              "--console-password-file: cannot read the console password file given: No such file or directory"),
             (["--tunnel-users", SECRET],
-             "--tunnel-users: cannot read the users file given: No such file or directory"),
+             "--tunnel-users: cannot read the users file given: No such file or directory" + hint),
         ]:
             with self.subTest(arguments=arguments):
                 message = self.refused("--no-check", "--journal", self.mktemp(), *arguments)
                 self.assertEqual(message, expected)
+
+    def test_unreadable_files_named(self) -> None:
+        """A secret option's file that exists but cannot be read is named, with the system's reason."""
+        folder = FilePath(self.mktemp())
+        folder.makedirs()
+        for arguments, expected in [
+            (["--proxy", "http://proxy.example:3128", "--proxy-user", "dim", "--proxy-password-file", folder.path],
+             f"--proxy-password-file: cannot read the proxy password file {folder.path}: Is a directory"),
+            (["--tunnel-users", folder.path],
+             f"--tunnel-users: cannot read the users file {folder.path}: Is a directory"),
+        ]:
+            with self.subTest(arguments=arguments):
+                options = tap.Options()
+                error = self.assertRaises(
+                    usage.UsageError, options.parseOptions, ["--no-check", "--journal", self.mktemp(), *arguments]
+                )
+                self.assertEqual(str(error), expected)
 
 
 class WorkstationAbbreviationTests(TestCase):

@@ -391,6 +391,7 @@ class RelayConsoleBackend:
                 source=self._files.config,
                 changed=", ".join(sorted(file_changes)),
             ),
+            language=relay.language,
             allow=list(settings.allow),
             outcome="completed",
         )

@@ -18,7 +18,7 @@ from epop.addressing import host_port
 from epop.epmsi.proxy_setting import SYSTEM, is_system, parse_proxy_url
 from epop.epmsi.system_proxy import discover_proxy
 from epop.errors import UpstreamError
-from epop.messages import Text, reason_of, system_reason
+from epop.messages import Text, reason_of, unreadable_secret_file
 
 __all__ = [
     "PASSWORD_VARIABLE",
@@ -117,8 +117,14 @@ def load_proxy_password(
             with open(path, encoding="utf-8") as f:
                 line = f.readline()
         except OSError as e:
-            # Not the path: it may be the password itself, typed by mistake.
-            raise ValueError(Text("cannot read the proxy password file given: {why}", why=system_reason(e))) from None
+            raise ValueError(
+                unreadable_secret_file(
+                    path,
+                    e,
+                    Text("cannot read the proxy password file {path}: {why}"),
+                    Text("cannot read the proxy password file given: {why}"),
+                )
+            ) from None
         return line.rstrip("\r\n")
     environ = os.environ if environ is None else environ
     return environ.get(PASSWORD_VARIABLE) or None

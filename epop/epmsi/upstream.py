@@ -38,6 +38,7 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
@@ -75,6 +76,22 @@ def response_headers(response: IResponse) -> list[tuple[str, str]]:
         for name, values in response.headers.getAllRawHeaders()
         for value in values
     ]
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Twisted's factory for one connection to e-PMSI, without its "Starting factory" line."""
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections leave no "Starting factory
+    _HTTP11ClientFactory(...)" line, with a memory address, in twistd's log
+    at each upload and check: the relay journals its own lines.
+    """
+
+    _factory = _QuietClientFactory
 
 
 @implementer(IStreamClientEndpoint)
@@ -307,7 +324,7 @@ class Upstream:
         self._policy = policy
         self._timeout = connect_timeout
         self._check_path = check_path
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = _QuietPool(reactor, persistent=True)
         self._agent = Agent.usingEndpointFactory(
             reactor, EpmsiEndpointFactory(reactor, policy, connect_timeout, proxy=proxy), self.pool
         )
@@ -349,7 +366,7 @@ class Upstream:
         clock: IReactorTime = self._reactor
         started = clock.seconds()
         reached: list[IAddress] = []
-        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        pool = _QuietPool(self._reactor, persistent=False)
         client = HTTPClient(
             Agent.usingEndpointFactory(
                 self._reactor,

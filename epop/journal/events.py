@@ -181,6 +181,7 @@ def emit(
     *,
     level: LogLevel = LogLevel.info,
     language: str = "en",
+    shown_as: dict[str, str] | None = None,
     **fields: Any,
 ) -> None:
     """
@@ -194,6 +195,11 @@ def emit(
     another C{language}, only the twistd log's line is translated (C{format}
     is a template of the catalog): the journal keeps its English
     C{description}.
+
+    @param shown_as: in another C{language}, what the twistd log's line
+        shows for some fields instead of their values (a reason code's
+        label in that language); the event's fields, and the journal's,
+        keep the values.
     """
     assert event_type in EVENT_TYPES, event_type
     if isinstance(format, Text):
@@ -209,7 +215,11 @@ def emit(
     if english is not None:
         english_format, english_shown = printable_format(english, fields)
         fields["epop_description"] = formatEvent({**fields, "log_format": english_format, "epop_shown": english_shown})
-    shown_format, shown = printable_format(format, fields)
+        # The line in the language: its parameters that are texts in it too.
+        in_language = {name: value.render(language) for name, value in fields.items() if isinstance(value, Text)}
+        shown_format, shown = printable_format(format, {**fields, **in_language, **(shown_as or {})})
+    else:
+        shown_format, shown = printable_format(format, fields)
     log.emit(
         level,
         shown_format,

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from epop.epmsi.proxy import ProxyConfig
 from epop.errors import EpopError
+from epop.messages import Text
 from epop.printable import printable
 from epop.relay import http_answers as answers
 from epop.relay.client_hello import ServerNameCheck, TunnelHelloRefused
@@ -80,7 +81,7 @@ class _Tunnel:
         self._released = False
         session.journal_event(
             "object-instantiated",
-            "Object instantiated: {kind} to {destination}",
+            Text("Object instantiated: {kind} to {destination}").template,
             kind=self.kind,
             destination=str(destination),
         )
@@ -99,7 +100,7 @@ class _Tunnel:
         if error is not None:
             fields["error"] = error
         self.session.journal_released(
-            "Object released: {kind} to {destination}: {outcome} ({reason})",
+            Text("Object released: {kind} to {destination}: {outcome} ({reason})").template,
             kind=self.kind,
             destination=str(self.destination),
             bytes_in=self.bytes_in,
@@ -133,7 +134,7 @@ class HttpProxySession(JournaledConnection, Protocol):
     log = Logger()
 
     def __init__(self, factory: "HttpProxyFactory", connection_id: int) -> None:
-        super().__init__(factory.relay.relay_id, connection_id, factory.reactor)
+        super().__init__(factory.relay.relay_id, connection_id, factory.reactor, factory.relay.language)
         self.factory = factory
         self.operation: _Tunnel | None = None
         self._reader = HeadReader()

@@ -19,9 +19,19 @@ from twisted.logger import LogLevel
 
 from epop.addressing import format_peer, host_port
 from epop.journal import events as journal
+from epop.journal.table import outcome_label
+from epop.messages import Text
 from epop.printable import shown_peer_text
 
 __all__ = ["JournaledConnection"]
+
+#: The C{connection-closed} line, by whether it names a user and a destination.
+_CLOSED = {
+    (False, False): Text("Connection {connection} from {client} closed: {reason}"),
+    (True, False): Text("Connection {connection} from {client} (user {user}) closed: {reason}"),
+    (False, True): Text("Connection {connection} from {client} to {destination} closed: {reason}"),
+    (True, True): Text("Connection {connection} from {client} (user {user}) to {destination} closed: {reason}"),
+}
 
 
 class JournaledConnection:
@@ -36,8 +46,10 @@ class JournaledConnection:
     log: Any
     transport: Any
 
-    def __init__(self, relay_id: str, connection_id: int, clock: Any) -> None:
+    def __init__(self, relay_id: str, connection_id: int, clock: Any, language: str = "en") -> None:
         self.relay_id = relay_id
+        #: The language of the connection's lines in the twistd log (C{--lang}).
+        self.language = language
         self.connection_id = connection_id
         self.clock = clock
         self.client = "?"
@@ -56,6 +68,13 @@ class JournaledConnection:
         self.destination: str | None = None
 
     def journal_event(self, event_type: str, format: str, **fields: Any) -> None:
+        """
+        Journal one of the connection's events; C{format} is an English
+        template of the catalog, the twistd log's line is in the relay's
+        language, with its outcome and reason codes as their labels.  A
+        template, not a L{Text}: a connection's records carry no
+        C{description_text}, and stay as they were.
+        """
         if self.user is not None:
             fields.setdefault("user", self.user)
         journal.emit(
@@ -63,6 +82,12 @@ class JournaledConnection:
             self.relay_id,
             event_type,
             format,
+            language=self.language,
+            shown_as={
+                key: outcome_label(fields[key]).render(self.language)
+                for key in ("outcome", "reason")
+                if fields.get(key) is not None
+            },
             connection=self.connection_id,
             client=self.client,
             **fields,
@@ -88,7 +113,7 @@ class JournaledConnection:
             return
         self._journaled = True
         self.client = format_peer(self.transport.getPeer())
-        self.journal_event("connection-opened", "Connection {connection} opened from {client}")
+        self.journal_event("connection-opened", Text("Connection {connection} opened from {client}").template)
 
     def ending_because(self, reason: str, error: str | None = None) -> None:
         """
@@ -115,10 +140,7 @@ class JournaledConnection:
         asked = {} if self.destination is None else {"destination": self.destination}
         self.journal_event(
             "connection-closed",
-            "Connection {connection} from {client}"
-            + (" (user {user})" if self.user is not None else "")
-            + (" to {destination}" if asked else "")
-            + " closed: {reason}",
+            _CLOSED[self.user is not None, bool(asked)].template,
             duration=round(self.clock.seconds() - self._opened, 6),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,

@@ -112,7 +112,7 @@ class RelayedRequest:
         self._pace: UploadPace | None = None
         protocol.journal_event(
             "object-instantiated",
-            "Object instantiated: {kind} {method} {path} ({length} bytes)",
+            Text("Object instantiated: {kind} {method} {path} ({length} bytes)").template,
             kind=self.kind,
             method=method,
             path=journal.strip_query(path),
@@ -310,7 +310,7 @@ class RelayedRequest:
         if cause is not None:
             fields["error"] = cause
         self.protocol.journal_released(
-            "Object released: {kind} {method} {path}: {outcome}",
+            Text("Object released: {kind} {method} {path}: {outcome}").template,
             kind=self.kind,
             method=self.method,
             path=journal.strip_query(self.path),
@@ -332,7 +332,7 @@ class ConnectivityTest:
         self.protocol = protocol
         self._finished = False
         protocol.journal_event(
-            "object-instantiated", "Object instantiated: {kind}", kind=self.kind
+            "object-instantiated", Text("Object instantiated: {kind}").template, kind=self.kind
         )
         self._check = protocol.factory.upstream.check()
         self._check.addCallback(self._checked).addErrback(
@@ -358,7 +358,7 @@ class ConnectivityTest:
             }
             if result.error is not None and result.error.cause is not None:
                 fields["error"] = result.error.cause
-        self.protocol.journal_released("Object released: {kind}: {outcome}", kind=self.kind, **fields)
+        self.protocol.journal_released(Text("Object released: {kind}: {outcome}").template, kind=self.kind, **fields)
 
     def abort(self, error: EpopError | None) -> None:
         if not self._finished:

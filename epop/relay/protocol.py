@@ -85,7 +85,7 @@ class RelayProtocol(JournaledConnection, Protocol, TimeoutMixin):
     log = Logger()
 
     def __init__(self, factory: "RelayFactory", connection_id: int) -> None:
-        super().__init__(factory.relay_id, connection_id, factory.reactor)
+        super().__init__(factory.relay_id, connection_id, factory.reactor, factory.language)
         self.factory = factory
         self.operation: RelayedRequest | ConnectivityTest | None = None
         self._reader = FrameReader()
@@ -375,6 +375,8 @@ class RelayFactory(Factory):
         client address (0: no limit).
     @param first_connection_id: the first connection's number (a relay that
         listens again goes on from where it stopped).
+    @param language: the language of the connections' lines in the twistd
+        log; their journal records are the same in every language.
     """
 
     protocol = RelayProtocol
@@ -396,10 +398,13 @@ class RelayFactory(Factory):
         checks_per_connection: int = DEFAULT_CHECKS_PER_CONNECTION,
         checks_per_client: int = DEFAULT_CHECKS_PER_CLIENT,
         first_connection_id: int = 1,
+        language: str = "en",
     ) -> None:
         self.reactor = reactor
         self.upstream = upstream
         self.relay_id = relay_id
+        #: The language of the connections' lines in the twistd log (C{--lang}).
+        self.language = language
         self.idle_timeout = idle_timeout
         self.epmsi_timeout = epmsi_timeout
         self.hello_timeout = hello_timeout

@@ -302,6 +302,7 @@ def _serving(
         checks_per_connection=settings.checks_per_connection,
         checks_per_client=settings.checks_per_client,
         first_connection_id=first_connection_id,
+        language=language,
     )
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
     # The allowlist first: a client it refuses is neither counted nor told of caps.
@@ -633,6 +634,7 @@ class RelayService(MultiService):
             self.factory.relay_id,
             "settings-reloaded",
             Text("Settings reloaded from {source}: clients allowed: {allowed}", source=source, allowed=_allowed(allowlist)),
+            language=self.language,
             allow=list(allowlist.entries),
             outcome="completed",
         )
@@ -669,6 +671,7 @@ class RelayService(MultiService):
                 allowed=_allowed(self.allowlist),
             ),
             level=LogLevel.warn,
+            language=self.language,
             allow=list(self.allowlist.entries),
             outcome="failed",
             error=error,

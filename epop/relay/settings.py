@@ -433,7 +433,14 @@ def check_allow(entries: Sequence[str]) -> Allowlist:
     try:
         return Allowlist(entries)
     except ValueError as e:
-        raise RelaySettingsError("allow", reason_of(e)) from None
+        problem = reason_of(e)
+        if any("," in entry or len(entry.split()) > 1 for entry in entries):
+            # Several entries on one line, as other products' lists are written.
+            problem = Text(
+                "{problem}; one address or network per line (indented under allow =), or repeat --allow",
+                problem=problem,
+            )
+        raise RelaySettingsError("allow", problem) from None
 
 
 _FLAG_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}

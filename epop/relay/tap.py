@@ -319,14 +319,28 @@ class Options(TranslatedHelp):
                 log_format(Text("--proxy system: {found}"), self.language),
                 found=f"{self.proxy.url} ({source})" if self.proxy else source,
             )
-        self.tls = self._tls()
+        # Before --tls-cert auto makes its folder beside the journal's.
         folder = os.path.dirname(os.path.abspath(self["journal"]))
+        if not os.path.exists(folder):
+            # Not made here: like twistd's own --logfile, so that a mistyped
+            # path stops the relay instead of journaling where no one looks.
+            missing = Text(
+                "the folder {folder} does not exist (the relay does not create it): create it for the "
+                "relay's user, or choose another place",
+                folder=folder,
+            )
+            raise self._refuse(
+                "journal",
+                missing,
+                command_line=Text("--journal {journal}: {problem}", journal=self["journal"], problem=missing),
+            )
         if not os.access(folder, os.W_OK):
             raise self._refuse(
                 "journal",
                 Text("cannot write in {folder}", folder=folder),
                 command_line=Text("--journal {journal}: cannot write in {folder}", journal=self["journal"], folder=folder),
             )
+        self.tls = self._tls()
         try:
             self._settings = self._make_settings()
         except RelaySettingsError as e:
@@ -382,6 +396,8 @@ class Options(TranslatedHelp):
             tls.options()
         except ValueError as e:
             raise self._refuse("tls-cert", reason_of(e)) from None
+        # As --tls-cert auto logs its fingerprints: the first line to read when a workstation's TLS fails.
+        self.log.info("{text}", text=tls.described().render(self.language))
         return tls
 
     def _own_authority_tls(self) -> RelayTLS:

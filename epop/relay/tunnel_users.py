@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from epop.messages import Text, log_format, reason_of, system_reason
+from epop.messages import Text, log_format, reason_of, unreadable_secret_file
 
 __all__ = [
     "REMEMBER_ENTRIES",
@@ -77,8 +77,11 @@ def read_users(path: str) -> dict[str, bytes]:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as e:
-        # Not the path: it may be a password, typed by mistake.
-        raise ValueError(Text("cannot read the users file given: {why}", why=system_reason(e))) from None
+        raise ValueError(
+            unreadable_secret_file(
+                path, e, Text("cannot read the users file {path}: {why}"), Text("cannot read the users file given: {why}")
+            )
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

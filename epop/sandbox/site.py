@@ -286,6 +286,8 @@ class SandboxSite(Site):
 
     # Not "log": HTTPFactory.log() writes the access log.
     logger = Logger()
+    #: No "Starting factory <...SandboxSite object at 0x...>": the sandbox says where it listens.
+    noisy = False
     protocol = _SandboxChannel  # type: ignore[assignment]
     requestFactory = SandboxRequest
 
