@@ -54,8 +54,9 @@ class StartLinesTests(TestCase):
         client = await raw_connect(self, reactor, port)
         client.transport.write(HELLO)
         client.transport.loseConnection()
-        closed = "fermée : fermée par le client"
+        closed = "Fin de la connexion 1 de 127.0.0.1:"
         self.assertTrue(await poll_until(reactor, lambda: closed in relay.text(), 200, 0.05), relay.text())
+        self.assertRegex(relay.text(), r"Fin de la connexion 1 de 127\.0\.0\.1:\d+ : fermée par le client")
         self.assertIn("Connexion 1 ouverte depuis 127.0.0.1:", relay.text())
         self.assertNotIn("Connection 1", relay.text())
         self.assertNotIn("Starting factory", relay.text())

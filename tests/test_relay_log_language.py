@@ -79,11 +79,11 @@ class ConnectionLinesTests(TestCase):
             "Connexion 1 ouverte depuis 127.0.0.1:",
             "Objet instancié : test",
             "Objet libéré : test : " + outcome_label("completed").render("fr"),
-            "fermée : " + outcome_label("closed-by-client").render("fr"),
-            "Connexion 2 de 127.0.0.1:",
-            " vers elsewhere.example:443 fermée : " + outcome_label("destination-not-allowed").render("fr"),
+            " : " + outcome_label("closed-by-client").render("fr"),
+            "Fin de la connexion 2 de 127.0.0.1:",
+            " vers elsewhere.example:443 : " + outcome_label("destination-not-allowed").render("fr"),
             "Paramètres rechargés depuis relay.ini : postes autorisés : 10.9.9.9",
-            "fermée : client non autorisé",
+            " : client non autorisé",
         ]:
             self.assertIn(said, text)
         for english_word in ["Connection ", "Object ", "Settings ", "closed-by-client", "not-authorized"]:
