@@ -165,7 +165,6 @@ class CommandOptions(TranslatedHelp):
                 Text("wrong number of arguments: {synopsis}", synopsis=self.command_synopsis())
             ) from None
 
-
     def _lang_goes_first(self, argv: list[str]) -> Text:
         """C{epop test --lang en}: C{--lang} is C{epop}'s own option, given before the command."""
         words: list[str] = []

@@ -211,11 +211,11 @@ class PlainProgress(Progress):
             "total": readable_size(total, self.language),
         }
         rate = self.rate(count)
-        left = (total - count) / rate if rate else 0
+        left = (total - count) / rate if rate is not None else 0.0
         if rate is None:
             line = Text("Sent: {percent}% ({sent} of {total}).", **where)
         elif left < 1:
-            # Done or as good as done: "about 0 s left" says nothing.
+            # Done, or as good as done: "about 0 s left" would say nothing.
             line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s.",
                         rate=readable_size(rate, self.language), **where)
         else:
