@@ -6,6 +6,9 @@ this machine (C{tcp:3359:interface=127.0.0.1}).  Anywhere else it needs
 the relay's certificate (it is then served over HTTPS, so that the
 password and cookie do not cross the network in clear) and a password (a
 URL copied out of a log is not enough for a door open to the network).
+On this machine it is plain HTTP whatever the relay's TLS settings: the
+machine talks to itself, and its browser and C{curl} then open the
+console without the relay's authority.
 """
 
 from __future__ import annotations
@@ -106,8 +109,9 @@ ONLY_HERE = "e.g. --console tcp:3359:interface=127.0.0.1"
 class ConsoleSettings:
     """
     Where the console listens (C{None}: no console), its password file,
-    the relay's TLS settings it is served with, and the language of the
-    lines it logs for the administrator.
+    the relay's TLS settings (the console is served with them only when
+    it listens beyond this machine: L{served_tls}), and the language of
+    the lines it logs for the administrator.
     """
 
     endpoint: str | None = DEFAULT_CONSOLE
@@ -144,6 +148,18 @@ class ConsoleSettings:
                 )
             )
 
+    @property
+    def served_tls(self) -> RelayTLS | None:
+        """
+        The TLS the console is served with: the relay's, when the console
+        listens beyond this machine; none on loopback or a Unix socket,
+        where TLS with the relay's own authority would only make this
+        machine's browser warn and C{curl} fail.
+        """
+        if self.endpoint is None or self.tls is None or listens_locally(self.endpoint)[0]:
+            return None
+        return self.tls
+
     def password(self) -> str | None:
         """
         The console's password, read now.
@@ -176,7 +192,7 @@ class ConsoleService(Service):
         self._unwatch: Any = None
 
     def _factory(self) -> Any:
-        tls = self.settings.tls
+        tls = self.settings.served_tls
         if tls is None:
             return self.site
         # The relay's certificate, without asking browsers for one of their own.
@@ -204,7 +220,7 @@ class ConsoleService(Service):
         assert self.port is not None
         host = self.port.getHost()
         self.access.listening_on(
-            getattr(host, "host", ""), getattr(host, "port", 0), self.settings.tls is not None
+            getattr(host, "host", ""), getattr(host, "port", 0), self.settings.served_tls is not None
         )
         self._unwatch = self.hub.watch(self.backend.watch)
         self.access.log_url()
