@@ -36,6 +36,11 @@ def _tls(testcase: TestCase | SynchronousTestCase) -> tuple[RelayTLS, bytes]:
 
 #: How every refusal of a console open to the network ends.
 ELSE = "or keep it on this machine (e.g. --console tcp:3359:interface=127.0.0.1) and reach it through SSH"
+#: What such a refusal asks for when the relay has no certificate.
+CERTIFICATE = (
+    "a certificate (--tls-cert and --tls-key, or --tls-cert auto for the relay's own; "
+    "the console is then served over HTTPS)"
+)
 
 
 class LoopbackRuleTests(SynchronousTestCase):
@@ -56,11 +61,10 @@ class LoopbackRuleTests(SynchronousTestCase):
         tls = RelayTLS("cert.pem", "key.pem")
         cases = [
             (ConsoleSettings("tcp:3359:interface=10.1.2.3"),
-             "the console listens on 10.1.2.3, not only on this machine: it needs --tls-cert and --tls-key "
-             "(the console is then served over HTTPS) and --console-password-file"),
+             "the console listens on 10.1.2.3, not only on this machine: it needs " + CERTIFICATE
+             + " and --console-password-file"),
             (ConsoleSettings("tcp:3359", password_file="pw"),
-             "the console listens on all addresses, not only on this machine: it needs --tls-cert and --tls-key "
-             "(the console is then served over HTTPS)"),
+             "the console listens on all addresses, not only on this machine: it needs " + CERTIFICATE),
             (ConsoleSettings("tcp6:3359:interface=\\:\\:", tls=tls),
              "the console listens on all addresses, not only on this machine: it needs --console-password-file"),
             (ConsoleSettings("tcp:3359:interface=relay.example", tls=tls),
@@ -117,9 +121,32 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             str(raised.exception),
             "--console: the console listens on 10.1.2.3, not only on this machine: it needs "
-            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file; "
-            + ELSE,
+            + CERTIFICATE + " and --console-password-file; " + ELSE,
         )
+
+    def test_network_refused_in_french(self) -> None:
+        """
+        In French, every part of the refusal is French (where it listens,
+        the example), and it names --tls-cert auto as a way to the certificate.
+        """
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse("--lang", "fr", "--console", "tcp:4397")
+        self.assertEqual(
+            str(raised.exception),
+            "--console : la console écoute sur toutes les adresses, pas seulement sur cette machine : il lui "
+            "faut un certificat (--tls-cert et --tls-key, ou --tls-cert auto pour celui du relais ; la "
+            "console est alors servie en HTTPS) et --console-password-file ; ou gardez-la sur cette machine "
+            "(par ex. --console tcp:3359:interface=127.0.0.1) et atteignez-la par SSH",
+        )
+
+    def test_port_out_of_range(self) -> None:
+        """The console's port is checked when the options are read, as --listen's are."""
+        for endpoint in ["tcp:99999:interface=127.0.0.1", "tcp6:-1:interface=\\:\\:1"]:
+            with self.assertRaises(usage.UsageError) as raised:
+                self.parse("--console", endpoint)
+            self.assertEqual(
+                str(raised.exception), f"--console: {endpoint}: the port must be a number from 0 to 65535"
+            )
 
     def test_network_with_tls_and_password(self) -> None:
         tls, _ = _tls(self)
@@ -325,7 +352,7 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(
             "--console: the console listens on all addresses, not only on this machine: it needs "
-            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file",
+            + CERTIFICATE + " and --console-password-file",
             text,
         )
         self.assertNotIn("Traceback", text)

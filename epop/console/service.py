@@ -37,6 +37,7 @@ from epop.console.resource import ConsoleResource
 from epop.local_tls import RelayTLS, server_options
 from epop.messages import Text, reason_of
 from epop.relay.service import ListenError, listen_at_once
+from epop.relay.settings import PortOutOfRange, check_listening_port
 
 #: Where the console listens unless told otherwise.
 DEFAULT_CONSOLE = "tcp:3359:interface=127.0.0.1"
@@ -56,7 +57,7 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
         raise ValueError(
             Text(
                 "{description}: the console listens on tcp:PORT:interface=ADDRESS or "
-                "unix:PATH (with --tls-cert it is served over HTTPS by itself)",
+                "unix:PATH (on the network, with --tls-cert, it is served over HTTPS by itself)",
                 description=description,
             )
         )
@@ -65,21 +66,26 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(Text("{description}: invalid endpoint ({reason})", description=description, reason=str(e))) from None
     assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint))
+    try:
+        check_listening_port(endpoint)
+    except PortOutOfRange as e:
+        raise ValueError(Text("{name}: {problem}", name=description, problem=reason_of(e))) from None
     return endpoint
 
 
-def listens_locally(description: str) -> tuple[bool, str]:
+def listens_locally(description: str) -> tuple[bool, Text | str]:
     """
     Whether the console endpoint C{description} is reachable from this
-    machine only, and where it listens, in words ("10.1.2.3", "all
-    addresses").  C{unix:} sockets count as local.
+    machine only, and where it listens: its address, or in words for the
+    administrator's language ("all addresses").  C{unix:} sockets count as
+    local.
     """
     endpoint = console_endpoint(None, description)
     if isinstance(endpoint, UNIXServerEndpoint):
-        return True, "a Unix socket"
+        return True, Text("a Unix socket")
     interface = getattr(endpoint, "_interface", "")
     if interface in ("", "0.0.0.0", "::"):
-        return False, "all addresses"
+        return False, Text("all addresses")
     if interface.lower() in _LOOPBACK_NAMES:
         return True, interface
     try:
@@ -102,7 +108,7 @@ class _ConsoleSite(Site):
 
 
 #: A console on this machine only, as the refusal of any other suggests.
-ONLY_HERE = "e.g. --console tcp:3359:interface=127.0.0.1"
+ONLY_HERE = "--console tcp:3359:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,12 @@ class ConsoleSettings:
             return
         missing: list[Text | str] = []
         if self.tls is None:
-            missing.append(Text("--tls-cert and --tls-key (the console is then served over HTTPS)"))
+            missing.append(
+                Text(
+                    "a certificate (--tls-cert and --tls-key, or --tls-cert auto for the relay's own; "
+                    "the console is then served over HTTPS)"
+                )
+            )
         if self.password_file is None:
             missing.append("--console-password-file")
         if missing:
@@ -141,7 +152,7 @@ class ConsoleSettings:
             raise ValueError(
                 Text(
                     "the console listens on {where}, not only on this machine: it needs {needed}; "
-                    "or keep it on this machine ({example}) and reach it through SSH",
+                    "or keep it on this machine (e.g. {example}) and reach it through SSH",
                     where=where,
                     needed=needed,
                     example=ONLY_HERE,
