@@ -220,7 +220,7 @@ class LiveConsole:
         testcase.addCleanup(self.service.stopService)
         assert self.service.port is not None
         self.port = self.service.port.getHost().port
-        scheme = "https" if tls is not None else "http"
+        scheme = "https" if self.service.settings.served_tls is not None else "http"
         self.origin = f"{scheme}://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
         self.client = _client(reactor, ca_pem)
