@@ -245,8 +245,8 @@ class ServiceTests(TestCase):
         Secure cookie, and an https Origin.
         """
         tls, ca_pem = _tls(self)
-        # All addresses, 127.0.0.1 among them, whose certificate it holds.
-        console = LiveConsole(self, endpoint="tcp:0:interface=0.0.0.0", password="pw", tls=tls, ca_pem=ca_pem)
+        # Served as on the network, while listening on loopback only (tests never listen beyond it).
+        console = LiveConsole(self, password="pw", tls=tls, ca_pem=ca_pem, served_as_on_the_network=True)
         [url] = console.logged_urls()
         self.assertTrue(url.startswith("https://"), url)
         self.assertEqual(console.origin, f"https://127.0.0.1:{console.port}")
