@@ -196,11 +196,21 @@ class LiveConsole:
         tls: Any = None,
         ca_pem: bytes | None = None,
         language: str = "en",
+        served_as_on_the_network: bool = False,
     ) -> None:
         from twisted.internet import reactor
         from twisted.logger import globalLogPublisher
 
         from epop.console.service import ConsoleSettings, make_console_service
+
+        class OnTheNetwork(ConsoleSettings):
+            """Served as a console beyond this machine is (with the relay's TLS), while tests listen on loopback only."""
+
+            @property
+            def served_tls(self) -> Any:
+                return self.tls
+
+        settings_class = OnTheNetwork if served_as_on_the_network else ConsoleSettings
 
         self.reactor = reactor
         self.backend = backend if backend is not None else FakeConsoleBackend()
@@ -213,14 +223,14 @@ class LiveConsole:
             with open(password_file, "w", encoding="utf-8") as f:
                 f.write(password + "\n")
         self.service = make_console_service(
-            reactor, self.backend, ConsoleSettings(endpoint, password_file, tls, language)
+            reactor, self.backend, settings_class(endpoint, password_file, tls, language)
         )
         self.service.privilegedStartService()
         self.service.startService()
         testcase.addCleanup(self.service.stopService)
         assert self.service.port is not None
         self.port = self.service.port.getHost().port
-        scheme = "https" if tls is not None else "http"
+        scheme = "https" if self.service.settings.served_tls is not None else "http"
         self.origin = f"{scheme}://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
         self.client = _client(reactor, ca_pem)

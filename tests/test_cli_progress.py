@@ -123,6 +123,9 @@ class ProgressTests(TestCase):
         self.assertRegex(shown, r"100% \|[^|\r\n]*\| 8\.39MB of 8\.39MB, [\d.]+[kMG]?B/s, 00:00 left")
         self.assertIn("\r", shown)
         self.assertIn("The whole file has left; waiting for e-PMSI's answer.", shown)
+        # One bar: nothing drawn after the file's last byte.
+        after = shown.split("The whole file has left", 1)[1]
+        self.assertNotIn("%", after)
         self.assertRegex(shown.replace("\r\n", "\n"), ANSWERED)
         self.assertIn("e-PMSI answered 200 OK.", shown)
         self.assertNotIn("sha256", shown)

@@ -7,6 +7,7 @@ L{MemoryReactorClock} and L{StringTransport}: no real sleeping.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import trustme
@@ -419,6 +420,25 @@ class LoopbackFaultTests(TestCase):
         # connection is gone ("not in valid state to finalize request"): the
         # relay's side, not the workstation's.
         self.flushLoggedErrors(UpstreamError)
+
+    async def test_small_file_epmsi_never_reached(self) -> None:
+        """
+        A file small enough to be wholly taken by the relay before it tries
+        e-PMSI, which refuses the connection: not delivered, never "may have
+        received it".
+        """
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        relay = start_relay(self, reactor, f"https://127.0.0.1:{port}", self.sandbox.ca_path)
+        small = self.mktemp()
+        write_random_file(small, 7, seed=5)
+        d = send_file(reactor, small, to="/syriusUpload.do", relay=RelayAddress("127.0.0.1", relay.port))
+        error = await self.failed(d)
+        self.assertEqual((error.code, error.reason.cause), ("epmsi-unreachable", "refused"))
+        self.assertEqual((error.step, error.maybe_delivered), ("answer", False))
+        self.assertIn("was not delivered: e-PMSI did not receive it", error.outcome(small).render())
 
 
 class _Silent(Protocol):

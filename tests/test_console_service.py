@@ -6,6 +6,8 @@ relay's own port, which never answers as the console.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 
 import trustme
@@ -19,7 +21,7 @@ from epop.local_tls import RelayTLS
 from epop.relay import tap
 from epop.relay.service import ListenError
 from tests.console_fakes import FakeConsoleBackend, LiveConsole, _client, _cookie
-from tests.support import free_port
+from tests.support import free_port, poll_until
 
 
 def _tls(testcase: TestCase | SynchronousTestCase) -> tuple[RelayTLS, bytes]:
@@ -34,6 +36,11 @@ def _tls(testcase: TestCase | SynchronousTestCase) -> tuple[RelayTLS, bytes]:
 
 #: How every refusal of a console open to the network ends.
 ELSE = "or keep it on this machine (e.g. --console tcp:3359:interface=127.0.0.1) and reach it through SSH"
+#: What such a refusal asks for when the relay has no certificate.
+CERTIFICATE = (
+    "a certificate (--tls-cert and --tls-key, or --tls-cert auto for the relay's own; "
+    "the console is then served over HTTPS)"
+)
 
 
 class LoopbackRuleTests(SynchronousTestCase):
@@ -54,11 +61,10 @@ class LoopbackRuleTests(SynchronousTestCase):
         tls = RelayTLS("cert.pem", "key.pem")
         cases = [
             (ConsoleSettings("tcp:3359:interface=10.1.2.3"),
-             "the console listens on 10.1.2.3, not only on this machine: it needs --tls-cert and --tls-key "
-             "(the console is then served over HTTPS) and --console-password-file"),
+             "the console listens on 10.1.2.3, not only on this machine: it needs " + CERTIFICATE
+             + " and --console-password-file"),
             (ConsoleSettings("tcp:3359", password_file="pw"),
-             "the console listens on all addresses, not only on this machine: it needs --tls-cert and --tls-key "
-             "(the console is then served over HTTPS)"),
+             "the console listens on all addresses, not only on this machine: it needs " + CERTIFICATE),
             (ConsoleSettings("tcp6:3359:interface=\\:\\:", tls=tls),
              "the console listens on all addresses, not only on this machine: it needs --console-password-file"),
             (ConsoleSettings("tcp:3359:interface=relay.example", tls=tls),
@@ -69,6 +75,15 @@ class LoopbackRuleTests(SynchronousTestCase):
                 settings.check()
             self.assertEqual(str(raised.exception), message + "; " + ELSE)
         ConsoleSettings("tcp:3359:interface=10.1.2.3", "pw", tls).check()
+
+    def test_served_tls(self) -> None:
+        """The relay's TLS serves the console on the network only: this machine talks to itself in plain HTTP."""
+        tls = RelayTLS("cert.pem", "key.pem")
+        for endpoint in ["tcp:3359:interface=127.0.0.1", "tcp6:3359:interface=\\:\\:1", "unix:/run/epop/console.sock"]:
+            self.assertIsNone(ConsoleSettings(endpoint, tls=tls).served_tls, endpoint)
+        for endpoint in ["tcp:3359", "tcp:3359:interface=10.1.2.3"]:
+            self.assertIs(ConsoleSettings(endpoint, "pw", tls).served_tls, tls, endpoint)
+        self.assertIsNone(ConsoleSettings("tcp:3359", "pw").served_tls)
 
     def test_endpoint_kinds(self) -> None:
         """ssl: and nonsense are refused: TLS comes from --tls-cert."""
@@ -106,9 +121,32 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             str(raised.exception),
             "--console: the console listens on 10.1.2.3, not only on this machine: it needs "
-            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file; "
-            + ELSE,
+            + CERTIFICATE + " and --console-password-file; " + ELSE,
         )
+
+    def test_network_refused_in_french(self) -> None:
+        """
+        In French, every part of the refusal is French (where it listens,
+        the example), and it names --tls-cert auto as a way to the certificate.
+        """
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse("--lang", "fr", "--console", "tcp:4397")
+        self.assertEqual(
+            str(raised.exception),
+            "--console : la console écoute sur toutes les adresses, pas seulement sur cette machine : il lui "
+            "faut un certificat (--tls-cert et --tls-key, ou --tls-cert auto pour celui du relais ; la "
+            "console est alors servie en HTTPS) et --console-password-file ; ou gardez-la sur cette machine "
+            "(par ex. --console tcp:3359:interface=127.0.0.1) et atteignez-la par SSH",
+        )
+
+    def test_port_out_of_range(self) -> None:
+        """The console's port is checked when the options are read, as --listen's are."""
+        for endpoint in ["tcp:99999:interface=127.0.0.1", "tcp6:-1:interface=\\:\\:1"]:
+            with self.assertRaises(usage.UsageError) as raised:
+                self.parse("--console", endpoint)
+            self.assertEqual(
+                str(raised.exception), f"--console: {endpoint}: the port must be a number from 0 to 65535"
+            )
 
     def test_network_with_tls_and_password(self) -> None:
         tls, _ = _tls(self)
@@ -133,8 +171,6 @@ class OptionsTests(SynchronousTestCase):
         comparison starts from what it saved; without, a file beside the
         journal, not read at start.
         """
-        import os
-
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write("[epop]\nallow = 127.0.0.1\n")
@@ -169,8 +205,6 @@ class OptionsTests(SynchronousTestCase):
 
     def test_settings_file(self) -> None:
         """Both are settings-file keys; a mistake there names the file and line."""
-        import os
-
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write("[epop]\nconsole = tcp:3359\n")
@@ -206,12 +240,18 @@ class ServiceTests(TestCase):
             await console.request("GET", "/static/console.css")
 
     async def test_tls(self) -> None:
-        """Under TLS: HTTPS with the relay's certificate, a Secure cookie, and an https Origin."""
+        """
+        On the network under TLS: HTTPS with the relay's certificate, a
+        Secure cookie, and an https Origin.
+        """
         tls, ca_pem = _tls(self)
-        console = LiveConsole(self, tls=tls, ca_pem=ca_pem)
+        # Served as on the network, while listening on loopback only (tests never listen beyond it).
+        console = LiveConsole(self, password="pw", tls=tls, ca_pem=ca_pem, served_as_on_the_network=True)
         [url] = console.logged_urls()
-        self.assertTrue(url.startswith(f"https://127.0.0.1:{console.port}/?token="))
-        response = await console.client.get(url, allow_redirects=False)
+        self.assertTrue(url.startswith("https://"), url)
+        self.assertEqual(console.origin, f"https://127.0.0.1:{console.port}")
+        token = url.partition("/?token=")[2]
+        response = await console.client.get(f"{console.origin}/?token={token}", allow_redirects=False)
         self.assertEqual(response.code, 303)
         [header] = response.headers.getRawHeaders(b"Set-Cookie")
         self.assertIn("secure", [a.strip().lower() for a in header.decode().split(";")])
@@ -226,6 +266,22 @@ class ServiceTests(TestCase):
         )
         self.assertEqual(plain.code, 403)
         await plain.content()
+
+    async def test_loopback_plain_under_tls(self) -> None:
+        """
+        On loopback, the relay's TLS settings aside: plain HTTP that a client
+        without the relay's authority opens, and a cookie not marked Secure
+        (a browser would not send it back over HTTP).
+        """
+        tls, _ = _tls(self)
+        console = LiveConsole(self, tls=tls)
+        [url] = console.logged_urls()
+        self.assertTrue(url.startswith(f"http://127.0.0.1:{console.port}/?token="), url)
+        response = await console.client.get(url, allow_redirects=False)
+        self.assertEqual(response.code, 303)
+        [header] = response.headers.getRawHeaders(b"Set-Cookie")
+        self.assertNotIn("secure", [a.strip().lower() for a in header.decode().split(";")])
+        await response.content()
 
     async def test_password_never_logged(self) -> None:
         """Signing in, right and wrong, logs no password, and requests are not logged one by one."""
@@ -276,7 +332,6 @@ class TwistdTests(TestCase):
     timeout = 60
 
     async def run_twistd(self, *arguments: str) -> tuple[str, int]:
-        import os
         import sys
 
         from twisted.internet.utils import getProcessOutputAndValue
@@ -297,10 +352,34 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(
             "--console: the console listens on all addresses, not only on this machine: it needs "
-            "--tls-cert and --tls-key (the console is then served over HTTPS) and --console-password-file",
+            + CERTIFICATE + " and --console-password-file",
             text,
         )
         self.assertNotIn("Traceback", text)
+
+    async def test_own_authority_console_on_loopback(self) -> None:
+        """
+        twistd epop --tls-cert auto with the default kind of console (on
+        loopback): the address it logs is http://, and opens without the
+        relay's authority, as curl on the relay's machine does.
+        """
+        from tests.test_drain import start_relay_process
+
+        console_port = free_port()
+        relay = await start_relay_process(
+            self, free_port(), "--tls-cert", "auto", "--tls-dir", os.path.abspath(self.mktemp()),
+            "--console", f"tcp:{console_port}:interface=127.0.0.1",
+            environ={"LANG": "C.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""},
+        )
+        said = await poll_until(reactor, lambda: relay.ended.called or "?token=" in relay.text(), 300, 0.1)
+        self.assertTrue(said and not relay.ended.called, relay.text())
+        found = re.search(r"Console: open (\S+) in a browser on this machine", relay.text())
+        assert found is not None, relay.text()
+        url = found.group(1)
+        self.assertTrue(url.startswith(f"http://127.0.0.1:{console_port}/?token="), url)
+        response = await _client(reactor, None).get(url, allow_redirects=False)
+        self.assertEqual(response.code, 303)
+        await response.content()
 
     async def test_console_port_taken(self) -> None:
         taken = socket.socket()

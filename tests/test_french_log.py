@@ -41,7 +41,7 @@ class StartLinesTests(TestCase):
         relay, port, console = await self.start(FRENCH)
         text = relay.text()
         self.assertIn(f"Relais e-POP à l'écoute sur 127.0.0.1:{port} (point d'écoute tcp:{port}", text)
-        self.assertRegex(text, rf"Console : ouvrez https://\S+:{console}/\?token=\S+ dans un navigateur sur cette machine")
+        self.assertRegex(text, rf"Console : ouvrez http://\S+:{console}/\?token=\S+ dans un navigateur sur cette machine")
         self.assertIn("Autorité de certification du relais créée : ", text)
         self.assertIn(f"a l'empreinte {self.fingerprint(text)} ; c'est celle que les postes confirment", text)
         self.assertIn(
@@ -77,7 +77,7 @@ class StartLinesTests(TestCase):
             "workstations use this address and port",
             text,
         )
-        self.assertRegex(text, rf"Console: open https://\S+:{console}/\?token=\S+ in a browser on this machine")
+        self.assertRegex(text, rf"Console: open http://\S+:{console}/\?token=\S+ in a browser on this machine")
         self.assertIn("Made the relay's certificate authority ", text)
         self.assertIn(
             f"has the fingerprint {self.fingerprint(text)}; this is the one workstations confirm (epop trust)", text

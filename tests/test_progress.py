@@ -222,6 +222,19 @@ class OtherDisplaysTests(SynchronousTestCase):
             "e-PMSI answered 0.5 s after the last byte.\n"
         ), text)
 
+    def test_one_bar_to_the_end(self) -> None:
+        """Reports after the file's last byte (the form's end leaving) draw no second bar."""
+        clock, stream = Clock(), TerminalStream()
+        progress = TerminalProgress(clock, stream, "en")
+        progress.sent(8_000_000, 8_000_000)
+        progress.sent(8_000_000, 8_000_000)
+        clock.advance(1)
+        progress.answered(clock.seconds())
+        text = stream.getvalue()
+        self.assertEqual(text.count(" 0%"), 1, text)
+        self.assertEqual(text.count("100%"), 1, text)
+        self.assertTrue(text.endswith("waiting for e-PMSI's answer.\ne-PMSI answered 1.0 s after the last byte.\n"), text)
+
     def test_bar_in_french(self) -> None:
         """The bar's words, units and numbers in French: Mo, sur, reste, a decimal comma."""
         stream = TerminalStream()

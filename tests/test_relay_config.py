@@ -416,6 +416,8 @@ SAME_RULES = [
     ("listen", ("tcp",), "tcp", "tcp: invalid endpoint (no port given)"),
     ("listen", ("tcp:1:colour=red",), "tcp:1:colour=red", "tcp:1:colour=red: invalid endpoint (unknown parameter 'colour')"),
     ("listen", ("tcp:1:backlog=many",), "tcp:1:backlog=many", "tcp:1:backlog=many: invalid endpoint ('many' is not a number)"),
+    ("listen", ("tcp:99999",), "tcp:99999", "tcp:99999: the port must be a number from 0 to 65535"),
+    ("listen", ("haproxy:tcp6:-1",), "haproxy:tcp6:-1", "haproxy:tcp6:-1: the port must be a number from 0 to 65535"),
     ("epmsi", "http://x", "http://x", "e-PMSI URL must start with https:// (got 'http://x')"),
     ("ca_file", "/nonexistent/ca.pem", "/nonexistent/ca.pem", "cannot read CA file /nonexistent/ca.pem"),
     ("allow", ("10.1.2.300",), "10.1.2.300", "'10.1.2.300' is not an IP address or network"),
@@ -518,6 +520,11 @@ class SameRulesTests(SynchronousTestCase):
             self.assertEqual(refused("--journal-keep", value), keep.format(value))
         self.assertEqual(
             refused("--listen", "tcp:abc"), "--listen tcp:abc: invalid endpoint (the port 'abc' is not a number)"
+        )
+        # Found when the options are read, not by bind() once the good ports listen.
+        self.assertEqual(
+            refused("--listen", "tcp:3358", "--listen", "tcp:99999"),
+            "--listen tcp:99999: the port must be a number from 0 to 65535",
         )
         self.assertEqual(refused("--proxy-user", "dim"), "--proxy-user: a proxy user was given without a proxy")
         self.assertEqual(

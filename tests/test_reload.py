@@ -21,7 +21,7 @@ from epop.workstation.client import RelayAddress, test_connection
 from epop.testing import MemoryJournalWriter
 from epop.relay.service import RelayService, make_relay_service
 from epop.wire import FrameType
-from tests.relaying import start_relay
+from tests.relaying import HELLO, raw_connect, start_relay
 from tests.support import make_trustme_sandbox, poll_until
 from tests.test_drain import RawUpload, free_port, start_relay_process
 
@@ -191,12 +191,57 @@ class HangupHandlerTests(TestCase):
             await service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
-    def test_not_installed_without_config(self) -> None:
+    async def test_without_config_nothing_to_reload(self) -> None:
+        """
+        Without --config, SIGHUP is still handled (its default action would
+        end the relay without a word): a warning in the relay's language.
+        """
         before = signal.getsignal(signal.SIGHUP)
-        service = tap._TwistdRelay()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = tap._TwistdRelay(language="fr")
         service.startService()
+        self.assertNotIn(signal.getsignal(signal.SIGHUP), (before, signal.SIG_DFL, signal.SIG_IGN, None))
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            said = lambda: [e for e in events if e.get("log_format", "").startswith("SIGHUP")]
+            self.assertTrue(await poll_until(reactor, said))
+        finally:
+            await service.stopService()
+        [event] = said()
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertEqual(
+            event["log_format"],
+            "SIGHUP : rien à recharger : le relais a été démarré sans --config ; il continue tel quel",
+        )
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
-        service.stopService()
+
+
+class HangupWithoutConfigProcessTests(TestCase):
+    """A real twistd relay started without --config, sent SIGHUP (systemctl reload out of habit)."""
+
+    timeout = 120
+
+    async def test_goes_on(self) -> None:
+        if not hasattr(signal, "SIGHUP"):
+            raise self.skipTest("no SIGHUP on this platform")
+        port = free_port()
+        relay = await start_relay_process(self, port, environ={"LANG": "C.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""})
+        relay.signal(signal.SIGHUP)
+        line = "SIGHUP: nothing to reload: the relay was started without --config; it goes on as it is"
+        self.assertTrue(
+            await poll_until(reactor, lambda: relay.ended.called or line in relay.text(), 200, 0.05),
+            relay.text(),
+        )
+        self.assertFalse(relay.ended.called, relay.text())
+        # Still listening: a workstation's HELLO is welcomed, as epop test's is.
+        client = await raw_connect(self, reactor, port)
+        client.transport.write(HELLO)
+        welcome = await client.next_frame()
+        self.assertEqual(welcome.kind, FrameType.WELCOME, welcome.message())
+        client.transport.loseConnection()
+        self.assertIn(await relay.stop(), [(0, None), (None, signal.SIGTERM)])
 
 
 class ConfigOptionTests(SynchronousTestCase):

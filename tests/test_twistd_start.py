@@ -19,6 +19,8 @@ from typing import Any
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.support import free_port
+
 #: Runs twistd as a child subreaper (Linux): the daemon's forked processes
 #: become its children, so it can tell whether any is left running and reap
 #: every one of them (none is left a zombie of this test).
@@ -206,6 +208,29 @@ class UsageErrorTests(TestCase):
         self.assertIn("'twistd epop --help' lists every option", output)
         self.assertNotIn("--allow=", output)
         self.assertLessEqual(len(output.strip().splitlines()), 4, output)
+
+    def test_port_out_of_range_before_any_listens(self) -> None:
+        """
+        --listen tcp:99999 is a usage error naming it, in the relay's
+        language, before the good --listen has started: not bind()'s words.
+        """
+        folder = FilePath(self.mktemp())
+        folder.makedirs()
+        port = free_port()
+        good = f"tcp:{port}:interface=127.0.0.1"
+        for language, said in [
+            ("C.UTF-8", "--listen tcp:99999: the port must be a number from 0 to 65535"),
+            ("fr_FR.UTF-8", "--listen tcp:99999 : le port doit être un nombre de 0 à 65535"),
+        ]:
+            code, output = run_foreground_twistd(
+                folder, "--console=none", "--no-check", "--listen", good, "--listen", "tcp:99999",
+                environ={"LANG": language, "LC_ALL": "", "LC_MESSAGES": ""},
+            )
+            self.assertEqual(code, 1, output)
+            self.assertIn(said, output)
+            self.assertNotIn("bind()", output)
+            self.assertNotIn(f"127.0.0.1:{port}", output)  # the good port: never listened on
+            self.assertNotIn("Traceback", output)
 
     def test_help_still_lists_every_option(self) -> None:
         from twisted.python import usage

@@ -6,6 +6,9 @@ this machine (C{tcp:3359:interface=127.0.0.1}).  Anywhere else it needs
 the relay's certificate (it is then served over HTTPS, so that the
 password and cookie do not cross the network in clear) and a password (a
 URL copied out of a log is not enough for a door open to the network).
+On this machine it is plain HTTP whatever the relay's TLS settings: the
+machine talks to itself, and its browser and C{curl} then open the
+console without the relay's authority.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from epop.console.resource import ConsoleResource
 from epop.local_tls import RelayTLS, server_options
 from epop.messages import Text, reason_of
 from epop.relay.service import ListenError, listen_at_once
+from epop.relay.settings import PortOutOfRange, check_listening_port
 
 #: Where the console listens unless told otherwise.
 DEFAULT_CONSOLE = "tcp:3359:interface=127.0.0.1"
@@ -53,7 +57,7 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
         raise ValueError(
             Text(
                 "{description}: the console listens on tcp:PORT:interface=ADDRESS or "
-                "unix:PATH (with --tls-cert it is served over HTTPS by itself)",
+                "unix:PATH (on the network, with --tls-cert, it is served over HTTPS by itself)",
                 description=description,
             )
         )
@@ -62,21 +66,26 @@ def console_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(Text("{description}: invalid endpoint ({reason})", description=description, reason=str(e))) from None
     assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint))
+    try:
+        check_listening_port(endpoint)
+    except PortOutOfRange as e:
+        raise ValueError(Text("{name}: {problem}", name=description, problem=reason_of(e))) from None
     return endpoint
 
 
-def listens_locally(description: str) -> tuple[bool, str]:
+def listens_locally(description: str) -> tuple[bool, Text | str]:
     """
     Whether the console endpoint C{description} is reachable from this
-    machine only, and where it listens, in words ("10.1.2.3", "all
-    addresses").  C{unix:} sockets count as local.
+    machine only, and where it listens: its address, or in words for the
+    administrator's language ("all addresses").  C{unix:} sockets count as
+    local.
     """
     endpoint = console_endpoint(None, description)
     if isinstance(endpoint, UNIXServerEndpoint):
-        return True, "a Unix socket"
+        return True, Text("a Unix socket")
     interface = getattr(endpoint, "_interface", "")
     if interface in ("", "0.0.0.0", "::"):
-        return False, "all addresses"
+        return False, Text("all addresses")
     if interface.lower() in _LOOPBACK_NAMES:
         return True, interface
     try:
@@ -99,15 +108,16 @@ class _ConsoleSite(Site):
 
 
 #: A console on this machine only, as the refusal of any other suggests.
-ONLY_HERE = "e.g. --console tcp:3359:interface=127.0.0.1"
+ONLY_HERE = "--console tcp:3359:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
 class ConsoleSettings:
     """
     Where the console listens (C{None}: no console), its password file,
-    the relay's TLS settings it is served with, and the language of the
-    lines it logs for the administrator.
+    the relay's TLS settings (the console is served with them only when
+    it listens beyond this machine: L{served_tls}), and the language of
+    the lines it logs for the administrator.
     """
 
     endpoint: str | None = DEFAULT_CONSOLE
@@ -129,7 +139,12 @@ class ConsoleSettings:
             return
         missing: list[Text | str] = []
         if self.tls is None:
-            missing.append(Text("--tls-cert and --tls-key (the console is then served over HTTPS)"))
+            missing.append(
+                Text(
+                    "a certificate (--tls-cert and --tls-key, or --tls-cert auto for the relay's own; "
+                    "the console is then served over HTTPS)"
+                )
+            )
         if self.password_file is None:
             missing.append("--console-password-file")
         if missing:
@@ -137,12 +152,24 @@ class ConsoleSettings:
             raise ValueError(
                 Text(
                     "the console listens on {where}, not only on this machine: it needs {needed}; "
-                    "or keep it on this machine ({example}) and reach it through SSH",
+                    "or keep it on this machine (e.g. {example}) and reach it through SSH",
                     where=where,
                     needed=needed,
                     example=ONLY_HERE,
                 )
             )
+
+    @property
+    def served_tls(self) -> RelayTLS | None:
+        """
+        The TLS the console is served with: the relay's, when the console
+        listens beyond this machine; none on loopback or a Unix socket,
+        where TLS with the relay's own authority would only make this
+        machine's browser warn and C{curl} fail.
+        """
+        if self.endpoint is None or self.tls is None or listens_locally(self.endpoint)[0]:
+            return None
+        return self.tls
 
     def password(self) -> str | None:
         """
@@ -176,7 +203,7 @@ class ConsoleService(Service):
         self._unwatch: Any = None
 
     def _factory(self) -> Any:
-        tls = self.settings.tls
+        tls = self.settings.served_tls
         if tls is None:
             return self.site
         # The relay's certificate, without asking browsers for one of their own.
@@ -204,7 +231,7 @@ class ConsoleService(Service):
         assert self.port is not None
         host = self.port.getHost()
         self.access.listening_on(
-            getattr(host, "host", ""), getattr(host, "port", 0), self.settings.tls is not None
+            getattr(host, "host", ""), getattr(host, "port", 0), self.settings.served_tls is not None
         )
         self._unwatch = self.hub.watch(self.backend.watch)
         self.access.log_url()

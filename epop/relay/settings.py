@@ -68,6 +68,8 @@ __all__ = [
     "Number",
     "RelaySettings",
     "RelaySettingsError",
+    "PortOutOfRange",
+    "check_listening_port",
     "listen_endpoint",
     "prefixed",
     "SECTION",
@@ -201,7 +203,25 @@ def listen_endpoint(reactor: Any, description: str, language: str = "en") -> ISt
         raise ValueError(
             Text("cannot read {file}: {why}", file=e.filename or Text("its certificate"), why=system_reason(e))
         ) from None
+    check_listening_port(endpoint)
     return ProxyHeaderEndpoint(endpoint, language) if inner is not description else endpoint
+
+
+class PortOutOfRange(ValueError):
+    """An endpoint string's port that no socket can have."""
+
+
+def check_listening_port(endpoint: IStreamServerEndpoint) -> None:
+    """
+    Refuse a port outside 0-65535 (0: the system chooses).  Twisted's parser
+    takes any whole number, and only C{bind()} would refuse it, in its own
+    English words and once the other ports have started.
+
+    @raise PortOutOfRange: saying what a port may be.
+    """
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise PortOutOfRange(Text("the port must be a number from 0 to 65535"))
 
 
 #: Twisted's parser's messages, and what to say instead.
@@ -410,11 +430,14 @@ def check_proxy(proxy: object) -> None:
 
 
 def check_listen(description: str) -> None:
-    """Refuse a C{listen} string that names no endpoint."""
+    """Refuse a C{listen} string that names no endpoint, or a port no socket can have."""
     try:
         listen_endpoint(None, description)  # its syntax only: no reactor is used
     except ValueError as e:
-        problem = Text("{description}: invalid endpoint ({reason})", description=description, reason=reason_of(e))
+        if isinstance(e, PortOutOfRange):
+            problem = Text("{name}: {problem}", name=description, problem=reason_of(e))
+        else:
+            problem = Text("{description}: invalid endpoint ({reason})", description=description, reason=reason_of(e))
         raise RelaySettingsError(
             "listen", problem, command_line=Text("--listen {problem}", problem=problem)
         ) from None

@@ -10,7 +10,8 @@ checked here.
 Options may also come from a settings file (C{--config}, see
 L{epop.relay.settings}); the command line overrides it.  With one, C{SIGHUP}
 re-reads the file and applies its C{allow} entries to new connections
-(L{RelayService.reload_allowlist}).
+(L{RelayService.reload_allowlist}); without one, it logs that there is
+nothing to reload, and the relay goes on.
 """
 
 from __future__ import annotations
@@ -523,8 +524,11 @@ def _unaccented(text: str) -> str:
 class _TwistdRelay(MultiService):
     """
     Under twistd, a port that cannot be bound ends the program with one
-    clear line instead of a traceback; with C{--config}, C{SIGHUP} (where the
-    platform has it) calls C{reload}, until the relay has stopped.
+    clear line instead of a traceback.  C{SIGHUP} (where the platform has
+    it) calls C{reload} with C{--config}, and without one says there is
+    nothing to reload, until the relay has stopped: never its default
+    action, which would end the relay without a word (C{systemctl reload}
+    out of habit).
     """
 
     log = Logger()
@@ -567,11 +571,11 @@ class _TwistdRelay(MultiService):
 
     def _hook_hangup(self) -> None:
         hangup = getattr(signal, "SIGHUP", None)
-        if self._reload is None or hangup is None or self._previous_hangup is not None:
+        if hangup is None or self._previous_hangup is not None:
             return
         from twisted.internet import reactor
 
-        reload = self._reload
+        reload = self._reload if self._reload is not None else self._nothing_to_reload
 
         def hung_up(signum: int, frame: Any) -> None:
             # Signal handlers may run between any two bytecodes: hand over
@@ -580,6 +584,14 @@ class _TwistdRelay(MultiService):
 
         previous = signal.signal(hangup, hung_up)
         self._previous_hangup = signal.SIG_DFL if previous is None else previous
+
+    def _nothing_to_reload(self) -> None:
+        self.log.warn(
+            log_format(
+                Text("SIGHUP: nothing to reload: the relay was started without --config; it goes on as it is"),
+                self._language,
+            )
+        )
 
     def stopService(self) -> Any:
         def restore(result: object) -> object:

@@ -95,7 +95,8 @@ class Progress:
 
     def sent(self, count: int, total: int) -> None:
         """C{count} bytes of C{total} have left the workstation (an L{ProgressCallback})."""
-        if self.ended:
+        if self.ended or self.last_byte_at is not None:
+            # After the last byte of the file, the form's end still leaves: nothing more to show.
             return
         if self.started_at is None:
             self.started_at, self.first_count = self.clock.seconds(), count

@@ -182,10 +182,27 @@ class Upload:
             step = "connect"
         else:
             step = "answer" if whole else "upload"
-        maybe = whole and reason.code not in ("integrity-mismatch", "file-unreadable")
+        maybe = whole and reason.code not in ("integrity-mismatch", "file-unreadable") and not never_reached(reason)
         return Failure(
             UploadFailed(reason, step, via_relay=self.via_relay, maybe_delivered=maybe)
         )
+
+
+#: Why the relay could not reach e-PMSI when it never opened a connection
+#: to it (nor a tunnel through the proxy): e-PMSI got nothing of the file.
+NEVER_REACHED_CAUSES = frozenset({
+    "refused", "dns", "no-route", "connect",
+    "proxy-unreachable", "proxy-timeout", "proxy-auth-required", "proxy-auth-rejected",
+    "proxy-auth-unsupported", "proxy-forbidden", "proxy-error",
+})
+
+
+def never_reached(reason: EpopError) -> bool:
+    """
+    The relay says it never reached e-PMSI (a small file may have been
+    wholly sent to the relay first): not delivered, whatever the relay took.
+    """
+    return reason.code == "epmsi-unreachable" and reason.cause in NEVER_REACHED_CAUSES
 
 
 def file_unreadable(failure: Failure, path: str) -> EpopError:
