@@ -43,6 +43,9 @@ FINGERPRINT_PREFIX = "SHA256 "
 #: (C{sha256 Fingerprint=}), or C{SHA-256}, in any case.
 _FINGERPRINT_WORDS = re.compile(r"\s*sha-?256(?:\s*fingerprint)?\s*[=:]?", re.IGNORECASE)
 
+#: A fingerprint by another algorithm (openssl's default was SHA-1): its name.
+_OTHER_ALGORITHM = re.compile(r"\s*(sha-?(?!256)\d+|md5)", re.IGNORECASE)
+
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
@@ -172,15 +175,22 @@ def normalize_fingerprint(text: str) -> str:
     OpenSSL 3), or C{SHA-256 D2:...}.
 
     @raise ValueError: not 64 hexadecimal digits once the prefix and the
-        separators are set aside.
+        separators are set aside, or the prefix names another algorithm.
     """
+    other = _OTHER_ALGORITHM.match(text)
+    if other:
+        raise ValueError(
+            Text("{text} is a {algorithm} fingerprint: only SHA-256 fingerprints are accepted, as the "
+                 "relay logs them (SHA256 AB:CD:...) or openssl x509 -noout -fingerprint -sha256 prints them",
+                 text=repr(text), algorithm=other[1].upper().replace("-", ""))
+        )
     prefix = _FINGERPRINT_WORDS.match(text)
     digits = text[prefix.end():] if prefix else text
     digits = re.sub(r"[\s:\-]", "", digits).upper()
     if not re.fullmatch(r"[0-9A-F]{64}", digits):
         raise ValueError(
             Text("{text} is not a SHA-256 fingerprint: expected 64 hexadecimal digits, "
-                 "e.g. SHA256 AB:CD:...:EF", text=repr(text))
+                 "as the relay logs it (SHA256 AB:CD:...)", text=repr(text))
         )
     return FINGERPRINT_PREFIX + ":".join(digits[i : i + 2] for i in range(0, 64, 2))
 

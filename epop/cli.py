@@ -46,9 +46,9 @@ from epop.command import (
     usage_reason,
 )
 from epop.errors import EpopError
-from epop.help import TranslatedHelp
+from epop.help import TranslatedHelp, usage_line
 from epop.journal.commands import ConnectionsOptions, JournalOptions, connections, journal
-from epop.messages import LANGUAGES, Text, choose_language
+from epop.messages import LANGUAGES, Text, choose_language, language_asked
 from epop.relay.commands import InterfacesOptions, interfaces
 from epop.sandbox.commands import SandboxOptions, sandbox
 from epop.workstation.commands import SendOptions, TestOptions, send, test
@@ -117,7 +117,7 @@ def _language(value: str) -> str:
 
 
 class Options(TranslatedHelp):
-    synopsis = "Usage: epop"
+    synopsis = "Usage: epop [--lang fr|en] COMMAND ..."
     longdesc = "Send PMSI files to e-PMSI, directly or through an e-POP relay."
     optParameters = [
         ["lang", None, None, "Language of messages: fr or en (default: from LC_ALL, LC_MESSAGES or LANG).", _language],
@@ -129,6 +129,12 @@ class Options(TranslatedHelp):
     # Not a CommandOptions: its arguments after the subcommand are the
     # subcommand's, never to be reordered.
     opt_version = CommandOptions.opt_version
+
+    def getSynopsis(self) -> str:
+        if self.subCommand is not None:
+            # The start of the command's own synopsis: "Usage: epop send FILE ...".
+            return usage_line("Usage: epop", self.help_language())
+        return super().getSynopsis()
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -253,8 +259,8 @@ def run(
     options.environ = environ
 
     def reader_language() -> str:
-        """The language asked for, even when parsing stopped half-way."""
-        asked = options["lang"] if options["lang"] in LANGUAGES else None
+        """The language asked for, even when the parser refused the command line before reading C{--lang}."""
+        asked = options["lang"] if options["lang"] in LANGUAGES else language_asked(argv)
         return choose_language(environ, asked)
 
     try:
@@ -339,17 +345,6 @@ class ProcessSignals:
             signal.signal(number, signal.SIG_IGN)
 
 
-def _language_of(args: list[str]) -> str:
-    """The reader's language from C{--lang} in C{args} or the locale, for what is said after L{run}."""
-    asked = None
-    for before, arg in zip(["", *args], args):
-        if before == "--lang":
-            asked = arg
-        elif arg.startswith("--lang="):
-            asked = arg[len("--lang="):]
-    return choose_language(os.environ, asked if asked in LANGUAGES else None)
-
-
 def _quiet_if_stdout_closed(status: int, language: str = "en") -> int:
     """
     Flush standard output now, while a closed pipe can still be told apart:
@@ -412,4 +407,4 @@ def main(
     except SystemExit as leaving:
         status = interruption.exit_status(leaving.code)
     signals.leaving()
-    raise SystemExit(_quiet_if_stdout_closed(status, _language_of(args))) from None
+    raise SystemExit(_quiet_if_stdout_closed(status, choose_language(os.environ, language_asked(args)))) from None

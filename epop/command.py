@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from epop._version import __version__
 from epop.help import TranslatedHelp
-from epop.messages import Text
+from epop.messages import Text, language_asked
 from epop.secret_options import refuse_abbreviated_secrets
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ class CommandOptions(TranslatedHelp):
         try:
             found, args = getopt.gnu_getopt(argv, stop_at_argument + self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
+            if e.opt == "lang":
+                raise usage.UsageError(self._lang_goes_first(argv)) from None
             raise usage.UsageError(usage_reason(e)) from None
         reordered: list[str] = []
         for name, value in found:
@@ -162,6 +164,16 @@ class CommandOptions(TranslatedHelp):
             raise usage.UsageError(
                 Text("wrong number of arguments: {synopsis}", synopsis=self.command_synopsis())
             ) from None
+
+    def _lang_goes_first(self, argv: list[str]) -> Text:
+        """C{epop test --lang en}: C{--lang} is C{epop}'s own option, given before the command."""
+        words: list[str] = []
+        options: Any = self
+        while options.parent is not None:
+            words.insert(0, options.parent.subCommand)
+            options = options.parent
+        example = " ".join(["epop", "--lang", language_asked(argv) or "fr|en", *words, "..."])
+        return Text("--lang goes before the command: {example}", example=example)
 
 
 class Command:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import gettext
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "decimal",
     "decimal_mark",
     "grouped",
+    "language_asked",
     "language_of",
     "log_format",
     "reason_of",
@@ -60,6 +61,23 @@ def choose_language(environ: Mapping[str, str] | None = None, override: str | No
         if value:
             return "fr" if value.lower().startswith("fr") else "en"
     return "en"
+
+
+def language_asked(arguments: Sequence[str]) -> str | None:
+    """
+    The valid C{--lang} (C{--lang fr}, C{--lang=fr}) of a command line, the
+    first one, looked for before it is parsed: so that even the parser's own
+    refusal is in the language asked for.
+    """
+    for index, argument in enumerate(arguments):
+        if argument == "--lang" and index + 1 < len(arguments):
+            value = arguments[index + 1]
+        elif argument.startswith("--lang="):
+            value = argument[len("--lang=") :]
+        else:
+            continue
+        return value if value in LANGUAGES else None
+    return None
 
 
 def decimal_mark(language: str) -> str:

@@ -50,6 +50,52 @@ class FrenchTests(TestCase):
                 self.assertEqual((code, out), (2, b""), (argv, err))
                 self.assertEqual(err, said + f"Essayez 'epop {argv[0]} --help'.\n")
 
+    async def test_refused_before_the_command(self) -> None:
+        """An option epop does not know, before the command: refused in the language --lang asks for, however the parser stops."""
+        cases = [
+            (("--lang", "fr", "--bogus"), "epop: option --bogus inconnue\nEssayez 'epop --help'.\n"),
+            (("--lang=fr", "--bogus"), "epop: option --bogus inconnue\nEssayez 'epop --help'.\n"),
+            (("--lang", "fr", "--relay", "x", "test"), "epop: option --relay inconnue\nEssayez 'epop --help'.\n"),
+            (("--lang", "en", "--bogus"), "epop: option --bogus not recognized\nTry 'epop --help'.\n"),
+        ]
+        for argv, said in cases:
+            for environ in ({"LANG": "C.UTF-8"}, {"LANG": "fr_FR.UTF-8"}):
+                code, out, err = await run_epop(self.config_path, *argv, environ=environ)
+                self.assertEqual((code, out, err), (2, b"", said), (argv, environ))
+
+    async def test_lang_after_the_command(self) -> None:
+        """--lang after the command is not taken for an unknown option: the error says where it goes, in the language asked."""
+        cases = [
+            (("test", "--lang", "en"), {"LANG": "fr_FR.UTF-8"},
+             "epop: --lang goes before the command: epop --lang en test ...\nTry 'epop test --help'.\n"),
+            (("config", "set", "--lang=fr", "relay", "x"), {"LANG": "C.UTF-8"},
+             "epop: --lang se place avant la commande : epop --lang fr config set ...\n"
+             "Essayez 'epop config set --help'.\n"),
+            (("--lang", "fr", "journal", "--lang", "de"), {"LANG": "C.UTF-8"},
+             "epop: --lang se place avant la commande : epop --lang fr|en journal ...\n"
+             "Essayez 'epop journal --help'.\n"),
+        ]
+        for argv, environ, said in cases:
+            code, out, err = await run_epop(self.config_path, *argv, environ=environ)
+            self.assertEqual((code, out, err), (2, b"", said), argv)
+
+    async def test_since_as_the_help_says(self) -> None:
+        """
+        Each form the French help of --since shows (tests.test_help) is taken
+        by journal and connections, days as 2j too; "il y a 30m" is not.
+        """
+        journal = os.path.abspath(self.mktemp())
+        _write(journal, [_listening(RUN_A, NOW), *_session(RUN_A, 1, NOW + 1)])
+        shown = ("2026-11-25", "2026-11-25T08:30", "aujourd'hui", "today", "hier", "yesterday", "30m", "1h", "2j", "2d")
+        for command in ("journal", "connections"):
+            for since in shown:
+                for code, _, err in await self.in_french(command, journal, "--since", since):
+                    self.assertEqual(code, 0, (command, since, err))
+                    self.assertNotIn("--since", err)
+            for code, _, err in await self.in_french(command, journal, "--since", "il y a 30m"):
+                self.assertEqual(code, 2)
+                self.assertIn("une durée telle que 30m, 1h, 2j (ou 2d)", err)
+
     async def test_settings(self) -> None:
         """config set confirms in French; a setting's and a settings file's mistakes are French, with the line."""
         for code, out, err in await self.in_french("config", "set", "relay", "10.1.2.3"):

@@ -100,10 +100,26 @@ class EpopHelpTests(SynchronousTestCase):
     def test_commands_in_french(self) -> None:
         """`epop --help`: the commands' summaries and the headings in French."""
         text = _epop("--help", environ=FRENCH)
-        self.assertTrue(text.startswith("Utilisation : epop\nOptions :\n"), text)
+        self.assertTrue(text.startswith("Utilisation : epop [--lang fr|en] COMMANDE ...\nOptions :\n"), text)
         self.assertIn("\nCommandes :\n", text)
         self.assertIn("Envoyer un fichier à e-PMSI.", text)
         self.assertIn("Envoyer des fichiers PMSI à e-PMSI, directement ou par un relais e-POP.", text)
+
+    def test_since_in_french(self) -> None:
+        """`epop journal --help` in French shows the forms --since takes (tests.test_cli_french), no "il y a"."""
+        words = " ".join(_epop("journal", "--help", environ=FRENCH).split())
+        self.assertIn(
+            "--since= Seulement les événements à partir de ce moment : 2026-11-25, 2026-11-25T08:30 (heure locale), "
+            "aujourd'hui (ou today), hier (ou yesterday), ou une durée avant maintenant : 30m, 1h, 2j (ou 2d).",
+            words,
+        )
+        for command in ("journal", "connections"):
+            self.assertNotIn("il y a", _epop(command, "--help", environ=FRENCH))
+
+    def test_top_synopsis(self) -> None:
+        """`epop --help` starts with where --lang goes and that a command follows."""
+        text = _epop("--help", environ=ENGLISH)
+        self.assertTrue(text.startswith("Usage: epop [--lang fr|en] COMMAND ...\nOptions:\n"), text)
 
     def test_nested_command_in_french(self) -> None:
         """`epop config --help`: its own subcommands in French too."""

@@ -136,6 +136,8 @@ class ReadTests(SynchronousTestCase):
         self.assertEqual(parse_since("30m", now, tz).timestamp(), now - 1800)
         self.assertEqual(parse_since("1h", now, tz).timestamp(), now - 3600)
         self.assertEqual(parse_since("2d", now, tz).timestamp(), now - 2 * 86400)
+        for days in ("2j", "2J"):  # jours, as a French reader writes them
+            self.assertEqual(parse_since(days, now, tz).timestamp(), now - 2 * 86400)
         self.assertEqual(parse_since("2026-11-20", now, tz), datetime(2026, 11, 20, tzinfo=tz))
         self.assertEqual(parse_since("2026-11-20T08:30", now, tz), datetime(2026, 11, 20, 8, 30, tzinfo=tz))
         self.assertEqual(parse_since("2026-11-20 08:30:00Z", now, tz), datetime(2026, 11, 20, 8, 30, tzinfo=timezone.utc))

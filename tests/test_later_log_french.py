@@ -152,7 +152,7 @@ class TunnelUsersTests(SynchronousTestCase):
             self.log.lines(),
             [
                 f"--tunnel-users {self.path} : {self.path}, ligne 1 : utilisateur 'alice' : seules les entrées "
-                "bcrypt sont acceptées (htpasswd -B) ; le relais garde les 2 utilisateur(s) qu'il avait"
+                "bcrypt sont acceptées (htpasswd -B) ; le relais garde ses utilisateurs (2)"
             ],
         )
         self.assertEqual(self.log.mine()[0]["count"], 2)
@@ -216,7 +216,7 @@ class RelayTests(TestCase):
         self.assertIn(f"Journal archivé : {journal} est maintenant {journal}.1", lines)
         self.assertIn(
             f"--tunnel-users {users} : {users}, ligne 1 : attendu UTILISATEUR:EMPREINTE, comme l'écrit htpasswd -B "
-            f"(htpasswd -B {users} UTILISATEUR) ; le relais garde les 1 utilisateur(s) qu'il avait",
+            f"(htpasswd -B {users} UTILISATEUR) ; le relais garde ses utilisateurs (1)",
             lines,
         )
 

@@ -58,6 +58,22 @@ class PlainLinesTests(SynchronousTestCase):
         self.assertIn("Sent: 50% (500 kB of 1.00 MB), 10.0 kB/s, about 50 s left.", lines)
         self.assertEqual(lines[-2], "Sent: 100% (1.00 MB of 1.00 MB), 10.0 kB/s.")
 
+    def test_no_time_left_under_a_second(self) -> None:
+        """A fast upload: the steps with less than a second to go say no "about 0 s left"; 1 s and more is said."""
+        for percent in range(10, 101, 10):
+            self.clock.advance(0.1)
+            self.progress.sent(percent * 100_000, 10_000_000)
+        lines = self.lines()[:-1]
+        self.assertEqual(len(lines), 10)
+        self.assertIn("Sent: 20% (2.00 MB of 10.0 MB), 10.0 MB/s.", lines)
+        self.assertIn("Sent: 90% (9.00 MB of 10.0 MB), 10.0 MB/s.", lines)
+        self.assertFalse([line for line in lines if "left" in line], lines)
+        slow = PlainProgress(self.clock, self.stream, "en")
+        slow.sent(0, 1000)
+        self.clock.advance(1)
+        slow.sent(500, 1000)
+        self.assertEqual(self.lines()[-1], "Sent: 50% (500 bytes of 1.00 kB), 500 bytes/s, about 1 s left.")
+
     def test_steps_crossed_at_once_make_one_line(self) -> None:
         """One write across several steps says where it is once; the next line waits for the next step."""
         self.progress.sent(100, 1000)
@@ -160,9 +176,9 @@ class PlainLinesTests(SynchronousTestCase):
     def test_french(self) -> None:
         """The lines, sizes (Mo, with a decimal comma) and closing line in French."""
         progress = PlainProgress(self.clock, self.stream, "fr")
-        progress.sent(1, 2_000_000)
+        progress.sent(0, 2_000_000)
         self.clock.advance(1)
-        progress.sent(1_000_001, 2_000_000)
+        progress.sent(1_000_000, 2_000_000)
         self.clock.advance(1)
         progress.sent(2_000_000, 2_000_000)
         self.clock.advance(1.5)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from epop import cli
 from epop.certificates import fingerprint, normalize_fingerprint
 from epop.local_tls import RelayTLS
+from epop.messages import reason_of
 from tests.relaying import RunningRelay, start_relay
 from tests.support import make_trustme_sandbox, poll_until, write_random_file
 
@@ -58,6 +59,17 @@ class FingerprintTests(SynchronousTestCase):
             self.assertEqual(normalize_fingerprint(typed), shown, typed)
         for wrong in ("", "SHA256 AB:CD", digits[:-1] + "G", "MD5 " + digits):
             self.assertRaises(ValueError, normalize_fingerprint, wrong)
+
+    def test_other_algorithms(self) -> None:
+        """A SHA-1 or MD5 fingerprint, 64 digits or not, is named for what it is: only SHA-256 is taken."""
+        digits = "AB" * 32
+        for typed, algorithm in (("SHA1 " + digits, "SHA1"), ("sha1 Fingerprint=" + digits[:40], "SHA1"),
+                                 ("SHA-1:" + digits, "SHA1"), ("md5 Fingerprint=" + digits[:32], "MD5"),
+                                 ("SHA512 " + digits, "SHA512")):
+            error = self.assertRaises(ValueError, normalize_fingerprint, typed)
+            said = reason_of(error).render("en")
+            self.assertIn(f"is a {algorithm} fingerprint: only SHA-256 fingerprints are accepted", said)
+            self.assertNotIn("64 hexadecimal digits", said)
 
 
 #: Where the fingerprint is, as the French errors say it.
@@ -187,6 +199,24 @@ class TrustTests(_RelayTLSCase):
             self.assertIn("Not trusted: nothing was saved.", err)
             self.assertNothingSaved()
 
+    async def test_short_answer_asked_again(self) -> None:
+        """"y" or "o" asks once more, for the whole word: yes then trusts, anything else refuses; "no" is not asked again."""
+        relay = self.relay(self.ca)
+        again = "Type yes (or oui) to trust it, anything else to refuse: "
+        for answers, status in (("y\nyes\n", 0), ("o\noui\n", 0), ("y\ny\n", 1), ("o\n", 1), ("no\nyes\n", 1)):
+            code, _, err = await self.epop("trust", str(relay.endpoint), stdin=_Terminal(answers))
+            self.assertEqual(code, status, (answers, err))
+            self.assertEqual(err.count(again), 0 if answers.startswith("no") else 1, answers)
+            self.assertEqual(os.path.exists(self.trusted_file), status == 0, answers)
+            if status:
+                self.assertIn("Not trusted: nothing was saved.", err)
+            else:
+                os.remove(self.config)
+                os.remove(self.trusted_file)
+        code, _, err = await self.epop("--lang", "fr", "trust", str(relay.endpoint), stdin=_Terminal("o\noui\n"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("Tapez oui (ou yes) pour lui faire confiance, toute autre réponse refuse : ", err)
+
     async def test_no_terminal(self) -> None:
         """Without a terminal nor --fingerprint, nothing is asked, nothing saved: a script never hangs."""
         relay = self.relay(self.ca)
@@ -278,6 +308,14 @@ class TrustTests(_RelayTLSCase):
         code, _, err = await self.epop("trust", "127.0.0.1", "--fingerprint", "AB:CD")
         self.assertEqual(code, 2)
         self.assertIn("not a SHA-256 fingerprint", err)
+        sha1 = "SHA1 " + "AB" * 32
+        code, _, err = await self.epop("trust", "127.0.0.1", "--fingerprint", sha1)
+        self.assertEqual((code, err.splitlines()[0]), (2, (
+            f"epop: --fingerprint: {sha1!r} is a SHA1 fingerprint: only SHA-256 fingerprints are accepted, "
+            "as the relay logs them (SHA256 AB:CD:...) or openssl x509 -noout -fingerprint -sha256 prints them")))
+        code, _, err = await self.epop("--lang", "fr", "trust", "127.0.0.1", "--fingerprint", "AB:CD")
+        self.assertEqual(code, 2)
+        self.assertIn("comme le relais l'écrit dans ses messages au démarrage (SHA256 AB:CD:...)", err)
         relay = self.relay(self.ca)
         self.assertEqual((await self.epop("config", "set", "relay", str(relay.endpoint)))[0], 0)
         code, _, err = await self.epop("trust", "--fingerprint", self.ca_fingerprint)

@@ -62,7 +62,7 @@ class JournalOptions(_ReadingOptions):
         ["json", None, "Print the records as they are, one JSON object a line."],
     ]
     optParameters = [
-        ["since", None, None, "Only events from then on: 2026-11-25, 2026-11-25T08:30 (local time), today, yesterday, or 30m, 1h, 2d ago."],
+        ["since", None, None, "Only events from then on: 2026-11-25, 2026-11-25T08:30 (local time), today, yesterday, or a duration back from now: 30m, 1h, 2d."],
     ]
 
     def __init__(self) -> None:

@@ -25,8 +25,9 @@ def parse_connection(text: str) -> tuple[str | None, int]:
     return (run.lower() if sep else None), int(number)
 
 
-_DURATION = re.compile(r"(\d+)\s*([smhd])", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"(\d+)\s*([smhdj])", re.IGNORECASE)
+#: Days are C{d}, or C{j} (jours) as a French reader writes them.
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "j": "days"}
 #: The days named in words, in English and French (with a typed or a typographic apostrophe).
 _DAYS_BACK = {"today": 0, "aujourd'hui": 0, "yesterday": 1, "hier": 1}
 
@@ -35,7 +36,7 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> datetime:
     """
     The start of C{--since}: an ISO date or time (local time unless it says
     otherwise), C{today} or C{aujourd'hui}, C{yesterday} or C{hier}, or a
-    duration back from C{now} such as C{30m}, C{1h}, C{2d}.
+    duration back from C{now} such as C{30m}, C{1h}, C{2d} (or C{2j}).
 
     @param tz: the local time zone; the system's by default.
     """

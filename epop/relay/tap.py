@@ -42,7 +42,7 @@ from epop.epmsi.proxy_setting import is_system
 from epop.errors import RelayCannotStart
 from epop.help import TranslatedHelp, usage_line
 from epop.local_tls import RelayTLS
-from epop.messages import LANGUAGES, Text, choose_language, log_format, reason_of
+from epop.messages import LANGUAGES, Text, choose_language, language_asked, log_format, reason_of
 from epop.relay.own_authority import AUTO, OwnAuthorityError, coverage_for, own_authority_tls
 from epop.relay.service import (
     DEFAULT_LISTEN,
@@ -92,19 +92,6 @@ def _language(value: str) -> str:
     if value not in LANGUAGES:
         raise ValueError(Text("expected fr or en, not {value!r}", value=value))
     return value
-
-
-def _language_asked(arguments: list[str]) -> str | None:
-    """The valid C{--lang} of the command line, looked for before it is parsed."""
-    for index, argument in enumerate(arguments):
-        if argument == "--lang" and index + 1 < len(arguments):
-            value = arguments[index + 1]
-        elif argument.startswith("--lang="):
-            value = argument[len("--lang=") :]
-        else:
-            continue
-        return value if value in LANGUAGES else None
-    return None
 
 
 class Refused(usage.UsageError):
@@ -202,7 +189,7 @@ class Options(TranslatedHelp):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         arguments = sys.argv[1:] if options is None else options
-        self.language = choose_language(override=_language_asked(list(arguments)))
+        self.language = choose_language(override=language_asked(arguments))
         try:
             refuse_abbreviated_secrets(arguments, self, SECRET_OPTIONS)
             self.given = command_line_keys(self, arguments)

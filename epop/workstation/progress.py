@@ -212,15 +212,17 @@ class PlainProgress(Progress):
             "total": readable_size(total, self.language),
         }
         rate = self.rate(count)
+        left = (total - count) / rate if rate is not None else 0.0
         if rate is None:
             line = Text("Sent: {percent}% ({sent} of {total}).", **where)
-        elif count >= total:
+        elif left < 1:
+            # Done, or as good as done: "about 0 s left" would say nothing.
             line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s.",
                         rate=readable_size(rate, self.language), **where)
         else:
             line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s, about {left} left.",
                         rate=readable_size(rate, self.language),
-                        left=readable_duration((total - count) / rate), **where)
+                        left=readable_duration(left), **where)
         self.say(line)
         if self._tick is not None and self._tick.active():
             self._tick.reset(TICK_SECONDS)

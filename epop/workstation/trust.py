@@ -76,14 +76,8 @@ class TrustOptions(CommandOptions):
         if self["fingerprint"] is not None:
             try:
                 self["fingerprint"] = normalize_fingerprint(self["fingerprint"])
-            except ValueError:
-                raise usage.UsageError(
-                    Text(
-                        "--fingerprint: {value} is not a SHA-256 fingerprint: expected 64 "
-                        "hexadecimal digits, as the relay logs it (SHA256 AB:CD:...)",
-                        value=repr(self["fingerprint"]),
-                    )
-                ) from None
+            except ValueError as e:
+                raise usage.UsageError(Text("{name}: {problem}", name="--fingerprint", problem=reason_of(e))) from None
 
 
 @implementer(IHandshakeListener)
@@ -252,6 +246,11 @@ def _confirmed(command: Command, options: TrustOptions, found: str, where: str) 
     )
     command.stderr.flush()
     answer = command.stdin.readline().strip().lower()
+    if answer and answer not in _YES and any(word.startswith(answer) for word in _YES):
+        # "y" or "o": most likely a yes, but trusting is worth the whole word.
+        command.stderr.write(command.render(Text("Type yes (or oui) to trust it, anything else to refuse: ")))
+        command.stderr.flush()
+        answer = command.stdin.readline().strip().lower()
     if answer in _YES:
         return True
     command.complain(Text("Not trusted: nothing was saved."))
