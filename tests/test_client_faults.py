@@ -437,8 +437,11 @@ class LoopbackFaultTests(TestCase):
         d = send_file(reactor, small, to="/syriusUpload.do", relay=RelayAddress("127.0.0.1", relay.port))
         error = await self.failed(d)
         self.assertEqual((error.code, error.reason.cause), ("epmsi-unreachable", "refused"))
-        self.assertEqual((error.step, error.maybe_delivered), ("answer", False))
-        self.assertIn("was not delivered: e-PMSI did not receive it", error.outcome(small).render())
+        self.assertEqual((error.step, error.maybe_delivered), ("epmsi", False))
+        self.assertIn(
+            "was not delivered: e-PMSI did not receive it (failed step: the relay reaching e-PMSI).",
+            error.outcome(small).render(),
+        )
 
 
 class _Silent(Protocol):

@@ -137,7 +137,8 @@ class UploadFailed(EpopError):
 
     @ivar reason: the underlying error; L{code}, L{cause} and the message
         are its.
-    @ivar step: C{"connect"}, C{"upload"} or C{"answer"}.
+    @ivar step: C{"connect"}, C{"upload"}, C{"epmsi"} (the relay never
+        reached e-PMSI) or C{"answer"}.
     @ivar maybe_delivered: C{False} when e-PMSI certainly did not get the
         whole file; C{True} when all of it had left and the answer was lost,
         so that only e-PMSI can tell.
@@ -157,6 +158,8 @@ class UploadFailed(EpopError):
         """The step that failed, in words."""
         if self.step == "connect":
             return Text("reaching the relay") if self.via_relay else Text("reaching e-PMSI")
+        if self.step == "epmsi":
+            return Text("the relay reaching e-PMSI")
         if self.step == "upload":
             if self.via_relay:
                 return Text("sending the file through the relay")

@@ -180,9 +180,11 @@ class Upload:
         whole = self.whole_file_sent
         if not self.started:
             step = "connect"
+        elif never_reached(reason):
+            step = "epmsi"
         else:
             step = "answer" if whole else "upload"
-        maybe = whole and reason.code not in ("integrity-mismatch", "file-unreadable") and not never_reached(reason)
+        maybe = whole and step != "epmsi" and reason.code not in ("integrity-mismatch", "file-unreadable")
         return Failure(
             UploadFailed(reason, step, via_relay=self.via_relay, maybe_delivered=maybe)
         )
