@@ -194,6 +194,11 @@ class ReadTests(SynchronousTestCase):
         for event_type in EVENT_TYPES:
             self.assertNotEqual(type_name(event_type, "fr"), event_type)
             self.assertNotEqual(type_name(event_type, "en"), event_type)
+        # A refused reload is one too: the type names the event, not its outcome.
+        self.assertEqual(
+            (type_name("settings-reloaded", "en"), type_name("settings-reloaded", "fr")),
+            ("Settings reload", "Rechargement des paramètres"),
+        )
 
     def test_tables_in_french_and_english(self) -> None:
         """The journal table has the manual's columns: French headers, dd/mm/yyyy dates and 'Id de connexion' in French; ISO-like in English."""

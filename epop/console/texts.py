@@ -99,7 +99,7 @@ PAGE_TEXTS: dict[str, Text] = {
     "type-connection-closed": Text("Connection closed"),
     "type-object-instantiated": Text("Object instantiated"),
     "type-object-released": Text("Object released"),
-    "type-settings-reloaded": Text("Settings reloaded"),
+    "type-settings-reloaded": Text("Settings reload"),
     "notifications-heading": Text("Notifications"),
     "notify": Text("Show notifications"),
     "notify-types": Text("Notify these events while the page is hidden:"),

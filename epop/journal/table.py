@@ -40,7 +40,7 @@ _TYPE_NAMES = {
     "connection-closed": Text("Connection closed"),
     "object-instantiated": Text("Object instantiated"),
     "object-released": Text("Object released"),
-    "settings-reloaded": Text("Settings reloaded"),
+    "settings-reloaded": Text("Settings reload"),
 }
 
 
