@@ -182,3 +182,5 @@ class ProgressTests(TestCase):
         self.assertNotIn("\r\r", shown)
         self.assertNotIn("last byte", shown)
         self.assertIn("e-PMSI answered 200 OK.", shown)
+        # Under a second: hundredths, never "in 0.0 s".
+        self.assertRegex(shown, r" in (\d+\.\d|0\.\d\d) s: e-PMSI answered 200 OK\.")

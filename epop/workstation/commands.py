@@ -311,11 +311,13 @@ def send(command: Command, options: SendOptions) -> Deferred[int]:
 
     def answered(reply: Reply) -> int:
         command.stdout.flush()
+        took = reactor.seconds() - started
         details = dict(
             file=options["file"],
             size=readable_size(os.path.getsize(options["file"]), command.language),
             how=_how(options),
-            seconds=decimal(reactor.seconds() - started, 1, command.language),
+            # A small file's send takes hundredths: never "in 0.0 s".
+            seconds=decimal(took, 1 if took >= 1 else 2, command.language),
             status=reply.status,
             reason=reply.reason,
         )
