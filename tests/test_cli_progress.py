@@ -120,7 +120,7 @@ class ProgressTests(TestCase):
         code, out, shown = await self.on_terminal(self.through_relay())
         self.assertEqual(code, 0, shown)
         self.receipt_of_the_file(out)
-        self.assertRegex(shown, r"100% \|[^|\r\n]*\| 8\.39MB of 8\.39MB, [\d.]+[kMG]?B/s, 00:00 left")
+        self.assertRegex(shown, r"100% \|[^|\r\n]*\| 8\.39 MB of 8\.39 MB, [\d.]+ [kMGT]?B/s[\r\n]")
         self.assertIn("\r", shown)
         self.assertIn("The whole file has left; waiting for e-PMSI's answer.", shown)
         # One bar: nothing drawn after the file's last byte.
@@ -135,7 +135,7 @@ class ProgressTests(TestCase):
         code, out, shown = await self.on_terminal(self.through_relay(), columns=0)
         self.assertEqual(code, 0, shown)
         self.receipt_of_the_file(out)
-        bars = re.findall(r"100% \|[^|\r\n]*\| 8\.39MB of 8\.39MB, [^\r\n]*", shown)
+        bars = re.findall(r"100% \|[^|\r\n]*\| 8\.39 MB of 8\.39 MB, [^\r\n]*", shown)
         self.assertTrue(bars, shown)
         self.assertEqual(len(bars[-1]), 80)
 

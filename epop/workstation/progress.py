@@ -18,14 +18,13 @@ only when a terminal shows the bar.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from epop.messages import Text, decimal, decimal_mark
+from epop.messages import Text, decimal
 
 __all__ = [
     "PlainProgress",
@@ -36,9 +35,6 @@ __all__ = [
     "readable_duration",
     "readable_size",
 ]
-
-#: A decimal point between two digits, in tqdm's numbers.
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 
 #: A plain line each time the upload crosses another multiple of this.
 STEP_PERCENT = 10
@@ -62,6 +58,20 @@ def readable_size(count: float, language: str = "en") -> str:
         return Text("{size} bytes", size=f"{count:.0f}").render(language)
     places = 2 if count < 9.995 else 1 if count < 99.95 else 0
     return f"{decimal(count, places, language)} {_unit(language, prefix)}"
+
+
+def _figures(count: int, total: int, rate: float | None, language: str) -> dict[str, str]:
+    """
+    What both displays say: the sizes, and once a rate is known the rate
+    and the time left (none under a second: "about 0 s left" says nothing).
+    """
+    figures = {"sent": readable_size(count, language), "total": readable_size(total, language)}
+    if rate:
+        figures["rate"] = readable_size(rate, language)
+        left = (total - count) / rate
+        if left >= 1:
+            figures["left"] = readable_duration(left)
+    return figures
 
 
 def readable_duration(seconds: float) -> str:
@@ -206,23 +216,13 @@ class PlainProgress(Progress):
         """The line for where the upload is now; the next tick 30 s from now."""
         count, total = self._count, self._total
         percent = count * 100 // total if total else 100
-        where = {
-            "percent": percent,
-            "sent": readable_size(count, self.language),
-            "total": readable_size(total, self.language),
-        }
-        rate = self.rate(count)
-        left = (total - count) / rate if rate is not None else 0.0
-        if rate is None:
-            line = Text("Sent: {percent}% ({sent} of {total}).", **where)
-        elif left < 1:
-            # Done, or as good as done: "about 0 s left" would say nothing.
-            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s.",
-                        rate=readable_size(rate, self.language), **where)
+        figures = _figures(count, total, self.rate(count), self.language)
+        if "left" in figures:
+            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s, about {left} left.", percent=percent, **figures)
+        elif "rate" in figures:
+            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s.", percent=percent, **figures)
         else:
-            line = Text("Sent: {percent}% ({sent} of {total}), {rate}/s, about {left} left.",
-                        rate=readable_size(rate, self.language),
-                        left=readable_duration(left), **where)
+            line = Text("Sent: {percent}% ({sent} of {total}).", percent=percent, **figures)
         self.say(line)
         if self._tick is not None and self._tick.active():
             self._tick.reset(TICK_SECONDS)
@@ -257,6 +257,8 @@ class TerminalProgress(Progress):
         self._bar: Any = None
 
     def _show(self, count: int, total: int) -> None:
+        if total <= 0:
+            return  # an empty file (--allow-empty): nothing to draw
         if self._bar is None:
             self._bar = self._make_bar(total)
         self._bar.update(count - self._bar.n)
@@ -264,28 +266,20 @@ class TerminalProgress(Progress):
     def _make_bar(self, total: int) -> Any:
         from tqdm import tqdm
 
-        mark = decimal_mark(self.language)
+        language = self.language
 
         class Bar(tqdm):  # type: ignore[misc, type-arg]
             # No monitor thread in a Twisted program: the reactor's writes drive the bar.
             monitor_interval = 0
 
             @staticmethod
-            def format_meter(*args: Any, **kwargs: Any) -> str:
-                # tqdm writes its numbers (sizes, rate) with a point, whatever the language.
-                return _DECIMAL_POINT.sub(mark, tqdm.format_meter(*args, **kwargs))
+            def format_meter(n: int, total: int, elapsed: float, **kwargs: Any) -> str:
+                # The same figures as the plain lines, in the reader's language;
+                # tqdm draws the bar and its percentage around them.
+                rate = kwargs.get("rate") or (n / elapsed if elapsed and n else None)
+                kwargs["bar_format"] = _bar_layout(_figures(n, total, rate, language)).render(language)
+                return str(tqdm.format_meter(n, total, elapsed, **kwargs))
 
-        unit = _unit(self.language)
-        # tqdm's own fields, placed by a translated template.
-        layout = Text(
-            "{percent} |{bar}| {sent} of {total}, {rate}, {left} left",
-            percent="{percentage:3.0f}%",
-            bar="{bar}",
-            sent="{n_fmt}{unit}",
-            total="{total_fmt}{unit}",
-            rate="{rate_fmt}",
-            left="{remaining}",
-        )
         try:
             columns = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
@@ -295,11 +289,7 @@ class TerminalProgress(Progress):
         width: dict[str, Any] = {"dynamic_ncols": True} if columns > 0 else {"ncols": 80, "nrows": 24}
         return Bar(
             total=total,
-            unit=unit,
-            unit_scale=True,
-            unit_divisor=1000,
             file=self.stream,
-            bar_format=layout.render(self.language),
             leave=True,
             **width,
         )
@@ -312,6 +302,16 @@ class TerminalProgress(Progress):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _bar_layout(figures: dict[str, str]) -> Text:
+    """The bar's line: tqdm's percentage and bar, then the figures it has."""
+    drawn = {"percent": "{percentage:3.0f}%", "bar": "{bar}", **figures}
+    if "left" in figures:
+        return Text("{percent} |{bar}| {sent} of {total}, {rate}/s, about {left} left", **drawn)
+    if "rate" in figures:
+        return Text("{percent} |{bar}| {sent} of {total}, {rate}/s", **drawn)
+    return Text("{percent} |{bar}| {sent} of {total}", **drawn)
 
 
 def _is_terminal(stream: TextIO) -> bool:
