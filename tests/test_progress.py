@@ -207,10 +207,15 @@ class OtherDisplaysTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_bar(self) -> None:
-        """On a terminal, a tqdm bar with percentage, bytes of the whole, rate and time left."""
+        """
+        On a terminal, a tqdm bar with percentage, bytes of the whole, rate
+        and time left; one only: reports after the file's last byte (the
+        form's end leaving) draw nothing.
+        """
         clock, stream = Clock(), TerminalStream()
         progress = TerminalProgress(clock, stream, "en")
         progress.sent(4_000_000, 8_000_000)
+        progress.sent(8_000_000, 8_000_000)
         progress.sent(8_000_000, 8_000_000)
         clock.advance(0.5)
         progress.answered(clock.seconds())
@@ -218,23 +223,11 @@ class OtherDisplaysTests(SynchronousTestCase):
         # The figures as the plain lines give them: no "?" before a rate is known, no time left at the end.
         self.assertRegex(text, r"^\s*0% \|[^|\n]*\| 0 bytes of 8\.00 MB\r")
         self.assertRegex(text, r"100% \|[^|\n]*\| 8\.00 MB of 8\.00 MB, [\d.]+ [kMGT]?B/s\n")
+        self.assertEqual((text.count(" 0%"), text.count("100%")), (1, 1), text)
         self.assertTrue(text.endswith(
             "\nThe whole file has left; waiting for e-PMSI's answer.\n"
             "e-PMSI answered 0.5 s after the last byte.\n"
         ), text)
-
-    def test_one_bar_to_the_end(self) -> None:
-        """Reports after the file's last byte (the form's end leaving) draw no second bar."""
-        clock, stream = Clock(), TerminalStream()
-        progress = TerminalProgress(clock, stream, "en")
-        progress.sent(8_000_000, 8_000_000)
-        progress.sent(8_000_000, 8_000_000)
-        clock.advance(1)
-        progress.answered(clock.seconds())
-        text = stream.getvalue()
-        self.assertEqual(text.count(" 0%"), 1, text)
-        self.assertEqual(text.count("100%"), 1, text)
-        self.assertTrue(text.endswith("waiting for e-PMSI's answer.\ne-PMSI answered 1.0 s after the last byte.\n"), text)
 
     def test_bar_in_french(self) -> None:
         """The bar's words, units and numbers in French: Mo, sur, reste, a decimal comma."""
