@@ -25,6 +25,7 @@ from zope.interface import implementer
 from epop.messages import Text, system_reason
 
 __all__ = [
+    "certificate_names",
     "check_authority_file",
     "fingerprint",
     "is_self_signed",
@@ -153,6 +154,15 @@ def _x509(cert: _AnyCertificate) -> x509.Certificate:
     if isinstance(cert, crypto.X509):
         return cert.to_cryptography()
     return cert
+
+
+def certificate_names(cert: _AnyCertificate) -> str:
+    """The names and addresses C{cert} is for (its subjectAltName), as the relay logs them; empty without any."""
+    try:
+        names = _x509(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    return ", ".join(str(name.value) for name in names)
 
 
 def fingerprint(cert: _AnyCertificate) -> str:

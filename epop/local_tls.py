@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -33,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from epop.certificates import (
+    certificate_names,
     fingerprint,
     issued_by,
     read_certificates,
@@ -96,12 +96,7 @@ class RelayTLS:
         """
         certificate = read_certificates(self.cert, Text("certificate"))[0]
         cert = certificate.original.to_cryptography()
-        try:
-            names = ", ".join(
-                str(name.value) for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            )
-        except x509.ExtensionNotFound:
-            names = ""
+        names = certificate_names(cert)
         return Text(
             "Encryption available (TLS): certificate {path}, subject {subject}, for {names}, valid until {date}, "
             "fingerprint {fingerprint}",

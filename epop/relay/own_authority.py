@@ -44,7 +44,7 @@ from epop.authority import (
     pem_private_key,
     subject_alternative_names,
 )
-from epop.certificates import fingerprint, issued_by
+from epop.certificates import certificate_names, fingerprint, issued_by
 from epop.files import write_atomically
 from epop.local_tls import RelayTLS
 from epop.messages import Text
@@ -412,7 +412,7 @@ def own_authority_tls(
             path=place.file(CERT),
         )
     assert cert is not None
-    names = ", ".join(str(n.value) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    names = certificate_names(cert)
     log.info(
         "{text}",
         text=Text(
